@@ -1,0 +1,131 @@
+//! The migration command line: the standard sea-orm-migration commands, with an embedded SQLite
+//! default and one-line errors instead of panics.
+//!
+//! The commands are those of `sea-orm-migration`'s own CLI (`up`, `down`, `status`, `fresh`,
+//! `refresh`, `reset`; `up` when none is given), but `fresh` here never drops tables that our
+//! migrations did not create: see [`crate::Migrator`].
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sea_orm_migration::MigratorTrait;
+use sea_orm_migration::sea_orm::{ConnectOptions, Database, DbErr};
+
+use crate::Migrator;
+
+/// Where the migrations go when `DATABASE_URL` is not set: a SQLite file in the working
+/// directory, created if missing.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://webhooks.db?mode=rwc";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Parser)]
+#[command(name = "migration", version, about = "Apply and roll back agent-webhooks migrations")]
+struct Cli {
+    /// Database URL (`postgres://`, `mysql://` or `sqlite://`); defaults to the embedded SQLite
+    /// file `webhooks.db`.
+    #[arg(short = 'u', long, env = "DATABASE_URL", global = true)]
+    database_url: Option<String>,
+
+    /// PostgreSQL schema to migrate (ignored by MySQL and SQLite).
+    #[arg(short = 's', long, env = "DATABASE_SCHEMA", global = true, default_value = "public")]
+    database_schema: String,
+
+    /// Log every SQL statement.
+    #[arg(short = 'v', long, global = true)]
+    verbose: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply pending migrations (all, or the first N).
+    Up {
+        #[arg(short, long)]
+        num: Option<u32>,
+    },
+    /// Roll back applied migrations (the last one, or the last N).
+    Down {
+        #[arg(short, long, default_value_t = 1)]
+        num: u32,
+    },
+    /// Show which migrations are applied and which are pending.
+    Status,
+    /// Roll back every migration, then apply them all again. Unlike the stock `fresh`, tables
+    /// other than ours are never dropped, and tables holding rows are never dropped.
+    Fresh,
+    /// Roll back every migration, then apply them all again.
+    Refresh,
+    /// Roll back every migration and remove the migration table.
+    Reset,
+}
+
+/// Parses the command line, runs the command and returns the process exit code: 0 on success,
+/// 1 on a database or migration error (printed as one line on stderr), 2 on a usage error.
+pub async fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    match execute(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {}", message.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> Result<(), String> {
+    let url = cli.database_url.unwrap_or_else(|| {
+        eprintln!(
+            "DATABASE_URL is not set: using the embedded SQLite database {DEFAULT_DATABASE_URL}"
+        );
+        DEFAULT_DATABASE_URL.to_owned()
+    });
+    let mut options = ConnectOptions::new(url);
+    options
+        .set_schema_search_path(cli.database_schema)
+        .sqlx_logging(cli.verbose)
+        // An unreachable server fails within seconds instead of sqlx's 30 s default.
+        .connect_timeout(CONNECT_TIMEOUT)
+        .acquire_timeout(CONNECT_TIMEOUT);
+    let db = Database::connect(options)
+        .await
+        .map_err(|e| format!("cannot connect to the database: {}", describe(&e)))?;
+
+    let result = match cli.command.unwrap_or(Command::Up { num: None }) {
+        Command::Up { num } => Migrator::up(&db, num).await,
+        Command::Down { num } => Migrator::down(&db, Some(num)).await,
+        Command::Status => Migrator::status(&db).await,
+        Command::Fresh => Migrator::fresh(&db).await,
+        Command::Refresh => Migrator::refresh(&db).await,
+        Command::Reset => Migrator::reset(&db).await,
+    };
+    result.map_err(|e| describe(&e))
+}
+
+/// `DbErr`'s message without the variant's prefix where the message says it all.
+fn describe(err: &DbErr) -> String {
+    match err {
+        DbErr::Migration(message) | DbErr::Custom(message) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn init_tracing(verbose: bool) {
+    let filter = if verbose {
+        "debug"
+    } else {
+        "sea_orm_migration=info"
+    };
+    // Progress goes to stderr like the errors; `try_init` so a second call is harmless.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_level(false)
+        .without_time()
+        .try_init();
+}

@@ -1,0 +1,151 @@
+//! `add_webhook_fields_to_agent`: the four webhook columns on `agents` and the
+//! `webhook_deliveries` table, after the platform's specification
+//! (`shared/seed/agent-webhook-fields.md`) with these corrections:
+//!
+//! * `webhook_enabled` is NOT NULL with a **server-side** default of false. The specification's
+//!   `default=False` is client-side only, so rows that existed before the migration would read
+//!   NULL; here they read `false`, and adding the column rewrites no rows on any backend.
+//! * Timestamps are UTC-aware (`timestamp with time zone` on PostgreSQL, see
+//!   [`crate::columns`]); `created_at` is NOT NULL with a server default of the current time.
+//! * `organization_id` and `agent_id` are NOT NULL and reference their parents with
+//!   `ON DELETE CASCADE`: with the specification's plain foreign keys an agent with any delivery
+//!   history could not be deleted at all. Deleting an agent now takes its history with it.
+//! * `attempt_count` is NOT NULL, default 0, and counts attempts made (the specification's
+//!   client-side default of 1 counted an attempt that had not happened yet).
+//! * `webhook_url` of a delivery and the agent's `webhook_url` are `text`: URLs may be up to
+//!   2048 characters, beyond MySQL's default `varchar(255)`.
+//! * `down` drops exactly what `up` added, column by column, and each step of either direction
+//!   is skipped when already done, so an interrupted run on MariaDB (no transactional DDL) can
+//!   simply be run again.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::{boolean, integer, integer_null, json_null, string, text, text_null};
+
+use crate::columns::{utc_timestamp, utc_timestamp_default_now};
+use crate::tables::{Agents, Organizations, WebhookDeliveries};
+
+const IX_EVENT_ID: &str = "ix_webhook_deliveries_event_id";
+const IX_AGENT_ID: &str = "ix_webhook_deliveries_agent_id";
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+/// The columns this migration adds to `agents`, in order.
+fn agent_columns() -> [ColumnDef; 4] {
+    [
+        text_null(Agents::WebhookUrl),
+        text_null(Agents::WebhookSecret),
+        json_null(Agents::WebhookEvents),
+        boolean(Agents::WebhookEnabled).default(false).take(),
+    ]
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let backend = manager.get_database_backend();
+        let agents = Agents::Table.to_string();
+
+        // One statement per column: SQLite allows a single change per ALTER TABLE.
+        for mut column in agent_columns() {
+            if !manager.has_column(&agents, column.get_column_name()).await? {
+                manager
+                    .alter_table(
+                        Table::alter()
+                            .table(Agents::Table)
+                            .add_column(&mut column)
+                            .to_owned(),
+                    )
+                    .await?;
+            }
+        }
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(WebhookDeliveries::Table)
+                    .if_not_exists()
+                    .col(string(WebhookDeliveries::Id).primary_key())
+                    .col(string(WebhookDeliveries::OrganizationId))
+                    .col(string(WebhookDeliveries::AgentId))
+                    .col(string(WebhookDeliveries::EventId))
+                    .col(string(WebhookDeliveries::EventType))
+                    .col(text(WebhookDeliveries::WebhookUrl))
+                    .col(integer_null(WebhookDeliveries::StatusCode))
+                    .col(text_null(WebhookDeliveries::ErrorMessage))
+                    .col(integer(WebhookDeliveries::AttemptCount).default(0))
+                    .col(utc_timestamp_default_now(
+                        backend,
+                        WebhookDeliveries::CreatedAt,
+                    ))
+                    .col(utc_timestamp(backend, WebhookDeliveries::DeliveredAt))
+                    .col(utc_timestamp(backend, WebhookDeliveries::NextRetryAt))
+                    .foreign_key(
+                        ForeignKey::create()
+                            .name("fk_webhook_deliveries_organization_id")
+                            .from(WebhookDeliveries::Table, WebhookDeliveries::OrganizationId)
+                            .to(Organizations::Table, Organizations::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .name("fk_webhook_deliveries_agent_id")
+                            .from(WebhookDeliveries::Table, WebhookDeliveries::AgentId)
+                            .to(Agents::Table, Agents::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+
+        let deliveries = WebhookDeliveries::Table.to_string();
+        for (name, column) in [
+            (IX_EVENT_ID, WebhookDeliveries::EventId),
+            (IX_AGENT_ID, WebhookDeliveries::AgentId),
+        ] {
+            if !manager.has_index(&deliveries, name).await? {
+                manager
+                    .create_index(
+                        Index::create()
+                            .name(name)
+                            .table(WebhookDeliveries::Table)
+                            .col(column)
+                            .to_owned(),
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(
+                Table::drop()
+                    .table(WebhookDeliveries::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await?;
+
+        let agents = Agents::Table.to_string();
+        for column in agent_columns().iter().rev() {
+            let name = column.get_column_name();
+            if manager.has_column(&agents, &name).await? {
+                manager
+                    .alter_table(
+                        Table::alter()
+                            .table(Agents::Table)
+                            .drop_column(Alias::new(name))
+                            .to_owned(),
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+}

@@ -1,0 +1,46 @@
+//! Table and column identifiers shared by the migrations.
+
+use sea_orm_migration::prelude::*;
+
+#[derive(DeriveIden, Clone, Copy)]
+pub enum Organizations {
+    Table,
+    Id,
+    Name,
+    CreatedAt,
+    UpdatedAt,
+    IsDeleted,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+pub enum Agents {
+    Table,
+    Id,
+    OrganizationId,
+    Name,
+    Description,
+    CreatedAt,
+    UpdatedAt,
+    IsDeleted,
+    WebhookUrl,
+    WebhookSecret,
+    WebhookEvents,
+    WebhookEnabled,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+pub enum WebhookDeliveries {
+    Table,
+    Id,
+    OrganizationId,
+    AgentId,
+    EventId,
+    EventType,
+    WebhookUrl,
+    StatusCode,
+    ErrorMessage,
+    AttemptCount,
+    CreatedAt,
+    DeliveredAt,
+    NextRetryAt,
+}

@@ -1,0 +1,1 @@
+//! agent-webhooks service layer.

@@ -1,0 +1,3 @@
+//! The `agent-webhooks` operations CLI.
+
+fn main() {}
