@@ -1,0 +1,294 @@
+//! The migrations on SQLite, PostgreSQL and MariaDB: round trips, adoption of existing tables,
+//! refusal to drop data, and resumption after an interrupted run.
+
+use integration_tests::schema::{checksum, fingerprints, snapshot, snapshot_of};
+use integration_tests::{Backend, TestDb, backend_tests};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::DbErr;
+
+const MIGRATIONS: usize = 2;
+const OUR_TABLES: [&str; 3] = ["organizations", "agents", "webhook_deliveries"];
+
+async fn has_table(t: &TestDb, table: &str) -> bool {
+    let sql = match t.backend {
+        Backend::Postgres => format!(
+            "SELECT COUNT(*) FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name = '{table}'"
+        ),
+        Backend::MySql => format!(
+            "SELECT COUNT(*) FROM information_schema.tables \
+             WHERE table_schema = DATABASE() AND table_name = '{table}'"
+        ),
+        Backend::Sqlite => {
+            format!("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '{table}'")
+        }
+    };
+    t.count(&sql).await == 1
+}
+
+async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
+    let t = TestDb::fresh(backend).await;
+    assert_eq!(Migrator::get_pending_migrations(&t.db).await.unwrap().len(), MIGRATIONS);
+
+    Migrator::up(&t.db, None).await.unwrap();
+    assert_eq!(Migrator::get_applied_migrations(&t.db).await.unwrap().len(), MIGRATIONS);
+    assert!(Migrator::get_pending_migrations(&t.db).await.unwrap().is_empty());
+    Migrator::status(&t.db).await.unwrap();
+    for table in OUR_TABLES {
+        assert!(has_table(&t, table).await, "{table} missing after up");
+    }
+    let after_up = snapshot(&t).await;
+    for expected in [
+        "ix_agents_created_at",
+        "ix_webhook_deliveries_event_id",
+        "ix_webhook_deliveries_agent_id",
+    ] {
+        assert!(
+            after_up.iter().any(|l| l.contains(expected)),
+            "{expected} missing: {after_up:#?}"
+        );
+    }
+
+    // Down the webhook migration only, then up again: identical schema.
+    Migrator::down(&t.db, Some(1)).await.unwrap();
+    assert!(!has_table(&t, "webhook_deliveries").await);
+    assert!(snapshot_of(&t, "webhook_").await.is_empty(), "webhook columns left behind");
+    Migrator::up(&t.db, None).await.unwrap();
+    assert_eq!(snapshot(&t).await, after_up);
+
+    // Down everything, then up again: identical schema.
+    Migrator::down(&t.db, None).await.unwrap();
+    for table in OUR_TABLES {
+        assert!(!has_table(&t, table).await, "{table} left after down");
+    }
+    assert!(Migrator::get_applied_migrations(&t.db).await.unwrap().is_empty());
+    Migrator::up(&t.db, None).await.unwrap();
+    assert_eq!(snapshot(&t).await, after_up);
+}
+
+/// The pre-existing tables another tool made: our columns plus some of its own.
+async fn create_foreign_tables(t: &TestDb, agents: usize) {
+    let (ts, json) = match t.backend {
+        Backend::Postgres => ("timestamptz", "jsonb"),
+        Backend::MySql => ("datetime(6)", "json"),
+        Backend::Sqlite => ("text", "text"),
+    };
+    let (id, text) = match t.backend {
+        Backend::MySql => ("varchar(64)", "text"),
+        _ => ("varchar", "text"),
+    };
+    t.exec(&format!(
+        "CREATE TABLE organizations (id {id} PRIMARY KEY, name {text} NOT NULL, \
+         created_at {ts} NOT NULL, updated_at {ts}, is_deleted boolean NOT NULL DEFAULT false, \
+         privileged_tools boolean NOT NULL DEFAULT false, _created_by_id {id})"
+    ))
+    .await;
+    t.exec(&format!(
+        "CREATE TABLE agents (id {id} PRIMARY KEY, organization_id {id} NOT NULL \
+         REFERENCES organizations(id) ON DELETE CASCADE, name {text} NOT NULL, \
+         description {text}, system {text}, llm_config {json}, message_ids {json}, \
+         created_at {ts} NOT NULL, updated_at {ts}, is_deleted boolean NOT NULL DEFAULT false)"
+    ))
+    .await;
+    t.exec(
+        "INSERT INTO organizations (id, name, created_at, updated_at, _created_by_id) VALUES \
+         ('org-00000000-0000-4000-8000-000000000001', 'Acme', '2024-01-02 03:04:05.123456+00:00', NULL, 'user-1'), \
+         ('org-00000000-0000-4000-8000-000000000002', 'Globex', '2024-02-03 04:05:06+00:00', '2024-03-01 00:00:00+00:00', NULL)"
+            .replace("+00:00", if t.backend == Backend::MySql { "" } else { "+00:00" })
+            .as_str(),
+    )
+    .await;
+    for chunk in (0..agents).collect::<Vec<_>>().chunks(500) {
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|i| {
+                let org = 1 + i % 2;
+                let description = if i % 3 == 0 { "NULL".to_owned() } else { format!("'agent number {i} – ünïcode'") };
+                let offset = if t.backend == Backend::MySql { "" } else { "+00:00" };
+                format!(
+                    "('agent-{i:08}-0000-4000-8000-000000000000', \
+                     'org-00000000-0000-4000-8000-00000000000{org}', 'agent {i}', {description}, \
+                     'You are agent {i}.', '{{\"model\": \"m{m}\", \"temperature\": 0.{m}}}', '[\"msg-{i}\"]', \
+                     '2024-05-{day:02} 10:{min:02}:{sec:02}.{micro:06}{offset}', NULL, {deleted})",
+                    m = i % 10,
+                    day = 1 + i % 28,
+                    min = i % 60,
+                    sec = (i * 7) % 60,
+                    micro = (i * 7919) % 1_000_000,
+                    deleted = if i % 17 == 0 { "true" } else { "false" },
+                )
+            })
+            .collect();
+        t.exec(&format!(
+            "INSERT INTO agents (id, organization_id, name, description, system, llm_config, \
+             message_ids, created_at, updated_at, is_deleted) VALUES {}",
+            rows.join(", ")
+        ))
+        .await;
+    }
+}
+
+const AGENT_COLUMNS: [&str; 10] = [
+    "id",
+    "organization_id",
+    "name",
+    "description",
+    "system",
+    "llm_config",
+    "message_ids",
+    "created_at",
+    "updated_at",
+    "is_deleted",
+];
+const ORG_COLUMNS: [&str; 7] = [
+    "id",
+    "name",
+    "created_at",
+    "updated_at",
+    "is_deleted",
+    "privileged_tools",
+    "_created_by_id",
+];
+
+async fn adopts_existing_tables_and_keeps_every_value(backend: Backend) {
+    const AGENTS: usize = 3_000;
+    let t = TestDb::fresh(backend).await;
+    create_foreign_tables(&t, AGENTS).await;
+    let agents_before = fingerprints(&t, "agents", &AGENT_COLUMNS).await;
+    let orgs_before = fingerprints(&t, "organizations", &ORG_COLUMNS).await;
+    assert_eq!(agents_before.len(), AGENTS);
+
+    Migrator::up(&t.db, None).await.unwrap();
+    let agents_after = fingerprints(&t, "agents", &AGENT_COLUMNS).await;
+    assert_eq!(
+        checksum(&agents_after),
+        checksum(&agents_before),
+        "agents changed by up"
+    );
+    assert_eq!(agents_after, agents_before);
+    assert_eq!(fingerprints(&t, "organizations", &ORG_COLUMNS).await, orgs_before);
+    // Old rows read as "no webhook": disabled, no event filter, no URL, no secret.
+    let untouched = t
+        .count(
+            "SELECT COUNT(*) FROM agents WHERE webhook_enabled = false AND webhook_events IS NULL \
+             AND webhook_url IS NULL AND webhook_secret IS NULL",
+        )
+        .await;
+    assert_eq!(untouched, AGENTS as i64);
+    assert!(!snapshot_of(&t, "ix_agents_created_at").await.is_empty());
+
+    // Down of the webhook migration: the foreign columns and every value are as before.
+    Migrator::down(&t.db, Some(1)).await.unwrap();
+    assert!(snapshot_of(&t, "webhook_").await.is_empty());
+    assert_eq!(fingerprints(&t, "agents", &AGENT_COLUMNS).await, agents_before);
+    assert_eq!(fingerprints(&t, "organizations", &ORG_COLUMNS).await, orgs_before);
+
+    // The baseline refuses to drop the adopted tables, which hold rows it did not create.
+    let err = Migrator::down(&t.db, Some(1)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("refusing to drop table `agents`"),
+        "unexpected error: {err}"
+    );
+    assert_eq!(fingerprints(&t, "agents", &AGENT_COLUMNS).await, agents_before);
+    assert_eq!(Migrator::get_applied_migrations(&t.db).await.unwrap().len(), 1);
+}
+
+async fn adoption_rejects_a_table_missing_our_columns(backend: Backend) {
+    let t = TestDb::fresh(backend).await;
+    t.exec("CREATE TABLE organizations (id varchar(64) PRIMARY KEY, name text NOT NULL)")
+        .await;
+    let err = Migrator::up(&t.db, None).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot adopt existing table `organizations`: it has no column `created_at`"),
+        "unexpected error: {err}"
+    );
+}
+
+async fn baseline_down_refuses_non_empty_tables_and_drops_empty_ones(backend: Backend) {
+    let t = TestDb::fresh(backend).await;
+    Migrator::up(&t.db, None).await.unwrap();
+    t.exec("INSERT INTO organizations (id, name) VALUES ('org-1', 'Acme')")
+        .await;
+    let before = snapshot(&t).await;
+
+    // fresh, refresh and reset check first, and change nothing when they refuse.
+    for (name, result) in [
+        ("fresh", Migrator::fresh(&t.db).await),
+        ("refresh", Migrator::refresh(&t.db).await),
+        ("reset", Migrator::reset(&t.db).await),
+    ] {
+        let err = result.expect_err(name);
+        assert!(
+            err.to_string().contains("refusing to drop table `organizations`"),
+            "{name}: {err}"
+        );
+        assert_eq!(snapshot(&t).await, before, "{name} changed the schema");
+    }
+
+    // Down of the webhook migration is allowed; the baseline's is not.
+    Migrator::down(&t.db, Some(1)).await.unwrap();
+    let err: DbErr = Migrator::down(&t.db, Some(1)).await.unwrap_err();
+    assert!(err.to_string().contains("refusing to drop table `organizations`"), "{err}");
+    assert_eq!(t.count("SELECT COUNT(*) FROM organizations").await, 1);
+
+    // Empty tables are dropped.
+    t.exec("DELETE FROM organizations").await;
+    Migrator::down(&t.db, Some(1)).await.unwrap();
+    for table in OUR_TABLES {
+        assert!(!has_table(&t, table).await, "{table} left after down");
+    }
+
+    // And with no rows, fresh/refresh/reset work.
+    Migrator::fresh(&t.db).await.unwrap();
+    let clean = snapshot(&t).await;
+    Migrator::refresh(&t.db).await.unwrap();
+    assert_eq!(snapshot(&t).await, clean);
+    Migrator::reset(&t.db).await.unwrap();
+    assert!(!has_table(&t, "agents").await);
+}
+
+async fn fresh_never_drops_tables_it_did_not_create(backend: Backend) {
+    let t = TestDb::fresh(backend).await;
+    Migrator::up(&t.db, None).await.unwrap();
+    t.exec("CREATE TABLE billing_accounts (id varchar(64) PRIMARY KEY, owner text)")
+        .await;
+    t.exec("INSERT INTO billing_accounts (id, owner) VALUES ('b-1', 'Acme')")
+        .await;
+    Migrator::fresh(&t.db).await.unwrap();
+    assert_eq!(t.count("SELECT COUNT(*) FROM billing_accounts").await, 1);
+    assert!(has_table(&t, "webhook_deliveries").await);
+}
+
+/// MariaDB commits DDL as it goes, so an `up` can stop half way; running it again completes it.
+async fn interrupted_webhook_migration_completes_on_rerun(backend: Backend) {
+    let t = TestDb::fresh(backend).await;
+    Migrator::up(&t.db, None).await.unwrap();
+    let complete = snapshot(&t).await;
+
+    // Simulate a crash after two of the webhook migration's steps: roll back cleanly, then
+    // replay its first statements by hand, without recording the migration as applied.
+    Migrator::down(&t.db, Some(1)).await.unwrap();
+    // A new connection: SQLite checks ALTER TABLE against a connection's cached schema, and a
+    // pooled connection may not have seen the rollback yet.
+    let crash = TestDb::reconnect(&t).await;
+    crash.exec("ALTER TABLE agents ADD COLUMN webhook_url text NULL").await;
+    crash.exec("ALTER TABLE agents ADD COLUMN webhook_secret text NULL").await;
+    crash.db.close().await.unwrap();
+    Migrator::up(&t.db, None).await.unwrap();
+    assert_eq!(snapshot(&t).await, complete);
+
+    // Likewise a `down` that stopped after dropping the table.
+    t.exec("DROP TABLE webhook_deliveries").await;
+    Migrator::down(&t.db, Some(1)).await.unwrap();
+    assert!(snapshot_of(&t, "webhook_").await.is_empty());
+}
+
+backend_tests!(
+    up_on_empty_then_status_then_round_trip,
+    adopts_existing_tables_and_keeps_every_value,
+    adoption_rejects_a_table_missing_our_columns,
+    baseline_down_refuses_non_empty_tables_and_drops_empty_ones,
+    fresh_never_drops_tables_it_did_not_create,
+    interrupted_webhook_migration_completes_on_rerun,
+);
