@@ -9,7 +9,9 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
     pub organization_id: String,
+    #[sea_orm(unique_key = "ux_webhook_deliveries_agent_event")]
     pub agent_id: String,
+    #[sea_orm(unique_key = "ux_webhook_deliveries_agent_event")]
     pub event_id: String,
     pub event_type: String,
     #[sea_orm(column_type = "Text")]

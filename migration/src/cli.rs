@@ -21,7 +21,11 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://webhooks.db?mode=rwc";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Parser)]
-#[command(name = "migration", version, about = "Apply and roll back agent-webhooks migrations")]
+#[command(
+    name = "migration",
+    version,
+    about = "Apply and roll back agent-webhooks migrations"
+)]
 struct Cli {
     /// Database URL (`postgres://`, `mysql://` or `sqlite://`); defaults to the embedded SQLite
     /// file `webhooks.db`.
@@ -29,7 +33,13 @@ struct Cli {
     database_url: Option<String>,
 
     /// PostgreSQL schema to migrate (ignored by MySQL and SQLite).
-    #[arg(short = 's', long, env = "DATABASE_SCHEMA", global = true, default_value = "public")]
+    #[arg(
+        short = 's',
+        long,
+        env = "DATABASE_SCHEMA",
+        global = true,
+        default_value = "public"
+    )]
     database_schema: String,
 
     /// Log every SQL statement.

@@ -20,6 +20,7 @@ pub mod cli;
 mod columns;
 mod m20261128_000001_baseline;
 mod m20261128_000002_add_webhook_fields_to_agent;
+mod m20261128_000003_delivery_bookkeeping_indexes;
 mod tables;
 
 pub use m20261128_000001_baseline::ensure_baseline_droppable;
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_baseline::Migration),
             Box::new(m20261128_000002_add_webhook_fields_to_agent::Migration),
+            Box::new(m20261128_000003_delivery_bookkeeping_indexes::Migration),
         ]
     }
 

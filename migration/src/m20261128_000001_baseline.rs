@@ -107,7 +107,12 @@ impl MigrationTrait for Migration {
         // `agents` first: it references `organizations`.
         for table in [Agents::Table.to_string(), Organizations::Table.to_string()] {
             manager
-                .drop_table(Table::drop().table(Alias::new(table)).if_exists().to_owned())
+                .drop_table(
+                    Table::drop()
+                        .table(Alias::new(table))
+                        .if_exists()
+                        .to_owned(),
+                )
                 .await?;
         }
         Ok(())

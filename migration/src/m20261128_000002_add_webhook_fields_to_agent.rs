@@ -19,7 +19,9 @@
 //!   simply be run again.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::schema::{boolean, integer, integer_null, json_null, string, text, text_null};
+use sea_orm_migration::schema::{
+    boolean, integer, integer_null, json_null, string, text, text_null,
+};
 
 use crate::columns::{utc_timestamp, utc_timestamp_default_now};
 use crate::tables::{Agents, Organizations, WebhookDeliveries};
@@ -48,7 +50,10 @@ impl MigrationTrait for Migration {
 
         // One statement per column: SQLite allows a single change per ALTER TABLE.
         for mut column in agent_columns() {
-            if !manager.has_column(&agents, column.get_column_name()).await? {
+            if !manager
+                .has_column(&agents, column.get_column_name())
+                .await?
+            {
                 manager
                     .alter_table(
                         Table::alter()

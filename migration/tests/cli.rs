@@ -32,7 +32,7 @@ fn defaults_to_embedded_sqlite_and_says_so() {
     assert!(status.status.success());
     let text = stderr(&status);
     assert!(
-        text.contains("m20261128_000002_add_webhook_fields_to_agent'... Applied"),
+        text.contains("m20261128_000003_delivery_bookkeeping_indexes'... Applied"),
         "{text}"
     );
 
@@ -40,7 +40,7 @@ fn defaults_to_embedded_sqlite_and_says_so() {
     assert!(down.status.success(), "{}", stderr(&down));
     let text = stderr(&migration(dir.path(), None, &["status"]));
     assert!(
-        text.contains("m20261128_000002_add_webhook_fields_to_agent'... Pending"),
+        text.contains("m20261128_000003_delivery_bookkeeping_indexes'... Pending"),
         "{text}"
     );
 }
@@ -88,7 +88,10 @@ fn bad_url_gives_one_line_and_exit_1() {
         let err = stderr(&out);
         assert_eq!(err.trim_end().lines().count(), 1, "{url}: {err}");
         assert!(err.starts_with("error: "), "{url}: {err}");
-        assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
     }
 }
 

@@ -63,7 +63,10 @@ async fn crud_relations_and_cascade(backend: Backend) {
     let first = first.insert(db).await.unwrap();
     assert_eq!(first.attempt_count, 0);
     assert_eq!(first.next_retry_at, Some(at(5)));
-    delivery("d-2", &agent, "run.failed").insert(db).await.unwrap();
+    delivery("d-2", &agent, "run.failed")
+        .insert(db)
+        .await
+        .unwrap();
 
     // Update through the ActiveModel.
     let mut update: webhook_deliveries::ActiveModel = first.clone().into();
@@ -106,7 +109,10 @@ async fn crud_relations_and_cascade(backend: Backend) {
 
     // Deleting the agent takes its history with it.
     agent.delete(db).await.unwrap();
-    assert_eq!(webhook_deliveries::Entity::find().count(db).await.unwrap(), 0);
+    assert_eq!(
+        webhook_deliveries::Entity::find().count(db).await.unwrap(),
+        0
+    );
     assert_eq!(organizations::Entity::find().count(db).await.unwrap(), 1);
 
     // And deleting the organization takes its agents.

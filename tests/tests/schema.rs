@@ -6,7 +6,9 @@ use integration_tests::{Backend, TestDb, backend_tests};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::DbErr;
 
-const MIGRATIONS: usize = 2;
+const MIGRATIONS: usize = 3;
+/// `down` steps from fully migrated back to the baseline alone.
+const TO_BASELINE: u32 = MIGRATIONS as u32 - 1;
 const OUR_TABLES: [&str; 3] = ["organizations", "agents", "webhook_deliveries"];
 
 async fn has_table(t: &TestDb, table: &str) -> bool {
@@ -28,11 +30,22 @@ async fn has_table(t: &TestDb, table: &str) -> bool {
 
 async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
     let t = TestDb::fresh(backend).await;
-    assert_eq!(Migrator::get_pending_migrations(&t.db).await.unwrap().len(), MIGRATIONS);
+    assert_eq!(
+        Migrator::get_pending_migrations(&t.db).await.unwrap().len(),
+        MIGRATIONS
+    );
 
     Migrator::up(&t.db, None).await.unwrap();
-    assert_eq!(Migrator::get_applied_migrations(&t.db).await.unwrap().len(), MIGRATIONS);
-    assert!(Migrator::get_pending_migrations(&t.db).await.unwrap().is_empty());
+    assert_eq!(
+        Migrator::get_applied_migrations(&t.db).await.unwrap().len(),
+        MIGRATIONS
+    );
+    assert!(
+        Migrator::get_pending_migrations(&t.db)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     Migrator::status(&t.db).await.unwrap();
     for table in OUR_TABLES {
         assert!(has_table(&t, table).await, "{table} missing after up");
@@ -49,10 +62,13 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
         );
     }
 
-    // Down the webhook migration only, then up again: identical schema.
-    Migrator::down(&t.db, Some(1)).await.unwrap();
+    // Down to the baseline, then up again: identical schema.
+    Migrator::down(&t.db, Some(TO_BASELINE)).await.unwrap();
     assert!(!has_table(&t, "webhook_deliveries").await);
-    assert!(snapshot_of(&t, "webhook_").await.is_empty(), "webhook columns left behind");
+    assert!(
+        snapshot_of(&t, "webhook_").await.is_empty(),
+        "webhook columns left behind"
+    );
     Migrator::up(&t.db, None).await.unwrap();
     assert_eq!(snapshot(&t).await, after_up);
 
@@ -61,7 +77,12 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
     for table in OUR_TABLES {
         assert!(!has_table(&t, table).await, "{table} left after down");
     }
-    assert!(Migrator::get_applied_migrations(&t.db).await.unwrap().is_empty());
+    assert!(
+        Migrator::get_applied_migrations(&t.db)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     Migrator::up(&t.db, None).await.unwrap();
     assert_eq!(snapshot(&t).await, after_up);
 }
@@ -166,7 +187,10 @@ async fn adopts_existing_tables_and_keeps_every_value(backend: Backend) {
         "agents changed by up"
     );
     assert_eq!(agents_after, agents_before);
-    assert_eq!(fingerprints(&t, "organizations", &ORG_COLUMNS).await, orgs_before);
+    assert_eq!(
+        fingerprints(&t, "organizations", &ORG_COLUMNS).await,
+        orgs_before
+    );
     // Old rows read as "no webhook": disabled, no event filter, no URL, no secret.
     let untouched = t
         .count(
@@ -178,10 +202,16 @@ async fn adopts_existing_tables_and_keeps_every_value(backend: Backend) {
     assert!(!snapshot_of(&t, "ix_agents_created_at").await.is_empty());
 
     // Down of the webhook migration: the foreign columns and every value are as before.
-    Migrator::down(&t.db, Some(1)).await.unwrap();
+    Migrator::down(&t.db, Some(TO_BASELINE)).await.unwrap();
     assert!(snapshot_of(&t, "webhook_").await.is_empty());
-    assert_eq!(fingerprints(&t, "agents", &AGENT_COLUMNS).await, agents_before);
-    assert_eq!(fingerprints(&t, "organizations", &ORG_COLUMNS).await, orgs_before);
+    assert_eq!(
+        fingerprints(&t, "agents", &AGENT_COLUMNS).await,
+        agents_before
+    );
+    assert_eq!(
+        fingerprints(&t, "organizations", &ORG_COLUMNS).await,
+        orgs_before
+    );
 
     // The baseline refuses to drop the adopted tables, which hold rows it did not create.
     let err = Migrator::down(&t.db, Some(1)).await.unwrap_err();
@@ -189,8 +219,14 @@ async fn adopts_existing_tables_and_keeps_every_value(backend: Backend) {
         err.to_string().contains("refusing to drop table `agents`"),
         "unexpected error: {err}"
     );
-    assert_eq!(fingerprints(&t, "agents", &AGENT_COLUMNS).await, agents_before);
-    assert_eq!(Migrator::get_applied_migrations(&t.db).await.unwrap().len(), 1);
+    assert_eq!(
+        fingerprints(&t, "agents", &AGENT_COLUMNS).await,
+        agents_before
+    );
+    assert_eq!(
+        Migrator::get_applied_migrations(&t.db).await.unwrap().len(),
+        1
+    );
 }
 
 async fn adoption_rejects_a_table_missing_our_columns(backend: Backend) {
@@ -220,16 +256,21 @@ async fn baseline_down_refuses_non_empty_tables_and_drops_empty_ones(backend: Ba
     ] {
         let err = result.expect_err(name);
         assert!(
-            err.to_string().contains("refusing to drop table `organizations`"),
+            err.to_string()
+                .contains("refusing to drop table `organizations`"),
             "{name}: {err}"
         );
         assert_eq!(snapshot(&t).await, before, "{name} changed the schema");
     }
 
     // Down of the webhook migration is allowed; the baseline's is not.
-    Migrator::down(&t.db, Some(1)).await.unwrap();
+    Migrator::down(&t.db, Some(TO_BASELINE)).await.unwrap();
     let err: DbErr = Migrator::down(&t.db, Some(1)).await.unwrap_err();
-    assert!(err.to_string().contains("refusing to drop table `organizations`"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("refusing to drop table `organizations`"),
+        "{err}"
+    );
     assert_eq!(t.count("SELECT COUNT(*) FROM organizations").await, 1);
 
     // Empty tables are dropped.
@@ -268,19 +309,23 @@ async fn interrupted_webhook_migration_completes_on_rerun(backend: Backend) {
 
     // Simulate a crash after two of the webhook migration's steps: roll back cleanly, then
     // replay its first statements by hand, without recording the migration as applied.
-    Migrator::down(&t.db, Some(1)).await.unwrap();
+    Migrator::down(&t.db, Some(TO_BASELINE)).await.unwrap();
     // A new connection: SQLite checks ALTER TABLE against a connection's cached schema, and a
     // pooled connection may not have seen the rollback yet.
     let crash = TestDb::reconnect(&t).await;
-    crash.exec("ALTER TABLE agents ADD COLUMN webhook_url text NULL").await;
-    crash.exec("ALTER TABLE agents ADD COLUMN webhook_secret text NULL").await;
+    crash
+        .exec("ALTER TABLE agents ADD COLUMN webhook_url text NULL")
+        .await;
+    crash
+        .exec("ALTER TABLE agents ADD COLUMN webhook_secret text NULL")
+        .await;
     crash.db.close().await.unwrap();
     Migrator::up(&t.db, None).await.unwrap();
     assert_eq!(snapshot(&t).await, complete);
 
     // Likewise a `down` that stopped after dropping the table.
     t.exec("DROP TABLE webhook_deliveries").await;
-    Migrator::down(&t.db, Some(1)).await.unwrap();
+    Migrator::down(&t.db, Some(TO_BASELINE)).await.unwrap();
     assert!(snapshot_of(&t, "webhook_").await.is_empty());
 }
 
