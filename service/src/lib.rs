@@ -1,1 +1,33 @@
-//! agent-webhooks service layer.
+//! The agent-webhooks service layer: what an app server imports to let users configure an
+//! agent's webhook safely, and what its sender workers use to keep an honest record of every
+//! delivery.
+//!
+//! Every database function is a plain `async fn` over any [`sea_orm::ConnectionTrait`] (a
+//! pool or a transaction), like SeaORM's own service examples.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`config`] | set/get/disable/clear an agent's webhook; read models that never carry the secret |
+//! | [`url_policy`] | which webhook URLs are allowed (SSRF defence), at configuration and at connect time |
+//! | [`events`] | the event catalogue and event filters |
+//! | [`webhook_secret`] | accepted signing-secret forms, generation |
+//! | [`secret_box`] | secrets encrypted at rest under rotating keys |
+//! | [`signing`] | Standard Webhooks signatures and their verification |
+//! | [`deliveries`] | enqueue, claim, record, requeue, history, stats, retention |
+//! | [`retry`] | the retry schedule and which outcomes are final |
+//! | [`sender`] | one call that gives a worker the URL, signed headers and body |
+//! | [`settings`] | settings from the environment |
+//! | [`db`] | connecting with the settings the service expects |
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod deliveries;
+pub mod events;
+pub mod retry;
+pub mod secret_box;
+pub mod sender;
+pub mod settings;
+pub mod signing;
+pub mod url_policy;
+pub mod webhook_secret;

@@ -1,3 +1,6 @@
-//! The `agent-webhooks` operations CLI.
+//! The `agent-webhooks` operations CLI; see `agent-webhooks --help`.
 
-fn main() {}
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    agent_webhooks::cli::run().await
+}

@@ -220,3 +220,56 @@ mod tests {
         );
     }
 }
+
+/// Inserts organization `org-1` (if missing) and an agent with an enabled webhook to
+/// `https://hooks.example.com/<agent_id>` wanting `events` (empty = all).
+pub async fn seed_agent(t: &TestDb, agent_id: &str, events: &[&str]) {
+    use entity::{agents, organizations};
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
+    if organizations::Entity::find_by_id("org-1")
+        .one(&t.db)
+        .await
+        .expect("query organizations")
+        .is_none()
+    {
+        organizations::ActiveModel {
+            id: Set("org-1".to_owned()),
+            name: Set("Acme".to_owned()),
+            ..Default::default()
+        }
+        .insert(&t.db)
+        .await
+        .expect("insert organization");
+    }
+    agents::ActiveModel {
+        id: Set(agent_id.to_owned()),
+        organization_id: Set("org-1".to_owned()),
+        name: Set(agent_id.to_owned()),
+        webhook_url: Set(Some(format!("https://hooks.example.com/{agent_id}"))),
+        webhook_events: Set(Some(serde_json::json!(events))),
+        webhook_enabled: Set(true),
+        ..Default::default()
+    }
+    .insert(&t.db)
+    .await
+    .expect("insert agent");
+}
+
+/// A tiny deterministic random source (xorshift64*) so tests need no RNG crate.
+#[derive(Clone, Debug)]
+pub struct TestRng(u64);
+
+impl TestRng {
+    /// A generator from a non-zero seed.
+    pub fn new(seed: u64) -> Self {
+        TestRng(seed.max(1))
+    }
+
+    /// The next value in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}

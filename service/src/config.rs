@@ -1,0 +1,434 @@
+//! An agent's webhook configuration: validated before anything is written, the secret sealed
+//! at rest, and read back through views that cannot carry the secret.
+//!
+//! Decisions:
+//! * `webhook_secret` absent in [`WebhookConfig`] keeps the stored secret; [`clear_webhook_config`]
+//!   removes it. A configuration without any secret is allowed, but the sender refuses to send
+//!   unsigned deliveries (see [`crate::sender`]).
+//! * An empty event list means **all events**, and is stored as `[]`. A NULL list (rows from
+//!   before the webhook migration) means the same.
+
+use entity::agents;
+use sea_orm::prelude::DateTimeWithTimeZone;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
+};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::events::{EventFilter, EventFilterError};
+use crate::secret_box::{KeyRing, SecretBoxError};
+use crate::settings::WebhookSettings;
+use crate::url_policy::{UrlPolicy, UrlPolicyError};
+use crate::webhook_secret::{SecretFormatError, WebhookSecret};
+
+/// The request body that configures an agent's webhook (the specification's `WebhookConfig`).
+///
+/// Deliberately not `Serialize`: it may hold a secret. `Debug` redacts the secret.
+#[derive(Debug, Deserialize)]
+pub struct WebhookConfig {
+    /// Where deliveries go; checked against the [`UrlPolicy`].
+    pub webhook_url: String,
+    /// The signing secret; `None` keeps the stored one.
+    #[serde(default)]
+    pub webhook_secret: Option<SecretString>,
+    /// Event names or wildcards; empty means all events.
+    #[serde(default)]
+    pub webhook_events: Vec<String>,
+    /// Whether deliveries are enqueued; defaults to true.
+    #[serde(default = "enabled_by_default")]
+    pub webhook_enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// A [`WebhookConfig`] that passed validation.
+#[derive(Debug)]
+pub struct ValidatedConfig {
+    /// The URL, normalised.
+    pub url: url::Url,
+    /// The secret, when one was given.
+    pub secret: Option<WebhookSecret>,
+    /// The normalised event filter.
+    pub events: EventFilter,
+    /// Whether the webhook is enabled.
+    pub enabled: bool,
+}
+
+impl WebhookConfig {
+    /// Validates every field; the first failing rule is the error.
+    pub fn validate(&self, policy: UrlPolicy) -> Result<ValidatedConfig, ConfigError> {
+        Ok(ValidatedConfig {
+            url: policy.check(&self.webhook_url)?,
+            secret: self
+                .webhook_secret
+                .clone()
+                .map(WebhookSecret::parse)
+                .transpose()?,
+            events: EventFilter::parse(&self.webhook_events)?,
+            enabled: self.webhook_enabled,
+        })
+    }
+}
+
+/// What an API response may say about an agent's webhook: never the secret, only whether one
+/// is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WebhookConfigView {
+    /// The agent.
+    pub agent_id: String,
+    /// Where deliveries go, if configured.
+    pub webhook_url: Option<String>,
+    /// Whether a signing secret is stored.
+    pub has_secret: bool,
+    /// The event filter as stored; empty means all events.
+    pub webhook_events: Vec<String>,
+    /// True when the filter is empty or `*`: the webhook wants every event.
+    pub all_events: bool,
+    /// Whether deliveries are enqueued.
+    pub webhook_enabled: bool,
+}
+
+/// An agent with its webhook fields (the specification's `AgentState`), safe to serialize.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentState {
+    /// `agent-<uuid>`.
+    pub id: String,
+    /// `org-<uuid>`.
+    pub organization_id: String,
+    /// Display name.
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Creation time.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Last update.
+    pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The webhook configuration, without the secret.
+    pub webhook: WebhookConfigView,
+}
+
+/// Errors of webhook configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No agent has this id.
+    #[error("agent `{0}` not found")]
+    AgentNotFound(String),
+    /// The URL broke a rule of the policy.
+    #[error("webhook_url {0}")]
+    Url(#[from] UrlPolicyError),
+    /// The event list is invalid.
+    #[error("invalid webhook_events: {0}")]
+    Events(#[from] EventFilterError),
+    /// The secret is not an accepted form.
+    #[error("invalid webhook_secret: {0}")]
+    SecretFormat(#[from] SecretFormatError),
+    /// A secret was to be written but `WEBHOOK_SECRET_KEYS` is not configured; secrets are
+    /// never stored in plaintext.
+    #[error(
+        "no encryption key is configured (set WEBHOOK_SECRET_KEYS); refusing to store a secret"
+    )]
+    NoEncryptionKey,
+    /// The stored secret cannot be decrypted (tampered, foreign, or an unknown key).
+    #[error("stored webhook_secret of agent `{agent_id}` cannot be opened: {source}")]
+    Sealed {
+        /// The agent.
+        agent_id: String,
+        /// Why.
+        source: SecretBoxError,
+    },
+    /// The stored event filter is not a list of known event names.
+    #[error("stored webhook_events of agent `{agent_id}` are invalid: {reason}")]
+    CorruptEvents {
+        /// The agent.
+        agent_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+/// Validates `config` and stores it on the agent; the secret, if given, is sealed with the
+/// current key and the agent id as associated data.
+pub async fn set_webhook_config<C: ConnectionTrait>(
+    db: &C,
+    settings: &WebhookSettings,
+    agent_id: &str,
+    config: &WebhookConfig,
+) -> Result<WebhookConfigView, ConfigError> {
+    let valid = config.validate(settings.url_policy)?;
+    let agent = find_agent(db, agent_id).await?;
+    let sealed = match &valid.secret {
+        Some(secret) => Some(seal(settings.keys.as_ref(), agent_id, secret)?),
+        None => None,
+    };
+    let events = serde_json::to_value(valid.events.as_slice())
+        .map_err(|e| DbErr::Custom(format!("cannot encode event filter: {e}")))?;
+
+    let mut active = agent.into_active_model();
+    active.webhook_url = Set(Some(valid.url.to_string()));
+    active.webhook_events = Set(Some(events));
+    active.webhook_enabled = Set(valid.enabled);
+    if let Some(sealed) = sealed {
+        active.webhook_secret = Set(Some(sealed));
+    }
+    active.updated_at = Set(Some(now()));
+    let agent = active.update(db).await?;
+    tracing::info!(agent = %agent.id, enabled = agent.webhook_enabled, "webhook configured");
+    view(&agent)
+}
+
+/// Replaces only the secret, e.g. with [`WebhookSecret::generate`].
+pub async fn set_webhook_secret<C: ConnectionTrait>(
+    db: &C,
+    settings: &WebhookSettings,
+    agent_id: &str,
+    secret: &WebhookSecret,
+) -> Result<WebhookConfigView, ConfigError> {
+    let sealed = seal(settings.keys.as_ref(), agent_id, secret)?;
+    update_columns(
+        db,
+        agent_id,
+        [
+            (agents::Column::WebhookSecret, Expr::value(Some(sealed))),
+            (agents::Column::UpdatedAt, Expr::value(Some(now()))),
+        ],
+    )
+    .await
+}
+
+/// The agent's webhook configuration, without the secret.
+pub async fn get_webhook_config<C: ConnectionTrait>(
+    db: &C,
+    agent_id: &str,
+) -> Result<WebhookConfigView, ConfigError> {
+    view(&find_agent(db, agent_id).await?)
+}
+
+/// The agent with its webhook configuration, without the secret.
+pub async fn get_agent<C: ConnectionTrait>(
+    db: &C,
+    agent_id: &str,
+) -> Result<AgentState, ConfigError> {
+    let agent = find_agent(db, agent_id).await?;
+    Ok(AgentState {
+        webhook: view(&agent)?,
+        id: agent.id,
+        organization_id: agent.organization_id,
+        name: agent.name,
+        description: agent.description,
+        created_at: agent.created_at.to_utc(),
+        updated_at: agent.updated_at.map(|t| t.to_utc()),
+    })
+}
+
+/// Stops enqueueing deliveries for the agent, keeping URL, secret and filter.
+pub async fn disable_webhook<C: ConnectionTrait>(
+    db: &C,
+    agent_id: &str,
+) -> Result<WebhookConfigView, ConfigError> {
+    update_columns(
+        db,
+        agent_id,
+        [
+            (agents::Column::WebhookEnabled, Expr::value(false)),
+            (agents::Column::UpdatedAt, Expr::value(Some(now()))),
+        ],
+    )
+    .await
+}
+
+/// Removes the agent's webhook configuration entirely (URL, secret, filter) and disables it.
+/// Its delivery history is kept.
+pub async fn clear_webhook_config<C: ConnectionTrait>(
+    db: &C,
+    agent_id: &str,
+) -> Result<WebhookConfigView, ConfigError> {
+    update_columns(
+        db,
+        agent_id,
+        [
+            (agents::Column::WebhookUrl, Expr::value(None::<String>)),
+            (agents::Column::WebhookSecret, Expr::value(None::<String>)),
+            (
+                agents::Column::WebhookEvents,
+                Expr::value(None::<serde_json::Value>),
+            ),
+            (agents::Column::WebhookEnabled, Expr::value(false)),
+            (agents::Column::UpdatedAt, Expr::value(Some(now()))),
+        ],
+    )
+    .await
+}
+
+/// The agent's decrypted signing secret, for the component that signs deliveries; `None` when
+/// no secret is set. Never log or serialize what this returns.
+pub async fn reveal_secret<C: ConnectionTrait>(
+    db: &C,
+    settings: &WebhookSettings,
+    agent_id: &str,
+) -> Result<Option<WebhookSecret>, ConfigError> {
+    let agent = find_agent(db, agent_id).await?;
+    open_secret(settings.keys.as_ref(), &agent)
+}
+
+/// What [`rotate_secret_keys`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RotationReport {
+    /// Agents with a stored secret that were looked at.
+    pub examined: u64,
+    /// Secrets re-sealed under the current key.
+    pub resealed: u64,
+    /// Secrets that changed while being rotated (left for the next run).
+    pub skipped: u64,
+}
+
+/// Re-seals every stored secret that is not under the current key, `batch` agents at a time.
+///
+/// Resumable and safe to run twice: it walks agents by id, each secret already under the
+/// current key is left alone, and each update only applies if the row still holds the
+/// ciphertext that was read (a concurrent [`set_webhook_config`] wins).
+pub async fn rotate_secret_keys<C: ConnectionTrait>(
+    db: &C,
+    settings: &WebhookSettings,
+    batch: u64,
+) -> Result<RotationReport, ConfigError> {
+    let keys = settings.keys.as_ref().ok_or(ConfigError::NoEncryptionKey)?;
+    let mut report = RotationReport::default();
+    let mut after: Option<String> = None;
+    loop {
+        let mut select = agents::Entity::find()
+            .select_only()
+            .column(agents::Column::Id)
+            .column(agents::Column::WebhookSecret)
+            .filter(agents::Column::WebhookSecret.is_not_null())
+            .order_by_asc(agents::Column::Id)
+            .limit(batch.max(1));
+        if let Some(last) = &after {
+            select = select.filter(agents::Column::Id.gt(last.as_str()));
+        }
+        let rows: Vec<(String, Option<String>)> = select.into_tuple().all(db).await?;
+        let Some((last, _)) = rows.last() else {
+            return Ok(report);
+        };
+        after = Some(last.clone());
+        for (agent_id, sealed) in rows {
+            let Some(sealed) = sealed else { continue };
+            report.examined += 1;
+            let sealed_err = |source| ConfigError::Sealed {
+                agent_id: agent_id.clone(),
+                source,
+            };
+            if !keys.needs_rotation(&sealed).map_err(sealed_err)? {
+                continue;
+            }
+            let resealed = keys.reseal(&sealed, &agent_id).map_err(sealed_err)?;
+            let updated = agents::Entity::update_many()
+                .col_expr(agents::Column::WebhookSecret, Expr::value(Some(resealed)))
+                .filter(agents::Column::Id.eq(agent_id.as_str()))
+                .filter(agents::Column::WebhookSecret.eq(sealed.as_str()))
+                .exec(db)
+                .await?;
+            if updated.rows_affected == 1 {
+                report.resealed += 1;
+            } else {
+                report.skipped += 1;
+            }
+        }
+        tracing::info!(?report, "secret key rotation progress");
+    }
+}
+
+/// Opens the sealed secret of a loaded agent row.
+pub(crate) fn open_secret(
+    keys: Option<&KeyRing>,
+    agent: &agents::Model,
+) -> Result<Option<WebhookSecret>, ConfigError> {
+    let Some(sealed) = &agent.webhook_secret else {
+        return Ok(None);
+    };
+    let sealed_err = |source| ConfigError::Sealed {
+        agent_id: agent.id.clone(),
+        source,
+    };
+    let keys = keys.ok_or(ConfigError::NoEncryptionKey)?;
+    let plain = keys.open(sealed, &agent.id).map_err(sealed_err)?;
+    // What was stored passed validation when it was written; a failure here means the key
+    // ring opened something that was never a webhook secret.
+    WebhookSecret::parse(plain)
+        .map(Some)
+        .map_err(ConfigError::SecretFormat)
+}
+
+fn seal(
+    keys: Option<&KeyRing>,
+    agent_id: &str,
+    secret: &WebhookSecret,
+) -> Result<String, ConfigError> {
+    let keys = keys.ok_or(ConfigError::NoEncryptionKey)?;
+    keys.seal(&SecretString::from(secret.expose()), agent_id)
+        .map_err(|source| ConfigError::Sealed {
+            agent_id: agent_id.to_owned(),
+            source,
+        })
+}
+
+pub(crate) async fn find_agent<C: ConnectionTrait>(
+    db: &C,
+    agent_id: &str,
+) -> Result<agents::Model, ConfigError> {
+    agents::Entity::find_by_id(agent_id)
+        .one(db)
+        .await?
+        .ok_or_else(|| ConfigError::AgentNotFound(agent_id.to_owned()))
+}
+
+async fn update_columns<C: ConnectionTrait, const N: usize>(
+    db: &C,
+    agent_id: &str,
+    columns: [(agents::Column, Expr); N],
+) -> Result<WebhookConfigView, ConfigError> {
+    let mut update = agents::Entity::update_many().filter(agents::Column::Id.eq(agent_id));
+    for (column, value) in columns {
+        update = update.col_expr(column, value);
+    }
+    if update.exec(db).await?.rows_affected == 0 {
+        return Err(ConfigError::AgentNotFound(agent_id.to_owned()));
+    }
+    get_webhook_config(db, agent_id).await
+}
+
+/// The stored event filter of a loaded agent row.
+pub(crate) fn stored_events(agent: &agents::Model) -> Result<EventFilter, ConfigError> {
+    let corrupt = |reason: String| ConfigError::CorruptEvents {
+        agent_id: agent.id.clone(),
+        reason,
+    };
+    let names: Vec<String> = match &agent.webhook_events {
+        None => Vec::new(),
+        Some(json) => serde_json::from_value(json.clone()).map_err(|e| corrupt(e.to_string()))?,
+    };
+    EventFilter::parse(&names).map_err(|e| corrupt(e.to_string()))
+}
+
+fn view(agent: &agents::Model) -> Result<WebhookConfigView, ConfigError> {
+    let events = stored_events(agent)?;
+    Ok(WebhookConfigView {
+        agent_id: agent.id.clone(),
+        webhook_url: agent.webhook_url.clone(),
+        has_secret: agent.webhook_secret.is_some(),
+        all_events: events.is_all(),
+        webhook_events: events.as_slice().to_vec(),
+        webhook_enabled: agent.webhook_enabled,
+    })
+}
+
+fn now() -> DateTimeWithTimeZone {
+    chrono::Utc::now().fixed_offset()
+}

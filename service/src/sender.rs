@@ -1,0 +1,68 @@
+//! What a sender worker needs for one claimed delivery, in one call: the URL, the signed
+//! Standard Webhooks headers and the body bytes to send unchanged.
+//!
+//! The secret is opened from the agent's row (see [`crate::config`]) and used only to sign;
+//! [`OutgoingRequest`] does not hold it. A delivery whose agent has no secret is not sent
+//! unsigned: [`prepare_request`] fails with [`SendError::NoSecret`].
+//!
+//! The URL was checked when it was configured; it is checked again here against the current
+//! policy, and the sender must still vet the addresses it connects to with
+//! [`UrlPolicy::check_resolved`](crate::url_policy::UrlPolicy::check_resolved) (a DNS name may
+//! point inside the network, or change between check and use) and connect to exactly the
+//! addresses that check returns.
+
+use chrono::{DateTime, Utc};
+use sea_orm::ConnectionTrait;
+
+use crate::config::{self, ConfigError};
+use crate::deliveries::Claim;
+use crate::settings::WebhookSettings;
+use crate::signing::{self, SignError, SignedHeaders};
+use crate::url_policy::UrlPolicyError;
+
+/// An HTTP request ready to send: POST `body` to `url` with `headers` and
+/// `content-type: application/json`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutgoingRequest {
+    /// The delivery's captured URL, checked against the current policy.
+    pub url: url::Url,
+    /// `webhook-id`, `webhook-timestamp` and `webhook-signature`.
+    pub headers: SignedHeaders,
+    /// The exact bytes that were signed; send them unchanged.
+    pub body: Vec<u8>,
+}
+
+/// Why a delivery cannot be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The agent has no signing secret; deliveries are never sent unsigned.
+    #[error("agent `{0}` has no webhook secret; refusing to send an unsigned delivery")]
+    NoSecret(String),
+    /// The captured URL is not allowed by the current policy.
+    #[error("delivery URL rejected: {0}")]
+    Url(#[from] UrlPolicyError),
+    /// Signing failed.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    /// The agent or its secret could not be read.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Signs `body` for the claimed delivery at `now`: `webhook-id` is the delivery's `event_id`, so
+/// a receiver can drop duplicates of a retried event.
+pub async fn prepare_request<C: ConnectionTrait>(
+    db: &C,
+    settings: &WebhookSettings,
+    claim: &Claim,
+    body: Vec<u8>,
+    now: DateTime<Utc>,
+) -> Result<OutgoingRequest, SendError> {
+    let delivery = &claim.delivery;
+    let url = settings.url_policy.check(&delivery.webhook_url)?;
+    let secret = config::reveal_secret(db, settings, &delivery.agent_id)
+        .await?
+        .ok_or_else(|| SendError::NoSecret(delivery.agent_id.clone()))?;
+    let headers = signing::sign(&[&secret], &delivery.event_id, now.timestamp(), &body)?;
+    Ok(OutgoingRequest { url, headers, body })
+}

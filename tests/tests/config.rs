@@ -1,0 +1,368 @@
+//! Webhook configuration on SQLite, PostgreSQL and MariaDB: validation before writing, secrets
+//! sealed at rest and never shown, key rotation.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use agent_webhooks::config::{self, ConfigError, WebhookConfig};
+use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::settings::WebhookSettings;
+use agent_webhooks::url_policy::UrlPolicy;
+use agent_webhooks::webhook_secret::WebhookSecret;
+use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
+use migration::{Migrator, MigratorTrait};
+use secrecy::SecretString;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn settings_with(keys: &[&str]) -> WebhookSettings {
+    let entries: Vec<String> = keys
+        .iter()
+        .map(|id| KeyRing::generate_key_entry(id).unwrap())
+        .collect();
+    WebhookSettings {
+        keys: Some(KeyRing::parse(&entries.join(",")).unwrap()),
+        ..WebhookSettings::default()
+    }
+}
+
+fn request(url: &str, secret: Option<&str>, events: &[&str]) -> WebhookConfig {
+    serde_json::from_value(serde_json::json!({
+        "webhook_url": url,
+        "webhook_secret": secret,
+        "webhook_events": events,
+    }))
+    .unwrap()
+}
+
+async fn migrated(backend: Backend) -> TestDb {
+    let t = TestDb::fresh(backend).await;
+    Migrator::up(&t.db, None).await.unwrap();
+    seed_agent(&t, "agent-1", &[]).await;
+    seed_agent(&t, "agent-2", &[]).await;
+    t
+}
+
+/// A `tracing` subscriber that writes into a buffer, to prove what is (not) logged.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn set_get_disable_clear_and_not_found(backend: Backend) {
+    let t = migrated(backend).await;
+    let settings = settings_with(&["k1"]);
+
+    let view = config::set_webhook_config(
+        &t.db,
+        &settings,
+        "agent-1",
+        &request(
+            "https://hooks.example.com/a",
+            Some(SECRET),
+            &[" Run.* ", "agent.created", "run.*"],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        view.webhook_url.as_deref(),
+        Some("https://hooks.example.com/a")
+    );
+    assert!(view.has_secret && view.webhook_enabled && !view.all_events);
+    assert_eq!(view.webhook_events, vec!["run.*", "agent.created"]);
+    assert_eq!(
+        config::get_webhook_config(&t.db, "agent-1").await.unwrap(),
+        view
+    );
+
+    let agent = config::get_agent(&t.db, "agent-1").await.unwrap();
+    assert_eq!(agent.webhook, view);
+    let json = serde_json::to_string(&agent).unwrap();
+    assert!(
+        json.contains("\"has_secret\":true") && !json.contains("whsec_"),
+        "{json}"
+    );
+
+    // The secret comes back only through reveal_secret.
+    let revealed = config::reveal_secret(&t.db, &settings, "agent-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revealed.expose(), SECRET);
+
+    // Setting again without a secret keeps it; an empty filter means all events.
+    let view = config::set_webhook_config(
+        &t.db,
+        &settings,
+        "agent-1",
+        &request("https://hooks.example.com/b", None, &[]),
+    )
+    .await
+    .unwrap();
+    assert!(view.has_secret && view.all_events);
+    assert_eq!(
+        config::reveal_secret(&t.db, &settings, "agent-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .expose(),
+        SECRET
+    );
+
+    let view = config::disable_webhook(&t.db, "agent-1").await.unwrap();
+    assert!(!view.webhook_enabled && view.has_secret);
+    let view = config::clear_webhook_config(&t.db, "agent-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        (view.webhook_url, view.has_secret, view.webhook_enabled),
+        (None, false, false)
+    );
+    assert!(
+        config::reveal_secret(&t.db, &settings, "agent-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    for result in [
+        config::get_webhook_config(&t.db, "agent-404").await,
+        config::disable_webhook(&t.db, "agent-404").await,
+        config::clear_webhook_config(&t.db, "agent-404").await,
+        config::set_webhook_config(
+            &t.db,
+            &settings,
+            "agent-404",
+            &request("https://hooks.example.com/a", None, &[]),
+        )
+        .await,
+    ] {
+        assert!(
+            matches!(result, Err(ConfigError::AgentNotFound(ref id)) if id == "agent-404"),
+            "{result:?}"
+        );
+    }
+}
+
+async fn invalid_input_writes_nothing(backend: Backend) {
+    let t = migrated(backend).await;
+    let settings = settings_with(&["k1"]);
+    let before = config::get_webhook_config(&t.db, "agent-1").await.unwrap();
+    let cases: Vec<(WebhookConfig, &str)> = vec![
+        (request("http://hooks.example.com/a", None, &[]), "scheme"),
+        (request("https://127.0.0.1/a", None, &[]), "loopback"),
+        (
+            request("https://169.254.169.254/latest", None, &[]),
+            "link-local",
+        ),
+        (
+            request("https://hooks.example.com/a", None, &["run.exploded"]),
+            "run.exploded",
+        ),
+        (
+            request("https://hooks.example.com/a", Some("short"), &[]),
+            "webhook_secret",
+        ),
+    ];
+    for (config, expected) in cases {
+        let err = config::set_webhook_config(&t.db, &settings, "agent-1", &config)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(expected), "{expected}: {err}");
+    }
+    assert_eq!(
+        config::get_webhook_config(&t.db, "agent-1").await.unwrap(),
+        before
+    );
+
+    // Development policy is explicit and allows loopback http targets.
+    let dev = WebhookSettings {
+        url_policy: UrlPolicy::Development,
+        ..settings
+    };
+    config::set_webhook_config(
+        &t.db,
+        &dev,
+        "agent-1",
+        &request("http://127.0.0.1:8080/hook", None, &[]),
+    )
+    .await
+    .unwrap();
+
+    // Without a key, a secret is refused rather than stored in plaintext.
+    let no_keys = WebhookSettings::default();
+    let err = config::set_webhook_config(
+        &t.db,
+        &no_keys,
+        "agent-2",
+        &request("https://hooks.example.com/a", Some(SECRET), &[]),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ConfigError::NoEncryptionKey), "{err}");
+    assert!(
+        !config::get_webhook_config(&t.db, "agent-2")
+            .await
+            .unwrap()
+            .has_secret
+    );
+}
+
+async fn plaintext_secret_is_nowhere(backend: Backend) {
+    let t = migrated(backend).await;
+    let settings = settings_with(&["k1"]);
+    let secret = WebhookSecret::generate().unwrap();
+    let plain = secret.expose().to_owned();
+    let body = WebhookConfig {
+        webhook_url: "https://hooks.example.com/a".into(),
+        webhook_secret: Some(SecretString::from(plain.clone())),
+        webhook_events: vec![],
+        webhook_enabled: true,
+    };
+    // Debug of the request, the secret and the settings never show it.
+    for debug in [
+        format!("{body:?}"),
+        format!("{secret:?}"),
+        format!("{settings:?}"),
+    ] {
+        assert!(!debug.contains(&plain), "{debug}");
+    }
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    config::set_webhook_config(&t.db, &settings, "agent-1", &body)
+        .await
+        .unwrap();
+    let view = config::get_webhook_config(&t.db, "agent-1").await.unwrap();
+    let revealed = config::reveal_secret(&t.db, &settings, "agent-1")
+        .await
+        .unwrap()
+        .unwrap();
+    drop(guard);
+    assert_eq!(revealed.expose(), plain);
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("webhook configured"),
+        "the capture works: {logs}"
+    );
+    assert!(!logs.contains(&plain), "{logs}");
+    assert!(!serde_json::to_string(&view).unwrap().contains(&plain));
+
+    // The stored column is an envelope naming the key, not the secret.
+    let stored = t
+        .strings("SELECT webhook_secret FROM agents WHERE id = 'agent-1'")
+        .await;
+    assert!(stored[0].starts_with("v1.k1."), "{stored:?}");
+    assert!(!stored[0].contains(&plain));
+    let all_text = t
+        .strings("SELECT COALESCE(webhook_url, '') || COALESCE(webhook_secret, '') FROM agents")
+        .await
+        .join("\n");
+    assert!(!all_text.contains(&plain) && !all_text.contains(&plain["whsec_".len()..]));
+
+    // A ciphertext copied to another agent does not open there.
+    t.exec(&format!(
+        "UPDATE agents SET webhook_secret = '{}' WHERE id = 'agent-2'",
+        stored[0]
+    ))
+    .await;
+    let err = config::reveal_secret(&t.db, &settings, "agent-2")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::Sealed { .. }), "{err}");
+
+    if backend == Backend::Sqlite {
+        // And not in the database file's bytes either (after a checkpoint).
+        t.exec("PRAGMA wal_checkpoint(TRUNCATE)").await;
+        let path = t
+            .url
+            .trim_start_matches("sqlite://")
+            .split('?')
+            .next()
+            .unwrap()
+            .to_owned();
+        for file in [path.clone(), format!("{path}-wal")] {
+            if let Ok(bytes) = std::fs::read(&file) {
+                let needle = plain.as_bytes();
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "plaintext in {file}"
+                );
+            }
+        }
+    }
+}
+
+async fn rotation_reseals_every_secret_and_is_idempotent(backend: Backend) {
+    let t = migrated(backend).await;
+    for i in 3..12 {
+        seed_agent(&t, &format!("agent-{i}"), &[]).await;
+    }
+    let k1 = KeyRing::generate_key_entry("k1").unwrap();
+    let k2 = KeyRing::generate_key_entry("k2").unwrap();
+    let ring = |entries: &str| WebhookSettings {
+        keys: Some(KeyRing::parse(entries).unwrap()),
+        ..WebhookSettings::default()
+    };
+    let old = ring(&k1);
+    let secret = |i: usize| format!("a user secret for agent number {i}");
+    let agents: Vec<String> = (1..12).map(|i| format!("agent-{i}")).collect();
+    for (i, agent) in agents.iter().enumerate() {
+        config::set_webhook_config(
+            &t.db,
+            &old,
+            agent,
+            &request("https://hooks.example.com/a", Some(&secret(i)), &[]),
+        )
+        .await
+        .unwrap();
+    }
+    // The new ring: k2 current, k1 still able to open.
+    let new = ring(&format!("{k2},{k1}"));
+    let report = config::rotate_secret_keys(&t.db, &new, 4).await.unwrap();
+    assert_eq!(
+        (report.examined, report.resealed, report.skipped),
+        (11, 11, 0)
+    );
+    let again = config::rotate_secret_keys(&t.db, &new, 4).await.unwrap();
+    assert_eq!(
+        (again.examined, again.resealed),
+        (11, 0),
+        "safe to run twice"
+    );
+    let stored = t
+        .strings("SELECT webhook_secret FROM agents WHERE webhook_secret IS NOT NULL")
+        .await;
+    assert_eq!(stored.len(), 11);
+    assert!(stored.iter().all(|s| s.starts_with("v1.k2.")), "{stored:?}");
+    // Every secret still opens, with only k2 now.
+    let only_k2 = ring(&k2);
+    for (i, agent) in agents.iter().enumerate() {
+        let revealed = config::reveal_secret(&t.db, &only_k2, agent)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(revealed.expose(), secret(i));
+    }
+}
+
+backend_tests!(
+    set_get_disable_clear_and_not_found,
+    invalid_input_writes_nothing,
+    plaintext_secret_is_nowhere,
+    rotation_reseals_every_secret_and_is_idempotent,
+);

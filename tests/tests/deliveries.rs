@@ -1,0 +1,680 @@
+//! Delivery bookkeeping on SQLite, PostgreSQL and MariaDB: every transition with an injected
+//! clock, the stale-claim guard, exhaustion, requeue, races, pagination, retention and many
+//! concurrent workers.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_webhooks::deliveries::{
+    self, Claim, DeliveryError, DeliveryState, Enqueued, HistoryQuery, Recorded, SkipReason,
+};
+use agent_webhooks::retry::{AttemptOutcome, FixedJitter, GiveUpReason, RetryPolicy};
+use chrono::{DateTime, TimeDelta, Utc};
+use entity::{agents, webhook_deliveries};
+use integration_tests::{Backend, TestDb, TestRng, backend_tests, seed_agent};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_764_000_000, 0).unwrap()
+}
+
+fn secs(n: i64) -> TimeDelta {
+    TimeDelta::seconds(n)
+}
+
+/// Retries after 5 s, then 60 s; no jitter, so instants are exact.
+fn policy(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        schedule: vec![Duration::from_secs(5), Duration::from_secs(60)],
+        max_attempts,
+        jitter: 0.0,
+        ..RetryPolicy::default()
+    }
+}
+
+fn status(code: u16) -> AttemptOutcome {
+    AttemptOutcome::Status {
+        code,
+        retry_after: None,
+    }
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn migrated(backend: Backend) -> TestDb {
+    let t = TestDb::fresh(backend).await;
+    Migrator::up(&t.db, None).await.unwrap();
+    t
+}
+
+async fn created(
+    t: &TestDb,
+    agent: &str,
+    event_id: &str,
+    event_type: &str,
+    now: DateTime<Utc>,
+) -> String {
+    match deliveries::enqueue(&t.db, agent, event_id, event_type, now)
+        .await
+        .unwrap()
+    {
+        Enqueued::Created(d) => d.id,
+        other => panic!("expected a new delivery, got {other:?}"),
+    }
+}
+
+async fn claim_one(t: &TestDb, policy: &RetryPolicy, now: DateTime<Utc>) -> Claim {
+    let mut claims = deliveries::claim_due(&t.db, policy, now, 10, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        claims.len(),
+        1,
+        "expected one due delivery at {now}: {claims:?}"
+    );
+    claims.remove(0)
+}
+
+async fn state(t: &TestDb, id: &str, now: DateTime<Utc>) -> DeliveryState {
+    deliveries::get(&t.db, id, now).await.unwrap().state
+}
+
+async fn every_transition_with_an_injected_clock(backend: Backend) {
+    let t = migrated(backend).await;
+    seed_agent(&t, "agent-1", &["run.*"]).await;
+    let p = policy(3);
+    let now = t0();
+
+    // Enqueue: due at once, idempotent, filtered.
+    let id = created(&t, "agent-1", "evt-1", "run.completed", now).await;
+    let d = deliveries::get(&t.db, &id, now).await.unwrap();
+    assert_eq!(
+        (d.state, d.attempt_count, d.next_retry_at),
+        (DeliveryState::Pending, 0, Some(now))
+    );
+    assert_eq!(d.webhook_url, "https://hooks.example.com/agent-1");
+    match deliveries::enqueue(&t.db, "agent-1", "evt-1", "run.completed", now + secs(1))
+        .await
+        .unwrap()
+    {
+        Enqueued::Existing(again) => assert_eq!(again.id, id),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        deliveries::enqueue(&t.db, "agent-1", "evt-2", "message.created", now)
+            .await
+            .unwrap(),
+        Enqueued::Skipped(SkipReason::NotWanted)
+    );
+    assert!(matches!(
+        deliveries::enqueue(&t.db, "agent-404", "evt-1", "run.completed", now).await,
+        Err(DeliveryError::AgentNotFound(_))
+    ));
+
+    // Claim: leased, attempt 1, not claimable again while leased.
+    let first = claim_one(&t, &p, now).await;
+    assert_eq!((first.attempt, first.lease_until), (1, now + secs(30)));
+    assert_eq!(first.delivery.state, DeliveryState::Leased);
+    assert_eq!(state(&t, &id, now + secs(1)).await, DeliveryState::Leased);
+    assert!(
+        deliveries::claim_due(&t.db, &p, now + secs(1), 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A retryable failure: pending again after the schedule's first delay.
+    let recorded = deliveries::record_failure(
+        &t.db,
+        &first,
+        &status(503),
+        &p,
+        now + secs(2),
+        &mut FixedJitter(0.5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(recorded, Recorded::RetryAt(now + secs(7)));
+    let d = deliveries::get(&t.db, &id, now + secs(2)).await.unwrap();
+    assert_eq!(d.state, DeliveryState::Pending);
+    assert_eq!(
+        (d.status_code, d.error_message.as_deref()),
+        (Some(503), Some("HTTP 503"))
+    );
+    // Reporting the same attempt twice is refused.
+    assert!(matches!(
+        deliveries::record_success(&t.db, &first, 200, now + secs(3)).await,
+        Err(DeliveryError::StaleClaim { attempt: 1, .. })
+    ));
+    assert!(
+        deliveries::claim_due(&t.db, &p, now + secs(6), 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Attempt 2 is claimed, its worker stalls past the lease, attempt 3 takes over.
+    let second = claim_one(&t, &p, now + secs(7)).await;
+    assert_eq!(second.attempt, 2);
+    assert_eq!(
+        second.delivery.status_code, None,
+        "a claim clears the previous result"
+    );
+    assert_eq!(
+        state(&t, &id, now + secs(37)).await,
+        DeliveryState::Pending,
+        "lease ran out"
+    );
+    let third = claim_one(&t, &p, now + secs(40)).await;
+    assert_eq!(third.attempt, 3);
+    // The stale worker's report must not overwrite the newer attempt.
+    assert!(matches!(
+        deliveries::record_success(&t.db, &second, 200, now + secs(41)).await,
+        Err(DeliveryError::StaleClaim { attempt: 2, .. })
+    ));
+    assert_eq!(state(&t, &id, now + secs(41)).await, DeliveryState::Leased);
+    assert_eq!(
+        deliveries::record_success(&t.db, &third, 204, now + secs(42))
+            .await
+            .unwrap(),
+        Recorded::Delivered
+    );
+    let d = deliveries::get(&t.db, &id, now + secs(42)).await.unwrap();
+    assert_eq!(d.state, DeliveryState::Delivered);
+    assert_eq!(
+        (
+            d.delivered_at,
+            d.next_retry_at,
+            d.status_code,
+            d.attempt_count
+        ),
+        (Some(now + secs(42)), None, Some(204), 3)
+    );
+    assert!(matches!(
+        deliveries::requeue(&t.db, &id, now + secs(43)).await,
+        Err(DeliveryError::NotRequeueable {
+            state: DeliveryState::Delivered,
+            ..
+        })
+    ));
+
+    // Exhaustion by attempts: 3 retryable failures with max_attempts 3.
+    let id = created(&t, "agent-1", "evt-3", "run.failed", now + secs(100)).await;
+    let mut clock = now + secs(100);
+    for attempt in 1..=3 {
+        let claim = claim_one(&t, &p, clock).await;
+        assert_eq!(claim.attempt, attempt);
+        let recorded = deliveries::record_failure(
+            &t.db,
+            &claim,
+            &AttemptOutcome::Timeout,
+            &p,
+            clock,
+            &mut FixedJitter(0.5),
+        )
+        .await
+        .unwrap();
+        if attempt < 3 {
+            let Recorded::RetryAt(next) = recorded else {
+                panic!("{recorded:?}")
+            };
+            clock = next;
+        } else {
+            assert_eq!(recorded, Recorded::Exhausted(GiveUpReason::MaxAttempts(3)));
+        }
+    }
+    let d = deliveries::get(&t.db, &id, clock).await.unwrap();
+    assert_eq!(
+        (d.state, d.next_retry_at, d.delivered_at),
+        (DeliveryState::Failed, None, None)
+    );
+    assert_eq!(d.error_message.as_deref(), Some("timed out"));
+
+    // Requeue: due now, a fresh budget of attempts.
+    let requeued = deliveries::requeue(&t.db, &id, clock + secs(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            requeued.state,
+            requeued.attempt_count,
+            requeued.next_retry_at
+        ),
+        (DeliveryState::Pending, 0, Some(clock + secs(1)))
+    );
+    let claim = claim_one(&t, &p, clock + secs(1)).await;
+    assert_eq!(claim.attempt, 1);
+
+    // A final status exhausts at once.
+    let recorded = deliveries::record_failure(
+        &t.db,
+        &claim,
+        &status(410),
+        &p,
+        clock + secs(2),
+        &mut FixedJitter(0.5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        recorded,
+        Recorded::Exhausted(GiveUpReason::FinalStatus(410))
+    );
+    assert_eq!(state(&t, &id, clock + secs(2)).await, DeliveryState::Failed);
+
+    // A worker lost during the final attempt: exhausted when its lease runs out.
+    let one_shot = policy(1);
+    let id = created(&t, "agent-1", "evt-4", "run.started", now + secs(500)).await;
+    let lost = claim_one(&t, &one_shot, now + secs(500)).await;
+    assert!(
+        deliveries::claim_due(&t.db, &one_shot, now + secs(531), 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let d = deliveries::get(&t.db, &id, now + secs(531)).await.unwrap();
+    assert_eq!(d.state, DeliveryState::Failed);
+    assert!(d.error_message.unwrap().contains("lease ran out"));
+    assert!(
+        deliveries::record_success(&t.db, &lost, 200, now + secs(532))
+            .await
+            .is_err()
+    );
+
+    // Disabled webhook: nothing is enqueued.
+    agents::Entity::update_many()
+        .col_expr(
+            agents::Column::WebhookEnabled,
+            sea_orm::sea_query::Expr::value(false),
+        )
+        .exec(&t.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        deliveries::enqueue(&t.db, "agent-1", "evt-9", "run.completed", now)
+            .await
+            .unwrap(),
+        Enqueued::Skipped(SkipReason::Disabled)
+    );
+
+    // Stats at the end: one delivered, two failed, nothing pending.
+    let stats = deliveries::stats(&t.db, "agent-1", now + secs(600))
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats.pending, stats.leased, stats.delivered, stats.failed),
+        (0, 0, 1, 2)
+    );
+    assert_eq!(stats.last_success_at, Some(now + secs(42)));
+    assert_eq!(stats.consecutive_failures, 2);
+}
+
+async fn racing_enqueues_make_exactly_one_row(backend: Backend) {
+    let t = TestDb::fresh_with(backend, 16).await;
+    Migrator::up(&t.db, None).await.unwrap();
+    seed_agent(&t, "agent-1", &[]).await;
+    let db = Arc::new(t.db.clone());
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                deliveries::enqueue(db.as_ref(), "agent-1", "evt-race", "run.completed", t0()).await
+            })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    let mut created = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(Enqueued::Created(d)) => {
+                created += 1;
+                ids.insert(d.id);
+            }
+            Ok(Enqueued::Existing(d)) => {
+                ids.insert(d.id);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(created, 1);
+    assert_eq!(ids.len(), 1);
+    assert_eq!(
+        webhook_deliveries::Entity::find()
+            .count(&t.db)
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+async fn pages_yield_every_row_once_in_order_while_rows_arrive(backend: Backend) {
+    let t = migrated(backend).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    seed_agent(&t, "agent-2", &[]).await;
+    // 230 deliveries; groups of three share a created_at, so the id breaks ties.
+    let mut expected = Vec::new();
+    for i in 0..230 {
+        let now = t0() + secs(i / 3);
+        let kind = if i % 4 == 0 {
+            "run.failed"
+        } else {
+            "run.completed"
+        };
+        expected.push((
+            now,
+            created(&t, "agent-1", &format!("evt-{i}"), kind, now).await,
+        ));
+        created(&t, "agent-2", &format!("evt-{i}"), kind, now).await;
+    }
+    expected.sort_by(|a, b| b.cmp(a));
+
+    let mut seen = Vec::new();
+    let mut query = HistoryQuery {
+        limit: 37,
+        ..HistoryQuery::default()
+    };
+    let mut pages = 0;
+    loop {
+        let page = deliveries::history(&t.db, "agent-1", &query, t0())
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 37);
+        seen.extend(page.items.iter().map(|d| (d.created_at, d.id.clone())));
+        pages += 1;
+        // New deliveries arrive between pages; they are newer than every cursor.
+        created(
+            &t,
+            "agent-1",
+            &format!("late-{pages}"),
+            "run.completed",
+            t0() + secs(10_000 + pages),
+        )
+        .await;
+        match page.next_cursor {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 230usize.div_ceil(37) as i64);
+    assert_eq!(seen, expected, "every row once, newest first");
+
+    // Filters: event type and state.
+    let failed_kind = HistoryQuery {
+        event_type: Some("run.failed".into()),
+        limit: 1000,
+        ..HistoryQuery::default()
+    };
+    let page = deliveries::history(&t.db, "agent-1", &failed_kind, t0())
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 58);
+    assert!(page.items.iter().all(|d| d.event_type == "run.failed"));
+    let claim = claim_one_of(&t, t0() + secs(100_000)).await;
+    let leased = HistoryQuery {
+        state: Some(DeliveryState::Leased),
+        limit: 1000,
+        ..HistoryQuery::default()
+    };
+    let page = deliveries::history(
+        &t.db,
+        &claim.delivery.agent_id,
+        &leased,
+        t0() + secs(100_000),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        page.items.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+        vec![claim.delivery.id.clone()]
+    );
+
+    // Bad input is a typed error.
+    let bad = HistoryQuery {
+        cursor: Some("garbage".into()),
+        ..HistoryQuery::default()
+    };
+    assert!(matches!(
+        deliveries::history(&t.db, "agent-1", &bad, t0()).await,
+        Err(DeliveryError::BadCursor)
+    ));
+    let too_big = HistoryQuery {
+        limit: 1001,
+        ..HistoryQuery::default()
+    };
+    assert!(matches!(
+        deliveries::history(&t.db, "agent-1", &too_big, t0()).await,
+        Err(DeliveryError::InvalidLimit(1001))
+    ));
+}
+
+async fn claim_one_of(t: &TestDb, now: DateTime<Utc>) -> Claim {
+    let mut claims = deliveries::claim_due(&t.db, &policy(3), now, 1, LEASE)
+        .await
+        .unwrap();
+    claims.pop().expect("a due delivery")
+}
+
+async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
+    let t = migrated(backend).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    let p = policy(1);
+    let old = t0();
+    for i in 0..25 {
+        created(&t, "agent-1", &format!("evt-{i}"), "run.completed", old).await;
+    }
+    // 10 delivered, 10 exhausted, 3 leased, 2 pending: all old.
+    for (i, claim) in deliveries::claim_due(&t.db, &p, old, 23, LEASE)
+        .await
+        .unwrap()
+        .into_iter()
+        .enumerate()
+    {
+        match i {
+            0..10 => {
+                deliveries::record_success(&t.db, &claim, 200, old)
+                    .await
+                    .unwrap();
+            }
+            10..20 => {
+                deliveries::record_failure(
+                    &t.db,
+                    &claim,
+                    &status(500),
+                    &p,
+                    old,
+                    &mut FixedJitter(0.5),
+                )
+                .await
+                .unwrap();
+            }
+            _ => {}
+        }
+    }
+    // A recent delivered one survives the cut-off.
+    let recent = (old + secs(86_400)).fixed_offset();
+    webhook_deliveries::Entity::insert(webhook_deliveries::ActiveModel {
+        id: Set("dlv-recent".into()),
+        organization_id: Set("org-1".into()),
+        agent_id: Set("agent-1".into()),
+        event_id: Set("evt-recent".into()),
+        event_type: Set("run.completed".into()),
+        webhook_url: Set("https://hooks.example.com/agent-1".into()),
+        status_code: Set(Some(200)),
+        error_message: Set(None),
+        attempt_count: Set(1),
+        created_at: Set(recent),
+        delivered_at: Set(Some(recent)),
+        next_retry_at: Set(None),
+    })
+    .exec(&t.db)
+    .await
+    .unwrap();
+
+    let deleted = deliveries::prune(&t.db, old + secs(3_600), 4)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 20);
+    let stats = deliveries::stats(&t.db, "agent-1", old + secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats.pending, stats.leased, stats.delivered, stats.failed),
+        (2, 3, 1, 0)
+    );
+    assert_eq!(
+        deliveries::prune(&t.db, old + secs(3_600), 4)
+            .await
+            .unwrap(),
+        0,
+        "idempotent"
+    );
+}
+
+/// Eight workers on separate connections drain 5,000 deliveries with random failures and
+/// random crashes (claims dropped without a report). At the end every delivery is delivered or
+/// exhausted, none was accepted as delivered twice, and none is lost.
+async fn eight_workers_drain_five_thousand_deliveries(backend: Backend) {
+    const DELIVERIES: usize = 5_000;
+    const WORKERS: u64 = 8;
+    let t = TestDb::fresh_with(backend, 4).await;
+    Migrator::up(&t.db, None).await.unwrap();
+    for agent in 0..10 {
+        seed_agent(&t, &format!("agent-{agent}"), &[]).await;
+    }
+    // Bulk-insert the deliveries, all due now.
+    let now = Utc::now().fixed_offset();
+    for chunk in (0..DELIVERIES).collect::<Vec<_>>().chunks(500) {
+        let rows = chunk.iter().map(|i| webhook_deliveries::ActiveModel {
+            id: Set(format!("dlv-{i:05}")),
+            organization_id: Set("org-1".into()),
+            agent_id: Set(format!("agent-{}", i % 10)),
+            event_id: Set(format!("evt-{i}")),
+            event_type: Set("run.completed".into()),
+            webhook_url: Set("https://hooks.example.com/x".into()),
+            status_code: Set(None),
+            error_message: Set(None),
+            attempt_count: Set(0),
+            created_at: Set(now),
+            delivered_at: Set(None),
+            next_retry_at: Set(Some(now)),
+        });
+        webhook_deliveries::Entity::insert_many(rows)
+            .exec(&t.db)
+            .await
+            .unwrap();
+    }
+
+    let policy = RetryPolicy {
+        schedule: vec![Duration::from_millis(20)],
+        max_attempts: 4,
+        jitter: 0.0,
+        ..RetryPolicy::default()
+    };
+    let lease = Duration::from_millis(400);
+    let accepted: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let url = t.url.clone();
+        let policy = policy.clone();
+        let accepted = accepted.clone();
+        workers.push(tokio::spawn(async move {
+            let db = agent_webhooks::db::connect(&url, 1)
+                .await
+                .expect("worker connection");
+            let mut rng = TestRng::new(0x9e37_79b9_7f4a_7c15 ^ (w + 1));
+            let mut crashes = 0u32;
+            loop {
+                let claims = deliveries::claim_due(&db, &policy, Utc::now(), 25, lease)
+                    .await
+                    .expect("claim");
+                if claims.is_empty() {
+                    let open = webhook_deliveries::Entity::find()
+                        .filter(webhook_deliveries::Column::NextRetryAt.is_not_null())
+                        .count(&db)
+                        .await
+                        .expect("count");
+                    if open == 0 {
+                        return crashes;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                for claim in claims {
+                    let roll = rng.unit();
+                    if roll < 0.05 {
+                        crashes += 1; // the worker "dies" with this claim: no report
+                        continue;
+                    }
+                    let result = if roll < 0.30 {
+                        deliveries::record_failure(
+                            &db,
+                            &claim,
+                            &status(503),
+                            &policy,
+                            Utc::now(),
+                            &mut FixedJitter(0.5),
+                        )
+                        .await
+                    } else {
+                        deliveries::record_success(&db, &claim, 200, Utc::now()).await
+                    };
+                    match result {
+                        Ok(Recorded::Delivered) => {
+                            *accepted
+                                .lock()
+                                .unwrap()
+                                .entry(claim.delivery.id.clone())
+                                .or_default() += 1;
+                        }
+                        Ok(_) | Err(DeliveryError::StaleClaim { .. }) => {}
+                        Err(e) => panic!("worker {w}: {e}"),
+                    }
+                }
+            }
+        }));
+    }
+    let crashes: u32 = futures::future::try_join_all(workers)
+        .await
+        .unwrap()
+        .into_iter()
+        .sum();
+    assert!(crashes > 0, "the test must exercise crashed workers");
+
+    let now = Utc::now();
+    let all = webhook_deliveries::Entity::find().all(&t.db).await.unwrap();
+    assert_eq!(all.len(), DELIVERIES, "no delivery lost");
+    let accepted = accepted.lock().unwrap();
+    let twice: Vec<_> = accepted.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "accepted as delivered twice: {twice:?}");
+    let mut delivered = 0;
+    for row in all {
+        match DeliveryState::of(&row, now) {
+            DeliveryState::Delivered => {
+                delivered += 1;
+                assert_eq!(
+                    accepted.get(&row.id),
+                    Some(&1),
+                    "{} delivered without an accepted report",
+                    row.id
+                );
+            }
+            DeliveryState::Failed => assert!(!accepted.contains_key(&row.id)),
+            other => panic!("{} left {other}", row.id),
+        }
+    }
+    assert_eq!(delivered, accepted.len());
+    assert!(
+        delivered > DELIVERIES / 2,
+        "most deliveries succeed: {delivered}"
+    );
+}
+
+backend_tests!(
+    every_transition_with_an_injected_clock,
+    racing_enqueues_make_exactly_one_row,
+    pages_yield_every_row_once_in_order_while_rows_arrive,
+    prune_deletes_only_finished_old_deliveries,
+    eight_workers_drain_five_thousand_deliveries,
+);
