@@ -326,8 +326,9 @@ pub async fn enqueue<C: ConnectionTrait>(
     }
 
     let now = at(now);
+    let id = format!("dlv-{}", uuid::Uuid::now_v7());
     let row = wd::ActiveModel {
-        id: sea_orm::Set(format!("dlv-{}", uuid::Uuid::now_v7())),
+        id: sea_orm::Set(id.clone()),
         organization_id: sea_orm::Set(agent.organization_id.clone()),
         agent_id: sea_orm::Set(agent.id.clone()),
         event_id: sea_orm::Set(event_id.to_owned()),
@@ -340,17 +341,19 @@ pub async fn enqueue<C: ConnectionTrait>(
         delivered_at: sea_orm::Set(None),
         next_retry_at: sea_orm::Set(Some(now)),
     };
-    let inserted = wd::Entity::insert(row)
+    wd::Entity::insert(row)
         .on_conflict_do_nothing_on([wd::Column::AgentId, wd::Column::EventId])
         .exec_without_returning(db)
         .await?;
-    let created = matches!(inserted, TryInsertResult::Inserted(n) if n > 0);
+    // Whose row won tells whether this call created it; affected-row counts cannot (MySQL
+    // reports found rows for the no-op `ON DUPLICATE KEY UPDATE`).
     let stored = wd::Entity::find()
         .filter(wd::Column::AgentId.eq(agent_id))
         .filter(wd::Column::EventId.eq(event_id))
         .one(db)
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("delivery of {event_id} for {agent_id}")))?;
+    let created = stored.id == id;
     let delivery = WebhookDelivery::from_model(stored, now.to_utc());
     Ok(if created {
         Enqueued::Created(delivery)
