@@ -30,10 +30,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Timelike, Utc};
 use entity::{agents, webhook_deliveries as wd};
 use sea_orm::prelude::DateTimeWithTimeZone;
-use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query};
+use sea_orm::sea_query::{
+    Expr, ExprTrait, LockBehavior, LockType, Query, SelectStatement, UpdateStatement,
+};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, Order, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionSession, TransactionTrait, TryInsertResult,
+    QueryFilter, QueryOrder, QuerySelect, Select, Statement, TransactionSession, TransactionTrait,
 };
 use serde::Serialize;
 
@@ -401,28 +403,7 @@ pub async fn claim_due<C: ConnectionTrait + TransactionTrait>(
         .await?;
 
     let backend = db.get_database_backend();
-    let mut due = Query::select();
-    due.column(wd::Column::Id)
-        .from(wd::Entity)
-        .and_where(wd::Column::NextRetryAt.lte(now))
-        .and_where(wd::Column::DeliveredAt.is_null())
-        .and_where(wd::Column::AttemptCount.lt(max_attempts))
-        .order_by(wd::Column::NextRetryAt, Order::Asc)
-        .limit(limit);
-    if backend != DbBackend::Sqlite {
-        due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
-    }
-    let mut lease_update = Query::update();
-    lease_update
-        .table(wd::Entity)
-        .value(wd::Column::NextRetryAt, lease_until)
-        .value(
-            wd::Column::AttemptCount,
-            Expr::col(wd::Column::AttemptCount).add(1),
-        )
-        .value(wd::Column::StatusCode, None::<i32>)
-        .value(wd::Column::ErrorMessage, None::<String>);
-
+    let (due, mut lease_update) = claim_parts(backend, now, limit, max_attempts, lease_until);
     let rows = match backend {
         DbBackend::MySql => {
             let txn = db.begin().await?;
@@ -464,6 +445,63 @@ pub async fn claim_due<C: ConnectionTrait + TransactionTrait>(
             delivery: WebhookDelivery::from_model(row, now),
         })
         .collect())
+}
+
+/// The two halves of a claim: the due rows (locked, skipping rows other workers hold, where
+/// the backend can) and the update that leases them.
+fn claim_parts(
+    backend: DbBackend,
+    now: DateTimeWithTimeZone,
+    limit: u64,
+    max_attempts: i32,
+    lease_until: DateTimeWithTimeZone,
+) -> (SelectStatement, UpdateStatement) {
+    let mut due = Query::select();
+    due.column(wd::Column::Id)
+        .from(wd::Entity)
+        .and_where(wd::Column::NextRetryAt.lte(now))
+        .and_where(wd::Column::DeliveredAt.is_null())
+        .and_where(wd::Column::AttemptCount.lt(max_attempts))
+        .order_by(wd::Column::NextRetryAt, Order::Asc)
+        .limit(limit);
+    if backend != DbBackend::Sqlite {
+        due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+    }
+    let mut lease = Query::update();
+    lease
+        .table(wd::Entity)
+        .value(wd::Column::NextRetryAt, lease_until)
+        .value(
+            wd::Column::AttemptCount,
+            Expr::col(wd::Column::AttemptCount).add(1),
+        )
+        .value(wd::Column::StatusCode, None::<i32>)
+        .value(wd::Column::ErrorMessage, None::<String>);
+    (due, lease)
+}
+
+/// The statement [`claim_due`] sends to pick and lease due rows, for inspection (`EXPLAIN`)
+/// and for benchmarks that send the same SQL without the ORM. On PostgreSQL and SQLite this is
+/// the whole claim (`UPDATE … RETURNING`); on MySQL it is its first step, the locking
+/// `SELECT … FOR UPDATE SKIP LOCKED`.
+pub fn claim_statement(
+    backend: DbBackend,
+    policy: &RetryPolicy,
+    now: DateTime<Utc>,
+    limit: u64,
+    lease: Duration,
+) -> Statement {
+    let max_attempts = i32::try_from(policy.max_attempts).unwrap_or(i32::MAX);
+    let lease_until = at(now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX));
+    let (due, mut lease_update) = claim_parts(backend, at(now), limit, max_attempts, lease_until);
+    match backend {
+        DbBackend::MySql => backend.build(&due),
+        _ => backend.build(
+            lease_update
+                .and_where(Expr::col(wd::Column::Id).in_subquery(due))
+                .returning_all(),
+        ),
+    }
 }
 
 /// Stores the outcome of the claimed attempt and schedules what comes next by `policy`.
@@ -643,6 +681,30 @@ pub async fn history<C: ConnectionTrait>(
     query: &HistoryQuery,
     now: DateTime<Utc>,
 ) -> Result<HistoryPage, DeliveryError> {
+    let (select, limit) = history_select(agent_id, query, now)?;
+    let mut rows = select.all(db).await?;
+    let more = rows.len() as u64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let next_cursor = match rows.last() {
+        Some(last) if more => Some(encode_cursor(last.created_at.to_utc(), &last.id)),
+        _ => None,
+    };
+    Ok(HistoryPage {
+        items: rows
+            .into_iter()
+            .map(|row| WebhookDelivery::from_model(row, now))
+            .collect(),
+        next_cursor,
+    })
+}
+
+/// The query [`history`] runs for one page (it fetches one row more than the page size to
+/// know whether another page follows), with that page size; exposed for `EXPLAIN`.
+pub fn history_select(
+    agent_id: &str,
+    query: &HistoryQuery,
+    now: DateTime<Utc>,
+) -> Result<(Select<wd::Entity>, u64), DeliveryError> {
     let limit = match query.limit {
         0 => 50,
         n if n > MAX_PAGE_SIZE => return Err(DeliveryError::InvalidLimit(n)),
@@ -668,25 +730,11 @@ pub async fn history<C: ConnectionTrait>(
                 ),
         );
     }
-    let mut rows = select
+    let select = select
         .order_by_desc(wd::Column::CreatedAt)
         .order_by_desc(wd::Column::Id)
-        .limit(limit + 1)
-        .all(db)
-        .await?;
-    let more = rows.len() as u64 > limit;
-    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    let next_cursor = match rows.last() {
-        Some(last) if more => Some(encode_cursor(last.created_at.to_utc(), &last.id)),
-        _ => None,
-    };
-    Ok(HistoryPage {
-        items: rows
-            .into_iter()
-            .map(|row| WebhookDelivery::from_model(row, now))
-            .collect(),
-        next_cursor,
-    })
+        .limit(limit + 1);
+    Ok((select, limit))
 }
 
 /// An agent's delivery figures at one instant.

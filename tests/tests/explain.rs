@@ -1,0 +1,113 @@
+//! `EXPLAIN` on PostgreSQL: each bookkeeping query uses the index the third migration made
+//! for it. Run with `--nocapture` to see the plans.
+
+use std::time::Duration;
+
+use agent_webhooks::deliveries::{self, HistoryQuery};
+use agent_webhooks::retry::RetryPolicy;
+use chrono::Utc;
+use entity::webhook_deliveries;
+use integration_tests::{Backend, TestDb, seed_agent};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ActiveValue::Set, ConnectionTrait, DbBackend, EntityTrait, QueryTrait, Statement};
+
+async fn plan(t: &TestDb, statement: Statement) -> String {
+    let explain = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        format!("EXPLAIN {}", statement.sql),
+        statement.values.map(|v| v.0).unwrap_or_default(),
+    );
+    let rows = t.db.query_all_raw(explain).await.expect("EXPLAIN");
+    let text: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get_by_index::<String>(0).expect("plan line"))
+        .collect();
+    text.join("\n")
+}
+
+#[tokio::test]
+async fn each_bookkeeping_query_uses_its_index_on_postgres() {
+    let t = TestDb::fresh(Backend::Postgres).await;
+    Migrator::up(&t.db, None).await.unwrap();
+    seed_agent(&t, "agent-1", &[]).await;
+    seed_agent(&t, "agent-2", &[]).await;
+    // 100k deliveries over two agents, 1% of them due: the shape of a live table.
+    t.exec(
+        "INSERT INTO webhook_deliveries (id, organization_id, agent_id, event_id, event_type, \
+         webhook_url, attempt_count, created_at, delivered_at, next_retry_at) \
+         SELECT 'dlv-' || lpad(g::text, 8, '0'), 'org-1', \
+                CASE WHEN g % 2 = 0 THEN 'agent-1' ELSE 'agent-2' END, 'evt-' || g, \
+                'run.completed', 'https://hooks.example.com/x', 1, \
+                now() - make_interval(secs => g), \
+                CASE WHEN g % 100 = 0 THEN NULL ELSE now() END, \
+                CASE WHEN g % 100 = 0 THEN now() - interval '1 minute' ELSE NULL END \
+         FROM generate_series(1, 100000) g",
+    )
+    .await;
+    t.exec("ANALYZE webhook_deliveries").await;
+
+    let claim = deliveries::claim_statement(
+        DbBackend::Postgres,
+        &RetryPolicy::default(),
+        Utc::now(),
+        100,
+        Duration::from_secs(60),
+    );
+    let claim_plan = plan(&t, claim).await;
+    println!("claim_due:\n{claim_plan}\n");
+    assert!(
+        claim_plan.contains("ix_webhook_deliveries_next_retry_at"),
+        "{claim_plan}"
+    );
+
+    let first = HistoryQuery {
+        limit: 50,
+        ..HistoryQuery::default()
+    };
+    let (select, _) = deliveries::history_select("agent-1", &first, Utc::now()).unwrap();
+    let first_plan = plan(&t, select.build(DbBackend::Postgres)).await;
+    println!("history, first page:\n{first_plan}\n");
+    assert!(first_plan.contains("ix_webhook_deliveries_history"), "{first_plan}");
+
+    let page = deliveries::history(&t.db, "agent-1", &first, Utc::now())
+        .await
+        .unwrap();
+    let next = HistoryQuery {
+        cursor: page.next_cursor,
+        ..first
+    };
+    let (select, _) = deliveries::history_select("agent-1", &next, Utc::now()).unwrap();
+    let next_plan = plan(&t, select.build(DbBackend::Postgres)).await;
+    println!("history, next page:\n{next_plan}\n");
+    assert!(next_plan.contains("ix_webhook_deliveries_history"), "{next_plan}");
+    assert!(
+        next_plan.contains("Index Cond") && next_plan.contains("created_at <="),
+        "the cursor is an index range, not a filter: {next_plan}"
+    );
+
+    let insert = webhook_deliveries::Entity::insert(webhook_deliveries::ActiveModel {
+        id: Set("dlv-new".into()),
+        organization_id: Set("org-1".into()),
+        agent_id: Set("agent-1".into()),
+        event_id: Set("evt-1".into()),
+        event_type: Set("run.completed".into()),
+        webhook_url: Set("https://hooks.example.com/x".into()),
+        ..Default::default()
+    })
+    .on_conflict(
+        OnConflict::columns([
+            webhook_deliveries::Column::AgentId,
+            webhook_deliveries::Column::EventId,
+        ])
+        .do_nothing()
+        .to_owned(),
+    )
+    .build(DbBackend::Postgres);
+    let enqueue_plan = plan(&t, insert).await;
+    println!("enqueue:\n{enqueue_plan}\n");
+    assert!(
+        enqueue_plan.contains("Conflict Arbiter Indexes: ux_webhook_deliveries_agent_event"),
+        "{enqueue_plan}"
+    );
+}
