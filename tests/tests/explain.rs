@@ -68,7 +68,10 @@ async fn each_bookkeeping_query_uses_its_index_on_postgres() {
     let (select, _) = deliveries::history_select("agent-1", &first, Utc::now()).unwrap();
     let first_plan = plan(&t, select.build(DbBackend::Postgres)).await;
     println!("history, first page:\n{first_plan}\n");
-    assert!(first_plan.contains("ix_webhook_deliveries_history"), "{first_plan}");
+    assert!(
+        first_plan.contains("ix_webhook_deliveries_history"),
+        "{first_plan}"
+    );
 
     let page = deliveries::history(&t.db, "agent-1", &first, Utc::now())
         .await
@@ -80,7 +83,10 @@ async fn each_bookkeeping_query_uses_its_index_on_postgres() {
     let (select, _) = deliveries::history_select("agent-1", &next, Utc::now()).unwrap();
     let next_plan = plan(&t, select.build(DbBackend::Postgres)).await;
     println!("history, next page:\n{next_plan}\n");
-    assert!(next_plan.contains("ix_webhook_deliveries_history"), "{next_plan}");
+    assert!(
+        next_plan.contains("ix_webhook_deliveries_history"),
+        "{next_plan}"
+    );
     assert!(
         next_plan.contains("Index Cond") && next_plan.contains("created_at <="),
         "the cursor is an index range, not a filter: {next_plan}"

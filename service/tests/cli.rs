@@ -1,0 +1,448 @@
+//! The `agent-webhooks` binary as operators run it, against SQLite, PostgreSQL and MariaDB.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use agent_webhooks::deliveries::{self, Enqueued};
+use agent_webhooks::secret_box::KeyRing;
+use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
+use migration::{Migrator, MigratorTrait};
+
+const SPEC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent-webhooks"));
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("WEBHOOK_SECRET_KEYS")
+        .env_remove("WEBHOOK_URL_POLICY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run agent-webhooks");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.unwrap_or_default())
+        .expect("write stdin");
+    drop(input);
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("wait");
+    Run {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn check_url_exit_codes_and_rules() {
+    let ok = run(&["check-url", "https://hooks.example.com/a"], &[], None);
+    assert_eq!((ok.code, ok.stdout.trim()), (Some(0), "ok"));
+    for (url, rule) in [
+        ("http://hooks.example.com/a", "scheme"),
+        ("https://127.1/", "loopback"),
+        ("https://169.254.169.254/latest/meta-data", "link-local"),
+        ("https://user:pw@example.com/", "userinfo"),
+        ("https://localhost./", "local-name"),
+    ] {
+        let out = run(&["check-url", url], &[], None);
+        assert_eq!(out.code, Some(1), "{url}");
+        assert!(out.stderr.contains(rule), "{url}: {}", out.stderr);
+        assert!(out.stdout.is_empty());
+    }
+    let dev = run(
+        &["check-url", "--development", "http://127.0.0.1:8080/hook"],
+        &[],
+        None,
+    );
+    assert_eq!(dev.code, Some(0), "{}", dev.stderr);
+    assert_eq!(run(&["check-url"], &[], None).code, Some(2));
+    assert_eq!(run(&["check-url", "a", "--nope"], &[], None).code, Some(2));
+}
+
+#[test]
+fn sign_and_verify_the_specification_example() {
+    let env = [("SIGNING_SECRET", SPEC_SECRET)];
+    let body = br#"{"test": 2432232314}"#;
+    let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+    let signed = run(
+        &[
+            "sign",
+            "--secret-env",
+            "SIGNING_SECRET",
+            "--id",
+            id,
+            "--timestamp",
+            "1614265330",
+        ],
+        &env,
+        Some(body),
+    );
+    assert_eq!(signed.code, Some(0), "{}", signed.stderr);
+    assert_eq!(
+        signed.stdout.trim(),
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    );
+    let signature = signed.stdout.trim().to_owned();
+    let verify = |body: &[u8], now: &str| {
+        run(
+            &[
+                "verify",
+                "--secret-env",
+                "SIGNING_SECRET",
+                "--id",
+                id,
+                "--timestamp",
+                "1614265330",
+                "--signature",
+                &signature,
+                "--now",
+                now,
+            ],
+            &env,
+            Some(body),
+        )
+    };
+    let ok = verify(body, "1614265330");
+    assert_eq!((ok.code, ok.stdout.trim()), (Some(0), "ok"));
+    let tampered = verify(br#"{"test": 2432232315}"#, "1614265330");
+    assert_eq!(tampered.code, Some(1));
+    assert!(
+        tampered.stderr.contains("no matching signature"),
+        "{}",
+        tampered.stderr
+    );
+    let late = verify(body, "1614265931");
+    assert_eq!(late.code, Some(1));
+    assert!(late.stderr.contains("too old"), "{}", late.stderr);
+    let missing = run(
+        &[
+            "sign",
+            "--secret-env",
+            "UNSET_VAR",
+            "--id",
+            "m",
+            "--timestamp",
+            "1",
+        ],
+        &[],
+        Some(b""),
+    );
+    assert_eq!(missing.code, Some(1));
+    assert!(missing.stderr.contains("UNSET_VAR is not set"));
+}
+
+#[test]
+fn generate_key_prints_a_usable_entry() {
+    let out = run(&["secrets", "generate-key", "--key-id", "k7"], &[], None);
+    assert_eq!(out.code, Some(0));
+    let ring = KeyRing::parse(out.stdout.trim()).expect("a valid key entry");
+    assert_eq!(ring.current_key_id(), "k7");
+    assert_eq!(
+        run(
+            &["secrets", "generate-key", "--key-id", "bad id"],
+            &[],
+            None
+        )
+        .code,
+        Some(1)
+    );
+}
+
+async fn config_commands(backend: Backend) {
+    let t = TestDb::fresh(backend).await;
+    Migrator::up(&t.db, None).await.unwrap();
+    seed_agent(&t, "agent-1", &[]).await;
+    let k1 = KeyRing::generate_key_entry("k1").unwrap();
+    let user_secret = "a user secret that is long enough";
+    let env = [
+        ("DATABASE_URL", t.url.as_str()),
+        ("WEBHOOK_SECRET_KEYS", k1.as_str()),
+        ("HOOK_SECRET", user_secret),
+    ];
+
+    let set = run(
+        &[
+            "config",
+            "set",
+            "--agent",
+            "agent-1",
+            "--url",
+            "https://hooks.example.com/a",
+            "--events",
+            "run.*,agent.created",
+            "--secret-env",
+            "HOOK_SECRET",
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(set.code, Some(0), "{}", set.stderr);
+    assert!(!set.stdout.contains(user_secret) && !set.stderr.contains(user_secret));
+
+    let show = run(
+        &["config", "show", "--agent", "agent-1", "--json"],
+        &env,
+        None,
+    );
+    assert_eq!(show.code, Some(0), "{}", show.stderr);
+    let view = json(&show.stdout);
+    assert_eq!(view["has_secret"], true);
+    assert_eq!(
+        view["webhook_events"],
+        serde_json::json!(["run.*", "agent.created"])
+    );
+    assert!(!show.stdout.contains(user_secret));
+
+    // A generated secret is printed once, on stdout.
+    let generated = run(
+        &[
+            "config",
+            "set",
+            "--agent",
+            "agent-1",
+            "--url",
+            "https://hooks.example.com/b",
+            "--generate-secret",
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(generated.code, Some(0), "{}", generated.stderr);
+    let secret_line = generated
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("whsec_"))
+        .expect("the generated secret")
+        .to_owned();
+    let again = run(&["config", "show", "--agent", "agent-1"], &env, None);
+    assert!(!again.stdout.contains(&secret_line) && again.stdout.contains("secret: set"));
+
+    // Rotation to a new key.
+    let k2 = KeyRing::generate_key_entry("k2").unwrap();
+    let both = format!("{k2},{k1}");
+    let rotate = run(
+        &["secrets", "rotate", "--json"],
+        &[("DATABASE_URL", &t.url), ("WEBHOOK_SECRET_KEYS", &both)],
+        None,
+    );
+    assert_eq!(rotate.code, Some(0), "{}", rotate.stderr);
+    let report = json(&rotate.stdout);
+    assert_eq!(
+        (report["examined"].as_u64(), report["resealed"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    // Errors: bad URL, no key, unknown agent; secrets on argv are not accepted at all.
+    let bad = run(
+        &[
+            "config",
+            "set",
+            "--agent",
+            "agent-1",
+            "--url",
+            "https://10.0.0.1/",
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(bad.code, Some(1));
+    assert!(bad.stderr.contains("private"), "{}", bad.stderr);
+    let no_key = run(
+        &[
+            "config",
+            "set",
+            "--agent",
+            "agent-1",
+            "--url",
+            "https://hooks.example.com/a",
+            "--secret-env",
+            "HOOK_SECRET",
+        ],
+        &[("DATABASE_URL", &t.url), ("HOOK_SECRET", user_secret)],
+        None,
+    );
+    assert_eq!(no_key.code, Some(1));
+    assert!(
+        no_key.stderr.contains("no encryption key"),
+        "{}",
+        no_key.stderr
+    );
+    let unknown = run(&["config", "show", "--agent", "agent-404"], &env, None);
+    assert_eq!(unknown.code, Some(1));
+    assert!(unknown.stderr.contains("agent `agent-404` not found"));
+    let on_argv = run(
+        &[
+            "config",
+            "set",
+            "--agent",
+            "a",
+            "--url",
+            "https://x.example",
+            "--secret",
+            "s",
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(on_argv.code, Some(2));
+
+    let disable = run(
+        &["config", "disable", "--agent", "agent-1", "--json"],
+        &env,
+        None,
+    );
+    assert_eq!(json(&disable.stdout)["webhook_enabled"], false);
+    let clear = run(
+        &["config", "clear", "--agent", "agent-1", "--json"],
+        &env,
+        None,
+    );
+    let view = json(&clear.stdout);
+    assert_eq!(view["has_secret"], false);
+    assert!(view["webhook_url"].is_null());
+}
+
+async fn deliveries_commands(backend: Backend) {
+    let t = TestDb::fresh(backend).await;
+    Migrator::up(&t.db, None).await.unwrap();
+    seed_agent(&t, "agent-1", &[]).await;
+    let now = chrono::Utc::now();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        match deliveries::enqueue(&t.db, "agent-1", &format!("evt-{i}"), "run.completed", now)
+            .await
+            .unwrap()
+        {
+            Enqueued::Created(d) => ids.push(d.id),
+            other => panic!("{other:?}"),
+        }
+    }
+    let env = [("DATABASE_URL", t.url.as_str())];
+
+    let list = run(
+        &[
+            "deliveries",
+            "list",
+            "--agent",
+            "agent-1",
+            "--json",
+            "--limit",
+            "2",
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(list.code, Some(0), "{}", list.stderr);
+    let page = json(&list.stdout);
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("a second page")
+        .to_owned();
+    let rest = run(
+        &[
+            "deliveries",
+            "list",
+            "--agent",
+            "agent-1",
+            "--json",
+            "--limit",
+            "2",
+            "--cursor",
+            &cursor,
+        ],
+        &env,
+        None,
+    );
+    let rest = json(&rest.stdout);
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert!(rest["next_cursor"].is_null());
+
+    let pending = run(
+        &[
+            "deliveries",
+            "list",
+            "--agent",
+            "agent-1",
+            "--state",
+            "pending",
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(
+        pending
+            .stdout
+            .lines()
+            .filter(|l| l.contains("pending"))
+            .count(),
+        3
+    );
+    let bad_state = run(
+        &[
+            "deliveries",
+            "list",
+            "--agent",
+            "agent-1",
+            "--state",
+            "lost",
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(bad_state.code, Some(1));
+    assert!(bad_state.stderr.contains("unknown delivery state"));
+
+    let show = run(&["deliveries", "show", &ids[0], "--json"], &env, None);
+    let shown = json(&show.stdout);
+    assert_eq!(shown["id"].as_str(), Some(ids[0].as_str()));
+    assert_eq!(shown["state"].as_str(), Some("pending"));
+
+    let stats = run(
+        &["deliveries", "stats", "--agent", "agent-1", "--json"],
+        &env,
+        None,
+    );
+    assert_eq!(json(&stats.stdout)["pending"], 3);
+
+    let requeue = run(&["deliveries", "requeue", &ids[0]], &env, None);
+    assert_eq!(requeue.code, Some(1));
+    assert!(
+        requeue
+            .stderr
+            .contains("only failed deliveries can be requeued"),
+        "{}",
+        requeue.stderr
+    );
+
+    let prune = run(
+        &["deliveries", "prune", "--older-than", "30d", "--json"],
+        &env,
+        None,
+    );
+    assert_eq!(prune.code, Some(0), "{}", prune.stderr);
+    assert_eq!(json(&prune.stdout)["deleted"], 0);
+    assert_eq!(
+        run(&["deliveries", "prune", "--older-than", "soon"], &env, None).code,
+        Some(2)
+    );
+}
+
+backend_tests!(config_commands, deliveries_commands);
