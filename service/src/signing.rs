@@ -1,49 +1,78 @@
-//! Standard Webhooks signatures (<https://www.standardwebhooks.com>, the contract every
-//! Standard Webhooks and Svix verification library implements).
+//! Standard Webhooks signatures (<https://www.standardwebhooks.com>), so that receivers can
+//! check deliveries with any Standard Webhooks or Svix library instead of custom code.
 //!
 //! A delivery carries three headers:
 //! * `webhook-id`: the message id, here the delivery's `event_id` (the same for every retry, so
 //!   receivers can drop duplicates);
-//! * `webhook-timestamp`: unix seconds when it was signed;
+//! * `webhook-timestamp`: unix seconds when it was signed (each attempt is signed afresh);
 //! * `webhook-signature`: space-separated `v1,<base64 HMAC-SHA256>` signatures over
-//!   `"{id}.{timestamp}.{body}"`, one per active secret, so a receiver that rotates its secret
-//!   accepts deliveries during the change-over.
+//!   `"{id}.{timestamp}.{body}"`, one per active secret, so that a receiver keeps accepting
+//!   deliveries while a secret is rotated.
 //!
-//! [`verify`] is the receiver's side: constant-time comparison, and a timestamp tolerance in
-//! both directions ([`DEFAULT_TOLERANCE`], 5 minutes) against replays.
+//! [`sign`] is the sender's side. [`verify`] is the receiver's side (used by tests, the ops CLI
+//! and anyone receiving our webhooks in Rust): constant-time comparison, and a timestamp
+//! tolerance in both directions ([`DEFAULT_TOLERANCE`], 5 minutes) against replays.
+//!
+//! ```
+//! use agent_webhooks::signing::{self, DEFAULT_TOLERANCE};
+//! use agent_webhooks::webhook_secret::WebhookSecret;
+//! use secrecy::SecretString;
+//!
+//! let secret = WebhookSecret::parse(SecretString::from("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"))?;
+//! let body = br#"{"test": 2432232314}"#;
+//! let signed = signing::sign_one(&secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body)?;
+//! assert_eq!(signed.webhook_signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+//!
+//! // What a receiver gets, with header names in any case:
+//! let received = signed.pairs();
+//! signing::verify(&[&secret], &received, body, 1614265330, DEFAULT_TOLERANCE)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::time::Duration;
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, STANDARD_PAD_INDIFFERENT};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::webhook_secret::WebhookSecret;
 
-/// The message id header.
+/// Name of the message id header (lower case, as the specification spells it).
 pub const HEADER_ID: &str = "webhook-id";
-/// The timestamp header.
+/// Name of the timestamp header (lower case, as the specification spells it).
 pub const HEADER_TIMESTAMP: &str = "webhook-timestamp";
-/// The signature header.
+/// Name of the signature header (lower case, as the specification spells it).
 pub const HEADER_SIGNATURE: &str = "webhook-signature";
-/// How far a timestamp may be from the verifier's clock, either way.
+/// How far a timestamp may be from the verifier's clock, either way, before a message is
+/// treated as a replay: 5 minutes, the value of the reference libraries.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+/// The signature version of symmetric (HMAC-SHA256) signatures; other versions are ignored.
+pub const SIGNATURE_VERSION: &str = "v1";
 
-/// The signature headers of one delivery.
+/// Length of an HMAC-SHA256 tag in bytes.
+const TAG_LEN: usize = 32;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The signature headers of one delivery attempt, so a sender can attach them to any HTTP
+/// client's request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedHeaders {
-    /// `webhook-id`.
+    /// `webhook-id`: the message id that was signed.
     pub webhook_id: String,
-    /// `webhook-timestamp`, unix seconds.
+    /// `webhook-timestamp`: unix seconds that were signed.
     pub webhook_timestamp: i64,
-    /// `webhook-signature`: `v1,<base64>` entries separated by spaces.
+    /// `webhook-signature`: `v1,<base64>` entries separated by single spaces.
     pub webhook_signature: String,
 }
 
 impl SignedHeaders {
-    /// The headers as `(name, value)` pairs, names in lower case.
+    /// The headers as `(name, value)` pairs with lower-case names, ready to add to a request
+    /// (and usable as a [`HeaderSource`] in tests).
     pub fn pairs(&self) -> [(&'static str, String); 3] {
         [
             (HEADER_ID, self.webhook_id.clone()),
@@ -53,73 +82,131 @@ impl SignedHeaders {
     }
 }
 
-/// Why a message cannot be signed.
+/// Why a message cannot be signed, so the caller can tell bad input from a missing secret.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SignError {
-    /// No secret to sign with.
+    /// No secret was given; a delivery is never sent unsigned.
     #[error("no secret to sign with")]
     NoSecret,
-    /// An empty message id, or one with white space or control characters (it would not
-    /// survive as a header value).
-    #[error("the message id must be non-empty and without white space or control characters")]
+    /// See [`check_message_id`] for what a message id may contain.
+    #[error(
+        "the message id must be non-empty visible ASCII without '.' (it is a header value and part of the signed content)"
+    )]
     BadMessageId,
+    /// A negative timestamp: a clock error, and not an integer that receivers parse.
+    #[error("the timestamp must not be negative, got {0}")]
+    NegativeTimestamp(i64),
+    /// The HMAC implementation refused a key. HMAC-SHA256 takes keys of any length, so this
+    /// is not expected; it exists so that signing can never panic.
+    #[error("the HMAC implementation refused the signing key")]
+    InvalidKey,
 }
 
-/// Why a message does not verify.
+/// Why a received message does not verify, so a receiver can log a useful reason (none of
+/// them reveals a secret or an expected signature).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
-    /// A required header is absent.
+    /// No secret to verify with (a configuration error on the receiver's side).
+    #[error("no secret to verify with")]
+    NoSecret,
+    /// A required header is absent or empty.
     #[error("missing header {name}")]
     MissingHeader {
-        /// Which.
+        /// The header's lower-case name.
         name: &'static str,
     },
-    /// `webhook-timestamp` is not an integer.
-    #[error("webhook-timestamp is not a unix timestamp")]
+    /// `webhook-timestamp` is not a non-negative integer of seconds.
+    #[error("webhook-timestamp is not an integer unix timestamp")]
     BadTimestamp,
-    /// The timestamp is older than the tolerance.
+    /// The timestamp is further in the past than the tolerance allows (a possible replay).
     #[error("message timestamp too old ({age_secs} s)")]
     TooOld {
-        /// Its age in seconds.
+        /// How old, in seconds.
         age_secs: i64,
     },
-    /// The timestamp is further in the future than the tolerance.
+    /// The timestamp is further in the future than the tolerance allows.
     #[error("message timestamp too new ({skew_secs} s ahead)")]
     TooNew {
         /// How far ahead, in seconds.
         skew_secs: i64,
     },
-    /// No `v1` signature matches any of the secrets.
+    /// `webhook-signature` has no well-formed entry at all: no `<version>,<value>` entry of
+    /// an unknown version, and no `v1,<base64 of 32 bytes>` entry.
+    #[error("webhook-signature holds no well-formed signature")]
+    MalformedSignature,
+    /// Well-formed entries, but no `v1` signature matches any of the secrets (wrong secret,
+    /// altered body or headers, or only signatures of versions this library does not know).
     #[error("no matching signature")]
     NoMatchingSignature,
-    /// No secret to verify with.
-    #[error("no secret to verify with")]
-    NoSecret,
 }
 
-/// A source of request headers for [`verify`]; names are compared case-insensitively.
+/// A source of request headers for [`verify`], so callers can pass whatever header map their
+/// HTTP library has. Names are compared ASCII case-insensitively.
 pub trait HeaderSource {
-    /// The value of header `name`, if present.
+    /// The value of the first header called `name` (any case), if present.
     fn header(&self, name: &str) -> Option<&str>;
+}
+
+/// First value whose name equals `name` ignoring ASCII case.
+fn find<'a, K, V>(mut pairs: impl Iterator<Item = (&'a K, &'a V)>, name: &str) -> Option<&'a str>
+where
+    K: AsRef<str> + ?Sized + 'a,
+    V: AsRef<str> + ?Sized + 'a,
+{
+    pairs
+        .find(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_ref())
 }
 
 impl<K: AsRef<str>, V: AsRef<str>> HeaderSource for [(K, V)] {
     fn header(&self, name: &str) -> Option<&str> {
-        self.iter()
-            .find(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_ref())
+        find(self.iter().map(|(k, v)| (k, v)), name)
     }
 }
 
-impl<K: AsRef<str>, V: AsRef<str>, S> HeaderSource for std::collections::HashMap<K, V, S> {
+impl<K: AsRef<str>, V: AsRef<str>, const N: usize> HeaderSource for [(K, V); N] {
     fn header(&self, name: &str) -> Option<&str> {
-        self.iter()
-            .find(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_ref())
+        self.as_slice().header(name)
     }
 }
 
-/// Signs `body` as message `msg_id` at `timestamp` with every secret in `secrets`.
+impl<K: AsRef<str>, V: AsRef<str>> HeaderSource for Vec<(K, V)> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.as_slice().header(name)
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>, S: BuildHasher> HeaderSource for HashMap<K, V, S> {
+    fn header(&self, name: &str) -> Option<&str> {
+        find(self.iter(), name)
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> HeaderSource for BTreeMap<K, V> {
+    fn header(&self, name: &str) -> Option<&str> {
+        find(self.iter(), name)
+    }
+}
+
+/// Checks that `msg_id` can be signed, so callers can refuse an id when it is first accepted
+/// (say, when an event is enqueued) rather than when its delivery is signed.
+///
+/// An id must be non-empty and consist of visible ASCII (`!` through `~`): it travels as an
+/// HTTP header value, where white space and control characters do not survive and non-ASCII
+/// is refused by common HTTP libraries. It must not contain `.`, which delimits the signed
+/// content `{id}.{timestamp}.{body}`; the specification asks for this so that bytes cannot be
+/// shifted between id, timestamp and body under the same signature.
+pub fn check_message_id(msg_id: &str) -> Result<(), SignError> {
+    let allowed = |b: u8| b.is_ascii_graphic() && b != b'.';
+    if msg_id.is_empty() || !msg_id.bytes().all(allowed) {
+        return Err(SignError::BadMessageId);
+    }
+    Ok(())
+}
+
+/// Signs `body` as message `msg_id` at `timestamp` (unix seconds) with every secret in
+/// `secrets`, one `v1` signature each in the given order, so that a receiver holding any one
+/// of them (the old or the new one during rotation) can verify the delivery.
 pub fn sign(
     secrets: &[&WebhookSecret],
     msg_id: &str,
@@ -129,26 +216,28 @@ pub fn sign(
     if secrets.is_empty() {
         return Err(SignError::NoSecret);
     }
-    if msg_id.is_empty() || msg_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(SignError::BadMessageId);
+    check_message_id(msg_id)?;
+    if timestamp < 0 {
+        return Err(SignError::NegativeTimestamp(timestamp));
     }
-    let signatures: Vec<String> = secrets
-        .iter()
-        .map(|secret| {
-            format!(
-                "v1,{}",
-                STANDARD.encode(mac(secret, msg_id, timestamp, body))
-            )
-        })
-        .collect();
+    let mut signature = String::new();
+    for secret in secrets {
+        let tag = tag(secret, msg_id, timestamp, body).ok_or(SignError::InvalidKey)?;
+        if !signature.is_empty() {
+            signature.push(' ');
+        }
+        signature.push_str(SIGNATURE_VERSION);
+        signature.push(',');
+        STANDARD.encode_string(tag, &mut signature);
+    }
     Ok(SignedHeaders {
         webhook_id: msg_id.to_owned(),
         webhook_timestamp: timestamp,
-        webhook_signature: signatures.join(" "),
+        webhook_signature: signature,
     })
 }
 
-/// [`sign`] with one secret.
+/// [`sign`] with a single secret, the common case outside a rotation.
 pub fn sign_one(
     secret: &WebhookSecret,
     msg_id: &str,
@@ -158,9 +247,20 @@ pub fn sign_one(
     sign(&[secret], msg_id, timestamp, body)
 }
 
-/// Verifies a received message: the timestamp within `tolerance` of `now` (unix seconds)
-/// either way, and any `v1` signature matching any secret. Entries of other versions are
-/// ignored, as the specification asks.
+/// Verifies a received message, so a receiver acts only on genuine, fresh deliveries.
+///
+/// In order:
+/// 1. `webhook-id`, `webhook-timestamp` and `webhook-signature` must be present and non-empty
+///    (an empty value counts as missing, as in the reference libraries); when a name occurs
+///    more than once, [`HeaderSource`] decides which value is used (the first, for the provided
+///    implementations).
+/// 2. The timestamp, after trimming surrounding white space, must be ASCII digits fitting an
+///    `i64` (no sign, no fraction) and within `tolerance` of `now` (unix seconds) in either
+///    direction; exactly `tolerance` away is accepted. Sub-second parts of `tolerance` are
+///    ignored.
+/// 3. At least one `v1` signature must match the HMAC under any of `secrets`, compared in
+///    constant time. Entries are separated by white space; entries of other versions (such as
+///    the asymmetric `v1a`) are skipped, as the specification asks.
 pub fn verify<H: HeaderSource + ?Sized>(
     secrets: &[&WebhookSecret],
     headers: &H,
@@ -174,58 +274,96 @@ pub fn verify<H: HeaderSource + ?Sized>(
     let get = |name: &'static str| {
         headers
             .header(name)
+            .filter(|value| !value.trim().is_empty())
             .ok_or(VerifyError::MissingHeader { name })
     };
     let msg_id = get(HEADER_ID)?;
-    let timestamp: i64 = get(HEADER_TIMESTAMP)?
-        .trim()
-        .parse()
-        .map_err(|_| VerifyError::BadTimestamp)?;
+    let timestamp = parse_timestamp(get(HEADER_TIMESTAMP)?)?;
     let signatures = get(HEADER_SIGNATURE)?;
 
-    let tolerance = i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX);
-    let age = now.saturating_sub(timestamp);
-    if age > tolerance {
-        return Err(VerifyError::TooOld { age_secs: age });
-    }
-    if -age > tolerance {
-        return Err(VerifyError::TooNew { skew_secs: -age });
-    }
+    check_freshness(timestamp, now, tolerance)?;
 
-    let expected: Vec<_> = secrets
+    let expected: Vec<[u8; TAG_LEN]> = secrets
         .iter()
-        .map(|secret| mac(secret, msg_id, timestamp, body))
+        .filter_map(|secret| tag(secret, msg_id, timestamp, body))
         .collect();
-    let matched = signatures
-        .split(' ')
-        .filter_map(|entry| entry.strip_prefix("v1,"))
-        .filter_map(|encoded| STANDARD.decode(encoded).ok())
-        .any(|given| {
-            expected
-                .iter()
-                .any(|want| bool::from(want.as_slice().ct_eq(given.as_slice())))
-        });
-    if matched {
-        Ok(())
-    } else {
-        Err(VerifyError::NoMatchingSignature)
+    let mut well_formed = false;
+    let mut matched = false;
+    for entry in signatures.split_ascii_whitespace() {
+        let Some((version, value)) = entry.split_once(',') else {
+            continue;
+        };
+        if version.is_empty() || value.is_empty() {
+            continue;
+        }
+        if version != SIGNATURE_VERSION {
+            well_formed = true;
+            continue;
+        }
+        let Some(given) = decode_tag(value) else {
+            continue;
+        };
+        well_formed = true;
+        for want in &expected {
+            // Every candidate is compared, so the time taken does not depend on which matched.
+            matched |= bool::from(want.ct_eq(&given));
+        }
+    }
+    match (matched, well_formed) {
+        (true, _) => Ok(()),
+        (false, true) => Err(VerifyError::NoMatchingSignature),
+        (false, false) => Err(VerifyError::MalformedSignature),
     }
 }
 
-/// HMAC-SHA256 of `"{id}.{timestamp}.{body}"` under the secret's signing key.
-fn mac(secret: &WebhookSecret, msg_id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
+/// Parses `webhook-timestamp`: optional surrounding white space, then digits only.
+fn parse_timestamp(value: &str) -> Result<i64, VerifyError> {
+    let digits = value.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(VerifyError::BadTimestamp);
+    }
+    digits.parse().map_err(|_| VerifyError::BadTimestamp)
+}
+
+/// Enforces the tolerance in both directions, without overflow for any inputs.
+fn check_freshness(timestamp: i64, now: i64, tolerance: Duration) -> Result<(), VerifyError> {
+    let tolerance = i128::from(tolerance.as_secs());
+    let age = i128::from(now) - i128::from(timestamp);
+    let clamp = |secs: i128| i64::try_from(secs).unwrap_or(i64::MAX);
+    if age > tolerance {
+        return Err(VerifyError::TooOld {
+            age_secs: clamp(age),
+        });
+    }
+    if -age > tolerance {
+        return Err(VerifyError::TooNew {
+            skew_secs: clamp(-age),
+        });
+    }
+    Ok(())
+}
+
+/// Decodes a `v1` value (standard base64, padding optional) that must hold exactly one tag.
+fn decode_tag(value: &str) -> Option<[u8; TAG_LEN]> {
+    // Room for one spare byte, so a longer value is detected instead of truncated.
+    let mut buf = [0u8; TAG_LEN + 3];
+    let len = STANDARD_PAD_INDIFFERENT
+        .decode_slice(value, &mut buf)
+        .ok()?;
+    buf.get(..len)?.try_into().ok()
+}
+
+/// HMAC-SHA256 of `"{id}.{timestamp}.{body}"` under the secret's signing key; `None` only if
+/// the HMAC implementation refuses the key (it takes any length).
+fn tag(secret: &WebhookSecret, msg_id: &str, timestamp: i64, body: &[u8]) -> Option<[u8; TAG_LEN]> {
     let key = secret.signing_key();
-    // HMAC takes keys of any length, so this cannot fail; fall back to an empty MAC that
-    // matches nothing rather than panic.
-    let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(&key) else {
-        return Vec::new();
-    };
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&key).ok()?;
     mac.update(msg_id.as_bytes());
     mac.update(b".");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    mac.finalize().into_bytes().to_vec()
+    Some(mac.finalize().into_bytes().into())
 }
 
 #[cfg(test)]
@@ -237,150 +375,463 @@ mod tests {
     const SPEC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     const SPEC_ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
     const SPEC_TS: i64 = 1_614_265_330;
-    const SPEC_BODY: &str = r#"{"test": 2432232314}"#;
+    const SPEC_BODY: &[u8] = br#"{"test": 2432232314}"#;
     const SPEC_SIGNATURE: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
 
     fn secret(s: &str) -> WebhookSecret {
         WebhookSecret::parse(SecretString::from(s.to_owned())).unwrap()
     }
 
-    fn headers(h: &SignedHeaders) -> Vec<(&'static str, String)> {
-        h.pairs().to_vec()
+    fn spec_secret() -> WebhookSecret {
+        secret(SPEC_SECRET)
     }
 
-    #[test]
-    fn reproduces_the_specification_example() {
-        let s = secret(SPEC_SECRET);
-        let signed = sign_one(&s, SPEC_ID, SPEC_TS, SPEC_BODY.as_bytes()).unwrap();
-        assert_eq!(signed.webhook_signature, SPEC_SIGNATURE);
-        let received = [
-            ("Webhook-Id", SPEC_ID),
-            ("webhook-timestamp", "1614265330"),
-            ("WEBHOOK-SIGNATURE", SPEC_SIGNATURE),
+    /// The specification example's headers, with one header replaced (or removed on `None`).
+    fn spec_headers(replace: &str, value: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut h = vec![
+            (HEADER_ID, SPEC_ID.to_owned()),
+            (HEADER_TIMESTAMP, SPEC_TS.to_string()),
+            (HEADER_SIGNATURE, SPEC_SIGNATURE.to_owned()),
         ];
-        verify(
-            &[&s],
-            &received[..],
-            SPEC_BODY.as_bytes(),
-            SPEC_TS,
-            DEFAULT_TOLERANCE,
-        )
-        .unwrap();
-    }
-
-    #[test]
-    fn rotation_carries_one_signature_per_secret() {
-        let (old, new) = (secret(SPEC_SECRET), WebhookSecret::generate().unwrap());
-        let signed = sign(&[&new, &old], "msg_1", SPEC_TS, b"{}").unwrap();
-        assert_eq!(signed.webhook_signature.split(' ').count(), 2);
-        for only in [&old, &new] {
-            verify(
-                &[only],
-                &headers(&signed)[..],
-                b"{}",
-                SPEC_TS,
-                DEFAULT_TOLERANCE,
-            )
-            .unwrap();
+        h.retain(|(name, _)| *name != replace || value.is_some());
+        for (name, v) in &mut h {
+            if *name == replace {
+                *v = value.unwrap_or_default().to_owned();
+            }
         }
+        h
+    }
+
+    fn verify_spec(headers: &[(&str, String)], body: &[u8], now: i64) -> Result<(), VerifyError> {
+        verify(&[&spec_secret()], headers, body, now, DEFAULT_TOLERANCE)
     }
 
     #[test]
-    fn user_secrets_round_trip() {
-        let s = secret("a perfectly fine user secret");
-        let signed = sign_one(&s, "msg_2", SPEC_TS, b"body").unwrap();
-        verify(
-            &[&s],
-            &headers(&signed)[..],
-            b"body",
-            SPEC_TS + 10,
-            DEFAULT_TOLERANCE,
-        )
-        .unwrap();
+    fn sign_reproduces_the_specification_example() {
+        let signed = sign_one(&spec_secret(), SPEC_ID, SPEC_TS, SPEC_BODY).unwrap();
+        assert_eq!(
+            signed,
+            SignedHeaders {
+                webhook_id: SPEC_ID.to_owned(),
+                webhook_timestamp: SPEC_TS,
+                webhook_signature: SPEC_SIGNATURE.to_owned(),
+            }
+        );
+        assert_eq!(
+            signed.pairs(),
+            [
+                ("webhook-id", SPEC_ID.to_owned()),
+                ("webhook-timestamp", "1614265330".to_owned()),
+                ("webhook-signature", SPEC_SIGNATURE.to_owned()),
+            ]
+        );
     }
 
     #[test]
-    fn every_rejection() {
-        let s = secret(SPEC_SECRET);
-        let body = SPEC_BODY.as_bytes();
-        let ok = sign_one(&s, SPEC_ID, SPEC_TS, body).unwrap();
-        let check = |h: &[(&str, String)], body: &[u8], now: i64| {
-            verify(&[&s], h, body, now, DEFAULT_TOLERANCE)
-        };
-        let mut h = headers(&ok);
-        for (i, name) in [HEADER_ID, HEADER_TIMESTAMP, HEADER_SIGNATURE]
-            .into_iter()
-            .enumerate()
-        {
-            let mut missing = h.clone();
-            missing.remove(i);
+    fn verify_accepts_the_specification_example_with_any_header_case() {
+        assert_eq!(
+            verify_spec(&spec_headers("", None), SPEC_BODY, SPEC_TS),
+            Ok(())
+        );
+        let shouting = [
+            ("Webhook-Id", SPEC_ID),
+            ("WEBHOOK-TIMESTAMP", "1614265330"),
+            ("webhook-Signature", SPEC_SIGNATURE),
+        ];
+        let s = spec_secret();
+        assert_eq!(
+            verify(&[&s], &shouting, SPEC_BODY, SPEC_TS, DEFAULT_TOLERANCE),
+            Ok(())
+        );
+        let map: HashMap<String, String> = shouting
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(
+            verify(&[&s], &map, SPEC_BODY, SPEC_TS, DEFAULT_TOLERANCE),
+            Ok(())
+        );
+        let tree: BTreeMap<&str, &str> = shouting.into_iter().collect();
+        assert_eq!(
+            verify(&[&s], &tree, SPEC_BODY, SPEC_TS, DEFAULT_TOLERANCE),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn round_trips_for_generated_whsec_and_user_secrets() {
+        let generated = WebhookSecret::generate().unwrap();
+        let user = secret("a perfectly fine user secret");
+        for s in [&generated, &user] {
+            let body = "{\"text\":\"héllo\\nwörld\"}".as_bytes();
+            let signed = sign_one(s, "evt_01J9Z", 1_700_000_000, body).unwrap();
             assert_eq!(
-                check(&missing, body, SPEC_TS),
-                Err(VerifyError::MissingHeader { name })
+                verify(
+                    &[s],
+                    &signed.pairs(),
+                    body,
+                    1_700_000_010,
+                    DEFAULT_TOLERANCE
+                ),
+                Ok(())
             );
         }
-        h[1].1 = "yesterday".into();
-        assert_eq!(check(&h, body, SPEC_TS), Err(VerifyError::BadTimestamp));
-        let h = headers(&ok);
+        // The two key forms are really different keys.
+        let a = sign_one(&generated, "evt", 1, b"x").unwrap();
+        let b = sign_one(&user, "evt", 1, b"x").unwrap();
+        assert_ne!(a.webhook_signature, b.webhook_signature);
+    }
+
+    #[test]
+    fn a_user_secret_is_keyed_with_its_utf8_bytes() {
+        // HMAC-SHA256(key = b"a perfectly fine user secret", "evt_1.1700000000.{}"), computed
+        // independently with Python's hmac module.
+        let signed = sign_one(
+            &secret("a perfectly fine user secret"),
+            "evt_1",
+            1_700_000_000,
+            b"{}",
+        )
+        .unwrap();
         assert_eq!(
-            check(&h, body, SPEC_TS + 301),
+            signed.webhook_signature,
+            "v1,7s1Bd9/P2K92jtkFUa14k1IoLvCMRQv0iFgw8VtnyMM="
+        );
+    }
+
+    #[test]
+    fn rotation_sends_one_signature_per_secret_and_either_secret_verifies() {
+        let old = spec_secret();
+        let new = WebhookSecret::generate().unwrap();
+        let signed = sign(&[&new, &old], SPEC_ID, SPEC_TS, SPEC_BODY).unwrap();
+        let entries: Vec<&str> = signed.webhook_signature.split(' ').collect();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1], SPEC_SIGNATURE);
+        assert_eq!(
+            entries[0],
+            sign_one(&new, SPEC_ID, SPEC_TS, SPEC_BODY)
+                .unwrap()
+                .webhook_signature
+        );
+        let headers = signed.pairs();
+        for secrets in [vec![&old], vec![&new], vec![&old, &new]] {
+            assert_eq!(
+                verify(&secrets, &headers, SPEC_BODY, SPEC_TS, DEFAULT_TOLERANCE),
+                Ok(())
+            );
+        }
+        // A receiver holding both secrets accepts a message signed with only one.
+        let only_old = sign_one(&old, SPEC_ID, SPEC_TS, SPEC_BODY).unwrap();
+        assert_eq!(
+            verify(
+                &[&new, &old],
+                &only_old.pairs(),
+                SPEC_BODY,
+                SPEC_TS,
+                DEFAULT_TOLERANCE
+            ),
+            Ok(())
+        );
+        let stranger = WebhookSecret::generate().unwrap();
+        assert_eq!(
+            verify(
+                &[&stranger],
+                &headers,
+                SPEC_BODY,
+                SPEC_TS,
+                DEFAULT_TOLERANCE
+            ),
+            Err(VerifyError::NoMatchingSignature)
+        );
+    }
+
+    #[test]
+    fn each_missing_or_empty_header_is_named() {
+        for name in [HEADER_ID, HEADER_TIMESTAMP, HEADER_SIGNATURE] {
+            for value in [None, Some(""), Some("  ")] {
+                assert_eq!(
+                    verify_spec(&spec_headers(name, value), SPEC_BODY, SPEC_TS),
+                    Err(VerifyError::MissingHeader { name }),
+                    "{name} {value:?}"
+                );
+            }
+        }
+        let none: [(&str, &str); 0] = [];
+        assert_eq!(
+            verify(
+                &[&spec_secret()],
+                &none,
+                SPEC_BODY,
+                SPEC_TS,
+                DEFAULT_TOLERANCE
+            ),
+            Err(VerifyError::MissingHeader { name: HEADER_ID })
+        );
+    }
+
+    #[test]
+    fn timestamps_must_be_plain_integers() {
+        for bad in [
+            "yesterday",
+            "1614265330.0",
+            "+1614265330",
+            "-1614265330",
+            "1_614_265_330",
+            "0x6037A0F2",
+            "99999999999999999999",
+        ] {
+            assert_eq!(
+                verify_spec(
+                    &spec_headers(HEADER_TIMESTAMP, Some(bad)),
+                    SPEC_BODY,
+                    SPEC_TS
+                ),
+                Err(VerifyError::BadTimestamp),
+                "{bad}"
+            );
+        }
+        // Surrounding white space (as left by some header parsers) is tolerated.
+        assert_eq!(
+            verify_spec(
+                &spec_headers(HEADER_TIMESTAMP, Some(" 1614265330 ")),
+                SPEC_BODY,
+                SPEC_TS
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_tolerance_holds_in_both_directions_and_includes_its_bound() {
+        let h = spec_headers("", None);
+        let tol = 300;
+        assert_eq!(verify_spec(&h, SPEC_BODY, SPEC_TS + tol), Ok(()));
+        assert_eq!(verify_spec(&h, SPEC_BODY, SPEC_TS - tol), Ok(()));
+        assert_eq!(
+            verify_spec(&h, SPEC_BODY, SPEC_TS + tol + 1),
             Err(VerifyError::TooOld { age_secs: 301 })
         );
         assert_eq!(
-            check(&h, body, SPEC_TS - 301),
+            verify_spec(&h, SPEC_BODY, SPEC_TS - tol - 1),
             Err(VerifyError::TooNew { skew_secs: 301 })
         );
-        assert_eq!(check(&h, body, SPEC_TS + 300), Ok(()));
-        assert_eq!(check(&h, body, SPEC_TS - 300), Ok(()));
+        let s = spec_secret();
+        let strict = Duration::from_millis(1_999);
+        assert_eq!(verify(&[&s], &h, SPEC_BODY, SPEC_TS + 1, strict), Ok(()));
         assert_eq!(
-            check(&h, b"{\"test\": 2432232315}", SPEC_TS),
+            verify(&[&s], &h, SPEC_BODY, SPEC_TS + 2, strict),
+            Err(VerifyError::TooOld { age_secs: 2 })
+        );
+        // Extreme clocks saturate instead of overflowing.
+        assert_eq!(
+            verify(&[&s], &h, SPEC_BODY, i64::MIN, DEFAULT_TOLERANCE),
+            Err(VerifyError::TooNew {
+                skew_secs: i64::MAX
+            })
+        );
+        assert_eq!(verify(&[&s], &h, SPEC_BODY, SPEC_TS, Duration::MAX), Ok(()));
+    }
+
+    #[test]
+    fn any_change_to_body_id_or_timestamp_breaks_the_signature() {
+        let tampered_body = br#"{"test": 2432232315}"#;
+        assert_eq!(
+            verify_spec(&spec_headers("", None), tampered_body, SPEC_TS),
             Err(VerifyError::NoMatchingSignature)
         );
-        let mut other_id = headers(&ok);
-        other_id[0].1 = "msg_other".into();
         assert_eq!(
-            check(&other_id, body, SPEC_TS),
+            verify_spec(&spec_headers("", None), b"", SPEC_TS),
             Err(VerifyError::NoMatchingSignature)
         );
-        let wrong = WebhookSecret::generate().unwrap();
         assert_eq!(
-            verify(&[&wrong], &h[..], body, SPEC_TS, DEFAULT_TOLERANCE),
+            verify_spec(
+                &spec_headers(HEADER_ID, Some("msg_p5jXN8AQM9LWM0D4loKWxJeK")),
+                SPEC_BODY,
+                SPEC_TS
+            ),
             Err(VerifyError::NoMatchingSignature)
         );
-        let mut unknown_version = headers(&ok);
-        unknown_version[2].1 = ok.webhook_signature.replace("v1,", "v1a,");
         assert_eq!(
-            check(&unknown_version, body, SPEC_TS),
+            verify_spec(
+                &spec_headers(HEADER_TIMESTAMP, Some("1614265331")),
+                SPEC_BODY,
+                SPEC_TS
+            ),
             Err(VerifyError::NoMatchingSignature)
         );
-        let mut with_unknown = headers(&ok);
-        with_unknown[2].1 = format!("v2,AAAA {}", ok.webhook_signature);
-        assert_eq!(check(&with_unknown, body, SPEC_TS), Ok(()));
+        // Moving bytes between the fields of the signed content is not possible either, since
+        // sign refuses ids with '.'.
         assert_eq!(
-            verify(&[], &h[..], body, SPEC_TS, DEFAULT_TOLERANCE),
+            sign_one(&spec_secret(), "msg.1614265330", 1, b"x"),
+            Err(SignError::BadMessageId)
+        );
+    }
+
+    #[test]
+    fn the_wrong_secret_does_not_verify() {
+        for wrong in [
+            WebhookSecret::generate().unwrap(),
+            secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSx"),
+            secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ] {
+            assert_eq!(
+                verify(
+                    &[&wrong],
+                    &spec_headers("", None),
+                    SPEC_BODY,
+                    SPEC_TS,
+                    DEFAULT_TOLERANCE
+                ),
+                Err(VerifyError::NoMatchingSignature)
+            );
+        }
+        assert_eq!(
+            verify(
+                &[],
+                &spec_headers("", None),
+                SPEC_BODY,
+                SPEC_TS,
+                DEFAULT_TOLERANCE
+            ),
             Err(VerifyError::NoSecret)
         );
     }
 
     #[test]
-    fn sign_rejects_bad_input() {
-        let s = secret(SPEC_SECRET);
+    fn unknown_versions_are_skipped_and_malformed_entries_ignored() {
+        let value = SPEC_SIGNATURE.trim_start_matches("v1,");
+        let unpadded = value.trim_end_matches('=');
+        let check = |sig: &str| {
+            verify_spec(
+                &spec_headers(HEADER_SIGNATURE, Some(sig)),
+                SPEC_BODY,
+                SPEC_TS,
+            )
+        };
+        // Only unknown versions, even carrying the right bytes: no match.
+        assert_eq!(
+            check(&format!("v1a,{value}")),
+            Err(VerifyError::NoMatchingSignature)
+        );
+        assert_eq!(
+            check(&format!("v2,{value} V1,{value}")),
+            Err(VerifyError::NoMatchingSignature)
+        );
+        // Nothing well-formed at all.
+        for garbage in [
+            value,
+            "v1,",
+            ",abc",
+            "v1,!!!!",
+            "v1,AAAA",
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=AAAA",
+        ] {
+            assert_eq!(
+                check(garbage),
+                Err(VerifyError::MalformedSignature),
+                "{garbage}"
+            );
+        }
+        // A valid v1 among other entries, in any position, with any spacing; padding optional.
+        for ok in [
+            format!("v1a,hnO3f9T8Ytu9Hw== {SPEC_SIGNATURE}"),
+            format!("{SPEC_SIGNATURE} v1,AAAA garbage"),
+            format!("v1,{}  \t{SPEC_SIGNATURE} ", "A".repeat(44)),
+            format!("v1,{unpadded}"),
+        ] {
+            assert_eq!(check(&ok), Ok(()), "{ok}");
+        }
+        // A well-formed but wrong v1 signature.
+        assert_eq!(
+            check(&format!("v1,{}", "A".repeat(43) + "=")),
+            Err(VerifyError::NoMatchingSignature)
+        );
+    }
+
+    #[test]
+    fn sign_rejects_what_it_cannot_sign() {
+        let s = spec_secret();
         assert_eq!(sign(&[], "msg", 1, b""), Err(SignError::NoSecret));
-        for id in ["", "msg 1", "msg\n1"] {
+        for id in ["", "msg 1", "msg\n1", "msg\t", "msg.1", "mség", "msg\u{7f}"] {
             assert_eq!(
                 sign_one(&s, id, 1, b""),
                 Err(SignError::BadMessageId),
                 "{id:?}"
             );
+            assert_eq!(check_message_id(id), Err(SignError::BadMessageId));
         }
+        for id in [
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            "0190b9a2-7c1e-7d35-8c7e-3b2f1a0e9d11",
+            "a",
+            "~!#$%&'*+-/:;<=>?@[]^_`{|}",
+        ] {
+            assert_eq!(check_message_id(id), Ok(()), "{id}");
+            assert!(sign_one(&s, id, 0, b"").is_ok());
+        }
+        assert_eq!(
+            sign_one(&s, "msg", -1, b""),
+            Err(SignError::NegativeTimestamp(-1))
+        );
+    }
+
+    fn arbitrary_header() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,80}",
+            any::<String>(),
+            // Plausible values, to reach the deeper checks.
+            (0i64..3_000_000_000).prop_map(|t| t.to_string()),
+            "((v1|v1a|v2),[A-Za-z0-9+/=]{0,50}[ ]{0,2}){0,4}",
+            Just(SPEC_SIGNATURE.to_owned()),
+        ]
     }
 
     proptest! {
         #[test]
-        fn verify_never_panics(id in "\\PC*", ts in "\\PC*", sig in "\\PC*", body in proptest::collection::vec(any::<u8>(), 0..64), now in any::<i64>()) {
-            let s = secret(SPEC_SECRET);
-            let h = [(HEADER_ID, id), (HEADER_TIMESTAMP, ts), (HEADER_SIGNATURE, sig)];
-            let _ = verify(&[&s], &h[..], &body, now, DEFAULT_TOLERANCE);
+        fn verify_never_panics_on_arbitrary_headers(
+            id in arbitrary_header(),
+            ts in arbitrary_header(),
+            sig in arbitrary_header(),
+            extra_name in "\\PC{0,20}",
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+            now in any::<i64>(),
+            tolerance in any::<u64>(),
+        ) {
+            let s = spec_secret();
+            let h = [
+                (extra_name.as_str(), sig.as_str()),
+                (HEADER_ID, id.as_str()),
+                (HEADER_TIMESTAMP, ts.as_str()),
+                (HEADER_SIGNATURE, sig.as_str()),
+            ];
+            let result = verify(&[&s], &h, &body, now, Duration::from_secs(tolerance));
+            // Only a genuine signature passes: with arbitrary input that means the spec one.
+            if result.is_ok() {
+                prop_assert!(sig.contains(SPEC_SIGNATURE));
+            }
+        }
+
+        #[test]
+        fn every_signed_message_verifies_and_no_altered_body_does(
+            id in "[!-~&&[^.]]{1,40}",
+            ts in 0i64..=i64::MAX,
+            body in proptest::collection::vec(any::<u8>(), 0..256),
+            flip in any::<prop::sample::Index>(),
+        ) {
+            let s = spec_secret();
+            let signed = sign_one(&s, &id, ts, &body).unwrap();
+            prop_assert_eq!(verify(&[&s], &signed.pairs(), &body, ts, DEFAULT_TOLERANCE), Ok(()));
+            let mut altered = body.clone();
+            if altered.is_empty() {
+                altered.push(0);
+            } else {
+                let i = flip.index(altered.len());
+                altered[i] ^= 1;
+            }
+            prop_assert_eq!(
+                verify(&[&s], &signed.pairs(), &altered, ts, DEFAULT_TOLERANCE),
+                Err(VerifyError::NoMatchingSignature)
+            );
         }
     }
 }

@@ -65,7 +65,8 @@ async fn each_bookkeeping_query_uses_its_index_on_postgres() {
         limit: 50,
         ..HistoryQuery::default()
     };
-    let (select, _) = deliveries::history_select("agent-1", &first, Utc::now()).unwrap();
+    let (select, _) =
+        deliveries::history_select(DbBackend::Postgres, "agent-1", &first, Utc::now()).unwrap();
     let first_plan = plan(&t, select.build(DbBackend::Postgres)).await;
     println!("history, first page:\n{first_plan}\n");
     assert!(
@@ -80,7 +81,8 @@ async fn each_bookkeeping_query_uses_its_index_on_postgres() {
         cursor: page.next_cursor,
         ..first
     };
-    let (select, _) = deliveries::history_select("agent-1", &next, Utc::now()).unwrap();
+    let (select, _) =
+        deliveries::history_select(DbBackend::Postgres, "agent-1", &next, Utc::now()).unwrap();
     let next_plan = plan(&t, select.build(DbBackend::Postgres)).await;
     println!("history, next page:\n{next_plan}\n");
     assert!(

@@ -1,0 +1,840 @@
+//! Benchmarks of agent-webhooks against the physical floor: the same SQL sent without the ORM.
+//!
+//! `cargo run --release -p integration-tests --bin bench -- [--quick] [--json] [--backends sqlite,postgres,mysql]`
+//!
+//! Every figure that matters is a ratio measured within one run (large/empty, service/raw,
+//! 1M/10k, deep/first page), because absolute times on a shared 2-core machine drift from run
+//! to run. `--quick` shrinks every size so the whole run takes well under two minutes; CI runs
+//! it to keep the harness from rotting and asserts nothing about speed.
+
+use std::time::{Duration, Instant};
+
+use agent_webhooks::deliveries::{self, HistoryQuery};
+use agent_webhooks::retry::RetryPolicy;
+use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::signing;
+use agent_webhooks::url_policy::UrlPolicy;
+use agent_webhooks::webhook_secret::WebhookSecret;
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use integration_tests::{Backend, TestDb, seed_agent};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::{self, Row};
+use sea_orm::{DatabaseConnection, TransactionTrait};
+use secrecy::SecretString;
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(about = "agent-webhooks benchmarks")]
+struct Args {
+    /// Small sizes, for a smoke run (< 2 minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Backends to run, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres,mysql")]
+    backends: Vec<String>,
+}
+
+/// One measured figure.
+#[derive(Serialize)]
+struct Figure {
+    backend: &'static str,
+    section: &'static str,
+    name: String,
+    value: f64,
+    unit: &'static str,
+}
+
+struct Report(Vec<Figure>);
+
+impl Report {
+    fn add(
+        &mut self,
+        backend: Backend,
+        section: &'static str,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+    ) {
+        let figure = Figure {
+            backend: label(backend),
+            section,
+            name: name.into(),
+            value,
+            unit,
+        };
+        eprintln!(
+            "  {:<9} {:<10} {:<48} {:>12.3} {}",
+            figure.backend, figure.section, figure.name, figure.value, figure.unit
+        );
+        self.0.push(figure);
+    }
+}
+
+fn label(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+        Backend::MySql => "mariadb",
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index.min(samples.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let mut report = Report(Vec::new());
+    let backends: Vec<Backend> = args
+        .backends
+        .iter()
+        .map(|b| match b.as_str() {
+            "sqlite" => Backend::Sqlite,
+            "postgres" => Backend::Postgres,
+            "mysql" | "mariadb" => Backend::MySql,
+            other => {
+                eprintln!("unknown backend {other}: expected sqlite, postgres or mysql");
+                std::process::exit(2);
+            }
+        })
+        .collect();
+    let q = args.quick;
+    for &backend in &backends {
+        eprintln!("== {}", label(backend));
+        migration_on_existing_tables(
+            &mut report,
+            backend,
+            if q {
+                &[0, 20_000]
+            } else {
+                &[0, 100_000, 1_000_000]
+            },
+        )
+        .await;
+        throughput(&mut report, backend, if q { 500 } else { 5_000 }).await;
+        claim_latency(
+            &mut report,
+            backend,
+            if q {
+                &[10_000, 50_000]
+            } else {
+                &[10_000, 1_000_000]
+            },
+            if q { 30 } else { 200 },
+        )
+        .await;
+        history_paging(
+            &mut report,
+            backend,
+            if q { 10_000 } else { 100_000 },
+            if q { 100 } else { 1_000 },
+        )
+        .await;
+    }
+    cpu_bound(&mut report, if q { 2_000 } else { 20_000 });
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.0).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "{:<9} {:<10} {:<48} {:>12} unit",
+            "backend", "section", "figure", "value"
+        );
+        for f in &report.0 {
+            println!(
+                "{:<9} {:<10} {:<48} {:>12.3} {}",
+                f.backend, f.section, f.name, f.value, f.unit
+            );
+        }
+    }
+}
+
+/// Inserts `n` agents of `org-1` with one SQL statement (no round trip per row).
+async fn seed_agents(t: &TestDb, n: usize) {
+    if n == 0 {
+        return;
+    }
+    let sql = match t.backend {
+        Backend::Postgres => format!(
+            "INSERT INTO agents (id, organization_id, name, description, created_at) \
+             SELECT 'agent-' || g, 'org-1', 'agent ' || g, 'seeded', now() - make_interval(secs => g) \
+             FROM generate_series(1, {n}) g"
+        ),
+        Backend::Sqlite => format!(
+            "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < {n}) \
+             INSERT INTO agents (id, organization_id, name, description, created_at) \
+             SELECT 'agent-' || n, 'org-1', 'agent ' || n, 'seeded', \
+             strftime('%Y-%m-%d %H:%M:%f+00:00', 'now', '-' || n || ' seconds') FROM g"
+        ),
+        Backend::MySql => format!(
+            "INSERT INTO agents (id, organization_id, name, description, created_at) \
+             SELECT CONCAT('agent-', seq), 'org-1', CONCAT('agent ', seq), 'seeded', \
+             UTC_TIMESTAMP(6) - INTERVAL seq SECOND FROM seq_1_to_{n}"
+        ),
+    };
+    t.exec(&sql).await;
+}
+
+/// Inserts `n` deliveries of `agents` agents (`agent-0`…), 1 % of them due now, the rest
+/// delivered; `created_at` one second apart.
+async fn seed_deliveries(t: &TestDb, n: usize, agents: usize) {
+    let sql = match t.backend {
+        Backend::Postgres => format!(
+            "INSERT INTO webhook_deliveries (id, organization_id, agent_id, event_id, event_type, \
+             webhook_url, attempt_count, created_at, delivered_at, next_retry_at) \
+             SELECT 'dlv-' || lpad(g::text, 9, '0'), 'org-1', 'agent-' || (g % {agents}), 'evt-' || g, \
+             'run.completed', 'https://hooks.example.com/x', 1, now() - make_interval(secs => g), \
+             CASE WHEN g % 100 = 0 THEN NULL ELSE now() END, \
+             CASE WHEN g % 100 = 0 THEN now() - interval '1 minute' ELSE NULL END \
+             FROM generate_series(1, {n}) g"
+        ),
+        Backend::Sqlite => format!(
+            "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < {n}) \
+             INSERT INTO webhook_deliveries (id, organization_id, agent_id, event_id, event_type, \
+             webhook_url, attempt_count, created_at, delivered_at, next_retry_at) \
+             SELECT printf('dlv-%09d', n), 'org-1', 'agent-' || (n % {agents}), 'evt-' || n, \
+             'run.completed', 'https://hooks.example.com/x', 1, \
+             strftime('%Y-%m-%d %H:%M:%f+00:00', 'now', '-' || n || ' seconds'), \
+             CASE WHEN n % 100 = 0 THEN NULL ELSE strftime('%Y-%m-%d %H:%M:%f+00:00', 'now') END, \
+             CASE WHEN n % 100 = 0 THEN strftime('%Y-%m-%d %H:%M:%f+00:00', 'now', '-60 seconds') ELSE NULL END \
+             FROM g"
+        ),
+        Backend::MySql => format!(
+            "INSERT INTO webhook_deliveries (id, organization_id, agent_id, event_id, event_type, \
+             webhook_url, attempt_count, created_at, delivered_at, next_retry_at) \
+             SELECT CONCAT('dlv-', LPAD(seq, 9, '0')), 'org-1', CONCAT('agent-', seq % {agents}), \
+             CONCAT('evt-', seq), 'run.completed', 'https://hooks.example.com/x', 1, \
+             UTC_TIMESTAMP(6) - INTERVAL seq SECOND, \
+             IF(seq % 100 = 0, NULL, UTC_TIMESTAMP(6)), \
+             IF(seq % 100 = 0, UTC_TIMESTAMP(6) - INTERVAL 1 MINUTE, NULL) FROM seq_1_to_{n}"
+        ),
+    };
+    t.exec(&sql).await;
+    let analyze = match t.backend {
+        Backend::Postgres => "ANALYZE webhook_deliveries",
+        Backend::MySql => "ANALYZE TABLE webhook_deliveries",
+        Backend::Sqlite => "ANALYZE",
+    };
+    t.exec(analyze).await;
+}
+
+async fn org(t: &TestDb) {
+    t.exec("INSERT INTO organizations (id, name) VALUES ('org-1', 'Acme')")
+        .await;
+}
+
+/// 1. `up` and `down` of the webhook migration on `agents` tables of growing size.
+async fn migration_on_existing_tables(report: &mut Report, backend: Backend, sizes: &[usize]) {
+    let mut empty = (Duration::ZERO, Duration::ZERO);
+    for &rows in sizes {
+        let t = TestDb::fresh(backend).await;
+        Migrator::up(&t.db, Some(1)).await.expect("baseline");
+        org(&t).await;
+        seed_agents(&t, rows).await;
+        let start = Instant::now();
+        Migrator::up(&t.db, Some(1))
+            .await
+            .expect("webhook migration up");
+        let up = start.elapsed();
+        let start = Instant::now();
+        Migrator::down(&t.db, Some(1))
+            .await
+            .expect("webhook migration down");
+        let down = start.elapsed();
+        if rows == 0 {
+            empty = (up, down);
+        }
+        report.add(
+            backend,
+            "migration",
+            format!("up, {rows} agents"),
+            ms(up),
+            "ms",
+        );
+        report.add(
+            backend,
+            "migration",
+            format!("down, {rows} agents"),
+            ms(down),
+            "ms",
+        );
+        if rows > 0 {
+            report.add(
+                backend,
+                "migration",
+                format!("up ratio {rows}/empty"),
+                up.as_secs_f64() / empty.0.as_secs_f64(),
+                "x",
+            );
+            report.add(
+                backend,
+                "migration",
+                format!("down ratio {rows}/empty"),
+                down.as_secs_f64() / empty.1.as_secs_f64(),
+                "x",
+            );
+        }
+    }
+}
+
+/// Our SQL text is built from constants and placeholders only, never from data.
+fn safe(text: &str) -> sqlx::AssertSqlSafe<&str> {
+    sqlx::AssertSqlSafe(text)
+}
+
+/// SQL of one backend from `$n` placeholders (PostgreSQL) to `?` (SQLite, MySQL).
+fn sql(backend: Backend, text: &str) -> String {
+    match backend {
+        Backend::Postgres => text.to_owned(),
+        _ => {
+            let mut out = String::with_capacity(text.len());
+            let mut chars = text.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c == '$' {
+                    while chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+                        chars.next();
+                    }
+                    out.push('?');
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        }
+    }
+}
+
+/// A delivery row decoded the way the ORM decodes it: every column.
+#[allow(dead_code)]
+struct RawDelivery {
+    id: String,
+    organization_id: String,
+    agent_id: String,
+    event_id: String,
+    event_type: String,
+    webhook_url: String,
+    status_code: Option<i32>,
+    error_message: Option<String>,
+    attempt_count: i32,
+    created_at: DateTime<Utc>,
+    delivered_at: Option<DateTime<Utc>>,
+    next_retry_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, organization_id, agent_id, event_id, event_type, webhook_url, status_code, \
+                       error_message, attempt_count, created_at, delivered_at, next_retry_at";
+
+macro_rules! decode_delivery {
+    ($row:expr) => {
+        RawDelivery {
+            id: $row.try_get("id").expect("id"),
+            organization_id: $row.try_get("organization_id").expect("organization_id"),
+            agent_id: $row.try_get("agent_id").expect("agent_id"),
+            event_id: $row.try_get("event_id").expect("event_id"),
+            event_type: $row.try_get("event_type").expect("event_type"),
+            webhook_url: $row.try_get("webhook_url").expect("webhook_url"),
+            status_code: $row.try_get("status_code").expect("status_code"),
+            error_message: $row.try_get("error_message").expect("error_message"),
+            attempt_count: $row.try_get("attempt_count").expect("attempt_count"),
+            created_at: $row.try_get("created_at").expect("created_at"),
+            delivered_at: $row.try_get("delivered_at").expect("delivered_at"),
+            next_retry_at: $row.try_get("next_retry_at").expect("next_retry_at"),
+        }
+    };
+}
+
+/// Runs `$body` with `$pool` bound to the backend's sqlx pool under the ORM connection.
+macro_rules! with_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db.get_database_backend() {
+            sea_orm::DbBackend::Postgres => {
+                let $pool = $db.get_postgres_connection_pool();
+                $body
+            }
+            sea_orm::DbBackend::MySql => {
+                let $pool = $db.get_mysql_connection_pool();
+                $body
+            }
+            _ => {
+                let $pool = $db.get_sqlite_connection_pool();
+                $body
+            }
+        }
+    };
+}
+
+/// The statements `deliveries::enqueue` sends, without the ORM.
+async fn raw_enqueue(
+    db: &DatabaseConnection,
+    backend: Backend,
+    agent: &str,
+    event: &str,
+    now: DateTime<Utc>,
+) {
+    let insert = match backend {
+        Backend::MySql => format!(
+            "INSERT INTO webhook_deliveries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, 0, $7, NULL, $8) \
+             ON DUPLICATE KEY UPDATE id = id"
+        ),
+        _ => format!(
+            "INSERT INTO webhook_deliveries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, 0, $7, NULL, $8) \
+             ON CONFLICT (agent_id, event_id) DO NOTHING"
+        ),
+    };
+    let insert = sql(backend, &insert);
+    let find_agent = sql(
+        backend,
+        "SELECT id, organization_id, name, description, created_at, updated_at, is_deleted, \
+        webhook_url, webhook_secret, webhook_events, webhook_enabled FROM agents WHERE id = $1",
+    );
+    let find = sql(
+        backend,
+        &format!("SELECT {COLUMNS} FROM webhook_deliveries WHERE agent_id = $1 AND event_id = $2"),
+    );
+    let id = format!("dlv-{}", uuid::Uuid::now_v7());
+    with_pool!(db, |pool| {
+        let agent_row = sqlx::query(safe(&find_agent))
+            .bind(agent)
+            .fetch_one(pool)
+            .await
+            .expect("agent");
+        let url: Option<String> = agent_row.try_get("webhook_url").expect("url");
+        let org: String = agent_row.try_get("organization_id").expect("org");
+        sqlx::query(safe(&insert))
+            .bind(&id)
+            .bind(&org)
+            .bind(agent)
+            .bind(event)
+            .bind("run.completed")
+            .bind(url.unwrap_or_default())
+            .bind(now)
+            .bind(now)
+            .execute(pool)
+            .await
+            .expect("insert");
+        let row = sqlx::query(safe(&find))
+            .bind(agent)
+            .bind(event)
+            .fetch_one(pool)
+            .await
+            .expect("find");
+        let _ = decode_delivery!(row);
+    })
+}
+
+/// The statements `deliveries::claim_due` sends (minus the exhausted-lease sweep), without the
+/// ORM; returns `(id, attempt)` of each claimed row.
+async fn raw_claim(
+    db: &DatabaseConnection,
+    backend: Backend,
+    now: DateTime<Utc>,
+    limit: i64,
+    lease_until: DateTime<Utc>,
+) -> Vec<(String, i32)> {
+    let pick = "SELECT id FROM webhook_deliveries WHERE next_retry_at <= $1 AND delivered_at IS NULL \
+                AND attempt_count < $2 ORDER BY next_retry_at LIMIT $3";
+    let set = "UPDATE webhook_deliveries SET next_retry_at = $1, attempt_count = attempt_count + 1, \
+               status_code = NULL, error_message = NULL";
+    match backend {
+        Backend::MySql => {
+            let pool = db.get_mysql_connection_pool();
+            let pick_locked = sql(backend, &format!("{pick} FOR UPDATE SKIP LOCKED"));
+            let mut txn = pool.begin().await.expect("begin");
+            let ids: Vec<String> = sqlx::query(safe(&pick_locked))
+                .bind(now)
+                .bind(8)
+                .bind(limit)
+                .fetch_all(&mut *txn)
+                .await
+                .expect("pick")
+                .iter()
+                .map(|r| r.try_get::<String, _>(0).expect("id"))
+                .collect();
+            if ids.is_empty() {
+                txn.commit().await.expect("commit");
+                return Vec::new();
+            }
+            let list = vec!["?"; ids.len()].join(", ");
+            let update_sql = format!("{} WHERE id IN ({list})", sql(backend, set));
+            let mut update = sqlx::query(safe(&update_sql)).bind(lease_until);
+            for id in &ids {
+                update = update.bind(id);
+            }
+            update.execute(&mut *txn).await.expect("lease");
+            let select = format!("SELECT {COLUMNS} FROM webhook_deliveries WHERE id IN ({list})");
+            let mut fetch = sqlx::query(safe(&select));
+            for id in &ids {
+                fetch = fetch.bind(id);
+            }
+            let rows = fetch.fetch_all(&mut *txn).await.expect("fetch");
+            txn.commit().await.expect("commit");
+            rows.iter()
+                .map(|r| {
+                    let d = decode_delivery!(r);
+                    (d.id, d.attempt_count)
+                })
+                .collect()
+        }
+        _ => {
+            let lock = if backend == Backend::Postgres {
+                " FOR UPDATE SKIP LOCKED"
+            } else {
+                ""
+            };
+            let text = sql(
+                backend,
+                &format!(
+                    "{set} WHERE id IN ({pick_shifted}{lock}) RETURNING {COLUMNS}",
+                    pick_shifted = pick
+                        .replace("$3", "$4")
+                        .replace("$2", "$3")
+                        .replace("$1", "$2")
+                ),
+            );
+            with_pool!(db, |pool| {
+                let rows = sqlx::query(safe(&text))
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(8)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+                    .expect("claim");
+                rows.iter()
+                    .map(|r| {
+                        let d = decode_delivery!(r);
+                        (d.id, d.attempt_count)
+                    })
+                    .collect()
+            })
+        }
+    }
+}
+
+/// The statement `deliveries::record_success` sends, without the ORM.
+async fn raw_record(
+    db: &DatabaseConnection,
+    backend: Backend,
+    id: &str,
+    attempt: i32,
+    now: DateTime<Utc>,
+) {
+    let text = sql(
+        backend,
+        "UPDATE webhook_deliveries SET status_code = $1, delivered_at = $2, next_retry_at = NULL \
+        WHERE id = $3 AND attempt_count = $4 AND delivered_at IS NULL AND status_code IS NULL AND error_message IS NULL",
+    );
+    with_pool!(db, |pool| {
+        let done = sqlx::query(safe(&text))
+            .bind(200)
+            .bind(now)
+            .bind(id)
+            .bind(attempt)
+            .execute(pool)
+            .await
+            .expect("record");
+        assert_eq!(done.rows_affected(), 1, "raw record of {id}");
+    })
+}
+
+/// 2. Deliveries per second through the service API and as raw SQL, one connection, in turn.
+async fn throughput(report: &mut Report, backend: Backend, n: usize) {
+    let policy = RetryPolicy::default();
+    let lease = Duration::from_secs(60);
+    // Service and raw paths alternate in rounds on separate databases, so drift on a shared
+    // machine hits both alike.
+    let mut totals = [[Duration::ZERO; 3]; 2];
+    for round in 0..2 {
+        for (path, raw) in [(0, false), (1, true)] {
+            let t = TestDb::fresh_with(backend, 1).await;
+            Migrator::up(&t.db, None).await.expect("migrate");
+            for a in 0..10 {
+                seed_agent(&t, &format!("agent-{a}"), &[]).await;
+            }
+            let now = Utc::now();
+            let start = Instant::now();
+            for i in 0..n {
+                let (agent, event) = (format!("agent-{}", i % 10), format!("evt-{round}-{i}"));
+                if raw {
+                    raw_enqueue(&t.db, backend, &agent, &event, now).await;
+                } else {
+                    deliveries::enqueue(&t.db, &agent, &event, "run.completed", now)
+                        .await
+                        .expect("enqueue");
+                }
+            }
+            totals[path][0] += start.elapsed();
+            let (mut claimed, mut claim_time, mut record_time) =
+                (Vec::new(), Duration::ZERO, Duration::ZERO);
+            loop {
+                let start = Instant::now();
+                let batch: Vec<(String, i32, Option<deliveries::Claim>)> = if raw {
+                    raw_claim(
+                        &t.db,
+                        backend,
+                        now,
+                        100,
+                        now + chrono::Duration::seconds(60),
+                    )
+                    .await
+                    .into_iter()
+                    .map(|(id, attempt)| (id, attempt, None))
+                    .collect()
+                } else {
+                    deliveries::claim_due(&t.db, &policy, now, 100, lease)
+                        .await
+                        .expect("claim")
+                        .into_iter()
+                        .map(|c| (c.delivery.id.clone(), c.attempt, Some(c)))
+                        .collect()
+                };
+                claim_time += start.elapsed();
+                if batch.is_empty() {
+                    break;
+                }
+                let start = Instant::now();
+                for (id, attempt, claim) in &batch {
+                    match claim {
+                        Some(claim) => {
+                            deliveries::record_success(&t.db, claim, 200, now)
+                                .await
+                                .expect("record");
+                        }
+                        None => raw_record(&t.db, backend, id, *attempt, now).await,
+                    }
+                }
+                record_time += start.elapsed();
+                claimed.extend(batch.into_iter().map(|(id, _, _)| id));
+            }
+            assert_eq!(claimed.len(), n, "every delivery claimed once");
+            totals[path][1] += claim_time;
+            totals[path][2] += record_time;
+        }
+    }
+    for (i, op) in ["enqueue", "claim (batches of 100)", "record success"]
+        .into_iter()
+        .enumerate()
+    {
+        let service = (2 * n) as f64 / totals[0][i].as_secs_f64();
+        let raw = (2 * n) as f64 / totals[1][i].as_secs_f64();
+        report.add(
+            backend,
+            "throughput",
+            format!("{op}: service"),
+            service,
+            "deliveries/s",
+        );
+        report.add(
+            backend,
+            "throughput",
+            format!("{op}: raw sqlx"),
+            raw,
+            "deliveries/s",
+        );
+        report.add(
+            backend,
+            "throughput",
+            format!("{op}: service/raw"),
+            service / raw,
+            "ratio",
+        );
+    }
+}
+
+/// 3. `claim_due` latency for a batch of 100 with 1 % of the table due; each claim runs in a
+///    transaction that is rolled back, so every sample sees the same table.
+async fn claim_latency(report: &mut Report, backend: Backend, sizes: &[usize], samples: usize) {
+    let policy = RetryPolicy::default();
+    let mut p50s = Vec::new();
+    for &rows in sizes {
+        let t = TestDb::fresh_with(backend, 2).await;
+        Migrator::up(&t.db, None).await.expect("migrate");
+        org(&t).await;
+        for a in 0..10 {
+            seed_agent_quiet(&t, a).await;
+        }
+        seed_deliveries(&t, rows, 10).await;
+        let mut times = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let txn = t.db.begin().await.expect("begin");
+            let start = Instant::now();
+            let claims =
+                deliveries::claim_due(&txn, &policy, Utc::now(), 100, Duration::from_secs(60))
+                    .await
+                    .expect("claim");
+            times.push(start.elapsed());
+            assert_eq!(claims.len(), 100.min(rows / 100));
+            txn.rollback().await.expect("rollback");
+        }
+        let p50 = percentile(&mut times, 0.5);
+        let p99 = percentile(&mut times, 0.99);
+        report.add(
+            backend,
+            "claim_due",
+            format!("p50, {rows} rows"),
+            ms(p50),
+            "ms",
+        );
+        report.add(
+            backend,
+            "claim_due",
+            format!("p99, {rows} rows"),
+            ms(p99),
+            "ms",
+        );
+        p50s.push((rows, p50));
+    }
+    if let [(small, a), .., (large, b)] = p50s.as_slice() {
+        report.add(
+            backend,
+            "claim_due",
+            format!("p50 ratio {large}/{small}"),
+            b.as_secs_f64() / a.as_secs_f64(),
+            "x",
+        );
+    }
+}
+
+async fn seed_agent_quiet(t: &TestDb, a: usize) {
+    t.exec(&format!(
+        "INSERT INTO agents (id, organization_id, name, webhook_url, webhook_enabled) \
+         VALUES ('agent-{a}', 'org-1', 'agent {a}', 'https://hooks.example.com/x', true)"
+    ))
+    .await;
+}
+
+/// 4. First page vs a deep page of one agent's history (keyset pagination).
+async fn history_paging(report: &mut Report, backend: Backend, rows: usize, deep_page: usize) {
+    let t = TestDb::fresh_with(backend, 2).await;
+    Migrator::up(&t.db, None).await.expect("migrate");
+    org(&t).await;
+    seed_agent_quiet(&t, 0).await;
+    seed_deliveries(&t, rows, 1).await;
+    let now = Utc::now();
+    let mut query = HistoryQuery {
+        limit: 50,
+        ..HistoryQuery::default()
+    };
+    let first = query.clone();
+    for _ in 1..deep_page {
+        let page = deliveries::history(&t.db, "agent-0", &query, now)
+            .await
+            .expect("page");
+        query.cursor = page.next_cursor;
+    }
+    assert!(query.cursor.is_some(), "page {deep_page} exists");
+    let mut timings = [Vec::new(), Vec::new()];
+    for _ in 0..50 {
+        for (i, q) in [&first, &query].into_iter().enumerate() {
+            let start = Instant::now();
+            let page = deliveries::history(&t.db, "agent-0", q, now)
+                .await
+                .expect("page");
+            timings[i].push(start.elapsed());
+            assert_eq!(page.items.len(), 50);
+        }
+    }
+    let first_p50 = percentile(&mut timings[0], 0.5);
+    let deep_p50 = percentile(&mut timings[1], 0.5);
+    report.add(
+        backend,
+        "history",
+        format!("p50 first page ({rows} rows)"),
+        ms(first_p50),
+        "ms",
+    );
+    report.add(
+        backend,
+        "history",
+        format!("p50 page {deep_page}"),
+        ms(deep_p50),
+        "ms",
+    );
+    report.add(
+        backend,
+        "history",
+        format!("p50 ratio page {deep_page}/first"),
+        deep_p50.as_secs_f64() / first_p50.as_secs_f64(),
+        "x",
+    );
+}
+
+/// 5. CPU-bound operations: secret envelopes, the URL policy, signatures.
+fn cpu_bound(report: &mut Report, n: usize) {
+    let entry = KeyRing::generate_key_entry("k1").expect("key");
+    let keys = KeyRing::parse(&entry).expect("ring");
+    let secret = WebhookSecret::generate().expect("secret");
+    let plain = SecretString::from(secret.expose().to_owned());
+    let per_second = |start: Instant| n as f64 / start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let mut sealed = String::new();
+    for i in 0..n {
+        sealed = keys.seal(&plain, &format!("agent-{i}")).expect("seal");
+    }
+    let seal_rate = per_second(start);
+    let start = Instant::now();
+    for _ in 0..n {
+        keys.open(&sealed, &format!("agent-{}", n - 1))
+            .expect("open");
+    }
+    let open_rate = per_second(start);
+    let urls = [
+        "https://hooks.example.com/a",
+        "https://127.1/",
+        "https://[::ffff:10.0.0.1]/",
+        "http://x.example/",
+    ];
+    let start = Instant::now();
+    for i in 0..n {
+        let _ = UrlPolicy::Production.check(urls[i % urls.len()]);
+    }
+    let policy_rate = per_second(start);
+    let body = vec![b'x'; 1024];
+    let start = Instant::now();
+    for i in 0..n {
+        signing::sign_one(&secret, &format!("msg_{i}"), 1_700_000_000, &body).expect("sign");
+    }
+    let sign_rate = per_second(start);
+    report.add(
+        Backend::Sqlite,
+        "cpu",
+        "secret envelope seal",
+        seal_rate,
+        "ops/s",
+    );
+    report.add(
+        Backend::Sqlite,
+        "cpu",
+        "secret envelope open",
+        open_rate,
+        "ops/s",
+    );
+    report.add(
+        Backend::Sqlite,
+        "cpu",
+        "URL policy check",
+        policy_rate,
+        "ops/s",
+    );
+    report.add(
+        Backend::Sqlite,
+        "cpu",
+        "sign 1 KiB body",
+        sign_rate,
+        "ops/s",
+    );
+}
