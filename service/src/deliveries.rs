@@ -35,9 +35,9 @@ use sea_orm::sea_query::{
     Alias, Expr, ExprTrait, LockBehavior, LockType, Query, SelectStatement, UpdateStatement,
 };
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, IsolationLevel, Order,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, RuntimeErr, Select,
-    Statement, TransactionSession, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, Order, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, RuntimeErr, Select, Statement,
+    TransactionSession, TransactionTrait,
 };
 use serde::Serialize;
 
@@ -520,15 +520,14 @@ pub fn claim_statement(
     }
 }
 
-/// MySQL's claim: lock the due rows (READ COMMITTED, so no gap locks), lease them, read them.
+/// MySQL's claim: lock the due rows, lease them, read them. InnoDB may pick this transaction
+/// as a deadlock victim under concurrency; the caller retries it (`retry_transient!`).
 async fn claim_in_transaction<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     due: &SelectStatement,
     lease_update: &UpdateStatement,
 ) -> Result<Vec<wd::Model>, DbErr> {
-    let txn = db
-        .begin_with_config(Some(IsolationLevel::ReadCommitted), None)
-        .await?;
+    let txn = db.begin().await?;
     let ids: Vec<String> = txn
         .query_all(due)
         .await?
@@ -554,15 +553,20 @@ async fn claim_in_transaction<C: ConnectionTrait + TransactionTrait>(
 const TRANSIENT_RETRIES: usize = 5;
 
 fn is_transient(err: &DbErr) -> bool {
+    sqlstate(err).is_some_and(|code| code == "40001" || code == "40P01")
+}
+
+/// The SQLSTATE of a database error, if it is one.
+fn sqlstate(err: &DbErr) -> Option<String> {
     let (DbErr::Query(RuntimeErr::SqlxError(e))
     | DbErr::Exec(RuntimeErr::SqlxError(e))
     | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
     else {
-        return false;
+        return None;
     };
     e.as_database_error()
         .and_then(|db| db.code())
-        .is_some_and(|code| code == "40001" || code == "40P01")
+        .map(|code| code.into_owned())
 }
 
 /// Stores the outcome of the claimed attempt and schedules what comes next by `policy`.

@@ -1,164 +1,237 @@
-//! Webhook secrets encrypted at rest, behind one type: [`KeyRing`].
+//! Webhook signing secrets encrypted at rest, behind one type: [`KeyRing`].
 //!
-//! Envelope format (text, stored in `agents.webhook_secret`):
+//! Secrets are never stored in plaintext: the `agents.webhook_secret` column holds an envelope
+//! made by [`KeyRing::seal`] and read back with [`KeyRing::open`].
+//!
+//! # Envelope format
 //!
 //! ```text
-//! v1.<key id>.<base64url, no padding, of nonce (24 bytes) ‖ ciphertext ‖ tag (16 bytes)>
+//! v1.<key id>.<payload>
+//! payload = base64url, no padding ( nonce (24 bytes) ‖ ciphertext ‖ tag (16 bytes) )
 //! ```
 //!
+//! * `v1` is the format version; any other `v<digits>` is reported as
+//!   [`SecretBoxError::UnsupportedVersion`], anything else as [`SecretBoxError::Malformed`].
+//! * The key id names the ring key that sealed the payload. Key ids are 1 to 32 characters of
+//!   `[A-Za-z0-9_-]`, and the base64url alphabet has no `.` either, so a valid envelope has
+//!   exactly two dots.
 //! * Algorithm: XChaCha20-Poly1305. Its 24-byte nonce is drawn fresh from the OS RNG for every
-//!   write; random nonces that long never collide in practice, whatever the number of writes.
-//! * Associated data: `v1.<key id>.` followed by a context the caller passes (the agent id).
-//!   The context is authenticated but not stored, so an envelope copied to another agent's row
-//!   does not open, and the version and key id cannot be swapped either.
-//! * Key ids are 1 to 32 characters of `[A-Za-z0-9_-]`, so they never contain the `.`
-//!   separator.
+//!   seal; nonces that long never collide in practice, however many secrets are written.
+//! * Associated data: the bytes of `v1.<key id>.<context>`, where the context is what the
+//!   caller passes (the agent id). The context is authenticated but not stored, so an envelope
+//!   copied to another agent's row does not open; binding version and key id means the header
+//!   cannot be edited either.
+//! * Plaintexts are at most [`MAX_PLAINTEXT_LEN`] bytes and must be UTF-8.
 //!
-//! Keys come from `WEBHOOK_SECRET_KEYS="k2:<base64 of 32 bytes>,k1:<base64>"`: the first key
-//! seals, all keys open. To rotate, prepend a new key, run `agent-webhooks secrets rotate`
-//! (which [re-seals](KeyRing::reseal) every secret under the new key), then drop the old key.
+//! # Keys and rotation
+//!
+//! Keys come from the setting `WEBHOOK_SECRET_KEYS="k2:<base64 of 32 bytes>,k1:<base64>"`,
+//! parsed by [`KeyRing::parse`]: the first key seals, every key opens. A ring is never empty,
+//! so "no key configured" is modelled by callers as `Option<KeyRing>` being `None`: reading and
+//! writing secrets must then fail with a clear error rather than fall back to plaintext.
+//!
+//! To rotate: create a key with [`KeyRing::generate_key_entry`], prepend it to the setting,
+//! re-seal every stored secret with [`KeyRing::reseal`] (skipping those for which
+//! [`KeyRing::needs_rotation`] is false), then remove the old key from the setting.
+//!
+//! # Memory hygiene
+//!
+//! Key material lives only inside the cipher, which zeroizes it on drop; decoded key bytes,
+//! plaintext buffers and opened secrets ([`SecretString`]) are zeroized on drop too. `Debug`
+//! of a [`KeyRing`] shows key ids only, and no error ever carries key material or plaintext.
 
 use std::fmt;
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use base64::engine::general_purpose::{STANDARD, STANDARD_PAD_INDIFFERENT, URL_SAFE_NO_PAD};
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use secrecy::{ExposeSecret, SecretString};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
+/// The envelope version this code writes, and the only one it reads.
 const VERSION: &str = "v1";
+/// Separates version, key id and payload; neither key ids nor base64url can contain it.
+const SEPARATOR: char = '.';
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 const KEY_LEN: usize = 32;
-const MAX_KEY_ID_LEN: usize = 32;
+/// Longest accepted key id, in bytes (ids are ASCII).
+pub const MAX_KEY_ID_LEN: usize = 32;
+/// Largest plaintext [`KeyRing::seal`] accepts, in bytes: far above any webhook secret, and
+/// it bounds the work [`KeyRing::open`] does on hostile input.
+pub const MAX_PLAINTEXT_LEN: usize = 64 * 1024;
+/// Longest payload (nonce ‖ ciphertext ‖ tag) in bytes.
+const MAX_PAYLOAD_LEN: usize = NONCE_LEN + MAX_PLAINTEXT_LEN + TAG_LEN;
+/// Longest base64url (no padding) text of a payload.
+const MAX_ENCODED_PAYLOAD_LEN: usize = MAX_PAYLOAD_LEN.div_ceil(3) * 4;
+/// Longest accepted digits after `v` in a version we report as unsupported.
+const MAX_VERSION_DIGITS: usize = 8;
 
-/// One named 32-byte key, zeroized on drop.
-struct NamedKey {
+// Fails to compile if the `zeroize` feature of `chacha20poly1305` is ever dropped: the cipher
+// is where key material lives.
+const _: fn() = || {
+    fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    zeroized_on_drop::<XChaCha20Poly1305>();
+};
+
+/// One named key. The cipher holds the key bytes and zeroizes them on drop.
+#[derive(Clone)]
+struct RingKey {
     id: String,
-    key: Zeroizing<[u8; KEY_LEN]>,
+    cipher: XChaCha20Poly1305,
 }
 
-/// An ordered set of named keys: the first seals, all open.
+/// The keys that seal and open stored webhook secrets: one current key that seals, plus older
+/// keys that still open what they sealed, so keys can be rotated without downtime.
 ///
-/// `Debug` shows key ids only.
+/// Never empty by construction; model "no key configured" as `Option<KeyRing>`. `Debug` shows
+/// key ids only.
+#[derive(Clone)]
 pub struct KeyRing {
-    keys: Vec<NamedKey>,
-}
-
-impl Clone for KeyRing {
-    fn clone(&self) -> Self {
-        KeyRing {
-            keys: self
-                .keys
-                .iter()
-                .map(|k| NamedKey {
-                    id: k.id.clone(),
-                    key: Zeroizing::new(*k.key),
-                })
-                .collect(),
-        }
-    }
+    current: RingKey,
+    older: Vec<RingKey>,
 }
 
 impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyRing")
-            .field(
-                "key_ids",
-                &self.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
-            )
+            .field("key_ids", &self.key_ids().collect::<Vec<_>>())
             .finish()
     }
 }
 
-/// A key setting that cannot be used; never contains key material.
+/// Why a `WEBHOOK_SECRET_KEYS` setting (or a new key id) cannot be used, so operators can fix
+/// it. Names the entry by key id or 1-based position, never by key material.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum KeyRingError {
-    /// No key at all.
-    #[error("no keys given")]
+    /// The setting holds no entry at all.
+    #[error("no keys given; expected `<key id>:<base64 of 32 bytes>`, comma separated")]
     Empty,
-    /// An entry is not `id:base64`.
-    #[error("entry {position} is not of the form `<key id>:<base64 key>`")]
+    /// An entry is not `<key id>:<base64>` (e.g. missing colon, or an empty entry).
+    #[error("entry {position} is not of the form `<key id>:<base64 of 32 bytes>`")]
     BadEntry {
-        /// 1-based position in the list.
+        /// 1-based position of the entry in the list.
         position: usize,
     },
-    /// A key id with other characters than `[A-Za-z0-9_-]`, or too long.
+    /// A key id that is empty, too long, or has characters outside `[A-Za-z0-9_-]`. Not echoed,
+    /// since a mangled entry may put key material where the id belongs.
     #[error("entry {position}: key id must be 1 to 32 characters of A-Z, a-z, 0-9, _ and -")]
     BadKeyId {
-        /// 1-based position in the list.
+        /// 1-based position of the entry in the list.
         position: usize,
     },
-    /// Two keys with one id.
-    #[error("key id `{key_id}` appears twice")]
+    /// Two entries share a key id, so envelopes naming it would be ambiguous.
+    #[error("key id `{key_id}` appears more than once")]
     DuplicateKeyId {
-        /// The id.
+        /// The repeated id.
         key_id: String,
     },
-    /// The key is not base64.
-    #[error("key `{key_id}` is not valid base64")]
+    /// The key is not standard base64 (padding optional).
+    #[error("key `{key_id}` is not valid standard base64")]
     BadBase64 {
-        /// The id.
+        /// The id of the offending entry.
         key_id: String,
     },
-    /// The key does not decode to 32 bytes.
+    /// The key does not decode to exactly 32 bytes.
     #[error("key `{key_id}` must decode to 32 bytes, got {len}")]
-    BadLength {
-        /// The id.
+    BadKeyLength {
+        /// The id of the offending entry.
         key_id: String,
-        /// Decoded length.
+        /// How many bytes it decoded to.
         len: usize,
     },
-    /// The OS random number generator failed.
+    /// [`KeyRing::generate_key_entry`] was given an id that could never be parsed back.
+    #[error("a key id must be 1 to 32 characters of A-Z, a-z, 0-9, _ and -")]
+    InvalidNewKeyId,
+    /// The OS random number generator failed, so no key was generated.
     #[error("the operating system's random number generator failed")]
     Rng,
 }
 
-/// Why an envelope cannot be made or opened.
+/// Why a stored value is not an envelope, so corrupt rows can be diagnosed without echoing
+/// what they hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MalformedReason {
+    /// Not of the shape `v1.<key id>.<payload>` (e.g. a plaintext secret).
+    #[error("not of the form v1.<key id>.<payload>")]
+    NotAnEnvelope,
+    /// The key id part is empty, too long, or has characters outside `[A-Za-z0-9_-]`.
+    #[error("the key id is not 1 to 32 characters of A-Z, a-z, 0-9, _ and -")]
+    BadKeyId,
+    /// The payload is not base64url without padding.
+    #[error("the payload is not base64url without padding")]
+    BadBase64,
+    /// The payload is shorter than a nonce and a tag.
+    #[error("the payload is truncated")]
+    Truncated,
+    /// The payload is longer than any envelope [`KeyRing::seal`] makes.
+    #[error("the payload is too long")]
+    TooLong,
+}
+
+/// Why a secret cannot be sealed or opened. Never contains key material or plaintext.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SecretBoxError {
-    /// Not an envelope: wrong shape, bad base64, or too short.
+    /// The value is not an envelope at all.
     #[error("malformed envelope: {0}")]
-    Malformed(&'static str),
-    /// An envelope version this code does not know.
+    Malformed(MalformedReason),
+    /// An envelope version this code does not know (written by newer code?).
     #[error("unsupported envelope version `{version}`")]
     UnsupportedVersion {
-        /// The version found.
+        /// The version found, e.g. `v2`.
         version: String,
     },
-    /// Sealed under a key that is not in the ring.
-    #[error("envelope sealed with unknown key `{key_id}`")]
+    /// Sealed under a key id that is not in the ring (removed too early, or another
+    /// deployment's key).
+    #[error("envelope sealed with key `{key_id}`, which is not configured")]
     UnknownKey {
-        /// The key id found.
+        /// The key id named by the envelope.
         key_id: String,
     },
-    /// Authentication failed: tampered, truncated, foreign (another agent), or a wrong key
-    /// under a known id. Deliberately one error: it says nothing about which.
-    #[error("envelope failed authentication (tampered, or sealed for another agent)")]
+    /// Authentication failed: tampered or truncated ciphertext, another context (agent), or a
+    /// different key under the same id. Deliberately one variant: it says nothing about which.
+    #[error("envelope failed authentication (tampered, sealed for another agent, or wrong key)")]
     Decrypt,
-    /// The OS random number generator failed.
+    /// The plaintext is longer than [`MAX_PLAINTEXT_LEN`], so it is not sealed.
+    #[error("plaintext of {len} bytes exceeds the limit of {max} bytes")]
+    TooLong {
+        /// The plaintext's length in bytes.
+        len: usize,
+        /// [`MAX_PLAINTEXT_LEN`].
+        max: usize,
+    },
+    /// The OS random number generator failed, so no nonce could be drawn.
     #[error("the operating system's random number generator failed")]
     Rng,
-    /// The opened plaintext is not UTF-8.
+    /// The envelope authenticated but its plaintext is not UTF-8 (it was not made by
+    /// [`KeyRing::seal`]).
     #[error("opened secret is not UTF-8")]
     NotUtf8,
 }
 
 impl KeyRing {
-    /// Parses `id:base64,id:base64,…` (standard base64, padding optional, whitespace around
-    /// entries ignored). The first key is the current one.
+    /// Parses the `WEBHOOK_SECRET_KEYS` setting, `id:base64,id:base64,…`, so keys can be
+    /// configured and rotated without code changes.
+    ///
+    /// Keys are standard base64 of 32 bytes, padding optional; whitespace around entries, ids
+    /// and keys is ignored. The first key is the current one.
+    ///
+    /// # Errors
+    ///
+    /// A [`KeyRingError`] naming the first bad entry by position or key id.
     pub fn parse(setting: &str) -> Result<KeyRing, KeyRingError> {
-        let mut keys: Vec<NamedKey> = Vec::new();
-        for (index, entry) in setting.split(',').map(str::trim).enumerate() {
+        if setting.trim().is_empty() {
+            return Err(KeyRingError::Empty);
+        }
+        let mut keys: Vec<RingKey> = Vec::new();
+        for (index, entry) in setting.split(',').enumerate() {
             let position = index + 1;
-            if entry.is_empty() && setting.trim().is_empty() {
-                return Err(KeyRingError::Empty);
-            }
             let (id, material) = entry
+                .trim()
                 .split_once(':')
                 .ok_or(KeyRingError::BadEntry { position })?;
-            let id = id.trim();
+            let (id, material) = (id.trim(), material.trim());
             if !valid_key_id(id) {
                 return Err(KeyRingError::BadKeyId { position });
             }
@@ -167,158 +240,267 @@ impl KeyRing {
                     key_id: id.to_owned(),
                 });
             }
-            let material = material.trim();
-            let mut decoded = Zeroizing::new(
-                STANDARD
-                    .decode(material)
-                    .or_else(|_| STANDARD_NO_PAD.decode(material))
-                    .map_err(|_| KeyRingError::BadBase64 {
+            let decoded =
+                Zeroizing::new(STANDARD_PAD_INDIFFERENT.decode(material).map_err(|_| {
+                    KeyRingError::BadBase64 {
                         key_id: id.to_owned(),
-                    })?,
-            );
-            let key: [u8; KEY_LEN] =
-                decoded
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| KeyRingError::BadLength {
-                        key_id: id.to_owned(),
-                        len: decoded.len(),
-                    })?;
-            decoded.zeroize();
-            keys.push(NamedKey {
+                    }
+                })?);
+            let bad_length = || KeyRingError::BadKeyLength {
+                key_id: id.to_owned(),
+                len: decoded.len(),
+            };
+            if decoded.len() != KEY_LEN {
+                return Err(bad_length());
+            }
+            // Borrows the decoded bytes as the key; only the cipher keeps a copy.
+            let cipher = XChaCha20Poly1305::new_from_slice(&decoded).map_err(|_| bad_length())?;
+            keys.push(RingKey {
                 id: id.to_owned(),
-                key: Zeroizing::new(key),
+                cipher,
             });
         }
-        if keys.is_empty() {
-            return Err(KeyRingError::Empty);
-        }
-        Ok(KeyRing { keys })
+        let mut keys = keys.into_iter();
+        let current = keys.next().ok_or(KeyRingError::Empty)?;
+        Ok(KeyRing {
+            current,
+            older: keys.collect(),
+        })
     }
 
-    /// A fresh `id:<base64>` entry from the OS RNG, to prepend to `WEBHOOK_SECRET_KEYS`.
+    /// Returns a fresh `"<key_id>:<base64 of 32 random bytes>"` entry from the OS RNG, for the
+    /// `secrets generate-key` ops command; prepend it to `WEBHOOK_SECRET_KEYS` to rotate.
+    ///
+    /// The returned string is key material: print it once, never log it.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyRingError::InvalidNewKeyId`] for an id [`KeyRing::parse`] would reject;
+    /// [`KeyRingError::Rng`] if the OS RNG fails.
     pub fn generate_key_entry(key_id: &str) -> Result<String, KeyRingError> {
         if !valid_key_id(key_id) {
-            return Err(KeyRingError::BadKeyId { position: 1 });
+            return Err(KeyRingError::InvalidNewKeyId);
         }
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
-        getrandom::fill(key.as_mut()).map_err(|_| KeyRingError::Rng)?;
-        Ok(format!("{key_id}:{}", STANDARD.encode(key.as_ref())))
+        getrandom::fill(key.as_mut_slice()).map_err(|_| KeyRingError::Rng)?;
+        let mut entry = String::with_capacity(key_id.len() + 1 + KEY_LEN.div_ceil(3) * 4);
+        entry.push_str(key_id);
+        entry.push(':');
+        STANDARD.encode_string(key.as_slice(), &mut entry);
+        Ok(entry)
     }
 
-    /// The id of the key that seals.
+    /// The id of the key that seals, e.g. to log which key is in use or to check a rotation.
     pub fn current_key_id(&self) -> &str {
-        self.current().id.as_str()
+        &self.current.id
     }
 
-    /// Seals `plaintext` under the current key, bound to `context` (the agent id).
+    /// All key ids, current first, so operators can see what is configured without the keys.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys().map(|k| k.id.as_str())
+    }
+
+    /// Encrypts `plaintext` under the current key, bound to `context` (the agent id), giving
+    /// the envelope to store; a fresh random nonce means equal secrets give unequal envelopes.
+    ///
+    /// # Errors
+    ///
+    /// [`SecretBoxError::TooLong`] above [`MAX_PLAINTEXT_LEN`] bytes;
+    /// [`SecretBoxError::Rng`] if the OS RNG fails.
     pub fn seal(&self, plaintext: &SecretString, context: &str) -> Result<String, SecretBoxError> {
-        let key = self.current();
-        let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|_| SecretBoxError::Rng)?;
-        let cipher =
-            XChaCha20Poly1305::new_from_slice(key.key.as_ref()).map_err(|_| SecretBoxError::Rng)?;
-        let aad = associated_data(&key.id, context);
-        let sealed = cipher
-            .encrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: plaintext.expose_secret().as_bytes(),
-                    aad: aad.as_bytes(),
-                },
+        self.seal_bytes(plaintext.expose_secret().as_bytes(), context)
+    }
+
+    /// Decrypts an envelope made by [`KeyRing::seal`] with the same `context`, with whichever
+    /// ring key its header names, so secrets sealed before a rotation still open.
+    ///
+    /// # Errors
+    ///
+    /// [`SecretBoxError::Malformed`], [`SecretBoxError::UnsupportedVersion`],
+    /// [`SecretBoxError::UnknownKey`], [`SecretBoxError::Decrypt`] (tampered, another
+    /// context, or wrong key) or [`SecretBoxError::NotUtf8`]; never garbage plaintext.
+    pub fn open(&self, envelope: &str, context: &str) -> Result<SecretString, SecretBoxError> {
+        let parsed = Envelope::parse(envelope)?;
+        let mut payload = parsed.decode_payload()?;
+        let key = self.key(parsed.key_id)?;
+        let (nonce, rest) = payload
+            .split_first_chunk_mut::<NONCE_LEN>()
+            .ok_or(SecretBoxError::Malformed(MalformedReason::Truncated))?;
+        let (body, tag) = rest
+            .split_last_chunk_mut::<TAG_LEN>()
+            .ok_or(SecretBoxError::Malformed(MalformedReason::Truncated))?;
+        let nonce: &XNonce = (&*nonce).into();
+        let tag = Tag::from(*tag);
+        key.cipher
+            .decrypt_inout_detached(
+                nonce,
+                &associated_data(&key.id, context),
+                (&mut *body).into(),
+                &tag,
             )
             .map_err(|_| SecretBoxError::Decrypt)?;
-        let mut payload = Vec::with_capacity(NONCE_LEN + sealed.len());
-        payload.extend_from_slice(&nonce);
-        payload.extend_from_slice(&sealed);
-        Ok(format!(
-            "{VERSION}.{}.{}",
-            key.id,
-            URL_SAFE_NO_PAD.encode(payload)
-        ))
+        // `body` now holds the plaintext, inside `payload`, which is zeroized on drop.
+        let text = std::str::from_utf8(body).map_err(|_| SecretBoxError::NotUtf8)?;
+        Ok(SecretString::from(Box::<str>::from(text)))
     }
 
-    /// Opens an envelope made by [`KeyRing::seal`] with the same `context`.
-    pub fn open(&self, envelope: &str, context: &str) -> Result<SecretString, SecretBoxError> {
-        let (key_id, payload) = split(envelope)?;
-        let key = self.keys.iter().find(|k| k.id == key_id).ok_or_else(|| {
-            SecretBoxError::UnknownKey {
-                key_id: key_id.to_owned(),
-            }
-        })?;
-        let payload = URL_SAFE_NO_PAD
-            .decode(payload)
-            .map_err(|_| SecretBoxError::Malformed("payload is not base64url"))?;
-        if payload.len() < NONCE_LEN + TAG_LEN {
-            return Err(SecretBoxError::Malformed("payload is too short"));
-        }
-        let (nonce, sealed) = payload.split_at(NONCE_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce
-            .try_into()
-            .map_err(|_| SecretBoxError::Malformed("payload is too short"))?;
-        let cipher = XChaCha20Poly1305::new_from_slice(key.key.as_ref())
-            .map_err(|_| SecretBoxError::Decrypt)?;
-        let aad = associated_data(&key.id, context);
-        let plain = Zeroizing::new(
-            cipher
-                .decrypt(
-                    &XNonce::from(nonce),
-                    Payload {
-                        msg: sealed,
-                        aad: aad.as_bytes(),
-                    },
-                )
-                .map_err(|_| SecretBoxError::Decrypt)?,
-        );
-        let text = std::str::from_utf8(&plain).map_err(|_| SecretBoxError::NotUtf8)?;
-        Ok(SecretString::from(text.to_owned()))
-    }
-
-    /// Whether `envelope` is sealed under a key other than the current one.
+    /// Whether `envelope` was sealed under a key other than the current one, so a rotation job
+    /// can skip secrets that are already current without decrypting them.
+    ///
+    /// Checks the envelope's shape but does not authenticate it.
+    ///
+    /// # Errors
+    ///
+    /// [`SecretBoxError::Malformed`] or [`SecretBoxError::UnsupportedVersion`] for a value that
+    /// is not an envelope, and [`SecretBoxError::UnknownKey`] for one sealed under a key that
+    /// is not in the ring: it needs rotating but cannot be, so the job should stop and say so.
     pub fn needs_rotation(&self, envelope: &str) -> Result<bool, SecretBoxError> {
-        let (key_id, _) = split(envelope)?;
-        Ok(key_id != self.current_key_id())
+        let parsed = Envelope::parse(envelope)?;
+        parsed.decode_payload()?;
+        let key = self.key(parsed.key_id)?;
+        Ok(key.id != self.current.id)
     }
 
-    /// Opens `envelope` and seals it again under the current key (for key rotation).
+    /// Opens `envelope` and seals its plaintext again under the current key (with a fresh
+    /// nonce), for the key-rotation job.
+    ///
+    /// # Errors
+    ///
+    /// Whatever [`KeyRing::open`] or [`KeyRing::seal`] return.
     pub fn reseal(&self, envelope: &str, context: &str) -> Result<String, SecretBoxError> {
         self.seal(&self.open(envelope, context)?, context)
     }
 
-    fn current(&self) -> &NamedKey {
-        // `parse` guarantees at least one key; `keys` is never changed afterwards.
-        &self.keys[0]
+    /// Seals raw bytes; [`KeyRing::seal`] only ever passes UTF-8.
+    fn seal_bytes(&self, plaintext: &[u8], context: &str) -> Result<String, SecretBoxError> {
+        if plaintext.len() > MAX_PLAINTEXT_LEN {
+            return Err(SecretBoxError::TooLong {
+                len: plaintext.len(),
+                max: MAX_PLAINTEXT_LEN,
+            });
+        }
+        let key = &self.current;
+        let mut nonce = XNonce::default();
+        getrandom::fill(nonce.as_mut_slice()).map_err(|_| SecretBoxError::Rng)?;
+        // Encrypted in place; zeroized on drop in case encryption fails half way.
+        let mut body = Zeroizing::new(plaintext.to_vec());
+        let tag = key
+            .cipher
+            .encrypt_inout_detached(
+                &nonce,
+                &associated_data(&key.id, context),
+                body.as_mut_slice().into(),
+            )
+            // Only possible for plaintexts of hundreds of GiB, excluded above.
+            .map_err(|_| SecretBoxError::TooLong {
+                len: plaintext.len(),
+                max: MAX_PLAINTEXT_LEN,
+            })?;
+        let mut payload = Vec::with_capacity(NONCE_LEN + body.len() + TAG_LEN);
+        payload.extend_from_slice(nonce.as_slice());
+        payload.extend_from_slice(body.as_slice());
+        payload.extend_from_slice(tag.as_slice());
+        let mut envelope =
+            String::with_capacity(VERSION.len() + key.id.len() + 2 + payload.len().div_ceil(3) * 4);
+        envelope.push_str(VERSION);
+        envelope.push(SEPARATOR);
+        envelope.push_str(&key.id);
+        envelope.push(SEPARATOR);
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut envelope);
+        Ok(envelope)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &RingKey> {
+        std::iter::once(&self.current).chain(&self.older)
+    }
+
+    fn key(&self, key_id: &str) -> Result<&RingKey, SecretBoxError> {
+        self.keys()
+            .find(|k| k.id == key_id)
+            .ok_or_else(|| SecretBoxError::UnknownKey {
+                key_id: key_id.to_owned(),
+            })
     }
 }
 
-/// Splits `v1.<key id>.<payload>`, checking version and key id shape.
-fn split(envelope: &str) -> Result<(&str, &str), SecretBoxError> {
-    let mut parts = envelope.splitn(3, '.');
-    let (Some(version), Some(key_id), Some(payload)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(SecretBoxError::Malformed("expected v1.<key id>.<payload>"));
-    };
-    if version != VERSION {
-        return Err(SecretBoxError::UnsupportedVersion {
-            version: version.chars().take(16).collect(),
-        });
-    }
-    if !valid_key_id(key_id) {
-        return Err(SecretBoxError::Malformed("bad key id"));
-    }
-    Ok((key_id, payload))
+/// An envelope split into its parts; the payload is still base64url.
+struct Envelope<'a> {
+    key_id: &'a str,
+    payload: &'a str,
 }
 
-fn associated_data(key_id: &str, context: &str) -> String {
-    format!("{VERSION}.{key_id}.{context}")
+impl<'a> Envelope<'a> {
+    /// Splits `v1.<key id>.<payload>`, checking version and key id.
+    fn parse(envelope: &'a str) -> Result<Self, SecretBoxError> {
+        let not_an_envelope = SecretBoxError::Malformed(MalformedReason::NotAnEnvelope);
+        let (version, rest) = envelope
+            .split_once(SEPARATOR)
+            .ok_or(not_an_envelope.clone())?;
+        if version != VERSION {
+            return Err(if looks_like_version(version) {
+                SecretBoxError::UnsupportedVersion {
+                    version: version.to_owned(),
+                }
+            } else {
+                not_an_envelope
+            });
+        }
+        let (key_id, payload) = rest.split_once(SEPARATOR).ok_or(not_an_envelope.clone())?;
+        if payload.contains(SEPARATOR) {
+            return Err(not_an_envelope);
+        }
+        if !valid_key_id(key_id) {
+            return Err(SecretBoxError::Malformed(MalformedReason::BadKeyId));
+        }
+        Ok(Envelope { key_id, payload })
+    }
+
+    /// Decodes the payload, checking its length; zeroized on drop since it is decrypted in
+    /// place.
+    fn decode_payload(&self) -> Result<Zeroizing<Vec<u8>>, SecretBoxError> {
+        if self.payload.len() > MAX_ENCODED_PAYLOAD_LEN {
+            return Err(SecretBoxError::Malformed(MalformedReason::TooLong));
+        }
+        let payload = Zeroizing::new(
+            URL_SAFE_NO_PAD
+                .decode(self.payload)
+                .map_err(|_| SecretBoxError::Malformed(MalformedReason::BadBase64))?,
+        );
+        if payload.len() < NONCE_LEN + TAG_LEN {
+            return Err(SecretBoxError::Malformed(MalformedReason::Truncated));
+        }
+        if payload.len() > MAX_PAYLOAD_LEN {
+            return Err(SecretBoxError::Malformed(MalformedReason::TooLong));
+        }
+        Ok(payload)
+    }
 }
 
+/// `v1.<key id>.<context>`: unambiguous, since key ids never contain the separator.
+fn associated_data(key_id: &str, context: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(VERSION.len() + key_id.len() + context.len() + 2);
+    aad.extend_from_slice(VERSION.as_bytes());
+    aad.push(b'.');
+    aad.extend_from_slice(key_id.as_bytes());
+    aad.push(b'.');
+    aad.extend_from_slice(context.as_bytes());
+    aad
+}
+
+/// 1 to 32 characters of `[A-Za-z0-9_-]`: safe in the envelope, in the setting, and in logs.
 fn valid_key_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_KEY_ID_LEN
+    (1..=MAX_KEY_ID_LEN).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `v` followed by a few digits: worth reporting as a version rather than as garbage.
+fn looks_like_version(s: &str) -> bool {
+    s.strip_prefix('v').is_some_and(|digits| {
+        (1..=MAX_VERSION_DIGITS).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 #[cfg(test)]
@@ -335,39 +517,83 @@ mod tests {
     }
 
     fn secret(s: &str) -> SecretString {
-        SecretString::from(s.to_owned())
+        SecretString::from(s)
+    }
+
+    fn material(entry: &str) -> &str {
+        entry.split_once(':').unwrap().1
+    }
+
+    fn malformed(reason: MalformedReason) -> SecretBoxError {
+        SecretBoxError::Malformed(reason)
+    }
+
+    const PLAIN: &str = "whsec_c2VjcmV0LXNpZ25pbmcta2V5LTAxMjM0NTY3";
+
+    #[test]
+    fn round_trip() {
+        let (keys, _) = ring(&["k1"]);
+        let sealed = keys.seal(&secret(PLAIN), "agent-1").unwrap();
+        assert!(sealed.starts_with("v1.k1."), "{sealed}");
+        assert!(!sealed.contains(PLAIN));
+        assert_eq!(sealed.matches('.').count(), 2);
+        let payload = URL_SAFE_NO_PAD
+            .decode(sealed.rsplit_once('.').unwrap().1)
+            .unwrap();
+        assert_eq!(payload.len(), NONCE_LEN + PLAIN.len() + TAG_LEN);
+        let opened = keys.open(&sealed, "agent-1").unwrap();
+        assert_eq!(opened.expose_secret(), PLAIN);
     }
 
     #[test]
-    fn round_trip_with_fresh_nonces() {
+    fn empty_and_unicode_plaintexts_round_trip() {
         let (keys, _) = ring(&["k1"]);
-        let a = keys.seal(&secret("whsec_abc"), "agent-1").unwrap();
-        let b = keys.seal(&secret("whsec_abc"), "agent-1").unwrap();
-        assert_ne!(a, b, "a fresh nonce per write");
-        assert!(a.starts_with("v1.k1."));
-        assert!(!a.contains("whsec_abc"));
-        assert_eq!(
-            keys.open(&a, "agent-1").unwrap().expose_secret(),
-            "whsec_abc"
-        );
+        for plain in ["", "ünïcödé 🔑 secret", "a"] {
+            let sealed = keys.seal(&secret(plain), "ägent").unwrap();
+            assert_eq!(keys.open(&sealed, "ägent").unwrap().expose_secret(), plain);
+        }
     }
 
     #[test]
-    fn another_context_does_not_open() {
+    fn two_seals_of_one_plaintext_differ_in_nonce_and_ciphertext() {
         let (keys, _) = ring(&["k1"]);
-        let sealed = keys.seal(&secret("s3cret-value-1234"), "agent-1").unwrap();
-        assert_eq!(
-            keys.open(&sealed, "agent-2").unwrap_err(),
-            SecretBoxError::Decrypt
-        );
+        let a = keys.seal(&secret(PLAIN), "agent-1").unwrap();
+        let b = keys.seal(&secret(PLAIN), "agent-1").unwrap();
+        assert_ne!(a, b);
+        let decode = |e: &str| {
+            URL_SAFE_NO_PAD
+                .decode(e.rsplit_once('.').unwrap().1)
+                .unwrap()
+        };
+        let (a, b) = (decode(&a), decode(&b));
+        assert_ne!(a[..NONCE_LEN], b[..NONCE_LEN], "fresh nonce per seal");
+        assert_ne!(a[NONCE_LEN..], b[NONCE_LEN..]);
     }
 
     #[test]
-    fn every_bit_flip_and_truncation_fails_cleanly() {
+    fn another_context_fails_with_decrypt() {
         let (keys, _) = ring(&["k1"]);
-        let sealed = keys.seal(&secret("s3cret-value-1234"), "agent-1").unwrap();
+        let sealed = keys.seal(&secret(PLAIN), "agent-1").unwrap();
+        for other in ["agent-2", "agent-1 ", "", "AGENT-1", "agent-"] {
+            assert_eq!(
+                keys.open(&sealed, other).unwrap_err(),
+                SecretBoxError::Decrypt,
+                "{other:?}"
+            );
+            assert_eq!(
+                keys.reseal(&sealed, other).unwrap_err(),
+                SecretBoxError::Decrypt
+            );
+        }
+    }
+
+    #[test]
+    fn every_bit_flip_of_nonce_ciphertext_and_tag_fails_with_decrypt() {
+        let (keys, _) = ring(&["k1"]);
+        let sealed = keys.seal(&secret(PLAIN), "agent-1").unwrap();
         let (head, payload) = sealed.rsplit_once('.').unwrap();
         let bytes = URL_SAFE_NO_PAD.decode(payload).unwrap();
+        let mut flips = 0;
         for i in 0..bytes.len() {
             for bit in 0..8 {
                 let mut flipped = bytes.clone();
@@ -375,92 +601,316 @@ mod tests {
                 let envelope = format!("{head}.{}", URL_SAFE_NO_PAD.encode(&flipped));
                 assert_eq!(
                     keys.open(&envelope, "agent-1").unwrap_err(),
-                    SecretBoxError::Decrypt
+                    SecretBoxError::Decrypt,
+                    "byte {i} bit {bit}"
                 );
+                flips += 1;
             }
         }
+        // Nonce region (first 24 bytes) included.
+        assert_eq!(flips, (NONCE_LEN + PLAIN.len() + TAG_LEN) * 8);
+    }
+
+    #[test]
+    fn every_bit_flip_of_the_envelope_text_fails() {
+        let (keys, _) = ring(&["k1"]);
+        let sealed = keys.seal(&secret(PLAIN), "agent-1").unwrap();
+        let payload_start = sealed.rfind('.').unwrap() + 1;
+        let mut tried = 0;
+        for i in 0..sealed.len() {
+            for bit in 0..8 {
+                let mut bytes = sealed.clone().into_bytes();
+                bytes[i] ^= 1 << bit;
+                // Flipping the high bit makes invalid UTF-8, which cannot be a `&str`.
+                let Ok(text) = String::from_utf8(bytes) else {
+                    continue;
+                };
+                let err = keys.open(&text, "agent-1").unwrap_err();
+                if i >= payload_start {
+                    assert!(
+                        matches!(
+                            err,
+                            SecretBoxError::Decrypt
+                                | SecretBoxError::Malformed(
+                                    MalformedReason::BadBase64 | MalformedReason::NotAnEnvelope
+                                )
+                        ),
+                        "char {i} bit {bit}: {err:?}"
+                    );
+                }
+                tried += 1;
+            }
+        }
+        assert_eq!(tried, sealed.len() * 7);
+    }
+
+    #[test]
+    fn every_truncation_fails_without_panic() {
+        let (keys, _) = ring(&["k1"]);
+        let sealed = keys.seal(&secret(PLAIN), "agent-1").unwrap();
         for len in 0..sealed.len() {
             assert!(
                 keys.open(&sealed[..len], "agent-1").is_err(),
                 "prefix of {len}"
             );
+            assert!(keys.open(&sealed[len + 1..], "agent-1").is_err());
         }
-        // Swapping the key id in the header is detected too.
-        let (both, _) = ring(&["k1", "k2"]);
-        let sealed = both.seal(&secret("s3cret-value-1234"), "a").unwrap();
-        let renamed = sealed.replacen("v1.k1.", "v1.k2.", 1);
+        // Truncated payload bytes, re-encoded so the base64 itself is valid.
+        let (head, payload) = sealed.rsplit_once('.').unwrap();
+        let bytes = URL_SAFE_NO_PAD.decode(payload).unwrap();
+        for len in 0..bytes.len() {
+            let envelope = format!("{head}.{}", URL_SAFE_NO_PAD.encode(&bytes[..len]));
+            let expected = if len < NONCE_LEN + TAG_LEN {
+                malformed(MalformedReason::Truncated)
+            } else {
+                SecretBoxError::Decrypt
+            };
+            assert_eq!(keys.open(&envelope, "agent-1").unwrap_err(), expected);
+        }
+    }
+
+    #[test]
+    fn non_envelopes_give_typed_errors() {
+        let (keys, _) = ring(&["k1"]);
+        let good = keys.seal(&secret(PLAIN), "a").unwrap();
+        let payload = good.rsplit_once('.').unwrap().1;
+        let cases = [
+            ("".to_owned(), malformed(MalformedReason::NotAnEnvelope)),
+            (PLAIN.to_owned(), malformed(MalformedReason::NotAnEnvelope)),
+            ("v1".to_owned(), malformed(MalformedReason::NotAnEnvelope)),
+            (
+                "v1.k1".to_owned(),
+                malformed(MalformedReason::NotAnEnvelope),
+            ),
+            (
+                format!("v1.k1.{payload}.x"),
+                malformed(MalformedReason::NotAnEnvelope),
+            ),
+            (
+                format!("secret.k1.{payload}"),
+                malformed(MalformedReason::NotAnEnvelope),
+            ),
+            (
+                format!("v2.k1.{payload}"),
+                SecretBoxError::UnsupportedVersion {
+                    version: "v2".into(),
+                },
+            ),
+            (
+                format!("v123456789.k1.{payload}"),
+                malformed(MalformedReason::NotAnEnvelope),
+            ),
+            (
+                format!("v1..{payload}"),
+                malformed(MalformedReason::BadKeyId),
+            ),
+            (
+                format!("v1.k 1.{payload}"),
+                malformed(MalformedReason::BadKeyId),
+            ),
+            (
+                format!("v1.{}.{payload}", "k".repeat(33)),
+                malformed(MalformedReason::BadKeyId),
+            ),
+            ("v1.k1.".to_owned(), malformed(MalformedReason::Truncated)),
+            (
+                "v1.k1.AAAA".to_owned(),
+                malformed(MalformedReason::Truncated),
+            ),
+            (
+                "v1.k1.!!!!".to_owned(),
+                malformed(MalformedReason::BadBase64),
+            ),
+            (
+                format!("v1.k1.{payload}="),
+                malformed(MalformedReason::BadBase64),
+            ),
+            (
+                format!(
+                    "v1.k1.{}",
+                    payload.replace('-', "+").replace('_', "/") + "+/"
+                ),
+                malformed(MalformedReason::BadBase64),
+            ),
+            (
+                format!("v1.k1.{}", "A".repeat(MAX_ENCODED_PAYLOAD_LEN + 4)),
+                malformed(MalformedReason::TooLong),
+            ),
+        ];
+        for (envelope, expected) in cases {
+            assert_eq!(
+                keys.open(&envelope, "a").unwrap_err(),
+                expected,
+                "{envelope}"
+            );
+            assert_eq!(keys.needs_rotation(&envelope).unwrap_err(), expected);
+            assert_eq!(keys.reseal(&envelope, "a").unwrap_err(), expected);
+        }
+    }
+
+    #[test]
+    fn unknown_key_id_and_wrong_key_under_known_id() {
+        let (k1, _) = ring(&["k1"]);
+        let sealed = k1.seal(&secret(PLAIN), "agent-1").unwrap();
+        let (k2, _) = ring(&["k2"]);
+        let unknown = SecretBoxError::UnknownKey {
+            key_id: "k1".into(),
+        };
+        assert_eq!(k2.open(&sealed, "agent-1").unwrap_err(), unknown);
+        assert_eq!(k2.needs_rotation(&sealed).unwrap_err(), unknown);
+        assert_eq!(k2.reseal(&sealed, "agent-1").unwrap_err(), unknown);
+        // Another deployment's `k1`: same id, other key.
+        let (other_k1, _) = ring(&["k1"]);
         assert_eq!(
-            both.open(&renamed, "a").unwrap_err(),
+            other_k1.open(&sealed, "agent-1").unwrap_err(),
             SecretBoxError::Decrypt
         );
     }
 
     #[test]
-    fn typed_errors_for_foreign_envelopes() {
+    fn key_id_in_header_is_authenticated() {
+        // The same key under two ids: only the associated data tells them apart.
+        let entry = KeyRing::generate_key_entry("k1").unwrap();
+        let keys = KeyRing::parse(&format!("{entry},k2:{}", material(&entry))).unwrap();
+        let sealed = keys.seal(&secret(PLAIN), "a").unwrap();
+        let renamed = sealed.replacen("v1.k1.", "v1.k2.", 1);
+        assert_ne!(renamed, sealed);
+        assert_eq!(
+            keys.open(&renamed, "a").unwrap_err(),
+            SecretBoxError::Decrypt
+        );
+    }
+
+    #[test]
+    fn non_utf8_plaintext_is_reported_not_returned() {
         let (keys, _) = ring(&["k1"]);
-        assert!(matches!(
-            keys.open("plaintext", "a"),
-            Err(SecretBoxError::Malformed(_))
-        ));
-        assert!(matches!(
-            keys.open("v2.k1.AAAA", "a"),
-            Err(SecretBoxError::UnsupportedVersion { .. })
-        ));
-        assert!(matches!(
-            keys.open("v1.k9.AAAA", "a"),
-            Err(SecretBoxError::UnknownKey { .. })
-        ));
-        assert!(matches!(
-            keys.open("v1.k1.!!!", "a"),
-            Err(SecretBoxError::Malformed(_))
-        ));
-        assert!(matches!(
-            keys.open("v1.k1.AAAA", "a"),
-            Err(SecretBoxError::Malformed(_))
-        ));
+        let sealed = keys.seal_bytes(&[0x66, 0xff, 0xfe], "a").unwrap();
+        assert_eq!(
+            keys.open(&sealed, "a").unwrap_err(),
+            SecretBoxError::NotUtf8
+        );
+    }
+
+    #[test]
+    fn plaintext_size_limit() {
+        let (keys, _) = ring(&["k1"]);
+        let largest = "x".repeat(MAX_PLAINTEXT_LEN);
+        let sealed = keys.seal(&secret(&largest), "a").unwrap();
+        assert_eq!(keys.open(&sealed, "a").unwrap().expose_secret(), largest);
+        assert_eq!(
+            keys.seal(&secret(&format!("{largest}x")), "a").unwrap_err(),
+            SecretBoxError::TooLong {
+                len: MAX_PLAINTEXT_LEN + 1,
+                max: MAX_PLAINTEXT_LEN
+            }
+        );
+        // A payload one byte longer than the largest seal: base64 within bounds, bytes not.
+        let (head, payload) = sealed.rsplit_once('.').unwrap();
+        let mut bytes = URL_SAFE_NO_PAD.decode(payload).unwrap();
+        bytes.push(0);
+        let too_long = format!("{head}.{}", URL_SAFE_NO_PAD.encode(&bytes));
+        assert_eq!(
+            keys.open(&too_long, "a").unwrap_err(),
+            malformed(MalformedReason::TooLong)
+        );
     }
 
     #[test]
     fn rotation() {
-        let (old, entries) = ring(&["k1"]);
-        let sealed = old.seal(&secret("rotate-me-please-1"), "agent-1").unwrap();
+        let (old, old_entries) = ring(&["k1"]);
+        let sealed = old.seal(&secret(PLAIN), "agent-1").unwrap();
+        assert!(!old.needs_rotation(&sealed).unwrap());
+
         let k2 = KeyRing::generate_key_entry("k2").unwrap();
-        let new = KeyRing::parse(&format!("{k2}, {}", entries[0])).unwrap();
+        let new = KeyRing::parse(&format!("{k2}, {}", old_entries[0])).unwrap();
         assert_eq!(new.current_key_id(), "k2");
+        assert_eq!(new.key_ids().collect::<Vec<_>>(), ["k2", "k1"]);
+        assert_eq!(new.open(&sealed, "agent-1").unwrap().expose_secret(), PLAIN);
         assert!(new.needs_rotation(&sealed).unwrap());
+
         let resealed = new.reseal(&sealed, "agent-1").unwrap();
-        assert!(resealed.starts_with("v1.k2.") && !new.needs_rotation(&resealed).unwrap());
-        let only_k2 = KeyRing::parse(&k2).unwrap();
+        assert!(resealed.starts_with("v1.k2."), "{resealed}");
+        assert!(!new.needs_rotation(&resealed).unwrap());
         assert_eq!(
-            only_k2.open(&resealed, "agent-1").unwrap().expose_secret(),
-            "rotate-me-please-1"
+            new.open(&resealed, "agent-1").unwrap().expose_secret(),
+            PLAIN
+        );
+        // Re-sealing something already current still draws a fresh nonce.
+        assert_ne!(new.reseal(&resealed, "agent-1").unwrap(), resealed);
+
+        // Once rotated, the old key can go.
+        let only_new = KeyRing::parse(&k2).unwrap();
+        assert_eq!(
+            only_new.open(&resealed, "agent-1").unwrap().expose_secret(),
+            PLAIN
         );
         assert!(matches!(
-            only_k2.open(&sealed, "agent-1"),
+            only_new.open(&sealed, "agent-1"),
             Err(SecretBoxError::UnknownKey { .. })
         ));
+        // The old ring does not know the new key.
+        assert!(matches!(
+            old.open(&resealed, "agent-1"),
+            Err(SecretBoxError::UnknownKey { .. })
+        ));
+    }
+
+    #[test]
+    fn parse_accepts_padding_optional_and_whitespace() {
+        let k1 = KeyRing::generate_key_entry("k1").unwrap();
+        let k2 = KeyRing::generate_key_entry("key_2-B").unwrap();
+        assert!(material(&k1).ends_with('='));
+        let unpadded = k1.trim_end_matches('=');
+        let ring = KeyRing::parse(&format!("  {k2} ,\t{unpadded}\n")).unwrap();
+        assert_eq!(ring.key_ids().collect::<Vec<_>>(), ["key_2-B", "k1"]);
+        let (id, key) = k1.split_once(':').unwrap();
+        let spaced = KeyRing::parse(&format!("{id} : {key}")).unwrap();
+        assert_eq!(spaced.current_key_id(), "k1");
+        // Padded, unpadded and spaced spellings give the same key.
+        let as_k1 = KeyRing::parse(&k1).unwrap();
+        let from_k1 = as_k1.seal(&secret(PLAIN), "a").unwrap();
+        assert_eq!(ring.open(&from_k1, "a").unwrap().expose_secret(), PLAIN);
+        assert_eq!(spaced.open(&from_k1, "a").unwrap().expose_secret(), PLAIN);
     }
 
     #[test]
     fn parse_errors_name_the_entry_but_never_the_key() {
         let good = KeyRing::generate_key_entry("k1").unwrap();
-        let material = good.split_once(':').unwrap().1.to_owned();
+        let key = material(&good).to_owned();
+        let unpadded = key.trim_end_matches('=').to_owned();
         let short = STANDARD.encode([7u8; 16]);
+        let long = STANDARD.encode([9u8; 33]);
         let cases = [
-            ("".to_owned(), KeyRingError::Empty),
-            ("  ".to_owned(), KeyRingError::Empty),
+            (String::new(), KeyRingError::Empty),
+            (" \t\n".to_owned(), KeyRingError::Empty),
             ("k1".to_owned(), KeyRingError::BadEntry { position: 1 }),
+            (key.clone(), KeyRingError::BadEntry { position: 1 }),
             (format!("{good},"), KeyRingError::BadEntry { position: 2 }),
             (
-                format!("bad id:{material}"),
+                format!("{good}, ,k3:{key}"),
+                KeyRingError::BadEntry { position: 2 },
+            ),
+            (format!(":{key}"), KeyRingError::BadKeyId { position: 1 }),
+            (
+                format!("bad id:{key}"),
                 KeyRingError::BadKeyId { position: 1 },
             ),
             (
-                format!("k.1:{material}"),
+                format!("{good},k.2:{key}"),
+                KeyRingError::BadKeyId { position: 2 },
+            ),
+            (
+                format!("{}:{key}", "k".repeat(33)),
+                KeyRingError::BadKeyId { position: 1 },
+            ),
+            // Key and id swapped: the key lands in the id slot and must not be echoed.
+            (format!("{key}:k1"), KeyRingError::BadKeyId { position: 1 }),
+            (
+                format!("{unpadded}:k1"),
                 KeyRingError::BadKeyId { position: 1 },
             ),
             (
-                format!("{good},k1:{material}"),
+                format!("{good},k1:{key}"),
                 KeyRingError::DuplicateKeyId {
                     key_id: "k1".into(),
                 },
@@ -472,47 +922,157 @@ mod tests {
                 },
             ),
             (
+                // A URL-safe character in a standard base64 key.
+                format!("k1:-{}", &key[1..]),
+                KeyRingError::BadBase64 {
+                    key_id: "k1".into(),
+                },
+            ),
+            (
+                format!("k1:{key}:{key}"),
+                KeyRingError::BadBase64 {
+                    key_id: "k1".into(),
+                },
+            ),
+            (
+                "k1:".to_owned(),
+                KeyRingError::BadKeyLength {
+                    key_id: "k1".into(),
+                    len: 0,
+                },
+            ),
+            (
                 format!("k1:{short}"),
-                KeyRingError::BadLength {
+                KeyRingError::BadKeyLength {
                     key_id: "k1".into(),
                     len: 16,
+                },
+            ),
+            (
+                format!("{good},k2:{long}"),
+                KeyRingError::BadKeyLength {
+                    key_id: "k2".into(),
+                    len: 33,
                 },
             ),
         ];
         for (setting, expected) in cases {
             let err = KeyRing::parse(&setting).unwrap_err();
-            assert_eq!(err, expected, "{setting}");
-            assert!(!err.to_string().contains(&material) && !err.to_string().contains(&short));
+            assert_eq!(err, expected, "{setting:?}");
+            let shown = format!("{err} {err:?}");
+            for material in [&key, &unpadded, &short, &long] {
+                assert!(!shown.contains(material.as_str()), "{shown}");
+            }
         }
-        // Unpadded base64 is accepted.
-        assert!(KeyRing::parse(&format!("k1:{}", material.trim_end_matches('='))).is_ok());
     }
 
     #[test]
-    fn debug_shows_ids_only() {
-        let (keys, entries) = ring(&["k2", "k1"]);
-        let debug = format!("{keys:?}");
-        assert_eq!(debug, r#"KeyRing { key_ids: ["k2", "k1"] }"#);
-        for entry in entries {
-            assert!(!debug.contains(entry.split_once(':').unwrap().1));
+    fn generated_entries_parse_and_are_random() {
+        let a = KeyRing::generate_key_entry("k1").unwrap();
+        let b = KeyRing::generate_key_entry("k1").unwrap();
+        assert_ne!(a, b);
+        let (id, key) = a.split_once(':').unwrap();
+        assert_eq!(id, "k1");
+        assert_eq!(STANDARD.decode(key).unwrap().len(), KEY_LEN);
+        let max_id = "Z".repeat(MAX_KEY_ID_LEN);
+        let entry = KeyRing::generate_key_entry(&max_id).unwrap();
+        assert_eq!(KeyRing::parse(&entry).unwrap().current_key_id(), max_id);
+        for bad in [
+            "",
+            "k.1",
+            "k:1",
+            "k 1",
+            "k,1",
+            "ключ",
+            "k".repeat(MAX_KEY_ID_LEN + 1).as_str(),
+        ] {
+            assert_eq!(
+                KeyRing::generate_key_entry(bad).unwrap_err(),
+                KeyRingError::InvalidNewKeyId,
+                "{bad:?}"
+            );
         }
+    }
+
+    #[test]
+    fn debug_shows_key_ids_only() {
+        let k2 = KeyRing::generate_key_entry("k2").unwrap();
+        let k1 = KeyRing::generate_key_entry("k1").unwrap();
+        let keys = KeyRing::parse(&format!("{k2},{k1}")).unwrap();
+        let debug = format!("{keys:?} {keys:#?} {:?}", keys.clone());
+        assert!(
+            debug.starts_with(r#"KeyRing { key_ids: ["k2", "k1"] }"#),
+            "{debug}"
+        );
+        for entry in [&k2, &k1] {
+            let key = material(entry);
+            let bytes = STANDARD.decode(key).unwrap();
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            assert!(!debug.contains(key));
+            assert!(!debug.contains(key.trim_end_matches('=')));
+            assert!(!debug.contains(&format!("{bytes:?}")));
+            assert!(!debug.contains(&hex));
+        }
+    }
+
+    #[test]
+    fn opened_secret_and_errors_do_not_show_plaintext() {
+        let (keys, _) = ring(&["k1"]);
+        let sealed = keys.seal(&secret(PLAIN), "agent-1").unwrap();
+        let opened = keys.open(&sealed, "agent-1").unwrap();
+        assert_eq!(opened.expose_secret(), PLAIN);
+        let debug = format!("{opened:?}");
+        assert!(
+            !debug.contains(PLAIN) && !debug.contains("whsec"),
+            "{debug}"
+        );
+        // A plaintext secret stored by mistake is not echoed by the error.
+        let err = keys.open(PLAIN, "agent-1").unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("whsec"));
     }
 
     proptest! {
         #[test]
-        fn open_never_panics(input in "\\PC*", context in "\\PC{0,40}") {
+        fn open_never_panics_on_arbitrary_strings(
+            input in "\\PC*",
+            context in "\\PC{0,40}",
+        ) {
             let (keys, _) = ring(&["k1"]);
-            let _ = keys.open(&input, &context);
-            let _ = keys.open(&format!("v1.k1.{input}"), &context);
-            let _ = keys.needs_rotation(&input);
+            for envelope in [input.clone(), format!("v1.k1.{input}"), format!("v1.{input}")] {
+                prop_assert!(keys.open(&envelope, &context).is_err());
+                let _ = keys.needs_rotation(&envelope);
+                prop_assert!(keys.reseal(&envelope, &context).is_err());
+            }
         }
 
         #[test]
-        fn seal_open_round_trips(plain in "[ -~]{1,256}", context in "\\PC{0,64}") {
+        fn open_rejects_arbitrary_payload_bytes(
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let (keys, _) = ring(&["k1"]);
+            let envelope = format!("v1.k1.{}", URL_SAFE_NO_PAD.encode(&bytes));
+            let err = keys.open(&envelope, "agent-1").unwrap_err();
+            let expected = if bytes.len() < NONCE_LEN + TAG_LEN {
+                malformed(MalformedReason::Truncated)
+            } else {
+                SecretBoxError::Decrypt
+            };
+            prop_assert_eq!(err, expected);
+        }
+
+        #[test]
+        fn seal_open_round_trips(
+            plain in "[ -~]{0,300}",
+            context in "\\PC{0,64}",
+            other in "\\PC{0,64}",
+        ) {
             let (keys, _) = ring(&["k1"]);
             let sealed = keys.seal(&secret(&plain), &context).unwrap();
             let opened = keys.open(&sealed, &context).unwrap();
             prop_assert_eq!(opened.expose_secret(), plain.as_str());
+            if other != context {
+                prop_assert_eq!(keys.open(&sealed, &other).unwrap_err(), SecretBoxError::Decrypt);
+            }
         }
     }
 }
