@@ -1,0 +1,108 @@
+//! One call gives a sender worker everything for a claimed delivery: URL, signed headers and
+//! the exact body, signed with the agent's decrypted secret. On every backend.
+
+use std::time::Duration;
+
+use agent_webhooks::config::{self, WebhookConfig};
+use agent_webhooks::deliveries::{self, Enqueued};
+use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::sender::{self, SendError};
+use agent_webhooks::settings::WebhookSettings;
+use agent_webhooks::signing;
+use agent_webhooks::url_policy::UrlPolicy;
+use agent_webhooks::webhook_secret::WebhookSecret;
+use chrono::Utc;
+use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
+use migration::{Migrator, MigratorTrait};
+use secrecy::SecretString;
+
+async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
+    let t = TestDb::fresh(backend).await;
+    Migrator::up(&t.db, None).await.unwrap();
+    seed_agent(&t, "agent-1", &[]).await;
+    seed_agent(&t, "agent-2", &[]).await;
+    let settings = WebhookSettings {
+        keys: Some(KeyRing::parse(&KeyRing::generate_key_entry("k1").unwrap()).unwrap()),
+        ..WebhookSettings::default()
+    };
+    let secret = WebhookSecret::generate().unwrap();
+    let request = WebhookConfig {
+        webhook_url: "https://hooks.example.com/agent-1".into(),
+        webhook_secret: Some(SecretString::from(secret.expose().to_owned())),
+        webhook_events: vec![],
+        webhook_enabled: true,
+    };
+    config::set_webhook_config(&t.db, &settings, "agent-1", &request)
+        .await
+        .unwrap();
+
+    let now = Utc::now();
+    for agent in ["agent-1", "agent-2"] {
+        let created =
+            deliveries::enqueue(&t.db, agent, &format!("evt_{agent}"), "run.completed", now)
+                .await
+                .unwrap();
+        assert!(matches!(created, Enqueued::Created(_)));
+    }
+    let claims = deliveries::claim_due(&t.db, &settings.retry, now, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 2);
+    let body = br#"{"type":"run.completed","data":{"run_id":"run-1"}}"#.to_vec();
+    for claim in &claims {
+        let result = sender::prepare_request(&t.db, &settings, claim, body.clone(), now).await;
+        if claim.delivery.agent_id == "agent-1" {
+            let request = result.unwrap();
+            assert_eq!(request.url.as_str(), "https://hooks.example.com/agent-1");
+            assert_eq!(request.body, body, "the body is sent exactly as signed");
+            assert_eq!(request.headers.webhook_id, "evt_agent-1");
+            assert_eq!(request.headers.webhook_timestamp, now.timestamp());
+            assert!(!format!("{request:?}").contains(secret.expose()));
+            // A receiver with the secret accepts it.
+            let headers = request.headers.pairs();
+            signing::verify(
+                &[&secret],
+                &headers[..],
+                &request.body,
+                now.timestamp(),
+                signing::DEFAULT_TOLERANCE,
+            )
+            .unwrap();
+        } else {
+            // agent-2 has no secret: never sent unsigned.
+            assert!(
+                matches!(result, Err(SendError::NoSecret(ref id)) if id == "agent-2"),
+                "{result:?}"
+            );
+        }
+    }
+
+    // A captured URL the current policy no longer allows is refused.
+    let dev = WebhookSettings {
+        url_policy: UrlPolicy::Development,
+        ..settings.clone()
+    };
+    let local = WebhookConfig {
+        webhook_url: "http://127.0.0.1:9/hook".into(),
+        webhook_secret: None,
+        webhook_events: vec![],
+        webhook_enabled: true,
+    };
+    config::set_webhook_config(&t.db, &dev, "agent-1", &local)
+        .await
+        .unwrap();
+    deliveries::enqueue(&t.db, "agent-1", "evt_local", "run.completed", now)
+        .await
+        .unwrap();
+    let claims = deliveries::claim_due(&t.db, &settings.retry, now, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 1);
+    let refused = sender::prepare_request(&t.db, &settings, &claims[0], body.clone(), now).await;
+    assert!(matches!(refused, Err(SendError::Url(_))), "{refused:?}");
+    sender::prepare_request(&t.db, &dev, &claims[0], body, now)
+        .await
+        .unwrap();
+}
+
+backend_tests!(prepares_a_signed_request_or_refuses_to);
