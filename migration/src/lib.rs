@@ -13,6 +13,8 @@
 //! MariaDB/MySQL commit DDL implicitly, so there each step also checks whether it is already
 //! done: `up` after an interrupted `up` completes it, `down` after an interrupted `down` too.
 
+#![warn(missing_docs)]
+
 pub use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseExecutor;
 

@@ -19,6 +19,8 @@
 //! | [`settings`] | settings from the environment |
 //! | [`db`] | connecting with the settings the service expects |
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod config;
 pub mod db;
