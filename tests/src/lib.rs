@@ -8,11 +8,7 @@
 //! Each test gets its own database (`aw_t_<random>` on the servers, a temporary file for SQLite);
 //! `scripts/test` drops leftover `aw_t_%` databases before and after a run.
 
-use std::time::Duration;
-
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 
 pub mod schema;
 
@@ -166,15 +162,9 @@ fn replace_database(url: &str, name: &str) -> String {
     format!("{base}/{name}{query}")
 }
 
+/// Connects the way the service expects (WAL on SQLite), so tests see what an app sees.
 async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, sea_orm::DbErr> {
-    let mut options = ConnectOptions::new(url.to_owned());
-    options
-        .max_connections(max_connections)
-        .min_connections(0)
-        .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(30))
-        .sqlx_logging(false);
-    Database::connect(options).await
+    agent_webhooks::db::connect(url, max_connections).await
 }
 
 /// Defines one `#[tokio::test]` per backend for each named async test function taking a
