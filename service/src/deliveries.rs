@@ -252,11 +252,13 @@ pub enum DeliveryError {
         /// Why it cannot be read.
         reason: String,
     },
-    /// An event id or type was empty or too long.
-    #[error("invalid {field}: must be 1 to 255 characters")]
+    /// An event id or type that cannot be stored or signed.
+    #[error("invalid {field}: {rule}")]
     InvalidEvent {
         /// Which argument.
         field: &'static str,
+        /// The rule it breaks.
+        rule: &'static str,
     },
     /// A page size outside 1..=[`MAX_PAGE_SIZE`], or a batch or claim limit of 0.
     #[error("invalid limit {0}: must be between 1 and {MAX_PAGE_SIZE}")]
@@ -330,8 +332,10 @@ pub async fn enqueue<C: ConnectionTrait>(
     check_event_field("event_id", event_id)?;
     // The event id is the `webhook-id` every attempt is signed with: refuse now what could
     // never be signed, rather than fail every attempt later.
-    crate::signing::check_message_id(event_id)
-        .map_err(|_| DeliveryError::InvalidEvent { field: "event_id" })?;
+    crate::signing::check_message_id(event_id).map_err(|_| DeliveryError::InvalidEvent {
+        field: "event_id",
+        rule: "it is the webhook-id header: visible ASCII only, without `.`",
+    })?;
     check_event_field("event_type", event_type)?;
     let agent = agents::Entity::find_by_id(agent_id)
         .one(db)
@@ -914,7 +918,10 @@ fn at(t: DateTime<Utc>) -> DateTimeWithTimeZone {
 
 fn check_event_field(field: &'static str, value: &str) -> Result<(), DeliveryError> {
     if value.trim().is_empty() || value.len() > 255 {
-        return Err(DeliveryError::InvalidEvent { field });
+        return Err(DeliveryError::InvalidEvent {
+            field,
+            rule: "must be 1 to 255 characters",
+        });
     }
     Ok(())
 }

@@ -112,6 +112,20 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
         deliveries::enqueue(&t.db, "agent-404", "evt-1", "run.completed", now).await,
         Err(DeliveryError::AgentNotFound(_))
     ));
+    for (event_id, event_type) in [
+        ("evt.1", "run.completed"),
+        ("evt 1", "run.completed"),
+        ("", "run.completed"),
+        ("evt-5", ""),
+    ] {
+        let err = deliveries::enqueue(&t.db, "agent-1", event_id, event_type, now)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, DeliveryError::InvalidEvent { .. }),
+            "{event_id:?}: {err}"
+        );
+    }
 
     // Claim: leased, attempt 1, not claimable again while leased.
     let first = claim_one(&t, &p, now).await;
