@@ -1,68 +1,121 @@
-//! When to try a failed delivery again, and when to stop.
+//! When to try a failed webhook delivery again, and when to stop.
 //!
-//! The default schedule is Svix's, whose senders and receivers are well understood: eight
-//! attempts spread over about 28 hours, so a receiver that is down for a day still gets every
-//! event.
+//! A worker makes one attempt, describes what happened as an [`AttemptOutcome`] and asks
+//! [`RetryPolicy::next_attempt`] what comes next: [`Decision::Delivered`], a
+//! [`Decision::RetryAt`] instant, or [`Decision::GiveUp`]. The clock (`now`) and the randomness
+//! ([`JitterSource`]) are passed in, so every decision can be reproduced in a test.
 //!
-//! | attempt | after the previous one (± 10 % jitter) | Svix |
+//! # Default schedule
+//!
+//! [`RetryPolicy::default`] keeps Svix's schedule, which webhook receivers already know: eight
+//! attempts spread over 27 h 35 min 5 s (about 27.6 h), so a receiver that is down for a whole
+//! day still gets every event. Each delay gets ±10 % jitter so that deliveries which failed
+//! together (a receiver outage) do not come back together; the instants below are without it.
+//!
+//! | attempt | delay after the previous attempt failed | at, from enqueue | Svix |
+//! |---|---|---|---|
+//! | 1 | none: at enqueue | 0 s | immediately |
+//! | 2 | 5 s | 5 s | 5 s |
+//! | 3 | 5 min | 5 min 5 s | 5 min |
+//! | 4 | 30 min | 35 min 5 s | 30 min |
+//! | 5 | 2 h | 2 h 35 min 5 s | 2 h |
+//! | 6 | 5 h | 7 h 35 min 5 s | 5 h |
+//! | 7 | 10 h | 17 h 35 min 5 s | 10 h |
+//! | 8 | 10 h | 27 h 35 min 5 s | 10 h |
+//!
+//! When attempt 8 fails too, the delivery is given up ([`GiveUpReason::MaxAttempts`]).
+//!
+//! # Outcomes
+//!
+//! | outcome | class | why |
 //! |---|---|---|
-//! | 1 | at once (enqueue) | immediately |
-//! | 2 | 5 s | 5 s |
-//! | 3 | 5 min | 5 min |
-//! | 4 | 30 min | 30 min |
-//! | 5 | 2 h | 2 h |
-//! | 6 | 5 h | 5 h |
-//! | 7 | 10 h | 10 h |
-//! | 8 | 10 h | 10 h |
+//! | 2xx | success | the receiver accepted the event |
+//! | 408, 425, 429, 5xx | retryable | the receiver is slow (408), asks for a retry (425 Too Early), is rate limiting (429) or failing on its side (5xx): waiting helps |
+//! | timeout; connect, TLS or DNS error | retryable | the receiver may be restarting or briefly unreachable |
+//! | 3xx | final | redirects are not followed: following one would skip the URL policy (SSRF) checks made on the configured URL, and retrying gets the same redirect. The owner has to configure the final URL. Svix retries every non-2xx; this is a deliberate difference |
+//! | other 4xx | final | the receiver refuses this request (bad signature, gone, too large): the same bytes would be refused again |
+//! | 1xx, or outside 100–599 | final | not a usable final response: the receiver is broken, not busy |
 //!
-//! Outcomes: 2xx is delivered. 5xx, 408 (timeout), 429 (rate limited), timeouts and connection
-//! errors are retried. Every other status is final: other 4xx will not get better by waiting,
-//! and 1xx/3xx mean the receiver is misconfigured (redirects are not followed, as following
-//! them would bypass the URL policy). A `Retry-After` longer than the scheduled delay is
-//! honoured up to [`RetryPolicy::max_retry_after`] (1 h by default), so a rate-limited
-//! receiver is not hammered, but cannot park a delivery for days; a shorter one is ignored.
-//! Jitter spreads retries of many deliveries that failed together; it never applies to
-//! `Retry-After`.
+//! # `Retry-After`
+//!
+//! A `Retry-After` (seconds or an HTTP-date, see [`RetryAfter::parse`]) on a retryable
+//! response is honoured when it asks for longer than the scheduled delay, up to
+//! [`RetryPolicy::max_retry_after`] (1 h by default), and then used exactly, without jitter:
+//! a rate-limited receiver is not hammered, but a header cannot park a delivery for days. It
+//! never shortens the schedule: a shorter (or equal) value, an invalid one or a date in the
+//! past leaves the jittered scheduled delay in force. By attempt 5 the schedule's own delays
+//! (2 h and more) exceed the default cap, so the header no longer changes anything.
+//!
+//! # Limits
+//!
+//! * More attempts than delays: the last delay repeats (so `max_attempts` can be raised without
+//!   writing a longer schedule); delays beyond `max_attempts - 1` are unused.
+//! * Every retry is at least [`MIN_DELAY`] after `now`, and no single delay exceeds
+//!   [`MAX_DELAY`] (twice that with jitter); [`RetryPolicy::validate`] rejects schedules outside
+//!   those limits, and [`RetryPolicy::next_attempt`] clamps into them instead of panicking.
+//!   An instant past the end of `chrono`'s range saturates at [`DateTime::<Utc>::MAX_UTC`].
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
-/// What one delivery attempt produced.
+/// The shortest wait before a retry, so that a retry is always strictly later than the failure
+/// it follows, even under a zero delay from an unvalidated policy.
+pub const MIN_DELAY: Duration = Duration::from_millis(1);
+
+/// The longest single delay (30 days): longer is a misconfiguration (a unit mix-up), and the
+/// cap keeps instant arithmetic far from overflowing.
+pub const MAX_DELAY: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// What one delivery attempt produced: the only input [`classify`] and
+/// [`RetryPolicy::next_attempt`] need, so senders stay free to use any HTTP client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AttemptOutcome {
     /// The receiver answered with an HTTP status.
     Status {
         /// The status code.
         code: u16,
-        /// The parsed `Retry-After` header, if any (see [`RetryAfter::parse`]).
+        /// The response's `Retry-After`, parsed with [`RetryAfter::parse`]; `None` when
+        /// absent or invalid.
         retry_after: Option<RetryAfter>,
     },
     /// No response within the sender's timeout.
     Timeout,
-    /// DNS, connect or TLS failure, with its description.
+    /// DNS, connect or TLS failure, with its description for the delivery record.
     Connection(String),
 }
 
-/// A `Retry-After` header value, as a delay from the moment the response arrived.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A `Retry-After` header value as a delay from the moment the response arrived, so that a
+/// decision does not depend on when the header is looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RetryAfter(pub Duration);
 
 impl RetryAfter {
-    /// Parses delta-seconds (`120`) or an HTTP-date (`Wed, 21 Oct 2015 07:28:00 GMT`) relative
-    /// to `now`. Anything else, or a date in the past, is `None`.
+    /// Parses a header value, relative to `now` (when the response arrived), so that
+    /// [`RetryPolicy::next_attempt`] can honour it.
+    ///
+    /// Accepts delta-seconds (`120`; absurdly many saturate, the cap applies later) and
+    /// HTTP-dates in IMF-fixdate form (`Sun, 06 Nov 1994 08:49:37 GMT`; any RFC 2822 date is
+    /// accepted). A date in the past is a zero delay. Anything else (signs, fractions, the
+    /// obsolete RFC 850 and asctime date forms) is `None`: the schedule then applies.
     pub fn parse(value: &str, now: DateTime<Utc>) -> Option<RetryAfter> {
         let value = value.trim();
-        if let Ok(seconds) = value.parse::<u64>() {
+        if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+            // Only overflow can fail here, and a huge delay is still a valid request.
+            let seconds = value.parse::<u64>().unwrap_or(u64::MAX);
             return Some(RetryAfter(Duration::from_secs(seconds)));
         }
         let at = DateTime::parse_from_rfc2822(value).ok()?.to_utc();
-        (at - now).to_std().ok().map(RetryAfter)
+        Some(RetryAfter(
+            at.signed_duration_since(now)
+                .to_std()
+                .unwrap_or(Duration::ZERO),
+        ))
     }
 }
 
-/// How an outcome counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How an outcome counts, independently of how many attempts are left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Classification {
     /// The receiver accepted the delivery.
     Success,
@@ -72,62 +125,62 @@ pub enum Classification {
     Final,
 }
 
-/// Classifies an attempt's outcome (see the module documentation).
+/// Classifies an attempt's outcome, so that final failures stop at once instead of using up
+/// the schedule (the rules and their reasons are in the module documentation).
 pub fn classify(outcome: &AttemptOutcome) -> Classification {
     match outcome {
         AttemptOutcome::Status { code, .. } => match code {
             200..=299 => Classification::Success,
-            408 | 429 | 500..=599 => Classification::Retryable,
+            408 | 425 | 429 | 500..=599 => Classification::Retryable,
             _ => Classification::Final,
         },
         AttemptOutcome::Timeout | AttemptOutcome::Connection(_) => Classification::Retryable,
     }
 }
 
-/// What to do after an attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What to do after an attempt: what the delivery record stores next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Decision {
-    /// It was delivered.
+    /// It was delivered; nothing more to do.
     Delivered,
-    /// Try again at this instant.
+    /// Try again at this instant (always later than the `now` it was decided at).
     RetryAt(DateTime<Utc>),
-    /// Stop: the delivery is exhausted.
+    /// Stop; the delivery failed for good.
     GiveUp(GiveUpReason),
 }
 
-/// Why a delivery is exhausted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a delivery was given up, so the record can tell a refusal from exhaustion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GiveUpReason {
-    /// The receiver answered with a status that retrying will not change.
+    /// The receiver answered with this status, which retrying will not change.
     FinalStatus(u16),
-    /// This many attempts were made, the policy's maximum.
+    /// This many attempts were made, all the policy allows, the last one retryable.
     MaxAttempts(u32),
 }
 
-/// A source of jitter: a value in `[0, 1)`; `0.5` means no jitter.
+/// A source of jitter, injected so that tests are deterministic and production is random.
 pub trait JitterSource {
-    /// The next value in `[0, 1)`.
+    /// The next value in `[0, 1)`: `0` shortens a delay by the full jitter, `0.5` leaves it
+    /// as scheduled, values near `1` lengthen it by almost the full jitter. Values outside
+    /// the range are clamped into `[0, 1]` and NaN counts as `0.5`.
     fn unit(&mut self) -> f64;
 }
 
-/// Jitter from the operating system's random number generator.
+/// Jitter from the operating system's random number generator, for production.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OsJitter;
 
 impl JitterSource for OsJitter {
     fn unit(&mut self) -> f64 {
-        let mut bytes = [0u8; 8];
-        match getrandom::fill(&mut bytes) {
-            // 53 random bits: every value is exactly representable and below 1.
-            Ok(()) => (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64,
-            // Without randomness, schedule without jitter rather than fail the report.
-            Err(_) => 0.5,
-        }
+        // 53 random bits: every value is exactly representable and below 1.
+        const SCALE: f64 = 1.0 / (1u64 << 53) as f64;
+        // Without randomness, schedule without jitter rather than fail the delivery record.
+        getrandom::u64().map_or(0.5, |bits| (bits >> 11) as f64 * SCALE)
     }
 }
 
-/// The same value every time: deterministic tests. `FixedJitter(0.5)` is no jitter.
-#[derive(Clone, Copy, Debug)]
+/// The same value every time, for deterministic tests: `FixedJitter(0.5)` is no jitter.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FixedJitter(pub f64);
 
 impl JitterSource for FixedJitter {
@@ -136,25 +189,27 @@ impl JitterSource for FixedJitter {
     }
 }
 
-/// A retry policy; see the module documentation for the default.
+/// How a delivery is retried: the schedule, the attempt budget, jitter and the `Retry-After`
+/// cap. Fields are public so settings can adjust one of them; call [`RetryPolicy::validate`]
+/// after doing so.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
-    /// Delay before attempt n+1 after attempt n fails (index n-1). When there are more
-    /// attempts than delays, the last delay repeats.
+    /// Delay before attempt n+1 after attempt n failed, at index n-1. When there are more
+    /// attempts than delays the last delay repeats; each must be within
+    /// [`MIN_DELAY`]..=[`MAX_DELAY`].
     pub schedule: Vec<Duration>,
-    /// Attempts in all, the first one included.
+    /// Attempts in all, the first one included (at least 1).
     pub max_attempts: u32,
-    /// Relative jitter applied to scheduled delays: 0.1 spreads them over ±10 %.
+    /// Relative jitter on scheduled delays, in `[0, 1)`: 0.1 spreads them over ±10 %.
     pub jitter: f64,
-    /// The longest `Retry-After` that is honoured; longer values are capped to it.
+    /// The longest `Retry-After` honoured; a longer one is capped to it (at most
+    /// [`MAX_DELAY`]).
     pub max_retry_after: Duration,
 }
 
-/// The longest delay ever scheduled, whatever the policy says: keeps instant arithmetic far
-/// from overflow.
-const MAX_DELAY: Duration = Duration::from_secs(366 * 24 * 3600);
-
 impl Default for RetryPolicy {
+    /// Svix's schedule, ±10 % jitter, `Retry-After` honoured up to 1 h (see the module
+    /// documentation for the table).
     fn default() -> Self {
         let s = Duration::from_secs;
         RetryPolicy {
@@ -162,56 +217,131 @@ impl Default for RetryPolicy {
                 s(5),
                 s(5 * 60),
                 s(30 * 60),
-                s(2 * 3600),
-                s(5 * 3600),
-                s(10 * 3600),
-                s(10 * 3600),
+                s(2 * 60 * 60),
+                s(5 * 60 * 60),
+                s(10 * 60 * 60),
+                s(10 * 60 * 60),
             ],
             max_attempts: 8,
             jitter: 0.1,
-            max_retry_after: s(3600),
+            max_retry_after: s(60 * 60),
         }
     }
 }
 
-/// A policy that cannot be used.
+/// Why a [`RetryPolicy`] cannot be used, so settings can reject it at start-up rather than
+/// misbehave at the first failure.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum RetryPolicyError {
-    /// `max_attempts` is 0.
-    #[error("max_attempts must be at least 1")]
+    /// `max_attempts` is 0, which would not even allow the first attempt.
+    #[error("max_attempts must be at least 1 (the first attempt counts)")]
     NoAttempts,
-    /// Retries are allowed but no delay is given.
-    #[error("the schedule is empty but max_attempts allows retries")]
-    EmptySchedule,
-    /// `jitter` outside `[0, 1)`.
-    #[error("jitter must be in [0, 1), got {0}")]
+    /// Retries are allowed but there is no delay to wait between them.
+    #[error("max_attempts is {max_attempts} but the retry schedule has no delays")]
+    EmptySchedule {
+        /// The configured attempt budget.
+        max_attempts: u32,
+    },
+    /// `jitter` is outside `[0, 1)` (or NaN).
+    #[error("jitter must be a fraction in [0, 1), got {0}")]
     BadJitter(f64),
+    /// A scheduled delay is shorter than [`MIN_DELAY`].
+    #[error(
+        "schedule[{index}] is {delay:?}, shorter than the minimum {:?}",
+        MIN_DELAY
+    )]
+    DelayTooShort {
+        /// Its index in the schedule.
+        index: usize,
+        /// The delay.
+        delay: Duration,
+    },
+    /// A scheduled delay is longer than [`MAX_DELAY`].
+    #[error(
+        "schedule[{index}] is {delay:?}, longer than the maximum {:?}",
+        MAX_DELAY
+    )]
+    DelayTooLong {
+        /// Its index in the schedule.
+        index: usize,
+        /// The delay.
+        delay: Duration,
+    },
+    /// `max_retry_after` is longer than [`MAX_DELAY`].
+    #[error("max_retry_after is {0:?}, longer than the maximum {max:?}", max = MAX_DELAY)]
+    RetryAfterCapTooLong(Duration),
 }
 
 impl RetryPolicy {
-    /// Checks the policy's invariants.
+    /// Checks the policy's invariants, so a bad configuration fails at start-up. A policy
+    /// that fails this still never makes [`RetryPolicy::next_attempt`] panic.
     pub fn validate(&self) -> Result<(), RetryPolicyError> {
         if self.max_attempts == 0 {
             return Err(RetryPolicyError::NoAttempts);
         }
         if self.max_attempts > 1 && self.schedule.is_empty() {
-            return Err(RetryPolicyError::EmptySchedule);
+            return Err(RetryPolicyError::EmptySchedule {
+                max_attempts: self.max_attempts,
+            });
         }
         if !(0.0..1.0).contains(&self.jitter) {
             return Err(RetryPolicyError::BadJitter(self.jitter));
         }
+        for (index, &delay) in self.schedule.iter().enumerate() {
+            if delay < MIN_DELAY {
+                return Err(RetryPolicyError::DelayTooShort { index, delay });
+            }
+            if delay > MAX_DELAY {
+                return Err(RetryPolicyError::DelayTooLong { index, delay });
+            }
+        }
+        if self.max_retry_after > MAX_DELAY {
+            return Err(RetryPolicyError::RetryAfterCapTooLong(self.max_retry_after));
+        }
         Ok(())
     }
 
-    /// The sum of the delays between the first and the last attempt, without jitter.
+    /// The time from the first attempt to the last one when every attempt fails, without
+    /// jitter or `Retry-After`: how long a receiver may be down before events are lost.
     pub fn total_span(&self) -> Duration {
-        (1..self.max_attempts)
+        let retries = self.max_attempts.saturating_sub(1);
+        let listed = u32::try_from(self.schedule.len())
+            .unwrap_or(u32::MAX)
+            .min(retries);
+        let head = (1..=listed)
             .map(|n| self.scheduled_delay(n))
-            .fold(Duration::ZERO, |sum, d| sum.saturating_add(d))
+            .fold(Duration::ZERO, Duration::saturating_add);
+        // Past the listed delays the last one repeats.
+        let tail = self
+            .scheduled_delay(retries.max(1))
+            .checked_mul(retries - listed)
+            .unwrap_or(Duration::MAX);
+        head.saturating_add(tail)
     }
 
-    /// Decides what follows an attempt: `attempts_made` counts attempts so far, the one that
-    /// produced `outcome` included (1 after the first attempt).
+    /// Decides what follows an attempt. `attempts_made` counts the attempts so far, the one
+    /// that produced `outcome` included (1 after the first; 0 is taken as 1).
+    ///
+    /// Success is [`Decision::Delivered`] and a final status is
+    /// [`GiveUpReason::FinalStatus`], however many attempts remain. A retryable outcome is
+    /// retried after the scheduled delay, jittered, unless a longer `Retry-After` applies
+    /// (see the module documentation), or given up with [`GiveUpReason::MaxAttempts`] when
+    /// `attempts_made` reaches `max_attempts`.
+    ///
+    /// ```
+    /// use agent_webhooks::retry::{AttemptOutcome, Decision, FixedJitter, RetryAfter, RetryPolicy};
+    /// use chrono::{DateTime, TimeDelta};
+    ///
+    /// let policy = RetryPolicy::default();
+    /// let now = DateTime::from_timestamp(1_764_000_000, 0).unwrap();
+    /// // The first attempt got 503 with `Retry-After: 120`, longer than the scheduled 5 s.
+    /// let outcome = AttemptOutcome::Status {
+    ///     code: 503,
+    ///     retry_after: RetryAfter::parse("120", now),
+    /// };
+    /// let decision = policy.next_attempt(1, &outcome, now, &mut FixedJitter(0.5));
+    /// assert_eq!(decision, Decision::RetryAt(now + TimeDelta::seconds(120)));
+    /// ```
     pub fn next_attempt(
         &self,
         attempts_made: u32,
@@ -219,49 +349,73 @@ impl RetryPolicy {
         now: DateTime<Utc>,
         rng: &mut impl JitterSource,
     ) -> Decision {
-        match (classify(outcome), outcome) {
+        let retry_after = match (classify(outcome), outcome) {
             (Classification::Success, _) => return Decision::Delivered,
             (Classification::Final, AttemptOutcome::Status { code, .. }) => {
                 return Decision::GiveUp(GiveUpReason::FinalStatus(*code));
             }
-            _ => {}
-        }
+            (_, AttemptOutcome::Status { retry_after, .. }) => *retry_after,
+            (_, AttemptOutcome::Timeout | AttemptOutcome::Connection(_)) => None,
+        };
+        let attempts_made = attempts_made.max(1);
         if attempts_made >= self.max_attempts {
-            return Decision::GiveUp(GiveUpReason::MaxAttempts(self.max_attempts));
+            return Decision::GiveUp(GiveUpReason::MaxAttempts(attempts_made));
         }
-        let mut delay = self.jittered(self.scheduled_delay(attempts_made.max(1)), rng);
-        if let AttemptOutcome::Status {
-            retry_after: Some(RetryAfter(asked)),
-            ..
-        } = outcome
-        {
-            delay = delay.max((*asked).min(self.max_retry_after));
-        }
-        let delay =
-            chrono::Duration::from_std(delay.min(MAX_DELAY)).unwrap_or(chrono::Duration::MAX);
-        Decision::RetryAt(
-            now.checked_add_signed(delay)
-                .unwrap_or(DateTime::<Utc>::MAX_UTC),
-        )
+        let scheduled = self.scheduled_delay(attempts_made);
+        let delay = match retry_after {
+            Some(RetryAfter(asked))
+                if asked.min(self.max_retry_after).min(MAX_DELAY) > scheduled =>
+            {
+                asked.min(self.max_retry_after).min(MAX_DELAY)
+            }
+            _ => self.jittered(scheduled, rng.unit()),
+        };
+        Decision::RetryAt(instant_after(now, delay.max(MIN_DELAY)))
     }
 
-    /// The delay after attempt `n` (1-based) fails.
+    /// The delay after attempt `n` (1-based) failed, without jitter, within
+    /// [`MIN_DELAY`]..=[`MAX_DELAY`].
     fn scheduled_delay(&self, n: u32) -> Duration {
         let index = usize::try_from(n.saturating_sub(1)).unwrap_or(usize::MAX);
         self.schedule
             .get(index)
             .or(self.schedule.last())
             .copied()
-            .unwrap_or(Duration::ZERO)
-            .min(MAX_DELAY)
+            .unwrap_or(MIN_DELAY)
+            .clamp(MIN_DELAY, MAX_DELAY)
     }
 
-    fn jittered(&self, delay: Duration, rng: &mut impl JitterSource) -> Duration {
-        let unit = rng.unit().clamp(0.0, 1.0);
-        let jitter = self.jitter.clamp(0.0, 0.999);
-        let factor = 1.0 + jitter * (2.0 * unit - 1.0);
-        Duration::try_from_secs_f64(delay.as_secs_f64() * factor).unwrap_or(delay)
+    /// `delay` moved by up to ±`jitter` of itself, by `unit` (0 → −jitter, 0.5 → none).
+    fn jittered(&self, delay: Duration, unit: f64) -> Duration {
+        let jitter = if self.jitter.is_nan() {
+            0.0
+        } else {
+            self.jitter.clamp(0.0, 1.0)
+        };
+        let unit = if unit.is_nan() {
+            0.5
+        } else {
+            unit.clamp(0.0, 1.0)
+        };
+        // `delay` is at most MAX_DELAY, whose nanoseconds (< 2^53) are exact as an f64.
+        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        let spread = (nanos as f64 * jitter) as u64;
+        let offset = (2.0 * unit - 1.0) * spread as f64;
+        let shift = Duration::from_nanos((offset.abs() as u64).min(spread));
+        if offset < 0.0 {
+            delay.saturating_sub(shift)
+        } else {
+            delay.saturating_add(shift)
+        }
     }
+}
+
+/// `now + delay`, saturating at the end of `chrono`'s range instead of panicking.
+fn instant_after(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(delay)
+        .ok()
+        .and_then(|delta| now.checked_add_signed(delta))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 #[cfg(test)]
@@ -273,6 +427,14 @@ mod tests {
         DateTime::from_timestamp(1_764_000_000, 0).unwrap()
     }
 
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn after(d: Duration) -> Decision {
+        Decision::RetryAt(t0() + TimeDelta::from_std(d).unwrap())
+    }
+
     fn status(code: u16) -> AttemptOutcome {
         AttemptOutcome::Status {
             code,
@@ -280,220 +442,689 @@ mod tests {
         }
     }
 
+    fn status_with(code: u16, header: &str) -> AttemptOutcome {
+        AttemptOutcome::Status {
+            code,
+            retry_after: RetryAfter::parse(header, t0()),
+        }
+    }
+
+    fn decide(attempts: u32, outcome: &AttemptOutcome, unit: f64) -> Decision {
+        RetryPolicy::default().next_attempt(attempts, outcome, t0(), &mut FixedJitter(unit))
+    }
+
+    /// The largest `f64` below 1: the top of a `JitterSource`'s range.
+    const TOP: f64 = 1.0 - f64::EPSILON / 2.0;
+
     #[test]
-    fn classifies_outcomes() {
+    fn classifies_each_outcome() {
         use Classification::*;
         for (code, expected) in [
             (200, Success),
             (204, Success),
             (299, Success),
+            (0, Final),
             (101, Final),
             (301, Final),
+            (302, Final),
+            (304, Final),
             (400, Final),
             (401, Final),
             (404, Final),
             (408, Retryable),
+            (409, Final),
             (410, Final),
             (413, Final),
+            (425, Retryable),
             (429, Retryable),
             (500, Retryable),
             (502, Retryable),
             (503, Retryable),
             (599, Retryable),
             (600, Final),
+            (u16::MAX, Final),
         ] {
             assert_eq!(classify(&status(code)), expected, "{code}");
         }
         assert_eq!(classify(&AttemptOutcome::Timeout), Retryable);
         assert_eq!(
-            classify(&AttemptOutcome::Connection("refused".into())),
+            classify(&AttemptOutcome::Connection("connection refused".into())),
             Retryable
         );
     }
 
+    /// "5 min 5 s" → 305 s; `None` for anything else.
+    fn parse_table_duration(text: &str) -> Option<Duration> {
+        let tokens: Vec<&str> = text.split_whitespace().collect();
+        if tokens.is_empty() || !tokens.len().is_multiple_of(2) {
+            return None;
+        }
+        let mut total = Duration::ZERO;
+        for pair in tokens.chunks(2) {
+            let n: u64 = pair[0].parse().ok()?;
+            let unit = match pair[1] {
+                "s" => 1,
+                "min" => 60,
+                "h" => 3600,
+                _ => return None,
+            };
+            total += secs(n * unit);
+        }
+        Some(total)
+    }
+
+    /// The module documentation's schedule table: (attempt, delay, at from enqueue).
+    fn documented_schedule() -> Vec<(u32, Option<Duration>, Duration)> {
+        include_str!("retry.rs")
+            .lines()
+            .filter_map(|line| line.strip_prefix("//! | "))
+            .filter_map(|row| {
+                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+                let attempt = cells.first()?.parse().ok()?;
+                let at = parse_table_duration(cells.get(2)?)?;
+                Some((attempt, parse_table_duration(cells.get(1)?), at))
+            })
+            .collect()
+    }
+
     #[test]
-    fn default_schedule_walked_attempt_by_attempt() {
+    fn default_schedule_walks_through_the_documented_instants() {
         let policy = RetryPolicy::default();
         policy.validate().unwrap();
-        let minutes = |m: i64| chrono::Duration::minutes(m);
-        let expected = [
-            chrono::Duration::seconds(5),
-            minutes(5),
-            minutes(30),
-            minutes(120),
-            minutes(300),
-            minutes(600),
-            minutes(600),
-        ];
-        let mut now = t0();
-        for (i, delay) in expected.iter().enumerate() {
-            let attempts = i as u32 + 1;
-            let decision = policy.next_attempt(attempts, &status(503), now, &mut FixedJitter(0.5));
+        let table = documented_schedule();
+        let at: Vec<u64> = table.iter().map(|(_, _, at)| at.as_secs()).collect();
+        assert_eq!(at, [0, 5, 305, 2105, 9305, 27305, 63305, 99305]);
+        assert_eq!(table.len(), policy.max_attempts as usize);
+        assert_eq!(table[0].1, None, "the first attempt is at enqueue");
+
+        let enqueued = t0();
+        let mut now = enqueued;
+        for window in table.windows(2) {
+            let [(made, _, _), (next, delay, next_at)] = window else {
+                unreachable!()
+            };
+            assert_eq!(*next, made + 1);
+            let decision = policy.next_attempt(*made, &status(503), now, &mut FixedJitter(0.5));
+            let expected = enqueued + TimeDelta::from_std(*next_at).unwrap();
             assert_eq!(
                 decision,
-                Decision::RetryAt(now + *delay),
-                "after attempt {attempts}"
+                Decision::RetryAt(expected),
+                "after attempt {made}"
             );
-            now += *delay;
+            assert_eq!(Some((expected - now).to_std().unwrap()), *delay);
+            now = expected;
         }
         assert_eq!(
             policy.next_attempt(8, &status(503), now, &mut FixedJitter(0.5)),
             Decision::GiveUp(GiveUpReason::MaxAttempts(8))
         );
-        assert_eq!(
-            policy.total_span(),
-            Duration::from_secs(5 + 300 + 1800 + 7200 + 18000 + 36000 + 36000)
-        );
+        assert_eq!(policy.total_span(), secs(99305));
+        assert_eq!((policy.jitter, policy.max_retry_after), (0.1, secs(3600)));
     }
 
     #[test]
-    fn success_and_final_statuses_decide_at_once() {
-        let policy = RetryPolicy::default();
-        let mut rng = FixedJitter(0.5);
+    fn success_and_final_statuses_decide_whatever_the_attempt() {
+        for attempts in [0, 1, 7, 8, 9, u32::MAX] {
+            assert_eq!(decide(attempts, &status(204), 0.5), Decision::Delivered);
+            for code in [301, 404, 410] {
+                assert_eq!(
+                    decide(attempts, &status(code), 0.5),
+                    Decision::GiveUp(GiveUpReason::FinalStatus(code))
+                );
+            }
+        }
         assert_eq!(
-            policy.next_attempt(1, &status(200), t0(), &mut rng),
-            Decision::Delivered
+            decide(1, &status_with(400, "120"), 0.5),
+            Decision::GiveUp(GiveUpReason::FinalStatus(400)),
+            "Retry-After does not make a final status retryable"
         );
-        assert_eq!(
-            policy.next_attempt(1, &status(404), t0(), &mut rng),
-            Decision::GiveUp(GiveUpReason::FinalStatus(404))
-        );
-    }
-
-    #[test]
-    fn jitter_stays_within_bounds() {
-        let policy = RetryPolicy::default();
-        let low = policy.next_attempt(2, &AttemptOutcome::Timeout, t0(), &mut FixedJitter(0.0));
-        let high = policy.next_attempt(
-            2,
-            &AttemptOutcome::Timeout,
-            t0(),
-            &mut FixedJitter(0.999_999),
-        );
-        assert_eq!(
-            low,
-            Decision::RetryAt(t0() + chrono::Duration::seconds(270))
-        );
-        let Decision::RetryAt(high) = high else {
-            panic!()
-        };
-        assert!(high <= t0() + chrono::Duration::seconds(330));
-        assert!(high > t0() + chrono::Duration::seconds(329));
-    }
-
-    #[test]
-    fn retry_after_is_honoured_capped_or_ignored() {
-        let policy = RetryPolicy::default();
-        let with = |header: &str| AttemptOutcome::Status {
-            code: 429,
-            retry_after: RetryAfter::parse(header, t0()),
-        };
-        let mut rng = FixedJitter(0.5);
-        // Longer than the 5 s delay: honoured.
-        assert_eq!(
-            policy.next_attempt(1, &with("120"), t0(), &mut rng),
-            Decision::RetryAt(t0() + chrono::Duration::seconds(120))
-        );
-        // As an HTTP-date.
-        let date = (t0() + chrono::Duration::seconds(600)).to_rfc2822();
-        assert_eq!(
-            policy.next_attempt(1, &with(&date), t0(), &mut rng),
-            Decision::RetryAt(t0() + chrono::Duration::seconds(600))
-        );
-        // Capped at an hour.
-        assert_eq!(
-            policy.next_attempt(1, &with("86400"), t0(), &mut rng),
-            Decision::RetryAt(t0() + chrono::Duration::seconds(3600))
-        );
-        // Shorter than the schedule, or invalid: the schedule wins.
-        for header in ["1", "soon", "", "-5"] {
+        for outcome in [
+            AttemptOutcome::Timeout,
+            AttemptOutcome::Connection("tls handshake".into()),
+            status(408),
+            status(429),
+            status(500),
+        ] {
+            assert_eq!(decide(1, &outcome, 0.5), after(secs(5)), "{outcome:?}");
             assert_eq!(
-                policy.next_attempt(2, &with(header), t0(), &mut rng),
-                Decision::RetryAt(t0() + chrono::Duration::seconds(300)),
+                decide(9, &outcome, 0.5),
+                Decision::GiveUp(GiveUpReason::MaxAttempts(9))
+            );
+        }
+    }
+
+    #[test]
+    fn attempts_made_zero_counts_as_the_first() {
+        assert_eq!(decide(0, &AttemptOutcome::Timeout, 0.5), after(secs(5)));
+        let single = RetryPolicy {
+            max_attempts: 1,
+            schedule: vec![],
+            ..RetryPolicy::default()
+        };
+        assert_eq!(
+            single.next_attempt(0, &AttemptOutcome::Timeout, t0(), &mut FixedJitter(0.5)),
+            Decision::GiveUp(GiveUpReason::MaxAttempts(1))
+        );
+    }
+
+    #[test]
+    fn jitter_reaches_its_edges_and_no_further() {
+        // After attempt 3 the delay is 30 min: ±10 % is ±180 s.
+        let timeout = AttemptOutcome::Timeout;
+        assert_eq!(decide(3, &timeout, 0.0), after(secs(1620)));
+        assert_eq!(decide(3, &timeout, 0.25), after(secs(1710)));
+        assert_eq!(decide(3, &timeout, 0.75), after(secs(1890)));
+        let Decision::RetryAt(top) = decide(3, &timeout, TOP) else {
+            panic!("not a retry")
+        };
+        let top = (top - t0()).to_std().unwrap();
+        assert!(top < secs(1980), "{top:?}");
+        assert!(top >= secs(1980) - Duration::from_micros(1), "{top:?}");
+
+        // A misbehaving source is clamped: never beyond the edges, NaN is no jitter.
+        assert_eq!(decide(3, &timeout, -3.0), after(secs(1620)));
+        assert_eq!(decide(3, &timeout, f64::NEG_INFINITY), after(secs(1620)));
+        assert_eq!(decide(3, &timeout, 7.0), after(secs(1980)));
+        assert_eq!(decide(3, &timeout, f64::INFINITY), after(secs(1980)));
+        assert_eq!(decide(3, &timeout, f64::NAN), after(secs(1800)));
+
+        // Every scheduled delay stays within ±10 %.
+        let policy = RetryPolicy::default();
+        for (i, &delay) in policy.schedule.iter().enumerate() {
+            let made = u32::try_from(i).unwrap() + 1;
+            assert_eq!(decide(made, &timeout, 0.0), after(delay.mul_f64(0.9)));
+            let Decision::RetryAt(high) = decide(made, &timeout, TOP) else {
+                panic!("not a retry")
+            };
+            assert!(high <= t0() + TimeDelta::from_std(delay.mul_f64(1.1)).unwrap());
+            assert!(high > t0() + TimeDelta::from_std(delay.mul_f64(1.099)).unwrap());
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_is_honoured_exactly_without_jitter() {
+        for unit in [0.0, 0.5, TOP] {
+            assert_eq!(decide(1, &status_with(429, "120"), unit), after(secs(120)));
+            assert_eq!(
+                decide(3, &status_with(503, "3600"), unit),
+                after(secs(3600))
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_http_date_is_honoured() {
+        let in_ten_minutes = (t0() + TimeDelta::minutes(10))
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        assert_eq!(
+            decide(1, &status_with(503, &in_ten_minutes), 0.0),
+            after(secs(600))
+        );
+    }
+
+    #[test]
+    fn retry_after_is_capped() {
+        let in_two_days = (t0() + TimeDelta::days(2)).to_rfc2822();
+        for header in ["3601", "86400", "99999999999999999999999", &in_two_days] {
+            assert_eq!(
+                decide(1, &status_with(429, header), 0.5),
+                after(secs(3600)),
                 "{header}"
             );
         }
+    }
+
+    #[test]
+    fn retry_after_no_longer_than_the_schedule_is_ignored() {
+        // After attempt 2 the schedule says 5 min; FixedJitter(0.0) shows the jitter applies.
+        let in_a_minute = (t0() + TimeDelta::minutes(1)).to_rfc2822();
+        let yesterday = (t0() - TimeDelta::days(1)).to_rfc2822();
+        for header in ["0", "60", "299", "300", &in_a_minute, &yesterday] {
+            assert_eq!(
+                decide(2, &status_with(503, header), 0.0),
+                after(secs(270)),
+                "{header}"
+            );
+        }
+        // After attempt 5 the schedule (5 h) exceeds even a capped 24 h request.
         assert_eq!(
-            RetryAfter::parse("Wed, 21 Oct 2015 07:28:00 GMT", t0()),
-            None,
-            "in the past"
+            decide(5, &status_with(503, "86400"), 0.5),
+            after(secs(5 * 3600))
         );
     }
 
     #[test]
-    fn validation() {
-        let base = RetryPolicy::default();
+    fn invalid_retry_after_is_ignored() {
+        for header in [
+            "",
+            " ",
+            "soon",
+            "+120",
+            "-5",
+            "1.5",
+            "12 0",
+            "0x10",
+            "١٢٠",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "Sun, 06 Nov 1994 25:49:37 GMT",
+        ] {
+            assert_eq!(RetryAfter::parse(header, t0()), None, "{header:?}");
+            assert_eq!(
+                decide(1, &status_with(429, header), 0.5),
+                after(secs(5)),
+                "{header:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_retry_after_values() {
+        let now = DateTime::parse_from_rfc3339("1994-11-06T08:47:37Z")
+            .unwrap()
+            .to_utc();
+        for (header, expected) in [
+            ("120", secs(120)),
+            ("  120\t", secs(120)),
+            ("0", Duration::ZERO),
+            ("007", secs(7)),
+            ("18446744073709551615", secs(u64::MAX)),
+            ("18446744073709551616", secs(u64::MAX)),
+            ("Sun, 06 Nov 1994 08:49:37 GMT", secs(120)),
+            ("Sun, 06 Nov 1994 10:49:37 +0200", secs(120)),
+            ("Sun, 06 Nov 1994 08:47:37 GMT", Duration::ZERO),
+            ("Sat, 05 Nov 1994 08:49:37 GMT", Duration::ZERO),
+        ] {
+            assert_eq!(
+                RetryAfter::parse(header, now),
+                Some(RetryAfter(expected)),
+                "{header:?}"
+            );
+        }
+        let half_past = now + TimeDelta::milliseconds(500);
         assert_eq!(
-            RetryPolicy {
+            RetryAfter::parse("Sun, 06 Nov 1994 08:49:37 GMT", half_past),
+            Some(RetryAfter(Duration::from_millis(119_500)))
+        );
+    }
+
+    #[test]
+    fn short_schedule_repeats_its_last_delay_and_long_one_is_cut() {
+        let short = RetryPolicy {
+            schedule: vec![secs(7), secs(11)],
+            max_attempts: 5,
+            jitter: 0.0,
+            max_retry_after: secs(60),
+        };
+        short.validate().unwrap();
+        let mut rng = FixedJitter(0.0);
+        let timeout = AttemptOutcome::Timeout;
+        for (made, delay) in [(1, 7), (2, 11), (3, 11), (4, 11)] {
+            assert_eq!(
+                short.next_attempt(made, &timeout, t0(), &mut rng),
+                after(secs(delay))
+            );
+        }
+        assert_eq!(
+            short.next_attempt(5, &timeout, t0(), &mut rng),
+            Decision::GiveUp(GiveUpReason::MaxAttempts(5))
+        );
+        assert_eq!(short.total_span(), secs(7 + 11 * 3));
+
+        let cut = RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(cut.total_span(), secs(5 + 300));
+        assert_eq!(
+            cut.next_attempt(3, &timeout, t0(), &mut rng),
+            Decision::GiveUp(GiveUpReason::MaxAttempts(3))
+        );
+    }
+
+    #[test]
+    fn total_span_of_extreme_policies() {
+        let single = RetryPolicy {
+            max_attempts: 1,
+            schedule: vec![],
+            ..RetryPolicy::default()
+        };
+        assert_eq!(single.total_span(), Duration::ZERO);
+        let endless = RetryPolicy {
+            max_attempts: u32::MAX,
+            ..RetryPolicy::default()
+        };
+        let repeats = u32::MAX - 1 - 7;
+        assert_eq!(
+            endless.total_span(),
+            secs(99305) + secs(10 * 3600) * repeats
+        );
+        let huge = RetryPolicy {
+            schedule: vec![Duration::MAX],
+            max_attempts: u32::MAX,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(huge.total_span(), MAX_DELAY * (u32::MAX - 1));
+    }
+
+    #[test]
+    fn validation_errors() {
+        let base = RetryPolicy::default();
+        let check = |policy: RetryPolicy| policy.validate();
+        assert_eq!(base.validate(), Ok(()));
+        assert_eq!(
+            check(RetryPolicy {
                 max_attempts: 0,
                 ..base.clone()
-            }
-            .validate(),
+            }),
             Err(RetryPolicyError::NoAttempts)
         );
         assert_eq!(
-            RetryPolicy {
+            check(RetryPolicy {
                 schedule: vec![],
                 ..base.clone()
-            }
-            .validate(),
-            Err(RetryPolicyError::EmptySchedule)
+            }),
+            Err(RetryPolicyError::EmptySchedule { max_attempts: 8 })
         );
         assert_eq!(
-            RetryPolicy {
+            check(RetryPolicy {
                 schedule: vec![],
                 max_attempts: 1,
                 ..base.clone()
-            }
-            .validate(),
+            }),
+            Ok(())
+        );
+        for jitter in [-0.1, 1.0, 2.0, f64::INFINITY] {
+            assert_eq!(
+                check(RetryPolicy {
+                    jitter,
+                    ..base.clone()
+                }),
+                Err(RetryPolicyError::BadJitter(jitter))
+            );
+        }
+        assert!(matches!(
+            check(RetryPolicy {
+                jitter: f64::NAN,
+                ..base.clone()
+            }),
+            Err(RetryPolicyError::BadJitter(j)) if j.is_nan()
+        ));
+        for jitter in [0.0, 0.999] {
+            assert_eq!(
+                check(RetryPolicy {
+                    jitter,
+                    ..base.clone()
+                }),
+                Ok(())
+            );
+        }
+        assert_eq!(
+            check(RetryPolicy {
+                schedule: vec![secs(5), Duration::ZERO],
+                ..base.clone()
+            }),
+            Err(RetryPolicyError::DelayTooShort {
+                index: 1,
+                delay: Duration::ZERO
+            })
+        );
+        let too_long = MAX_DELAY + Duration::from_nanos(1);
+        assert_eq!(
+            check(RetryPolicy {
+                schedule: vec![secs(5), secs(6), too_long],
+                ..base.clone()
+            }),
+            Err(RetryPolicyError::DelayTooLong {
+                index: 2,
+                delay: too_long
+            })
+        );
+        assert_eq!(
+            check(RetryPolicy {
+                schedule: vec![MIN_DELAY, MAX_DELAY],
+                max_retry_after: MAX_DELAY,
+                ..base.clone()
+            }),
             Ok(())
         );
         assert_eq!(
-            RetryPolicy {
-                jitter: 1.0,
-                ..base.clone()
-            }
-            .validate(),
-            Err(RetryPolicyError::BadJitter(1.0))
+            check(RetryPolicy {
+                max_retry_after: too_long,
+                ..base
+            }),
+            Err(RetryPolicyError::RetryAfterCapTooLong(too_long))
         );
-        // More attempts than delays: the last delay repeats.
-        let short = RetryPolicy {
-            schedule: vec![Duration::from_secs(7)],
-            max_attempts: 5,
-            jitter: 0.0,
-            ..base
+        assert_eq!(
+            RetryPolicyError::DelayTooShort {
+                index: 0,
+                delay: Duration::ZERO
+            }
+            .to_string(),
+            "schedule[0] is 0ns, shorter than the minimum 1ms"
+        );
+    }
+
+    #[test]
+    fn extreme_inputs_clamp_instead_of_panicking() {
+        let wild = RetryPolicy {
+            schedule: vec![Duration::ZERO, Duration::MAX],
+            max_attempts: 10,
+            jitter: 5.0,
+            max_retry_after: Duration::MAX,
+        };
+        let timeout = AttemptOutcome::Timeout;
+        let mut rng = FixedJitter(0.0);
+        assert_eq!(
+            wild.next_attempt(1, &timeout, t0(), &mut rng),
+            after(MIN_DELAY)
+        );
+        assert_eq!(
+            wild.next_attempt(2, &timeout, t0(), &mut FixedJitter(1.0)),
+            after(MAX_DELAY * 2)
+        );
+        assert_eq!(
+            wild.next_attempt(1, &status_with(429, "99999999999999999999"), t0(), &mut rng),
+            after(MAX_DELAY)
+        );
+        // At the end of chrono's range the instant saturates.
+        let end = DateTime::<Utc>::MAX_UTC;
+        assert_eq!(
+            RetryPolicy::default().next_attempt(1, &timeout, end, &mut rng),
+            Decision::RetryAt(end)
+        );
+        let empty = RetryPolicy {
+            schedule: vec![],
+            ..RetryPolicy::default()
         };
         assert_eq!(
-            short.next_attempt(4, &AttemptOutcome::Timeout, t0(), &mut FixedJitter(0.5)),
-            Decision::RetryAt(t0() + chrono::Duration::seconds(7))
+            empty.next_attempt(1, &timeout, t0(), &mut rng),
+            after(MIN_DELAY)
         );
+    }
+
+    #[test]
+    fn os_jitter_is_in_range_and_varies() {
+        let samples: Vec<f64> = (0..256).map(|_| OsJitter.unit()).collect();
+        assert!(samples.iter().all(|u| (0.0..1.0).contains(u)));
+        assert!(samples.iter().any(|&u| u != samples[0]));
+    }
+
+    fn any_duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            (0u64..200_000, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+            (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+        ]
+    }
+
+    fn any_outcome() -> impl Strategy<Value = AttemptOutcome> {
+        prop_oneof![
+            3 => (any::<u16>(), proptest::option::of(any_duration())).prop_map(|(code, ra)| {
+                AttemptOutcome::Status { code, retry_after: ra.map(RetryAfter) }
+            }),
+            3 => (prop_oneof![200u16..300, 300u16..600], proptest::option::of(any_duration()))
+                .prop_map(|(code, ra)| AttemptOutcome::Status {
+                    code,
+                    retry_after: ra.map(RetryAfter),
+                }),
+            1 => Just(AttemptOutcome::Timeout),
+            1 => ".{0,20}".prop_map(AttemptOutcome::Connection),
+        ]
+    }
+
+    fn any_attempts() -> impl Strategy<Value = u32> {
+        prop_oneof![0u32..12, any::<u32>()]
+    }
+
+    fn any_unit() -> impl Strategy<Value = f64> {
+        prop_oneof![0.0f64..1.0, Just(0.0), Just(TOP), proptest::num::f64::ANY]
+    }
+
+    /// Instants far enough from chrono's ends that no retry saturates.
+    fn any_now() -> impl Strategy<Value = DateTime<Utc>> {
+        let margin = 10 * MAX_DELAY.as_secs() as i64;
+        let lo = DateTime::<Utc>::MIN_UTC.timestamp() + margin;
+        let hi = DateTime::<Utc>::MAX_UTC.timestamp() - margin;
+        prop_oneof![lo..hi, 0i64..4_102_444_800]
+            .prop_flat_map(|s| (Just(s), 0u32..1_000_000_000))
+            .prop_map(|(s, n)| DateTime::from_timestamp(s, n).unwrap())
+    }
+
+    fn any_valid_policy() -> impl Strategy<Value = RetryPolicy> {
+        let delay = prop_oneof![
+            (1u64..100_000_000).prop_map(Duration::from_micros),
+            (MIN_DELAY.as_nanos() as u64..=MAX_DELAY.as_nanos() as u64)
+                .prop_map(Duration::from_nanos),
+            Just(MIN_DELAY),
+            Just(MAX_DELAY),
+        ];
+        (
+            proptest::collection::vec(delay, 1..10),
+            1u32..20,
+            prop_oneof![0.0f64..1.0, Just(0.0), Just(TOP)],
+            (0..=MAX_DELAY.as_secs()).prop_map(Duration::from_secs),
+        )
+            .prop_map(
+                |(schedule, max_attempts, jitter, max_retry_after)| RetryPolicy {
+                    schedule,
+                    max_attempts,
+                    jitter,
+                    max_retry_after,
+                },
+            )
+    }
+
+    /// now + max(longest delay × (1 + jitter), max_retry_after), the jittered part rounded
+    /// up to the nanosecond.
+    fn latest_retry(policy: &RetryPolicy) -> Duration {
+        let longest = policy.schedule.iter().copied().max().unwrap_or_default();
+        let spread = (longest.as_nanos() as f64 * policy.jitter).ceil() as u64;
+        (longest + Duration::from_nanos(spread)).max(policy.max_retry_after)
+    }
+
+    /// The decision agrees with the classification, and a retry is strictly after `now` and
+    /// no later than [`latest_retry`].
+    fn check_decision(
+        policy: &RetryPolicy,
+        attempts: u32,
+        outcome: &AttemptOutcome,
+        now: DateTime<Utc>,
+        decision: Decision,
+    ) -> Result<(), TestCaseError> {
+        match (classify(outcome), decision) {
+            (Classification::Success, Decision::Delivered) => {}
+            (Classification::Final, Decision::GiveUp(GiveUpReason::FinalStatus(code))) => {
+                prop_assert_eq!(outcome, &status_code_only(outcome, code));
+            }
+            (Classification::Retryable, Decision::GiveUp(GiveUpReason::MaxAttempts(n))) => {
+                prop_assert_eq!(n, attempts.max(1));
+                prop_assert!(n >= policy.max_attempts);
+            }
+            (Classification::Retryable, Decision::RetryAt(at)) => {
+                prop_assert!(attempts.max(1) < policy.max_attempts);
+                prop_assert!(at > now, "{at} is not after {now}");
+                let waited = (at - now).to_std().unwrap();
+                prop_assert!(waited <= latest_retry(policy), "{waited:?}");
+            }
+            (class, decision) => prop_assert!(false, "{class:?} decided {decision:?}"),
+        }
+        Ok(())
+    }
+
+    /// `outcome` when its code is `code`, whatever its `Retry-After`.
+    fn status_code_only(outcome: &AttemptOutcome, code: u16) -> AttemptOutcome {
+        match outcome {
+            AttemptOutcome::Status { retry_after, .. } => AttemptOutcome::Status {
+                code,
+                retry_after: *retry_after,
+            },
+            other => other.clone(),
+        }
     }
 
     proptest! {
         #[test]
-        fn never_panics_and_retries_within_bounds(
-            attempts in 0u32..20,
-            code in 0u16..1000,
-            retry_after in proptest::option::of(0u64..u64::MAX),
-            unit in proptest::num::f64::ANY,
-            delays in proptest::collection::vec(0u64..u64::MAX / 2, 0..10),
-            jitter in 0.0f64..1.0,
-            timestamp in -8_000_000_000i64..250_000_000_000i64,
+        fn default_policy_decisions_are_consistent_and_bounded(
+            attempts in any_attempts(),
+            outcome in any_outcome(),
+            unit in any_unit(),
+            now in any_now(),
         ) {
-            let policy = RetryPolicy {
-                schedule: delays.iter().map(|d| Duration::from_millis(*d)).collect(),
-                max_attempts: 10,
-                jitter,
-                max_retry_after: Duration::from_secs(3600),
-            };
-            let now = DateTime::from_timestamp(timestamp, 0).unwrap();
-            let outcome = AttemptOutcome::Status { code, retry_after: retry_after.map(|s| RetryAfter(Duration::from_secs(s))) };
-            if let Decision::RetryAt(at) = policy.next_attempt(attempts, &outcome, now, &mut FixedJitter(unit)) {
-                prop_assert!(at >= now);
-                let longest = policy.schedule.iter().max().copied().unwrap_or_default().min(MAX_DELAY);
-                let bound = Duration::from_secs_f64(longest.as_secs_f64() * (1.0 + jitter)).max(policy.max_retry_after);
-                prop_assert!((at - now).to_std().unwrap() <= bound + Duration::from_millis(1));
+            let policy = RetryPolicy::default();
+            let decision = policy.next_attempt(attempts, &outcome, now, &mut FixedJitter(unit));
+            check_decision(&policy, attempts, &outcome, now, decision)?;
+        }
+
+        #[test]
+        fn valid_policy_decisions_are_consistent_and_bounded(
+            policy in any_valid_policy(),
+            attempts in any_attempts(),
+            outcome in any_outcome(),
+            unit in any_unit(),
+            now in any_now(),
+        ) {
+            prop_assert_eq!(policy.validate(), Ok(()));
+            let decision = policy.next_attempt(attempts, &outcome, now, &mut FixedJitter(unit));
+            check_decision(&policy, attempts, &outcome, now, decision)?;
+        }
+
+        #[test]
+        fn unvalidated_policies_never_panic(
+            schedule in proptest::collection::vec(any_duration(), 0..5),
+            max_attempts in any::<u32>(),
+            jitter in proptest::num::f64::ANY,
+            max_retry_after in any_duration(),
+            attempts in any_attempts(),
+            outcome in any_outcome(),
+            unit in proptest::num::f64::ANY,
+            now in any_now(),
+        ) {
+            let policy = RetryPolicy { schedule, max_attempts, jitter, max_retry_after };
+            let _ = policy.validate();
+            let _ = policy.total_span();
+            let decision = policy.next_attempt(attempts, &outcome, now, &mut FixedJitter(unit));
+            if let Decision::RetryAt(at) = decision {
+                prop_assert!(at > now);
+                prop_assert!((at - now).to_std().unwrap() <= MAX_DELAY * 2);
             }
+        }
+
+        #[test]
+        fn retry_after_parse_never_panics(value in "\\PC{0,40}", now in any_now()) {
+            let _ = RetryAfter::parse(&value, now);
+        }
+
+        #[test]
+        fn retry_after_round_trips(
+            seconds in 0i64..400_000_000,
+            now in 0i64..4_102_444_800,
+        ) {
+            let now = DateTime::from_timestamp(now, 0).unwrap();
+            let expected = Some(RetryAfter(Duration::from_secs(seconds as u64)));
+            prop_assert_eq!(RetryAfter::parse(&seconds.to_string(), now), expected);
+            let date = (now + TimeDelta::seconds(seconds)).format("%a, %d %b %Y %H:%M:%S GMT");
+            prop_assert_eq!(RetryAfter::parse(&date.to_string(), now), expected);
         }
     }
 }
