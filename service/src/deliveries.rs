@@ -62,6 +62,10 @@ macro_rules! retry_transient {
     }};
 }
 
+/// The policy [`record_success`] applies; built once, not on every report.
+static DEFAULT_POLICY: std::sync::LazyLock<RetryPolicy> =
+    std::sync::LazyLock::new(RetryPolicy::default);
+
 /// Longest error text kept per attempt; a receiver's error page can be large.
 pub const MAX_ERROR_LEN: usize = 2000;
 /// Largest page [`history`] returns.
@@ -414,30 +418,23 @@ pub async fn claim_due<C: ConnectionTrait + TransactionTrait>(
     if limit == 0 {
         return Err(DeliveryError::InvalidLimit(limit));
     }
-    let max_attempts = i32::try_from(policy.max_attempts).unwrap_or(i32::MAX);
-    let lease_until = at(now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX));
-    let now = at(now);
-
     let backend = db.get_database_backend();
-    let (due, mut lease_update) = claim_parts(backend, now, limit, max_attempts, lease_until);
+    let plan = ClaimPlan::new(backend, policy, now, limit, lease);
+    let lease_until = plan.lease_until.to_utc();
     let rows = match backend {
-        DbBackend::MySql => retry_transient!(claim_in_transaction(db, &due, &lease_update))?,
+        DbBackend::MySql => retry_transient!(claim_in_transaction(db, &plan.due, &plan.lease))?,
         _ => {
-            lease_update
-                .and_where(Expr::col(wd::Column::Id).in_subquery(due))
-                .returning_all();
-            let statement = backend.build(&lease_update);
+            let statement = plan.single_statement(backend);
             retry_transient!(wd::Entity::find().from_raw_sql(statement.clone()).all(db))?
         }
     };
-    let now = now.to_utc();
     Ok(rows
         .into_iter()
         // Rows marked exhausted by this claim are not leased to the caller.
         .filter(|row| row.next_retry_at.is_some())
         .map(|row| Claim {
             attempt: row.attempt_count,
-            lease_until: lease_until.to_utc(),
+            lease_until,
             delivery: WebhookDelivery::from_model(row, now),
         })
         .collect())
@@ -445,6 +442,41 @@ pub async fn claim_due<C: ConnectionTrait + TransactionTrait>(
 
 /// The two halves of a claim: the due rows (locked, skipping rows other workers hold, where
 /// the backend can) and the update that leases them.
+struct ClaimPlan {
+    due: SelectStatement,
+    lease: UpdateStatement,
+    lease_until: DateTimeWithTimeZone,
+}
+
+impl ClaimPlan {
+    fn new(
+        backend: DbBackend,
+        policy: &RetryPolicy,
+        now: DateTime<Utc>,
+        limit: u64,
+        lease: Duration,
+    ) -> Self {
+        let max_attempts = i32::try_from(policy.max_attempts).unwrap_or(i32::MAX);
+        let lease_until =
+            at(now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX));
+        let (due, lease) = claim_parts(backend, at(now), limit, max_attempts, lease_until);
+        ClaimPlan {
+            due,
+            lease,
+            lease_until,
+        }
+    }
+
+    /// The whole claim as one `UPDATE … WHERE id IN (due) RETURNING` (PostgreSQL, SQLite).
+    fn single_statement(mut self, backend: DbBackend) -> Statement {
+        backend.build(
+            self.lease
+                .and_where(Expr::col(wd::Column::Id).in_subquery(self.due))
+                .returning_all(),
+        )
+    }
+}
+
 fn claim_parts(
     backend: DbBackend,
     now: DateTimeWithTimeZone,
@@ -511,16 +543,10 @@ pub fn claim_statement(
     limit: u64,
     lease: Duration,
 ) -> Statement {
-    let max_attempts = i32::try_from(policy.max_attempts).unwrap_or(i32::MAX);
-    let lease_until = at(now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX));
-    let (due, mut lease_update) = claim_parts(backend, at(now), limit, max_attempts, lease_until);
+    let plan = ClaimPlan::new(backend, policy, now, limit, lease);
     match backend {
-        DbBackend::MySql => backend.build(&due),
-        _ => backend.build(
-            lease_update
-                .and_where(Expr::col(wd::Column::Id).in_subquery(due))
-                .returning_all(),
-        ),
+        DbBackend::MySql => backend.build(&plan.due),
+        _ => plan.single_statement(backend),
     }
 }
 
@@ -653,7 +679,7 @@ pub async fn record_success<C: ConnectionTrait>(
         db,
         claim,
         &outcome,
-        &RetryPolicy::default(),
+        &DEFAULT_POLICY,
         now,
         &mut crate::retry::FixedJitter(0.5),
     )
