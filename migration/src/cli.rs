@@ -6,19 +6,12 @@
 //! migrations did not create: see [`crate::Migrator`].
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::sea_orm::{ConnectOptions, Database, DbErr};
 
-use crate::Migrator;
-
-/// Where the migrations go when `DATABASE_URL` is not set: a SQLite file in the working
-/// directory, created if missing.
-pub const DEFAULT_DATABASE_URL: &str = "sqlite://webhooks.db?mode=rwc";
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::{CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, Migrator};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -98,7 +91,6 @@ async fn execute(cli: Cli) -> Result<(), String> {
     options
         .set_schema_search_path(cli.database_schema)
         .sqlx_logging(cli.verbose)
-        // An unreachable server fails within seconds instead of sqlx's 30 s default.
         .connect_timeout(CONNECT_TIMEOUT)
         .acquire_timeout(CONNECT_TIMEOUT);
     let db = Database::connect(options)

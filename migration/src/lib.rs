@@ -18,14 +18,24 @@
 pub use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseExecutor;
 
+#[cfg(feature = "cli")]
 pub mod cli;
 mod columns;
+pub mod indexes;
 mod m20261128_000001_baseline;
 mod m20261128_000002_add_webhook_fields_to_agent;
 mod m20261128_000003_delivery_bookkeeping_indexes;
 mod tables;
 
 pub use m20261128_000001_baseline::ensure_baseline_droppable;
+
+/// Where the migration binary, the ops CLI and the service go when `DATABASE_URL` is not set:
+/// a SQLite file in the working directory, created if missing.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://webhooks.db?mode=rwc";
+
+/// How long connecting (and waiting for a pooled connection) may take, so an unreachable
+/// server fails within seconds instead of sqlx's 30 s default.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The ordered list of agent-webhooks migrations.
 pub struct Migrator;

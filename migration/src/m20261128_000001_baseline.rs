@@ -10,9 +10,9 @@ use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{boolean, string, text_null};
 
 use crate::columns::{utc_timestamp, utc_timestamp_default_now};
+use crate::indexes;
 use crate::tables::{Agents, Organizations};
 
-const IX_AGENTS_CREATED_AT: &str = "ix_agents_created_at";
 const FK_AGENTS_ORGANIZATION_ID: &str = "fk_agents_organization_id";
 
 /// The columns an adopted table must have, since the generated entities select them.
@@ -85,13 +85,13 @@ impl MigrationTrait for Migration {
         }
 
         if !manager
-            .has_index(Agents::Table.to_string(), IX_AGENTS_CREATED_AT)
+            .has_index(Agents::Table.to_string(), indexes::AGENTS_CREATED_AT)
             .await?
         {
             manager
                 .create_index(
                     Index::create()
-                        .name(IX_AGENTS_CREATED_AT)
+                        .name(indexes::AGENTS_CREATED_AT)
                         .table(Agents::Table)
                         .col(Agents::CreatedAt)
                         .col(Agents::Id)

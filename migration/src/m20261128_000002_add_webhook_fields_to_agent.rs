@@ -24,10 +24,8 @@ use sea_orm_migration::schema::{
 };
 
 use crate::columns::{utc_timestamp, utc_timestamp_default_now};
+use crate::indexes;
 use crate::tables::{Agents, Organizations, WebhookDeliveries};
-
-const IX_EVENT_ID: &str = "ix_webhook_deliveries_event_id";
-const IX_AGENT_ID: &str = "ix_webhook_deliveries_agent_id";
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -105,8 +103,8 @@ impl MigrationTrait for Migration {
 
         let deliveries = WebhookDeliveries::Table.to_string();
         for (name, column) in [
-            (IX_EVENT_ID, WebhookDeliveries::EventId),
-            (IX_AGENT_ID, WebhookDeliveries::AgentId),
+            (indexes::DELIVERIES_EVENT_ID, WebhookDeliveries::EventId),
+            (indexes::DELIVERIES_AGENT_ID, WebhookDeliveries::AgentId),
         ] {
             if !manager.has_index(&deliveries, name).await? {
                 manager

@@ -1,34 +1,28 @@
-//! Indexes the delivery bookkeeping queries need, and nothing else.
-//!
-//! * `ux_webhook_deliveries_agent_event (agent_id, event_id)`, unique: enqueue is idempotent by
-//!   constraint (`INSERT … ON CONFLICT DO NOTHING`), so two racing callers cannot both insert.
-//! * `ix_webhook_deliveries_next_retry_at (next_retry_at)`: `claim_due` takes the earliest due
-//!   rows by a range scan in this order. Delivered and exhausted rows have a NULL
-//!   `next_retry_at`, so the scan only ever touches undelivered rows.
-//! * `ix_webhook_deliveries_history (agent_id, created_at, id)`: an agent's history, newest
-//!   first, with keyset pagination over `(created_at, id)`.
+//! Indexes the delivery bookkeeping queries need, and nothing else: the unique
+//! `(agent_id, event_id)`, the claim and the history indexes (what each is for: [`crate::indexes`]).
 //!
 //! Each index is created only when missing and dropped only when present, so an interrupted run
 //! on MariaDB can be repeated.
 
 use sea_orm_migration::prelude::*;
 
+use crate::indexes;
 use crate::tables::WebhookDeliveries;
 
 /// `(name, unique, columns)` of every index this migration owns.
 const INDEXES: [(&str, bool, &[WebhookDeliveries]); 3] = [
     (
-        "ux_webhook_deliveries_agent_event",
+        indexes::DELIVERIES_AGENT_EVENT,
         true,
         &[WebhookDeliveries::AgentId, WebhookDeliveries::EventId],
     ),
     (
-        "ix_webhook_deliveries_next_retry_at",
+        indexes::DELIVERIES_NEXT_RETRY_AT,
         false,
         &[WebhookDeliveries::NextRetryAt],
     ),
     (
-        "ix_webhook_deliveries_history",
+        indexes::DELIVERIES_HISTORY,
         false,
         &[
             WebhookDeliveries::AgentId,

@@ -16,12 +16,12 @@ use sea_orm::DatabaseConnection;
 use secrecy::SecretString;
 use serde::Serialize;
 
-use crate::config::{self, WebhookConfig};
 use crate::deliveries::{self, DeliveryState, HistoryQuery};
 use crate::secret_box::KeyRing;
 use crate::settings::WebhookSettings;
 use crate::signing;
 use crate::url_policy::UrlPolicy;
+use crate::webhook::{self, WebhookConfig};
 use crate::webhook_secret::WebhookSecret;
 
 #[derive(Debug, Parser)]
@@ -297,7 +297,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Secrets(SecretsCommand::Rotate { batch }) => {
             let settings = WebhookSettings::from_env()?;
             let db = connect(cli.database_url).await?;
-            let report = config::rotate_secret_keys(&db, &settings, batch).await?;
+            let report = webhook::reseal_secrets(&db, &settings, batch).await?;
             print(json, &report, || {
                 format!(
                     "examined {}, re-sealed {}, skipped {} (changed meanwhile; run again)",
@@ -350,7 +350,7 @@ async fn run_config(
                 webhook_events: events,
                 webhook_enabled: !disabled,
             };
-            let view = config::set_webhook_config(db, settings, &agent, &request).await?;
+            let view = webhook::configure(db, settings, &agent, &request).await?;
             if let (true, Some(secret)) = (generated, &secret) {
                 // Shown once, on purpose: the operator hands it to the receiver.
                 eprintln!("generated signing secret (shown once, store it now):");
@@ -358,9 +358,9 @@ async fn run_config(
             }
             view
         }
-        ConfigCommand::Show { agent } => config::get_webhook_config(db, &agent).await?,
-        ConfigCommand::Disable { agent } => config::disable_webhook(db, &agent).await?,
-        ConfigCommand::Clear { agent } => config::clear_webhook_config(db, &agent).await?,
+        ConfigCommand::Show { agent } => webhook::get(db, &agent).await?,
+        ConfigCommand::Disable { agent } => webhook::disable(db, &agent).await?,
+        ConfigCommand::Clear { agent } => webhook::clear(db, &agent).await?,
     };
     print(json, &view, || {
         format!(
@@ -478,9 +478,9 @@ async fn connect(url: Option<String>) -> Result<DatabaseConnection, Failure> {
     let url = url.unwrap_or_else(|| {
         eprintln!(
             "DATABASE_URL is not set: using the embedded SQLite database {}",
-            crate::db::DEFAULT_DATABASE_URL
+            migration::DEFAULT_DATABASE_URL
         );
-        crate::db::DEFAULT_DATABASE_URL.to_owned()
+        migration::DEFAULT_DATABASE_URL.to_owned()
     });
     crate::db::connect(&url, 2)
         .await

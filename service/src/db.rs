@@ -1,24 +1,21 @@
 //! Connecting to the database the way the service expects.
 
-use std::time::Duration;
-
+use migration::CONNECT_TIMEOUT;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
-
-/// Where the service and the ops CLI go when `DATABASE_URL` is not set; the same embedded SQLite
-/// file the migration binary defaults to.
-pub const DEFAULT_DATABASE_URL: &str = "sqlite://webhooks.db?mode=rwc";
 
 /// Opens a pool on `url` with settings fit for concurrent workers.
 ///
 /// SQLite is switched to write-ahead logging (readers do not block the writer) and keeps sqlx's
 /// 5 s busy timeout, so that concurrent claimers wait for the write lock instead of failing.
+/// Connecting, and waiting for a pooled connection, give up after [`CONNECT_TIMEOUT`], the
+/// migration binary's timeout.
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .max_connections(max_connections)
         .min_connections(0)
-        .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(30))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .acquire_timeout(CONNECT_TIMEOUT)
         .sqlx_logging(false);
     let db = Database::connect(options).await?;
     if db.get_database_backend() == DbBackend::Sqlite {

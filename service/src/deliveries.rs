@@ -1,29 +1,22 @@
 //! Delivery bookkeeping: what to send, what happened, what to try again.
 //!
-//! `webhook_deliveries` is the only source of truth. A sender worker claims due deliveries,
-//! sends them, and reports each outcome; it may crash at any point and the next worker carries
-//! on. The life of a delivery (see `docs/deliveries.md` for the diagram):
+//! `webhook_deliveries` is the only source of truth; a worker may crash at any point and the
+//! next one carries on. The lifecycle diagram and the decisions behind it are in
+//! `docs/deliveries.md`; the states are defined once, on [`DeliveryState`].
 //!
-//! * [`enqueue`] inserts it, due at once, if the agent's webhook is enabled and wants the event.
-//!   The unique index on `(agent_id, event_id)` makes this idempotent, also under races.
-//! * [`claim_due`] leases up to `limit` due deliveries to one worker in one atomic step: it
-//!   bumps `attempt_count` (an attempt has started), clears the previous result and moves
-//!   `next_retry_at` to the end of the lease. A worker that dies lets the lease run out, and the
-//!   delivery becomes due again.
-//! * [`record_outcome`] (or [`record_success`] / [`record_failure`]) stores the result and asks
-//!   the [`RetryPolicy`] what comes next: delivered, a retry at some instant, or exhausted. The
-//!   update is guarded by the claim (attempt number, and no result yet), so a late report from a
-//!   worker whose lease was taken over cannot overwrite the newer attempt.
-//! * [`requeue`] lets an operator send an exhausted delivery again.
-//!
-//! Attempts are counted when they start, not when they fail: a delivery whose sending crashes
-//! its worker still runs out of attempts instead of being retried forever.
-//!
-//! The state is derived from the columns, never stored twice; see [`DeliveryState`].
+//! * [`enqueue`] inserts a delivery, due at once, if the agent's webhook is enabled and wants
+//!   the event; the unique `(agent_id, event_id)` index makes it idempotent, also under races.
+//! * [`claim_due`] leases due deliveries to one worker in one atomic step and counts the
+//!   attempt as started (a delivery that crashes its worker still runs out of attempts).
+//! * [`record_outcome`] stores the result and asks the [`RetryPolicy`](crate::retry::RetryPolicy)
+//!   of the settings what comes next, guarded by the claim so a late report cannot overwrite a
+//!   newer attempt.
+//! * [`requeue`] lets an operator send an exhausted delivery again; [`prune`] keeps the table
+//!   small.
 
 use std::fmt;
+use std::future::Future;
 use std::str::FromStr;
-use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -32,44 +25,25 @@ use entity::{agents, webhook_deliveries as wd};
 use sea_orm::prelude::DateTimeWithTimeZone;
 use sea_orm::sea_query::extension::mysql::{IndexHintScope, MySqlSelectStatementExt};
 use sea_orm::sea_query::{
-    Alias, Expr, ExprTrait, LockBehavior, LockType, Query, SelectStatement, UpdateStatement,
+    Alias, Expr, ExprTrait, Func, LockBehavior, LockType, Query, SelectStatement, UpdateStatement,
 };
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, Order, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, RuntimeErr, Select, Statement,
-    TransactionSession, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, Order, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, RuntimeErr, Select, Statement, TransactionSession,
+    TransactionTrait,
 };
 use serde::Serialize;
 
-use crate::retry::{AttemptOutcome, Decision, GiveUpReason, JitterSource, RetryPolicy};
-
-/// Evaluates and awaits `$step` again when the database aborted it as a deadlock victim or a
-/// serialization failure (SQLSTATE 40001, PostgreSQL 40P01): the step was rolled back whole, so
-/// repeating it is safe, and callers should not see what is a normal event under concurrency.
-/// (A macro rather than a function taking an async closure: such futures lose `Send`.)
-macro_rules! retry_transient {
-    ($step:expr) => {{
-        let mut tries = 0;
-        loop {
-            match $step.await {
-                Err(err) if tries < TRANSIENT_RETRIES && is_transient(&err) => {
-                    tries += 1;
-                    tracing::debug!(%err, tries, "retrying after a transient database error");
-                }
-                result => break result,
-            }
-        }
-    }};
-}
-
-/// The policy [`record_success`] applies; built once, not on every report.
-static DEFAULT_POLICY: std::sync::LazyLock<RetryPolicy> =
-    std::sync::LazyLock::new(RetryPolicy::default);
+use crate::error::{Error, Result};
+use crate::retry::{AttemptOutcome, Decision};
+use crate::settings::WebhookSettings;
 
 /// Longest error text kept per attempt; a receiver's error page can be large.
 pub const MAX_ERROR_LEN: usize = 2000;
-/// Largest page [`history`] returns.
+/// Largest history page, claim or delete batch: bounds the memory and lock time of one call.
 pub const MAX_PAGE_SIZE: u64 = 1000;
+/// The history page size when the caller does not choose one.
+pub const DEFAULT_PAGE_SIZE: u64 = 50;
 
 /// Where a delivery is in its life, derived from its columns at an instant `now`.
 ///
@@ -157,30 +131,35 @@ impl fmt::Display for DeliveryState {
 }
 
 impl FromStr for DeliveryState {
-    type Err = DeliveryError;
+    type Err = UnknownState;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::ALL
             .into_iter()
             .find(|state| state.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| DeliveryError::UnknownState(s.to_owned()))
+            .ok_or_else(|| UnknownState(s.to_owned()))
     }
 }
+
+/// A state name other than pending, leased, delivered, failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown delivery state `{0}`: expected pending, leased, delivered or failed")]
+pub struct UnknownState(pub String);
 
 /// A delivery as the app server and operators see it (the specification's `WebhookDelivery`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct WebhookDelivery {
-    /// `dlv-<uuid v7>`.
+    /// `dlv-<uuid v7>`, so ids sort by creation time.
     pub id: String,
     /// The agent whose webhook this is.
     pub agent_id: String,
-    /// The agent's organization.
+    /// The agent's organization, for tenant checks without a join.
     pub organization_id: String,
-    /// The event's id: the `webhook-id` a receiver uses to drop duplicates.
+    /// The `webhook-id` a receiver uses to drop duplicates.
     pub event_id: String,
     /// The event's type, e.g. `run.completed`.
     pub event_type: String,
-    /// The URL captured when the delivery was enqueued.
+    /// The URL captured at enqueue: a later change of configuration does not redirect it.
     pub webhook_url: String,
     /// HTTP status of the last attempt, if it got a response.
     pub status_code: Option<i32>,
@@ -220,64 +199,6 @@ impl WebhookDelivery {
     }
 }
 
-/// Errors of the delivery bookkeeping.
-#[derive(Debug, thiserror::Error)]
-pub enum DeliveryError {
-    /// No agent has this id.
-    #[error("agent `{0}` not found")]
-    AgentNotFound(String),
-    /// No delivery has this id.
-    #[error("delivery `{0}` not found")]
-    NotFound(String),
-    /// The claim was taken over (its lease ran out and another worker claimed the delivery) or
-    /// already reported; the report was not stored.
-    #[error(
-        "stale claim on delivery `{id}` (attempt {attempt}): the delivery was re-claimed or already reported"
-    )]
-    StaleClaim {
-        /// The delivery.
-        id: String,
-        /// The attempt number the claim was for.
-        attempt: i32,
-    },
-    /// Only exhausted deliveries can be requeued.
-    #[error("delivery `{id}` is {state}, not failed; only failed deliveries can be requeued")]
-    NotRequeueable {
-        /// The delivery.
-        id: String,
-        /// Its current state.
-        state: DeliveryState,
-    },
-    /// The agent's stored event filter cannot be read.
-    #[error("agent `{agent_id}` has an unreadable event filter: {reason}")]
-    CorruptEventFilter {
-        /// The agent.
-        agent_id: String,
-        /// Why it cannot be read.
-        reason: String,
-    },
-    /// An event id or type that cannot be stored or signed.
-    #[error("invalid {field}: {rule}")]
-    InvalidEvent {
-        /// Which argument.
-        field: &'static str,
-        /// The rule it breaks.
-        rule: &'static str,
-    },
-    /// A page size outside 1..=[`MAX_PAGE_SIZE`], or a batch or claim limit of 0.
-    #[error("invalid limit {0}: must be between 1 and {MAX_PAGE_SIZE}")]
-    InvalidLimit(u64),
-    /// A history cursor that this service did not make.
-    #[error("invalid cursor")]
-    BadCursor,
-    /// A state name other than pending, leased, delivered, failed.
-    #[error("unknown delivery state `{0}`: expected pending, leased, delivered or failed")]
-    UnknownState(String),
-    /// The database failed.
-    #[error(transparent)]
-    Db(#[from] DbErr),
-}
-
 /// What [`enqueue`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Enqueued {
@@ -305,21 +226,10 @@ pub enum SkipReason {
 pub struct Claim {
     /// The delivery as claimed (state `Leased`).
     pub delivery: WebhookDelivery,
-    /// The attempt number this claim is for (1 for the first attempt).
+    /// The attempt this claim is for (1 for the first): the guard of [`record_outcome`].
     pub attempt: i32,
     /// When the lease runs out and the delivery becomes due again.
     pub lease_until: DateTime<Utc>,
-}
-
-/// What a report did to the delivery.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Recorded {
-    /// Delivered.
-    Delivered,
-    /// Failed; the next attempt is due at this instant.
-    RetryAt(DateTime<Utc>),
-    /// Failed for good.
-    Exhausted(GiveUpReason),
 }
 
 /// Enqueues `event_id` of `event_type` for the agent's webhook, if it is enabled and wants it.
@@ -332,11 +242,11 @@ pub async fn enqueue<C: ConnectionTrait>(
     event_id: &str,
     event_type: &str,
     now: DateTime<Utc>,
-) -> Result<Enqueued, DeliveryError> {
+) -> Result<Enqueued> {
     check_event_field("event_id", event_id)?;
     // The event id is the `webhook-id` every attempt is signed with: refuse now what could
     // never be signed, rather than fail every attempt later.
-    crate::signing::check_message_id(event_id).map_err(|_| DeliveryError::InvalidEvent {
+    crate::signing::check_message_id(event_id).map_err(|_| Error::InvalidEvent {
         field: "event_id",
         rule: "it is the webhook-id header: visible ASCII only, without `.`",
     })?;
@@ -344,19 +254,14 @@ pub async fn enqueue<C: ConnectionTrait>(
     let agent = agents::Entity::find_by_id(agent_id)
         .one(db)
         .await?
-        .ok_or_else(|| DeliveryError::AgentNotFound(agent_id.to_owned()))?;
+        .ok_or_else(|| Error::AgentNotFound(agent_id.to_owned()))?;
     if !agent.webhook_enabled {
         return Ok(Enqueued::Skipped(SkipReason::Disabled));
     }
     let Some(url) = agent.webhook_url.clone() else {
         return Ok(Enqueued::Skipped(SkipReason::NoUrl));
     };
-    let filter =
-        crate::config::stored_events(&agent).map_err(|e| DeliveryError::CorruptEventFilter {
-            agent_id: agent.id.clone(),
-            reason: e.to_string(),
-        })?;
-    if !filter.wants(event_type) {
+    if !crate::webhook::stored_events(&agent)?.wants(event_type) {
         return Ok(Enqueued::Skipped(SkipReason::NotWanted));
     }
 
@@ -397,35 +302,34 @@ pub async fn enqueue<C: ConnectionTrait>(
     })
 }
 
-/// Leases up to `limit` due deliveries (earliest `next_retry_at` first) to the caller until
-/// `now + lease`.
+/// Leases up to `limit` due deliveries (earliest `next_retry_at` first) to the caller for the
+/// settings' `claim_lease`.
 ///
 /// One atomic step per backend, so concurrent workers never get the same delivery:
 /// PostgreSQL runs one `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`;
 /// SQLite, which serialises writers, one `UPDATE … RETURNING`; MariaDB/MySQL, which have no
 /// `UPDATE … RETURNING`, a transaction of `SELECT … FOR UPDATE SKIP LOCKED`, `UPDATE`, `SELECT`.
 ///
-/// A due delivery whose final attempt's lease ran out without a report is marked exhausted by
-/// the same statement and not returned, so a call may return fewer than `limit` claims while
-/// more deliveries are due; call again until it returns none.
+/// A due delivery whose final attempt (by the settings' `retry.max_attempts`) ran out of lease
+/// without a report is marked exhausted by the same statement and not returned, so a call may
+/// return fewer than `limit` claims while more are due; call again until it returns none.
 pub async fn claim_due<C: ConnectionTrait + TransactionTrait>(
     db: &C,
-    policy: &RetryPolicy,
+    settings: &WebhookSettings,
     now: DateTime<Utc>,
     limit: u64,
-    lease: Duration,
-) -> Result<Vec<Claim>, DeliveryError> {
-    if limit == 0 {
-        return Err(DeliveryError::InvalidLimit(limit));
-    }
+) -> Result<Vec<Claim>> {
+    let limit = check_limit(limit)?;
     let backend = db.get_database_backend();
-    let plan = ClaimPlan::new(backend, policy, now, limit, lease);
+    let plan = ClaimPlan::new(backend, settings, now, limit);
     let lease_until = plan.lease_until.to_utc();
     let rows = match backend {
-        DbBackend::MySql => retry_transient!(claim_in_transaction(db, &plan.due, &plan.lease))?,
+        DbBackend::MySql => {
+            retry_transient(|| claim_in_transaction(db, &plan.due, &plan.lease)).await?
+        }
         _ => {
             let statement = plan.single_statement(backend);
-            retry_transient!(wd::Entity::find().from_raw_sql(statement.clone()).all(db))?
+            retry_transient(|| wd::Entity::find().from_raw_sql(statement.clone()).all(db)).await?
         }
     };
     Ok(rows
@@ -449,17 +353,52 @@ struct ClaimPlan {
 }
 
 impl ClaimPlan {
-    fn new(
-        backend: DbBackend,
-        policy: &RetryPolicy,
-        now: DateTime<Utc>,
-        limit: u64,
-        lease: Duration,
-    ) -> Self {
-        let max_attempts = i32::try_from(policy.max_attempts).unwrap_or(i32::MAX);
-        let lease_until =
-            at(now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX));
-        let (due, lease) = claim_parts(backend, at(now), limit, max_attempts, lease_until);
+    fn new(backend: DbBackend, settings: &WebhookSettings, now: DateTime<Utc>, limit: u64) -> Self {
+        let max_attempts = i32::try_from(settings.retry.max_attempts).unwrap_or(i32::MAX);
+        let lease =
+            chrono::Duration::from_std(settings.claim_lease).unwrap_or(chrono::Duration::MAX);
+        let lease_until = at(now
+            .checked_add_signed(lease)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC));
+
+        let mut due = Query::select();
+        due.column(wd::Column::Id)
+            .from(wd::Entity)
+            .and_where(wd::Column::NextRetryAt.lte(at(now)))
+            .and_where(wd::Column::DeliveredAt.is_null())
+            .order_by(wd::Column::NextRetryAt, Order::Asc)
+            .limit(limit);
+        if backend != DbBackend::Sqlite {
+            due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        }
+        // A due row whose attempts are used up (its final attempt's lease ran out without a
+        // report) is marked exhausted instead of leased, in the same statement, so the claim
+        // never has to scan the due range for such rows separately. `attempt_count` is
+        // assigned last: MySQL evaluates assignments left to right.
+        let used_up = || Expr::col(wd::Column::AttemptCount).gte(max_attempts);
+        let mut lease = Query::update();
+        lease
+            .table(wd::Entity)
+            .value(
+                wd::Column::NextRetryAt,
+                Expr::case(used_up(), Expr::value(None::<DateTimeWithTimeZone>))
+                    .finally(Expr::value(lease_until)),
+            )
+            .value(
+                wd::Column::ErrorMessage,
+                Expr::case(used_up(), Expr::value(LOST_FINAL_ATTEMPT))
+                    .finally(Expr::value(None::<String>)),
+            )
+            .value(
+                wd::Column::StatusCode,
+                Expr::case(used_up(), Expr::col(wd::Column::StatusCode))
+                    .finally(Expr::value(None::<i32>)),
+            )
+            .value(
+                wd::Column::AttemptCount,
+                Expr::case(used_up(), Expr::col(wd::Column::AttemptCount))
+                    .finally(Expr::col(wd::Column::AttemptCount).add(1)),
+            );
         ClaimPlan {
             due,
             lease,
@@ -477,81 +416,12 @@ impl ClaimPlan {
     }
 }
 
-fn claim_parts(
-    backend: DbBackend,
-    now: DateTimeWithTimeZone,
-    limit: u64,
-    max_attempts: i32,
-    lease_until: DateTimeWithTimeZone,
-) -> (SelectStatement, UpdateStatement) {
-    let mut due = Query::select();
-    due.column(wd::Column::Id)
-        .from(wd::Entity)
-        .and_where(wd::Column::NextRetryAt.lte(now))
-        .and_where(wd::Column::DeliveredAt.is_null())
-        .order_by(wd::Column::NextRetryAt, Order::Asc)
-        .limit(limit);
-    if backend != DbBackend::Sqlite {
-        due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
-    }
-    // A due row whose attempts are used up (its final attempt's lease ran out without a
-    // report) is marked exhausted instead of leased, in the same statement, so the claim
-    // never has to scan the due range for such rows separately. `attempt_count` is assigned
-    // last: MySQL evaluates assignments left to right.
-    let used_up = || Expr::col(wd::Column::AttemptCount).gte(max_attempts);
-    let mut lease = Query::update();
-    lease
-        .table(wd::Entity)
-        .value(
-            wd::Column::NextRetryAt,
-            Expr::case(used_up(), Expr::value(None::<DateTimeWithTimeZone>))
-                .finally(Expr::value(lease_until)),
-        )
-        .value(
-            wd::Column::ErrorMessage,
-            Expr::case(used_up(), Expr::value(LOST_FINAL_ATTEMPT))
-                .finally(Expr::value(None::<String>)),
-        )
-        .value(
-            wd::Column::StatusCode,
-            Expr::case(used_up(), Expr::col(wd::Column::StatusCode))
-                .finally(Expr::value(None::<i32>)),
-        )
-        .value(
-            wd::Column::AttemptCount,
-            Expr::case(used_up(), Expr::col(wd::Column::AttemptCount))
-                .finally(Expr::col(wd::Column::AttemptCount).add(1)),
-        );
-    (due, lease)
-}
-
-/// The index behind [`history`] (third migration).
-const HISTORY_INDEX: &str = "ix_webhook_deliveries_history";
-
 /// The error of a delivery whose final attempt's lease ran out without a report.
 const LOST_FINAL_ATTEMPT: &str =
     "no result was reported for the final attempt before its lease ran out";
 
-/// The statement [`claim_due`] sends to pick and lease due rows, for inspection (`EXPLAIN`)
-/// and for benchmarks that send the same SQL without the ORM. On PostgreSQL and SQLite this is
-/// the whole claim (`UPDATE … RETURNING`); on MySQL it is its first step, the locking
-/// `SELECT … FOR UPDATE SKIP LOCKED`.
-pub fn claim_statement(
-    backend: DbBackend,
-    policy: &RetryPolicy,
-    now: DateTime<Utc>,
-    limit: u64,
-    lease: Duration,
-) -> Statement {
-    let plan = ClaimPlan::new(backend, policy, now, limit, lease);
-    match backend {
-        DbBackend::MySql => backend.build(&plan.due),
-        _ => plan.single_statement(backend),
-    }
-}
-
 /// MySQL's claim: lock the due rows, lease them, read them. InnoDB may pick this transaction
-/// as a deadlock victim under concurrency; the caller retries it (`retry_transient!`).
+/// as a deadlock victim under concurrency; the caller retries it ([`retry_transient`]).
 async fn claim_in_transaction<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     due: &SelectStatement,
@@ -582,41 +452,60 @@ async fn claim_in_transaction<C: ConnectionTrait + TransactionTrait>(
 /// How often a statement chosen as a deadlock victim is tried again.
 const TRANSIENT_RETRIES: usize = 5;
 
-fn is_transient(err: &DbErr) -> bool {
-    sqlstate(err).is_some_and(|code| code == "40001" || code == "40P01")
+/// Runs `step` again when the database aborted it as a deadlock victim or a serialization
+/// failure (SQLSTATE 40001, PostgreSQL 40P01): the step was rolled back whole, so repeating it
+/// is safe, and callers should not see what is a normal event under concurrency.
+async fn retry_transient<T, F, Fut>(mut step: F) -> Result<T, DbErr>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, DbErr>>,
+{
+    let mut tries = 0;
+    loop {
+        match step().await {
+            Err(err) if tries < TRANSIENT_RETRIES && is_transient(&err) => {
+                tries += 1;
+                tracing::debug!(%err, tries, "retrying after a transient database error");
+            }
+            result => return result,
+        }
+    }
 }
 
-/// The SQLSTATE of a database error, if it is one.
-fn sqlstate(err: &DbErr) -> Option<String> {
+fn is_transient(err: &DbErr) -> bool {
     let (DbErr::Query(RuntimeErr::SqlxError(e))
     | DbErr::Exec(RuntimeErr::SqlxError(e))
     | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
     else {
-        return None;
+        return false;
     };
     e.as_database_error()
         .and_then(|db| db.code())
-        .map(|code| code.into_owned())
+        .is_some_and(|code| code == "40001" || code == "40P01")
 }
 
-/// Stores the outcome of the claimed attempt and schedules what comes next by `policy`.
+/// Stores the outcome of the claimed attempt and decides, by the settings' retry policy, what
+/// comes next: [`Decision::Delivered`], a retry at an instant (as stored, to the microsecond),
+/// or [`Decision::GiveUp`].
 ///
-/// Fails with [`DeliveryError::StaleClaim`], changing nothing, when the delivery was claimed
-/// again since (the lease ran out) or this attempt was already reported.
+/// Fails with [`Error::StaleClaim`], changing nothing, when the delivery was claimed again
+/// since (the lease ran out) or this attempt was already reported.
 pub async fn record_outcome<C: ConnectionTrait>(
     db: &C,
+    settings: &WebhookSettings,
     claim: &Claim,
     outcome: &AttemptOutcome,
-    policy: &RetryPolicy,
     now: DateTime<Utc>,
-    rng: &mut impl JitterSource,
-) -> Result<Recorded, DeliveryError> {
+) -> Result<Decision> {
     let attempts = u32::try_from(claim.attempt).unwrap_or(0);
-    let decision = policy.next_attempt(attempts, outcome, now, rng);
+    let decision = settings
+        .retry
+        .next_attempt(attempts, outcome, now, &mut crate::retry::OsJitter);
     let status = match outcome {
         AttemptOutcome::Status { code, .. } => Some(i32::from(*code)),
         _ => None,
     };
+    let no_retry = || Expr::value(None::<DateTimeWithTimeZone>);
     let mut update = wd::Entity::update_many()
         .col_expr(wd::Column::StatusCode, Expr::value(status))
         .filter(wd::Column::Id.eq(claim.delivery.id.as_str()))
@@ -624,79 +513,38 @@ pub async fn record_outcome<C: ConnectionTrait>(
         .filter(wd::Column::DeliveredAt.is_null())
         .filter(wd::Column::StatusCode.is_null())
         .filter(wd::Column::ErrorMessage.is_null());
-    let recorded = match decision {
+    let decision = match decision {
         Decision::Delivered => {
             update = update
                 .col_expr(wd::Column::DeliveredAt, Expr::value(Some(at(now))))
-                .col_expr(
-                    wd::Column::NextRetryAt,
-                    Expr::value(None::<DateTimeWithTimeZone>),
-                );
-            Recorded::Delivered
+                .col_expr(wd::Column::NextRetryAt, no_retry());
+            decision
         }
         Decision::RetryAt(next) => {
             update = update
                 .col_expr(wd::Column::ErrorMessage, Expr::value(error_text(outcome)))
                 .col_expr(wd::Column::NextRetryAt, Expr::value(Some(at(next))));
-            Recorded::RetryAt(at(next).to_utc())
+            Decision::RetryAt(at(next).to_utc())
         }
-        Decision::GiveUp(reason) => {
+        Decision::GiveUp(_) => {
             update = update
                 .col_expr(wd::Column::ErrorMessage, Expr::value(error_text(outcome)))
-                .col_expr(
-                    wd::Column::NextRetryAt,
-                    Expr::value(None::<DateTimeWithTimeZone>),
-                );
-            Recorded::Exhausted(reason)
+                .col_expr(wd::Column::NextRetryAt, no_retry());
+            decision
         }
     };
-    let result = retry_transient!(update.clone().exec(db))?;
-    if result.rows_affected == 0 {
-        return Err(DeliveryError::StaleClaim {
+    if retry_transient(|| update.clone().exec(db))
+        .await?
+        .rows_affected
+        == 0
+    {
+        return Err(Error::StaleClaim {
             id: claim.delivery.id.clone(),
             attempt: claim.attempt,
         });
     }
-    tracing::debug!(delivery = %claim.delivery.id, attempt = claim.attempt, ?recorded, "recorded attempt");
-    Ok(recorded)
-}
-
-/// Records that the receiver accepted the claimed attempt with `status_code` (2xx).
-///
-/// A status outside 2xx is recorded as the failure it is, by the default policy's rules; call
-/// [`record_outcome`] to use another policy.
-pub async fn record_success<C: ConnectionTrait>(
-    db: &C,
-    claim: &Claim,
-    status_code: u16,
-    now: DateTime<Utc>,
-) -> Result<Recorded, DeliveryError> {
-    let outcome = AttemptOutcome::Status {
-        code: status_code,
-        retry_after: None,
-    };
-    record_outcome(
-        db,
-        claim,
-        &outcome,
-        &DEFAULT_POLICY,
-        now,
-        &mut crate::retry::FixedJitter(0.5),
-    )
-    .await
-}
-
-/// Records a failed attempt (an error status, a timeout or a connection error) and schedules
-/// the next one by `policy`, or marks the delivery exhausted.
-pub async fn record_failure<C: ConnectionTrait>(
-    db: &C,
-    claim: &Claim,
-    outcome: &AttemptOutcome,
-    policy: &RetryPolicy,
-    now: DateTime<Utc>,
-    rng: &mut impl JitterSource,
-) -> Result<Recorded, DeliveryError> {
-    record_outcome(db, claim, outcome, policy, now, rng).await
+    tracing::debug!(delivery = %claim.delivery.id, attempt = claim.attempt, ?decision, "recorded attempt");
+    Ok(decision)
 }
 
 /// Makes an exhausted delivery due again at `now`, with a fresh budget of attempts. The last
@@ -705,13 +553,14 @@ pub async fn requeue<C: ConnectionTrait>(
     db: &C,
     id: &str,
     now: DateTime<Utc>,
-) -> Result<WebhookDelivery, DeliveryError> {
+) -> Result<WebhookDelivery> {
+    let not_requeueable = |current: WebhookDelivery| Error::NotRequeueable {
+        id: id.to_owned(),
+        state: current.state,
+    };
     let current = get(db, id, now).await?;
     if current.state != DeliveryState::Failed {
-        return Err(DeliveryError::NotRequeueable {
-            id: id.to_owned(),
-            state: current.state,
-        });
+        return Err(not_requeueable(current));
     }
     let result = wd::Entity::update_many()
         .col_expr(wd::Column::NextRetryAt, Expr::value(Some(at(now))))
@@ -722,11 +571,7 @@ pub async fn requeue<C: ConnectionTrait>(
         .await?;
     if result.rows_affected == 0 {
         // Requeued (or deleted) by someone else in between.
-        let current = get(db, id, now).await?;
-        return Err(DeliveryError::NotRequeueable {
-            id: id.to_owned(),
-            state: current.state,
-        });
+        return Err(not_requeueable(get(db, id, now).await?));
     }
     get(db, id, now).await
 }
@@ -736,12 +581,12 @@ pub async fn get<C: ConnectionTrait>(
     db: &C,
     id: &str,
     now: DateTime<Utc>,
-) -> Result<WebhookDelivery, DeliveryError> {
+) -> Result<WebhookDelivery> {
     wd::Entity::find_by_id(id)
         .one(db)
         .await?
         .map(|row| WebhookDelivery::from_model(row, now))
-        .ok_or_else(|| DeliveryError::NotFound(id.to_owned()))
+        .ok_or_else(|| Error::DeliveryNotFound(id.to_owned()))
 }
 
 /// Filters and position of a [`history`] page.
@@ -753,7 +598,7 @@ pub struct HistoryQuery {
     pub event_type: Option<String>,
     /// Where the previous page ended ([`HistoryPage::next_cursor`]); `None` for the first page.
     pub cursor: Option<String>,
-    /// Page size, 1..=[`MAX_PAGE_SIZE`]; 0 means 50.
+    /// Page size, 1..=[`MAX_PAGE_SIZE`]; 0 means [`DEFAULT_PAGE_SIZE`].
     pub limit: u64,
 }
 
@@ -776,7 +621,7 @@ pub async fn history<C: ConnectionTrait>(
     agent_id: &str,
     query: &HistoryQuery,
     now: DateTime<Utc>,
-) -> Result<HistoryPage, DeliveryError> {
+) -> Result<HistoryPage> {
     let (select, limit) = history_select(db.get_database_backend(), agent_id, query, now)?;
     let mut rows = select.all(db).await?;
     let more = rows.len() as u64 > limit;
@@ -794,18 +639,17 @@ pub async fn history<C: ConnectionTrait>(
     })
 }
 
-/// The query [`history`] runs for one page (it fetches one row more than the page size to
-/// know whether another page follows), with that page size; exposed for `EXPLAIN`.
-pub fn history_select(
+/// The query of one [`history`] page (one row more than the page, to know whether another
+/// follows), with the page size.
+fn history_select(
     backend: DbBackend,
     agent_id: &str,
     query: &HistoryQuery,
     now: DateTime<Utc>,
-) -> Result<(Select<wd::Entity>, u64), DeliveryError> {
+) -> Result<(Select<wd::Entity>, u64)> {
     let limit = match query.limit {
-        0 => 50,
-        n if n > MAX_PAGE_SIZE => return Err(DeliveryError::InvalidLimit(n)),
-        n => n,
+        0 => DEFAULT_PAGE_SIZE,
+        n => check_limit(n)?,
     };
     let mut select = wd::Entity::find().filter(wd::Column::AgentId.eq(agent_id));
     if let Some(state) = query.state {
@@ -834,7 +678,10 @@ pub fn history_select(
     if backend == DbBackend::MySql {
         // MariaDB otherwise reads the index by `agent_id` alone and filters the rows newer
         // than the cursor one by one, so page 100 costs 10x page 1 (measured by the bench).
-        QueryTrait::query(&mut select).force_index(Alias::new(HISTORY_INDEX), IndexHintScope::All);
+        QueryTrait::query(&mut select).force_index(
+            Alias::new(migration::indexes::DELIVERIES_HISTORY),
+            IndexHintScope::All,
+        );
     }
     Ok((select, limit))
 }
@@ -856,35 +703,60 @@ pub struct DeliveryStats {
     pub consecutive_failures: u64,
 }
 
-/// Counts by state, last success and the current run of failures of one agent.
+/// Counts by state, last success and the current run of failures of one agent, in one query.
 pub async fn stats<C: ConnectionTrait>(
     db: &C,
     agent_id: &str,
     now: DateTime<Utc>,
-) -> Result<DeliveryStats, DeliveryError> {
-    let of_agent = || wd::Entity::find().filter(wd::Column::AgentId.eq(agent_id));
-    let mut stats = DeliveryStats::default();
+) -> Result<DeliveryStats> {
+    // `created_at` of the most recently delivered delivery: failures after it are the run.
+    let last_success_created = || {
+        let mut last = Query::select();
+        last.column(wd::Column::CreatedAt)
+            .from(wd::Entity)
+            .and_where(wd::Column::AgentId.eq(agent_id))
+            .and_where(wd::Column::DeliveredAt.is_not_null())
+            .order_by(wd::Column::DeliveredAt, Order::Desc)
+            .limit(1);
+        Expr::SubQuery(None, Box::new(last.into()))
+    };
+    let in_run = Condition::any()
+        .add(last_success_created().is_null())
+        .add(Expr::col(wd::Column::CreatedAt).gt(last_success_created()));
+    let count = |condition: Condition| Func::count(Expr::case(condition, Expr::val(1)));
+    let mut select = Query::select();
+    select
+        .from(wd::Entity)
+        .and_where(wd::Column::AgentId.eq(agent_id));
     for state in DeliveryState::ALL {
-        let count = of_agent().filter(state.condition(now)).count(db).await?;
-        match state {
-            DeliveryState::Pending => stats.pending = count,
-            DeliveryState::Leased => stats.leased = count,
-            DeliveryState::Delivered => stats.delivered = count,
-            DeliveryState::Failed => stats.failed = count,
-        }
+        select.expr_as(count(state.condition(now)), Alias::new(state.as_str()));
     }
-    let last_success = of_agent()
-        .filter(wd::Column::DeliveredAt.is_not_null())
-        .order_by_desc(wd::Column::DeliveredAt)
-        .one(db)
-        .await?;
-    let mut failures = of_agent().filter(DeliveryState::Failed.condition(now));
-    if let Some(last) = &last_success {
-        stats.last_success_at = last.delivered_at.map(|t| t.to_utc());
-        failures = failures.filter(wd::Column::CreatedAt.gt(last.created_at));
-    }
-    stats.consecutive_failures = failures.count(db).await?;
-    Ok(stats)
+    select
+        .expr_as(
+            Func::max(Expr::col(wd::Column::DeliveredAt)),
+            Alias::new("last_success_at"),
+        )
+        .expr_as(
+            count(DeliveryState::Failed.condition(now).add(in_run)),
+            Alias::new("consecutive_failures"),
+        );
+    let row = db
+        .query_one(&select)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("an aggregate returned no row".to_owned()))?;
+    let count_of = |name: &str| -> Result<u64> {
+        let n: i64 = row.try_get("", name)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    };
+    let last: Option<DateTimeWithTimeZone> = row.try_get("", "last_success_at")?;
+    Ok(DeliveryStats {
+        pending: count_of(DeliveryState::Pending.as_str())?,
+        leased: count_of(DeliveryState::Leased.as_str())?,
+        delivered: count_of(DeliveryState::Delivered.as_str())?,
+        failed: count_of(DeliveryState::Failed.as_str())?,
+        last_success_at: last.map(|t| t.to_utc()),
+        consecutive_failures: count_of("consecutive_failures")?,
+    })
 }
 
 /// Deletes delivered and exhausted deliveries enqueued before `older_than`, `batch` rows per
@@ -894,10 +766,8 @@ pub async fn prune<C: ConnectionTrait>(
     db: &C,
     older_than: DateTime<Utc>,
     batch: u64,
-) -> Result<u64, DeliveryError> {
-    if batch == 0 {
-        return Err(DeliveryError::InvalidLimit(batch));
-    }
+) -> Result<u64> {
+    let batch = check_limit(batch)?;
     let finished_before = Condition::all()
         .add(wd::Column::CreatedAt.lt(at(older_than)))
         .add(wd::Column::NextRetryAt.is_null());
@@ -933,6 +803,37 @@ pub async fn prune<C: ConnectionTrait>(
     }
 }
 
+/// Statements exposed for `EXPLAIN` tests and the benchmark's raw-SQL baseline; not an API.
+#[doc(hidden)]
+pub mod testing {
+    use super::*;
+
+    /// The statement [`claim_due`] sends to pick and lease due rows: on PostgreSQL and SQLite
+    /// the whole claim; on MySQL its first step, the locking `SELECT`.
+    pub fn claim_statement(
+        backend: DbBackend,
+        settings: &WebhookSettings,
+        now: DateTime<Utc>,
+        limit: u64,
+    ) -> Statement {
+        let plan = ClaimPlan::new(backend, settings, now, limit);
+        match backend {
+            DbBackend::MySql => backend.build(&plan.due),
+            _ => plan.single_statement(backend),
+        }
+    }
+
+    /// The query of one [`history`] page and its page size.
+    pub fn history_select(
+        backend: DbBackend,
+        agent_id: &str,
+        query: &HistoryQuery,
+        now: DateTime<Utc>,
+    ) -> Result<(Select<wd::Entity>, u64)> {
+        super::history_select(backend, agent_id, query, now)
+    }
+}
+
 /// An instant as stored: UTC, truncated to microseconds (the precision of PostgreSQL and
 /// MariaDB), so that what is written compares equal to what is read back.
 fn at(t: DateTime<Utc>) -> DateTimeWithTimeZone {
@@ -942,9 +843,17 @@ fn at(t: DateTime<Utc>) -> DateTimeWithTimeZone {
     micros.fixed_offset()
 }
 
-fn check_event_field(field: &'static str, value: &str) -> Result<(), DeliveryError> {
+pub(crate) fn check_limit(limit: u64) -> Result<u64> {
+    if (1..=MAX_PAGE_SIZE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(Error::InvalidLimit(limit))
+    }
+}
+
+fn check_event_field(field: &'static str, value: &str) -> Result<()> {
     if value.trim().is_empty() || value.len() > 255 {
-        return Err(DeliveryError::InvalidEvent {
+        return Err(Error::InvalidEvent {
             field,
             rule: "must be 1 to 255 characters",
         });
@@ -972,14 +881,18 @@ fn encode_cursor(created_at: DateTime<Utc>, id: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}|{id}", created_at.timestamp_micros()))
 }
 
-fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, String), DeliveryError> {
-    let bytes = URL_SAFE_NO_PAD
+fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, String)> {
+    let text = URL_SAFE_NO_PAD
         .decode(cursor)
-        .map_err(|_| DeliveryError::BadCursor)?;
-    let text = String::from_utf8(bytes).map_err(|_| DeliveryError::BadCursor)?;
-    let (micros, id) = text.split_once('|').ok_or(DeliveryError::BadCursor)?;
-    let micros: i64 = micros.parse().map_err(|_| DeliveryError::BadCursor)?;
-    let created_at = DateTime::from_timestamp_micros(micros).ok_or(DeliveryError::BadCursor)?;
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or(Error::BadCursor)?;
+    let (micros, id) = text.split_once('|').ok_or(Error::BadCursor)?;
+    let created_at = micros
+        .parse()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or(Error::BadCursor)?;
     Ok((created_at, id.to_owned()))
 }
 
@@ -998,10 +911,7 @@ mod tests {
             "bm90IGEgY3Vyc29y",
             &URL_SAFE_NO_PAD.encode("abc|id"),
         ] {
-            assert!(
-                matches!(decode_cursor(bad), Err(DeliveryError::BadCursor)),
-                "{bad}"
-            );
+            assert!(matches!(decode_cursor(bad), Err(Error::BadCursor)), "{bad}");
         }
     }
 
@@ -1011,6 +921,14 @@ mod tests {
             assert_eq!(state.as_str().parse::<DeliveryState>().unwrap(), state);
         }
         assert!("exhausted".parse::<DeliveryState>().is_err());
+    }
+
+    #[test]
+    fn limits_outside_one_to_max_are_refused_not_wrapped() {
+        for bad in [0, MAX_PAGE_SIZE + 1, u64::MAX] {
+            assert!(matches!(check_limit(bad), Err(Error::InvalidLimit(n)) if n == bad));
+        }
+        assert_eq!(check_limit(MAX_PAGE_SIZE).unwrap(), MAX_PAGE_SIZE);
     }
 
     #[test]

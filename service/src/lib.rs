@@ -3,11 +3,13 @@
 //! delivery.
 //!
 //! Every database function is a plain `async fn` over any [`sea_orm::ConnectionTrait`] (a
-//! pool or a transaction), like SeaORM's own service examples.
+//! pool or a transaction), like SeaORM's own service examples; those that depend on a setting
+//! take the one [`WebhookSettings`](settings::WebhookSettings), and all of them fail with the
+//! one [`Error`].
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`config`] | set/get/disable/clear an agent's webhook; read models that never carry the secret |
+//! | [`webhook`] | set/get/disable/clear an agent's webhook; read models that never carry the secret |
 //! | [`url_policy`] | which webhook URLs are allowed (SSRF defence), at configuration and at connect time |
 //! | [`events`] | the event catalogue and event filters |
 //! | [`webhook_secret`] | accepted signing-secret forms, generation |
@@ -22,9 +24,9 @@
 #![warn(missing_docs)]
 
 pub mod cli;
-pub mod config;
 pub mod db;
 pub mod deliveries;
+mod error;
 pub mod events;
 pub mod retry;
 pub mod secret_box;
@@ -32,4 +34,7 @@ pub mod sender;
 pub mod settings;
 pub mod signing;
 pub mod url_policy;
+pub mod webhook;
 pub mod webhook_secret;
+
+pub use error::{Error, Result};

@@ -1,9 +1,9 @@
 //! What a sender worker needs for one claimed delivery, in one call: the URL, the signed
 //! Standard Webhooks headers and the body bytes to send unchanged.
 //!
-//! The secret is opened from the agent's row (see [`crate::config`]) and used only to sign;
+//! The secret is opened from the agent's row (see [`crate::webhook`]) and used only to sign;
 //! [`OutgoingRequest`] does not hold it. A delivery whose agent has no secret is not sent
-//! unsigned: [`prepare_request`] fails with [`SendError::NoSecret`].
+//! unsigned: [`prepare_request`] fails with [`Error::NoSecret`].
 //!
 //! The URL was checked when it was configured; it is checked again here against the current
 //! policy, and the sender must still vet the addresses it connects to with
@@ -14,11 +14,11 @@
 use chrono::{DateTime, Utc};
 use sea_orm::ConnectionTrait;
 
-use crate::config::{self, ConfigError};
 use crate::deliveries::Claim;
+use crate::error::{Error, Result};
 use crate::settings::WebhookSettings;
-use crate::signing::{self, SignError, SignedHeaders};
-use crate::url_policy::UrlPolicyError;
+use crate::signing::{self, SignedHeaders};
+use crate::webhook;
 
 /// An HTTP request ready to send: POST `body` to `url` with `headers` and
 /// `content-type: application/json`.
@@ -32,23 +32,6 @@ pub struct OutgoingRequest {
     pub body: Vec<u8>,
 }
 
-/// Why a delivery cannot be prepared.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// The agent has no signing secret; deliveries are never sent unsigned.
-    #[error("agent `{0}` has no webhook secret; refusing to send an unsigned delivery")]
-    NoSecret(String),
-    /// The captured URL is not allowed by the current policy.
-    #[error("delivery URL rejected: {0}")]
-    Url(#[from] UrlPolicyError),
-    /// Signing failed.
-    #[error(transparent)]
-    Sign(#[from] SignError),
-    /// The agent or its secret could not be read.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-}
-
 /// Signs `body` for the claimed delivery at `now`: `webhook-id` is the delivery's `event_id`, so
 /// a receiver can drop duplicates of a retried event.
 pub async fn prepare_request<C: ConnectionTrait>(
@@ -57,12 +40,12 @@ pub async fn prepare_request<C: ConnectionTrait>(
     claim: &Claim,
     body: Vec<u8>,
     now: DateTime<Utc>,
-) -> Result<OutgoingRequest, SendError> {
+) -> Result<OutgoingRequest> {
     let delivery = &claim.delivery;
     let url = settings.url_policy.check(&delivery.webhook_url)?;
-    let secret = config::reveal_secret(db, settings, &delivery.agent_id)
+    let secret = webhook::reveal_secret(db, settings, &delivery.agent_id)
         .await?
-        .ok_or_else(|| SendError::NoSecret(delivery.agent_id.clone()))?;
+        .ok_or_else(|| Error::NoSecret(delivery.agent_id.clone()))?;
     let headers = signing::sign(&[&secret], &delivery.event_id, now.timestamp(), &body)?;
     Ok(OutgoingRequest { url, headers, body })
 }

@@ -1,43 +1,60 @@
 //! Settings of the webhook service, read from the environment.
 //!
+//! Every database-facing operation that depends on a setting takes the one
+//! [`WebhookSettings`] (as svix-server hands its workers one configuration), so a variable that
+//! is set is a variable that is read.
+//!
 //! | variable | meaning | default |
 //! |---|---|---|
 //! | `WEBHOOK_URL_POLICY` | `production` (https, public targets only) or `development` (also http, loopback and private targets) | `production` |
 //! | `WEBHOOK_SECRET_KEYS` | `id:<base64 32 bytes>,…`; the first key seals, all keys open (see [`crate::secret_box`]) | none: secrets cannot be written |
-//! | `WEBHOOK_MAX_ATTEMPTS` | attempts per delivery before it is exhausted, 1..=50 | 8 |
-//! | `WEBHOOK_CLAIM_LEASE_SECS` | how long a worker holds a claimed delivery, 1..=3600 | 60 |
-//! | `WEBHOOK_SIGNATURE_TOLERANCE_SECS` | accepted clock skew when verifying signatures, 1..=3600 | 300 |
+//! | `WEBHOOK_MAX_ATTEMPTS` | attempts per delivery before it is exhausted ([`MAX_ATTEMPTS`]) | 8 ([`RetryPolicy::default`]) |
+//! | `WEBHOOK_CLAIM_LEASE_SECS` | how long [`claim_due`](crate::deliveries::claim_due) leases a delivery to its worker ([`CLAIM_LEASE_SECS`]) | 60 ([`DEFAULT_CLAIM_LEASE`]) |
+//! | `WEBHOOK_SIGNATURE_TOLERANCE_SECS` | accepted clock skew when the ops CLI verifies signatures ([`SIGNATURE_TOLERANCE_SECS`]) | 300 ([`DEFAULT_TOLERANCE`]) |
 //!
 //! A development policy is never implied: it must be asked for by name.
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::retry::RetryPolicy;
-use crate::secret_box::KeyRing;
-use crate::url_policy::UrlPolicy;
+use crate::secret_box::{KeyRing, KeyRingError};
+use crate::signing::DEFAULT_TOLERANCE;
+use crate::url_policy::{ParseUrlPolicyError, UrlPolicy};
 
 /// The environment variable names, in one place.
 pub mod vars {
-    /// See the module documentation.
+    /// See the [module documentation](super).
     pub const URL_POLICY: &str = "WEBHOOK_URL_POLICY";
-    /// See the module documentation.
+    /// See the [module documentation](super).
     pub const SECRET_KEYS: &str = "WEBHOOK_SECRET_KEYS";
-    /// See the module documentation.
+    /// See the [module documentation](super).
     pub const MAX_ATTEMPTS: &str = "WEBHOOK_MAX_ATTEMPTS";
-    /// See the module documentation.
+    /// See the [module documentation](super).
     pub const CLAIM_LEASE_SECS: &str = "WEBHOOK_CLAIM_LEASE_SECS";
-    /// See the module documentation.
+    /// See the [module documentation](super).
     pub const SIGNATURE_TOLERANCE_SECS: &str = "WEBHOOK_SIGNATURE_TOLERANCE_SECS";
 }
+
+/// Accepted attempt budgets: more than 50 attempts is a unit mix-up, not a policy.
+pub const MAX_ATTEMPTS: RangeInclusive<u32> = 1..=50;
+/// Accepted claim leases in seconds: a lease must outlive one HTTP attempt, and a lease of more
+/// than an hour keeps a crashed worker's deliveries stuck for that long.
+pub const CLAIM_LEASE_SECS: RangeInclusive<u32> = 1..=3600;
+/// Accepted signature tolerances in seconds.
+pub const SIGNATURE_TOLERANCE_SECS: RangeInclusive<u32> = 1..=3600;
+/// How long a claimed delivery stays leased when `WEBHOOK_CLAIM_LEASE_SECS` is not set: well
+/// above an HTTP attempt's timeout, short enough that a crashed worker's deliveries resume soon.
+pub const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(60);
 
 /// Everything the service functions need to know besides the database.
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
-    /// Which webhook URLs are accepted.
+    /// Which webhook URLs are accepted, when configured and when sent.
     pub url_policy: UrlPolicy,
     /// Keys that seal and open stored secrets; `None` when not configured.
     pub keys: Option<KeyRing>,
-    /// When failed deliveries are tried again.
+    /// When failed deliveries are tried again, and how often at most.
     pub retry: RetryPolicy,
     /// How long a claimed delivery stays leased to its worker.
     pub claim_lease: Duration,
@@ -52,20 +69,40 @@ impl Default for WebhookSettings {
             url_policy: UrlPolicy::Production,
             keys: None,
             retry: RetryPolicy::default(),
-            claim_lease: Duration::from_secs(60),
-            signature_tolerance: Duration::from_secs(300),
+            claim_lease: DEFAULT_CLAIM_LEASE,
+            signature_tolerance: DEFAULT_TOLERANCE,
         }
     }
 }
 
-/// A setting with a value that cannot be used.
+/// A setting whose value cannot be used; names the variable, never a key.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid {var}: {reason}")]
+#[error("invalid {var}: {problem}")]
 pub struct SettingsError {
     /// The variable.
     pub var: &'static str,
-    /// What is wrong with it (never the value of a key).
-    pub reason: String,
+    /// What is wrong with its value.
+    #[source]
+    pub problem: SettingProblem,
+}
+
+/// What is wrong with a setting's value.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingProblem {
+    /// Not a URL policy name.
+    #[error(transparent)]
+    UrlPolicy(#[from] ParseUrlPolicyError),
+    /// Not a usable key ring.
+    #[error(transparent)]
+    Keys(#[from] KeyRingError),
+    /// Not a whole number in the accepted range.
+    #[error("expected a whole number from {} to {}, got `{got}`", range.start(), range.end())]
+    OutOfRange {
+        /// The accepted range.
+        range: RangeInclusive<u32>,
+        /// The value as given (a number, never key material).
+        got: String,
+    },
 }
 
 impl WebhookSettings {
@@ -80,52 +117,44 @@ impl WebhookSettings {
         let get = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
         let mut settings = WebhookSettings::default();
         if let Some(value) = get(vars::URL_POLICY) {
-            settings.url_policy = value.parse().map_err(|e| SettingsError {
-                var: vars::URL_POLICY,
-                reason: format!("{e}"),
-            })?;
+            settings.url_policy = value
+                .parse::<UrlPolicy>()
+                .map_err(SettingProblem::from)
+                .map_err(fail(vars::URL_POLICY))?;
         }
         if let Some(value) = get(vars::SECRET_KEYS) {
-            settings.keys = Some(KeyRing::parse(&value).map_err(|e| SettingsError {
-                var: vars::SECRET_KEYS,
-                reason: e.to_string(),
-            })?);
+            let keys = KeyRing::parse(&value)
+                .map_err(SettingProblem::from)
+                .map_err(fail(vars::SECRET_KEYS))?;
+            settings.keys = Some(keys);
         }
         if let Some(value) = get(vars::MAX_ATTEMPTS) {
-            settings.retry.max_attempts = parse_in_range(vars::MAX_ATTEMPTS, &value, 1, 50)?;
-            settings.retry.validate().map_err(|e| SettingsError {
-                var: vars::MAX_ATTEMPTS,
-                reason: e.to_string(),
-            })?;
+            settings.retry.max_attempts =
+                in_range(&value, MAX_ATTEMPTS).map_err(fail(vars::MAX_ATTEMPTS))?;
         }
         if let Some(value) = get(vars::CLAIM_LEASE_SECS) {
-            settings.claim_lease = Duration::from_secs(
-                parse_in_range(vars::CLAIM_LEASE_SECS, &value, 1, 3600)?.into(),
-            );
+            let secs = in_range(&value, CLAIM_LEASE_SECS).map_err(fail(vars::CLAIM_LEASE_SECS))?;
+            settings.claim_lease = Duration::from_secs(secs.into());
         }
         if let Some(value) = get(vars::SIGNATURE_TOLERANCE_SECS) {
-            settings.signature_tolerance = Duration::from_secs(
-                parse_in_range(vars::SIGNATURE_TOLERANCE_SECS, &value, 1, 3600)?.into(),
-            );
+            let secs = in_range(&value, SIGNATURE_TOLERANCE_SECS)
+                .map_err(fail(vars::SIGNATURE_TOLERANCE_SECS))?;
+            settings.signature_tolerance = Duration::from_secs(secs.into());
         }
         Ok(settings)
     }
 }
 
-fn parse_in_range(
-    var: &'static str,
-    value: &str,
-    min: u32,
-    max: u32,
-) -> Result<u32, SettingsError> {
+fn fail(var: &'static str) -> impl Fn(SettingProblem) -> SettingsError {
+    move |problem| SettingsError { var, problem }
+}
+
+fn in_range(value: &str, range: RangeInclusive<u32>) -> Result<u32, SettingProblem> {
     match value.trim().parse::<u32>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(SettingsError {
-            var,
-            reason: format!(
-                "expected a whole number from {min} to {max}, got `{}`",
-                value.trim()
-            ),
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(SettingProblem::OutOfRange {
+            range,
+            got: value.trim().to_owned(),
         }),
     }
 }
@@ -150,7 +179,7 @@ mod tests {
         assert!(s.keys.is_none());
         assert_eq!(s.claim_lease, Duration::from_secs(60));
         assert_eq!(s.signature_tolerance, Duration::from_secs(300));
-        assert_eq!(s.retry.max_attempts, RetryPolicy::default().max_attempts);
+        assert_eq!(s.retry, RetryPolicy::default());
     }
 
     #[test]
@@ -178,6 +207,7 @@ mod tests {
             (vars::SECRET_KEYS, "k1:not-base64!"),
             (vars::SECRET_KEYS, "k1"),
             (vars::MAX_ATTEMPTS, "0"),
+            (vars::MAX_ATTEMPTS, "51"),
             (vars::MAX_ATTEMPTS, "many"),
             (vars::CLAIM_LEASE_SECS, "-5"),
             (vars::CLAIM_LEASE_SECS, "3601"),

@@ -2,7 +2,7 @@
 //! at rest, and read back through views that cannot carry the secret.
 //!
 //! Decisions:
-//! * `webhook_secret` absent in [`WebhookConfig`] keeps the stored secret; [`clear_webhook_config`]
+//! * `webhook_secret` absent in [`WebhookConfig`] keeps the stored secret; [`clear`]
 //!   removes it. A configuration without any secret is allowed, but the sender refuses to send
 //!   unsigned deliveries (see [`crate::sender`]).
 //! * An empty event list means **all events**, and is stored as `[]`. A NULL list (rows from
@@ -12,17 +12,18 @@ use entity::agents;
 use sea_orm::prelude::DateTimeWithTimeZone;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::events::{EventFilter, EventFilterError};
-use crate::secret_box::{KeyRing, SecretBoxError};
+use crate::error::{Error, Result};
+use crate::events::EventFilter;
+use crate::secret_box::KeyRing;
 use crate::settings::WebhookSettings;
-use crate::url_policy::{UrlPolicy, UrlPolicyError};
-use crate::webhook_secret::{SecretFormatError, WebhookSecret};
+use crate::url_policy::UrlPolicy;
+use crate::webhook_secret::WebhookSecret;
 
 /// The request body that configures an agent's webhook (the specification's `WebhookConfig`).
 ///
@@ -61,7 +62,7 @@ pub struct ValidatedConfig {
 
 impl WebhookConfig {
     /// Validates every field; the first failing rule is the error.
-    pub fn validate(&self, policy: UrlPolicy) -> Result<ValidatedConfig, ConfigError> {
+    pub fn validate(&self, policy: UrlPolicy) -> Result<ValidatedConfig> {
         Ok(ValidatedConfig {
             url: policy.check(&self.webhook_url)?,
             secret: self
@@ -112,64 +113,21 @@ pub struct AgentState {
     pub webhook: WebhookConfigView,
 }
 
-/// Errors of webhook configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// No agent has this id.
-    #[error("agent `{0}` not found")]
-    AgentNotFound(String),
-    /// The URL broke a rule of the policy.
-    #[error("webhook_url {0}")]
-    Url(#[from] UrlPolicyError),
-    /// The event list is invalid.
-    #[error("invalid webhook_events: {0}")]
-    Events(#[from] EventFilterError),
-    /// The secret is not an accepted form.
-    #[error("invalid webhook_secret: {0}")]
-    SecretFormat(#[from] SecretFormatError),
-    /// A secret was to be written but `WEBHOOK_SECRET_KEYS` is not configured; secrets are
-    /// never stored in plaintext.
-    #[error(
-        "no encryption key is configured (set WEBHOOK_SECRET_KEYS); refusing to store a secret"
-    )]
-    NoEncryptionKey,
-    /// The stored secret cannot be decrypted (tampered, foreign, or an unknown key).
-    #[error("stored webhook_secret of agent `{agent_id}` cannot be opened: {source}")]
-    Sealed {
-        /// The agent.
-        agent_id: String,
-        /// Why.
-        source: SecretBoxError,
-    },
-    /// The stored event filter is not a list of known event names.
-    #[error("stored webhook_events of agent `{agent_id}` are invalid: {reason}")]
-    CorruptEvents {
-        /// The agent.
-        agent_id: String,
-        /// Why.
-        reason: String,
-    },
-    /// The database failed.
-    #[error(transparent)]
-    Db(#[from] DbErr),
-}
-
 /// Validates `config` and stores it on the agent; the secret, if given, is sealed with the
 /// current key and the agent id as associated data.
-pub async fn set_webhook_config<C: ConnectionTrait>(
+pub async fn configure<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
     agent_id: &str,
     config: &WebhookConfig,
-) -> Result<WebhookConfigView, ConfigError> {
+) -> Result<WebhookConfigView> {
     let valid = config.validate(settings.url_policy)?;
     let agent = find_agent(db, agent_id).await?;
     let sealed = match &valid.secret {
         Some(secret) => Some(seal(settings.keys.as_ref(), agent_id, secret)?),
         None => None,
     };
-    let events = serde_json::to_value(valid.events.as_slice())
-        .map_err(|e| DbErr::Custom(format!("cannot encode event filter: {e}")))?;
+    let events = serde_json::Value::from(valid.events.as_slice());
 
     let mut active = agent.into_active_model();
     active.webhook_url = Set(Some(valid.url.to_string()));
@@ -184,38 +142,13 @@ pub async fn set_webhook_config<C: ConnectionTrait>(
     view(&agent)
 }
 
-/// Replaces only the secret, e.g. with [`WebhookSecret::generate`].
-pub async fn set_webhook_secret<C: ConnectionTrait>(
-    db: &C,
-    settings: &WebhookSettings,
-    agent_id: &str,
-    secret: &WebhookSecret,
-) -> Result<WebhookConfigView, ConfigError> {
-    let sealed = seal(settings.keys.as_ref(), agent_id, secret)?;
-    update_columns(
-        db,
-        agent_id,
-        [
-            (agents::Column::WebhookSecret, Expr::value(Some(sealed))),
-            (agents::Column::UpdatedAt, Expr::value(Some(now()))),
-        ],
-    )
-    .await
-}
-
 /// The agent's webhook configuration, without the secret.
-pub async fn get_webhook_config<C: ConnectionTrait>(
-    db: &C,
-    agent_id: &str,
-) -> Result<WebhookConfigView, ConfigError> {
+pub async fn get<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<WebhookConfigView> {
     view(&find_agent(db, agent_id).await?)
 }
 
 /// The agent with its webhook configuration, without the secret.
-pub async fn get_agent<C: ConnectionTrait>(
-    db: &C,
-    agent_id: &str,
-) -> Result<AgentState, ConfigError> {
+pub async fn get_agent<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<AgentState> {
     let agent = find_agent(db, agent_id).await?;
     Ok(AgentState {
         webhook: view(&agent)?,
@@ -229,10 +162,7 @@ pub async fn get_agent<C: ConnectionTrait>(
 }
 
 /// Stops enqueueing deliveries for the agent, keeping URL, secret and filter.
-pub async fn disable_webhook<C: ConnectionTrait>(
-    db: &C,
-    agent_id: &str,
-) -> Result<WebhookConfigView, ConfigError> {
+pub async fn disable<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<WebhookConfigView> {
     update_columns(
         db,
         agent_id,
@@ -246,10 +176,7 @@ pub async fn disable_webhook<C: ConnectionTrait>(
 
 /// Removes the agent's webhook configuration entirely (URL, secret, filter) and disables it.
 /// Its delivery history is kept.
-pub async fn clear_webhook_config<C: ConnectionTrait>(
-    db: &C,
-    agent_id: &str,
-) -> Result<WebhookConfigView, ConfigError> {
+pub async fn clear<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<WebhookConfigView> {
     update_columns(
         db,
         agent_id,
@@ -273,14 +200,14 @@ pub async fn reveal_secret<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
     agent_id: &str,
-) -> Result<Option<WebhookSecret>, ConfigError> {
+) -> Result<Option<WebhookSecret>> {
     let agent = find_agent(db, agent_id).await?;
     open_secret(settings.keys.as_ref(), &agent)
 }
 
-/// What [`rotate_secret_keys`] did.
+/// What [`reseal_secrets`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct RotationReport {
+pub struct ResealReport {
     /// Agents with a stored secret that were looked at.
     pub examined: u64,
     /// Secrets re-sealed under the current key.
@@ -293,14 +220,15 @@ pub struct RotationReport {
 ///
 /// Resumable and safe to run twice: it walks agents by id, each secret already under the
 /// current key is left alone, and each update only applies if the row still holds the
-/// ciphertext that was read (a concurrent [`set_webhook_config`] wins).
-pub async fn rotate_secret_keys<C: ConnectionTrait>(
+/// ciphertext that was read (a concurrent [`configure`] wins).
+pub async fn reseal_secrets<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
     batch: u64,
-) -> Result<RotationReport, ConfigError> {
-    let keys = settings.keys.as_ref().ok_or(ConfigError::NoEncryptionKey)?;
-    let mut report = RotationReport::default();
+) -> Result<ResealReport> {
+    let keys = settings.keys.as_ref().ok_or(Error::NoEncryptionKey)?;
+    let batch = crate::deliveries::check_limit(batch)?;
+    let mut report = ResealReport::default();
     let mut after: Option<String> = None;
     loop {
         let mut select = agents::Entity::find()
@@ -309,7 +237,7 @@ pub async fn rotate_secret_keys<C: ConnectionTrait>(
             .column(agents::Column::WebhookSecret)
             .filter(agents::Column::WebhookSecret.is_not_null())
             .order_by_asc(agents::Column::Id)
-            .limit(batch.max(1));
+            .limit(batch);
         if let Some(last) = &after {
             select = select.filter(agents::Column::Id.gt(last.as_str()));
         }
@@ -321,7 +249,7 @@ pub async fn rotate_secret_keys<C: ConnectionTrait>(
         for (agent_id, sealed) in rows {
             let Some(sealed) = sealed else { continue };
             report.examined += 1;
-            let sealed_err = |source| ConfigError::Sealed {
+            let sealed_err = |source| Error::Sealed {
                 agent_id: agent_id.clone(),
                 source,
             };
@@ -349,31 +277,27 @@ pub async fn rotate_secret_keys<C: ConnectionTrait>(
 pub(crate) fn open_secret(
     keys: Option<&KeyRing>,
     agent: &agents::Model,
-) -> Result<Option<WebhookSecret>, ConfigError> {
+) -> Result<Option<WebhookSecret>> {
     let Some(sealed) = &agent.webhook_secret else {
         return Ok(None);
     };
-    let sealed_err = |source| ConfigError::Sealed {
+    let sealed_err = |source| Error::Sealed {
         agent_id: agent.id.clone(),
         source,
     };
-    let keys = keys.ok_or(ConfigError::NoEncryptionKey)?;
+    let keys = keys.ok_or(Error::NoEncryptionKey)?;
     let plain = keys.open(sealed, &agent.id).map_err(sealed_err)?;
     // What was stored passed validation when it was written; a failure here means the key
     // ring opened something that was never a webhook secret.
     WebhookSecret::parse(plain)
         .map(Some)
-        .map_err(ConfigError::SecretFormat)
+        .map_err(Error::SecretFormat)
 }
 
-fn seal(
-    keys: Option<&KeyRing>,
-    agent_id: &str,
-    secret: &WebhookSecret,
-) -> Result<String, ConfigError> {
-    let keys = keys.ok_or(ConfigError::NoEncryptionKey)?;
+fn seal(keys: Option<&KeyRing>, agent_id: &str, secret: &WebhookSecret) -> Result<String> {
+    let keys = keys.ok_or(Error::NoEncryptionKey)?;
     keys.seal(&SecretString::from(secret.expose()), agent_id)
-        .map_err(|source| ConfigError::Sealed {
+        .map_err(|source| Error::Sealed {
             agent_id: agent_id.to_owned(),
             source,
         })
@@ -382,42 +306,41 @@ fn seal(
 pub(crate) async fn find_agent<C: ConnectionTrait>(
     db: &C,
     agent_id: &str,
-) -> Result<agents::Model, ConfigError> {
+) -> Result<agents::Model> {
     agents::Entity::find_by_id(agent_id)
         .one(db)
         .await?
-        .ok_or_else(|| ConfigError::AgentNotFound(agent_id.to_owned()))
+        .ok_or_else(|| Error::AgentNotFound(agent_id.to_owned()))
 }
 
 async fn update_columns<C: ConnectionTrait, const N: usize>(
     db: &C,
     agent_id: &str,
     columns: [(agents::Column, Expr); N],
-) -> Result<WebhookConfigView, ConfigError> {
+) -> Result<WebhookConfigView> {
     let mut update = agents::Entity::update_many().filter(agents::Column::Id.eq(agent_id));
     for (column, value) in columns {
         update = update.col_expr(column, value);
     }
     if update.exec(db).await?.rows_affected == 0 {
-        return Err(ConfigError::AgentNotFound(agent_id.to_owned()));
+        return Err(Error::AgentNotFound(agent_id.to_owned()));
     }
-    get_webhook_config(db, agent_id).await
+    get(db, agent_id).await
 }
 
-/// The stored event filter of a loaded agent row.
-pub(crate) fn stored_events(agent: &agents::Model) -> Result<EventFilter, ConfigError> {
-    let corrupt = |reason: String| ConfigError::CorruptEvents {
-        agent_id: agent.id.clone(),
-        reason,
-    };
-    let names: Vec<String> = match &agent.webhook_events {
-        None => Vec::new(),
-        Some(json) => serde_json::from_value(json.clone()).map_err(|e| corrupt(e.to_string()))?,
-    };
-    EventFilter::parse(&names).map_err(|e| corrupt(e.to_string()))
+/// The stored event filter of a loaded agent row; NULL (rows from before the webhook
+/// migration) means all events, like `[]`.
+pub(crate) fn stored_events(agent: &agents::Model) -> Result<EventFilter> {
+    match &agent.webhook_events {
+        None => Ok(EventFilter::default()),
+        Some(json) => serde_json::from_value(json.clone()).map_err(|source| Error::CorruptEvents {
+            agent_id: agent.id.clone(),
+            source,
+        }),
+    }
 }
 
-fn view(agent: &agents::Model) -> Result<WebhookConfigView, ConfigError> {
+fn view(agent: &agents::Model) -> Result<WebhookConfigView> {
     let events = stored_events(agent)?;
     Ok(WebhookConfigView {
         agent_id: agent.id.clone(),

@@ -1,0 +1,16 @@
+//! Names of the indexes the migrations create, for code that names them in queries (index
+//! hints) or checks (`EXPLAIN`), so a rename cannot leave a stale copy behind.
+
+/// `agents (created_at, id)`: listing agents in creation order (baseline).
+pub const AGENTS_CREATED_AT: &str = "ix_agents_created_at";
+/// `webhook_deliveries (event_id)`: finding the deliveries of one event.
+pub const DELIVERIES_EVENT_ID: &str = "ix_webhook_deliveries_event_id";
+/// `webhook_deliveries (agent_id)`: a prefix of [`DELIVERIES_HISTORY`], kept until the worker
+/// migration decides its fate.
+pub const DELIVERIES_AGENT_ID: &str = "ix_webhook_deliveries_agent_id";
+/// Unique `webhook_deliveries (agent_id, event_id)`: makes `enqueue` idempotent by constraint.
+pub const DELIVERIES_AGENT_EVENT: &str = "ux_webhook_deliveries_agent_event";
+/// `webhook_deliveries (next_retry_at)`: `claim_due` scans due rows in this order.
+pub const DELIVERIES_NEXT_RETRY_AT: &str = "ix_webhook_deliveries_next_retry_at";
+/// `webhook_deliveries (agent_id, created_at, id)`: an agent's history, keyset pages newest first.
+pub const DELIVERIES_HISTORY: &str = "ix_webhook_deliveries_history";

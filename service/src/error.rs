@@ -1,0 +1,99 @@
+//! The one error type of the database-facing operations ([`crate::webhook`],
+//! [`crate::deliveries`], [`crate::sender`]), so an app maps every failure to a response in one
+//! `match`. The small value errors it wraps ([`UrlPolicyError`], [`EventFilterError`],
+//! [`SecretFormatError`], [`SignError`]) stay their own types: callers that validate input
+//! without a database match on them directly.
+
+use sea_orm::DbErr;
+
+use crate::deliveries::{DeliveryState, MAX_PAGE_SIZE};
+use crate::events::EventFilterError;
+use crate::secret_box::SecretBoxError;
+use crate::signing::SignError;
+use crate::url_policy::UrlPolicyError;
+use crate::webhook_secret::SecretFormatError;
+
+/// `Result` with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a webhook or delivery operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No agent has this id.
+    #[error("agent `{0}` not found")]
+    AgentNotFound(String),
+    /// No delivery has this id.
+    #[error("delivery `{0}` not found")]
+    DeliveryNotFound(String),
+    /// The webhook URL breaks a rule of the policy.
+    #[error("webhook_url {0}")]
+    Url(#[from] UrlPolicyError),
+    /// The event filter is invalid.
+    #[error("invalid webhook_events: {0}")]
+    Events(#[from] EventFilterError),
+    /// The secret is not an accepted form.
+    #[error("invalid webhook_secret: {0}")]
+    SecretFormat(#[from] SecretFormatError),
+    /// A secret was to be written or read but `WEBHOOK_SECRET_KEYS` is not configured; secrets
+    /// are never stored in plaintext.
+    #[error("no encryption key is configured (set WEBHOOK_SECRET_KEYS)")]
+    NoEncryptionKey,
+    /// A stored secret cannot be sealed or opened (tampered, foreign, or an unknown key).
+    #[error("webhook_secret of agent `{agent_id}`: {source}")]
+    Sealed {
+        /// Whose secret.
+        agent_id: String,
+        /// Why.
+        source: SecretBoxError,
+    },
+    /// The stored event filter is not a list of known event names (written by another tool).
+    #[error("stored webhook_events of agent `{agent_id}` are invalid: {source}")]
+    CorruptEvents {
+        /// Whose filter.
+        agent_id: String,
+        /// Why it does not decode.
+        source: serde_json::Error,
+    },
+    /// An event id or type that cannot be stored or signed.
+    #[error("invalid {field}: {rule}")]
+    InvalidEvent {
+        /// `event_id` or `event_type`.
+        field: &'static str,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+    /// A page size, claim limit or batch size outside 1..=[`MAX_PAGE_SIZE`].
+    #[error("invalid limit {0}: must be from 1 to {MAX_PAGE_SIZE}")]
+    InvalidLimit(u64),
+    /// A history cursor that this service did not make.
+    #[error("invalid cursor")]
+    BadCursor,
+    /// The claim was taken over (its lease ran out and another worker claimed the delivery) or
+    /// already reported; the report was not stored.
+    #[error(
+        "stale claim on delivery `{id}` (attempt {attempt}): the delivery was re-claimed or already reported"
+    )]
+    StaleClaim {
+        /// The delivery.
+        id: String,
+        /// The attempt the claim was for.
+        attempt: i32,
+    },
+    /// Only exhausted deliveries can be requeued.
+    #[error("delivery `{id}` is {state}, not failed; only failed deliveries can be requeued")]
+    NotRequeueable {
+        /// The delivery.
+        id: String,
+        /// Its current state.
+        state: DeliveryState,
+    },
+    /// The agent has no signing secret; deliveries are never sent unsigned.
+    #[error("agent `{0}` has no webhook secret; refusing to send an unsigned delivery")]
+    NoSecret(String),
+    /// Signing failed.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
