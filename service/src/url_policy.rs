@@ -455,13 +455,12 @@ fn classify_v6(ip: Ipv6Addr) -> Option<NonPublic> {
         (ip.is_multicast(), NonPublic::Multicast),
     ];
     let [_, _, a, b, c, d, .., w, x, y, z] = ip.octets();
+    let low = Ipv4Addr::new(w, x, y, z);
     let rule = V6_NETS.iter().find(|(net, _)| net.contains(&ip));
     first_hit(by_std).or_else(|| match rule.map(|&(_, rule)| rule) {
         Some(V6Rule::Is(class)) => Some(class),
-        Some(V6Rule::EmbedsIpv4) => classify_v4(Ipv4Addr::new(w, x, y, z)),
-        Some(V6Rule::EmbedsIpv4Deprecated) => {
-            classify_v4(Ipv4Addr::new(w, x, y, z)).or(Some(NonPublic::Deprecated))
-        }
+        Some(V6Rule::EmbedsIpv4) => classify_v4(low),
+        Some(V6Rule::EmbedsIpv4Deprecated) => classify_v4(low).or(Some(NonPublic::Deprecated)),
         Some(V6Rule::SixToFour) => classify_v4(Ipv4Addr::new(a, b, c, d)),
         Some(V6Rule::Public) => None,
         None => Some(NonPublic::Reserved),
@@ -905,40 +904,40 @@ mod tests {
     }
 
     /// Non-public IPv4 ranges with the rule each must report, written
-    /// independently of `V4_RANGES`.
-    const NON_PUBLIC_V4: &[(u32, u32, &str)] = &[
-        (0x0000_0000, 8, "this-network"),
-        (0x0a00_0000, 8, "private"),
-        (0x6440_0000, 10, "cgnat"),
-        (0x7f00_0000, 8, "loopback"),
-        (0xa9fe_0000, 16, "link-local"),
-        (0xac10_0000, 12, "private"),
-        (0xc000_0000, 24, "ietf-protocol"),
-        (0xc000_0200, 24, "documentation"),
-        (0xc058_6300, 24, "deprecated"),
-        (0xc0a8_0000, 16, "private"),
-        (0xc612_0000, 15, "benchmarking"),
-        (0xc633_6400, 24, "documentation"),
-        (0xcb00_7100, 24, "documentation"),
-        (0xe000_0000, 4, "multicast"),
-        (0xf000_0000, 4, "reserved"),
+    /// independently of the implementation (which leans on `std` predicates).
+    const NON_PUBLIC_V4: &[(&str, &str)] = &[
+        ("0.0.0.0/8", "this-network"),
+        ("10.0.0.0/8", "private"),
+        ("100.64.0.0/10", "cgnat"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("172.16.0.0/12", "private"),
+        ("192.0.0.0/24", "ietf-protocol"),
+        ("192.0.2.0/24", "documentation"),
+        ("192.88.99.0/24", "deprecated"),
+        ("192.168.0.0/16", "private"),
+        ("198.18.0.0/15", "benchmarking"),
+        ("198.51.100.0/24", "documentation"),
+        ("203.0.113.0/24", "documentation"),
+        ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved"),
     ];
 
-    fn expected_v4_rule(ip: u32) -> Option<&'static str> {
+    fn expected_v4_rule(ip: Ipv4Addr) -> Option<&'static str> {
         match ip {
-            0 => Some("unspecified"),
-            u32::MAX => Some("broadcast"),
+            Ipv4Addr::UNSPECIFIED => Some("unspecified"),
+            Ipv4Addr::BROADCAST => Some("broadcast"),
             _ => NON_PUBLIC_V4
                 .iter()
-                .find(|&&(net, len, _)| ip >> (32 - len) == net >> (32 - len))
-                .map(|&(_, _, rule)| rule),
+                .find(|(net, _)| net.parse::<Ipv4Net>().unwrap().contains(&ip))
+                .map(|&(_, rule)| rule),
         }
     }
 
     fn non_public_v4() -> impl Strategy<Value = Ipv4Addr> {
-        (prop::sample::select(NON_PUBLIC_V4), any::<u32>()).prop_map(|((net, len, _), bits)| {
-            let host_mask = u32::MAX >> len;
-            Ipv4Addr::from((net & !host_mask) | (bits & host_mask))
+        (prop::sample::select(NON_PUBLIC_V4), any::<u32>()).prop_map(|((net, _), bits)| {
+            let net: Ipv4Net = net.parse().unwrap();
+            Ipv4Addr::from_bits(net.network().to_bits() | (bits & net.hostmask().to_bits()))
         })
     }
 
@@ -979,25 +978,31 @@ mod tests {
         ]
     }
 
-    /// Non-public IPv6 ranges with their rule, independent of `V6_RANGES`.
-    const NON_PUBLIC_V6: &[(u128, u32, &str)] = &[
-        (0xfc00 << 112, 7, "unique-local"),
-        (0xfe80 << 112, 10, "link-local"),
-        (0xfec0 << 112, 10, "site-local"),
-        (0xff00 << 112, 8, "multicast"),
-        (0x2001_0db8 << 96, 32, "documentation"),
-        (0x2001_0000 << 96, 32, "teredo"),
-        (1, 128, "loopback"),
+    /// Non-public IPv6 ranges with their rule, independent of `V6_NETS`.
+    const NON_PUBLIC_V6: &[(&str, &str)] = &[
+        ("fc00::/7", "unique-local"),
+        ("fe80::/10", "link-local"),
+        ("fec0::/10", "site-local"),
+        ("ff00::/8", "multicast"),
+        ("2001:db8::/32", "documentation"),
+        ("2001::/32", "teredo"),
+        ("::1/128", "loopback"),
     ];
 
-    fn in_v6_test(ip: u128, net: u128, len: u32) -> bool {
-        ip.checked_shr(128 - len).unwrap_or(0) == net.checked_shr(128 - len).unwrap_or(0)
+    /// IPv6 forms that route to `ip`, which must therefore be judged by it.
+    fn ipv6_carrying(ip: Ipv4Addr, tail: u16) -> [Ipv6Addr; 2] {
+        let [a, b, c, d] = ip.octets();
+        let (hi, lo) = (u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]));
+        [
+            Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, hi, lo),
+            Ipv6Addr::new(0x2002, hi, lo, tail, 0, 0, 0, tail),
+        ]
     }
 
     proptest! {
         #[test]
         fn non_public_ipv4_rejected_in_every_spelling(ip in non_public_v4()) {
-            let expected = expected_v4_rule(u32::from(ip));
+            let expected = expected_v4_rule(ip);
             prop_assert!(expected.is_some());
             for host in ipv4_spellings(ip) {
                 match PROD.check(&format!("https://{host}/x")) {
@@ -1022,19 +1027,41 @@ mod tests {
         }
 
         #[test]
-        fn every_ipv4_is_classified_as_the_reference_table_says(n in any::<u32>()) {
-            let ip = Ipv4Addr::from(n);
-            prop_assert_eq!(rule_of(PROD.check(&format!("https://{ip}/"))), expected_v4_rule(n));
-            prop_assert_eq!(classify_ip(ip.into()).map(NonPublic::rule), expected_v4_rule(n));
+        fn every_ipv4_is_classified_as_the_reference_table_says(ip in any::<Ipv4Addr>()) {
+            let expected = expected_v4_rule(ip);
+            prop_assert_eq!(rule_of(PROD.check(&format!("https://{ip}/"))), expected);
+            prop_assert_eq!(classify_ip(ip.into()).map(NonPublic::rule), expected);
+        }
+
+        #[test]
+        fn ipv4_mapped_ipv6_is_judged_as_ipv4(ip in any::<Ipv4Addr>()) {
+            let mapped = ip.to_ipv6_mapped();
+            prop_assert_eq!(classify_ip(mapped.into()), classify_ip(ip.into()), "{}", mapped);
+            let raw = format!("https://[{mapped}]/");
+            prop_assert_eq!(rule_of(PROD.check(&raw)), expected_v4_rule(ip), "{}", raw);
+        }
+
+        #[test]
+        fn ipv6_forms_carrying_ipv4_are_judged_by_it(ip in any::<Ipv4Addr>(), tail in any::<u16>()) {
+            let expected = expected_v4_rule(ip);
+            for v6 in ipv6_carrying(ip, tail) {
+                prop_assert_eq!(classify_ip(v6.into()).map(NonPublic::rule), expected, "{}", v6);
+            }
+            // `::` and `::1` are not IPv4-compatible forms but addresses of their own.
+            let compatible = ip.to_ipv6_compatible();
+            if ip.to_bits() > 1 {
+                let got = classify_ip(compatible.into()).map(NonPublic::rule);
+                prop_assert_eq!(got, expected.or(Some("deprecated")), "{}", compatible);
+            }
         }
 
         #[test]
         fn non_public_ipv6_rejected(
-            (net, len, rule) in prop::sample::select(NON_PUBLIC_V6),
+            (net, rule) in prop::sample::select(NON_PUBLIC_V6),
             bits in any::<u128>(),
         ) {
-            let host_mask = u128::MAX.checked_shr(len).unwrap_or(0);
-            let ip = Ipv6Addr::from((net & !host_mask) | (bits & host_mask));
+            let net: Ipv6Net = net.parse().unwrap();
+            let ip = Ipv6Addr::from_bits(net.network().to_bits() | (bits & net.hostmask().to_bits()));
             let raw = format!("https://[{ip}]/");
             prop_assert_eq!(rule_of(PROD.check(&raw)), Some(rule), "{}", raw);
             prop_assert!(DEV.check(&raw).is_ok(), "{}", raw);
@@ -1042,10 +1069,10 @@ mod tests {
 
         #[test]
         fn global_unicast_ipv6_accepted(bits in any::<u128>()) {
-            let n = (1 << 125) | (bits >> 3);
-            let special = [(0x2001_u128 << 112, 23), (0x2002 << 112, 16), (0x3fff << 112, 20)];
-            prop_assume!(!special.iter().any(|&(net, len)| in_v6_test(n, net, len)));
-            let ip = Ipv6Addr::from(n);
+            let global: Ipv6Net = "2000::/3".parse().unwrap();
+            let ip = Ipv6Addr::from_bits(global.network().to_bits() | (bits & global.hostmask().to_bits()));
+            let special = ["2001::/23", "2002::/16", "3fff::/20"];
+            prop_assume!(!special.iter().any(|net| net.parse::<Ipv6Net>().unwrap().contains(&ip)));
             prop_assert_eq!(rule_of(PROD.check(&format!("https://[{ip}]/"))), None, "{}", ip);
         }
 
