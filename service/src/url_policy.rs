@@ -20,6 +20,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
+use ipnet::{Ipv4Net, Ipv6Net};
 use url::{Host, Url};
 
 /// Longest accepted URL in bytes, checked on the input and on its normalised
@@ -167,9 +168,8 @@ impl UrlPolicy {
                 reason,
             });
         }
-        let mut addrs: Vec<SocketAddr> = Vec::with_capacity(ips.len());
-        for ip in ips {
-            let addr = SocketAddr::new(ip, port);
+        let mut addrs = Vec::with_capacity(ips.len());
+        for addr in ips.into_iter().map(|ip| SocketAddr::new(ip, port)) {
             if !addrs.contains(&addr) {
                 addrs.push(addr);
             }
@@ -207,28 +207,23 @@ pub struct ParseUrlPolicyError {
 }
 
 /// Why a webhook URL was rejected: one variant per rule, so callers can
-/// react programmatically and users are told which rule failed.
+/// react programmatically and users are told which rule failed. Hosts are
+/// given as the URL parser serialised them.
+#[allow(
+    missing_docs,
+    reason = "fields are named for what they hold; each variant says when it arises"
+)]
 #[derive(Debug, thiserror::Error)]
 pub enum UrlPolicyError {
     /// The input or its normalised form exceeds [`MAX_URL_LEN`] bytes.
     #[error("rejected: URL is {len} bytes long, the limit is {max}")]
-    TooLong {
-        /// Length in bytes.
-        len: usize,
-        /// The limit, [`MAX_URL_LEN`].
-        max: usize,
-    },
+    TooLong { len: usize, max: usize },
     /// Not a URL at all.
     #[error("rejected: not a valid URL ({0})")]
     Unparseable(url::ParseError),
     /// Scheme other than `https` (or `http` under development).
     #[error("rejected: scheme {scheme:?} is not allowed by the {policy} policy")]
-    SchemeNotAllowed {
-        /// The scheme as parsed (lowercase).
-        scheme: String,
-        /// The policy that refused it.
-        policy: UrlPolicy,
-    },
+    SchemeNotAllowed { scheme: String, policy: UrlPolicy },
     /// The URL names no host to connect to.
     #[error("rejected: URL has no host")]
     MissingHost,
@@ -237,45 +232,27 @@ pub enum UrlPolicyError {
     UserInfo,
     /// The host is an IP literal outside the public internet.
     #[error("rejected: host {host} is {reason}")]
-    NonPublicAddress {
-        /// The host as serialised by the URL parser.
-        host: String,
-        /// The address class that matched.
-        reason: NonPublic,
-    },
+    NonPublicAddress { host: String, reason: NonPublic },
     /// The host name only exists on local networks (e.g. `localhost`).
     #[error("rejected: host {host} is {reason}")]
-    LocalHostName {
-        /// The host name as serialised by the URL parser.
-        host: String,
-        /// Which local-name rule matched.
-        reason: &'static str,
-    },
+    LocalHostName { host: String, reason: &'static str },
     /// The host name resolved to at least one non-public address.
     #[error("rejected: host {host} resolves to {addr}, which is {reason}")]
     ResolvesToNonPublic {
-        /// The host name that was resolved.
         host: String,
-        /// The first offending address.
         addr: IpAddr,
-        /// The address class that matched.
         reason: NonPublic,
     },
     /// The resolver failed; the delivery cannot be vetted, so it must not run.
     #[error("rejected: could not resolve host {host}")]
     ResolutionFailed {
-        /// The host name that was resolved.
         host: String,
-        /// The resolver's error.
         #[source]
         source: io::Error,
     },
     /// The resolver succeeded but returned nothing to connect to.
     #[error("rejected: host {host} resolves to no addresses")]
-    NoAddresses {
-        /// The host name that was resolved.
-        host: String,
-    },
+    NoAddresses { host: String },
 }
 
 impl UrlPolicyError {
@@ -342,49 +319,37 @@ pub enum NonPublic {
 impl NonPublic {
     /// Stable short name, reported by [`UrlPolicyError::rule`].
     pub const fn rule(self) -> &'static str {
+        self.names().0
+    }
+
+    /// (rule name, description for messages), kept side by side so a new
+    /// class cannot get one without the other.
+    const fn names(self) -> (&'static str, &'static str) {
         match self {
-            Self::Unspecified => "unspecified",
-            Self::ThisNetwork => "this-network",
-            Self::Loopback => "loopback",
-            Self::Private => "private",
-            Self::SharedAddressSpace => "cgnat",
-            Self::LinkLocal => "link-local",
-            Self::Multicast => "multicast",
-            Self::Broadcast => "broadcast",
-            Self::Documentation => "documentation",
-            Self::Benchmarking => "benchmarking",
-            Self::ProtocolAssignment => "ietf-protocol",
-            Self::Reserved => "reserved",
-            Self::Deprecated => "deprecated",
-            Self::UniqueLocal => "unique-local",
-            Self::SiteLocal => "site-local",
-            Self::Teredo => "teredo",
-            Self::LocalNat64 => "nat64-local",
+            Self::Unspecified => ("unspecified", "an unspecified address"),
+            Self::ThisNetwork => ("this-network", "a \"this network\" address (0.0.0.0/8)"),
+            Self::Loopback => ("loopback", "a loopback address"),
+            Self::Private => ("private", "a private address"),
+            Self::SharedAddressSpace => ("cgnat", "a carrier-grade NAT address (100.64.0.0/10)"),
+            Self::LinkLocal => ("link-local", "a link-local address"),
+            Self::Multicast => ("multicast", "a multicast address"),
+            Self::Broadcast => ("broadcast", "the broadcast address"),
+            Self::Documentation => ("documentation", "a documentation address"),
+            Self::Benchmarking => ("benchmarking", "a benchmarking address (198.18.0.0/15)"),
+            Self::ProtocolAssignment => ("ietf-protocol", "an IETF protocol assignment address"),
+            Self::Reserved => ("reserved", "a reserved address"),
+            Self::Deprecated => ("deprecated", "a deprecated address form"),
+            Self::UniqueLocal => ("unique-local", "a unique local address (fc00::/7)"),
+            Self::SiteLocal => ("site-local", "a site-local address (fec0::/10)"),
+            Self::Teredo => ("teredo", "a Teredo address (2001::/32)"),
+            Self::LocalNat64 => ("nat64-local", "a local-use NAT64 address (64:ff9b:1::/48)"),
         }
     }
 }
 
 impl fmt::Display for NonPublic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Unspecified => "an unspecified address",
-            Self::ThisNetwork => "a \"this network\" address (0.0.0.0/8)",
-            Self::Loopback => "a loopback address",
-            Self::Private => "a private address",
-            Self::SharedAddressSpace => "a carrier-grade NAT address (100.64.0.0/10)",
-            Self::LinkLocal => "a link-local address",
-            Self::Multicast => "a multicast address",
-            Self::Broadcast => "the broadcast address",
-            Self::Documentation => "a documentation address",
-            Self::Benchmarking => "a benchmarking address (198.18.0.0/15)",
-            Self::ProtocolAssignment => "an IETF protocol assignment address",
-            Self::Reserved => "a reserved address",
-            Self::Deprecated => "a deprecated address form",
-            Self::UniqueLocal => "a unique local address (fc00::/7)",
-            Self::SiteLocal => "a site-local address (fec0::/10)",
-            Self::Teredo => "a Teredo address (2001::/32)",
-            Self::LocalNat64 => "a local-use NAT64 address (64:ff9b:1::/48)",
-        })
+        f.write_str(self.names().1)
     }
 }
 
@@ -396,49 +361,58 @@ fn non_public_literal(host: &Host<&str>, ip: IpAddr) -> Option<UrlPolicyError> {
 }
 
 /// Classifies an address: `None` if it is a public destination, otherwise
-/// why not. IPv6 forms that embed an IPv4 address (mapped, compatible,
-/// NAT64, 6to4) are judged by the embedded address.
+/// why not. IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is judged as the IPv4
+/// address it is, and the IPv6 forms that route to an embedded IPv4 address
+/// (IPv4-compatible, NAT64, 6to4) by that address.
 pub fn classify_ip(ip: IpAddr) -> Option<NonPublic> {
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(ip) => classify_v4(ip),
         IpAddr::V6(ip) => classify_v6(ip),
     }
 }
 
-/// Non-public IPv4 ranges; the first match wins, so single addresses come first.
-#[rustfmt::skip]
-const V4_RANGES: &[(Ipv4Addr, u32, NonPublic)] = &[
-    (Ipv4Addr::UNSPECIFIED,              32, NonPublic::Unspecified),
-    (Ipv4Addr::BROADCAST,                32, NonPublic::Broadcast),
-    (Ipv4Addr::new(0, 0, 0, 0),           8, NonPublic::ThisNetwork),
-    (Ipv4Addr::new(10, 0, 0, 0),          8, NonPublic::Private),
-    (Ipv4Addr::new(100, 64, 0, 0),       10, NonPublic::SharedAddressSpace),
-    (Ipv4Addr::new(127, 0, 0, 0),         8, NonPublic::Loopback),
-    (Ipv4Addr::new(169, 254, 0, 0),      16, NonPublic::LinkLocal),
-    (Ipv4Addr::new(172, 16, 0, 0),       12, NonPublic::Private),
-    (Ipv4Addr::new(192, 0, 0, 0),        24, NonPublic::ProtocolAssignment),
-    (Ipv4Addr::new(192, 0, 2, 0),        24, NonPublic::Documentation),
-    (Ipv4Addr::new(192, 88, 99, 0),      24, NonPublic::Deprecated),
-    (Ipv4Addr::new(192, 168, 0, 0),      16, NonPublic::Private),
-    (Ipv4Addr::new(198, 18, 0, 0),       15, NonPublic::Benchmarking),
-    (Ipv4Addr::new(198, 51, 100, 0),     24, NonPublic::Documentation),
-    (Ipv4Addr::new(203, 0, 113, 0),      24, NonPublic::Documentation),
-    (Ipv4Addr::new(224, 0, 0, 0),         4, NonPublic::Multicast),
-    (Ipv4Addr::new(240, 0, 0, 0),         4, NonPublic::Reserved),
+fn first_hit(rules: impl IntoIterator<Item = (bool, NonPublic)>) -> Option<NonPublic> {
+    rules
+        .into_iter()
+        .find_map(|(hit, class)| hit.then_some(class))
+}
+
+const fn v4(a: u8, b: u8, c: u8, d: u8, len: u8) -> Ipv4Net {
+    Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), len)
+}
+
+const fn v6(s: [u16; 8], len: u8) -> Ipv6Net {
+    let [a, b, c, d, e, f, g, h] = s;
+    Ipv6Net::new_assert(Ipv6Addr::new(a, b, c, d, e, f, g, h), len)
+}
+
+/// IPv4 ranges `std` has no stable predicate for. Checked after the `std`
+/// ones, so `0.0.0.0` is unspecified and `255.255.255.255` broadcast.
+const V4_NETS: [(Ipv4Net, NonPublic); 6] = [
+    (v4(0, 0, 0, 0, 8), NonPublic::ThisNetwork),
+    (v4(100, 64, 0, 0, 10), NonPublic::SharedAddressSpace),
+    (v4(192, 0, 0, 0, 24), NonPublic::ProtocolAssignment),
+    (v4(192, 88, 99, 0, 24), NonPublic::Deprecated),
+    (v4(198, 18, 0, 0, 15), NonPublic::Benchmarking),
+    (v4(240, 0, 0, 0, 4), NonPublic::Reserved),
 ];
 
 fn classify_v4(ip: Ipv4Addr) -> Option<NonPublic> {
-    let bits = u32::from(ip);
-    V4_RANGES.iter().find_map(|&(net, len, class)| {
-        let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-        (bits & mask == u32::from(net) & mask).then_some(class)
-    })
+    let by_std = [
+        (ip.is_unspecified(), NonPublic::Unspecified),
+        (ip.is_broadcast(), NonPublic::Broadcast),
+        (ip.is_loopback(), NonPublic::Loopback),
+        (ip.is_private(), NonPublic::Private),
+        (ip.is_link_local(), NonPublic::LinkLocal),
+        (ip.is_multicast(), NonPublic::Multicast),
+        (ip.is_documentation(), NonPublic::Documentation),
+    ];
+    let by_net = V4_NETS.map(|(net, class)| (net.contains(&ip), class));
+    first_hit(by_std.into_iter().chain(by_net))
 }
 
-/// What an IPv6 range means for classification.
 #[derive(Clone, Copy)]
 enum V6Rule {
-    /// The whole range is non-public.
     Is(NonPublic),
     /// Traffic goes to the IPv4 address in the low 32 bits.
     EmbedsIpv4,
@@ -450,53 +424,47 @@ enum V6Rule {
     Public,
 }
 
-/// IPv6 ranges; the first match wins, and an address matching none (outside
-/// global unicast `2000::/3`) is reserved: unknown space fails closed.
+/// IPv6 ranges `std` has no stable predicate for, checked after the `std`
+/// ones (`::`, `::1`, `fc00::/7`, `fe80::/10`, `ff00::/8`). The first match
+/// wins; an address matching none (outside global unicast `2000::/3`) is
+/// reserved, so unknown space fails closed.
 #[rustfmt::skip]
-const V6_RANGES: &[(Ipv6Addr, u32, V6Rule)] = &[
-    (Ipv6Addr::UNSPECIFIED,                          128, V6Rule::Is(NonPublic::Unspecified)),
-    (Ipv6Addr::LOCALHOST,                            128, V6Rule::Is(NonPublic::Loopback)),
-    // ::ffff:a.b.c.d, IPv4-mapped: the OS connects to the IPv4 address.
-    (Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0),      96, V6Rule::EmbedsIpv4),
+const V6_NETS: [(Ipv6Net, V6Rule); 11] = [
     // ::a.b.c.d, IPv4-compatible (deprecated by RFC 4291).
-    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0),           96, V6Rule::EmbedsIpv4Deprecated),
+    (v6([0, 0, 0, 0, 0, 0, 0, 0], 96), V6Rule::EmbedsIpv4Deprecated),
     // ::ffff:0:a.b.c.d, SIIT IPv4-translated (RFC 2765, obsolete).
-    (Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0, 0),      96, V6Rule::EmbedsIpv4Deprecated),
+    (v6([0, 0, 0, 0, 0xffff, 0, 0, 0], 96), V6Rule::EmbedsIpv4Deprecated),
     // Well-known NAT64 prefix: the translator connects to the IPv4 address.
-    (Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0),   96, V6Rule::EmbedsIpv4),
-    (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0),   48, V6Rule::Is(NonPublic::LocalNat64)),
-    (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0),      32, V6Rule::Is(NonPublic::Teredo)),
-    (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0),      23, V6Rule::Is(NonPublic::ProtocolAssignment)),
-    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0),  32, V6Rule::Is(NonPublic::Documentation)),
-    (Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0),      16, V6Rule::SixToFour),
-    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0),      20, V6Rule::Is(NonPublic::Documentation)),
-    (Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 0),       3, V6Rule::Public),
-    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0),       7, V6Rule::Is(NonPublic::UniqueLocal)),
-    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0),      10, V6Rule::Is(NonPublic::LinkLocal)),
-    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0),      10, V6Rule::Is(NonPublic::SiteLocal)),
-    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0),       8, V6Rule::Is(NonPublic::Multicast)),
+    (v6([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96), V6Rule::EmbedsIpv4),
+    (v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48), V6Rule::Is(NonPublic::LocalNat64)),
+    (v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 32), V6Rule::Is(NonPublic::Teredo)),
+    (v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 23), V6Rule::Is(NonPublic::ProtocolAssignment)),
+    (v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32), V6Rule::Is(NonPublic::Documentation)),
+    (v6([0x2002, 0, 0, 0, 0, 0, 0, 0], 16), V6Rule::SixToFour),
+    (v6([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20), V6Rule::Is(NonPublic::Documentation)),
+    (v6([0x2000, 0, 0, 0, 0, 0, 0, 0], 3), V6Rule::Public),
+    (v6([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10), V6Rule::Is(NonPublic::SiteLocal)),
 ];
 
-fn in_v6(ip: Ipv6Addr, net: Ipv6Addr, len: u32) -> bool {
-    let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
-    u128::from(ip) & mask == u128::from(net) & mask
-}
-
 fn classify_v6(ip: Ipv6Addr) -> Option<NonPublic> {
-    let o = ip.octets();
-    let low = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
-    let rule = V6_RANGES
-        .iter()
-        .find(|&&(net, len, _)| in_v6(ip, net, len))
-        .map(|&(_, _, rule)| rule);
-    match rule {
+    let by_std = [
+        (ip.is_unspecified(), NonPublic::Unspecified),
+        (ip.is_loopback(), NonPublic::Loopback),
+        (ip.is_unique_local(), NonPublic::UniqueLocal),
+        (ip.is_unicast_link_local(), NonPublic::LinkLocal),
+        (ip.is_multicast(), NonPublic::Multicast),
+    ];
+    let [_, _, a, b, c, d, .., w, x, y, z] = ip.octets();
+    let low = Ipv4Addr::new(w, x, y, z);
+    let rule = V6_NETS.iter().find(|(net, _)| net.contains(&ip));
+    first_hit(by_std).or_else(|| match rule.map(|&(_, rule)| rule) {
         Some(V6Rule::Is(class)) => Some(class),
         Some(V6Rule::EmbedsIpv4) => classify_v4(low),
         Some(V6Rule::EmbedsIpv4Deprecated) => classify_v4(low).or(Some(NonPublic::Deprecated)),
-        Some(V6Rule::SixToFour) => classify_v4(Ipv4Addr::new(o[2], o[3], o[4], o[5])),
+        Some(V6Rule::SixToFour) => classify_v4(Ipv4Addr::new(a, b, c, d)),
         Some(V6Rule::Public) => None,
         None => Some(NonPublic::Reserved),
-    }
+    })
 }
 
 /// Host-name suffixes that only resolve on local networks, matched on whole
@@ -936,40 +904,40 @@ mod tests {
     }
 
     /// Non-public IPv4 ranges with the rule each must report, written
-    /// independently of `V4_RANGES`.
-    const NON_PUBLIC_V4: &[(u32, u32, &str)] = &[
-        (0x0000_0000, 8, "this-network"),
-        (0x0a00_0000, 8, "private"),
-        (0x6440_0000, 10, "cgnat"),
-        (0x7f00_0000, 8, "loopback"),
-        (0xa9fe_0000, 16, "link-local"),
-        (0xac10_0000, 12, "private"),
-        (0xc000_0000, 24, "ietf-protocol"),
-        (0xc000_0200, 24, "documentation"),
-        (0xc058_6300, 24, "deprecated"),
-        (0xc0a8_0000, 16, "private"),
-        (0xc612_0000, 15, "benchmarking"),
-        (0xc633_6400, 24, "documentation"),
-        (0xcb00_7100, 24, "documentation"),
-        (0xe000_0000, 4, "multicast"),
-        (0xf000_0000, 4, "reserved"),
+    /// independently of the implementation (which leans on `std` predicates).
+    const NON_PUBLIC_V4: &[(&str, &str)] = &[
+        ("0.0.0.0/8", "this-network"),
+        ("10.0.0.0/8", "private"),
+        ("100.64.0.0/10", "cgnat"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("172.16.0.0/12", "private"),
+        ("192.0.0.0/24", "ietf-protocol"),
+        ("192.0.2.0/24", "documentation"),
+        ("192.88.99.0/24", "deprecated"),
+        ("192.168.0.0/16", "private"),
+        ("198.18.0.0/15", "benchmarking"),
+        ("198.51.100.0/24", "documentation"),
+        ("203.0.113.0/24", "documentation"),
+        ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved"),
     ];
 
-    fn expected_v4_rule(ip: u32) -> Option<&'static str> {
+    fn expected_v4_rule(ip: Ipv4Addr) -> Option<&'static str> {
         match ip {
-            0 => Some("unspecified"),
-            u32::MAX => Some("broadcast"),
+            Ipv4Addr::UNSPECIFIED => Some("unspecified"),
+            Ipv4Addr::BROADCAST => Some("broadcast"),
             _ => NON_PUBLIC_V4
                 .iter()
-                .find(|&&(net, len, _)| ip >> (32 - len) == net >> (32 - len))
-                .map(|&(_, _, rule)| rule),
+                .find(|(net, _)| net.parse::<Ipv4Net>().unwrap().contains(&ip))
+                .map(|&(_, rule)| rule),
         }
     }
 
     fn non_public_v4() -> impl Strategy<Value = Ipv4Addr> {
-        (prop::sample::select(NON_PUBLIC_V4), any::<u32>()).prop_map(|((net, len, _), bits)| {
-            let host_mask = u32::MAX >> len;
-            Ipv4Addr::from((net & !host_mask) | (bits & host_mask))
+        (prop::sample::select(NON_PUBLIC_V4), any::<u32>()).prop_map(|((net, _), bits)| {
+            let net: Ipv4Net = net.parse().unwrap();
+            Ipv4Addr::from_bits(net.network().to_bits() | (bits & net.hostmask().to_bits()))
         })
     }
 
@@ -1010,25 +978,31 @@ mod tests {
         ]
     }
 
-    /// Non-public IPv6 ranges with their rule, independent of `V6_RANGES`.
-    const NON_PUBLIC_V6: &[(u128, u32, &str)] = &[
-        (0xfc00 << 112, 7, "unique-local"),
-        (0xfe80 << 112, 10, "link-local"),
-        (0xfec0 << 112, 10, "site-local"),
-        (0xff00 << 112, 8, "multicast"),
-        (0x2001_0db8 << 96, 32, "documentation"),
-        (0x2001_0000 << 96, 32, "teredo"),
-        (1, 128, "loopback"),
+    /// Non-public IPv6 ranges with their rule, independent of `V6_NETS`.
+    const NON_PUBLIC_V6: &[(&str, &str)] = &[
+        ("fc00::/7", "unique-local"),
+        ("fe80::/10", "link-local"),
+        ("fec0::/10", "site-local"),
+        ("ff00::/8", "multicast"),
+        ("2001:db8::/32", "documentation"),
+        ("2001::/32", "teredo"),
+        ("::1/128", "loopback"),
     ];
 
-    fn in_v6_test(ip: u128, net: u128, len: u32) -> bool {
-        ip.checked_shr(128 - len).unwrap_or(0) == net.checked_shr(128 - len).unwrap_or(0)
+    /// IPv6 forms that route to `ip`, which must therefore be judged by it.
+    fn ipv6_carrying(ip: Ipv4Addr, tail: u16) -> [Ipv6Addr; 2] {
+        let [a, b, c, d] = ip.octets();
+        let (hi, lo) = (u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]));
+        [
+            Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, hi, lo),
+            Ipv6Addr::new(0x2002, hi, lo, tail, 0, 0, 0, tail),
+        ]
     }
 
     proptest! {
         #[test]
         fn non_public_ipv4_rejected_in_every_spelling(ip in non_public_v4()) {
-            let expected = expected_v4_rule(u32::from(ip));
+            let expected = expected_v4_rule(ip);
             prop_assert!(expected.is_some());
             for host in ipv4_spellings(ip) {
                 match PROD.check(&format!("https://{host}/x")) {
@@ -1053,19 +1027,41 @@ mod tests {
         }
 
         #[test]
-        fn every_ipv4_is_classified_as_the_reference_table_says(n in any::<u32>()) {
-            let ip = Ipv4Addr::from(n);
-            prop_assert_eq!(rule_of(PROD.check(&format!("https://{ip}/"))), expected_v4_rule(n));
-            prop_assert_eq!(classify_ip(ip.into()).map(NonPublic::rule), expected_v4_rule(n));
+        fn every_ipv4_is_classified_as_the_reference_table_says(ip in any::<Ipv4Addr>()) {
+            let expected = expected_v4_rule(ip);
+            prop_assert_eq!(rule_of(PROD.check(&format!("https://{ip}/"))), expected);
+            prop_assert_eq!(classify_ip(ip.into()).map(NonPublic::rule), expected);
+        }
+
+        #[test]
+        fn ipv4_mapped_ipv6_is_judged_as_ipv4(ip in any::<Ipv4Addr>()) {
+            let mapped = ip.to_ipv6_mapped();
+            prop_assert_eq!(classify_ip(mapped.into()), classify_ip(ip.into()), "{}", mapped);
+            let raw = format!("https://[{mapped}]/");
+            prop_assert_eq!(rule_of(PROD.check(&raw)), expected_v4_rule(ip), "{}", raw);
+        }
+
+        #[test]
+        fn ipv6_forms_carrying_ipv4_are_judged_by_it(ip in any::<Ipv4Addr>(), tail in any::<u16>()) {
+            let expected = expected_v4_rule(ip);
+            for v6 in ipv6_carrying(ip, tail) {
+                prop_assert_eq!(classify_ip(v6.into()).map(NonPublic::rule), expected, "{}", v6);
+            }
+            // `::` and `::1` are not IPv4-compatible forms but addresses of their own.
+            let compatible = ip.to_ipv6_compatible();
+            if ip.to_bits() > 1 {
+                let got = classify_ip(compatible.into()).map(NonPublic::rule);
+                prop_assert_eq!(got, expected.or(Some("deprecated")), "{}", compatible);
+            }
         }
 
         #[test]
         fn non_public_ipv6_rejected(
-            (net, len, rule) in prop::sample::select(NON_PUBLIC_V6),
+            (net, rule) in prop::sample::select(NON_PUBLIC_V6),
             bits in any::<u128>(),
         ) {
-            let host_mask = u128::MAX.checked_shr(len).unwrap_or(0);
-            let ip = Ipv6Addr::from((net & !host_mask) | (bits & host_mask));
+            let net: Ipv6Net = net.parse().unwrap();
+            let ip = Ipv6Addr::from_bits(net.network().to_bits() | (bits & net.hostmask().to_bits()));
             let raw = format!("https://[{ip}]/");
             prop_assert_eq!(rule_of(PROD.check(&raw)), Some(rule), "{}", raw);
             prop_assert!(DEV.check(&raw).is_ok(), "{}", raw);
@@ -1073,10 +1069,10 @@ mod tests {
 
         #[test]
         fn global_unicast_ipv6_accepted(bits in any::<u128>()) {
-            let n = (1 << 125) | (bits >> 3);
-            let special = [(0x2001_u128 << 112, 23), (0x2002 << 112, 16), (0x3fff << 112, 20)];
-            prop_assume!(!special.iter().any(|&(net, len)| in_v6_test(n, net, len)));
-            let ip = Ipv6Addr::from(n);
+            let global: Ipv6Net = "2000::/3".parse().unwrap();
+            let ip = Ipv6Addr::from_bits(global.network().to_bits() | (bits & global.hostmask().to_bits()));
+            let special = ["2001::/23", "2002::/16", "3fff::/20"];
+            prop_assume!(!special.iter().any(|net| net.parse::<Ipv6Net>().unwrap().contains(&ip)));
             prop_assert_eq!(rule_of(PROD.check(&format!("https://[{ip}]/"))), None, "{}", ip);
         }
 
