@@ -41,7 +41,7 @@ use sea_orm::{
 };
 use serde::Serialize;
 
-use crate::retry::{AttemptOutcome, Decision, GiveUpReason, JitterSource, RetryPolicy};
+use crate::retry::{AttemptOutcome, Decision, GiveUpReason, RetryPolicy};
 
 /// Evaluates and awaits `$step` again when the database aborted it as a deadlock victim or a
 /// serialization failure (SQLSTATE 40001, PostgreSQL 40P01): the step was rolled back whole, so
@@ -609,7 +609,7 @@ pub async fn record_outcome<C: ConnectionTrait>(
     outcome: &AttemptOutcome,
     policy: &RetryPolicy,
     now: DateTime<Utc>,
-    rng: &mut impl JitterSource,
+    rng: &mut impl rand::Rng,
 ) -> Result<Recorded, DeliveryError> {
     let attempts = u32::try_from(claim.attempt).unwrap_or(0);
     let decision = policy.next_attempt(attempts, outcome, now, rng);
@@ -675,15 +675,9 @@ pub async fn record_success<C: ConnectionTrait>(
         code: status_code,
         retry_after: None,
     };
-    record_outcome(
-        db,
-        claim,
-        &outcome,
-        &DEFAULT_POLICY,
-        now,
-        &mut crate::retry::FixedJitter(0.5),
-    )
-    .await
+    // Not `rand::rng()`: a thread-local RNG held across the await would make this future !Send.
+    let mut rng: rand::rngs::StdRng = rand::make_rng();
+    record_outcome(db, claim, &outcome, &DEFAULT_POLICY, now, &mut rng).await
 }
 
 /// Records a failed attempt (an error status, a timeout or a connection error) and schedules
@@ -694,7 +688,7 @@ pub async fn record_failure<C: ConnectionTrait>(
     outcome: &AttemptOutcome,
     policy: &RetryPolicy,
     now: DateTime<Utc>,
-    rng: &mut impl JitterSource,
+    rng: &mut impl rand::Rng,
 ) -> Result<Recorded, DeliveryError> {
     record_outcome(db, claim, outcome, policy, now, rng).await
 }
