@@ -498,9 +498,10 @@ pub async fn record_outcome<C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<Decision> {
     let attempts = u32::try_from(claim.attempt).unwrap_or(0);
+    // The thread-local generator is not `Send`: it is used and dropped before the first await.
     let decision = settings
         .retry
-        .next_attempt(attempts, outcome, now, &mut crate::retry::OsJitter);
+        .next_attempt(attempts, outcome, now, &mut rand::rng());
     let status = match outcome {
         AttemptOutcome::Status { code, .. } => Some(i32::from(*code)),
         _ => None,

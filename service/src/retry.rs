@@ -3,7 +3,9 @@
 //! A worker makes one attempt, describes what happened as an [`AttemptOutcome`] and asks
 //! [`RetryPolicy::next_attempt`] what comes next: [`Decision::Delivered`], a
 //! [`Decision::RetryAt`] instant, or [`Decision::GiveUp`]. The clock (`now`) and the randomness
-//! ([`JitterSource`]) are passed in, so every decision can be reproduced in a test.
+//! (any [`rand::Rng`], seeded in tests) are passed in, so every decision can be reproduced.
+//! We keep our own policy rather than `backon` or `backoff`: those drive a retry loop in
+//! memory, while a delivery's next attempt is an instant stored in `next_retry_at`.
 //!
 //! # Default schedule
 //!
@@ -23,7 +25,31 @@
 //! | 7 | 10 h | 17 h 35 min 5 s | 10 h |
 //! | 8 | 10 h | 27 h 35 min 5 s | 10 h |
 //!
-//! When attempt 8 fails too, the delivery is given up ([`GiveUpReason::MaxAttempts`]).
+//! When attempt 8 fails too, the delivery is given up ([`GiveUpReason::MaxAttempts`]). The
+//! table is checked against the code:
+//!
+//! ```
+//! use agent_webhooks::retry::{AttemptOutcome::Timeout, Decision, GiveUpReason, RetryPolicy};
+//! use rand::{SeedableRng, rngs::StdRng};
+//! use std::time::Duration;
+//!
+//! let (min, h) = (60, 3600);
+//! let default = RetryPolicy::default();
+//! assert_eq!((default.jitter, default.max_retry_after), (0.1, Duration::from_secs(h)));
+//! assert_eq!(default.total_span(), Duration::from_secs(27 * h + 35 * min + 5));
+//!
+//! let (policy, mut rng) = (RetryPolicy { jitter: 0.0, ..default }, StdRng::seed_from_u64(0));
+//! let (mut now, mut made, mut at) = (chrono::DateTime::UNIX_EPOCH, 1, vec![0]);
+//! while let Decision::RetryAt(next) = policy.next_attempt(made, &Timeout, now, &mut rng) {
+//!     (now, made) = (next, made + 1);
+//!     at.push(now.timestamp() as u64); // seconds since enqueue (the epoch)
+//! }
+//! let last = policy.next_attempt(made, &Timeout, now, &mut rng);
+//! assert_eq!(last, Decision::GiveUp(GiveUpReason::MaxAttempts(8)));
+//! let table = [0, 5, 5 * min + 5, 35 * min + 5, 2 * h + 35 * min + 5, 7 * h + 35 * min + 5,
+//!     17 * h + 35 * min + 5, 27 * h + 35 * min + 5];
+//! assert_eq!(at, table);
+//! ```
 //!
 //! # Outcomes
 //!
@@ -58,6 +84,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use rand::{Rng, RngExt};
 
 /// The shortest wait before a retry, so that a retry is always strictly later than the failure
 /// it follows, even under a zero delay from an unvalidated policy.
@@ -73,7 +100,7 @@ pub const MAX_DELAY: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 pub enum AttemptOutcome {
     /// The receiver answered with an HTTP status.
     Status {
-        /// The status code.
+        /// Any value, even outside 100–599: [`classify`] says what it means.
         code: u16,
         /// The response's `Retry-After`, parsed with [`RetryAfter::parse`]; `None` when
         /// absent or invalid.
@@ -117,7 +144,7 @@ impl RetryAfter {
 /// How an outcome counts, independently of how many attempts are left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Classification {
-    /// The receiver accepted the delivery.
+    /// Nothing left to do.
     Success,
     /// Worth trying again later.
     Retryable,
@@ -141,7 +168,7 @@ pub fn classify(outcome: &AttemptOutcome) -> Classification {
 /// What to do after an attempt: what the delivery record stores next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Decision {
-    /// It was delivered; nothing more to do.
+    /// Nothing more to do.
     Delivered,
     /// Try again at this instant (always later than the `now` it was decided at).
     RetryAt(DateTime<Utc>),
@@ -156,37 +183,6 @@ pub enum GiveUpReason {
     FinalStatus(u16),
     /// This many attempts were made, all the policy allows, the last one retryable.
     MaxAttempts(u32),
-}
-
-/// A source of jitter, injected so that tests are deterministic and production is random.
-pub trait JitterSource {
-    /// The next value in `[0, 1)`: `0` shortens a delay by the full jitter, `0.5` leaves it
-    /// as scheduled, values near `1` lengthen it by almost the full jitter. Values outside
-    /// the range are clamped into `[0, 1]` and NaN counts as `0.5`.
-    fn unit(&mut self) -> f64;
-}
-
-/// Jitter from the operating system's random number generator, for production.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct OsJitter;
-
-impl JitterSource for OsJitter {
-    fn unit(&mut self) -> f64 {
-        // 53 random bits: every value is exactly representable and below 1.
-        const SCALE: f64 = 1.0 / (1u64 << 53) as f64;
-        // Without randomness, schedule without jitter rather than fail the delivery record.
-        getrandom::u64().map_or(0.5, |bits| (bits >> 11) as f64 * SCALE)
-    }
-}
-
-/// The same value every time, for deterministic tests: `FixedJitter(0.5)` is no jitter.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct FixedJitter(pub f64);
-
-impl JitterSource for FixedJitter {
-    fn unit(&mut self) -> f64 {
-        self.0
-    }
 }
 
 /// How a delivery is retried: the schedule, the attempt budget, jitter and the `Retry-After`
@@ -208,8 +204,6 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// Svix's schedule, ±10 % jitter, `Retry-After` honoured up to 1 h (see the module
-    /// documentation for the table).
     fn default() -> Self {
         let s = Duration::from_secs;
         RetryPolicy {
@@ -233,13 +227,13 @@ impl Default for RetryPolicy {
 /// misbehave at the first failure.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum RetryPolicyError {
-    /// `max_attempts` is 0, which would not even allow the first attempt.
+    /// Not even the first attempt would be allowed.
     #[error("max_attempts must be at least 1 (the first attempt counts)")]
     NoAttempts,
     /// Retries are allowed but there is no delay to wait between them.
     #[error("max_attempts is {max_attempts} but the retry schedule has no delays")]
     EmptySchedule {
-        /// The configured attempt budget.
+        /// Above 1, so the schedule would be needed.
         max_attempts: u32,
     },
     /// `jitter` is outside `[0, 1)` (or NaN).
@@ -251,9 +245,9 @@ pub enum RetryPolicyError {
         MIN_DELAY
     )]
     DelayTooShort {
-        /// Its index in the schedule.
+        /// Which delay to fix, the first offending one.
         index: usize,
-        /// The delay.
+        /// Echoed so a unit mix-up is visible.
         delay: Duration,
     },
     /// A scheduled delay is longer than [`MAX_DELAY`].
@@ -262,9 +256,9 @@ pub enum RetryPolicyError {
         MAX_DELAY
     )]
     DelayTooLong {
-        /// Its index in the schedule.
+        /// Which delay to fix, the first offending one.
         index: usize,
-        /// The delay.
+        /// Echoed so a unit mix-up is visible.
         delay: Duration,
     },
     /// `max_retry_after` is longer than [`MAX_DELAY`].
@@ -324,12 +318,12 @@ impl RetryPolicy {
     ///
     /// Success is [`Decision::Delivered`] and a final status is
     /// [`GiveUpReason::FinalStatus`], however many attempts remain. A retryable outcome is
-    /// retried after the scheduled delay, jittered, unless a longer `Retry-After` applies
-    /// (see the module documentation), or given up with [`GiveUpReason::MaxAttempts`] when
-    /// `attempts_made` reaches `max_attempts`.
+    /// retried after the scheduled delay, moved uniformly within ±`jitter` of itself by `rng`,
+    /// unless a longer `Retry-After` applies (see the module documentation), or given up with
+    /// [`GiveUpReason::MaxAttempts`] when `attempts_made` reaches `max_attempts`.
     ///
     /// ```
-    /// use agent_webhooks::retry::{AttemptOutcome, Decision, FixedJitter, RetryAfter, RetryPolicy};
+    /// use agent_webhooks::retry::{AttemptOutcome, Decision, RetryAfter, RetryPolicy};
     /// use chrono::{DateTime, TimeDelta};
     ///
     /// let policy = RetryPolicy::default();
@@ -339,7 +333,7 @@ impl RetryPolicy {
     ///     code: 503,
     ///     retry_after: RetryAfter::parse("120", now),
     /// };
-    /// let decision = policy.next_attempt(1, &outcome, now, &mut FixedJitter(0.5));
+    /// let decision = policy.next_attempt(1, &outcome, now, &mut rand::rng());
     /// assert_eq!(decision, Decision::RetryAt(now + TimeDelta::seconds(120)));
     /// ```
     pub fn next_attempt(
@@ -347,7 +341,7 @@ impl RetryPolicy {
         attempts_made: u32,
         outcome: &AttemptOutcome,
         now: DateTime<Utc>,
-        rng: &mut impl JitterSource,
+        rng: &mut impl Rng,
     ) -> Decision {
         let retry_after = match (classify(outcome), outcome) {
             (Classification::Success, _) => return Decision::Delivered,
@@ -368,7 +362,7 @@ impl RetryPolicy {
             {
                 asked.min(self.max_retry_after).min(MAX_DELAY)
             }
-            _ => self.jittered(scheduled, rng.unit()),
+            _ => self.jittered(scheduled, rng),
         };
         Decision::RetryAt(instant_after(now, delay.max(MIN_DELAY)))
     }
@@ -385,28 +379,13 @@ impl RetryPolicy {
             .clamp(MIN_DELAY, MAX_DELAY)
     }
 
-    /// `delay` moved by up to ±`jitter` of itself, by `unit` (0 → −jitter, 0.5 → none).
-    fn jittered(&self, delay: Duration, unit: f64) -> Duration {
-        let jitter = if self.jitter.is_nan() {
-            0.0
-        } else {
-            self.jitter.clamp(0.0, 1.0)
-        };
-        let unit = if unit.is_nan() {
-            0.5
-        } else {
-            unit.clamp(0.0, 1.0)
-        };
-        // `delay` is at most MAX_DELAY, whose nanoseconds (< 2^53) are exact as an f64.
-        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
-        let spread = (nanos as f64 * jitter) as u64;
-        let offset = (2.0 * unit - 1.0) * spread as f64;
-        let shift = Duration::from_nanos((offset.abs() as u64).min(spread));
-        if offset < 0.0 {
-            delay.saturating_sub(shift)
-        } else {
-            delay.saturating_add(shift)
-        }
+    /// `delay` (at most [`MAX_DELAY`]) moved uniformly within ±`jitter` of itself.
+    fn jittered(&self, delay: Duration, rng: &mut impl Rng) -> Duration {
+        // MAX_DELAY's nanoseconds (< 2^53) fit a u64 and are exact as an f64. The clamp and the
+        // saturating cast keep an unvalidated jitter within [0, 1]; NaN is no jitter.
+        let nanos = delay.as_nanos() as u64;
+        let spread = (nanos as f64 * self.jitter.clamp(0.0, 1.0)) as u64;
+        Duration::from_nanos(nanos - spread + rng.random_range(0..=2 * spread))
     }
 }
 
@@ -422,6 +401,7 @@ fn instant_after(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use rand::{SeedableRng, rngs::StdRng};
 
     fn t0() -> DateTime<Utc> {
         DateTime::from_timestamp(1_764_000_000, 0).unwrap()
@@ -449,12 +429,26 @@ mod tests {
         }
     }
 
-    fn decide(attempts: u32, outcome: &AttemptOutcome, unit: f64) -> Decision {
-        RetryPolicy::default().next_attempt(attempts, outcome, t0(), &mut FixedJitter(unit))
+    fn rng(seed: u64) -> StdRng {
+        StdRng::seed_from_u64(seed)
     }
 
-    /// The largest `f64` below 1: the top of a `JitterSource`'s range.
-    const TOP: f64 = 1.0 - f64::EPSILON / 2.0;
+    /// The default policy without jitter, so instants are exact.
+    fn exact() -> RetryPolicy {
+        RetryPolicy {
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        }
+    }
+
+    fn decide(attempts: u32, outcome: &AttemptOutcome) -> Decision {
+        exact().next_attempt(attempts, outcome, t0(), &mut rng(0))
+    }
+
+    /// The default policy's decision, jittered by the RNG seeded with `seed`.
+    fn decide_jittered(attempts: u32, outcome: &AttemptOutcome, seed: u64) -> Decision {
+        RetryPolicy::default().next_attempt(attempts, outcome, t0(), &mut rng(seed))
+    }
 
     #[test]
     fn classifies_each_outcome() {
@@ -493,88 +487,19 @@ mod tests {
         );
     }
 
-    /// "5 min 5 s" → 305 s; `None` for anything else.
-    fn parse_table_duration(text: &str) -> Option<Duration> {
-        let tokens: Vec<&str> = text.split_whitespace().collect();
-        if tokens.is_empty() || !tokens.len().is_multiple_of(2) {
-            return None;
-        }
-        let mut total = Duration::ZERO;
-        for pair in tokens.chunks(2) {
-            let n: u64 = pair[0].parse().ok()?;
-            let unit = match pair[1] {
-                "s" => 1,
-                "min" => 60,
-                "h" => 3600,
-                _ => return None,
-            };
-            total += secs(n * unit);
-        }
-        Some(total)
-    }
-
-    /// The module documentation's schedule table: (attempt, delay, at from enqueue).
-    fn documented_schedule() -> Vec<(u32, Option<Duration>, Duration)> {
-        include_str!("retry.rs")
-            .lines()
-            .filter_map(|line| line.strip_prefix("//! | "))
-            .filter_map(|row| {
-                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-                let attempt = cells.first()?.parse().ok()?;
-                let at = parse_table_duration(cells.get(2)?)?;
-                Some((attempt, parse_table_duration(cells.get(1)?), at))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn default_schedule_walks_through_the_documented_instants() {
-        let policy = RetryPolicy::default();
-        policy.validate().unwrap();
-        let table = documented_schedule();
-        let at: Vec<u64> = table.iter().map(|(_, _, at)| at.as_secs()).collect();
-        assert_eq!(at, [0, 5, 305, 2105, 9305, 27305, 63305, 99305]);
-        assert_eq!(table.len(), policy.max_attempts as usize);
-        assert_eq!(table[0].1, None, "the first attempt is at enqueue");
-
-        let enqueued = t0();
-        let mut now = enqueued;
-        for window in table.windows(2) {
-            let [(made, _, _), (next, delay, next_at)] = window else {
-                unreachable!()
-            };
-            assert_eq!(*next, made + 1);
-            let decision = policy.next_attempt(*made, &status(503), now, &mut FixedJitter(0.5));
-            let expected = enqueued + TimeDelta::from_std(*next_at).unwrap();
-            assert_eq!(
-                decision,
-                Decision::RetryAt(expected),
-                "after attempt {made}"
-            );
-            assert_eq!(Some((expected - now).to_std().unwrap()), *delay);
-            now = expected;
-        }
-        assert_eq!(
-            policy.next_attempt(8, &status(503), now, &mut FixedJitter(0.5)),
-            Decision::GiveUp(GiveUpReason::MaxAttempts(8))
-        );
-        assert_eq!(policy.total_span(), secs(99305));
-        assert_eq!((policy.jitter, policy.max_retry_after), (0.1, secs(3600)));
-    }
-
     #[test]
     fn success_and_final_statuses_decide_whatever_the_attempt() {
         for attempts in [0, 1, 7, 8, 9, u32::MAX] {
-            assert_eq!(decide(attempts, &status(204), 0.5), Decision::Delivered);
+            assert_eq!(decide(attempts, &status(204)), Decision::Delivered);
             for code in [301, 404, 410] {
                 assert_eq!(
-                    decide(attempts, &status(code), 0.5),
+                    decide(attempts, &status(code)),
                     Decision::GiveUp(GiveUpReason::FinalStatus(code))
                 );
             }
         }
         assert_eq!(
-            decide(1, &status_with(400, "120"), 0.5),
+            decide(1, &status_with(400, "120")),
             Decision::GiveUp(GiveUpReason::FinalStatus(400)),
             "Retry-After does not make a final status retryable"
         );
@@ -585,9 +510,9 @@ mod tests {
             status(429),
             status(500),
         ] {
-            assert_eq!(decide(1, &outcome, 0.5), after(secs(5)), "{outcome:?}");
+            assert_eq!(decide(1, &outcome), after(secs(5)), "{outcome:?}");
             assert_eq!(
-                decide(9, &outcome, 0.5),
+                decide(9, &outcome),
                 Decision::GiveUp(GiveUpReason::MaxAttempts(9))
             );
         }
@@ -595,60 +520,51 @@ mod tests {
 
     #[test]
     fn attempts_made_zero_counts_as_the_first() {
-        assert_eq!(decide(0, &AttemptOutcome::Timeout, 0.5), after(secs(5)));
+        assert_eq!(decide(0, &AttemptOutcome::Timeout), after(secs(5)));
         let single = RetryPolicy {
             max_attempts: 1,
             schedule: vec![],
             ..RetryPolicy::default()
         };
         assert_eq!(
-            single.next_attempt(0, &AttemptOutcome::Timeout, t0(), &mut FixedJitter(0.5)),
+            single.next_attempt(0, &AttemptOutcome::Timeout, t0(), &mut rng(0)),
             Decision::GiveUp(GiveUpReason::MaxAttempts(1))
         );
     }
 
+    /// How long after `t0()` `decision` retries.
+    fn wait(decision: Decision) -> Duration {
+        match decision {
+            Decision::RetryAt(at) => (at - t0()).to_std().unwrap(),
+            other => panic!("not a retry: {other:?}"),
+        }
+    }
+
     #[test]
-    fn jitter_reaches_its_edges_and_no_further() {
-        // After attempt 3 the delay is 30 min: ±10 % is ±180 s.
-        let timeout = AttemptOutcome::Timeout;
-        assert_eq!(decide(3, &timeout, 0.0), after(secs(1620)));
-        assert_eq!(decide(3, &timeout, 0.25), after(secs(1710)));
-        assert_eq!(decide(3, &timeout, 0.75), after(secs(1890)));
-        let Decision::RetryAt(top) = decide(3, &timeout, TOP) else {
-            panic!("not a retry")
-        };
-        let top = (top - t0()).to_std().unwrap();
-        assert!(top < secs(1980), "{top:?}");
-        assert!(top >= secs(1980) - Duration::from_micros(1), "{top:?}");
-
-        // A misbehaving source is clamped: never beyond the edges, NaN is no jitter.
-        assert_eq!(decide(3, &timeout, -3.0), after(secs(1620)));
-        assert_eq!(decide(3, &timeout, f64::NEG_INFINITY), after(secs(1620)));
-        assert_eq!(decide(3, &timeout, 7.0), after(secs(1980)));
-        assert_eq!(decide(3, &timeout, f64::INFINITY), after(secs(1980)));
-        assert_eq!(decide(3, &timeout, f64::NAN), after(secs(1800)));
-
-        // Every scheduled delay stays within ±10 %.
+    fn jitter_spreads_over_its_whole_range_and_no_further() {
+        // One seeded RNG, many draws per delay: every draw is within ±10 %, and the draws
+        // come within 1 % of the spread of both edges.
         let policy = RetryPolicy::default();
+        let mut rng = rng(7);
         for (i, &delay) in policy.schedule.iter().enumerate() {
             let made = u32::try_from(i).unwrap() + 1;
-            assert_eq!(decide(made, &timeout, 0.0), after(delay.mul_f64(0.9)));
-            let Decision::RetryAt(high) = decide(made, &timeout, TOP) else {
-                panic!("not a retry")
-            };
-            assert!(high <= t0() + TimeDelta::from_std(delay.mul_f64(1.1)).unwrap());
-            assert!(high > t0() + TimeDelta::from_std(delay.mul_f64(1.099)).unwrap());
+            let waits: Vec<Duration> = (0..2000)
+                .map(|_| wait(policy.next_attempt(made, &AttemptOutcome::Timeout, t0(), &mut rng)))
+                .collect();
+            let (low, high) = (delay.mul_f64(0.9), delay.mul_f64(1.1));
+            let margin = delay.mul_f64(0.002);
+            assert!(waits.iter().all(|w| (low..=high).contains(w)), "{delay:?}");
+            assert!(waits.iter().min().unwrap() < &(low + margin), "{delay:?}");
+            assert!(waits.iter().max().unwrap() > &(high - margin), "{delay:?}");
         }
     }
 
     #[test]
     fn retry_after_seconds_is_honoured_exactly_without_jitter() {
-        for unit in [0.0, 0.5, TOP] {
-            assert_eq!(decide(1, &status_with(429, "120"), unit), after(secs(120)));
-            assert_eq!(
-                decide(3, &status_with(503, "3600"), unit),
-                after(secs(3600))
-            );
+        for seed in 0..20 {
+            let decide = |made, header| decide_jittered(made, &status_with(429, header), seed);
+            assert_eq!(decide(1, "120"), after(secs(120)));
+            assert_eq!(decide(3, "3600"), after(secs(3600)));
         }
     }
 
@@ -658,7 +574,7 @@ mod tests {
             .format("%a, %d %b %Y %H:%M:%S GMT")
             .to_string();
         assert_eq!(
-            decide(1, &status_with(503, &in_ten_minutes), 0.0),
+            decide_jittered(1, &status_with(503, &in_ten_minutes), 3),
             after(secs(600))
         );
     }
@@ -668,7 +584,7 @@ mod tests {
         let in_two_days = (t0() + TimeDelta::days(2)).to_rfc2822();
         for header in ["3601", "86400", "99999999999999999999999", &in_two_days] {
             assert_eq!(
-                decide(1, &status_with(429, header), 0.5),
+                decide_jittered(1, &status_with(429, header), 5),
                 after(secs(3600)),
                 "{header}"
             );
@@ -677,21 +593,18 @@ mod tests {
 
     #[test]
     fn retry_after_no_longer_than_the_schedule_is_ignored() {
-        // After attempt 2 the schedule says 5 min; FixedJitter(0.0) shows the jitter applies.
+        // After attempt 2 the schedule says 5 min, jittered as if there were no header.
         let in_a_minute = (t0() + TimeDelta::minutes(1)).to_rfc2822();
         let yesterday = (t0() - TimeDelta::days(1)).to_rfc2822();
+        let scheduled = decide_jittered(2, &AttemptOutcome::Timeout, 11);
+        assert_ne!(scheduled, after(secs(300)), "the jitter applies");
         for header in ["0", "60", "299", "300", &in_a_minute, &yesterday] {
-            assert_eq!(
-                decide(2, &status_with(503, header), 0.0),
-                after(secs(270)),
-                "{header}"
-            );
+            let outcome = status_with(503, header);
+            assert_eq!(decide_jittered(2, &outcome, 11), scheduled, "{header}");
+            assert_eq!(decide(2, &outcome), after(secs(300)), "{header}");
         }
         // After attempt 5 the schedule (5 h) exceeds even a capped 24 h request.
-        assert_eq!(
-            decide(5, &status_with(503, "86400"), 0.5),
-            after(secs(5 * 3600))
-        );
+        assert_eq!(decide(5, &status_with(503, "86400")), after(secs(5 * 3600)));
     }
 
     #[test]
@@ -712,7 +625,7 @@ mod tests {
         ] {
             assert_eq!(RetryAfter::parse(header, t0()), None, "{header:?}");
             assert_eq!(
-                decide(1, &status_with(429, header), 0.5),
+                decide(1, &status_with(429, header)),
                 after(secs(5)),
                 "{header:?}"
             );
@@ -758,7 +671,7 @@ mod tests {
             max_retry_after: secs(60),
         };
         short.validate().unwrap();
-        let mut rng = FixedJitter(0.0);
+        let mut rng = rng(0);
         let timeout = AttemptOutcome::Timeout;
         for (made, delay) in [(1, 7), (2, 11), (3, 11), (4, 11)] {
             assert_eq!(
@@ -908,26 +821,38 @@ mod tests {
 
     #[test]
     fn extreme_inputs_clamp_instead_of_panicking() {
+        // A NaN jitter is none, so the clamped delays show exactly.
         let wild = RetryPolicy {
             schedule: vec![Duration::ZERO, Duration::MAX],
             max_attempts: 10,
-            jitter: 5.0,
+            jitter: f64::NAN,
             max_retry_after: Duration::MAX,
         };
         let timeout = AttemptOutcome::Timeout;
-        let mut rng = FixedJitter(0.0);
+        let mut rng = rng(0);
         assert_eq!(
             wild.next_attempt(1, &timeout, t0(), &mut rng),
             after(MIN_DELAY)
         );
         assert_eq!(
-            wild.next_attempt(2, &timeout, t0(), &mut FixedJitter(1.0)),
-            after(MAX_DELAY * 2)
+            wild.next_attempt(2, &timeout, t0(), &mut rng),
+            after(MAX_DELAY)
         );
         assert_eq!(
             wild.next_attempt(1, &status_with(429, "99999999999999999999"), t0(), &mut rng),
             after(MAX_DELAY)
         );
+        // A jitter above 1 counts as 1: up to twice the delay, never more.
+        let wilder = RetryPolicy {
+            jitter: 5.0,
+            ..wild
+        };
+        let longest = (0..200)
+            .map(|_| wait(wilder.next_attempt(2, &timeout, t0(), &mut rng)))
+            .max()
+            .unwrap();
+        assert!(longest <= MAX_DELAY * 2, "{longest:?}");
+        assert!(longest > MAX_DELAY.mul_f64(1.9), "{longest:?}");
         // At the end of chrono's range the instant saturates.
         let end = DateTime::<Utc>::MAX_UTC;
         assert_eq!(
@@ -936,19 +861,12 @@ mod tests {
         );
         let empty = RetryPolicy {
             schedule: vec![],
-            ..RetryPolicy::default()
+            ..exact()
         };
         assert_eq!(
             empty.next_attempt(1, &timeout, t0(), &mut rng),
             after(MIN_DELAY)
         );
-    }
-
-    #[test]
-    fn os_jitter_is_in_range_and_varies() {
-        let samples: Vec<f64> = (0..256).map(|_| OsJitter.unit()).collect();
-        assert!(samples.iter().all(|u| (0.0..1.0).contains(u)));
-        assert!(samples.iter().any(|&u| u != samples[0]));
     }
 
     fn any_duration() -> impl Strategy<Value = Duration> {
@@ -977,10 +895,6 @@ mod tests {
         prop_oneof![0u32..12, any::<u32>()]
     }
 
-    fn any_unit() -> impl Strategy<Value = f64> {
-        prop_oneof![0.0f64..1.0, Just(0.0), Just(TOP), proptest::num::f64::ANY]
-    }
-
     /// Instants far enough from chrono's ends that no retry saturates.
     fn any_now() -> impl Strategy<Value = DateTime<Utc>> {
         let margin = 10 * MAX_DELAY.as_secs() as i64;
@@ -1002,7 +916,7 @@ mod tests {
         (
             proptest::collection::vec(delay, 1..10),
             1u32..20,
-            prop_oneof![0.0f64..1.0, Just(0.0), Just(TOP)],
+            prop_oneof![0.0f64..1.0, Just(0.0), Just(1.0 - f64::EPSILON / 2.0)],
             (0..=MAX_DELAY.as_secs()).prop_map(Duration::from_secs),
         )
             .prop_map(
@@ -1068,11 +982,11 @@ mod tests {
         fn default_policy_decisions_are_consistent_and_bounded(
             attempts in any_attempts(),
             outcome in any_outcome(),
-            unit in any_unit(),
+            seed in any::<u64>(),
             now in any_now(),
         ) {
             let policy = RetryPolicy::default();
-            let decision = policy.next_attempt(attempts, &outcome, now, &mut FixedJitter(unit));
+            let decision = policy.next_attempt(attempts, &outcome, now, &mut rng(seed));
             check_decision(&policy, attempts, &outcome, now, decision)?;
         }
 
@@ -1081,12 +995,30 @@ mod tests {
             policy in any_valid_policy(),
             attempts in any_attempts(),
             outcome in any_outcome(),
-            unit in any_unit(),
+            seed in any::<u64>(),
             now in any_now(),
         ) {
             prop_assert_eq!(policy.validate(), Ok(()));
-            let decision = policy.next_attempt(attempts, &outcome, now, &mut FixedJitter(unit));
+            let decision = policy.next_attempt(attempts, &outcome, now, &mut rng(seed));
             check_decision(&policy, attempts, &outcome, now, decision)?;
+        }
+
+        #[test]
+        fn jitter_stays_within_its_fraction_of_the_scheduled_delay(
+            policy in any_valid_policy(),
+            attempts in 1u32..20,
+            seed in any::<u64>(),
+            now in any_now(),
+        ) {
+            prop_assume!(attempts < policy.max_attempts);
+            let scheduled = policy.scheduled_delay(attempts).as_nanos() as f64;
+            let decision = policy.next_attempt(attempts, &AttemptOutcome::Timeout, now, &mut rng(seed));
+            let Decision::RetryAt(at) = decision else {
+                return Err(TestCaseError::fail(format!("{decision:?}")));
+            };
+            let waited = (at - now).to_std().unwrap().as_nanos() as f64;
+            prop_assert!((waited - scheduled).abs() <= scheduled * policy.jitter,
+                "waited {waited} ns for {scheduled} ns at jitter {}", policy.jitter);
         }
 
         #[test]
@@ -1097,13 +1029,13 @@ mod tests {
             max_retry_after in any_duration(),
             attempts in any_attempts(),
             outcome in any_outcome(),
-            unit in proptest::num::f64::ANY,
+            seed in any::<u64>(),
             now in any_now(),
         ) {
             let policy = RetryPolicy { schedule, max_attempts, jitter, max_retry_after };
             let _ = policy.validate();
             let _ = policy.total_span();
-            let decision = policy.next_attempt(attempts, &outcome, now, &mut FixedJitter(unit));
+            let decision = policy.next_attempt(attempts, &outcome, now, &mut rng(seed));
             if let Decision::RetryAt(at) = decision {
                 prop_assert!(at > now);
                 prop_assert!((at - now).to_std().unwrap() <= MAX_DELAY * 2);

@@ -190,27 +190,6 @@ macro_rules! backend_tests {
     )+};
 }
 
-#[cfg(test)]
-mod tests {
-    use super::replace_database;
-
-    #[test]
-    fn replaces_the_database_in_urls() {
-        assert_eq!(
-            replace_database("postgres://u@h:5432/postgres", "x"),
-            "postgres://u@h:5432/x"
-        );
-        assert_eq!(
-            replace_database("mysql://root@h:3306", "x"),
-            "mysql://root@h:3306/x"
-        );
-        assert_eq!(
-            replace_database("postgres://u:p@h/db?sslmode=disable", "x"),
-            "postgres://u:p@h/x?sslmode=disable"
-        );
-    }
-}
-
 /// Inserts organization `org-1` (if missing) and an agent with an enabled webhook to
 /// `https://hooks.example.com/<agent_id>` wanting `events` (empty = all).
 pub async fn seed_agent(t: &TestDb, agent_id: &str, events: &[&str]) {
@@ -245,21 +224,23 @@ pub async fn seed_agent(t: &TestDb, agent_id: &str, events: &[&str]) {
     .expect("insert agent");
 }
 
-/// A tiny deterministic random source (xorshift64*) so tests need no RNG crate.
-#[derive(Clone, Debug)]
-pub struct TestRng(u64);
+#[cfg(test)]
+mod tests {
+    use super::replace_database;
 
-impl TestRng {
-    /// A generator from a non-zero seed.
-    pub fn new(seed: u64) -> Self {
-        TestRng(seed.max(1))
-    }
-
-    /// The next value in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    #[test]
+    fn replaces_the_database_in_urls() {
+        assert_eq!(
+            replace_database("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            replace_database("mysql://root@h:3306", "x"),
+            "mysql://root@h:3306/x"
+        );
+        assert_eq!(
+            replace_database("postgres://u:p@h/db?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
     }
 }

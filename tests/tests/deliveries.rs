@@ -9,11 +9,13 @@ use std::time::Duration;
 use agent_webhooks::deliveries::{
     self, Claim, DeliveryError, DeliveryState, Enqueued, HistoryQuery, Recorded, SkipReason,
 };
-use agent_webhooks::retry::{AttemptOutcome, FixedJitter, GiveUpReason, RetryPolicy};
+use agent_webhooks::retry::{AttemptOutcome, GiveUpReason, RetryPolicy};
 use chrono::{DateTime, TimeDelta, Utc};
 use entity::{agents, webhook_deliveries};
-use integration_tests::{Backend, TestDb, TestRng, backend_tests, seed_agent};
+use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
 use migration::{Migrator, MigratorTrait};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 
 fn t0() -> DateTime<Utc> {
@@ -32,6 +34,11 @@ fn policy(max_attempts: u32) -> RetryPolicy {
         jitter: 0.0,
         ..RetryPolicy::default()
     }
+}
+
+/// A seeded RNG: the policies here have no jitter, but `record_failure` takes one.
+fn rng() -> StdRng {
+    StdRng::seed_from_u64(0)
 }
 
 fn status(code: u16) -> AttemptOutcome {
@@ -140,16 +147,10 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
     );
 
     // A retryable failure: pending again after the schedule's first delay.
-    let recorded = deliveries::record_failure(
-        &t.db,
-        &first,
-        &status(503),
-        &p,
-        now + secs(2),
-        &mut FixedJitter(0.5),
-    )
-    .await
-    .unwrap();
+    let recorded =
+        deliveries::record_failure(&t.db, &first, &status(503), &p, now + secs(2), &mut rng())
+            .await
+            .unwrap();
     assert_eq!(recorded, Recorded::RetryAt(now + secs(7)));
     let d = deliveries::get(&t.db, &id, now + secs(2)).await.unwrap();
     assert_eq!(d.state, DeliveryState::Pending);
@@ -226,7 +227,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
             &AttemptOutcome::Timeout,
             &p,
             clock,
-            &mut FixedJitter(0.5),
+            &mut rng(),
         )
         .await
         .unwrap();
@@ -262,16 +263,10 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
     assert_eq!(claim.attempt, 1);
 
     // A final status exhausts at once.
-    let recorded = deliveries::record_failure(
-        &t.db,
-        &claim,
-        &status(410),
-        &p,
-        clock + secs(2),
-        &mut FixedJitter(0.5),
-    )
-    .await
-    .unwrap();
+    let recorded =
+        deliveries::record_failure(&t.db, &claim, &status(410), &p, clock + secs(2), &mut rng())
+            .await
+            .unwrap();
     assert_eq!(
         recorded,
         Recorded::Exhausted(GiveUpReason::FinalStatus(410))
@@ -492,16 +487,9 @@ async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
                     .unwrap();
             }
             10..20 => {
-                deliveries::record_failure(
-                    &t.db,
-                    &claim,
-                    &status(500),
-                    &p,
-                    old,
-                    &mut FixedJitter(0.5),
-                )
-                .await
-                .unwrap();
+                deliveries::record_failure(&t.db, &claim, &status(500), &p, old, &mut rng())
+                    .await
+                    .unwrap();
             }
             _ => {}
         }
@@ -597,7 +585,7 @@ async fn eight_workers_drain_five_thousand_deliveries(backend: Backend) {
             let db = agent_webhooks::db::connect(&url, 1)
                 .await
                 .expect("worker connection");
-            let mut rng = TestRng::new(0x9e37_79b9_7f4a_7c15 ^ (w + 1));
+            let mut rng = StdRng::seed_from_u64(w);
             let mut crashes = 0u32;
             loop {
                 let claims = deliveries::claim_due(&db, &policy, Utc::now(), 25, lease)
@@ -616,7 +604,7 @@ async fn eight_workers_drain_five_thousand_deliveries(backend: Backend) {
                     continue;
                 }
                 for claim in claims {
-                    let roll = rng.unit();
+                    let roll: f64 = rng.random();
                     if roll < 0.05 {
                         crashes += 1; // the worker "dies" with this claim: no report
                         continue;
@@ -628,7 +616,7 @@ async fn eight_workers_drain_five_thousand_deliveries(backend: Backend) {
                             &status(503),
                             &policy,
                             Utc::now(),
-                            &mut FixedJitter(0.5),
+                            &mut rng,
                         )
                         .await
                     } else {
