@@ -4,10 +4,6 @@ use std::time::Duration;
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 
-/// Where the service and the ops CLI go when `DATABASE_URL` is not set; the same embedded SQLite
-/// file the migration binary defaults to.
-pub const DEFAULT_DATABASE_URL: &str = "sqlite://webhooks.db?mode=rwc";
-
 /// Opens a pool on `url` with settings fit for concurrent workers.
 ///
 /// SQLite is switched to write-ahead logging (readers do not block the writer) and keeps sqlx's

@@ -21,7 +21,6 @@
 
 #![warn(missing_docs)]
 
-pub mod cli;
 pub mod config;
 pub mod db;
 pub mod deliveries;

@@ -1,6 +1,8 @@
 //! The `agent-webhooks` operations CLI; see `agent-webhooks --help`.
 
+mod commands;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    agent_webhooks::cli::run().await
+    commands::run().await
 }

@@ -16,13 +16,13 @@ use sea_orm::DatabaseConnection;
 use secrecy::SecretString;
 use serde::Serialize;
 
-use crate::config::{self, WebhookConfig};
-use crate::deliveries::{self, DeliveryState, HistoryQuery};
-use crate::secret_box::KeyRing;
-use crate::settings::WebhookSettings;
-use crate::signing;
-use crate::url_policy::UrlPolicy;
-use crate::webhook_secret::WebhookSecret;
+use agent_webhooks::config::{self, WebhookConfig};
+use agent_webhooks::deliveries::{self, DeliveryState, HistoryQuery};
+use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::settings::WebhookSettings;
+use agent_webhooks::signing;
+use agent_webhooks::url_policy::UrlPolicy;
+use agent_webhooks::webhook_secret::WebhookSecret;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -478,11 +478,11 @@ async fn connect(url: Option<String>) -> Result<DatabaseConnection, Failure> {
     let url = url.unwrap_or_else(|| {
         eprintln!(
             "DATABASE_URL is not set: using the embedded SQLite database {}",
-            crate::db::DEFAULT_DATABASE_URL
+            migration::cli::DEFAULT_DATABASE_URL
         );
-        crate::db::DEFAULT_DATABASE_URL.to_owned()
+        migration::cli::DEFAULT_DATABASE_URL.to_owned()
     });
-    crate::db::connect(&url, 2)
+    agent_webhooks::db::connect(&url, 2)
         .await
         .map_err(|e| Failure(format!("cannot connect to the database: {e}")))
 }
