@@ -294,10 +294,14 @@ pub struct RotationReport {
 /// Resumable and safe to run twice: it walks agents by id, each secret already under the
 /// current key is left alone, and each update only applies if the row still holds the
 /// ciphertext that was read (a concurrent [`set_webhook_config`] wins).
+///
+/// `on_batch` is called after each batch with the totals so far, so that a long rotation can
+/// show progress; pass `|_| {}` when nobody watches.
 pub async fn rotate_secret_keys<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
     batch: u64,
+    mut on_batch: impl FnMut(&RotationReport),
 ) -> Result<RotationReport, ConfigError> {
     let keys = settings.keys.as_ref().ok_or(ConfigError::NoEncryptionKey)?;
     let mut report = RotationReport::default();
@@ -342,6 +346,7 @@ pub async fn rotate_secret_keys<C: ConnectionTrait>(
             }
         }
         tracing::info!(?report, "secret key rotation progress");
+        on_batch(&report);
     }
 }
 
