@@ -763,10 +763,14 @@ pub async fn stats<C: ConnectionTrait>(
 /// Deletes delivered and exhausted deliveries enqueued before `older_than`, `batch` rows per
 /// statement, and returns how many it deleted. Pending and leased deliveries are never deleted
 /// (they have a `next_retry_at`). Safe to interrupt and to run concurrently with workers.
+///
+/// `on_batch` is called after each statement with the number deleted so far, so that a long
+/// prune can show progress; pass `|_| {}` when nobody watches.
 pub async fn prune<C: ConnectionTrait>(
     db: &C,
     older_than: DateTime<Utc>,
     batch: u64,
+    mut on_batch: impl FnMut(u64),
 ) -> Result<u64> {
     let batch = check_limit(batch)?;
     let finished_before = Condition::all()
@@ -798,6 +802,7 @@ pub async fn prune<C: ConnectionTrait>(
             }
         };
         total += deleted;
+        on_batch(total);
         if deleted < batch {
             return Ok(total);
         }

@@ -23,7 +23,6 @@
 
 #![warn(missing_docs)]
 
-pub mod cli;
 pub mod db;
 pub mod deliveries;
 mod error;

@@ -221,10 +221,14 @@ pub struct ResealReport {
 /// Resumable and safe to run twice: it walks agents by id, each secret already under the
 /// current key is left alone, and each update only applies if the row still holds the
 /// ciphertext that was read (a concurrent [`configure`] wins).
+///
+/// `on_batch` is called after each batch with the totals so far, so that a long run can show
+/// progress; pass `|_| {}` when nobody watches.
 pub async fn reseal_secrets<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
     batch: u64,
+    mut on_batch: impl FnMut(&ResealReport),
 ) -> Result<ResealReport> {
     let keys = settings.keys.as_ref().ok_or(Error::NoEncryptionKey)?;
     let batch = crate::deliveries::check_limit(batch)?;
@@ -270,6 +274,7 @@ pub async fn reseal_secrets<C: ConnectionTrait>(
             }
         }
         tracing::info!(?report, "secret key rotation progress");
+        on_batch(&report);
     }
 }
 

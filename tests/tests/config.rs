@@ -333,12 +333,18 @@ async fn rotation_reseals_every_secret_and_is_idempotent(backend: Backend) {
     }
     // The new ring: k2 current, k1 still able to open.
     let new = ring(&format!("{k2},{k1}"));
-    let report = config::rotate_secret_keys(&t.db, &new, 4).await.unwrap();
+    let mut progress = Vec::new();
+    let report = config::rotate_secret_keys(&t.db, &new, 4, |r| progress.push(r.examined))
+        .await
+        .unwrap();
+    assert_eq!(progress, [4, 8, 11], "one call per batch");
     assert_eq!(
         (report.examined, report.resealed, report.skipped),
         (11, 11, 0)
     );
-    let again = config::rotate_secret_keys(&t.db, &new, 4).await.unwrap();
+    let again = config::rotate_secret_keys(&t.db, &new, 4, |_| {})
+        .await
+        .unwrap();
     assert_eq!(
         (again.examined, again.resealed),
         (11, 0),

@@ -514,10 +514,12 @@ async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
     .await
     .unwrap();
 
-    let deleted = deliveries::prune(&t.db, old + secs(3_600), 4)
+    let mut progress = Vec::new();
+    let deleted = deliveries::prune(&t.db, old + secs(3_600), 4, |n| progress.push(n))
         .await
         .unwrap();
     assert_eq!(deleted, 20);
+    assert_eq!(progress, [4, 8, 12, 16, 20, 20], "one call per statement");
     let stats = deliveries::stats(&t.db, "agent-1", old + secs(10))
         .await
         .unwrap();
@@ -526,7 +528,7 @@ async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
         (2, 3, 1, 0)
     );
     assert_eq!(
-        deliveries::prune(&t.db, old + secs(3_600), 4)
+        deliveries::prune(&t.db, old + secs(3_600), 4, |_| {})
             .await
             .unwrap(),
         0,

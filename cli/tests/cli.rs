@@ -22,6 +22,7 @@ fn run(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Run {
         .env_remove("DATABASE_URL")
         .env_remove("WEBHOOK_SECRET_KEYS")
         .env_remove("WEBHOOK_URL_POLICY")
+        .env_remove("WEBHOOK_SIGNATURE_TOLERANCE_SECS")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -73,7 +74,138 @@ fn check_url_exit_codes_and_rules() {
     );
     assert_eq!(dev.code, Some(0), "{}", dev.stderr);
     assert_eq!(run(&["check-url"], &[], None).code, Some(2));
-    assert_eq!(run(&["check-url", "a", "--nope"], &[], None).code, Some(2));
+}
+
+#[test]
+fn check_url_honours_webhook_url_policy_and_the_flag_overrides_it() {
+    let url = "http://127.0.0.1:8080/hook";
+    let by_env = run(
+        &["check-url", url],
+        &[("WEBHOOK_URL_POLICY", "development")],
+        None,
+    );
+    assert_eq!(
+        (by_env.code, by_env.stdout.trim()),
+        (Some(0), "ok"),
+        "{}",
+        by_env.stderr
+    );
+    let by_flag = run(
+        &["check-url", "--development", url],
+        &[("WEBHOOK_URL_POLICY", "production")],
+        None,
+    );
+    assert_eq!(by_flag.code, Some(0), "{}", by_flag.stderr);
+    let production = run(
+        &["check-url", url],
+        &[("WEBHOOK_URL_POLICY", "production")],
+        None,
+    );
+    assert_eq!(production.code, Some(1));
+    let bad = run(
+        &["check-url", url],
+        &[("WEBHOOK_URL_POLICY", "staging")],
+        None,
+    );
+    assert_eq!(bad.code, Some(1));
+    assert!(
+        bad.stderr.contains("invalid WEBHOOK_URL_POLICY") && bad.stderr.lines().count() == 1,
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
+fn verify_tolerance_defaults_to_webhook_signature_tolerance_secs() {
+    let env = [("SIGNING_SECRET", SPEC_SECRET)];
+    let body = br#"{"test": 1}"#;
+    let sent_at = 1_700_000_000_i64;
+    let message = [
+        "--secret-env",
+        "SIGNING_SECRET",
+        "--id",
+        "msg_1",
+        "--timestamp",
+        "1700000000",
+    ];
+    let signed = run(&[&["sign"][..], &message].concat(), &env, Some(body));
+    assert_eq!(signed.code, Some(0), "{}", signed.stderr);
+    let signature = signed.stdout.trim().to_owned();
+    // Received 100 s after it was sent.
+    let now = (sent_at + 100).to_string();
+    let verify = |tolerance_env: Option<&str>, flag: &[&str]| {
+        let mut env = env.to_vec();
+        if let Some(secs) = tolerance_env {
+            env.push(("WEBHOOK_SIGNATURE_TOLERANCE_SECS", secs));
+        }
+        let args = [
+            &["verify", "--signature", &signature, "--now", &now][..],
+            &message,
+            flag,
+        ]
+        .concat();
+        run(&args, &env, Some(body))
+    };
+    let default = verify(None, &[]);
+    assert_eq!(default.code, Some(0), "{}", default.stderr);
+    let strict = verify(Some("60"), &[]);
+    assert_eq!(strict.code, Some(1));
+    assert!(
+        strict.stderr.contains("too old (100 s)"),
+        "{}",
+        strict.stderr
+    );
+    let overridden = verify(Some("60"), &["--tolerance", "200"]);
+    assert_eq!(overridden.code, Some(0), "{}", overridden.stderr);
+    let flag_only = verify(None, &["--tolerance", "99"]);
+    assert_eq!(flag_only.code, Some(1), "{}", flag_only.stderr);
+}
+
+#[test]
+fn errors_never_show_the_database_password() {
+    // A URL the driver cannot parse, which it quotes in its error.
+    let url = "postgres://ops:hunter2@127.0.0.1:notaport/webhooks";
+    let out = run(
+        &["deliveries", "stats", "--agent", "a"],
+        &[("DATABASE_URL", url)],
+        None,
+    );
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains("cannot connect to the database"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+    let help = run(&["deliveries", "--help"], &[("DATABASE_URL", url)], None);
+    assert!(!help.stdout.contains("hunter2"), "{}", help.stdout);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["check-url", "a", "--nope"][..],
+        &["frobnicate"],
+        &["deliveries", "stats"],
+        &[
+            "verify",
+            "--secret-env",
+            "S",
+            "--id",
+            "m",
+            "--timestamp",
+            "1",
+            "--signature",
+            "v1,x",
+            "--tolerance",
+            "soon",
+        ],
+    ] {
+        let out = run(args, &[], Some(b""));
+        assert_eq!(out.code, Some(2), "{args:?}: {}", out.stderr);
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
 }
 
 #[test]
@@ -248,6 +380,21 @@ async fn config_commands(backend: Backend) {
         (report["examined"].as_u64(), report["resealed"].as_u64()),
         (Some(1), Some(1))
     );
+    let again = run(
+        &["secrets", "rotate"],
+        &[("DATABASE_URL", &t.url), ("WEBHOOK_SECRET_KEYS", &both)],
+        None,
+    );
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert_eq!(
+        again.stdout,
+        "examined 1, re-sealed 0, skipped 0 (changed meanwhile; run again)\n"
+    );
+    assert!(
+        again.stderr.is_empty(),
+        "no progress off a terminal: {}",
+        again.stderr
+    );
 
     // Errors: bad URL, no key, unknown agent; secrets on argv are not accepted at all.
     let bad = run(
@@ -407,13 +554,64 @@ async fn deliveries_commands(backend: Backend) {
         &env,
         None,
     );
-    assert_eq!(bad_state.code, Some(1));
-    assert!(bad_state.stderr.contains("unknown delivery state"));
+    assert_eq!(bad_state.code, Some(2), "a usage error");
+    assert!(
+        bad_state
+            .stderr
+            .contains("[possible values: pending, leased, delivered, failed]"),
+        "{}",
+        bad_state.stderr
+    );
+
+    // The text page: a header and aligned columns, then the cursor line.
+    let table = run(
+        &["deliveries", "list", "--agent", "agent-1", "--limit", "2"],
+        &env,
+        None,
+    );
+    assert_eq!(table.code, Some(0), "{}", table.stderr);
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", table.stdout);
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("STATE"),
+        "{}",
+        table.stdout
+    );
+    let state_column = lines[0].find("STATE").unwrap();
+    for row in &lines[1..3] {
+        assert_eq!(row.find("pending"), Some(state_column), "{}", table.stdout);
+    }
+    assert!(
+        lines[3].starts_with("next page: --cursor "),
+        "{}",
+        table.stdout
+    );
 
     let show = run(&["deliveries", "show", &ids[0], "--json"], &env, None);
     let shown = json(&show.stdout);
     assert_eq!(shown["id"].as_str(), Some(ids[0].as_str()));
     assert_eq!(shown["state"].as_str(), Some("pending"));
+    // As text: one aligned `name: value` line per field, never `Debug` output.
+    let text = run(&["deliveries", "show", &ids[0]], &env, None);
+    assert_eq!(text.code, Some(0), "{}", text.stderr);
+    let fields = shown.as_object().unwrap();
+    let lines: Vec<(&str, usize, &str)> = text
+        .stdout
+        .lines()
+        .map(|line| {
+            let (name, rest) = line.split_once(": ").expect("a `name: value` line");
+            let value = rest.trim_start();
+            (name, line.len() - value.len(), value)
+        })
+        .collect();
+    assert_eq!(lines.len(), fields.len(), "{}", text.stdout);
+    for (name, column, value) in &lines {
+        assert!(fields.contains_key(*name), "{name}: {}", text.stdout);
+        assert_eq!(*column, lines[0].1, "values aligned: {}", text.stdout);
+        if let Some(expected) = fields[*name].as_str().filter(|_| !name.ends_with("_at")) {
+            assert_eq!(*value, expected, "{name}");
+        }
+    }
 
     let stats = run(
         &["deliveries", "stats", "--agent", "agent-1", "--json"],
@@ -439,10 +637,24 @@ async fn deliveries_commands(backend: Backend) {
     );
     assert_eq!(prune.code, Some(0), "{}", prune.stderr);
     assert_eq!(json(&prune.stdout)["deleted"], 0);
-    assert_eq!(
-        run(&["deliveries", "prune", "--older-than", "soon"], &env, None).code,
-        Some(2)
+    // Not on a terminal: no progress drawn, one summary line.
+    let summary = run(
+        &["deliveries", "prune", "--older-than", "1h 30m"],
+        &env,
+        None,
     );
+    assert_eq!(summary.code, Some(0), "{}", summary.stderr);
+    assert_eq!(summary.stdout.lines().count(), 1, "{}", summary.stdout);
+    assert!(
+        summary
+            .stdout
+            .starts_with("deleted 0 deliveries created before ")
+    );
+    assert!(summary.stderr.is_empty(), "{}", summary.stderr);
+    for bad in ["soon", "30", "300000y", "99999999999999999999d"] {
+        let out = run(&["deliveries", "prune", "--older-than", bad], &env, None);
+        assert_eq!(out.code, Some(2), "{bad}: {}", out.stderr);
+    }
 }
 
 backend_tests!(config_commands, deliveries_commands);

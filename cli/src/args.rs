@@ -1,0 +1,338 @@
+//! What operators may type. Every value that can be checked without the database is checked
+//! here, by clap, so that a bad one is a usage error (exit 2) that lists what is accepted,
+//! before anything runs.
+
+use std::time::Duration;
+
+use agent_webhooks::deliveries::DeliveryState;
+use chrono::{DateTime, TimeDelta, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agent-webhooks",
+    version,
+    about = "Operate agent webhooks: URLs, configuration, secrets, deliveries, signatures",
+    after_help = "Exit status: 0 on success, 1 when the command ran and said no (a rejected URL, \
+                  a failed verification, an error from the database), 2 on usage errors. \
+                  Settings come from the WEBHOOK_* environment variables; flags override them."
+)]
+pub struct Cli {
+    /// Database URL; defaults to the embedded SQLite file `webhooks.db`.
+    // `hide_env_values`: `--help` would otherwise print the URL, password included.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a webhook URL against the policy (WEBHOOK_URL_POLICY): `ok` and exit 0, or the
+    /// failed rule and exit 1.
+    CheckUrl {
+        /// The URL to check.
+        url: String,
+        /// Use the development policy (http, loopback and private targets allowed), whatever
+        /// WEBHOOK_URL_POLICY says.
+        #[arg(long)]
+        development: bool,
+    },
+    /// Show or change an agent's webhook configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Encryption keys for stored secrets.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+    /// Delivery history and operations.
+    #[command(subcommand)]
+    Deliveries(DeliveriesCommand),
+    /// Print the `webhook-signature` value for the body read from stdin.
+    Sign {
+        #[command(flatten)]
+        message: MessageArgs,
+    },
+    /// Verify a signature over the body read from stdin: `ok` and exit 0, or the reason and exit 1.
+    Verify {
+        #[command(flatten)]
+        message: MessageArgs,
+        /// The `webhook-signature` header value.
+        #[arg(long)]
+        signature: String,
+        /// The current time as unix seconds (default: now).
+        #[arg(long)]
+        now: Option<i64>,
+        /// Accepted clock skew in seconds (default: WEBHOOK_SIGNATURE_TOLERANCE_SECS, or the
+        /// library's default tolerance when that is unset).
+        #[arg(long)]
+        tolerance: Option<u64>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MessageArgs {
+    /// Name of the environment variable holding the secret (never the secret itself).
+    #[arg(long)]
+    pub secret_env: String,
+    /// The message id (`webhook-id`).
+    #[arg(long)]
+    pub id: String,
+    /// The unix timestamp (`webhook-timestamp`).
+    #[arg(long)]
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Set the webhook of an agent.
+    Set {
+        #[arg(long)]
+        agent: String,
+        /// Where deliveries go.
+        #[arg(long)]
+        url: String,
+        /// Comma-separated event names or wildcards; omitted means all events.
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// Store the configuration disabled.
+        #[arg(long)]
+        disabled: bool,
+        /// Read the signing secret from this environment variable.
+        #[arg(long, conflicts_with = "generate_secret")]
+        secret_env: Option<String>,
+        /// Generate a `whsec_` secret and print it once.
+        #[arg(long)]
+        generate_secret: bool,
+        /// Accept http and private targets (development policy), whatever WEBHOOK_URL_POLICY
+        /// says.
+        #[arg(long)]
+        development: bool,
+    },
+    /// Show the webhook of an agent (never the secret).
+    Show {
+        #[arg(long)]
+        agent: String,
+    },
+    /// Stop enqueueing deliveries for an agent, keeping its configuration.
+    Disable {
+        #[arg(long)]
+        agent: String,
+    },
+    /// Remove an agent's webhook configuration (history is kept).
+    Clear {
+        #[arg(long)]
+        agent: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Print a new key entry for WEBHOOK_SECRET_KEYS (prepend it to make it current).
+    GenerateKey {
+        /// The key id.
+        #[arg(long, default_value_t = default_key_id())]
+        key_id: String,
+    },
+    /// Re-seal every stored secret under the current (first) key; resumable, safe to repeat.
+    Rotate {
+        /// Agents read per query.
+        #[arg(long, default_value_t = 500)]
+        batch: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// An agent's deliveries, newest first.
+    List {
+        #[arg(long)]
+        agent: String,
+        /// Only deliveries in this state.
+        #[arg(long, value_enum, ignore_case = true)]
+        state: Option<StateArg>,
+        /// Only this event type.
+        #[arg(long)]
+        event: Option<String>,
+        /// The cursor printed with the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Page size (default: the library's page size).
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// One delivery.
+    Show { id: String },
+    /// Counts by state, last success, current run of failures.
+    Stats {
+        #[arg(long)]
+        agent: String,
+    },
+    /// Send an exhausted delivery again.
+    Requeue { id: String },
+    /// Delete delivered and exhausted deliveries older than a duration (e.g. `30d`, `12h`,
+    /// `1h 30m`).
+    Prune {
+        #[arg(long, value_parser = parse_age)]
+        older_than: Duration,
+        /// Rows deleted per statement.
+        #[arg(long, default_value_t = 1000)]
+        batch: u64,
+    },
+}
+
+/// The `--state` values. A mirror of [`DeliveryState`] (a library type cannot derive a clap
+/// trait without the library depending on clap); a test keeps the two in step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StateArg {
+    /// Waiting to be claimed, now or at its retry time.
+    Pending,
+    /// Being sent by a worker whose lease has not run out.
+    Leased,
+    /// Accepted by the receiver.
+    Delivered,
+    /// Exhausted; only `requeue` sends it again.
+    Failed,
+}
+
+impl From<StateArg> for DeliveryState {
+    fn from(state: StateArg) -> Self {
+        match state {
+            StateArg::Pending => DeliveryState::Pending,
+            StateArg::Leased => DeliveryState::Leased,
+            StateArg::Delivered => DeliveryState::Delivered,
+            StateArg::Failed => DeliveryState::Failed,
+        }
+    }
+}
+
+fn default_key_id() -> String {
+    format!("k{}", Utc::now().format("%Y%m%d"))
+}
+
+/// `--older-than`: a humantime duration (`30d`, `12h`, `15m`, `90s`, `1h 30m`) whose cut-off
+/// can be computed; anything else is a usage error.
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let age = humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (expected e.g. 30d, 12h, 15m, 90s or \"1h 30m\")"))?;
+    cutoff(Utc::now(), age)?;
+    Ok(age)
+}
+
+/// The instant `age` before `now`. Refuses cut-offs before 1970: no delivery is that old, and
+/// a year outside what the databases store must never reach a query (MySQL's wire format would
+/// wrap it into the far future, which would delete everything).
+pub fn cutoff(now: DateTime<Utc>, age: Duration) -> Result<DateTime<Utc>, String> {
+    TimeDelta::from_std(age)
+        .ok()
+        .and_then(|age| now.checked_sub_signed(age))
+        .filter(|cutoff| *cutoff >= DateTime::UNIX_EPOCH)
+        .ok_or_else(|| {
+            format!(
+                "{} reaches back before 1970; no delivery is that old",
+                humantime::format_duration(age)
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ages_in_humantime_form() {
+        for (text, secs) in [
+            ("30d", 30 * 86_400),
+            ("12h", 12 * 3_600),
+            ("15m", 15 * 60),
+            ("90s", 90),
+            ("1h 30m", 5_400),
+            ("0s", 0),
+        ] {
+            assert_eq!(parse_age(text), Ok(Duration::from_secs(secs)), "{text}");
+        }
+        for bad in ["", "d", "30", "30x", "-1d", "soon", "99999999999999999999d"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ages_past_the_date_arithmetic_are_refused_not_panics() {
+        // Fits a `Duration` but not chrono's `TimeDelta`; then fits `TimeDelta` but not a date;
+        // then is a date, but before any delivery.
+        for age in ["500000000000y", "300000y", "60y"] {
+            let err = parse_age(age).unwrap_err();
+            assert!(err.contains("before 1970"), "{age}: {err}");
+        }
+        assert!(cutoff(Utc::now(), Duration::MAX).is_err());
+    }
+
+    #[test]
+    fn a_bad_older_than_is_a_usage_error() {
+        let err = Cli::try_parse_from([
+            "agent-webhooks",
+            "deliveries",
+            "prune",
+            "--older-than",
+            "300000y",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn every_delivery_state_is_a_state_value_and_back() {
+        let names: Vec<String> = StateArg::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|v| v.get_name().to_owned())
+            .collect();
+        assert_eq!(names.len(), DeliveryState::ALL.len());
+        for state in DeliveryState::ALL {
+            let arg = StateArg::from_str(state.as_str(), false)
+                .unwrap_or_else(|e| panic!("{state} is not a --state value: {e}"));
+            assert_eq!(DeliveryState::from(arg), state);
+        }
+    }
+
+    #[test]
+    fn a_bad_state_is_a_usage_error_listing_the_values() {
+        let err = Cli::try_parse_from([
+            "agent-webhooks",
+            "deliveries",
+            "list",
+            "--agent",
+            "a",
+            "--state",
+            "lost",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidValue);
+        let text = err.to_string();
+        for state in DeliveryState::ALL {
+            assert!(text.contains(state.as_str()), "{text}");
+        }
+        let upper = Cli::try_parse_from([
+            "agent-webhooks",
+            "deliveries",
+            "list",
+            "--agent",
+            "a",
+            "--state",
+            "FAILED",
+        ]);
+        assert!(upper.is_ok(), "state names are case-insensitive");
+    }
+}

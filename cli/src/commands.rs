@@ -1,0 +1,305 @@
+//! What each command does, on top of the `agent_webhooks` library.
+//!
+//! Settings come from the environment ([`WebhookSettings::from_env`]) and flags override them.
+//! Secrets never come from argv (they would show in `ps` and shell history): they are read from
+//! an environment variable named on the command line, or generated.
+
+use std::io::Read;
+use std::time::Duration;
+
+use agent_webhooks::webhook::{self, WebhookConfig, WebhookConfigView};
+use agent_webhooks::deliveries::{self, HistoryQuery, WebhookDelivery};
+use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::settings::WebhookSettings;
+use agent_webhooks::signing;
+use agent_webhooks::url_policy::UrlPolicy;
+use agent_webhooks::webhook_secret::WebhookSecret;
+use anyhow::{Context, anyhow, bail};
+use chrono::{DateTime, SecondsFormat, Utc};
+use sea_orm::DatabaseConnection;
+use secrecy::SecretString;
+
+use crate::args::{Cli, Command, ConfigCommand, DeliveriesCommand, SecretsCommand};
+use crate::output::{self, Progress};
+
+/// Runs the parsed command line; an error is what the operator reads (exit 1).
+pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
+    match cli.command {
+        Command::CheckUrl { url, development } => {
+            let mut policy = WebhookSettings::from_env()?.url_policy;
+            if development {
+                policy = UrlPolicy::Development;
+            }
+            match policy.check(&url) {
+                Ok(_) => output::line("ok"),
+                Err(e) => bail!("rejected ({}): {e}", e.rule()),
+            }
+        }
+        Command::Sign { message } => {
+            let secret = secret_from_env(&message.secret_env)?;
+            let body = read_stdin()?;
+            let headers = signing::sign(&[&secret], &message.id, message.timestamp, &body)?;
+            output::line(&headers.webhook_signature)
+        }
+        Command::Verify {
+            message,
+            signature,
+            now,
+            tolerance,
+        } => {
+            let tolerance = match tolerance {
+                Some(secs) => Duration::from_secs(secs),
+                None => WebhookSettings::from_env()?.signature_tolerance,
+            };
+            let secret = secret_from_env(&message.secret_env)?;
+            let body = read_stdin()?;
+            let timestamp = message.timestamp.to_string();
+            let headers = [
+                (signing::HEADER_ID, message.id.as_str()),
+                (signing::HEADER_TIMESTAMP, timestamp.as_str()),
+                (signing::HEADER_SIGNATURE, signature.as_str()),
+            ];
+            let now = now.unwrap_or_else(|| Utc::now().timestamp());
+            signing::verify(&[&secret], &headers[..], &body, now, tolerance).context("rejected")?;
+            output::line("ok")
+        }
+        Command::Secrets(SecretsCommand::GenerateKey { key_id }) => {
+            output::line(&KeyRing::generate_key_entry(&key_id)?)
+        }
+        Command::Secrets(SecretsCommand::Rotate { batch }) => {
+            let settings = WebhookSettings::from_env()?;
+            let db = connect(cli.database_url).await?;
+            let progress = Progress::start("re-sealing secrets");
+            let report = webhook::reseal_secrets(&db, &settings, batch, |so_far| {
+                progress.update(|| {
+                    format!(
+                        "re-sealing secrets: examined {}, re-sealed {}",
+                        so_far.examined, so_far.resealed
+                    )
+                })
+            })
+            .await?;
+            drop(progress);
+            output::print(json, &report, |report| {
+                format!(
+                    "examined {}, re-sealed {}, skipped {} (changed meanwhile; run again)",
+                    report.examined, report.resealed, report.skipped
+                )
+            })
+        }
+        Command::Config(command) => {
+            let settings = WebhookSettings::from_env()?;
+            let db = connect(cli.database_url).await?;
+            run_config(&db, settings, command, json).await
+        }
+        Command::Deliveries(command) => {
+            let db = connect(cli.database_url).await?;
+            run_deliveries(&db, command, json).await
+        }
+    }
+}
+
+async fn run_config(
+    db: &DatabaseConnection,
+    mut settings: WebhookSettings,
+    command: ConfigCommand,
+    json: bool,
+) -> anyhow::Result<()> {
+    let view = match command {
+        ConfigCommand::Set {
+            agent,
+            url,
+            events,
+            disabled,
+            secret_env,
+            generate_secret,
+            development,
+        } => {
+            if development {
+                settings.url_policy = UrlPolicy::Development;
+            }
+            let (secret, generated) = match (secret_env, generate_secret) {
+                (Some(var), _) => (Some(secret_from_env(&var)?), false),
+                (None, true) => (Some(WebhookSecret::generate()?), true),
+                (None, false) => (None, false),
+            };
+            let request = WebhookConfig {
+                webhook_url: url,
+                webhook_secret: secret
+                    .as_ref()
+                    .map(|s| SecretString::from(s.expose().to_owned())),
+                webhook_events: events,
+                webhook_enabled: !disabled,
+            };
+            let view = webhook::configure(db, &settings, &agent, &request).await?;
+            if let (true, Some(secret)) = (generated, &secret) {
+                // Shown once, on purpose: the operator hands it to the receiver.
+                eprintln!("generated signing secret (shown once, store it now):");
+                output::line(secret.expose())?;
+            }
+            view
+        }
+        ConfigCommand::Show { agent } => webhook::get(db, &agent).await?,
+        ConfigCommand::Disable { agent } => webhook::disable(db, &agent).await?,
+        ConfigCommand::Clear { agent } => webhook::clear(db, &agent).await?,
+    };
+    output::print(json, &view, config_text)
+}
+
+fn config_text(view: &WebhookConfigView) -> String {
+    format!(
+        "agent {}\n  url: {}\n  enabled: {}\n  secret: {}\n  events: {}",
+        view.agent_id,
+        view.webhook_url.as_deref().unwrap_or("(none)"),
+        view.webhook_enabled,
+        if view.has_secret { "set" } else { "not set" },
+        if view.all_events {
+            "all".to_owned()
+        } else {
+            view.webhook_events.join(", ")
+        },
+    )
+}
+
+async fn run_deliveries(
+    db: &DatabaseConnection,
+    command: DeliveriesCommand,
+    json: bool,
+) -> anyhow::Result<()> {
+    let now = Utc::now();
+    match command {
+        DeliveriesCommand::List {
+            agent,
+            state,
+            event,
+            cursor,
+            limit,
+        } => {
+            let query = HistoryQuery {
+                state: state.map(Into::into),
+                event_type: event,
+                cursor,
+                // 0 asks for the library's default page size.
+                limit: limit.unwrap_or(0),
+            };
+            let page = deliveries::history(db, &agent, &query, now).await?;
+            output::print(json, &page, |page| {
+                let mut text = output::table(
+                    &["ID", "CREATED", "STATE", "EVENT", "ATTEMPTS", "STATUS"],
+                    page.items.iter().map(|d| {
+                        vec![
+                            d.id.clone(),
+                            instant(d.created_at),
+                            d.state.to_string(),
+                            d.event_type.clone(),
+                            d.attempt_count.to_string(),
+                            optional(d.status_code),
+                        ]
+                    }),
+                );
+                if let Some(cursor) = &page.next_cursor {
+                    text.push_str(&format!("\nnext page: --cursor {cursor}"));
+                }
+                text
+            })
+        }
+        DeliveriesCommand::Show { id } => {
+            let delivery = deliveries::get(db, &id, now).await?;
+            output::print(json, &delivery, delivery_text)
+        }
+        DeliveriesCommand::Stats { agent } => {
+            let stats = deliveries::stats(db, &agent, now).await?;
+            output::print(json, &stats, |stats| {
+                format!(
+                    "pending {}\nleased {}\ndelivered {}\nfailed {}\nlast success {}\nconsecutive failures {}",
+                    stats.pending,
+                    stats.leased,
+                    stats.delivered,
+                    stats.failed,
+                    stats
+                        .last_success_at
+                        .map_or("never".to_owned(), |t| t.to_rfc3339()),
+                    stats.consecutive_failures
+                )
+            })
+        }
+        DeliveriesCommand::Requeue { id } => {
+            let delivery = deliveries::requeue(db, &id, now).await?;
+            output::print(json, &delivery, |d| format!("{} requeued", d.id))
+        }
+        DeliveriesCommand::Prune { older_than, batch } => {
+            // Checked when parsing too; checked again because `now` moved on since.
+            let cutoff = crate::args::cutoff(now, older_than).map_err(|e| anyhow!(e))?;
+            let progress = Progress::start("pruning deliveries");
+            let deleted = deliveries::prune(db, cutoff, batch, |so_far| {
+                progress.update(|| format!("pruning deliveries: deleted {so_far}"))
+            })
+            .await?;
+            drop(progress);
+            output::print(json, &serde_json::json!({ "deleted": deleted }), |_| {
+                format!(
+                    "deleted {deleted} deliveries created before {}",
+                    cutoff.to_rfc3339()
+                )
+            })
+        }
+    }
+}
+
+/// Every field of a delivery, under its JSON name.
+fn delivery_text(d: &WebhookDelivery) -> String {
+    output::fields(&[
+        ("id", d.id.clone()),
+        ("state", d.state.to_string()),
+        ("agent_id", d.agent_id.clone()),
+        ("organization_id", d.organization_id.clone()),
+        ("event_id", d.event_id.clone()),
+        ("event_type", d.event_type.clone()),
+        ("webhook_url", d.webhook_url.clone()),
+        ("attempt_count", d.attempt_count.to_string()),
+        ("status_code", optional(d.status_code)),
+        (
+            "error_message",
+            d.error_message.clone().unwrap_or_else(|| "-".to_owned()),
+        ),
+        ("created_at", instant(d.created_at)),
+        ("delivered_at", optional(d.delivered_at.map(instant))),
+        ("next_retry_at", optional(d.next_retry_at.map(instant))),
+    ])
+}
+
+fn instant(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn optional(value: Option<impl ToString>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+async fn connect(url: Option<String>) -> anyhow::Result<DatabaseConnection> {
+    let url = url.unwrap_or_else(|| {
+        eprintln!(
+            "DATABASE_URL is not set: using the embedded SQLite database {}",
+            migration::DEFAULT_DATABASE_URL
+        );
+        migration::DEFAULT_DATABASE_URL.to_owned()
+    });
+    // The URL stays out of the message: it may hold a password.
+    agent_webhooks::db::connect(&url, 2)
+        .await
+        .context("cannot connect to the database")
+}
+
+fn secret_from_env(var: &str) -> anyhow::Result<WebhookSecret> {
+    let value = std::env::var(var).map_err(|_| anyhow!("environment variable {var} is not set"))?;
+    Ok(WebhookSecret::parse(SecretString::from(value))?)
+}
+
+fn read_stdin() -> anyhow::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut body)
+        .context("cannot read the body from stdin")?;
+    Ok(body)
+}

@@ -1,0 +1,204 @@
+//! How results and errors look: JSON with `--json`, otherwise aligned text for a person; an
+//! error is one line on stderr that never carries the database password; progress is drawn only
+//! on a terminal, so that scripts and logs get the one summary line.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use comfy_table::{Table, presets};
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+/// Prints `value` as pretty JSON, or the text `text` makes from it, on stdout.
+///
+/// Writes through `writeln!` rather than `println!`, so that a closed pipe
+/// (`agent-webhooks … | head -1`) is an error (exit 1) rather than a panic.
+pub fn print<T: Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    let rendered = if json {
+        serde_json::to_string_pretty(value)?
+    } else {
+        text(value)
+    };
+    line(&rendered)
+}
+
+/// Prints one line (or several, joined by `\n`) on stdout.
+pub fn line(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `name: value` lines with the values aligned in one column.
+pub fn fields(pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(name, _)| name.len()).max().unwrap_or(0) + 1;
+    pairs
+        .iter()
+        .map(|(name, value)| format!("{:<width$} {value}", format!("{name}:")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A table without borders whose columns are aligned by the widest cell, two spaces apart.
+pub fn table(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let mut table = Table::new();
+    table
+        .load_style(presets::NOTHING)
+        .set_header(header.to_vec());
+    for row in rows {
+        table.add_row(row);
+    }
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    table.trim_fmt()
+}
+
+/// A spinner with a running count on stderr while a long operation runs, drawn only when
+/// stderr is a terminal; it is cleared when dropped, also when the operation fails.
+pub struct Progress(Option<ProgressBar>);
+
+impl Progress {
+    /// Starts the spinner with `message` (nothing is drawn when stderr is not a terminal).
+    pub fn start(message: &str) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Progress(None);
+        }
+        let bar = ProgressBar::new_spinner();
+        bar.set_message(message.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress(Some(bar))
+    }
+
+    /// Replaces the message; `message` is only called when something is drawn.
+    pub fn update(&self, message: impl FnOnce() -> String) {
+        if let Some(bar) = &self.0 {
+            bar.set_message(message());
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The error as one line: the causes joined with ": ", each skipped when the message before it
+/// already says it (our error types print their source themselves), line breaks flattened.
+/// The database URL and its password are masked wherever they appear: a driver may quote the
+/// URL it could not parse.
+pub fn error_line(err: &anyhow::Error, database_url: Option<&str>) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    let mut line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+    if let Some(url) = database_url.filter(|url| !url.is_empty()) {
+        line = line.replace(url, "<DATABASE_URL>");
+        if let Some(password) = password_of(url) {
+            let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
+            for form in [password, decoded.as_ref()] {
+                line = line.replace(form, "***");
+            }
+        }
+    }
+    line
+}
+
+/// The password of a database URL as written in it (`scheme://user:password@host…`), found
+/// without a URL parser so that it is also found in a URL that does not parse.
+fn password_of(database_url: &str) -> Option<&str> {
+    let (_, rest) = database_url.split_once("://")?;
+    let before_query = rest.split('?').next()?;
+    let (userinfo, _) = before_query.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    Some(password).filter(|p| !p.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_align_their_values() {
+        let text = fields(&[
+            ("id", "dlv-1".into()),
+            ("event_type", "run.completed".into()),
+        ]);
+        assert_eq!(text, "id:         dlv-1\nevent_type: run.completed");
+    }
+
+    #[test]
+    fn tables_align_columns_without_trailing_space() {
+        let text = table(
+            &["ID", "STATE"],
+            [
+                vec!["dlv-1".to_owned(), "pending".to_owned()],
+                vec!["dlv-22222".to_owned(), "failed".to_owned()],
+            ],
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let column = lines[0].find("STATE").unwrap();
+        assert_eq!(lines[1].find("pending"), Some(column), "{text}");
+        assert_eq!(lines[2].find("failed"), Some(column), "{text}");
+        assert!(lines.iter().all(|l| !l.ends_with(' ')), "{text:?}");
+    }
+
+    #[test]
+    fn errors_are_one_line_without_repeated_causes() {
+        let inner = std::io::Error::other("disk\nfull");
+        let err = anyhow::Error::new(inner).context("cannot write");
+        assert_eq!(error_line(&err, None), "cannot write: disk full");
+        // A message that already embeds its cause does not print it twice.
+        let err = anyhow::anyhow!("boom").context("wrapped: boom");
+        assert_eq!(error_line(&err, None), "wrapped: boom");
+    }
+
+    #[test]
+    fn the_database_password_is_masked_in_either_form() {
+        let url = "postgres://ops:p%40ss%2Fw0rd@db.internal/webhooks";
+        assert_eq!(password_of(url), Some("p%40ss%2Fw0rd"));
+        let err = anyhow::anyhow!("auth failed for p@ss/w0rd (p%40ss%2Fw0rd)")
+            .context("cannot connect to postgres://ops:p%40ss%2Fw0rd@db.internal");
+        let line = error_line(&err, Some(url));
+        assert_eq!(
+            line,
+            "cannot connect to postgres://ops:***@db.internal: auth failed for *** (***)"
+        );
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_is_masked_whole() {
+        let url = "postgres://ops:hunter2@127.0.0.1:notaport/db";
+        let err = anyhow::anyhow!("The connection string '{url}' cannot be parsed.");
+        let line = error_line(&err, Some(url));
+        assert_eq!(
+            line,
+            "The connection string '<DATABASE_URL>' cannot be parsed."
+        );
+        assert_eq!(password_of(url), Some("hunter2"));
+        for no_password in [
+            "sqlite://webhooks.db?mode=rwc",
+            "postgres://ops@db/x",
+            "postgres://db/x?user=a@b",
+        ] {
+            assert_eq!(password_of(no_password), None, "{no_password}");
+        }
+    }
+}
