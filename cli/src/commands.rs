@@ -55,13 +55,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             let secret = secret_from_env(&message.secret_env)?;
             let body = read_stdin()?;
             let timestamp = message.timestamp.to_string();
-            let headers = [
-                (signing::HEADER_ID, message.id.as_str()),
-                (signing::HEADER_TIMESTAMP, timestamp.as_str()),
-                (signing::HEADER_SIGNATURE, signature.as_str()),
-            ];
+            let headers = signing::ReceivedHeaders {
+                id: &message.id,
+                timestamp: &timestamp,
+                signature: &signature,
+            };
             let now = now.unwrap_or_else(|| Utc::now().timestamp());
-            signing::verify(&[&secret], &headers[..], &body, now, tolerance).context("rejected")?;
+            signing::verify(&[&secret], headers, &body, now, tolerance).context("rejected")?;
             output::line("ok")
         }
         Command::Secrets(SecretsCommand::GenerateKey { key_id }) => {

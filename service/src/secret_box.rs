@@ -49,6 +49,8 @@ use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
+use crate::webhook_secret::{RngError, fill_random};
+
 /// The envelope version this code writes, and the only one it reads.
 const VERSION: &str = "v1";
 /// Separates version, key id and payload; neither key ids nor base64url can contain it.
@@ -144,9 +146,9 @@ pub enum KeyRingError {
     /// [`KeyRing::generate_key_entry`] was given an id that could never be parsed back.
     #[error("a key id must be 1 to 32 characters of A-Z, a-z, 0-9, _ and -")]
     InvalidNewKeyId,
-    /// The OS random number generator failed, so no key was generated.
-    #[error("the operating system's random number generator failed")]
-    Rng,
+    /// Nothing was generated.
+    #[error(transparent)]
+    Rng(#[from] RngError),
 }
 
 /// Why a stored value is not an envelope, so corrupt rows can be diagnosed without echoing
@@ -201,9 +203,9 @@ pub enum SecretBoxError {
         /// [`MAX_PLAINTEXT_LEN`].
         max: usize,
     },
-    /// The OS random number generator failed, so no nonce could be drawn.
-    #[error("the operating system's random number generator failed")]
-    Rng,
+    /// No nonce could be drawn, so nothing was sealed.
+    #[error(transparent)]
+    Rng(#[from] RngError),
     /// The envelope authenticated but its plaintext is not UTF-8 (it was not made by
     /// [`KeyRing::seal`]).
     #[error("opened secret is not UTF-8")]
@@ -216,10 +218,6 @@ impl KeyRing {
     ///
     /// Keys are standard base64 of 32 bytes, padding optional; whitespace around entries, ids
     /// and keys is ignored. The first key is the current one.
-    ///
-    /// # Errors
-    ///
-    /// A [`KeyRingError`] naming the first bad entry by position or key id.
     pub fn parse(setting: &str) -> Result<KeyRing, KeyRingError> {
         if setting.trim().is_empty() {
             return Err(KeyRingError::Empty);
@@ -272,17 +270,12 @@ impl KeyRing {
     /// `secrets generate-key` ops command; prepend it to `WEBHOOK_SECRET_KEYS` to rotate.
     ///
     /// The returned string is key material: print it once, never log it.
-    ///
-    /// # Errors
-    ///
-    /// [`KeyRingError::InvalidNewKeyId`] for an id [`KeyRing::parse`] would reject;
-    /// [`KeyRingError::Rng`] if the OS RNG fails.
     pub fn generate_key_entry(key_id: &str) -> Result<String, KeyRingError> {
         if !valid_key_id(key_id) {
             return Err(KeyRingError::InvalidNewKeyId);
         }
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
-        getrandom::fill(key.as_mut_slice()).map_err(|_| KeyRingError::Rng)?;
+        fill_random(key.as_mut_slice())?;
         let mut entry = String::with_capacity(key_id.len() + 1 + KEY_LEN.div_ceil(3) * 4);
         entry.push_str(key_id);
         entry.push(':');
@@ -302,23 +295,13 @@ impl KeyRing {
 
     /// Encrypts `plaintext` under the current key, bound to `context` (the agent id), giving
     /// the envelope to store; a fresh random nonce means equal secrets give unequal envelopes.
-    ///
-    /// # Errors
-    ///
-    /// [`SecretBoxError::TooLong`] above [`MAX_PLAINTEXT_LEN`] bytes;
-    /// [`SecretBoxError::Rng`] if the OS RNG fails.
     pub fn seal(&self, plaintext: &SecretString, context: &str) -> Result<String, SecretBoxError> {
         self.seal_bytes(plaintext.expose_secret().as_bytes(), context)
     }
 
     /// Decrypts an envelope made by [`KeyRing::seal`] with the same `context`, with whichever
-    /// ring key its header names, so secrets sealed before a rotation still open.
-    ///
-    /// # Errors
-    ///
-    /// [`SecretBoxError::Malformed`], [`SecretBoxError::UnsupportedVersion`],
-    /// [`SecretBoxError::UnknownKey`], [`SecretBoxError::Decrypt`] (tampered, another
-    /// context, or wrong key) or [`SecretBoxError::NotUtf8`]; never garbage plaintext.
+    /// ring key its header names, so secrets sealed before a rotation still open. Anything it
+    /// cannot authenticate is an error, never garbage plaintext.
     pub fn open(&self, envelope: &str, context: &str) -> Result<SecretString, SecretBoxError> {
         let parsed = Envelope::parse(envelope)?;
         let mut payload = parsed.decode_payload()?;
@@ -363,10 +346,6 @@ impl KeyRing {
 
     /// Opens `envelope` and seals its plaintext again under the current key (with a fresh
     /// nonce), for the key-rotation job.
-    ///
-    /// # Errors
-    ///
-    /// Whatever [`KeyRing::open`] or [`KeyRing::seal`] return.
     pub fn reseal(&self, envelope: &str, context: &str) -> Result<String, SecretBoxError> {
         self.seal(&self.open(envelope, context)?, context)
     }
@@ -381,7 +360,7 @@ impl KeyRing {
         }
         let key = &self.current;
         let mut nonce = XNonce::default();
-        getrandom::fill(nonce.as_mut_slice()).map_err(|_| SecretBoxError::Rng)?;
+        fill_random(nonce.as_mut_slice())?;
         // Encrypted in place; zeroized on drop in case encryption fails half way.
         let mut body = Zeroizing::new(plaintext.to_vec());
         let tag = key

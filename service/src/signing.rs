@@ -10,11 +10,16 @@
 //!   deliveries while a secret is rotated.
 //!
 //! [`sign`] is the sender's side. [`verify`] is the receiver's side (used by tests, the ops CLI
-//! and anyone receiving our webhooks in Rust): constant-time comparison, and a timestamp
-//! tolerance in both directions ([`DEFAULT_TOLERANCE`], 5 minutes) against replays.
+//! and anyone receiving our webhooks in Rust): constant-time comparison (`subtle`), and a
+//! timestamp tolerance in both directions ([`DEFAULT_TOLERANCE`]) against replays.
+//!
+//! The signing is our own, not a Standard Webhooks crate's, because it must accept both secret
+//! forms of [`crate::webhook_secret`] and sign with several secrets at once during rotation.
+//! HMAC-SHA256 comes from `hmac` + `sha2`: they are in the build anyway (SQLx's PostgreSQL and
+//! MySQL authentication), and `sha2` uses the CPU's SHA extensions where there are any.
 //!
 //! ```
-//! use agent_webhooks::signing::{self, DEFAULT_TOLERANCE};
+//! use agent_webhooks::signing::{self, DEFAULT_TOLERANCE, ReceivedHeaders};
 //! use agent_webhooks::webhook_secret::WebhookSecret;
 //! use secrecy::SecretString;
 //!
@@ -23,14 +28,17 @@
 //! let signed = signing::sign_one(&secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body)?;
 //! assert_eq!(signed.webhook_signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
 //!
-//! // What a receiver gets, with header names in any case:
-//! let received = signed.pairs();
-//! signing::verify(&[&secret], &received, body, 1614265330, DEFAULT_TOLERANCE)?;
+//! // A receiver passes the three header values as its HTTP library gives them:
+//! let received = ReceivedHeaders {
+//!     id: "msg_p5jXN8AQM9LWM0D4loKWxJek",
+//!     timestamp: "1614265330",
+//!     signature: "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+//! };
+//! assert_eq!(received, signed.as_received());
+//! signing::verify(&[&secret], received, body, 1614265330, DEFAULT_TOLERANCE)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasher;
 use std::time::Duration;
 
 use base64::Engine;
@@ -41,45 +49,63 @@ use subtle::ConstantTimeEq;
 
 use crate::webhook_secret::WebhookSecret;
 
-/// Name of the message id header (lower case, as the specification spells it).
+/// Name of the message id header, as [`VerifyError::MissingHeader`] reports it.
 pub const HEADER_ID: &str = "webhook-id";
-/// Name of the timestamp header (lower case, as the specification spells it).
+/// Name of the timestamp header, as [`VerifyError::MissingHeader`] reports it.
 pub const HEADER_TIMESTAMP: &str = "webhook-timestamp";
-/// Name of the signature header (lower case, as the specification spells it).
+/// Name of the signature header, as [`VerifyError::MissingHeader`] reports it.
 pub const HEADER_SIGNATURE: &str = "webhook-signature";
 /// How far a timestamp may be from the verifier's clock, either way, before a message is
-/// treated as a replay: 5 minutes, the value of the reference libraries.
+/// treated as a replay: 5 minutes, the value of the reference libraries. The one home of this
+/// default.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 /// The signature version of symmetric (HMAC-SHA256) signatures; other versions are ignored.
 pub const SIGNATURE_VERSION: &str = "v1";
 
-/// Length of an HMAC-SHA256 tag in bytes.
 const TAG_LEN: usize = 32;
 
-type HmacSha256 = Hmac<Sha256>;
-
-/// The signature headers of one delivery attempt, so a sender can attach them to any HTTP
-/// client's request.
+/// The signature header values of one delivery attempt, so a sender can attach them to any
+/// HTTP client's request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedHeaders {
-    /// `webhook-id`: the message id that was signed.
+    /// `webhook-id`.
     pub webhook_id: String,
-    /// `webhook-timestamp`: unix seconds that were signed.
-    pub webhook_timestamp: i64,
+    /// `webhook-timestamp`: unix seconds in decimal.
+    pub webhook_timestamp: String,
     /// `webhook-signature`: `v1,<base64>` entries separated by single spaces.
     pub webhook_signature: String,
 }
 
 impl SignedHeaders {
-    /// The headers as `(name, value)` pairs with lower-case names, ready to add to a request
-    /// (and usable as a [`HeaderSource`] in tests).
-    pub fn pairs(&self) -> [(&'static str, String); 3] {
+    /// The headers as `(name, value)` pairs with lower-case names, ready to add to a request.
+    pub fn pairs(&self) -> [(&'static str, &str); 3] {
         [
-            (HEADER_ID, self.webhook_id.clone()),
-            (HEADER_TIMESTAMP, self.webhook_timestamp.to_string()),
-            (HEADER_SIGNATURE, self.webhook_signature.clone()),
+            (HEADER_ID, &self.webhook_id),
+            (HEADER_TIMESTAMP, &self.webhook_timestamp),
+            (HEADER_SIGNATURE, &self.webhook_signature),
         ]
     }
+
+    /// The headers as a receiver gets them, to check a signature round trip.
+    pub fn as_received(&self) -> ReceivedHeaders<'_> {
+        ReceivedHeaders {
+            id: &self.webhook_id,
+            timestamp: &self.webhook_timestamp,
+            signature: &self.webhook_signature,
+        }
+    }
+}
+
+/// The three header values a receiver got, for [`verify`]. Look them up in whatever header map
+/// the HTTP library has (header names are case-insensitive) and pass an absent one as `""`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceivedHeaders<'a> {
+    /// `webhook-id`.
+    pub id: &'a str,
+    /// `webhook-timestamp`.
+    pub timestamp: &'a str,
+    /// `webhook-signature`.
+    pub signature: &'a str,
 }
 
 /// Why a message cannot be signed, so the caller can tell bad input from a missing secret.
@@ -109,10 +135,11 @@ pub enum VerifyError {
     /// No secret to verify with (a configuration error on the receiver's side).
     #[error("no secret to verify with")]
     NoSecret,
-    /// A required header is absent or empty.
+    /// A header is empty or white space (an absent header is passed as empty, and the
+    /// reference libraries treat the two alike).
     #[error("missing header {name}")]
     MissingHeader {
-        /// The header's lower-case name.
+        /// [`HEADER_ID`], [`HEADER_TIMESTAMP`] or [`HEADER_SIGNATURE`].
         name: &'static str,
     },
     /// `webhook-timestamp` is not a non-negative integer of seconds.
@@ -121,13 +148,13 @@ pub enum VerifyError {
     /// The timestamp is further in the past than the tolerance allows (a possible replay).
     #[error("message timestamp too old ({age_secs} s)")]
     TooOld {
-        /// How old, in seconds.
+        /// Saturates at `i64::MAX`.
         age_secs: i64,
     },
     /// The timestamp is further in the future than the tolerance allows.
     #[error("message timestamp too new ({skew_secs} s ahead)")]
     TooNew {
-        /// How far ahead, in seconds.
+        /// Saturates at `i64::MAX`.
         skew_secs: i64,
     },
     /// `webhook-signature` has no well-formed entry at all: no `<version>,<value>` entry of
@@ -138,54 +165,6 @@ pub enum VerifyError {
     /// altered body or headers, or only signatures of versions this library does not know).
     #[error("no matching signature")]
     NoMatchingSignature,
-}
-
-/// A source of request headers for [`verify`], so callers can pass whatever header map their
-/// HTTP library has. Names are compared ASCII case-insensitively.
-pub trait HeaderSource {
-    /// The value of the first header called `name` (any case), if present.
-    fn header(&self, name: &str) -> Option<&str>;
-}
-
-/// First value whose name equals `name` ignoring ASCII case.
-fn find<'a, K, V>(mut pairs: impl Iterator<Item = (&'a K, &'a V)>, name: &str) -> Option<&'a str>
-where
-    K: AsRef<str> + ?Sized + 'a,
-    V: AsRef<str> + ?Sized + 'a,
-{
-    pairs
-        .find(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_ref())
-}
-
-impl<K: AsRef<str>, V: AsRef<str>> HeaderSource for [(K, V)] {
-    fn header(&self, name: &str) -> Option<&str> {
-        find(self.iter().map(|(k, v)| (k, v)), name)
-    }
-}
-
-impl<K: AsRef<str>, V: AsRef<str>, const N: usize> HeaderSource for [(K, V); N] {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.as_slice().header(name)
-    }
-}
-
-impl<K: AsRef<str>, V: AsRef<str>> HeaderSource for Vec<(K, V)> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.as_slice().header(name)
-    }
-}
-
-impl<K: AsRef<str>, V: AsRef<str>, S: BuildHasher> HeaderSource for HashMap<K, V, S> {
-    fn header(&self, name: &str) -> Option<&str> {
-        find(self.iter(), name)
-    }
-}
-
-impl<K: AsRef<str>, V: AsRef<str>> HeaderSource for BTreeMap<K, V> {
-    fn header(&self, name: &str) -> Option<&str> {
-        find(self.iter(), name)
-    }
 }
 
 /// Checks that `msg_id` can be signed, so callers can refuse an id when it is first accepted
@@ -220,9 +199,10 @@ pub fn sign(
     if timestamp < 0 {
         return Err(SignError::NegativeTimestamp(timestamp));
     }
+    let timestamp = timestamp.to_string();
     let mut signature = String::new();
     for secret in secrets {
-        let tag = tag(secret, msg_id, timestamp, body).ok_or(SignError::InvalidKey)?;
+        let tag = tag(secret, msg_id, &timestamp, body).ok_or(SignError::InvalidKey)?;
         if !signature.is_empty() {
             signature.push(' ');
         }
@@ -250,10 +230,8 @@ pub fn sign_one(
 /// Verifies a received message, so a receiver acts only on genuine, fresh deliveries.
 ///
 /// In order:
-/// 1. `webhook-id`, `webhook-timestamp` and `webhook-signature` must be present and non-empty
-///    (an empty value counts as missing, as in the reference libraries); when a name occurs
-///    more than once, [`HeaderSource`] decides which value is used (the first, for the provided
-///    implementations).
+/// 1. The id, timestamp and signature must be non-empty and not only white space, else
+///    [`VerifyError::MissingHeader`] names the first that is not.
 /// 2. The timestamp, after trimming surrounding white space, must be ASCII digits fitting an
 ///    `i64` (no sign, no fraction) and within `tolerance` of `now` (unix seconds) in either
 ///    direction; exactly `tolerance` away is accepted. Sub-second parts of `tolerance` are
@@ -261,9 +239,9 @@ pub fn sign_one(
 /// 3. At least one `v1` signature must match the HMAC under any of `secrets`, compared in
 ///    constant time. Entries are separated by white space; entries of other versions (such as
 ///    the asymmetric `v1a`) are skipped, as the specification asks.
-pub fn verify<H: HeaderSource + ?Sized>(
+pub fn verify(
     secrets: &[&WebhookSecret],
-    headers: &H,
+    headers: ReceivedHeaders<'_>,
     body: &[u8],
     now: i64,
     tolerance: Duration,
@@ -271,21 +249,16 @@ pub fn verify<H: HeaderSource + ?Sized>(
     if secrets.is_empty() {
         return Err(VerifyError::NoSecret);
     }
-    let get = |name: &'static str| {
-        headers
-            .header(name)
-            .filter(|value| !value.trim().is_empty())
-            .ok_or(VerifyError::MissingHeader { name })
-    };
-    let msg_id = get(HEADER_ID)?;
-    let timestamp = parse_timestamp(get(HEADER_TIMESTAMP)?)?;
-    let signatures = get(HEADER_SIGNATURE)?;
+    let msg_id = required(HEADER_ID, headers.id)?;
+    let timestamp = parse_timestamp(required(HEADER_TIMESTAMP, headers.timestamp)?)?;
+    let signatures = required(HEADER_SIGNATURE, headers.signature)?;
 
     check_freshness(timestamp, now, tolerance)?;
 
+    let timestamp = timestamp.to_string();
     let expected: Vec<[u8; TAG_LEN]> = secrets
         .iter()
-        .filter_map(|secret| tag(secret, msg_id, timestamp, body))
+        .filter_map(|secret| tag(secret, msg_id, &timestamp, body))
         .collect();
     let mut well_formed = false;
     let mut matched = false;
@@ -316,10 +289,17 @@ pub fn verify<H: HeaderSource + ?Sized>(
     }
 }
 
-/// Parses `webhook-timestamp`: optional surrounding white space, then digits only.
+fn required<'a>(name: &'static str, value: &'a str) -> Result<&'a str, VerifyError> {
+    if value.trim().is_empty() {
+        return Err(VerifyError::MissingHeader { name });
+    }
+    Ok(value)
+}
+
+/// Optional surrounding white space, then digits only.
 fn parse_timestamp(value: &str) -> Result<i64, VerifyError> {
     let digits = value.trim();
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(VerifyError::BadTimestamp);
     }
     digits.parse().map_err(|_| VerifyError::BadTimestamp)
@@ -355,14 +335,16 @@ fn decode_tag(value: &str) -> Option<[u8; TAG_LEN]> {
 
 /// HMAC-SHA256 of `"{id}.{timestamp}.{body}"` under the secret's signing key; `None` only if
 /// the HMAC implementation refuses the key (it takes any length).
-fn tag(secret: &WebhookSecret, msg_id: &str, timestamp: i64, body: &[u8]) -> Option<[u8; TAG_LEN]> {
-    let key = secret.signing_key();
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&key).ok()?;
-    mac.update(msg_id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
+fn tag(
+    secret: &WebhookSecret,
+    msg_id: &str,
+    timestamp: &str,
+    body: &[u8],
+) -> Option<[u8; TAG_LEN]> {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&secret.signing_key()).ok()?;
+    for part in [msg_id.as_bytes(), b".", timestamp.as_bytes(), b".", body] {
+        mac.update(part);
+    }
     Some(mac.finalize().into_bytes().into())
 }
 
@@ -377,6 +359,12 @@ mod tests {
     const SPEC_TS: i64 = 1_614_265_330;
     const SPEC_BODY: &[u8] = br#"{"test": 2432232314}"#;
     const SPEC_SIGNATURE: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+    /// The specification example's headers.
+    const SPEC: ReceivedHeaders<'static> = ReceivedHeaders {
+        id: SPEC_ID,
+        timestamp: "1614265330",
+        signature: SPEC_SIGNATURE,
+    };
 
     fn secret(s: &str) -> WebhookSecret {
         WebhookSecret::parse(SecretString::from(s.to_owned())).unwrap()
@@ -386,23 +374,22 @@ mod tests {
         secret(SPEC_SECRET)
     }
 
-    /// The specification example's headers, with one header replaced (or removed on `None`).
-    fn spec_headers(replace: &str, value: Option<&str>) -> Vec<(&'static str, String)> {
-        let mut h = vec![
-            (HEADER_ID, SPEC_ID.to_owned()),
-            (HEADER_TIMESTAMP, SPEC_TS.to_string()),
-            (HEADER_SIGNATURE, SPEC_SIGNATURE.to_owned()),
-        ];
-        h.retain(|(name, _)| *name != replace || value.is_some());
-        for (name, v) in &mut h {
-            if *name == replace {
-                *v = value.unwrap_or_default().to_owned();
-            }
+    /// [`SPEC`] with the header called `name` set to `value`.
+    fn spec_with<'a>(name: &str, value: &'a str) -> ReceivedHeaders<'a> {
+        match name {
+            HEADER_ID => ReceivedHeaders { id: value, ..SPEC },
+            HEADER_TIMESTAMP => ReceivedHeaders {
+                timestamp: value,
+                ..SPEC
+            },
+            _ => ReceivedHeaders {
+                signature: value,
+                ..SPEC
+            },
         }
-        h
     }
 
-    fn verify_spec(headers: &[(&str, String)], body: &[u8], now: i64) -> Result<(), VerifyError> {
+    fn verify_spec(headers: ReceivedHeaders<'_>, body: &[u8], now: i64) -> Result<(), VerifyError> {
         verify(&[&spec_secret()], headers, body, now, DEFAULT_TOLERANCE)
     }
 
@@ -413,49 +400,20 @@ mod tests {
             signed,
             SignedHeaders {
                 webhook_id: SPEC_ID.to_owned(),
-                webhook_timestamp: SPEC_TS,
+                webhook_timestamp: "1614265330".to_owned(),
                 webhook_signature: SPEC_SIGNATURE.to_owned(),
             }
         );
         assert_eq!(
             signed.pairs(),
             [
-                ("webhook-id", SPEC_ID.to_owned()),
-                ("webhook-timestamp", "1614265330".to_owned()),
-                ("webhook-signature", SPEC_SIGNATURE.to_owned()),
+                ("webhook-id", SPEC_ID),
+                ("webhook-timestamp", "1614265330"),
+                ("webhook-signature", SPEC_SIGNATURE),
             ]
         );
-    }
-
-    #[test]
-    fn verify_accepts_the_specification_example_with_any_header_case() {
-        assert_eq!(
-            verify_spec(&spec_headers("", None), SPEC_BODY, SPEC_TS),
-            Ok(())
-        );
-        let shouting = [
-            ("Webhook-Id", SPEC_ID),
-            ("WEBHOOK-TIMESTAMP", "1614265330"),
-            ("webhook-Signature", SPEC_SIGNATURE),
-        ];
-        let s = spec_secret();
-        assert_eq!(
-            verify(&[&s], &shouting, SPEC_BODY, SPEC_TS, DEFAULT_TOLERANCE),
-            Ok(())
-        );
-        let map: HashMap<String, String> = shouting
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        assert_eq!(
-            verify(&[&s], &map, SPEC_BODY, SPEC_TS, DEFAULT_TOLERANCE),
-            Ok(())
-        );
-        let tree: BTreeMap<&str, &str> = shouting.into_iter().collect();
-        assert_eq!(
-            verify(&[&s], &tree, SPEC_BODY, SPEC_TS, DEFAULT_TOLERANCE),
-            Ok(())
-        );
+        assert_eq!(signed.as_received(), SPEC);
+        assert_eq!(verify_spec(SPEC, SPEC_BODY, SPEC_TS), Ok(()));
     }
 
     #[test]
@@ -468,7 +426,7 @@ mod tests {
             assert_eq!(
                 verify(
                     &[s],
-                    &signed.pairs(),
+                    signed.as_received(),
                     body,
                     1_700_000_010,
                     DEFAULT_TOLERANCE
@@ -513,34 +471,21 @@ mod tests {
                 .unwrap()
                 .webhook_signature
         );
-        let headers = signed.pairs();
+        let headers = signed.as_received();
         for secrets in [vec![&old], vec![&new], vec![&old, &new]] {
             assert_eq!(
-                verify(&secrets, &headers, SPEC_BODY, SPEC_TS, DEFAULT_TOLERANCE),
+                verify(&secrets, headers, SPEC_BODY, SPEC_TS, DEFAULT_TOLERANCE),
                 Ok(())
             );
         }
         // A receiver holding both secrets accepts a message signed with only one.
-        let only_old = sign_one(&old, SPEC_ID, SPEC_TS, SPEC_BODY).unwrap();
         assert_eq!(
-            verify(
-                &[&new, &old],
-                &only_old.pairs(),
-                SPEC_BODY,
-                SPEC_TS,
-                DEFAULT_TOLERANCE
-            ),
+            verify(&[&new, &old], SPEC, SPEC_BODY, SPEC_TS, DEFAULT_TOLERANCE),
             Ok(())
         );
         let stranger = WebhookSecret::generate().unwrap();
         assert_eq!(
-            verify(
-                &[&stranger],
-                &headers,
-                SPEC_BODY,
-                SPEC_TS,
-                DEFAULT_TOLERANCE
-            ),
+            verify(&[&stranger], headers, SPEC_BODY, SPEC_TS, DEFAULT_TOLERANCE),
             Err(VerifyError::NoMatchingSignature)
         );
     }
@@ -548,23 +493,21 @@ mod tests {
     #[test]
     fn each_missing_or_empty_header_is_named() {
         for name in [HEADER_ID, HEADER_TIMESTAMP, HEADER_SIGNATURE] {
-            for value in [None, Some(""), Some("  ")] {
+            for value in ["", "  ", "\t\r\n"] {
                 assert_eq!(
-                    verify_spec(&spec_headers(name, value), SPEC_BODY, SPEC_TS),
+                    verify_spec(spec_with(name, value), SPEC_BODY, SPEC_TS),
                     Err(VerifyError::MissingHeader { name }),
                     "{name} {value:?}"
                 );
             }
         }
-        let none: [(&str, &str); 0] = [];
+        let none = ReceivedHeaders {
+            id: "",
+            timestamp: "",
+            signature: "",
+        };
         assert_eq!(
-            verify(
-                &[&spec_secret()],
-                &none,
-                SPEC_BODY,
-                SPEC_TS,
-                DEFAULT_TOLERANCE
-            ),
+            verify_spec(none, SPEC_BODY, SPEC_TS),
             Err(VerifyError::MissingHeader { name: HEADER_ID })
         );
     }
@@ -581,11 +524,7 @@ mod tests {
             "99999999999999999999",
         ] {
             assert_eq!(
-                verify_spec(
-                    &spec_headers(HEADER_TIMESTAMP, Some(bad)),
-                    SPEC_BODY,
-                    SPEC_TS
-                ),
+                verify_spec(spec_with(HEADER_TIMESTAMP, bad), SPEC_BODY, SPEC_TS),
                 Err(VerifyError::BadTimestamp),
                 "{bad}"
             );
@@ -593,7 +532,7 @@ mod tests {
         // Surrounding white space (as left by some header parsers) is tolerated.
         assert_eq!(
             verify_spec(
-                &spec_headers(HEADER_TIMESTAMP, Some(" 1614265330 ")),
+                spec_with(HEADER_TIMESTAMP, " 1614265330 "),
                 SPEC_BODY,
                 SPEC_TS
             ),
@@ -603,49 +542,51 @@ mod tests {
 
     #[test]
     fn the_tolerance_holds_in_both_directions_and_includes_its_bound() {
-        let h = spec_headers("", None);
         let tol = 300;
-        assert_eq!(verify_spec(&h, SPEC_BODY, SPEC_TS + tol), Ok(()));
-        assert_eq!(verify_spec(&h, SPEC_BODY, SPEC_TS - tol), Ok(()));
+        assert_eq!(verify_spec(SPEC, SPEC_BODY, SPEC_TS + tol), Ok(()));
+        assert_eq!(verify_spec(SPEC, SPEC_BODY, SPEC_TS - tol), Ok(()));
         assert_eq!(
-            verify_spec(&h, SPEC_BODY, SPEC_TS + tol + 1),
+            verify_spec(SPEC, SPEC_BODY, SPEC_TS + tol + 1),
             Err(VerifyError::TooOld { age_secs: 301 })
         );
         assert_eq!(
-            verify_spec(&h, SPEC_BODY, SPEC_TS - tol - 1),
+            verify_spec(SPEC, SPEC_BODY, SPEC_TS - tol - 1),
             Err(VerifyError::TooNew { skew_secs: 301 })
         );
         let s = spec_secret();
         let strict = Duration::from_millis(1_999);
-        assert_eq!(verify(&[&s], &h, SPEC_BODY, SPEC_TS + 1, strict), Ok(()));
+        assert_eq!(verify(&[&s], SPEC, SPEC_BODY, SPEC_TS + 1, strict), Ok(()));
         assert_eq!(
-            verify(&[&s], &h, SPEC_BODY, SPEC_TS + 2, strict),
+            verify(&[&s], SPEC, SPEC_BODY, SPEC_TS + 2, strict),
             Err(VerifyError::TooOld { age_secs: 2 })
         );
         // Extreme clocks saturate instead of overflowing.
         assert_eq!(
-            verify(&[&s], &h, SPEC_BODY, i64::MIN, DEFAULT_TOLERANCE),
+            verify(&[&s], SPEC, SPEC_BODY, i64::MIN, DEFAULT_TOLERANCE),
             Err(VerifyError::TooNew {
                 skew_secs: i64::MAX
             })
         );
-        assert_eq!(verify(&[&s], &h, SPEC_BODY, SPEC_TS, Duration::MAX), Ok(()));
+        assert_eq!(
+            verify(&[&s], SPEC, SPEC_BODY, SPEC_TS, Duration::MAX),
+            Ok(())
+        );
     }
 
     #[test]
     fn any_change_to_body_id_or_timestamp_breaks_the_signature() {
         let tampered_body = br#"{"test": 2432232315}"#;
         assert_eq!(
-            verify_spec(&spec_headers("", None), tampered_body, SPEC_TS),
+            verify_spec(SPEC, tampered_body, SPEC_TS),
             Err(VerifyError::NoMatchingSignature)
         );
         assert_eq!(
-            verify_spec(&spec_headers("", None), b"", SPEC_TS),
+            verify_spec(SPEC, b"", SPEC_TS),
             Err(VerifyError::NoMatchingSignature)
         );
         assert_eq!(
             verify_spec(
-                &spec_headers(HEADER_ID, Some("msg_p5jXN8AQM9LWM0D4loKWxJeK")),
+                spec_with(HEADER_ID, "msg_p5jXN8AQM9LWM0D4loKWxJeK"),
                 SPEC_BODY,
                 SPEC_TS
             ),
@@ -653,7 +594,7 @@ mod tests {
         );
         assert_eq!(
             verify_spec(
-                &spec_headers(HEADER_TIMESTAMP, Some("1614265331")),
+                spec_with(HEADER_TIMESTAMP, "1614265331"),
                 SPEC_BODY,
                 SPEC_TS
             ),
@@ -675,24 +616,12 @@ mod tests {
             secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
         ] {
             assert_eq!(
-                verify(
-                    &[&wrong],
-                    &spec_headers("", None),
-                    SPEC_BODY,
-                    SPEC_TS,
-                    DEFAULT_TOLERANCE
-                ),
+                verify(&[&wrong], SPEC, SPEC_BODY, SPEC_TS, DEFAULT_TOLERANCE),
                 Err(VerifyError::NoMatchingSignature)
             );
         }
         assert_eq!(
-            verify(
-                &[],
-                &spec_headers("", None),
-                SPEC_BODY,
-                SPEC_TS,
-                DEFAULT_TOLERANCE
-            ),
+            verify(&[], SPEC, SPEC_BODY, SPEC_TS, DEFAULT_TOLERANCE),
             Err(VerifyError::NoSecret)
         );
     }
@@ -701,13 +630,7 @@ mod tests {
     fn unknown_versions_are_skipped_and_malformed_entries_ignored() {
         let value = SPEC_SIGNATURE.trim_start_matches("v1,");
         let unpadded = value.trim_end_matches('=');
-        let check = |sig: &str| {
-            verify_spec(
-                &spec_headers(HEADER_SIGNATURE, Some(sig)),
-                SPEC_BODY,
-                SPEC_TS,
-            )
-        };
+        let check = |sig: &str| verify_spec(spec_with(HEADER_SIGNATURE, sig), SPEC_BODY, SPEC_TS);
         // Only unknown versions, even carrying the right bytes: no match.
         assert_eq!(
             check(&format!("v1a,{value}")),
@@ -792,19 +715,13 @@ mod tests {
             id in arbitrary_header(),
             ts in arbitrary_header(),
             sig in arbitrary_header(),
-            extra_name in "\\PC{0,20}",
             body in proptest::collection::vec(any::<u8>(), 0..64),
             now in any::<i64>(),
             tolerance in any::<u64>(),
         ) {
             let s = spec_secret();
-            let h = [
-                (extra_name.as_str(), sig.as_str()),
-                (HEADER_ID, id.as_str()),
-                (HEADER_TIMESTAMP, ts.as_str()),
-                (HEADER_SIGNATURE, sig.as_str()),
-            ];
-            let result = verify(&[&s], &h, &body, now, Duration::from_secs(tolerance));
+            let h = ReceivedHeaders { id: &id, timestamp: &ts, signature: &sig };
+            let result = verify(&[&s], h, &body, now, Duration::from_secs(tolerance));
             // Only a genuine signature passes: with arbitrary input that means the spec one.
             if result.is_ok() {
                 prop_assert!(sig.contains(SPEC_SIGNATURE));
@@ -820,7 +737,7 @@ mod tests {
         ) {
             let s = spec_secret();
             let signed = sign_one(&s, &id, ts, &body).unwrap();
-            prop_assert_eq!(verify(&[&s], &signed.pairs(), &body, ts, DEFAULT_TOLERANCE), Ok(()));
+            prop_assert_eq!(verify(&[&s], signed.as_received(), &body, ts, DEFAULT_TOLERANCE), Ok(()));
             let mut altered = body.clone();
             if altered.is_empty() {
                 altered.push(0);
@@ -829,7 +746,7 @@ mod tests {
                 altered[i] ^= 1;
             }
             prop_assert_eq!(
-                verify(&[&s], &signed.pairs(), &altered, ts, DEFAULT_TOLERANCE),
+                verify(&[&s], signed.as_received(), &altered, ts, DEFAULT_TOLERANCE),
                 Err(VerifyError::NoMatchingSignature)
             );
         }

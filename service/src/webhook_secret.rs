@@ -44,9 +44,8 @@ pub const GENERATED_KEY_BYTES: usize = 32;
 /// Not serializable; `Debug` prints `WebhookSecret([REDACTED])`; the text is zeroized on drop.
 #[derive(Clone)]
 pub struct WebhookSecret {
-    /// The text as given (or generated).
     text: SecretString,
-    /// The HMAC key derived from `text` when it was validated.
+    /// Derived once, when `text` was validated.
     key: Zeroizing<Vec<u8>>,
 }
 
@@ -87,10 +86,17 @@ pub enum SecretFormatError {
     NotPrintable,
 }
 
-/// The operating system's random number generator failed, so no secret could be made.
-#[derive(Debug, thiserror::Error)]
-#[error("the operating system's random number generator failed: {0}")]
+/// The operating system's random number generator failed, so no secret, key or nonce could be
+/// drawn. The one error for that, wherever random bytes are needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the operating system's random number generator failed")]
 pub struct RngError(#[source] getrandom::Error);
+
+/// Fills `buf` from the operating system's random number generator, so every caller reports
+/// a failure as [`RngError`].
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), RngError> {
+    getrandom::fill(buf).map_err(RngError)
+}
 
 impl WebhookSecret {
     /// Validates `secret` against the forms in the module documentation, so that only
@@ -104,7 +110,7 @@ impl WebhookSecret {
     /// not bring their own.
     pub fn generate() -> Result<Self, RngError> {
         let mut key = Zeroizing::new([0u8; GENERATED_KEY_BYTES]);
-        getrandom::fill(key.as_mut()).map_err(RngError)?;
+        fill_random(key.as_mut())?;
         let mut text = Zeroizing::new(String::with_capacity(
             WHSEC_PREFIX.len() + GENERATED_KEY_BYTES.div_ceil(3) * 4,
         ));
@@ -314,6 +320,23 @@ mod tests {
             let err = parse(bad).unwrap_err();
             assert!(!err.to_string().contains("MfKQ"), "{err}");
             assert!(!format!("{err:?}").contains("MfKQ"), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn random_number_failures_are_one_error_that_keeps_its_source() {
+        use crate::secret_box::{KeyRingError, SecretBoxError};
+        use std::error::Error;
+        let rng = RngError(getrandom::Error::UNSUPPORTED);
+        let reported: [&dyn Error; 3] =
+            [&rng, &KeyRingError::from(rng), &SecretBoxError::from(rng)];
+        for err in reported {
+            assert_eq!(
+                err.to_string(),
+                "the operating system's random number generator failed"
+            );
+            let source = err.source().map(ToString::to_string);
+            assert_eq!(source, Some(getrandom::Error::UNSUPPORTED.to_string()));
         }
     }
 
