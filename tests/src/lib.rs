@@ -6,9 +6,13 @@
 //! message saying how to provide it: nothing is skipped silently.
 //!
 //! Each test gets its own database (`aw_t_<random>` on the servers, a temporary file for SQLite);
-//! `scripts/test` drops leftover `aw_t_%` databases before and after a run.
+//! `scripts/test` drops leftover `aw_t_%` databases before and after a run, and programs such as
+//! the benchmarks drop theirs with [`drop_created_databases`].
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 
 pub mod schema;
 
@@ -40,7 +44,8 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Creates an empty database on `backend` and connects to it (pool of `max_connections`).
+    /// Creates an empty database on `backend` and connects to it (pool of 5); for tests of the
+    /// migrations, which start before any of them ran.
     pub async fn fresh(backend: Backend) -> TestDb {
         Self::fresh_with(backend, 5).await
     }
@@ -67,6 +72,7 @@ impl TestDb {
                 conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
                     .await
                     .unwrap_or_else(|e| panic!("cannot create database {name} on {admin}: {e}"));
+                created().push((backend, name.clone()));
                 conn.close().await.ok();
                 (replace_database(&admin, &name), None)
             }
@@ -80,6 +86,21 @@ impl TestDb {
             db,
             _dir: dir,
         }
+    }
+
+    /// A fresh database with every migration applied: the starting point of any test that is
+    /// not about the migrations themselves.
+    pub async fn migrated(backend: Backend) -> TestDb {
+        Self::migrated_with(backend, 5).await
+    }
+
+    /// Like [`TestDb::migrated`] with a chosen pool size, for concurrency tests.
+    pub async fn migrated_with(backend: Backend, max_connections: u32) -> TestDb {
+        let t = Self::fresh_with(backend, max_connections).await;
+        Migrator::up(&t.db, None)
+            .await
+            .unwrap_or_else(|e| panic!("cannot migrate the fresh {backend:?} database: {e}"));
+        t
     }
 
     /// A second handle on the same database with its own single-connection pool.
@@ -140,6 +161,107 @@ impl TestDb {
     }
 }
 
+/// Every server database this process created, in order, so that a program can drop them.
+static CREATED: Mutex<Vec<(Backend, String)>> = Mutex::new(Vec::new());
+
+fn created() -> MutexGuard<'static, Vec<(Backend, String)>> {
+    // A panic while the list was held leaves it whole (push and drain do not panic half way).
+    CREATED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Drops every PostgreSQL and MariaDB database this process created, first ending the sessions
+/// still connected to them (pools of a task that panicked or was cancelled may still hold some),
+/// and returns their names.
+///
+/// For programs such as the benchmarks, which must not leave databases behind even when they
+/// fail; a test binary has no hook after its last test, so tests leave theirs to
+/// `scripts/test`. SQLite files need nothing: their directory goes with their [`TestDb`].
+/// Databases it could not drop stay listed, so a later call retries them.
+pub async fn drop_created_databases() -> Result<Vec<String>, DbErr> {
+    let pending: Vec<(Backend, String)> = created().drain(..).collect();
+    let mut dropped = Vec::new();
+    let mut failed = Vec::new();
+    let mut first_error = None;
+    for backend in [Backend::Postgres, Backend::MySql] {
+        let names: Vec<&String> = pending
+            .iter()
+            .filter(|(b, _)| *b == backend)
+            .map(|(_, name)| name)
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        let outcome = drop_on(backend, &names).await;
+        let done = match &outcome {
+            Ok(()) => names.len(),
+            Err((done, _)) => *done,
+        };
+        dropped.extend(names[..done].iter().map(|n| (*n).clone()));
+        failed.extend(names[done..].iter().map(|n| (backend, (*n).clone())));
+        if let Err((_, e)) = outcome {
+            first_error.get_or_insert(e);
+        }
+    }
+    created().extend(failed);
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(dropped),
+    }
+}
+
+/// Drops `names` (all made by [`TestDb::fresh_with`]: `aw_t_` and hex digits) on `backend`; on
+/// failure, how many were dropped before it.
+async fn drop_on(backend: Backend, names: &[&String]) -> Result<(), (usize, DbErr)> {
+    let (var, default) = admin_url(backend);
+    let admin = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    let conn = connect(&admin, 1).await.map_err(|e| (0, e))?;
+    if backend == Backend::MySql {
+        // A session that survived `end_sessions` makes the DROP fail after this long rather
+        // than wait for its lock for the default year.
+        conn.execute_unprepared("SET SESSION lock_wait_timeout = 20")
+            .await
+            .map_err(|e| (0, e))?;
+    }
+    for (i, name) in names.iter().enumerate() {
+        end_sessions(&conn, backend, name).await;
+        let drop = match backend {
+            Backend::MySql => format!("DROP DATABASE IF EXISTS `{name}`"),
+            _ => format!("DROP DATABASE IF EXISTS {name}"),
+        };
+        conn.execute_unprepared(&drop).await.map_err(|e| (i, e))?;
+    }
+    conn.close().await.ok();
+    Ok(())
+}
+
+/// Ends the other sessions connected to `name`, which would make `DROP DATABASE` fail
+/// (PostgreSQL) or wait on their locks (MariaDB). Best effort: a session may end by itself
+/// meanwhile, and the `DROP` that follows reports what still stands in its way.
+async fn end_sessions(conn: &DatabaseConnection, backend: Backend, name: &str) {
+    match backend {
+        Backend::Postgres => {
+            let sql = format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            );
+            conn.execute_unprepared(&sql).await.ok();
+        }
+        Backend::MySql => {
+            let sql = format!(
+                "SELECT CAST(id AS SIGNED) FROM information_schema.processlist \
+                 WHERE db = '{name}' AND id <> CONNECTION_ID()"
+            );
+            let stmt = Statement::from_string(DbBackend::MySql, sql);
+            for row in conn.query_all_raw(stmt).await.unwrap_or_default() {
+                if let Ok(id) = row.try_get_by_index::<i64>(0) {
+                    conn.execute_unprepared(&format!("KILL {id}")).await.ok();
+                }
+            }
+        }
+        Backend::Sqlite => {}
+    }
+}
+
 fn admin_url(backend: Backend) -> (&'static str, &'static str) {
     match backend {
         Backend::Postgres => ("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
@@ -163,7 +285,7 @@ fn replace_database(url: &str, name: &str) -> String {
 }
 
 /// Connects the way the service expects (WAL on SQLite), so tests see what an app sees.
-async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, sea_orm::DbErr> {
+async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
     agent_webhooks::db::connect(url, max_connections).await
 }
 
@@ -226,7 +348,61 @@ pub async fn seed_agent(t: &TestDb, agent_id: &str, events: &[&str]) {
 
 #[cfg(test)]
 mod tests {
-    use super::replace_database;
+    use super::*;
+    use sea_orm::TransactionTrait;
+
+    /// Whether `name` exists on `backend`'s server, asked on a connection of its own.
+    async fn exists(backend: Backend, name: &str) -> bool {
+        let (var, default) = admin_url(backend);
+        let admin = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+        let conn = connect(&admin, 1).await.expect("admin connection");
+        let sql = match backend {
+            Backend::Postgres => {
+                format!("SELECT COUNT(*) FROM pg_database WHERE datname = '{name}'")
+            }
+            _ => format!(
+                "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = '{name}'"
+            ),
+        };
+        let row = conn
+            .query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
+            .await
+            .expect("query")
+            .expect("one row");
+        let count: i64 = row.try_get_by_index(0).expect("count");
+        conn.close().await.ok();
+        count == 1
+    }
+
+    // The only test of this binary that creates databases: drop_created_databases drops every
+    // database of the process, so it must not share one with other database tests.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drops_the_databases_it_created_even_while_they_are_in_use() {
+        let pg = TestDb::migrated(Backend::Postgres).await;
+        let my = TestDb::migrated(Backend::MySql).await;
+        let sqlite = TestDb::fresh(Backend::Sqlite).await;
+        let name = |t: &TestDb| t.url.rsplit('/').next().expect("a path").to_owned();
+        let names = vec![name(&pg), name(&my)];
+        assert!(exists(Backend::Postgres, &names[0]).await);
+        assert!(exists(Backend::MySql, &names[1]).await);
+        // Sessions still open: PostgreSQL refuses to drop a database in use, and MariaDB waits
+        // for the metadata lock an open transaction holds on a table it read.
+        let txn = my.db.begin().await.expect("begin");
+        txn.execute_unprepared("SELECT COUNT(*) FROM agents")
+            .await
+            .expect("read in the transaction");
+        pg.exec("SELECT 1").await;
+
+        let dropped = drop_created_databases().await.expect("drop");
+        assert_eq!(
+            dropped, names,
+            "exactly the server databases, SQLite needs nothing"
+        );
+        assert!(!exists(Backend::Postgres, &names[0]).await);
+        assert!(!exists(Backend::MySql, &names[1]).await);
+        assert!(drop_created_databases().await.expect("again").is_empty());
+        drop((txn, pg, my, sqlite));
+    }
 
     #[test]
     fn replaces_the_database_in_urls() {

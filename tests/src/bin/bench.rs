@@ -7,6 +7,7 @@
 //! to run. `--quick` shrinks every size so the whole run takes well under two minutes; CI runs
 //! it to keep the harness from rotting and asserts nothing about speed.
 
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use agent_webhooks::deliveries::{self, HistoryQuery};
@@ -103,10 +104,8 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[index.min(samples.len() - 1)]
 }
 
-#[tokio::main]
-async fn main() {
+fn main() -> ExitCode {
     let args = Args::parse();
-    let mut report = Report(Vec::new());
     let backends: Vec<Backend> = args
         .backends
         .iter()
@@ -120,6 +119,55 @@ async fn main() {
             }
         })
         .collect();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run_then_clean_up(args, backends))
+}
+
+/// Runs the benchmarks as a task, so that a panic (every failed step panics) or Ctrl-C ends the
+/// task but not this function, which then drops every database the run created.
+async fn run_then_clean_up(args: Args, backends: Vec<Backend>) -> ExitCode {
+    let mut run = tokio::spawn(run(args, backends));
+    let code = tokio::select! {
+        outcome = &mut run => match outcome {
+            Ok(()) => ExitCode::SUCCESS,
+            // The panic hook already printed the message and where.
+            Err(_) => {
+                eprintln!("benchmark failed");
+                ExitCode::from(101)
+            }
+        },
+        // A failure to install the handler only disables this branch.
+        Ok(()) = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted");
+            run.abort();
+            // Wait until the task is gone, so its connections and SQLite files are released.
+            let _ = run.await;
+            ExitCode::from(130)
+        }
+    };
+    match integration_tests::drop_created_databases().await {
+        Ok(names) => {
+            eprintln!("dropped {} databases: {}", names.len(), names.join(" "));
+            code
+        }
+        Err(e) => {
+            eprintln!(
+                "cannot drop every database this run created ({e}); \
+                 scripts/drop-test-databases drops the rest"
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args, backends: Vec<Backend>) {
+    let mut report = Report(Vec::new());
     let q = args.quick;
     for &backend in &backends {
         eprintln!("== {} {}", label(backend), server_version(backend).await);
@@ -587,8 +635,7 @@ async fn throughput(report: &mut Report, backend: Backend, n: usize) {
     let mut totals = [[Duration::ZERO; 3]; 2];
     for round in 0..2 {
         for (path, raw) in [(0, false), (1, true)] {
-            let t = TestDb::fresh_with(backend, 1).await;
-            Migrator::up(&t.db, None).await.expect("migrate");
+            let t = TestDb::migrated_with(backend, 1).await;
             for a in 0..10 {
                 seed_agent(&t, &format!("agent-{a}"), &[]).await;
             }
@@ -688,8 +735,7 @@ async fn claim_latency(report: &mut Report, backend: Backend, sizes: &[usize], s
     let policy = RetryPolicy::default();
     let mut p50s = Vec::new();
     for &rows in sizes {
-        let t = TestDb::fresh_with(backend, 2).await;
-        Migrator::up(&t.db, None).await.expect("migrate");
+        let t = TestDb::migrated_with(backend, 2).await;
         org(&t).await;
         for a in 0..10 {
             seed_agent_quiet(&t, a).await;
@@ -746,8 +792,7 @@ async fn seed_agent_quiet(t: &TestDb, a: usize) {
 
 /// 4. First page vs a deep page of one agent's history (keyset pagination).
 async fn history_paging(report: &mut Report, backend: Backend, rows: usize, deep_page: usize) {
-    let t = TestDb::fresh_with(backend, 2).await;
-    Migrator::up(&t.db, None).await.expect("migrate");
+    let t = TestDb::migrated_with(backend, 2).await;
     org(&t).await;
     seed_agent_quiet(&t, 0).await;
     seed_deliveries(&t, rows, 1).await;

@@ -242,8 +242,7 @@ async fn adoption_rejects_a_table_missing_our_columns(backend: Backend) {
 }
 
 async fn baseline_down_refuses_non_empty_tables_and_drops_empty_ones(backend: Backend) {
-    let t = TestDb::fresh(backend).await;
-    Migrator::up(&t.db, None).await.unwrap();
+    let t = TestDb::migrated(backend).await;
     t.exec("INSERT INTO organizations (id, name) VALUES ('org-1', 'Acme')")
         .await;
     let before = snapshot(&t).await;
@@ -290,8 +289,7 @@ async fn baseline_down_refuses_non_empty_tables_and_drops_empty_ones(backend: Ba
 }
 
 async fn fresh_never_drops_tables_it_did_not_create(backend: Backend) {
-    let t = TestDb::fresh(backend).await;
-    Migrator::up(&t.db, None).await.unwrap();
+    let t = TestDb::migrated(backend).await;
     t.exec("CREATE TABLE billing_accounts (id varchar(64) PRIMARY KEY, owner text)")
         .await;
     t.exec("INSERT INTO billing_accounts (id, owner) VALUES ('b-1', 'Acme')")
@@ -303,8 +301,7 @@ async fn fresh_never_drops_tables_it_did_not_create(backend: Backend) {
 
 /// MariaDB commits DDL as it goes, so an `up` can stop half way; running it again completes it.
 async fn interrupted_webhook_migration_completes_on_rerun(backend: Backend) {
-    let t = TestDb::fresh(backend).await;
-    Migrator::up(&t.db, None).await.unwrap();
+    let t = TestDb::migrated(backend).await;
     let complete = snapshot(&t).await;
 
     // Simulate a crash after two of the webhook migration's steps: roll back cleanly, then

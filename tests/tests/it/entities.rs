@@ -4,7 +4,6 @@
 use chrono::{DateTime, Duration, FixedOffset, Utc};
 use entity::{agents, organizations, webhook_deliveries};
 use integration_tests::{Backend, TestDb, backend_tests};
-use migration::{Migrator, MigratorTrait};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, ModelTrait, PaginatorTrait};
 
 fn at(seconds: i64) -> DateTime<FixedOffset> {
@@ -26,8 +25,7 @@ fn delivery(id: &str, agent: &agents::Model, event: &str) -> webhook_deliveries:
 }
 
 async fn crud_relations_and_cascade(backend: Backend) {
-    let t = TestDb::fresh(backend).await;
-    Migrator::up(&t.db, None).await.unwrap();
+    let t = TestDb::migrated(backend).await;
     let db = &t.db;
 
     let org = organizations::ActiveModel {

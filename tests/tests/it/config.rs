@@ -10,7 +10,6 @@ use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::url_policy::UrlPolicy;
 use agent_webhooks::webhook_secret::WebhookSecret;
 use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
-use migration::{Migrator, MigratorTrait};
 use secrecy::SecretString;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -36,8 +35,7 @@ fn request(url: &str, secret: Option<&str>, events: &[&str]) -> WebhookConfig {
 }
 
 async fn migrated(backend: Backend) -> TestDb {
-    let t = TestDb::fresh(backend).await;
-    Migrator::up(&t.db, None).await.unwrap();
+    let t = TestDb::migrated(backend).await;
     seed_agent(&t, "agent-1", &[]).await;
     seed_agent(&t, "agent-2", &[]).await;
     t

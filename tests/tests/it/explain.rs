@@ -8,7 +8,6 @@ use agent_webhooks::retry::RetryPolicy;
 use chrono::Utc;
 use entity::webhook_deliveries;
 use integration_tests::{Backend, TestDb, seed_agent};
-use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, ConnectionTrait, DbBackend, EntityTrait, QueryTrait, Statement};
 
@@ -28,8 +27,7 @@ async fn plan(t: &TestDb, statement: Statement) -> String {
 
 #[tokio::test]
 async fn each_bookkeeping_query_uses_its_index_on_postgres() {
-    let t = TestDb::fresh(Backend::Postgres).await;
-    Migrator::up(&t.db, None).await.unwrap();
+    let t = TestDb::migrated(Backend::Postgres).await;
     seed_agent(&t, "agent-1", &[]).await;
     seed_agent(&t, "agent-2", &[]).await;
     // 100k deliveries over two agents, 1% of them due: the shape of a live table.

@@ -13,7 +13,6 @@ use agent_webhooks::retry::{AttemptOutcome, GiveUpReason, RetryPolicy};
 use chrono::{DateTime, TimeDelta, Utc};
 use entity::{agents, webhook_deliveries};
 use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
-use migration::{Migrator, MigratorTrait};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
@@ -50,12 +49,6 @@ fn status(code: u16) -> AttemptOutcome {
 
 const LEASE: Duration = Duration::from_secs(30);
 
-async fn migrated(backend: Backend) -> TestDb {
-    let t = TestDb::fresh(backend).await;
-    Migrator::up(&t.db, None).await.unwrap();
-    t
-}
-
 async fn created(
     t: &TestDb,
     agent: &str,
@@ -89,7 +82,7 @@ async fn state(t: &TestDb, id: &str, now: DateTime<Utc>) -> DeliveryState {
 }
 
 async fn every_transition_with_an_injected_clock(backend: Backend) {
-    let t = migrated(backend).await;
+    let t = TestDb::migrated(backend).await;
     seed_agent(&t, "agent-1", &["run.*"]).await;
     let p = policy(3);
     let now = t0();
@@ -321,8 +314,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
 }
 
 async fn racing_enqueues_make_exactly_one_row(backend: Backend) {
-    let t = TestDb::fresh_with(backend, 16).await;
-    Migrator::up(&t.db, None).await.unwrap();
+    let t = TestDb::migrated_with(backend, 16).await;
     seed_agent(&t, "agent-1", &[]).await;
     let db = Arc::new(t.db.clone());
     let tasks: Vec<_> = (0..32)
@@ -359,7 +351,7 @@ async fn racing_enqueues_make_exactly_one_row(backend: Backend) {
 }
 
 async fn pages_yield_every_row_once_in_order_while_rows_arrive(backend: Backend) {
-    let t = migrated(backend).await;
+    let t = TestDb::migrated(backend).await;
     seed_agent(&t, "agent-1", &[]).await;
     seed_agent(&t, "agent-2", &[]).await;
     // 230 deliveries; groups of three share a created_at, so the id breaks ties.
@@ -466,7 +458,7 @@ async fn claim_one_of(t: &TestDb, now: DateTime<Utc>) -> Claim {
 }
 
 async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
-    let t = migrated(backend).await;
+    let t = TestDb::migrated(backend).await;
     seed_agent(&t, "agent-1", &[]).await;
     let p = policy(1);
     let old = t0();
@@ -542,8 +534,7 @@ async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
 async fn eight_workers_drain_five_thousand_deliveries(backend: Backend) {
     const DELIVERIES: usize = 5_000;
     const WORKERS: u64 = 8;
-    let t = TestDb::fresh_with(backend, 4).await;
-    Migrator::up(&t.db, None).await.unwrap();
+    let t = TestDb::migrated_with(backend, 4).await;
     for agent in 0..10 {
         seed_agent(&t, &format!("agent-{agent}"), &[]).await;
     }

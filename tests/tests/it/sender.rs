@@ -13,12 +13,10 @@ use agent_webhooks::url_policy::UrlPolicy;
 use agent_webhooks::webhook_secret::WebhookSecret;
 use chrono::Utc;
 use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
-use migration::{Migrator, MigratorTrait};
 use secrecy::SecretString;
 
 async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
-    let t = TestDb::fresh(backend).await;
-    Migrator::up(&t.db, None).await.unwrap();
+    let t = TestDb::migrated(backend).await;
     seed_agent(&t, "agent-1", &[]).await;
     seed_agent(&t, "agent-2", &[]).await;
     let settings = WebhookSettings {

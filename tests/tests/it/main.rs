@@ -1,0 +1,14 @@
+//! The integration tests, as one test binary: every former `tests/*.rs` file is a module here,
+//! so a change to the library relinks one executable instead of one per file.
+//!
+//! Run a part with a filter on the module path, e.g.
+//! `scripts/test -p integration-tests schema::` or `cargo test -p integration-tests --test it explain`.
+
+mod config;
+mod deliveries;
+mod entities;
+mod explain;
+mod schema;
+mod sender;
+mod settings;
+mod standardwebhooks_compat;

@@ -1,0 +1,142 @@
+//! Each `WEBHOOK_*` variable, set through `WebhookSettings::from_lookup` exactly as
+//! `from_env` reads it, changes what the service does (`WEBHOOK_SIGNATURE_TOLERANCE_SECS` is read
+//! by the ops CLI's `verify`; its test is in `cli/tests/cli.rs`).
+
+use std::collections::HashMap;
+
+use agent_webhooks::deliveries::{self, Enqueued};
+use agent_webhooks::retry::{AttemptOutcome, Decision, GiveUpReason};
+use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::settings::{WebhookSettings, vars};
+use agent_webhooks::webhook::{self, WebhookConfig};
+use agent_webhooks::{Error, url_policy::UrlPolicyError};
+use chrono::{DateTime, TimeDelta, Utc};
+use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
+use secrecy::SecretString;
+
+fn settings(pairs: &[(&str, &str)]) -> WebhookSettings {
+    let map: HashMap<&str, &str> = pairs.iter().copied().collect();
+    WebhookSettings::from_lookup(|name| map.get(name).map(|v| (*v).to_owned()))
+        .expect("valid settings")
+}
+
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_764_000_000, 0).unwrap()
+}
+
+fn config(url: &str, secret: Option<&str>) -> WebhookConfig {
+    WebhookConfig {
+        webhook_url: url.to_owned(),
+        webhook_secret: secret.map(|s| SecretString::from(s.to_owned())),
+        webhook_events: Vec::new(),
+        webhook_enabled: true,
+    }
+}
+
+async fn url_policy_decides_which_urls_configure(backend: Backend) {
+    let t = TestDb::migrated(backend).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    let local = config("http://127.0.0.1:8080/hook", None);
+    let refused = webhook::configure(&t.db, &settings(&[]), "agent-1", &local).await;
+    assert!(matches!(refused, Err(Error::Url(UrlPolicyError::SchemeNotAllowed { .. }))), "{refused:?}");
+    let development = settings(&[(vars::URL_POLICY, "development")]);
+    let view = webhook::configure(&t.db, &development, "agent-1", &local)
+        .await
+        .expect("the development policy accepts a loopback receiver");
+    assert_eq!(view.webhook_url.as_deref(), Some("http://127.0.0.1:8080/hook"));
+}
+
+async fn secret_keys_decide_whether_a_secret_can_be_stored(backend: Backend) {
+    let t = TestDb::migrated(backend).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    let with_secret = config(
+        "https://hooks.example.com/a",
+        Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+    );
+    let refused = webhook::configure(&t.db, &settings(&[]), "agent-1", &with_secret).await;
+    assert!(matches!(refused, Err(Error::NoEncryptionKey)), "{refused:?}");
+    let key = KeyRing::generate_key_entry("k1").unwrap();
+    let keyed = settings(&[(vars::SECRET_KEYS, &key)]);
+    let view = webhook::configure(&t.db, &keyed, "agent-1", &with_secret)
+        .await
+        .unwrap();
+    assert!(view.has_secret);
+}
+
+/// Fails every attempt with a 500 and returns the decisions until the delivery gives up or
+/// `limit` attempts were made.
+async fn decisions_until_given_up(t: &TestDb, settings: &WebhookSettings, limit: usize) -> Vec<Decision> {
+    let event = format!("evt-{}", uuid::Uuid::new_v4().simple());
+    assert!(matches!(
+        deliveries::enqueue(&t.db, "agent-1", &event, "run.completed", t0()).await.unwrap(),
+        Enqueued::Created(_)
+    ));
+    let failure = AttemptOutcome::Status { code: 500, retry_after: None };
+    let mut now = t0();
+    let mut decisions = Vec::new();
+    while decisions.len() < limit {
+        let claims = deliveries::claim_due(&t.db, settings, now, 10).await.unwrap();
+        assert_eq!(claims.len(), 1, "one due delivery at {now}");
+        let decision = deliveries::record_outcome(&t.db, settings, &claims[0], &failure, now)
+            .await
+            .unwrap();
+        decisions.push(decision);
+        match decision {
+            Decision::RetryAt(next) => now = next,
+            _ => break,
+        }
+    }
+    decisions
+}
+
+async fn max_attempts_bounds_every_delivery(backend: Backend) {
+    let t = TestDb::migrated(backend).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    let two = settings(&[(vars::MAX_ATTEMPTS, "2")]);
+    let decisions = decisions_until_given_up(&t, &two, 10).await;
+    assert_eq!(decisions.len(), 2, "{decisions:?}");
+    assert_eq!(decisions[1], Decision::GiveUp(GiveUpReason::MaxAttempts(2)));
+
+    // The default budget (8) still retries after the second failure.
+    let default = decisions_until_given_up(&t, &settings(&[]), 3).await;
+    assert!(default.iter().all(|d| matches!(d, Decision::RetryAt(_))), "{default:?}");
+}
+
+async fn claim_lease_sets_how_long_a_claim_holds(backend: Backend) {
+    let t = TestDb::migrated(backend).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    for (event, pairs, lease) in [
+        ("evt-default", &[][..], 60),
+        ("evt-short", &[(vars::CLAIM_LEASE_SECS, "15")][..], 15),
+    ] {
+        deliveries::enqueue(&t.db, "agent-1", event, "run.completed", t0())
+            .await
+            .unwrap();
+        let s = settings(pairs);
+        let claims = deliveries::claim_due(&t.db, &s, t0(), 10).await.unwrap();
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims[0].lease_until, t0() + TimeDelta::seconds(lease));
+        // Due again exactly when the lease ends, not before.
+        let before = t0() + TimeDelta::seconds(lease - 1);
+        assert!(deliveries::claim_due(&t.db, &s, before, 10).await.unwrap().is_empty());
+        let again = deliveries::claim_due(&t.db, &s, claims[0].lease_until, 10).await.unwrap();
+        assert_eq!(again.len(), 1, "lease of {lease} s ran out");
+        assert_eq!(again[0].attempt, 2);
+        deliveries::record_outcome(
+            &t.db,
+            &s,
+            &again[0],
+            &AttemptOutcome::Status { code: 200, retry_after: None },
+            claims[0].lease_until,
+        )
+        .await
+        .unwrap();
+    }
+}
+
+backend_tests!(
+    url_policy_decides_which_urls_configure,
+    secret_keys_decide_whether_a_secret_can_be_stored,
+    max_attempts_bounds_every_delivery,
+    claim_lease_sets_how_long_a_claim_holds,
+);
