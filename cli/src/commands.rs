@@ -7,12 +7,12 @@
 use std::io::Read;
 use std::time::Duration;
 
-use agent_webhooks::webhook::{self, WebhookConfig, WebhookConfigView};
 use agent_webhooks::deliveries::{self, HistoryQuery, WebhookDelivery};
 use agent_webhooks::secret_box::KeyRing;
 use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::signing;
 use agent_webhooks::url_policy::UrlPolicy;
+use agent_webhooks::webhook::{self, WebhookConfig, WebhookConfigView};
 use agent_webhooks::webhook_secret::WebhookSecret;
 use anyhow::{Context, anyhow, bail};
 use chrono::{DateTime, SecondsFormat, Utc};

@@ -11,8 +11,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use agent_webhooks::deliveries::{self, HistoryQuery};
-use agent_webhooks::retry::RetryPolicy;
+use agent_webhooks::retry::AttemptOutcome;
 use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::signing;
 use agent_webhooks::url_policy::UrlPolicy;
 use agent_webhooks::webhook_secret::WebhookSecret;
@@ -600,7 +601,7 @@ async fn raw_claim(
     }
 }
 
-/// The statement `deliveries::record_success` sends, without the ORM.
+/// The statement `deliveries::record_outcome` sends for a success, without the ORM.
 async fn raw_record(
     db: &DatabaseConnection,
     backend: Backend,
@@ -628,8 +629,11 @@ async fn raw_record(
 
 /// 2. Deliveries per second through the service API and as raw SQL, one connection, in turn.
 async fn throughput(report: &mut Report, backend: Backend, n: usize) {
-    let policy = RetryPolicy::default();
-    let lease = Duration::from_secs(60);
+    let settings = WebhookSettings::default();
+    let success = AttemptOutcome::Status {
+        code: 200,
+        retry_after: None,
+    };
     // Service and raw paths alternate in rounds on separate databases, so drift on a shared
     // machine hits both alike.
     let mut totals = [[Duration::ZERO; 3]; 2];
@@ -669,7 +673,7 @@ async fn throughput(report: &mut Report, backend: Backend, n: usize) {
                     .map(|(id, attempt)| (id, attempt, None))
                     .collect()
                 } else {
-                    deliveries::claim_due(&t.db, &policy, now, 100, lease)
+                    deliveries::claim_due(&t.db, &settings, now, 100)
                         .await
                         .expect("claim")
                         .into_iter()
@@ -684,7 +688,7 @@ async fn throughput(report: &mut Report, backend: Backend, n: usize) {
                 for (id, attempt, claim) in &batch {
                     match claim {
                         Some(claim) => {
-                            deliveries::record_success(&t.db, claim, 200, now)
+                            deliveries::record_outcome(&t.db, &settings, claim, &success, now)
                                 .await
                                 .expect("record");
                         }
@@ -732,7 +736,7 @@ async fn throughput(report: &mut Report, backend: Backend, n: usize) {
 /// 3. `claim_due` latency for a batch of 100 with 1 % of the table due; each claim runs in a
 ///    transaction that is rolled back, so every sample sees the same table.
 async fn claim_latency(report: &mut Report, backend: Backend, sizes: &[usize], samples: usize) {
-    let policy = RetryPolicy::default();
+    let settings = WebhookSettings::default();
     let mut p50s = Vec::new();
     for &rows in sizes {
         let t = TestDb::migrated_with(backend, 2).await;
@@ -745,10 +749,9 @@ async fn claim_latency(report: &mut Report, backend: Backend, sizes: &[usize], s
         for _ in 0..samples {
             let txn = t.db.begin().await.expect("begin");
             let start = Instant::now();
-            let claims =
-                deliveries::claim_due(&txn, &policy, Utc::now(), 100, Duration::from_secs(60))
-                    .await
-                    .expect("claim");
+            let claims = deliveries::claim_due(&txn, &settings, Utc::now(), 100)
+                .await
+                .expect("claim");
             times.push(start.elapsed());
             assert_eq!(claims.len(), 100.min(rows / 100));
             txn.rollback().await.expect("rollback");

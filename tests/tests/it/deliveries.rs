@@ -6,16 +6,18 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_webhooks::deliveries::{
-    self, Claim, DeliveryError, DeliveryState, Enqueued, HistoryQuery, Recorded, SkipReason,
-};
-use agent_webhooks::retry::{AttemptOutcome, GiveUpReason, RetryPolicy};
+use agent_webhooks::Error;
+use agent_webhooks::deliveries::{self, Claim, DeliveryState, Enqueued, HistoryQuery, SkipReason};
+use agent_webhooks::retry::{AttemptOutcome, Decision, GiveUpReason, RetryPolicy};
+use agent_webhooks::settings::WebhookSettings;
 use chrono::{DateTime, TimeDelta, Utc};
 use entity::{agents, webhook_deliveries};
 use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+};
 
 fn t0() -> DateTime<Utc> {
     DateTime::from_timestamp(1_764_000_000, 0).unwrap()
@@ -25,19 +27,28 @@ fn secs(n: i64) -> TimeDelta {
     TimeDelta::seconds(n)
 }
 
-/// Retries after 5 s, then 60 s; no jitter, so instants are exact.
-fn policy(max_attempts: u32) -> RetryPolicy {
-    RetryPolicy {
-        schedule: vec![Duration::from_secs(5), Duration::from_secs(60)],
-        max_attempts,
-        jitter: 0.0,
-        ..RetryPolicy::default()
+/// Retries after 5 s, then 60 s, without jitter so instants are exact; a lease of [`LEASE`].
+fn policy(max_attempts: u32) -> WebhookSettings {
+    WebhookSettings {
+        retry: RetryPolicy {
+            schedule: vec![Duration::from_secs(5), Duration::from_secs(60)],
+            max_attempts,
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        },
+        claim_lease: LEASE,
+        ..WebhookSettings::default()
     }
 }
 
-/// A seeded RNG: the policies here have no jitter, but `record_failure` takes one.
-fn rng() -> StdRng {
-    StdRng::seed_from_u64(0)
+/// Records an HTTP response; a 2xx is delivered under any policy.
+async fn record_status(
+    db: &impl ConnectionTrait,
+    claim: &Claim,
+    code: u16,
+    now: DateTime<Utc>,
+) -> Result<Decision, Error> {
+    deliveries::record_outcome(db, &WebhookSettings::default(), claim, &status(code), now).await
 }
 
 fn status(code: u16) -> AttemptOutcome {
@@ -65,10 +76,8 @@ async fn created(
     }
 }
 
-async fn claim_one(t: &TestDb, policy: &RetryPolicy, now: DateTime<Utc>) -> Claim {
-    let mut claims = deliveries::claim_due(&t.db, policy, now, 10, LEASE)
-        .await
-        .unwrap();
+async fn claim_one(t: &TestDb, policy: &WebhookSettings, now: DateTime<Utc>) -> Claim {
+    let mut claims = deliveries::claim_due(&t.db, policy, now, 10).await.unwrap();
     assert_eq!(
         claims.len(),
         1,
@@ -110,7 +119,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
     );
     assert!(matches!(
         deliveries::enqueue(&t.db, "agent-404", "evt-1", "run.completed", now).await,
-        Err(DeliveryError::AgentNotFound(_))
+        Err(Error::AgentNotFound(_))
     ));
     for (event_id, event_type) in [
         ("evt.1", "run.completed"),
@@ -122,7 +131,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, DeliveryError::InvalidEvent { .. }),
+            matches!(err, Error::InvalidEvent { .. }),
             "{event_id:?}: {err}"
         );
     }
@@ -133,18 +142,17 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
     assert_eq!(first.delivery.state, DeliveryState::Leased);
     assert_eq!(state(&t, &id, now + secs(1)).await, DeliveryState::Leased);
     assert!(
-        deliveries::claim_due(&t.db, &p, now + secs(1), 10, LEASE)
+        deliveries::claim_due(&t.db, &p, now + secs(1), 10)
             .await
             .unwrap()
             .is_empty()
     );
 
     // A retryable failure: pending again after the schedule's first delay.
-    let recorded =
-        deliveries::record_failure(&t.db, &first, &status(503), &p, now + secs(2), &mut rng())
-            .await
-            .unwrap();
-    assert_eq!(recorded, Recorded::RetryAt(now + secs(7)));
+    let recorded = deliveries::record_outcome(&t.db, &p, &first, &status(503), now + secs(2))
+        .await
+        .unwrap();
+    assert_eq!(recorded, Decision::RetryAt(now + secs(7)));
     let d = deliveries::get(&t.db, &id, now + secs(2)).await.unwrap();
     assert_eq!(d.state, DeliveryState::Pending);
     assert_eq!(
@@ -153,11 +161,11 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
     );
     // Reporting the same attempt twice is refused.
     assert!(matches!(
-        deliveries::record_success(&t.db, &first, 200, now + secs(3)).await,
-        Err(DeliveryError::StaleClaim { attempt: 1, .. })
+        record_status(&t.db, &first, 200, now + secs(3)).await,
+        Err(Error::StaleClaim { attempt: 1, .. })
     ));
     assert!(
-        deliveries::claim_due(&t.db, &p, now + secs(6), 10, LEASE)
+        deliveries::claim_due(&t.db, &p, now + secs(6), 10)
             .await
             .unwrap()
             .is_empty()
@@ -179,15 +187,15 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
     assert_eq!(third.attempt, 3);
     // The stale worker's report must not overwrite the newer attempt.
     assert!(matches!(
-        deliveries::record_success(&t.db, &second, 200, now + secs(41)).await,
-        Err(DeliveryError::StaleClaim { attempt: 2, .. })
+        record_status(&t.db, &second, 200, now + secs(41)).await,
+        Err(Error::StaleClaim { attempt: 2, .. })
     ));
     assert_eq!(state(&t, &id, now + secs(41)).await, DeliveryState::Leased);
     assert_eq!(
-        deliveries::record_success(&t.db, &third, 204, now + secs(42))
+        record_status(&t.db, &third, 204, now + secs(42))
             .await
             .unwrap(),
-        Recorded::Delivered
+        Decision::Delivered
     );
     let d = deliveries::get(&t.db, &id, now + secs(42)).await.unwrap();
     assert_eq!(d.state, DeliveryState::Delivered);
@@ -202,7 +210,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
     );
     assert!(matches!(
         deliveries::requeue(&t.db, &id, now + secs(43)).await,
-        Err(DeliveryError::NotRequeueable {
+        Err(Error::NotRequeueable {
             state: DeliveryState::Delivered,
             ..
         })
@@ -214,23 +222,17 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
     for attempt in 1..=3 {
         let claim = claim_one(&t, &p, clock).await;
         assert_eq!(claim.attempt, attempt);
-        let recorded = deliveries::record_failure(
-            &t.db,
-            &claim,
-            &AttemptOutcome::Timeout,
-            &p,
-            clock,
-            &mut rng(),
-        )
-        .await
-        .unwrap();
+        let recorded =
+            deliveries::record_outcome(&t.db, &p, &claim, &AttemptOutcome::Timeout, clock)
+                .await
+                .unwrap();
         if attempt < 3 {
-            let Recorded::RetryAt(next) = recorded else {
+            let Decision::RetryAt(next) = recorded else {
                 panic!("{recorded:?}")
             };
             clock = next;
         } else {
-            assert_eq!(recorded, Recorded::Exhausted(GiveUpReason::MaxAttempts(3)));
+            assert_eq!(recorded, Decision::GiveUp(GiveUpReason::MaxAttempts(3)));
         }
     }
     let d = deliveries::get(&t.db, &id, clock).await.unwrap();
@@ -256,14 +258,10 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
     assert_eq!(claim.attempt, 1);
 
     // A final status exhausts at once.
-    let recorded =
-        deliveries::record_failure(&t.db, &claim, &status(410), &p, clock + secs(2), &mut rng())
-            .await
-            .unwrap();
-    assert_eq!(
-        recorded,
-        Recorded::Exhausted(GiveUpReason::FinalStatus(410))
-    );
+    let recorded = deliveries::record_outcome(&t.db, &p, &claim, &status(410), clock + secs(2))
+        .await
+        .unwrap();
+    assert_eq!(recorded, Decision::GiveUp(GiveUpReason::FinalStatus(410)));
     assert_eq!(state(&t, &id, clock + secs(2)).await, DeliveryState::Failed);
 
     // A worker lost during the final attempt: exhausted when its lease runs out.
@@ -271,7 +269,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
     let id = created(&t, "agent-1", "evt-4", "run.started", now + secs(500)).await;
     let lost = claim_one(&t, &one_shot, now + secs(500)).await;
     assert!(
-        deliveries::claim_due(&t.db, &one_shot, now + secs(531), 10, LEASE)
+        deliveries::claim_due(&t.db, &one_shot, now + secs(531), 10)
             .await
             .unwrap()
             .is_empty()
@@ -280,7 +278,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
     assert_eq!(d.state, DeliveryState::Failed);
     assert!(d.error_message.unwrap().contains("lease ran out"));
     assert!(
-        deliveries::record_success(&t.db, &lost, 200, now + secs(532))
+        record_status(&t.db, &lost, 200, now + secs(532))
             .await
             .is_err()
     );
@@ -438,7 +436,7 @@ async fn pages_yield_every_row_once_in_order_while_rows_arrive(backend: Backend)
     };
     assert!(matches!(
         deliveries::history(&t.db, "agent-1", &bad, t0()).await,
-        Err(DeliveryError::BadCursor)
+        Err(Error::BadCursor)
     ));
     let too_big = HistoryQuery {
         limit: 1001,
@@ -446,12 +444,12 @@ async fn pages_yield_every_row_once_in_order_while_rows_arrive(backend: Backend)
     };
     assert!(matches!(
         deliveries::history(&t.db, "agent-1", &too_big, t0()).await,
-        Err(DeliveryError::InvalidLimit(1001))
+        Err(Error::InvalidLimit(1001))
     ));
 }
 
 async fn claim_one_of(t: &TestDb, now: DateTime<Utc>) -> Claim {
-    let mut claims = deliveries::claim_due(&t.db, &policy(3), now, 1, LEASE)
+    let mut claims = deliveries::claim_due(&t.db, &policy(3), now, 1)
         .await
         .unwrap();
     claims.pop().expect("a due delivery")
@@ -466,7 +464,7 @@ async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
         created(&t, "agent-1", &format!("evt-{i}"), "run.completed", old).await;
     }
     // 10 delivered, 10 exhausted, 3 leased, 2 pending: all old.
-    for (i, claim) in deliveries::claim_due(&t.db, &p, old, 23, LEASE)
+    for (i, claim) in deliveries::claim_due(&t.db, &p, old, 23)
         .await
         .unwrap()
         .into_iter()
@@ -474,12 +472,10 @@ async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
     {
         match i {
             0..10 => {
-                deliveries::record_success(&t.db, &claim, 200, old)
-                    .await
-                    .unwrap();
+                record_status(&t.db, &claim, 200, old).await.unwrap();
             }
             10..20 => {
-                deliveries::record_failure(&t.db, &claim, &status(500), &p, old, &mut rng())
+                deliveries::record_outcome(&t.db, &p, &claim, &status(500), old)
                     .await
                     .unwrap();
             }
@@ -567,12 +563,16 @@ async fn eight_workers_drain_five_thousand_deliveries(backend: Backend) {
         jitter: 0.0,
         ..RetryPolicy::default()
     };
-    let lease = Duration::from_millis(400);
+    let settings = WebhookSettings {
+        retry: policy,
+        claim_lease: Duration::from_millis(400),
+        ..WebhookSettings::default()
+    };
     let accepted: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let mut workers = Vec::new();
     for w in 0..WORKERS {
         let url = t.url.clone();
-        let policy = policy.clone();
+        let settings = settings.clone();
         let accepted = accepted.clone();
         workers.push(tokio::spawn(async move {
             let db = agent_webhooks::db::connect(&url, 1)
@@ -581,7 +581,7 @@ async fn eight_workers_drain_five_thousand_deliveries(backend: Backend) {
             let mut rng = StdRng::seed_from_u64(w);
             let mut crashes = 0u32;
             loop {
-                let claims = deliveries::claim_due(&db, &policy, Utc::now(), 25, lease)
+                let claims = deliveries::claim_due(&db, &settings, Utc::now(), 25)
                     .await
                     .expect("claim");
                 if claims.is_empty() {
@@ -603,27 +603,20 @@ async fn eight_workers_drain_five_thousand_deliveries(backend: Backend) {
                         continue;
                     }
                     let result = if roll < 0.30 {
-                        deliveries::record_failure(
-                            &db,
-                            &claim,
-                            &status(503),
-                            &policy,
-                            Utc::now(),
-                            &mut rng,
-                        )
-                        .await
+                        deliveries::record_outcome(&db, &settings, &claim, &status(503), Utc::now())
+                            .await
                     } else {
-                        deliveries::record_success(&db, &claim, 200, Utc::now()).await
+                        record_status(&db, &claim, 200, Utc::now()).await
                     };
                     match result {
-                        Ok(Recorded::Delivered) => {
+                        Ok(Decision::Delivered) => {
                             *accepted
                                 .lock()
                                 .unwrap()
                                 .entry(claim.delivery.id.clone())
                                 .or_default() += 1;
                         }
-                        Ok(_) | Err(DeliveryError::StaleClaim { .. }) => {}
+                        Ok(_) | Err(Error::StaleClaim { .. }) => {}
                         Err(e) => panic!("worker {w}: {e}"),
                     }
                 }

@@ -1,10 +1,8 @@
 //! `EXPLAIN` on PostgreSQL: each bookkeeping query uses the index the third migration made
 //! for it. Run with `--nocapture` to see the plans.
 
-use std::time::Duration;
-
 use agent_webhooks::deliveries::{self, HistoryQuery};
-use agent_webhooks::retry::RetryPolicy;
+use agent_webhooks::settings::WebhookSettings;
 use chrono::Utc;
 use entity::webhook_deliveries;
 use integration_tests::{Backend, TestDb, seed_agent};
@@ -45,12 +43,11 @@ async fn each_bookkeeping_query_uses_its_index_on_postgres() {
     .await;
     t.exec("ANALYZE webhook_deliveries").await;
 
-    let claim = deliveries::claim_statement(
+    let claim = deliveries::testing::claim_statement(
         DbBackend::Postgres,
-        &RetryPolicy::default(),
+        &WebhookSettings::default(),
         Utc::now(),
         100,
-        Duration::from_secs(60),
     );
     let claim_plan = plan(&t, claim).await;
     println!("claim_due:\n{claim_plan}\n");
@@ -64,7 +61,8 @@ async fn each_bookkeeping_query_uses_its_index_on_postgres() {
         ..HistoryQuery::default()
     };
     let (select, _) =
-        deliveries::history_select(DbBackend::Postgres, "agent-1", &first, Utc::now()).unwrap();
+        deliveries::testing::history_select(DbBackend::Postgres, "agent-1", &first, Utc::now())
+            .unwrap();
     let first_plan = plan(&t, select.build(DbBackend::Postgres)).await;
     println!("history, first page:\n{first_plan}\n");
     assert!(
@@ -80,7 +78,8 @@ async fn each_bookkeeping_query_uses_its_index_on_postgres() {
         ..first
     };
     let (select, _) =
-        deliveries::history_select(DbBackend::Postgres, "agent-1", &next, Utc::now()).unwrap();
+        deliveries::testing::history_select(DbBackend::Postgres, "agent-1", &next, Utc::now())
+            .unwrap();
     let next_plan = plan(&t, select.build(DbBackend::Postgres)).await;
     println!("history, next page:\n{next_plan}\n");
     assert!(

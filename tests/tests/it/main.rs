@@ -4,7 +4,6 @@
 //! Run a part with a filter on the module path, e.g.
 //! `scripts/test -p integration-tests schema::` or `cargo test -p integration-tests --test it explain`.
 
-mod config;
 mod deliveries;
 mod entities;
 mod explain;
@@ -12,3 +11,4 @@ mod schema;
 mod sender;
 mod settings;
 mod standardwebhooks_compat;
+mod webhook;

@@ -1,15 +1,14 @@
 //! One call gives a sender worker everything for a claimed delivery: URL, signed headers and
 //! the exact body, signed with the agent's decrypted secret. On every backend.
 
-use std::time::Duration;
-
-use agent_webhooks::config::{self, WebhookConfig};
+use agent_webhooks::Error;
 use agent_webhooks::deliveries::{self, Enqueued};
 use agent_webhooks::secret_box::KeyRing;
-use agent_webhooks::sender::{self, SendError};
+use agent_webhooks::sender;
 use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::signing;
 use agent_webhooks::url_policy::UrlPolicy;
+use agent_webhooks::webhook::{self, WebhookConfig};
 use agent_webhooks::webhook_secret::WebhookSecret;
 use chrono::Utc;
 use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
@@ -30,7 +29,7 @@ async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
         webhook_events: vec![],
         webhook_enabled: true,
     };
-    config::set_webhook_config(&t.db, &settings, "agent-1", &request)
+    webhook::configure(&t.db, &settings, "agent-1", &request)
         .await
         .unwrap();
 
@@ -42,7 +41,7 @@ async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
                 .unwrap();
         assert!(matches!(created, Enqueued::Created(_)));
     }
-    let claims = deliveries::claim_due(&t.db, &settings.retry, now, 10, Duration::from_secs(60))
+    let claims = deliveries::claim_due(&t.db, &settings, now, 10)
         .await
         .unwrap();
     assert_eq!(claims.len(), 2);
@@ -71,7 +70,7 @@ async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
         } else {
             // agent-2 has no secret: never sent unsigned.
             assert!(
-                matches!(result, Err(SendError::NoSecret(ref id)) if id == "agent-2"),
+                matches!(result, Err(Error::NoSecret(ref id)) if id == "agent-2"),
                 "{result:?}"
             );
         }
@@ -88,18 +87,18 @@ async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
         webhook_events: vec![],
         webhook_enabled: true,
     };
-    config::set_webhook_config(&t.db, &dev, "agent-1", &local)
+    webhook::configure(&t.db, &dev, "agent-1", &local)
         .await
         .unwrap();
     deliveries::enqueue(&t.db, "agent-1", "evt_local", "run.completed", now)
         .await
         .unwrap();
-    let claims = deliveries::claim_due(&t.db, &settings.retry, now, 10, Duration::from_secs(60))
+    let claims = deliveries::claim_due(&t.db, &settings, now, 10)
         .await
         .unwrap();
     assert_eq!(claims.len(), 1);
     let refused = sender::prepare_request(&t.db, &settings, &claims[0], body.clone(), now).await;
-    assert!(matches!(refused, Err(SendError::Url(_))), "{refused:?}");
+    assert!(matches!(refused, Err(Error::Url(_))), "{refused:?}");
     sender::prepare_request(&t.db, &dev, &claims[0], body, now)
         .await
         .unwrap();

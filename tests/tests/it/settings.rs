@@ -38,12 +38,21 @@ async fn url_policy_decides_which_urls_configure(backend: Backend) {
     seed_agent(&t, "agent-1", &[]).await;
     let local = config("http://127.0.0.1:8080/hook", None);
     let refused = webhook::configure(&t.db, &settings(&[]), "agent-1", &local).await;
-    assert!(matches!(refused, Err(Error::Url(UrlPolicyError::SchemeNotAllowed { .. }))), "{refused:?}");
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Url(UrlPolicyError::SchemeNotAllowed { .. }))
+        ),
+        "{refused:?}"
+    );
     let development = settings(&[(vars::URL_POLICY, "development")]);
     let view = webhook::configure(&t.db, &development, "agent-1", &local)
         .await
         .expect("the development policy accepts a loopback receiver");
-    assert_eq!(view.webhook_url.as_deref(), Some("http://127.0.0.1:8080/hook"));
+    assert_eq!(
+        view.webhook_url.as_deref(),
+        Some("http://127.0.0.1:8080/hook")
+    );
 }
 
 async fn secret_keys_decide_whether_a_secret_can_be_stored(backend: Backend) {
@@ -54,7 +63,10 @@ async fn secret_keys_decide_whether_a_secret_can_be_stored(backend: Backend) {
         Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
     );
     let refused = webhook::configure(&t.db, &settings(&[]), "agent-1", &with_secret).await;
-    assert!(matches!(refused, Err(Error::NoEncryptionKey)), "{refused:?}");
+    assert!(
+        matches!(refused, Err(Error::NoEncryptionKey)),
+        "{refused:?}"
+    );
     let key = KeyRing::generate_key_entry("k1").unwrap();
     let keyed = settings(&[(vars::SECRET_KEYS, &key)]);
     let view = webhook::configure(&t.db, &keyed, "agent-1", &with_secret)
@@ -65,17 +77,28 @@ async fn secret_keys_decide_whether_a_secret_can_be_stored(backend: Backend) {
 
 /// Fails every attempt with a 500 and returns the decisions until the delivery gives up or
 /// `limit` attempts were made.
-async fn decisions_until_given_up(t: &TestDb, settings: &WebhookSettings, limit: usize) -> Vec<Decision> {
+async fn decisions_until_given_up(
+    t: &TestDb,
+    settings: &WebhookSettings,
+    limit: usize,
+) -> Vec<Decision> {
     let event = format!("evt-{}", uuid::Uuid::new_v4().simple());
     assert!(matches!(
-        deliveries::enqueue(&t.db, "agent-1", &event, "run.completed", t0()).await.unwrap(),
+        deliveries::enqueue(&t.db, "agent-1", &event, "run.completed", t0())
+            .await
+            .unwrap(),
         Enqueued::Created(_)
     ));
-    let failure = AttemptOutcome::Status { code: 500, retry_after: None };
+    let failure = AttemptOutcome::Status {
+        code: 500,
+        retry_after: None,
+    };
     let mut now = t0();
     let mut decisions = Vec::new();
     while decisions.len() < limit {
-        let claims = deliveries::claim_due(&t.db, settings, now, 10).await.unwrap();
+        let claims = deliveries::claim_due(&t.db, settings, now, 10)
+            .await
+            .unwrap();
         assert_eq!(claims.len(), 1, "one due delivery at {now}");
         let decision = deliveries::record_outcome(&t.db, settings, &claims[0], &failure, now)
             .await
@@ -99,7 +122,10 @@ async fn max_attempts_bounds_every_delivery(backend: Backend) {
 
     // The default budget (8) still retries after the second failure.
     let default = decisions_until_given_up(&t, &settings(&[]), 3).await;
-    assert!(default.iter().all(|d| matches!(d, Decision::RetryAt(_))), "{default:?}");
+    assert!(
+        default.iter().all(|d| matches!(d, Decision::RetryAt(_))),
+        "{default:?}"
+    );
 }
 
 async fn claim_lease_sets_how_long_a_claim_holds(backend: Backend) {
@@ -118,15 +144,25 @@ async fn claim_lease_sets_how_long_a_claim_holds(backend: Backend) {
         assert_eq!(claims[0].lease_until, t0() + TimeDelta::seconds(lease));
         // Due again exactly when the lease ends, not before.
         let before = t0() + TimeDelta::seconds(lease - 1);
-        assert!(deliveries::claim_due(&t.db, &s, before, 10).await.unwrap().is_empty());
-        let again = deliveries::claim_due(&t.db, &s, claims[0].lease_until, 10).await.unwrap();
+        assert!(
+            deliveries::claim_due(&t.db, &s, before, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let again = deliveries::claim_due(&t.db, &s, claims[0].lease_until, 10)
+            .await
+            .unwrap();
         assert_eq!(again.len(), 1, "lease of {lease} s ran out");
         assert_eq!(again[0].attempt, 2);
         deliveries::record_outcome(
             &t.db,
             &s,
             &again[0],
-            &AttemptOutcome::Status { code: 200, retry_after: None },
+            &AttemptOutcome::Status {
+                code: 200,
+                retry_after: None,
+            },
             claims[0].lease_until,
         )
         .await

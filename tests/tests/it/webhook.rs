@@ -4,10 +4,11 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use agent_webhooks::config::{self, ConfigError, WebhookConfig};
+use agent_webhooks::Error;
 use agent_webhooks::secret_box::KeyRing;
 use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::url_policy::UrlPolicy;
+use agent_webhooks::webhook::{self, WebhookConfig};
 use agent_webhooks::webhook_secret::WebhookSecret;
 use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
 use secrecy::SecretString;
@@ -59,7 +60,7 @@ async fn set_get_disable_clear_and_not_found(backend: Backend) {
     let t = migrated(backend).await;
     let settings = settings_with(&["k1"]);
 
-    let view = config::set_webhook_config(
+    let view = webhook::configure(
         &t.db,
         &settings,
         "agent-1",
@@ -77,12 +78,9 @@ async fn set_get_disable_clear_and_not_found(backend: Backend) {
     );
     assert!(view.has_secret && view.webhook_enabled && !view.all_events);
     assert_eq!(view.webhook_events, vec!["run.*", "agent.created"]);
-    assert_eq!(
-        config::get_webhook_config(&t.db, "agent-1").await.unwrap(),
-        view
-    );
+    assert_eq!(webhook::get(&t.db, "agent-1").await.unwrap(), view);
 
-    let agent = config::get_agent(&t.db, "agent-1").await.unwrap();
+    let agent = webhook::get_agent(&t.db, "agent-1").await.unwrap();
     assert_eq!(agent.webhook, view);
     let json = serde_json::to_string(&agent).unwrap();
     assert!(
@@ -91,14 +89,14 @@ async fn set_get_disable_clear_and_not_found(backend: Backend) {
     );
 
     // The secret comes back only through reveal_secret.
-    let revealed = config::reveal_secret(&t.db, &settings, "agent-1")
+    let revealed = webhook::reveal_secret(&t.db, &settings, "agent-1")
         .await
         .unwrap()
         .unwrap();
     assert_eq!(revealed.expose(), SECRET);
 
     // Setting again without a secret keeps it; an empty filter means all events.
-    let view = config::set_webhook_config(
+    let view = webhook::configure(
         &t.db,
         &settings,
         "agent-1",
@@ -108,7 +106,7 @@ async fn set_get_disable_clear_and_not_found(backend: Backend) {
     .unwrap();
     assert!(view.has_secret && view.all_events);
     assert_eq!(
-        config::reveal_secret(&t.db, &settings, "agent-1")
+        webhook::reveal_secret(&t.db, &settings, "agent-1")
             .await
             .unwrap()
             .unwrap()
@@ -116,27 +114,25 @@ async fn set_get_disable_clear_and_not_found(backend: Backend) {
         SECRET
     );
 
-    let view = config::disable_webhook(&t.db, "agent-1").await.unwrap();
+    let view = webhook::disable(&t.db, "agent-1").await.unwrap();
     assert!(!view.webhook_enabled && view.has_secret);
-    let view = config::clear_webhook_config(&t.db, "agent-1")
-        .await
-        .unwrap();
+    let view = webhook::clear(&t.db, "agent-1").await.unwrap();
     assert_eq!(
         (view.webhook_url, view.has_secret, view.webhook_enabled),
         (None, false, false)
     );
     assert!(
-        config::reveal_secret(&t.db, &settings, "agent-1")
+        webhook::reveal_secret(&t.db, &settings, "agent-1")
             .await
             .unwrap()
             .is_none()
     );
 
     for result in [
-        config::get_webhook_config(&t.db, "agent-404").await,
-        config::disable_webhook(&t.db, "agent-404").await,
-        config::clear_webhook_config(&t.db, "agent-404").await,
-        config::set_webhook_config(
+        webhook::get(&t.db, "agent-404").await,
+        webhook::disable(&t.db, "agent-404").await,
+        webhook::clear(&t.db, "agent-404").await,
+        webhook::configure(
             &t.db,
             &settings,
             "agent-404",
@@ -145,7 +141,7 @@ async fn set_get_disable_clear_and_not_found(backend: Backend) {
         .await,
     ] {
         assert!(
-            matches!(result, Err(ConfigError::AgentNotFound(ref id)) if id == "agent-404"),
+            matches!(result, Err(Error::AgentNotFound(ref id)) if id == "agent-404"),
             "{result:?}"
         );
     }
@@ -154,7 +150,7 @@ async fn set_get_disable_clear_and_not_found(backend: Backend) {
 async fn invalid_input_writes_nothing(backend: Backend) {
     let t = migrated(backend).await;
     let settings = settings_with(&["k1"]);
-    let before = config::get_webhook_config(&t.db, "agent-1").await.unwrap();
+    let before = webhook::get(&t.db, "agent-1").await.unwrap();
     let cases: Vec<(WebhookConfig, &str)> = vec![
         (request("http://hooks.example.com/a", None, &[]), "scheme"),
         (request("https://127.0.0.1/a", None, &[]), "loopback"),
@@ -172,22 +168,19 @@ async fn invalid_input_writes_nothing(backend: Backend) {
         ),
     ];
     for (config, expected) in cases {
-        let err = config::set_webhook_config(&t.db, &settings, "agent-1", &config)
+        let err = webhook::configure(&t.db, &settings, "agent-1", &config)
             .await
             .unwrap_err();
         assert!(err.to_string().contains(expected), "{expected}: {err}");
     }
-    assert_eq!(
-        config::get_webhook_config(&t.db, "agent-1").await.unwrap(),
-        before
-    );
+    assert_eq!(webhook::get(&t.db, "agent-1").await.unwrap(), before);
 
     // Development policy is explicit and allows loopback http targets.
     let dev = WebhookSettings {
         url_policy: UrlPolicy::Development,
         ..settings
     };
-    config::set_webhook_config(
+    webhook::configure(
         &t.db,
         &dev,
         "agent-1",
@@ -198,7 +191,7 @@ async fn invalid_input_writes_nothing(backend: Backend) {
 
     // Without a key, a secret is refused rather than stored in plaintext.
     let no_keys = WebhookSettings::default();
-    let err = config::set_webhook_config(
+    let err = webhook::configure(
         &t.db,
         &no_keys,
         "agent-2",
@@ -206,13 +199,8 @@ async fn invalid_input_writes_nothing(backend: Backend) {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, ConfigError::NoEncryptionKey), "{err}");
-    assert!(
-        !config::get_webhook_config(&t.db, "agent-2")
-            .await
-            .unwrap()
-            .has_secret
-    );
+    assert!(matches!(err, Error::NoEncryptionKey), "{err}");
+    assert!(!webhook::get(&t.db, "agent-2").await.unwrap().has_secret);
 }
 
 async fn plaintext_secret_is_nowhere(backend: Backend) {
@@ -242,11 +230,11 @@ async fn plaintext_secret_is_nowhere(backend: Backend) {
         .with_writer(move || writer.clone())
         .finish();
     let guard = tracing::subscriber::set_default(subscriber);
-    config::set_webhook_config(&t.db, &settings, "agent-1", &body)
+    webhook::configure(&t.db, &settings, "agent-1", &body)
         .await
         .unwrap();
-    let view = config::get_webhook_config(&t.db, "agent-1").await.unwrap();
-    let revealed = config::reveal_secret(&t.db, &settings, "agent-1")
+    let view = webhook::get(&t.db, "agent-1").await.unwrap();
+    let revealed = webhook::reveal_secret(&t.db, &settings, "agent-1")
         .await
         .unwrap()
         .unwrap();
@@ -278,10 +266,10 @@ async fn plaintext_secret_is_nowhere(backend: Backend) {
         stored[0]
     ))
     .await;
-    let err = config::reveal_secret(&t.db, &settings, "agent-2")
+    let err = webhook::reveal_secret(&t.db, &settings, "agent-2")
         .await
         .unwrap_err();
-    assert!(matches!(err, ConfigError::Sealed { .. }), "{err}");
+    assert!(matches!(err, Error::Sealed { .. }), "{err}");
 
     if backend == Backend::Sqlite {
         // And not in the database file's bytes either (after a checkpoint).
@@ -320,7 +308,7 @@ async fn rotation_reseals_every_secret_and_is_idempotent(backend: Backend) {
     let secret = |i: usize| format!("a user secret for agent number {i}");
     let agents: Vec<String> = (1..12).map(|i| format!("agent-{i}")).collect();
     for (i, agent) in agents.iter().enumerate() {
-        config::set_webhook_config(
+        webhook::configure(
             &t.db,
             &old,
             agent,
@@ -332,7 +320,7 @@ async fn rotation_reseals_every_secret_and_is_idempotent(backend: Backend) {
     // The new ring: k2 current, k1 still able to open.
     let new = ring(&format!("{k2},{k1}"));
     let mut progress = Vec::new();
-    let report = config::rotate_secret_keys(&t.db, &new, 4, |r| progress.push(r.examined))
+    let report = webhook::reseal_secrets(&t.db, &new, 4, |r| progress.push(r.examined))
         .await
         .unwrap();
     assert_eq!(progress, [4, 8, 11], "one call per batch");
@@ -340,7 +328,7 @@ async fn rotation_reseals_every_secret_and_is_idempotent(backend: Backend) {
         (report.examined, report.resealed, report.skipped),
         (11, 11, 0)
     );
-    let again = config::rotate_secret_keys(&t.db, &new, 4, |_| {})
+    let again = webhook::reseal_secrets(&t.db, &new, 4, |_| {})
         .await
         .unwrap();
     assert_eq!(
@@ -356,7 +344,7 @@ async fn rotation_reseals_every_secret_and_is_idempotent(backend: Backend) {
     // Every secret still opens, with only k2 now.
     let only_k2 = ring(&k2);
     for (i, agent) in agents.iter().enumerate() {
-        let revealed = config::reveal_secret(&t.db, &only_k2, agent)
+        let revealed = webhook::reveal_secret(&t.db, &only_k2, agent)
             .await
             .unwrap()
             .unwrap();
