@@ -41,48 +41,40 @@ impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
 
-        if manager.has_table(Organizations::Table.to_string()).await? {
-            require_columns(manager, Organizations::Table, &ORGANIZATION_COLUMNS).await?;
-        } else {
-            manager
-                .create_table(
-                    Table::create()
-                        .table(Organizations::Table)
-                        .col(string(Organizations::Id).primary_key())
-                        .col(string(Organizations::Name))
-                        .col(utc_timestamp_default_now(backend, Organizations::CreatedAt))
-                        .col(utc_timestamp(backend, Organizations::UpdatedAt))
-                        .col(boolean(Organizations::IsDeleted).default(false))
-                        .to_owned(),
-                )
-                .await?;
-        }
+        let organizations = Table::create()
+            .table(Organizations::Table)
+            .col(string(Organizations::Id).primary_key())
+            .col(string(Organizations::Name))
+            .col(utc_timestamp_default_now(backend, Organizations::CreatedAt))
+            .col(utc_timestamp(backend, Organizations::UpdatedAt))
+            .col(boolean(Organizations::IsDeleted).default(false))
+            .to_owned();
+        adopt_or_create(
+            manager,
+            Organizations::Table,
+            &ORGANIZATION_COLUMNS,
+            organizations,
+        )
+        .await?;
 
-        if manager.has_table(Agents::Table.to_string()).await? {
-            require_columns(manager, Agents::Table, &AGENT_COLUMNS).await?;
-        } else {
-            manager
-                .create_table(
-                    Table::create()
-                        .table(Agents::Table)
-                        .col(string(Agents::Id).primary_key())
-                        .col(string(Agents::OrganizationId))
-                        .col(string(Agents::Name))
-                        .col(text_null(Agents::Description))
-                        .col(utc_timestamp_default_now(backend, Agents::CreatedAt))
-                        .col(utc_timestamp(backend, Agents::UpdatedAt))
-                        .col(boolean(Agents::IsDeleted).default(false))
-                        .foreign_key(
-                            ForeignKey::create()
-                                .name(FK_AGENTS_ORGANIZATION_ID)
-                                .from(Agents::Table, Agents::OrganizationId)
-                                .to(Organizations::Table, Organizations::Id)
-                                .on_delete(ForeignKeyAction::Cascade),
-                        )
-                        .to_owned(),
-                )
-                .await?;
-        }
+        let agents = Table::create()
+            .table(Agents::Table)
+            .col(string(Agents::Id).primary_key())
+            .col(string(Agents::OrganizationId))
+            .col(string(Agents::Name))
+            .col(text_null(Agents::Description))
+            .col(utc_timestamp_default_now(backend, Agents::CreatedAt))
+            .col(utc_timestamp(backend, Agents::UpdatedAt))
+            .col(boolean(Agents::IsDeleted).default(false))
+            .foreign_key(
+                ForeignKey::create()
+                    .name(FK_AGENTS_ORGANIZATION_ID)
+                    .from(Agents::Table, Agents::OrganizationId)
+                    .to(Organizations::Table, Organizations::Id)
+                    .on_delete(ForeignKeyAction::Cascade),
+            )
+            .to_owned();
+        adopt_or_create(manager, Agents::Table, &AGENT_COLUMNS, agents).await?;
 
         if !manager
             .has_index(Agents::Table.to_string(), indexes::AGENTS_CREATED_AT)
@@ -148,6 +140,20 @@ pub async fn ensure_baseline_droppable(manager: &SchemaManager<'_>) -> Result<()
 }
 
 /// Fails, naming table and column, when an adopted table lacks a column our entities read.
+/// Adopts `table` when it exists (after checking it has `columns`), or creates it.
+async fn adopt_or_create<T: Iden + Copy>(
+    manager: &SchemaManager<'_>,
+    table: T,
+    columns: &[T],
+    create: TableCreateStatement,
+) -> Result<(), DbErr> {
+    if manager.has_table(table.to_string()).await? {
+        require_columns(manager, table, columns).await
+    } else {
+        manager.create_table(create).await
+    }
+}
+
 async fn require_columns<T: Iden + Copy>(
     manager: &SchemaManager<'_>,
     table: T,

@@ -83,20 +83,16 @@ impl MigrationTrait for Migration {
                     ))
                     .col(utc_timestamp(backend, WebhookDeliveries::DeliveredAt))
                     .col(utc_timestamp(backend, WebhookDeliveries::NextRetryAt))
-                    .foreign_key(
-                        ForeignKey::create()
-                            .name("fk_webhook_deliveries_organization_id")
-                            .from(WebhookDeliveries::Table, WebhookDeliveries::OrganizationId)
-                            .to(Organizations::Table, Organizations::Id)
-                            .on_delete(ForeignKeyAction::Cascade),
-                    )
-                    .foreign_key(
-                        ForeignKey::create()
-                            .name("fk_webhook_deliveries_agent_id")
-                            .from(WebhookDeliveries::Table, WebhookDeliveries::AgentId)
-                            .to(Agents::Table, Agents::Id)
-                            .on_delete(ForeignKeyAction::Cascade),
-                    )
+                    .foreign_key(&mut cascade(
+                        "fk_webhook_deliveries_organization_id",
+                        WebhookDeliveries::OrganizationId,
+                        (Organizations::Table, Organizations::Id),
+                    ))
+                    .foreign_key(&mut cascade(
+                        "fk_webhook_deliveries_agent_id",
+                        WebhookDeliveries::AgentId,
+                        (Agents::Table, Agents::Id),
+                    ))
                     .to_owned(),
             )
             .await?;
@@ -151,4 +147,19 @@ impl MigrationTrait for Migration {
     fn use_transaction(&self) -> Option<bool> {
         Some(true)
     }
+}
+
+/// A foreign key from `webhook_deliveries.column` that deletes a delivery with its agent or
+/// organization: history has no meaning without them.
+fn cascade(
+    name: &str,
+    column: WebhookDeliveries,
+    (table, key): (impl IntoIden, impl IntoIden),
+) -> ForeignKeyCreateStatement {
+    ForeignKey::create()
+        .name(name)
+        .from(WebhookDeliveries::Table, column)
+        .to(table, key)
+        .on_delete(ForeignKeyAction::Cascade)
+        .to_owned()
 }

@@ -16,7 +16,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::str::FromStr;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -129,22 +128,6 @@ impl fmt::Display for DeliveryState {
         f.write_str(self.as_str())
     }
 }
-
-impl FromStr for DeliveryState {
-    type Err = UnknownState;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|state| state.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| UnknownState(s.to_owned()))
-    }
-}
-
-/// A state name other than pending, leased, delivered, failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown delivery state `{0}`: expected pending, leased, delivered or failed")]
-pub struct UnknownState(pub String);
 
 /// A delivery as the app server and operators see it (the specification's `WebhookDelivery`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -919,14 +902,6 @@ mod tests {
         ] {
             assert!(matches!(decode_cursor(bad), Err(Error::BadCursor)), "{bad}");
         }
-    }
-
-    #[test]
-    fn state_names_parse() {
-        for state in DeliveryState::ALL {
-            assert_eq!(state.as_str().parse::<DeliveryState>().unwrap(), state);
-        }
-        assert!("exhausted".parse::<DeliveryState>().is_err());
     }
 
     #[test]

@@ -62,19 +62,6 @@ pub struct WebhookSettings {
     pub signature_tolerance: Duration,
 }
 
-impl Default for WebhookSettings {
-    /// The production defaults, without encryption keys.
-    fn default() -> Self {
-        WebhookSettings {
-            url_policy: UrlPolicy::Production,
-            keys: None,
-            retry: RetryPolicy::default(),
-            claim_lease: DEFAULT_CLAIM_LEASE,
-            signature_tolerance: DEFAULT_TOLERANCE,
-        }
-    }
-}
-
 /// A setting whose value cannot be used; names the variable, never a key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {var}: {problem}")]
@@ -142,6 +129,19 @@ impl WebhookSettings {
             settings.signature_tolerance = Duration::from_secs(secs.into());
         }
         Ok(settings)
+    }
+}
+
+impl Default for WebhookSettings {
+    /// The production defaults, without encryption keys.
+    fn default() -> Self {
+        WebhookSettings {
+            url_policy: UrlPolicy::Production,
+            keys: None,
+            retry: RetryPolicy::default(),
+            claim_lease: DEFAULT_CLAIM_LEASE,
+            signature_tolerance: DEFAULT_TOLERANCE,
+        }
     }
 }
 

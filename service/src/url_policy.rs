@@ -397,18 +397,25 @@ const V4_NETS: [(Ipv4Net, NonPublic); 6] = [
     (v4(240, 0, 0, 0, 4), NonPublic::Reserved),
 ];
 
+/// The classes both families have a `std` predicate for. The ranges behind every `std`
+/// predicate are disjoint, so the order of the checks decides nothing among them.
+fn classify_either(ip: IpAddr) -> Option<NonPublic> {
+    first_hit([
+        (ip.is_unspecified(), NonPublic::Unspecified),
+        (ip.is_loopback(), NonPublic::Loopback),
+        (ip.is_multicast(), NonPublic::Multicast),
+    ])
+}
+
 fn classify_v4(ip: Ipv4Addr) -> Option<NonPublic> {
     let by_std = [
-        (ip.is_unspecified(), NonPublic::Unspecified),
         (ip.is_broadcast(), NonPublic::Broadcast),
-        (ip.is_loopback(), NonPublic::Loopback),
         (ip.is_private(), NonPublic::Private),
         (ip.is_link_local(), NonPublic::LinkLocal),
-        (ip.is_multicast(), NonPublic::Multicast),
         (ip.is_documentation(), NonPublic::Documentation),
     ];
     let by_net = V4_NETS.map(|(net, class)| (net.contains(&ip), class));
-    first_hit(by_std.into_iter().chain(by_net))
+    classify_either(ip.into()).or_else(|| first_hit(by_std.into_iter().chain(by_net)))
 }
 
 #[derive(Clone, Copy)]
@@ -448,16 +455,14 @@ const V6_NETS: [(Ipv6Net, V6Rule); 11] = [
 
 fn classify_v6(ip: Ipv6Addr) -> Option<NonPublic> {
     let by_std = [
-        (ip.is_unspecified(), NonPublic::Unspecified),
-        (ip.is_loopback(), NonPublic::Loopback),
         (ip.is_unique_local(), NonPublic::UniqueLocal),
         (ip.is_unicast_link_local(), NonPublic::LinkLocal),
-        (ip.is_multicast(), NonPublic::Multicast),
     ];
     let [_, _, a, b, c, d, .., w, x, y, z] = ip.octets();
     let low = Ipv4Addr::new(w, x, y, z);
     let rule = V6_NETS.iter().find(|(net, _)| net.contains(&ip));
-    first_hit(by_std).or_else(|| match rule.map(|&(_, rule)| rule) {
+    let by_std = classify_either(ip.into()).or_else(|| first_hit(by_std));
+    by_std.or_else(|| match rule.map(|&(_, rule)| rule) {
         Some(V6Rule::Is(class)) => Some(class),
         Some(V6Rule::EmbedsIpv4) => classify_v4(low),
         Some(V6Rule::EmbedsIpv4Deprecated) => classify_v4(low).or(Some(NonPublic::Deprecated)),
