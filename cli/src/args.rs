@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use agent_webhooks::deliveries::DeliveryState;
+use agent_webhooks::deliveries::{DeliveryState, MAX_PAGE_SIZE};
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -141,7 +141,7 @@ pub enum SecretsCommand {
     /// Re-seal every stored secret under the current (first) key; resumable, safe to repeat.
     Rotate {
         /// Agents read per query.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 500, value_parser = limit())]
         batch: u64,
     },
 }
@@ -162,7 +162,7 @@ pub enum DeliveriesCommand {
         #[arg(long)]
         cursor: Option<String>,
         /// Page size (default: the library's page size).
-        #[arg(long)]
+        #[arg(long, value_parser = limit())]
         limit: Option<u64>,
     },
     /// One delivery.
@@ -180,9 +180,14 @@ pub enum DeliveriesCommand {
         #[arg(long, value_parser = parse_age)]
         older_than: Duration,
         /// Rows deleted per statement.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = MAX_PAGE_SIZE, value_parser = limit())]
         batch: u64,
     },
+}
+
+/// `--limit` and `--batch`: the library's bounds, checked as usage errors.
+fn limit() -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(1..=MAX_PAGE_SIZE)
 }
 
 /// The `--state` values. A mirror of [`DeliveryState`] (a library type cannot derive a clap

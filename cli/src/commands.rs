@@ -33,7 +33,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             }
             match policy.check(&url) {
                 Ok(_) => output::line("ok"),
-                Err(e) => bail!("rejected ({}): {e}", e.rule()),
+                // The library's message starts with "rejected:" already.
+                Err(e) => bail!(
+                    "rejected ({}): {}",
+                    e.rule(),
+                    e.to_string().trim_start_matches("rejected: ")
+                ),
             }
         }
         Command::Sign { message } => {

@@ -17,6 +17,10 @@ use crate::webhook_secret::SecretFormatError;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Why a webhook or delivery operation failed.
+#[allow(
+    missing_docs,
+    reason = "fields are named for what they hold; each variant says when it arises"
+)]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No agent has this id.
@@ -41,25 +45,19 @@ pub enum Error {
     /// A stored secret cannot be sealed or opened (tampered, foreign, or an unknown key).
     #[error("webhook_secret of agent `{agent_id}`: {source}")]
     Sealed {
-        /// Whose secret.
         agent_id: String,
-        /// Why.
         source: SecretBoxError,
     },
     /// The stored event filter is not a list of known event names (written by another tool).
     #[error("stored webhook_events of agent `{agent_id}` are invalid: {source}")]
     CorruptEvents {
-        /// Whose filter.
         agent_id: String,
-        /// Why it does not decode.
         source: serde_json::Error,
     },
     /// An event id or type that cannot be stored or signed.
     #[error("invalid {field}: {rule}")]
     InvalidEvent {
-        /// `event_id` or `event_type`.
         field: &'static str,
-        /// The rule it breaks.
         rule: &'static str,
     },
     /// A page size, claim limit or batch size outside 1..=[`MAX_PAGE_SIZE`].
@@ -73,20 +71,10 @@ pub enum Error {
     #[error(
         "stale claim on delivery `{id}` (attempt {attempt}): the delivery was re-claimed or already reported"
     )]
-    StaleClaim {
-        /// The delivery.
-        id: String,
-        /// The attempt the claim was for.
-        attempt: i32,
-    },
+    StaleClaim { id: String, attempt: i32 },
     /// Only exhausted deliveries can be requeued.
     #[error("delivery `{id}` is {state}, not failed; only failed deliveries can be requeued")]
-    NotRequeueable {
-        /// The delivery.
-        id: String,
-        /// Its current state.
-        state: DeliveryState,
-    },
+    NotRequeueable { id: String, state: DeliveryState },
     /// The agent has no signing secret; deliveries are never sent unsigned.
     #[error("agent `{0}` has no webhook secret; refusing to send an unsigned delivery")]
     NoSecret(String),

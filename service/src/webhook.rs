@@ -80,7 +80,7 @@ impl WebhookConfig {
 /// is set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct WebhookConfigView {
-    /// The agent.
+    /// The agent this configuration belongs to.
     pub agent_id: String,
     /// Where deliveries go, if configured.
     pub webhook_url: Option<String>,
@@ -95,19 +95,17 @@ pub struct WebhookConfigView {
 }
 
 /// An agent with its webhook fields (the specification's `AgentState`), safe to serialize.
+#[allow(
+    missing_docs,
+    reason = "the agent's own columns, named as in the table"
+)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AgentState {
-    /// `agent-<uuid>`.
     pub id: String,
-    /// `org-<uuid>`.
     pub organization_id: String,
-    /// Display name.
     pub name: String,
-    /// Free text.
     pub description: Option<String>,
-    /// Creation time.
     pub created_at: chrono::DateTime<chrono::Utc>,
-    /// Last update.
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The webhook configuration, without the secret.
     pub webhook: WebhookConfigView,
