@@ -5,8 +5,9 @@
 //! `scripts/start-databases` provides. A backend that cannot be reached fails the test with a
 //! message saying how to provide it: nothing is skipped silently.
 //!
-//! Each test gets its own database (`aw_t_<random>` on the servers, a temporary file for SQLite);
-//! `scripts/test` drops leftover `aw_t_%` databases before and after a run, and programs such as
+//! Each test gets its own database (`<TEST_DB_PREFIX><random>` on the servers, prefix `aw_t_` by
+//! default, a temporary file for SQLite); `scripts/test` gives each run its own prefix and drops
+//! that run's databases when it ends, and programs such as
 //! the benchmarks drop theirs with [`drop_created_databases`].
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -52,7 +53,11 @@ impl TestDb {
 
     /// Like [`TestDb::fresh`] with a chosen pool size, for concurrency tests.
     pub async fn fresh_with(backend: Backend, max_connections: u32) -> TestDb {
-        let name = format!("aw_t_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        let name = format!(
+            "{}{}",
+            database_prefix(),
+            &uuid::Uuid::new_v4().simple().to_string()[..16]
+        );
         let (url, dir) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temporary directory");
@@ -209,7 +214,21 @@ pub async fn drop_created_databases() -> Result<Vec<String>, DbErr> {
     }
 }
 
-/// Drops `names` (all made by [`TestDb::fresh_with`]: `aw_t_` and hex digits) on `backend`; on
+/// The start of every test database's name: `TEST_DB_PREFIX` when it is `aw_t_` followed by
+/// lower-case letters, digits and `_` (so that `scripts/test` can give each run its own and drop
+/// only its own databases, leaving a concurrent run's alone), else `aw_t_`.
+fn database_prefix() -> String {
+    std::env::var("TEST_DB_PREFIX")
+        .ok()
+        .filter(|p| {
+            p.starts_with("aw_t_")
+                && p.len() <= 40
+                && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+        .unwrap_or_else(|| "aw_t_".to_owned())
+}
+
+/// Drops `names` (all made by [`TestDb::fresh_with`]: the prefix and hex digits) on `backend`; on
 /// failure, how many were dropped before it.
 async fn drop_on(backend: Backend, names: &[&String]) -> Result<(), (usize, DbErr)> {
     let (var, default) = admin_url(backend);
