@@ -223,7 +223,8 @@ fn database_prefix() -> String {
         .filter(|p| {
             p.starts_with("aw_t_")
                 && p.len() <= 40
-                && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         })
         .unwrap_or_else(|| "aw_t_".to_owned())
 }
