@@ -22,12 +22,16 @@ use sea_orm_migration::sea_orm::DatabaseExecutor;
 pub mod cli;
 mod columns;
 pub mod indexes;
+mod lock;
 mod m20261128_000001_baseline;
 mod m20261128_000002_add_webhook_fields_to_agent;
 mod m20261128_000003_delivery_bookkeeping_indexes;
+mod redact;
 mod tables;
 
+pub use lock::{LOCK_TIMEOUT, MigrationLock};
 pub use m20261128_000001_baseline::ensure_baseline_droppable;
+pub use redact::{redact_secrets, redact_url};
 
 /// Where the migration binary, the ops CLI and the service go when `DATABASE_URL` is not set:
 /// a SQLite file in the working directory, created if missing.

@@ -1,7 +1,9 @@
 //! The migration binary as operators run it.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+
+use integration_tests::{Backend, TestDb, backend_tests};
 
 fn migration(cwd: &Path, url: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_migration"));
@@ -101,3 +103,49 @@ fn usage_errors_exit_2() {
     let out = migration(dir.path(), None, &["sideways"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Starts `n` `migration up` processes at once on the database at `url`; every one must exit 0
+/// (the others wait for the first, then find nothing pending), and the schema must be whole.
+async fn concurrent_ups(backend: Backend, n: usize) {
+    let t = TestDb::fresh(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..n)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_migration"))
+                .current_dir(dir.path())
+                .arg("up")
+                .env("DATABASE_URL", &t.url)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start the migration binary")
+        })
+        .collect();
+    for child in children {
+        let out = child
+            .wait_with_output()
+            .expect("wait for the migration binary");
+        assert!(
+            out.status.success(),
+            "{backend:?}, {n} concurrent ups: {}",
+            stderr(&out)
+        );
+    }
+    let applied = t.count("SELECT COUNT(*) FROM seaql_migrations").await;
+    assert_eq!(applied, 3, "{backend:?}: every migration recorded once");
+    let status = migration(dir.path(), Some(&t.url), &["status"]);
+    assert!(!stderr(&status).contains("Pending"), "{}", stderr(&status));
+}
+
+async fn two_concurrent_ups_both_succeed(backend: Backend) {
+    concurrent_ups(backend, 2).await;
+}
+
+async fn eight_concurrent_ups_all_succeed(backend: Backend) {
+    concurrent_ups(backend, 8).await;
+}
+
+backend_tests!(
+    two_concurrent_ups_both_succeed,
+    eight_concurrent_ups_all_succeed
+);
