@@ -178,6 +178,22 @@ fn errors_never_show_the_database_password() {
     );
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+    // Passwords that make the URL unparseable, also with every log line on.
+    for url in [
+        "postgres://ops:hun/ter2@127.0.0.1:5432/db",
+        "postgres://ops:hun#ter2@127.0.0.1:5432/db",
+        "postgres://ops:hunter2@127.0.0.1:99999/db",
+        "mysql://ops:hun/ter2@127.0.0.1:99999/db",
+    ] {
+        let out = run(
+            &["deliveries", "stats", "--agent", "a"],
+            &[("DATABASE_URL", url), ("AGENT_WEBHOOKS_LOG", "trace")],
+            None,
+        );
+        assert_eq!(out.code, Some(1), "{url}");
+        assert!(!out.stderr.contains("ter2"), "{}", out.stderr);
+        assert!(out.stderr.contains("ops:***@127.0.0.1"), "{}", out.stderr);
+    }
     let help = run(&["deliveries", "--help"], &[("DATABASE_URL", url)], None);
     assert!(!help.stdout.contains("hunter2"), "{}", help.stdout);
 }

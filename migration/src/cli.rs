@@ -16,7 +16,8 @@ use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::sea_orm::{ConnectOptions, Database, DbErr};
 
 use crate::{
-    CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, LOCK_TIMEOUT, MigrationLock, Migrator, redact_secrets,
+    CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, LOCK_TIMEOUT, MigrationLock, Migrator, RedactedStderr,
+    redact_secrets,
 };
 
 #[derive(Debug, Parser)]
@@ -145,42 +146,9 @@ fn init_tracing(verbose: bool, database_url: String) {
     // Progress goes to stderr like the errors; `try_init` so a second call is harmless.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(move || RedactingWriter {
-            database_url: database_url.clone(),
-            pending: Vec::new(),
-        })
+        .with_writer(move || RedactedStderr::new(&database_url))
         .with_target(false)
         .with_level(false)
         .without_time()
         .try_init();
-}
-
-/// Stderr for log lines, with the database URL's password masked ([`redact_secrets`]): a
-/// driver's log message may quote the URL. Each event is written once, when the line is done.
-struct RedactingWriter {
-    database_url: String,
-    pending: Vec<u8>,
-}
-
-impl std::io::Write for RedactingWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.pending.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let text = String::from_utf8_lossy(&self.pending);
-        let line = redact_secrets(&text, &self.database_url);
-        self.pending.clear();
-        std::io::stderr().write_all(line.as_bytes())
-    }
-}
-
-impl Drop for RedactingWriter {
-    fn drop(&mut self) {
-        let _ = std::io::Write::flush(self);
-    }
 }

@@ -31,7 +31,7 @@ mod tables;
 
 pub use lock::{LOCK_TIMEOUT, MigrationLock};
 pub use m20261128_000001_baseline::ensure_baseline_droppable;
-pub use redact::{redact_secrets, redact_url};
+pub use redact::{RedactedStderr, redact_secrets, redact_url};
 
 /// Where the migration binary, the ops CLI and the service go when `DATABASE_URL` is not set:
 /// a SQLite file in the working directory, created if missing.

@@ -47,6 +47,48 @@ fn password_span(url: &str) -> Option<(usize, usize)> {
     (start < end).then_some((start, end))
 }
 
+/// Stderr for log lines, with [`redact_secrets`] applied: a driver's log message may quote the
+/// URL. Hand `move || RedactedStderr::new(&url)` to `tracing_subscriber`'s `with_writer`; each
+/// event is written once, redacted whole, when the writer is dropped.
+pub struct RedactedStderr {
+    database_url: String,
+    pending: Vec<u8>,
+}
+
+impl RedactedStderr {
+    /// A writer for one log event that masks `database_url` and its password.
+    pub fn new(database_url: &str) -> Self {
+        RedactedStderr {
+            database_url: database_url.to_owned(),
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl std::io::Write for RedactedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&self.pending);
+        let line = redact_secrets(&text, &self.database_url);
+        self.pending.clear();
+        std::io::stderr().write_all(line.as_bytes())
+    }
+}
+
+impl Drop for RedactedStderr {
+    fn drop(&mut self) {
+        // Nowhere to report a failed write of a log line to.
+        let _ = std::io::Write::flush(self);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,6 +97,30 @@ fn bad_url_gives_one_line_and_exit_1() {
     }
 }
 
+/// Passwords that make the URL unparseable (an unescaped `/` or `#`, a port out of range),
+/// which drivers quote whole in their error.
+const UNPARSEABLE_URLS: [&str; 4] = [
+    "postgres://ops:hun/ter2@127.0.0.1:5432/db",
+    "postgres://ops:hun#ter2@127.0.0.1:5432/db",
+    "postgres://ops:hunter2@127.0.0.1:99999/db",
+    "mysql://ops:hun/ter2@127.0.0.1:99999/db",
+];
+
+#[test]
+fn errors_and_logs_never_show_the_database_password() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in UNPARSEABLE_URLS {
+        for args in [&["up"][..], &["-v", "down"], &["status"]] {
+            let out = migration(dir.path(), Some(url), args);
+            assert_eq!(out.status.code(), Some(1), "{url}");
+            let err = stderr(&out);
+            assert!(!err.contains("hunter2") && !err.contains("ter2"), "{err}");
+            assert!(err.contains("ops:***@127.0.0.1"), "{err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{url}: {err}");
+        }
+    }
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
