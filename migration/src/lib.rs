@@ -21,6 +21,7 @@ use sea_orm_migration::sea_orm::DatabaseExecutor;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod columns;
+mod existing_index;
 pub mod indexes;
 mod lock;
 mod m20261128_000001_baseline;
