@@ -87,10 +87,17 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             .await?;
             drop(progress);
             output::print(json, &report, |report| {
-                format!(
-                    "examined {}, re-sealed {}, skipped {} (changed meanwhile; run again)",
-                    report.examined, report.resealed, report.skipped
-                )
+                let mut line = format!(
+                    "examined {}, re-sealed {}, already current {}",
+                    report.examined, report.resealed, report.already_current
+                );
+                if report.skipped > 0 {
+                    line.push_str(&format!(
+                        ", skipped {} (changed meanwhile; run again)",
+                        report.skipped
+                    ));
+                }
+                line
             })
         }
         Command::Config(command) => {

@@ -402,14 +402,25 @@ async fn config_commands(backend: Backend) {
         None,
     );
     assert_eq!(again.code, Some(0), "{}", again.stderr);
-    assert_eq!(
-        again.stdout,
-        "examined 1, re-sealed 0, skipped 0 (changed meanwhile; run again)\n"
-    );
+    assert_eq!(again.stdout, "examined 1, re-sealed 0, already current 1\n");
     assert!(
         again.stderr.is_empty(),
         "no progress off a terminal: {}",
         again.stderr
+    );
+
+    // A key whose id matches but whose bytes do not: an error naming the key, not success.
+    let wrong_k2 = KeyRing::generate_key_entry("k2").unwrap();
+    let wrong = run(
+        &["secrets", "rotate"],
+        &[("DATABASE_URL", &t.url), ("WEBHOOK_SECRET_KEYS", &wrong_k2)],
+        None,
+    );
+    assert_eq!(wrong.code, Some(1), "{}", wrong.stdout);
+    assert!(
+        wrong.stderr.contains("key `k2` does not open") && wrong.stdout.is_empty(),
+        "{}",
+        wrong.stderr
     );
 
     // Errors: bad URL, no key, unknown agent; secrets on argv are not accepted at all.

@@ -327,6 +327,11 @@ impl KeyRing {
         Ok(SecretString::from(Box::<str>::from(text)))
     }
 
+    /// The key id an envelope names (not authenticated), to say which key failed to open it.
+    pub fn key_id_of(envelope: &str) -> Result<&str, SecretBoxError> {
+        Envelope::parse(envelope).map(|e| e.key_id)
+    }
+
     /// Whether `envelope` was sealed under a key other than the current one, so a rotation job
     /// can skip secrets that are already current without decrypting them.
     ///

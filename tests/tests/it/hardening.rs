@@ -1,0 +1,82 @@
+//! Bad input and races of issue 10 on SQLite, PostgreSQL and MariaDB: key rotation with a
+//! wrong key, enqueue racing inside a caller's transaction, library entry points over arbitrary
+//! limits.
+
+use agent_webhooks::Error;
+use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::settings::WebhookSettings;
+use agent_webhooks::webhook::{self, ResealReport, WebhookConfig};
+use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
+
+fn ring(entries: &str) -> WebhookSettings {
+    WebhookSettings {
+        keys: Some(KeyRing::parse(entries).unwrap()),
+        ..WebhookSettings::default()
+    }
+}
+
+fn with_secret(secret: &str) -> WebhookConfig {
+    serde_json::from_value(serde_json::json!({
+        "webhook_url": "https://hooks.example.com/a",
+        "webhook_secret": secret,
+    }))
+    .unwrap()
+}
+
+async fn rotation_with_wrong_key_bytes_under_the_right_id_fails_naming_the_key(backend: Backend) {
+    let t = TestDb::migrated(backend).await;
+    let k1 = KeyRing::generate_key_entry("k1").unwrap();
+    for i in 1..=3 {
+        let agent = format!("agent-{i}");
+        seed_agent(&t, &agent, &[]).await;
+        webhook::configure(
+            &t.db,
+            &ring(&k1),
+            &agent,
+            &with_secret(&format!("a user secret for agent {i}")),
+        )
+        .await
+        .unwrap();
+    }
+    let stored = || t.strings("SELECT webhook_secret FROM agents ORDER BY id");
+    let before = stored().await;
+    // Same id, other bytes: as the current key (everything looks current by id) and behind a
+    // new current key (everything needs rewriting).
+    let wrong_k1 = KeyRing::generate_key_entry("k1").unwrap();
+    let k2 = KeyRing::generate_key_entry("k2").unwrap();
+    for entries in [wrong_k1.clone(), format!("{k2},{wrong_k1}")] {
+        let err = webhook::reseal_secrets(&t.db, &ring(&entries), 2, |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::WrongKey { key_id, agent_id } if key_id == "k1" && agent_id == "agent-1"),
+            "{backend:?}: {err:?}"
+        );
+        assert!(err.to_string().contains("key `k1`"), "{err}");
+        assert_eq!(stored().await, before, "nothing rewritten");
+    }
+    // The right keys: the summary counts what happened, run after run.
+    let right = ring(&format!("{k2},{k1}"));
+    let first = webhook::reseal_secrets(&t.db, &right, 2, |_| {})
+        .await
+        .unwrap();
+    let expected = ResealReport {
+        examined: 3,
+        resealed: 3,
+        already_current: 0,
+        skipped: 0,
+    };
+    assert_eq!(first, expected);
+    let again = webhook::reseal_secrets(&t.db, &right, 2, |_| {})
+        .await
+        .unwrap();
+    let expected = ResealReport {
+        examined: 3,
+        resealed: 0,
+        already_current: 3,
+        skipped: 0,
+    };
+    assert_eq!(again, expected);
+}
+
+backend_tests!(rotation_with_wrong_key_bytes_under_the_right_id_fails_naming_the_key);
