@@ -3,10 +3,12 @@
 //! limits.
 
 use agent_webhooks::Error;
+use agent_webhooks::deliveries::{self, Enqueued};
 use agent_webhooks::secret_box::KeyRing;
 use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::webhook::{self, ResealReport, WebhookConfig};
 use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
+use sea_orm::TransactionTrait;
 
 fn ring(entries: &str) -> WebhookSettings {
     WebhookSettings {
@@ -79,4 +81,43 @@ async fn rotation_with_wrong_key_bytes_under_the_right_id_fails_naming_the_key(b
     assert_eq!(again, expected);
 }
 
-backend_tests!(rotation_with_wrong_key_bytes_under_the_right_id_fails_naming_the_key);
+/// The transactional outbox: an app enqueues in the same transaction as its agent change. When
+/// another worker enqueued the same event first and committed, the caller's enqueue returns
+/// that delivery (`Existing`), on MariaDB too, where the transaction's repeatable-read snapshot
+/// (taken by its first read) does not show the winner's row.
+async fn enqueue_in_a_callers_transaction_finds_the_winners_delivery(backend: Backend) {
+    let t = TestDb::migrated(backend).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    let other = TestDb::reconnect(&t).await;
+    let now = chrono::Utc::now();
+    let txn = t.db.begin().await.unwrap();
+    if backend != Backend::Sqlite {
+        // The caller reads first (taking MariaDB's snapshot). SQLite cannot let another writer
+        // commit between a transaction's read and its write at all: the write would fail with
+        // SQLITE_BUSY, by design, so there the caller's transaction starts with the enqueue.
+        webhook::get_agent(&txn, "agent-1").await.unwrap();
+    }
+    let winner = match deliveries::enqueue(&other.db, "agent-1", "evt-1", "run.completed", now)
+        .await
+        .unwrap()
+    {
+        Enqueued::Created(d) => d,
+        other => panic!("{other:?}"),
+    };
+    let outcome = deliveries::enqueue(&txn, "agent-1", "evt-1", "run.completed", now).await;
+    match outcome {
+        Ok(Enqueued::Existing(d)) => assert_eq!(d.id, winner.id),
+        other => panic!("{backend:?}: expected the winner's delivery, got {other:?}"),
+    }
+    txn.commit().await.unwrap();
+    assert_eq!(
+        t.count("SELECT COUNT(*) FROM webhook_deliveries").await,
+        1,
+        "one delivery"
+    );
+}
+
+backend_tests!(
+    rotation_with_wrong_key_bytes_under_the_right_id_fails_naming_the_key,
+    enqueue_in_a_callers_transaction_finds_the_winners_delivery
+);
