@@ -121,3 +121,85 @@ backend_tests!(
     rotation_with_wrong_key_bytes_under_the_right_id_fails_naming_the_key,
     enqueue_in_a_callers_transaction_finds_the_winners_delivery
 );
+
+/// The library entry points that take a `u64` limit never panic, whatever the limit (and
+/// whatever cursor or cutoff comes with it): a result within bounds, or `Error::InvalidLimit`.
+#[test]
+fn entry_points_never_panic_on_arbitrary_limits() {
+    use chrono::{DateTime, Utc};
+    use proptest::prelude::*;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let t = rt.block_on(async {
+        let t = TestDb::migrated(Backend::Sqlite).await;
+        seed_agent(&t, "agent-1", &[]).await;
+        let k1 = KeyRing::generate_key_entry("k1").unwrap();
+        webhook::configure(
+            &t.db,
+            &ring(&k1),
+            "agent-1",
+            &with_secret("a long user secret"),
+        )
+        .await
+        .unwrap();
+        deliveries::enqueue(&t.db, "agent-1", "evt-1", "run.completed", Utc::now())
+            .await
+            .unwrap();
+        t
+    });
+    let settings = ring(&KeyRing::generate_key_entry("k1").unwrap());
+    let limits = prop_oneof![
+        any::<u64>(),
+        0..=1_001_u64,
+        Just(i64::MAX as u64),
+        Just(i64::MAX as u64 + 1),
+        Just(u64::MAX),
+    ];
+    let instants = prop_oneof![
+        (-8_000_000_000_000_i64..8_000_000_000_000).prop_map(|s| {
+            DateTime::<Utc>::from_timestamp(s, 0).unwrap_or(DateTime::UNIX_EPOCH)
+        }),
+        Just(DateTime::<Utc>::MAX_UTC),
+        Just(DateTime::<Utc>::MIN_UTC),
+        Just(Utc::now()),
+    ];
+    let mut runner =
+        proptest::test_runner::TestRunner::new(proptest::test_runner::Config::with_cases(128));
+    runner
+        .run(
+            &(limits, any::<Option<String>>(), instants),
+            |(limit, cursor, instant)| {
+                rt.block_on(async {
+                    let in_bounds = (1..=deliveries::MAX_PAGE_SIZE).contains(&limit);
+                    let claimed = deliveries::claim_due(&t.db, &settings, instant, limit).await;
+                    prop_assert!(
+                        claimed.is_ok() == in_bounds && (in_bounds || invalid(&claimed, limit)),
+                        "{claimed:?}"
+                    );
+                    let query = deliveries::HistoryQuery {
+                        cursor,
+                        limit,
+                        ..Default::default()
+                    };
+                    // A bad cursor is a typed error too; only a panic fails this.
+                    let page = deliveries::history(&t.db, "agent-1", &query, instant).await;
+                    prop_assert!(in_bounds || limit == 0 || invalid(&page, limit), "{page:?}");
+                    let pruned = deliveries::prune(&t.db, instant, limit, |_| {}).await;
+                    prop_assert!(pruned.is_ok() == in_bounds, "{pruned:?}");
+                    let resealed = webhook::reseal_secrets(&t.db, &settings, limit, |_| {}).await;
+                    prop_assert!(in_bounds || invalid(&resealed, limit), "{resealed:?}");
+                    Ok(())
+                })
+            },
+        )
+        .unwrap();
+}
+
+/// Whether `result` is the typed refusal of `limit`.
+fn invalid<T>(result: &agent_webhooks::Result<T>, limit: u64) -> bool {
+    matches!(result, Err(Error::InvalidLimit(n)) if *n == limit)
+}
