@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use agent_webhooks::deliveries::{DeliveryState, MAX_PAGE_SIZE};
+use agent_webhooks::secret_box::KeyRing;
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -134,8 +135,8 @@ pub enum ConfigCommand {
 pub enum SecretsCommand {
     /// Print a new key entry for WEBHOOK_SECRET_KEYS (prepend it to make it current).
     GenerateKey {
-        /// The key id.
-        #[arg(long, default_value_t = default_key_id())]
+        /// The key id: 1 to 32 characters of A-Z, a-z, 0-9, _ and -.
+        #[arg(long, default_value_t = default_key_id(), value_parser = parse_key_id)]
         key_id: String,
     },
     /// Re-seal every stored secret under the current (first) key; resumable, safe to repeat.
@@ -213,6 +214,13 @@ impl From<StateArg> for DeliveryState {
             StateArg::Failed => DeliveryState::Failed,
         }
     }
+}
+
+/// `--key-id`: refused as a usage error when no key ring could ever hold it.
+fn parse_key_id(text: &str) -> Result<String, String> {
+    KeyRing::check_new_key_id(text)
+        .map(|()| text.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn default_key_id() -> String {

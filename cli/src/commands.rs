@@ -188,6 +188,8 @@ async fn run_deliveries(
             cursor,
             limit,
         } => {
+            // An unknown agent is an error, not an empty page that looks like "no deliveries".
+            webhook::get_agent(db, &agent).await?;
             let query = HistoryQuery {
                 state: state.map(Into::into),
                 event_type: event,
@@ -221,6 +223,7 @@ async fn run_deliveries(
             output::print(json, &delivery, delivery_text)
         }
         DeliveriesCommand::Stats { agent } => {
+            webhook::get_agent(db, &agent).await?;
             let stats = deliveries::stats(db, &agent, now).await?;
             output::print(json, &stats, |stats| {
                 format!(

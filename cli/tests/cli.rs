@@ -61,6 +61,8 @@ fn check_url_exit_codes_and_rules() {
         ("https://169.254.169.254/latest/meta-data", "link-local"),
         ("https://user:pw@example.com/", "userinfo"),
         ("https://localhost./", "local-name"),
+        ("https://hooks.example.com:0/a", "port"),
+        ("https://hooks..example.com/a", "host-name"),
     ] {
         let out = run(&["check-url", url], &[], None);
         assert_eq!(out.code, Some(1), "{url}");
@@ -309,7 +311,8 @@ fn generate_key_prints_a_usable_entry() {
             None
         )
         .code,
-        Some(1)
+        Some(2),
+        "a bad key id is a usage error"
     );
 }
 
@@ -646,6 +649,15 @@ async fn deliveries_commands(backend: Backend) {
         None,
     );
     assert_eq!(json(&stats.stdout)["pending"], 3);
+    for command in ["list", "stats"] {
+        let unknown = run(&["deliveries", command, "--agent", "agent-404"], &env, None);
+        assert_eq!(unknown.code, Some(1), "{command}: {}", unknown.stdout);
+        assert!(
+            unknown.stderr.contains("agent `agent-404` not found") && unknown.stdout.is_empty(),
+            "{command}: {}",
+            unknown.stderr
+        );
+    }
 
     let requeue = run(&["deliveries", "requeue", &ids[0]], &env, None);
     assert_eq!(requeue.code, Some(1));
