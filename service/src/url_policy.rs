@@ -109,12 +109,12 @@ impl UrlPolicy {
         if url.port() == Some(0) {
             return Err(UrlPolicyError::PortZero);
         }
-        if let Host::Domain(name) = &host {
-            if name.trim_end_matches('.').split('.').any(str::is_empty) || name.ends_with("..") {
-                return Err(UrlPolicyError::EmptyLabel {
-                    host: (*name).to_owned(),
-                });
-            }
+        if let Host::Domain(name) = &host
+            && (name.trim_end_matches('.').split('.').any(str::is_empty) || name.ends_with(".."))
+        {
+            return Err(UrlPolicyError::EmptyLabel {
+                host: (*name).to_owned(),
+            });
         }
         if *self == Self::Development {
             return Ok(());
