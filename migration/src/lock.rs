@@ -5,30 +5,7 @@
 //! row, an object that appeared meanwhile, SQLite's "database is locked"). With it the second
 //! waits, then finds nothing pending and succeeds.
 //!
-//! | backend | the lock | waits at most |
-//! |---|---|---|
-//! | PostgreSQL | `pg_advisory_xact_lock` (per database) in a transaction of its own, held open beside the migrations | [`LOCK_TIMEOUT`] (`lock_timeout`) |
-//! | MariaDB/MySQL | `GET_LOCK` named after the database, on a connection of its own | [`LOCK_TIMEOUT`] |
-//! | SQLite | the database's write lock: the whole command runs in one `BEGIN IMMEDIATE` transaction | the connection's busy timeout (the CLI sets [`LOCK_TIMEOUT`]) |
-//!
-//! The lock ends with the session that holds it, so a killed process never leaves it behind.
-//!
-//! The migration CLI takes it around every command that changes the schema. A library caller that
-//! runs [`crate::Migrator`] itself (an app server migrating at start-up) must take it too, with
-//! [`MigrationLock::acquire`], and run the migrator on [`MigrationLock::executor`]:
-//!
-//! ```no_run
-//! # async fn f(db: &sea_orm_migration::sea_orm::DatabaseConnection) -> Result<(), sea_orm_migration::DbErr> {
-//! use migration::{MigrationLock, Migrator, MigratorTrait};
-//! let lock = MigrationLock::acquire(db).await?;
-//! let result = Migrator::up(lock.executor(), None).await;
-//! lock.release(result.is_ok()).await?;
-//! result
-//! # }
-//! ```
-//!
-//! On PostgreSQL and MariaDB the lock occupies one pooled connection while the migrations use
-//! others, so the pool needs at least two.
+//! How it works per backend, and how a library caller takes it: [`MigrationLock`].
 
 use std::time::Duration;
 
@@ -45,7 +22,33 @@ pub const LOCK_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// The PostgreSQL advisory lock key (`awmigrat` in ASCII); advisory locks are per database.
 const POSTGRES_KEY: i64 = 0x6177_6d69_6772_6174;
 
-/// The migration lock, held until [`MigrationLock::release`] (or until the session ends).
+/// The migration lock, held until [`MigrationLock::release`] (or until the session ends), so
+/// that concurrent deploys take turns instead of failing half way.
+///
+/// | backend | the lock | waits at most |
+/// |---|---|---|
+/// | PostgreSQL | `pg_advisory_xact_lock` (per database) in a transaction of its own, held open beside the migrations | [`LOCK_TIMEOUT`] (`lock_timeout`) |
+/// | MariaDB/MySQL | `GET_LOCK` named after the database, on a connection of its own | [`LOCK_TIMEOUT`] |
+/// | SQLite | the database's write lock: the whole command runs in one `BEGIN IMMEDIATE` transaction | the connection's busy timeout (the CLI sets [`LOCK_TIMEOUT`]) |
+///
+/// The lock ends with the session that holds it, so a killed process never leaves it behind.
+///
+/// The migration CLI takes it around every command that changes the schema. A library caller that
+/// runs [`crate::Migrator`] itself (an app server migrating at start-up) must take it too, with
+/// [`MigrationLock::acquire`], and run the migrator on [`MigrationLock::executor`]:
+///
+/// ```no_run
+/// # async fn f(db: &sea_orm_migration::sea_orm::DatabaseConnection) -> Result<(), sea_orm_migration::DbErr> {
+/// use migration::{MigrationLock, Migrator, MigratorTrait};
+/// let lock = MigrationLock::acquire(db).await?;
+/// let result = Migrator::up(lock.executor(), None).await;
+/// lock.release(result.is_ok()).await?;
+/// result
+/// # }
+/// ```
+///
+/// On PostgreSQL and MariaDB the lock occupies one pooled connection while the migrations use
+/// others, so the pool needs at least two.
 pub struct MigrationLock<'a> {
     db: &'a DatabaseConnection,
     held: Held,
