@@ -141,7 +141,7 @@ fn init_tracing(verbose: bool, database_url: String) {
     let filter = if verbose {
         "debug"
     } else {
-        "sea_orm_migration=info"
+        "sea_orm_migration=info,migration=info"
     };
     // Progress goes to stderr like the errors; `try_init` so a second call is harmless.
     let _ = tracing_subscriber::fmt()
