@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use agent_webhooks::deliveries::{DeliveryState, MAX_PAGE_SIZE};
+use agent_webhooks::secret_box::KeyRing;
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -134,8 +135,8 @@ pub enum ConfigCommand {
 pub enum SecretsCommand {
     /// Print a new key entry for WEBHOOK_SECRET_KEYS (prepend it to make it current).
     GenerateKey {
-        /// The key id.
-        #[arg(long, default_value_t = default_key_id())]
+        /// The key id: 1 to 32 characters of A-Z, a-z, 0-9, _ and -.
+        #[arg(long, default_value_t = default_key_id(), value_parser = parse_key_id)]
         key_id: String,
     },
     /// Re-seal every stored secret under the current (first) key; resumable, safe to repeat.
@@ -213,6 +214,13 @@ impl From<StateArg> for DeliveryState {
             StateArg::Failed => DeliveryState::Failed,
         }
     }
+}
+
+/// `--key-id`: refused as a usage error when no key ring could ever hold it.
+fn parse_key_id(text: &str) -> Result<String, String> {
+    KeyRing::check_new_key_id(text)
+        .map(|()| text.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn default_key_id() -> String {
@@ -339,5 +347,52 @@ mod tests {
             "FAILED",
         ]);
         assert!(upper.is_ok(), "state names are case-insensitive");
+    }
+
+    /// What an operator may type where a number or a duration goes: any string, and numbers
+    /// of every size and sign (past `u64` and `i64` too), with and without units.
+    fn hostile_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<String>(),
+            "\\PC{0,12}",
+            any::<u128>().prop_map(|n| n.to_string()),
+            any::<i128>().prop_map(|n| n.to_string()),
+            (any::<u64>(), "[a-zµé ]{0,6}").prop_map(|(n, unit)| format!("{n}{unit}")),
+            Just((i64::MAX as u64 + 1).to_string()),
+            Just(u64::MAX.to_string()),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(512))]
+
+        /// The parser never panics on `--older-than`, `--batch` or `--limit`: a value is
+        /// accepted within its bounds or refused as a usage error (exit 2).
+        #[test]
+        fn the_parser_never_panics_on_numbers_and_durations(value in hostile_value()) {
+            let command_lines: [&[&str]; 4] = [
+                &["deliveries", "prune", "--older-than"],
+                &["deliveries", "prune", "--older-than", "30d", "--batch"],
+                &["secrets", "rotate", "--batch"],
+                &["deliveries", "list", "--agent", "a", "--limit"],
+            ];
+            for args in command_lines {
+                let argv = std::iter::once("agent-webhooks")
+                    .chain(args.iter().copied())
+                    .chain(std::iter::once(value.as_str()));
+                match Cli::try_parse_from(argv) {
+                    Ok(cli) => {
+                        if let Command::Deliveries(DeliveriesCommand::Prune { older_than, batch }) =
+                            cli.command
+                        {
+                            proptest::prop_assert!(cutoff(Utc::now(), older_than).is_ok());
+                            proptest::prop_assert!((1..=MAX_PAGE_SIZE).contains(&batch));
+                        }
+                    }
+                    Err(err) => proptest::prop_assert_eq!(err.exit_code(), 2, "{:?}: {}", args, err),
+                }
+            }
+        }
     }
 }

@@ -87,10 +87,17 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             .await?;
             drop(progress);
             output::print(json, &report, |report| {
-                format!(
-                    "examined {}, re-sealed {}, skipped {} (changed meanwhile; run again)",
-                    report.examined, report.resealed, report.skipped
-                )
+                let mut line = format!(
+                    "examined {}, re-sealed {}, already current {}",
+                    report.examined, report.resealed, report.already_current
+                );
+                if report.skipped > 0 {
+                    line.push_str(&format!(
+                        ", skipped {} (changed meanwhile; run again)",
+                        report.skipped
+                    ));
+                }
+                line
             })
         }
         Command::Config(command) => {
@@ -181,6 +188,8 @@ async fn run_deliveries(
             cursor,
             limit,
         } => {
+            // An unknown agent is an error, not an empty page that looks like "no deliveries".
+            webhook::get_agent(db, &agent).await?;
             let query = HistoryQuery {
                 state: state.map(Into::into),
                 event_type: event,
@@ -214,6 +223,7 @@ async fn run_deliveries(
             output::print(json, &delivery, delivery_text)
         }
         DeliveriesCommand::Stats { agent } => {
+            webhook::get_agent(db, &agent).await?;
             let stats = deliveries::stats(db, &agent, now).await?;
             output::print(json, &stats, |stats| {
                 format!(

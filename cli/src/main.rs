@@ -19,14 +19,16 @@ mod output;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = args::Cli::parse();
+    let database_url = cli.database_url.clone();
+    let log_url = database_url.clone().unwrap_or_default();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("AGENT_WEBHOOKS_LOG")
                 .unwrap_or_else(|_| EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
+        // A driver's log line may quote the URL: its password is masked there too.
+        .with_writer(move || migration::RedactedStderr::new(&log_url))
         .try_init();
-    let database_url = cli.database_url.clone();
     match commands::execute(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

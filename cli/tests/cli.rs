@@ -61,6 +61,8 @@ fn check_url_exit_codes_and_rules() {
         ("https://169.254.169.254/latest/meta-data", "link-local"),
         ("https://user:pw@example.com/", "userinfo"),
         ("https://localhost./", "local-name"),
+        ("https://hooks.example.com:0/a", "port"),
+        ("https://hooks..example.com/a", "host-name"),
     ] {
         let out = run(&["check-url", url], &[], None);
         assert_eq!(out.code, Some(1), "{url}");
@@ -178,6 +180,22 @@ fn errors_never_show_the_database_password() {
     );
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+    // Passwords that make the URL unparseable, also with every log line on.
+    for url in [
+        "postgres://ops:hun/ter2@127.0.0.1:5432/db",
+        "postgres://ops:hun#ter2@127.0.0.1:5432/db",
+        "postgres://ops:hunter2@127.0.0.1:99999/db",
+        "mysql://ops:hun/ter2@127.0.0.1:99999/db",
+    ] {
+        let out = run(
+            &["deliveries", "stats", "--agent", "a"],
+            &[("DATABASE_URL", url), ("AGENT_WEBHOOKS_LOG", "trace")],
+            None,
+        );
+        assert_eq!(out.code, Some(1), "{url}");
+        assert!(!out.stderr.contains("ter2"), "{}", out.stderr);
+        assert!(out.stderr.contains("ops:***@127.0.0.1"), "{}", out.stderr);
+    }
     let help = run(&["deliveries", "--help"], &[("DATABASE_URL", url)], None);
     assert!(!help.stdout.contains("hunter2"), "{}", help.stdout);
 }
@@ -293,7 +311,8 @@ fn generate_key_prints_a_usable_entry() {
             None
         )
         .code,
-        Some(1)
+        Some(2),
+        "a bad key id is a usage error"
     );
 }
 
@@ -386,14 +405,25 @@ async fn config_commands(backend: Backend) {
         None,
     );
     assert_eq!(again.code, Some(0), "{}", again.stderr);
-    assert_eq!(
-        again.stdout,
-        "examined 1, re-sealed 0, skipped 0 (changed meanwhile; run again)\n"
-    );
+    assert_eq!(again.stdout, "examined 1, re-sealed 0, already current 1\n");
     assert!(
         again.stderr.is_empty(),
         "no progress off a terminal: {}",
         again.stderr
+    );
+
+    // A key whose id matches but whose bytes do not: an error naming the key, not success.
+    let wrong_k2 = KeyRing::generate_key_entry("k2").unwrap();
+    let wrong = run(
+        &["secrets", "rotate"],
+        &[("DATABASE_URL", &t.url), ("WEBHOOK_SECRET_KEYS", &wrong_k2)],
+        None,
+    );
+    assert_eq!(wrong.code, Some(1), "{}", wrong.stdout);
+    assert!(
+        wrong.stderr.contains("key `k2` does not open") && wrong.stdout.is_empty(),
+        "{}",
+        wrong.stderr
     );
 
     // Errors: bad URL, no key, unknown agent; secrets on argv are not accepted at all.
@@ -619,6 +649,15 @@ async fn deliveries_commands(backend: Backend) {
         None,
     );
     assert_eq!(json(&stats.stdout)["pending"], 3);
+    for command in ["list", "stats"] {
+        let unknown = run(&["deliveries", command, "--agent", "agent-404"], &env, None);
+        assert_eq!(unknown.code, Some(1), "{command}: {}", unknown.stdout);
+        assert!(
+            unknown.stderr.contains("agent `agent-404` not found") && unknown.stdout.is_empty(),
+            "{command}: {}",
+            unknown.stderr
+        );
+    }
 
     let requeue = run(&["deliveries", "requeue", &ids[0]], &env, None);
     assert_eq!(requeue.code, Some(1));

@@ -4,6 +4,10 @@
 //! The commands are those of `sea-orm-migration`'s own CLI (`up`, `down`, `status`, `fresh`,
 //! `refresh`, `reset`; `up` when none is given), but `fresh` here never drops tables that our
 //! migrations did not create: see [`crate::Migrator`].
+//!
+//! Every command but `status` holds the migration lock ([`crate::MigrationLock`]) while it runs,
+//! so concurrent deploys take turns: the second `up` waits, finds nothing pending, exits 0.
+//! No message or log line carries the database password ([`crate::redact_secrets`]).
 
 use std::process::ExitCode;
 
@@ -11,7 +15,10 @@ use clap::{Parser, Subcommand};
 use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::sea_orm::{ConnectOptions, Database, DbErr};
 
-use crate::{CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, Migrator};
+use crate::{
+    CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, LOCK_TIMEOUT, MigrationLock, Migrator, RedactedStderr,
+    redact_secrets,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,10 +77,12 @@ enum Command {
 /// 1 on a database or migration error (printed as one line on stderr), 2 on a usage error.
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    let database_url = cli.database_url.clone().unwrap_or_default();
+    init_tracing(cli.verbose, database_url.clone());
     match execute(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
+            let message = redact_secrets(&message, &database_url);
             eprintln!("error: {}", message.replace('\n', " "));
             ExitCode::FAILURE
         }
@@ -92,20 +101,32 @@ async fn execute(cli: Cli) -> Result<(), String> {
         .set_schema_search_path(cli.database_schema)
         .sqlx_logging(cli.verbose)
         .connect_timeout(CONNECT_TIMEOUT)
-        .acquire_timeout(CONNECT_TIMEOUT);
+        .acquire_timeout(CONNECT_TIMEOUT)
+        // SQLite's migration lock is its write lock: wait for it as long as for the others.
+        .map_sqlx_sqlite_opts(|o| o.busy_timeout(LOCK_TIMEOUT));
     let db = Database::connect(options)
         .await
         .map_err(|e| format!("cannot connect to the database: {}", describe(&e)))?;
 
-    let result = match cli.command.unwrap_or(Command::Up { num: None }) {
-        Command::Up { num } => Migrator::up(&db, num).await,
-        Command::Down { num } => Migrator::down(&db, Some(num)).await,
-        Command::Status => Migrator::status(&db).await,
-        Command::Fresh => Migrator::fresh(&db).await,
-        Command::Refresh => Migrator::refresh(&db).await,
-        Command::Reset => Migrator::reset(&db).await,
+    let command = cli.command.unwrap_or(Command::Up { num: None });
+    if let Command::Status = command {
+        // Read-only: it neither needs nor waits for the lock.
+        return Migrator::status(&db).await.map_err(|e| describe(&e));
+    }
+    let lock = MigrationLock::acquire(&db)
+        .await
+        .map_err(|e| describe(&e))?;
+    let on = lock.executor();
+    let result = match command {
+        Command::Up { num } => Migrator::up(on, num).await,
+        Command::Down { num } => Migrator::down(on, Some(num)).await,
+        Command::Fresh => Migrator::fresh(on).await,
+        Command::Refresh => Migrator::refresh(on).await,
+        Command::Reset => Migrator::reset(on).await,
+        Command::Status => Ok(()),
     };
-    result.map_err(|e| describe(&e))
+    let released = lock.release(result.is_ok()).await;
+    result.and(released).map_err(|e| describe(&e))
 }
 
 /// `DbErr`'s message without the variant's prefix where the message says it all.
@@ -116,16 +137,16 @@ fn describe(err: &DbErr) -> String {
     }
 }
 
-fn init_tracing(verbose: bool) {
+fn init_tracing(verbose: bool, database_url: String) {
     let filter = if verbose {
         "debug"
     } else {
-        "sea_orm_migration=info"
+        "sea_orm_migration=info,migration=info"
     };
     // Progress goes to stderr like the errors; `try_init` so a second call is harmless.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
+        .with_writer(move || RedactedStderr::new(&database_url))
         .with_target(false)
         .with_level(false)
         .without_time()

@@ -29,13 +29,18 @@ pub use sea_orm_migration::prelude::*;
 pub mod cli;
 mod columns;
 mod defaults;
+mod existing_index;
 pub mod indexes;
+mod lock;
 mod migrator;
+mod redact;
 mod tables;
 
 pub use defaults::{CONNECT_TIMEOUT, DEFAULT_DATABASE_URL};
+pub use lock::{LOCK_TIMEOUT, MigrationLock};
 pub use m20261128_000001_baseline::ensure_baseline_droppable;
 pub use migrator::Migrator;
+pub use redact::{RedactedStderr, redact_secrets, redact_url};
 
 // The migrations, oldest first: one module per file, named `m<YYYYMMDD>_<HHMMSS>_<name>`.
 mod m20261128_000001_baseline;

@@ -10,6 +10,7 @@ use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{boolean, string, text_null};
 
 use crate::columns::{utc_timestamp, utc_timestamp_default_now};
+use crate::existing_index::ensure_index;
 use crate::indexes;
 use crate::tables::{Agents, Organizations};
 
@@ -76,22 +77,17 @@ impl MigrationTrait for Migration {
             .to_owned();
         adopt_or_create(manager, Agents::Table, &AGENT_COLUMNS, agents).await?;
 
-        if !manager
-            .has_index(Agents::Table.to_string(), indexes::AGENTS_CREATED_AT)
-            .await?
-        {
-            manager
-                .create_index(
-                    Index::create()
-                        .name(indexes::AGENTS_CREATED_AT)
-                        .table(Agents::Table)
-                        .col(Agents::CreatedAt)
-                        .col(Agents::Id)
-                        .to_owned(),
-                )
-                .await?;
-        }
-        Ok(())
+        ensure_index(
+            manager,
+            &Agents::Table.to_string(),
+            Index::create()
+                .name(indexes::AGENTS_CREATED_AT)
+                .table(Agents::Table)
+                .col(Agents::CreatedAt)
+                .col(Agents::Id)
+                .to_owned(),
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -24,6 +24,7 @@ use sea_orm_migration::schema::{
 };
 
 use crate::columns::{utc_timestamp, utc_timestamp_default_now};
+use crate::existing_index::ensure_index;
 use crate::indexes;
 use crate::tables::{Agents, Organizations, WebhookDeliveries};
 
@@ -102,17 +103,16 @@ impl MigrationTrait for Migration {
             (indexes::DELIVERIES_EVENT_ID, WebhookDeliveries::EventId),
             (indexes::DELIVERIES_AGENT_ID, WebhookDeliveries::AgentId),
         ] {
-            if !manager.has_index(&deliveries, name).await? {
-                manager
-                    .create_index(
-                        Index::create()
-                            .name(name)
-                            .table(WebhookDeliveries::Table)
-                            .col(column)
-                            .to_owned(),
-                    )
-                    .await?;
-            }
+            ensure_index(
+                manager,
+                &deliveries,
+                Index::create()
+                    .name(name)
+                    .table(WebhookDeliveries::Table)
+                    .col(column)
+                    .to_owned(),
+            )
+            .await?;
         }
         Ok(())
     }

@@ -1,11 +1,13 @@
 //! Indexes the delivery bookkeeping queries need, and nothing else: the unique
 //! `(agent_id, event_id)`, the claim and the history indexes (what each is for: [`crate::indexes`]).
 //!
-//! Each index is created only when missing and dropped only when present, so an interrupted run
-//! on MariaDB can be repeated.
+//! Each index is created only when missing (one that exists must have our definition: see
+//! [`ensure_index`]) and dropped only when present, so an interrupted run on MariaDB can be
+//! repeated.
 
 use sea_orm_migration::prelude::*;
 
+use crate::existing_index::ensure_index;
 use crate::indexes;
 use crate::tables::WebhookDeliveries;
 
@@ -40,9 +42,6 @@ impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let table = WebhookDeliveries::Table.to_string();
         for (name, unique, columns) in INDEXES {
-            if manager.has_index(&table, name).await? {
-                continue;
-            }
             let mut index = Index::create();
             index.name(name).table(WebhookDeliveries::Table);
             if unique {
@@ -51,7 +50,7 @@ impl MigrationTrait for Migration {
             for column in columns {
                 index.col(*column);
             }
-            manager.create_index(index).await?;
+            ensure_index(manager, &table, index).await?;
         }
         Ok(())
     }

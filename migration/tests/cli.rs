@@ -1,7 +1,9 @@
 //! The migration binary as operators run it.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+
+use integration_tests::{Backend, TestDb, backend_tests};
 
 use migration::{Migrator, MigratorTrait};
 
@@ -100,9 +102,188 @@ fn bad_url_gives_one_line_and_exit_1() {
     }
 }
 
+/// Passwords that make the URL unparseable (an unescaped `/` or `#`, a port out of range),
+/// which drivers quote whole in their error.
+const UNPARSEABLE_URLS: [&str; 4] = [
+    "postgres://ops:hun/ter2@127.0.0.1:5432/db",
+    "postgres://ops:hun#ter2@127.0.0.1:5432/db",
+    "postgres://ops:hunter2@127.0.0.1:99999/db",
+    "mysql://ops:hun/ter2@127.0.0.1:99999/db",
+];
+
+#[test]
+fn errors_and_logs_never_show_the_database_password() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in UNPARSEABLE_URLS {
+        for args in [&["up"][..], &["-v", "down"], &["status"]] {
+            let out = migration(dir.path(), Some(url), args);
+            assert_eq!(out.status.code(), Some(1), "{url}");
+            let err = stderr(&out);
+            assert!(!err.contains("hunter2") && !err.contains("ter2"), "{err}");
+            assert!(err.contains("ops:***@127.0.0.1"), "{err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{url}: {err}");
+        }
+    }
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let out = migration(dir.path(), None, &["sideways"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Starts `n` `migration up` processes at once on the database at `url`; every one must exit 0
+/// (the others wait for the first, then find nothing pending), and the schema must be whole.
+async fn concurrent_ups(backend: Backend, n: usize) {
+    let t = TestDb::fresh(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..n)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_migration"))
+                .current_dir(dir.path())
+                .arg("up")
+                .env("DATABASE_URL", &t.url)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start the migration binary")
+        })
+        .collect();
+    for child in children {
+        let out = child
+            .wait_with_output()
+            .expect("wait for the migration binary");
+        assert!(
+            out.status.success(),
+            "{backend:?}, {n} concurrent ups: {}",
+            stderr(&out)
+        );
+    }
+    let applied = t.count("SELECT COUNT(*) FROM seaql_migrations").await;
+    assert_eq!(applied, 3, "{backend:?}: every migration recorded once");
+    let status = migration(dir.path(), Some(&t.url), &["status"]);
+    assert!(!stderr(&status).contains("Pending"), "{}", stderr(&status));
+}
+
+async fn two_concurrent_ups_both_succeed(backend: Backend) {
+    concurrent_ups(backend, 2).await;
+}
+
+async fn eight_concurrent_ups_all_succeed(backend: Backend) {
+    concurrent_ups(backend, 8).await;
+}
+
+backend_tests!(
+    two_concurrent_ups_both_succeed,
+    eight_concurrent_ups_all_succeed
+);
+
+/// The state an interrupted `up` can leave (or another tool can make): the tables of the first
+/// two migrations, and one index of the third already there, made by hand with `definition`.
+async fn with_hand_made_index(backend: Backend, definition: &str) -> (TestDb, Output) {
+    let t = TestDb::fresh(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let first_two = migration(dir.path(), Some(&t.url), &["up", "-n", "2"]);
+    assert!(first_two.status.success(), "{}", stderr(&first_two));
+    t.exec(definition).await;
+    let out = migration(dir.path(), Some(&t.url), &["up"]);
+    (t, out)
+}
+
+async fn an_existing_index_with_our_definition_is_done(backend: Backend) {
+    let (t, out) = with_hand_made_index(
+        backend,
+        "CREATE UNIQUE INDEX ux_webhook_deliveries_agent_event \
+         ON webhook_deliveries (agent_id, event_id)",
+    )
+    .await;
+    assert!(out.status.success(), "{backend:?}: {}", stderr(&out));
+    assert_eq!(t.count("SELECT COUNT(*) FROM seaql_migrations").await, 3);
+}
+
+async fn an_existing_index_with_another_definition_is_an_error_naming_it(backend: Backend) {
+    for (definition, found) in [
+        (
+            "CREATE INDEX ix_webhook_deliveries_history ON webhook_deliveries (event_id)",
+            "already exists as (event_id) but must be (agent_id, created_at, id)",
+        ),
+        (
+            "CREATE INDEX ux_webhook_deliveries_agent_event \
+             ON webhook_deliveries (agent_id, event_id)",
+            "already exists as (agent_id, event_id) but must be UNIQUE (agent_id, event_id)",
+        ),
+    ] {
+        let (t, out) = with_hand_made_index(backend, definition).await;
+        assert_eq!(out.status.code(), Some(1), "{backend:?}: {definition}");
+        let err = stderr(&out);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: index `") && last.contains(found),
+            "{backend:?}: {err}"
+        );
+        assert_eq!(
+            t.count("SELECT COUNT(*) FROM seaql_migrations").await,
+            2,
+            "{backend:?}: the third migration is not recorded"
+        );
+    }
+}
+
+backend_tests!(
+    an_existing_index_with_our_definition_is_done,
+    an_existing_index_with_another_definition_is_an_error_naming_it
+);
+
+/// MariaDB: `up` killed during `CREATE INDEX` leaves the server finishing the build. The rerun
+/// does not see the index yet, tries to create it, waits for the build's lock and then hits
+/// "Duplicate key name"; it must see that the index is now there, and ours, and go on.
+///
+/// Reproduced without a kill: a reader's open transaction holds the table's metadata lock, so a
+/// `CREATE INDEX` of another session (the orphaned build) cannot finish; `up` starts, does not
+/// see the index, and queues its own `CREATE INDEX` behind it; then the reader commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_finished_by_the_server_during_the_rerun_is_done_mysql() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+
+    let t = TestDb::fresh(Backend::MySql).await;
+    let dir = tempfile::tempdir().unwrap();
+    let first_two = migration(dir.path(), Some(&t.url), &["up", "-n", "2"]);
+    assert!(first_two.status.success(), "{}", stderr(&first_two));
+    let reader = TestDb::reconnect(&t).await;
+    let txn = reader.db.begin().await.unwrap();
+    txn.execute_unprepared("SELECT COUNT(*) FROM webhook_deliveries")
+        .await
+        .unwrap();
+    let builder = TestDb::reconnect(&t).await;
+    let build = tokio::spawn(async move {
+        builder
+            .exec(
+                "CREATE UNIQUE INDEX ux_webhook_deliveries_agent_event \
+                 ON webhook_deliveries (agent_id, event_id)",
+            )
+            .await;
+    });
+    let waiting = "SELECT COUNT(*) FROM information_schema.processlist WHERE db = DATABASE() \
+                   AND state = 'Waiting for table metadata lock' AND info LIKE 'CREATE%INDEX%'";
+    wait_for(&t, waiting, 1).await;
+    let (url, path) = (t.url.clone(), dir.path().to_owned());
+    let up = tokio::task::spawn_blocking(move || migration(&path, Some(&url), &["up"]));
+    wait_for(&t, waiting, 2).await;
+    txn.commit().await.unwrap();
+    build.await.unwrap();
+    let out = up.await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(t.count("SELECT COUNT(*) FROM seaql_migrations").await, 3);
+}
+
+/// Polls `sql` (a count) until it reaches `n`, for at most 20 s.
+async fn wait_for(t: &TestDb, sql: &str, n: i64) {
+    for _ in 0..400 {
+        if t.count(sql).await >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("still fewer than {n}: {sql}");
 }

@@ -218,7 +218,8 @@ pub struct Claim {
 /// Enqueues `event_id` of `event_type` for the agent's webhook, if it is enabled and wants it.
 ///
 /// Idempotent: the same `(agent, event_id)` yields the same delivery, also when callers race
-/// (the unique index decides, not a read-then-write).
+/// (the unique index decides, not a read-then-write), and also inside a caller's transaction
+/// (the transactional outbox) on every backend: the loser gets [`Enqueued::Existing`].
 pub async fn enqueue<C: ConnectionTrait>(
     db: &C,
     agent_id: &str,
@@ -270,9 +271,16 @@ pub async fn enqueue<C: ConnectionTrait>(
         .await?;
     // Whose row won tells whether this call created it; affected-row counts cannot (MySQL
     // reports found rows for the no-op `ON DUPLICATE KEY UPDATE`).
-    let stored = wd::Entity::find()
+    let mut read_back = wd::Entity::find()
         .filter(wd::Column::AgentId.eq(agent_id))
-        .filter(wd::Column::EventId.eq(event_id))
+        .filter(wd::Column::EventId.eq(event_id));
+    if db.get_database_backend() == DbBackend::MySql {
+        // A locking read sees the latest committed row: inside a caller's repeatable-read
+        // transaction a plain read would use the snapshot taken before another worker's row
+        // was committed, and find nothing. The insert above holds this row's lock already.
+        read_back = read_back.lock_exclusive();
+    }
+    let stored = read_back
         .one(db)
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("delivery of {event_id} for {agent_id}")))?;

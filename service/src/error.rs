@@ -48,6 +48,15 @@ pub enum Error {
         agent_id: String,
         source: SecretBoxError,
     },
+    /// A configured key does not open an envelope that names it: `WEBHOOK_SECRET_KEYS` holds
+    /// other bytes under this id (or the stored value was tampered with). Raised by
+    /// [`crate::webhook::reseal_secrets`] before it skips or rewrites that secret, so a wrong key
+    /// never passes for a finished rotation.
+    #[error(
+        "key `{key_id}` does not open the webhook_secret of agent `{agent_id}`: \
+         WEBHOOK_SECRET_KEYS holds other bytes under this id, or the stored value was tampered with"
+    )]
+    WrongKey { key_id: String, agent_id: String },
     /// The stored event filter is not a list of known event names (written by another tool).
     #[error("stored webhook_events of agent `{agent_id}` are invalid: {source}")]
     CorruptEvents {

@@ -266,14 +266,22 @@ impl KeyRing {
         })
     }
 
+    /// Checks a key id for a new key (1 to 32 characters of `A-Za-z0-9_-`), so a command line
+    /// can refuse a bad one as a usage error before generating anything.
+    pub fn check_new_key_id(key_id: &str) -> Result<(), KeyRingError> {
+        if valid_key_id(key_id) {
+            Ok(())
+        } else {
+            Err(KeyRingError::InvalidNewKeyId)
+        }
+    }
+
     /// Returns a fresh `"<key_id>:<base64 of 32 random bytes>"` entry from the OS RNG, for the
     /// `secrets generate-key` ops command; prepend it to `WEBHOOK_SECRET_KEYS` to rotate.
     ///
     /// The returned string is key material: print it once, never log it.
     pub fn generate_key_entry(key_id: &str) -> Result<String, KeyRingError> {
-        if !valid_key_id(key_id) {
-            return Err(KeyRingError::InvalidNewKeyId);
-        }
+        Self::check_new_key_id(key_id)?;
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         fill_random(key.as_mut_slice())?;
         let mut entry = String::with_capacity(key_id.len() + 1 + KEY_LEN.div_ceil(3) * 4);
@@ -325,6 +333,11 @@ impl KeyRing {
         // `body` now holds the plaintext, inside `payload`, which is zeroized on drop.
         let text = std::str::from_utf8(body).map_err(|_| SecretBoxError::NotUtf8)?;
         Ok(SecretString::from(Box::<str>::from(text)))
+    }
+
+    /// The key id an envelope names (not authenticated), to say which key failed to open it.
+    pub fn key_id_of(envelope: &str) -> Result<&str, SecretBoxError> {
+        Envelope::parse(envelope).map(|e| e.key_id)
     }
 
     /// Whether `envelope` was sealed under a key other than the current one, so a rotation job

@@ -104,6 +104,18 @@ impl UrlPolicy {
         if !url.username().is_empty() || url.password().is_some() {
             return Err(UrlPolicyError::UserInfo);
         }
+        // Under every policy: nothing listens on port 0, and a name with an empty label is
+        // not a DNS name (a resolver would refuse it, or worse, guess).
+        if url.port() == Some(0) {
+            return Err(UrlPolicyError::PortZero);
+        }
+        if let Host::Domain(name) = &host
+            && (name.trim_end_matches('.').split('.').any(str::is_empty) || name.ends_with(".."))
+        {
+            return Err(UrlPolicyError::EmptyLabel {
+                host: (*name).to_owned(),
+            });
+        }
         if *self == Self::Development {
             return Ok(());
         }
@@ -230,6 +242,12 @@ pub enum UrlPolicyError {
     /// Credentials in the URL would be stored and logged in clear text.
     #[error("rejected: URL must not contain a username or password")]
     UserInfo,
+    /// Port 0, which nothing can listen on.
+    #[error("rejected: port 0 is not a port a receiver can listen on")]
+    PortZero,
+    /// A host name with an empty label (`a..b`, `.a`): not a DNS name.
+    #[error("rejected: host {host} has an empty label")]
+    EmptyLabel { host: String },
     /// The host is an IP literal outside the public internet.
     #[error("rejected: host {host} is {reason}")]
     NonPublicAddress { host: String, reason: NonPublic },
@@ -266,6 +284,8 @@ impl UrlPolicyError {
             Self::SchemeNotAllowed { .. } => "scheme",
             Self::MissingHost => "host",
             Self::UserInfo => "userinfo",
+            Self::PortZero => "port",
+            Self::EmptyLabel { .. } => "host-name",
             Self::NonPublicAddress { reason, .. } | Self::ResolvesToNonPublic { reason, .. } => {
                 reason.rule()
             }
@@ -532,6 +552,26 @@ mod tests {
 
     fn rule_of(result: Result<Url, UrlPolicyError>) -> Option<&'static str> {
         result.err().map(|err| err.rule())
+    }
+
+    #[test]
+    fn port_zero_and_empty_labels_are_rejected_by_every_policy() {
+        for policy in [UrlPolicy::Production, UrlPolicy::Development] {
+            for (url, rule) in [
+                ("https://hooks.example.com:0/a", "port"),
+                ("https://93.184.216.34:0/", "port"),
+                ("https://a..b/", "host-name"),
+                ("https://hooks..example.com/a", "host-name"),
+                ("https://.example.com/", "host-name"),
+                ("https://example.com../", "host-name"),
+            ] {
+                let err = policy.check(url).unwrap_err();
+                assert_eq!(err.rule(), rule, "{policy:?} {url}: {err}");
+            }
+            // One trailing dot is a fully qualified name, not an empty label.
+            assert!(policy.check("https://example.com./a").is_ok());
+            assert!(policy.check("https://example.com:1/a").is_ok());
+        }
     }
 
     /// (url, expected production rule, expected development rule); `None` = accepted.

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::events::EventFilter;
-use crate::secret_box::KeyRing;
+use crate::secret_box::{KeyRing, SecretBoxError};
 use crate::settings::WebhookSettings;
 use crate::url_policy::UrlPolicy;
 use crate::webhook_secret::WebhookSecret;
@@ -203,18 +203,25 @@ pub async fn reveal_secret<C: ConnectionTrait>(
     open_secret(settings.keys.as_ref(), &agent)
 }
 
-/// What [`reseal_secrets`] did.
+/// What [`reseal_secrets`] did; every envelope it counts was opened with the ring first.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ResealReport {
     /// Agents with a stored secret that were looked at.
     pub examined: u64,
     /// Secrets re-sealed under the current key.
     pub resealed: u64,
-    /// Secrets that changed while being rotated (left for the next run).
+    /// Secrets that were under the current key already (and open with it).
+    pub already_current: u64,
+    /// Secrets whose row changed (a concurrent [`configure`] or [`clear`]) between the read and
+    /// the update; left for the next run.
     pub skipped: u64,
 }
 
 /// Re-seals every stored secret that is not under the current key, `batch` agents at a time.
+///
+/// Every envelope is opened before it is counted as current or rewritten, so a key whose id
+/// matches but whose bytes are wrong is an error ([`Error::WrongKey`], naming the key id),
+/// never a successful rotation that left secrets nobody can open.
 ///
 /// Resumable and safe to run twice: it walks agents by id, each secret already under the
 /// current key is left alone, and each update only applies if the row still holds the
@@ -251,14 +258,25 @@ pub async fn reseal_secrets<C: ConnectionTrait>(
         for (agent_id, sealed) in rows {
             let Some(sealed) = sealed else { continue };
             report.examined += 1;
+            let plain = match keys.open(&sealed, &agent_id) {
+                Ok(plain) => plain,
+                Err(SecretBoxError::Decrypt) => {
+                    return Err(Error::WrongKey {
+                        key_id: KeyRing::key_id_of(&sealed).unwrap_or("?").to_owned(),
+                        agent_id,
+                    });
+                }
+                Err(source) => return Err(Error::Sealed { agent_id, source }),
+            };
             let sealed_err = |source| Error::Sealed {
                 agent_id: agent_id.clone(),
                 source,
             };
             if !keys.needs_rotation(&sealed).map_err(sealed_err)? {
+                report.already_current += 1;
                 continue;
             }
-            let resealed = keys.reseal(&sealed, &agent_id).map_err(sealed_err)?;
+            let resealed = keys.seal(&plain, &agent_id).map_err(sealed_err)?;
             let updated = agents::Entity::update_many()
                 .col_expr(agents::Column::WebhookSecret, Expr::value(Some(resealed)))
                 .filter(agents::Column::Id.eq(agent_id.as_str()))
