@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use integration_tests::{Backend, TestDb, backend_tests};
+use integration_tests::{Backend, TestDb, backend_tests, schema};
 
 use migration::{Migrator, MigratorTrait};
 
@@ -161,7 +161,8 @@ async fn concurrent_ups(backend: Backend, n: usize) {
         );
     }
     let applied = t.count("SELECT COUNT(*) FROM seaql_migrations").await;
-    assert_eq!(applied, 3, "{backend:?}: every migration recorded once");
+    let all = i64::try_from(Migrator::migrations().len()).unwrap();
+    assert_eq!(applied, all, "{backend:?}: every migration recorded once");
     let status = migration(dir.path(), Some(&t.url), &["status"]);
     assert!(!stderr(&status).contains("Pending"), "{}", stderr(&status));
 }
@@ -287,3 +288,136 @@ async fn wait_for(t: &TestDb, sql: &str, n: i64) {
     }
     panic!("still fewer than {n}: {sql}");
 }
+
+/// Agents in the crash test: enough that the webhook migration does real work on each backend.
+const CRASH_AGENTS: i64 = 50_000;
+
+/// A database migrated to the baseline only, holding [`CRASH_AGENTS`] agents of one organization.
+async fn baseline_with_agents(backend: Backend) -> TestDb {
+    let t = TestDb::fresh(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = migration(dir.path(), Some(&t.url), &["up", "-n", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    t.exec("INSERT INTO organizations (id, name) VALUES ('org-1', 'Acme')")
+        .await;
+    // 0..99999 from five digit tables: portable where recursive CTE limits are not.
+    let digits = "(SELECT 0 AS d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 \
+                  UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 \
+                  UNION ALL SELECT 8 UNION ALL SELECT 9)";
+    let n = "(a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d)";
+    let name = |prefix: &str| match backend {
+        Backend::MySql => format!("CONCAT('{prefix}', {n})"),
+        _ => format!("'{prefix}' || {n}"),
+    };
+    t.exec(&format!(
+        "INSERT INTO agents (id, organization_id, name, description) \
+         SELECT {id}, 'org-1', {agent_name}, {description} \
+         FROM {digits} a, {digits} b, {digits} c, {digits} e, {digits} f \
+         WHERE {n} < {CRASH_AGENTS}",
+        id = name("agent-"),
+        agent_name = name("name "),
+        description = name("about "),
+    ))
+    .await;
+    assert_eq!(t.count("SELECT COUNT(*) FROM agents").await, CRASH_AGENTS);
+    t
+}
+
+/// Runs the migration binary with `args` and SIGKILLs it after `after`; whether it was still
+/// running then (false: it had finished, nothing was interrupted).
+fn killed_after(url: &str, args: &[&str], after: std::time::Duration) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .current_dir(dir.path())
+        .args(args)
+        .env("DATABASE_URL", url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the migration binary");
+    std::thread::sleep(after);
+    let running = child
+        .try_wait()
+        .expect("poll the migration binary")
+        .is_none();
+    child.kill().ok(); // SIGKILL; an error only means it had finished
+    child.wait().expect("reap the migration binary");
+    running
+}
+
+/// How long `args` takes to run to completion on `url`.
+fn timed(url: &str, args: &[&str]) -> std::time::Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let start = std::time::Instant::now();
+    let out = migration(dir.path(), Some(url), args);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    start.elapsed()
+}
+
+/// `migration up` and `down` killed (SIGKILL) at random points on a table of 50k agents: running
+/// the command again completes it, the schema equals a clean run's, and the agents' data is
+/// unchanged. The seed is printed so that a failure can be replayed.
+async fn killed_migrations_recover_on_rerun(backend: Backend) {
+    use rand::{RngExt, SeedableRng};
+
+    let agent_columns = ["id", "organization_id", "name", "description", "created_at"];
+    // A clean run: the schema after `up` and after `down` to the baseline, and how long each takes.
+    let clean = baseline_with_agents(backend).await;
+    let base_schema = schema::snapshot(&clean).await;
+    let up_time = timed(&clean.url, &["up"]);
+    let up_schema = schema::snapshot(&clean).await;
+    let webhook_migrations = Migrator::migrations().len() - 1;
+    let down_n = webhook_migrations.to_string();
+    let down_time = timed(&clean.url, &["down", "-n", &down_n]);
+    assert_eq!(schema::snapshot(&clean).await, base_schema);
+
+    let t = baseline_with_agents(backend).await;
+    let data = schema::checksum(&schema::fingerprints(&t, "agents", &agent_columns).await);
+    let seed: u64 = rand::rng().random();
+    println!("{backend:?}: crash seed {seed}, clean up {up_time:?}, down {down_time:?}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut interrupted = 0;
+    for round in 0..5 {
+        let at = up_time.mul_f64(rng.random_range(0.0..1.0));
+        interrupted += u32::from(killed_after(&t.url, &["up"], at));
+        let out = migration(dir.path(), Some(&t.url), &["up"]);
+        assert!(
+            out.status.success(),
+            "seed {seed} round {round}: rerun of up: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            schema::snapshot(&t).await,
+            up_schema,
+            "seed {seed} round {round}: after up"
+        );
+
+        let at = down_time.mul_f64(rng.random_range(0.0..1.0));
+        interrupted += u32::from(killed_after(&t.url, &["down", "-n", &down_n], at));
+        // Roll back what is still applied above the baseline: the kill may have come after some.
+        let applied = t.count("SELECT COUNT(*) FROM seaql_migrations").await;
+        let rest = (applied - 1).to_string();
+        if applied > 1 {
+            let out = migration(dir.path(), Some(&t.url), &["down", "-n", &rest]);
+            assert!(
+                out.status.success(),
+                "seed {seed} round {round}: rerun of down: {}",
+                stderr(&out)
+            );
+        }
+        assert_eq!(
+            schema::snapshot(&t).await,
+            base_schema,
+            "seed {seed} round {round}: after down"
+        );
+        let now = schema::checksum(&schema::fingerprints(&t, "agents", &agent_columns).await);
+        assert_eq!(
+            now, data,
+            "seed {seed} round {round}: the agents' data changed"
+        );
+    }
+    println!("{backend:?}: {interrupted} of 10 runs were killed while running");
+}
+
+backend_tests!(killed_migrations_recover_on_rerun);
