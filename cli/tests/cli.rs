@@ -1,5 +1,7 @@
 //! The `agent-webhooks` binary as operators run it, against SQLite, PostgreSQL and MariaDB.
 
+use agent_webhooks::settings::WebhookSettings;
+use serde_json::json;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
@@ -473,9 +475,17 @@ async fn deliveries_commands(backend: Backend) {
     let now = chrono::Utc::now();
     let mut ids = Vec::new();
     for i in 0..3 {
-        match deliveries::enqueue(&t.db, "agent-1", &format!("evt-{i}"), "run.completed", now)
-            .await
-            .unwrap()
+        match deliveries::enqueue(
+            &t.db,
+            &WebhookSettings::default(),
+            "agent-1",
+            &format!("evt-{i}"),
+            "run.completed",
+            &json!({"n": 1}),
+            now,
+        )
+        .await
+        .unwrap()
         {
             Enqueued::Created(d) => ids.push(d.id),
             other => panic!("{other:?}"),

@@ -25,6 +25,7 @@ pub mod indexes;
 mod m20261128_000001_baseline;
 mod m20261128_000002_add_webhook_fields_to_agent;
 mod m20261128_000003_delivery_bookkeeping_indexes;
+mod m20261129_000004_delivery_worker;
 mod tables;
 
 pub use m20261128_000001_baseline::ensure_baseline_droppable;
@@ -37,6 +38,10 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://webhooks.db?mode=rwc";
 /// server fails within seconds instead of sqlx's 30 s default.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The largest payload the `webhook_deliveries.payload` column holds on every backend (MariaDB's
+/// `mediumblob`), and so the upper bound of the payload-size setting.
+pub const MAX_PAYLOAD_COLUMN_BYTES: u32 = 16_777_215;
+
 /// The ordered list of agent-webhooks migrations.
 pub struct Migrator;
 
@@ -47,6 +52,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_baseline::Migration),
             Box::new(m20261128_000002_add_webhook_fields_to_agent::Migration),
             Box::new(m20261128_000003_delivery_bookkeeping_indexes::Migration),
+            Box::new(m20261129_000004_delivery_worker::Migration),
         ]
     }
 
