@@ -49,7 +49,7 @@ impl MigrationTrait for Migration {
                 .alter_table(
                     Table::alter()
                         .table(WebhookDeliveries::Table)
-                        .add_column(&mut payload_column(backend))
+                        .add_column(payload_column(backend))
                         .to_owned(),
                 )
                 .await?;

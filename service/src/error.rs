@@ -84,6 +84,9 @@ pub enum Error {
     /// Signing failed.
     #[error(transparent)]
     Sign(#[from] SignError),
+    /// The delivery worker's HTTP client cannot be built (no TLS roots, bad settings).
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbErr),

@@ -12,3 +12,4 @@ mod sender;
 mod settings;
 mod standardwebhooks_compat;
 mod webhook;
+mod worker;
