@@ -79,7 +79,7 @@ pub struct Dispatcher {
 }
 
 /// What a drain did, for logs and tests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DrainReport {
     /// Attempts made (claims processed).
     pub attempts: u64,
