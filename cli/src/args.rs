@@ -53,6 +53,17 @@ pub enum Command {
     /// Delivery history and operations.
     #[command(subcommand)]
     Deliveries(DeliveriesCommand),
+    /// Enqueue events for agents' webhooks.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Send due deliveries: claim, sign, POST, record each attempt. Runs until SIGTERM or
+    /// SIGINT (then finishes the sends in flight), or with `--once` until nothing is due.
+    /// Settings: the WEBHOOK_* variables (concurrency, timeouts, caps, poll interval).
+    Worker {
+        /// Send what is due now, then exit (tests, cron-style use).
+        #[arg(long)]
+        once: bool,
+    },
     /// Print the `webhook-signature` value for the body read from stdin.
     Sign {
         #[command(flatten)]
@@ -128,6 +139,25 @@ pub enum ConfigCommand {
     Clear {
         #[arg(long)]
         agent: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Enqueue one event for an agent's webhook: prints the delivery id, or why nothing was
+    /// enqueued (webhook disabled, no URL, event not wanted).
+    Emit {
+        #[arg(long)]
+        agent: String,
+        /// The event type, e.g. `run.completed`.
+        #[arg(long = "type")]
+        event_type: String,
+        /// The event id (`webhook-id`, the idempotency key); default: a new `evt_<uuid v7>`.
+        #[arg(long)]
+        event_id: Option<String>,
+        /// A file holding the JSON payload (`-` for stdin).
+        #[arg(long)]
+        payload_file: std::path::PathBuf,
     },
 }
 

@@ -7,7 +7,10 @@
 use std::io::Read;
 use std::time::Duration;
 
-use agent_webhooks::deliveries::{self, HistoryQuery, WebhookDelivery};
+use agent_webhooks::deliveries::{
+    self, AttemptRecord, Enqueued, HistoryQuery, SkipReason, WebhookDelivery,
+};
+use agent_webhooks::dispatch::{Dispatcher, DrainReport};
 use agent_webhooks::secret_box::KeyRing;
 use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::signing;
@@ -19,7 +22,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sea_orm::DatabaseConnection;
 use secrecy::SecretString;
 
-use crate::args::{Cli, Command, ConfigCommand, DeliveriesCommand, SecretsCommand};
+use crate::args::{Cli, Command, ConfigCommand, DeliveriesCommand, EventsCommand, SecretsCommand};
 use crate::output::{self, Progress};
 
 /// Runs the parsed command line; an error is what the operator reads (exit 1).
@@ -109,7 +112,105 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             let db = connect(cli.database_url).await?;
             run_deliveries(&db, command, json).await
         }
+        Command::Events(EventsCommand::Emit {
+            agent,
+            event_type,
+            event_id,
+            payload_file,
+        }) => {
+            let settings = WebhookSettings::from_env()?;
+            let payload = read_payload(&payload_file)?;
+            let event_id = event_id.unwrap_or_else(|| format!("evt_{}", uuid::Uuid::now_v7()));
+            let db = connect(cli.database_url).await?;
+            let enqueued = deliveries::enqueue(
+                &db,
+                &settings,
+                &agent,
+                &event_id,
+                &event_type,
+                &payload,
+                Utc::now(),
+            )
+            .await?;
+            let (status, delivery_id, reason) = match &enqueued {
+                Enqueued::Created(d) => ("created", Some(d.id.as_str()), None),
+                Enqueued::Existing(d) => ("existing", Some(d.id.as_str()), None),
+                Enqueued::Skipped(why) => ("skipped", None, Some(skip_text(*why))),
+            };
+            let value = serde_json::json!({
+                "status": status,
+                "event_id": event_id,
+                "delivery_id": delivery_id,
+                "reason": reason,
+            });
+            output::print(json, &value, |_| match (delivery_id, reason) {
+                (Some(id), _) if status == "existing" => format!("{id} (enqueued before)"),
+                (Some(id), _) => id.to_owned(),
+                (None, reason) => format!("skipped: {}", reason.unwrap_or_default()),
+            })
+        }
+        Command::Worker { once } => {
+            let settings = WebhookSettings::from_env()?;
+            // One connection per request in flight, plus one to claim with.
+            let pool = u32::try_from(settings.worker.concurrency + 1).unwrap_or(u32::MAX);
+            let db = connect_with(cli.database_url, pool).await?;
+            let dispatcher = Dispatcher::new(settings, db)?;
+            let report = if once {
+                dispatcher.run_once().await?
+            } else {
+                dispatcher.run(shutdown_signal()).await
+            };
+            output::print(json, &report, report_text)
+        }
     }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C), whichever comes first.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn report_text(r: &DrainReport) -> String {
+    format!(
+        "attempts {}, delivered {}, retrying {}, given up {}, stale {}",
+        r.attempts, r.delivered, r.retrying, r.given_up, r.stale
+    )
+}
+
+fn skip_text(reason: SkipReason) -> &'static str {
+    match reason {
+        SkipReason::Disabled => "the agent's webhook is disabled",
+        SkipReason::NoUrl => "the agent has no webhook URL",
+        SkipReason::NotWanted => "the agent's webhook does not want this event type",
+    }
+}
+
+/// The JSON payload of `events emit`, from a file or stdin (`-`).
+fn read_payload(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let bytes = if path.as_os_str() == "-" {
+        read_stdin()?
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+    };
+    serde_json::from_slice(&bytes).with_context(|| format!("{} does not hold JSON", path.display()))
 }
 
 async fn run_config(
@@ -220,7 +321,19 @@ async fn run_deliveries(
         }
         DeliveriesCommand::Show { id } => {
             let delivery = deliveries::get(db, &id, now).await?;
-            output::print(json, &delivery, delivery_text)
+            let attempts = deliveries::attempts(db, &id).await?;
+            let shown = Shown {
+                delivery: &delivery,
+                attempts: &attempts,
+            };
+            output::print(json, &shown, |shown| {
+                let mut text = delivery_text(shown.delivery);
+                if !shown.attempts.is_empty() {
+                    text.push_str("\n\n");
+                    text.push_str(&attempts_table(shown.attempts));
+                }
+                text
+            })
         }
         DeliveriesCommand::Stats { agent } => {
             webhook::get_agent(db, &agent).await?;
@@ -262,6 +375,41 @@ async fn run_deliveries(
     }
 }
 
+/// A delivery with its attempt log, as `deliveries show` prints it.
+#[derive(serde::Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    delivery: &'a WebhookDelivery,
+    attempts: &'a [AttemptRecord],
+}
+
+fn attempts_table(attempts: &[AttemptRecord]) -> String {
+    output::table(
+        &[
+            "attempt",
+            "started_at",
+            "ms",
+            "status",
+            "class",
+            "remote",
+            "message",
+        ],
+        attempts.iter().map(|a| {
+            vec![
+                a.attempt.to_string(),
+                instant(a.started_at),
+                (a.finished_at - a.started_at)
+                    .num_milliseconds()
+                    .to_string(),
+                optional(a.status_code),
+                optional(a.error_class),
+                a.remote_addr.clone().unwrap_or_else(|| "-".to_owned()),
+                a.message.clone().unwrap_or_else(|| "-".to_owned()),
+            ]
+        }),
+    )
+}
+
 /// Every field of a delivery, under its JSON name.
 fn delivery_text(d: &WebhookDelivery) -> String {
     output::fields(&[
@@ -293,6 +441,10 @@ fn optional(value: Option<impl ToString>) -> String {
 }
 
 async fn connect(url: Option<String>) -> anyhow::Result<DatabaseConnection> {
+    connect_with(url, 2).await
+}
+
+async fn connect_with(url: Option<String>, pool: u32) -> anyhow::Result<DatabaseConnection> {
     let url = url.unwrap_or_else(|| {
         eprintln!(
             "DATABASE_URL is not set: using the embedded SQLite database {}",
@@ -301,7 +453,7 @@ async fn connect(url: Option<String>) -> anyhow::Result<DatabaseConnection> {
         migration::DEFAULT_DATABASE_URL.to_owned()
     });
     // The URL stays out of the message: it may hold a password.
-    agent_webhooks::db::connect(&url, 2)
+    agent_webhooks::db::connect(&url, pool)
         .await
         .context("cannot connect to the database")
 }

@@ -1,5 +1,7 @@
 //! The `agent-webhooks` binary as operators run it, against SQLite, PostgreSQL and MariaDB.
 
+use agent_webhooks::settings::WebhookSettings;
+use serde_json::json;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
@@ -503,9 +505,17 @@ async fn deliveries_commands(backend: Backend) {
     let now = chrono::Utc::now();
     let mut ids = Vec::new();
     for i in 0..3 {
-        match deliveries::enqueue(&t.db, "agent-1", &format!("evt-{i}"), "run.completed", now)
-            .await
-            .unwrap()
+        match deliveries::enqueue(
+            &t.db,
+            &WebhookSettings::default(),
+            "agent-1",
+            &format!("evt-{i}"),
+            "run.completed",
+            &json!({"n": 1}),
+            now,
+        )
+        .await
+        .unwrap()
         {
             Enqueued::Created(d) => ids.push(d.id),
             other => panic!("{other:?}"),
@@ -624,7 +634,9 @@ async fn deliveries_commands(backend: Backend) {
     // As text: one aligned `name: value` line per field, never `Debug` output.
     let text = run(&["deliveries", "show", &ids[0]], &env, None);
     assert_eq!(text.code, Some(0), "{}", text.stderr);
-    let fields = shown.as_object().unwrap();
+    // The delivery's fields; its attempts (none yet) follow as a table of their own.
+    let mut fields = shown.as_object().unwrap().clone();
+    assert_eq!(fields.remove("attempts"), Some(serde_json::json!([])));
     let lines: Vec<(&str, usize, &str)> = text
         .stdout
         .lines()
@@ -696,4 +708,183 @@ async fn deliveries_commands(backend: Backend) {
     }
 }
 
-backend_tests!(config_commands, deliveries_commands);
+/// A minimal HTTP/1.1 receiver on loopback: answers every request with 204 and keeps the
+/// bodies (the CLI tests have no web framework; one request per connection is enough).
+async fn receiver() -> (std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>, u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            let body = loop {
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if request.len() >= end + 4 + len {
+                    break Some(request[end + 4..end + 4 + len].to_vec());
+                }
+            };
+            if let Some(body) = body {
+                kept.lock().unwrap().push(body);
+                let _ = socket
+                    .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            }
+        }
+    });
+    (bodies, port)
+}
+
+async fn events_emit_then_worker_once(backend: Backend) {
+    let t = TestDb::migrated(backend).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    let (bodies, port) = receiver().await;
+    let k1 = KeyRing::generate_key_entry("k1").unwrap();
+    let env = [
+        ("DATABASE_URL", t.url.as_str()),
+        ("WEBHOOK_SECRET_KEYS", k1.as_str()),
+        ("WEBHOOK_URL_POLICY", "development"),
+        ("HOOK_SECRET", SPEC_SECRET),
+    ];
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let set = run(
+        &[
+            "config",
+            "set",
+            "--agent",
+            "agent-1",
+            "--url",
+            &url,
+            "--secret-env",
+            "HOOK_SECRET",
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(set.code, Some(0), "{}", set.stderr);
+
+    let emit = |payload: &[u8]| {
+        run(
+            &[
+                "events",
+                "emit",
+                "--agent",
+                "agent-1",
+                "--type",
+                "run.completed",
+                "--event-id",
+                "evt_cli",
+                "--payload-file",
+                "-",
+                "--json",
+            ],
+            &env,
+            Some(payload),
+        )
+    };
+    let first = emit(b"{ \"run\": \"r-1\" }");
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    let first = json(&first.stdout);
+    assert_eq!(first["status"], "created");
+    let id = first["delivery_id"].as_str().unwrap().to_owned();
+    let again = json(&emit(b"{}").stdout);
+    assert_eq!(
+        (again["status"].as_str(), again["delivery_id"].as_str()),
+        (Some("existing"), Some(id.as_str()))
+    );
+    let bad = emit(b"not json");
+    assert_eq!(bad.code, Some(1), "{}", bad.stdout);
+    assert!(bad.stderr.contains("does not hold JSON"), "{}", bad.stderr);
+
+    let worker = run(&["worker", "--once", "--json"], &env, None);
+    assert_eq!(worker.code, Some(0), "{}", worker.stderr);
+    let report = json(&worker.stdout);
+    assert_eq!(
+        (report["attempts"].as_u64(), report["delivered"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // The body is the payload as stored: compact JSON of what was emitted first.
+    assert_eq!(*bodies.lock().unwrap(), vec![br#"{"run":"r-1"}"#.to_vec()]);
+
+    let show = run(&["deliveries", "show", &id, "--json"], &env, None);
+    let show = json(&show.stdout);
+    assert_eq!(show["state"], "delivered");
+    assert_eq!(show["attempts"][0]["status_code"], 204);
+    assert_eq!(show["attempts"][0]["error_class"], serde_json::Value::Null);
+    let text = run(&["deliveries", "show", &id], &env, None);
+    assert!(text.stdout.contains("204"), "{}", text.stdout);
+
+    // Without --once the worker keeps polling, and stops on SIGTERM with its report.
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_agent-webhooks"))
+        .args(["worker", "--json"])
+        .envs(env)
+        .env("WEBHOOK_POLL_INTERVAL_MS", "20")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let emitted = run(
+        &[
+            "events",
+            "emit",
+            "--agent",
+            "agent-1",
+            "--type",
+            "run.completed",
+            "--payload-file",
+            "-",
+        ],
+        &env,
+        Some(b"[2]"),
+    );
+    assert_eq!(emitted.code, Some(0), "{}", emitted.stderr);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while bodies.lock().unwrap().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the running worker sent nothing"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker ignored SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut worker.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(json(&out)["delivered"], 1, "{out}");
+}
+
+backend_tests!(
+    config_commands,
+    deliveries_commands,
+    events_emit_then_worker_once
+);

@@ -5,3 +5,4 @@ pub mod prelude;
 pub mod agents;
 pub mod organizations;
 pub mod webhook_deliveries;
+pub mod webhook_delivery_attempts;

@@ -3,3 +3,4 @@
 pub use super::agents::Entity as Agents;
 pub use super::organizations::Entity as Organizations;
 pub use super::webhook_deliveries::Entity as WebhookDeliveries;
+pub use super::webhook_delivery_attempts::Entity as WebhookDeliveryAttempts;

@@ -23,6 +23,8 @@ pub struct Model {
     pub created_at: DateTimeWithTimeZone,
     pub delivered_at: Option<DateTimeWithTimeZone>,
     pub next_retry_at: Option<DateTimeWithTimeZone>,
+    #[sea_orm(column_type = "VarBinary(StringLen::None)", nullable)]
+    pub payload: Option<Vec<u8>>,
     #[sea_orm(
         belongs_to,
         from = "agent_id",
@@ -39,6 +41,8 @@ pub struct Model {
         on_delete = "Cascade"
     )]
     pub organizations: BelongsTo<super::organizations::Entity>,
+    #[sea_orm(has_many)]
+    pub webhook_delivery_attempts: HasMany<super::webhook_delivery_attempts::Entity>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}

@@ -5,8 +5,9 @@
 pub const AGENTS_CREATED_AT: &str = "ix_agents_created_at";
 /// `webhook_deliveries (event_id)`: finding the deliveries of one event.
 pub const DELIVERIES_EVENT_ID: &str = "ix_webhook_deliveries_event_id";
-/// `webhook_deliveries (agent_id)`: a prefix of [`DELIVERIES_HISTORY`], kept until the worker
-/// migration decides its fate.
+/// `webhook_deliveries (agent_id)`: a prefix of [`DELIVERIES_HISTORY`] (and of
+/// [`DELIVERIES_AGENT_EVENT`]), made by the webhook migration and dropped as redundant by the
+/// delivery-worker migration; its `down` restores it.
 pub const DELIVERIES_AGENT_ID: &str = "ix_webhook_deliveries_agent_id";
 /// Unique `webhook_deliveries (agent_id, event_id)`: makes `enqueue` idempotent by constraint.
 pub const DELIVERIES_AGENT_EVENT: &str = "ux_webhook_deliveries_agent_event";
@@ -14,3 +15,6 @@ pub const DELIVERIES_AGENT_EVENT: &str = "ux_webhook_deliveries_agent_event";
 pub const DELIVERIES_NEXT_RETRY_AT: &str = "ix_webhook_deliveries_next_retry_at";
 /// `webhook_deliveries (agent_id, created_at, id)`: an agent's history, keyset pages newest first.
 pub const DELIVERIES_HISTORY: &str = "ix_webhook_deliveries_history";
+/// Unique `webhook_delivery_attempts (delivery_id, attempt)`: one row per attempt, and the index
+/// that lists a delivery's attempts (and serves the foreign key on MariaDB).
+pub const ATTEMPTS_DELIVERY_ATTEMPT: &str = "ux_webhook_delivery_attempts_delivery_attempt";

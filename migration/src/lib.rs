@@ -36,7 +36,7 @@ mod migrator;
 mod redact;
 mod tables;
 
-pub use defaults::{CONNECT_TIMEOUT, DEFAULT_DATABASE_URL};
+pub use defaults::{CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, MAX_PAYLOAD_COLUMN_BYTES};
 pub use lock::{LOCK_TIMEOUT, MigrationLock};
 pub use m20261128_000001_baseline::ensure_baseline_droppable;
 pub use migrator::Migrator;
@@ -46,6 +46,7 @@ pub use redact::{RedactedStderr, redact_secrets, redact_url};
 mod m20261128_000001_baseline;
 mod m20261128_000002_add_webhook_fields_to_agent;
 mod m20261128_000003_delivery_bookkeeping_indexes;
+mod m20261129_000004_delivery_worker;
 
 impl Migrator {
     /// Every migration in the order it applies; `sea-orm-cli migrate generate` rebuilds this
@@ -55,6 +56,7 @@ impl Migrator {
             Box::new(m20261128_000001_baseline::Migration),
             Box::new(m20261128_000002_add_webhook_fields_to_agent::Migration),
             Box::new(m20261128_000003_delivery_bookkeeping_indexes::Migration),
+            Box::new(m20261129_000004_delivery_worker::Migration),
         ]
     }
 }

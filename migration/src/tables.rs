@@ -43,4 +43,20 @@ pub enum WebhookDeliveries {
     CreatedAt,
     DeliveredAt,
     NextRetryAt,
+    Payload,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+pub enum WebhookDeliveryAttempts {
+    Table,
+    Id,
+    DeliveryId,
+    Attempt,
+    StartedAt,
+    FinishedAt,
+    StatusCode,
+    ErrorClass,
+    Message,
+    ResponseBodyPrefix,
+    RemoteAddr,
 }

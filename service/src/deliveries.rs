@@ -4,15 +4,18 @@
 //! next one carries on. The lifecycle diagram and the decisions behind it are in
 //! `docs/deliveries.md`; the states are defined once, on [`DeliveryState`].
 //!
-//! * [`enqueue`] inserts a delivery, due at once, if the agent's webhook is enabled and wants
-//!   the event; the unique `(agent_id, event_id)` index makes it idempotent, also under races.
+//! * [`enqueue`] inserts a delivery with its payload bytes, due at once, if the agent's webhook
+//!   is enabled and wants the event; the unique `(agent_id, event_id)` index makes it
+//!   idempotent, also under races.
 //! * [`claim_due`] leases due deliveries to one worker in one atomic step and counts the
 //!   attempt as started (a delivery that crashes its worker still runs out of attempts).
 //! * [`record_outcome`] stores the result and asks the [`RetryPolicy`](crate::retry::RetryPolicy)
 //!   of the settings what comes next, guarded by the claim so a late report cannot overwrite a
 //!   newer attempt.
+//! * [`record_attempt`] appends to the attempt log (`webhook_delivery_attempts`), which
+//!   [`attempts`] reads back.
 //! * [`requeue`] lets an operator send an exhausted delivery again; [`prune`] keeps the table
-//!   small.
+//!   small (the attempt log goes with its deliveries).
 
 use std::fmt;
 use std::future::Future;
@@ -213,20 +216,148 @@ pub struct Claim {
     pub attempt: i32,
     /// When the lease runs out and the delivery becomes due again.
     pub lease_until: DateTime<Utc>,
+    /// The body bytes fixed at enqueue, sent unchanged by every attempt; `None` for deliveries
+    /// enqueued before payloads were stored (the worker cannot send those).
+    pub payload: Option<Vec<u8>>,
 }
 
-/// Enqueues `event_id` of `event_type` for the agent's webhook, if it is enabled and wants it.
+/// Why an attempt did not end in a usable HTTP answer (or which kind of answer it was), as the
+/// attempt log stores it: one word an operator can filter on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// The host name did not resolve.
+    Dns,
+    /// TCP connect failed (refused, unreachable, connect timeout).
+    Connect,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// No complete answer within the attempt's timeout.
+    Timeout,
+    /// A 3xx: redirects are never followed.
+    Redirect,
+    /// Any other non-2xx status.
+    HttpStatus,
+    /// The response body was larger than the cap; the rest was not read.
+    BodyTooLarge,
+    /// The URL or an address its host resolved to is not allowed by the URL policy: nothing
+    /// was sent.
+    SsrfBlocked,
+    /// The delivery cannot be sent at all (no payload stored, no secret): nothing was sent.
+    NotSendable,
+}
+
+impl ErrorClass {
+    /// Every class, for parsing and documentation.
+    pub const ALL: [ErrorClass; 9] = [
+        Self::Dns,
+        Self::Connect,
+        Self::Tls,
+        Self::Timeout,
+        Self::Redirect,
+        Self::HttpStatus,
+        Self::BodyTooLarge,
+        Self::SsrfBlocked,
+        Self::NotSendable,
+    ];
+
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dns => "dns",
+            Self::Connect => "connect",
+            Self::Tls => "tls",
+            Self::Timeout => "timeout",
+            Self::Redirect => "redirect",
+            Self::HttpStatus => "http_status",
+            Self::BodyTooLarge => "body_too_large",
+            Self::SsrfBlocked => "ssrf_blocked",
+            Self::NotSendable => "not_sendable",
+        }
+    }
+
+    /// The class of a stored spelling; `None` for a word this version does not know.
+    pub fn parse(value: &str) -> Option<ErrorClass> {
+        Self::ALL.into_iter().find(|class| class.as_str() == value)
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Response-body bytes kept per attempt in the attempt log.
+pub const RESPONSE_PREFIX_LEN: usize = 1024;
+
+/// One row of the attempt log: what one attempt did, for operators debugging a receiver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AttemptRecord {
+    /// The attempt number (1 for the first), as in [`Claim::attempt`].
+    pub attempt: i32,
+    /// When the worker started the attempt.
+    pub started_at: DateTime<Utc>,
+    /// When it had its outcome.
+    pub finished_at: DateTime<Utc>,
+    /// The HTTP status, when the receiver answered.
+    pub status_code: Option<i32>,
+    /// `None` for a 2xx whose body was read within the cap.
+    pub error_class: Option<ErrorClass>,
+    /// A short description (bounded by [`MAX_ERROR_LEN`]); never the payload or a secret.
+    pub message: Option<String>,
+    /// The first [`RESPONSE_PREFIX_LEN`] bytes of the response body, as lossy UTF-8.
+    pub response_body_prefix: Option<String>,
+    /// The socket address actually connected to, when a connection was made.
+    pub remote_addr: Option<String>,
+}
+
+/// Why a payload cannot be enqueued.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    /// Larger than the `WEBHOOK_MAX_PAYLOAD_BYTES` setting.
+    #[error("payload is {size} bytes, more than the {max}-byte limit (WEBHOOK_MAX_PAYLOAD_BYTES)")]
+    TooLarge {
+        /// Its size as compact JSON.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The value cannot be written as JSON (a map with non-string keys).
+    #[error("payload cannot be serialized as JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+}
+
+/// Enqueues `event_id` of `event_type` with `payload` for the agent's webhook, if it is enabled
+/// and wants it.
+///
+/// The payload is a JSON value, serialized here once (compact, as `serde_json::to_vec` writes
+/// it) and stored as bytes: every attempt signs and sends exactly those bytes, and the
+/// `content-type: application/json` the worker sends is always true. A payload larger than the
+/// settings' `max_payload_bytes` is refused with [`PayloadError::TooLarge`], before the agent
+/// is read.
 ///
 /// Idempotent: the same `(agent, event_id)` yields the same delivery, also when callers race
 /// (the unique index decides, not a read-then-write), and also inside a caller's transaction
-/// (the transactional outbox) on every backend: the loser gets [`Enqueued::Existing`].
+/// (the transactional outbox) on every backend: the loser gets [`Enqueued::Existing`], and the
+/// first payload stays.
 pub async fn enqueue<C: ConnectionTrait>(
     db: &C,
+    settings: &WebhookSettings,
     agent_id: &str,
     event_id: &str,
     event_type: &str,
+    payload: &serde_json::Value,
     now: DateTime<Utc>,
 ) -> Result<Enqueued> {
+    let payload = serde_json::to_vec(payload).map_err(PayloadError::NotJson)?;
+    if payload.len() > settings.max_payload_bytes {
+        return Err(PayloadError::TooLarge {
+            size: payload.len(),
+            max: settings.max_payload_bytes,
+        }
+        .into());
+    }
     check_event_field("event_id", event_id)?;
     // The event id is the `webhook-id` every attempt is signed with: refuse now what could
     // never be signed, rather than fail every attempt later.
@@ -264,6 +395,7 @@ pub async fn enqueue<C: ConnectionTrait>(
         created_at: sea_orm::Set(now),
         delivered_at: sea_orm::Set(None),
         next_retry_at: sea_orm::Set(Some(now)),
+        payload: sea_orm::Set(Some(payload)),
     };
     wd::Entity::insert(row)
         .on_conflict_do_nothing_on([wd::Column::AgentId, wd::Column::EventId])
@@ -327,9 +459,10 @@ pub async fn claim_due<C: ConnectionTrait + TransactionTrait>(
         .into_iter()
         // Rows marked exhausted by this claim are not leased to the caller.
         .filter(|row| row.next_retry_at.is_some())
-        .map(|row| Claim {
+        .map(|mut row| Claim {
             attempt: row.attempt_count,
             lease_until,
+            payload: row.payload.take(),
             delivery: WebhookDelivery::from_model(row, now),
         })
         .collect())
@@ -537,6 +670,68 @@ pub async fn record_outcome<C: ConnectionTrait>(
     }
     tracing::debug!(delivery = %claim.delivery.id, attempt = claim.attempt, ?decision, "recorded attempt");
     Ok(decision)
+}
+
+/// Appends one attempt of `delivery_id` to the attempt log. Recording the same attempt twice
+/// keeps the first row (the unique `(delivery_id, attempt)` decides), so a retried report
+/// cannot duplicate it.
+pub async fn record_attempt<C: ConnectionTrait>(
+    db: &C,
+    delivery_id: &str,
+    record: &AttemptRecord,
+) -> Result<()> {
+    use entity::webhook_delivery_attempts as wa;
+    let bounded = |text: &Option<String>, max: usize| text.as_deref().map(|t| truncate(t, max));
+    let row = wa::ActiveModel {
+        id: sea_orm::NotSet,
+        delivery_id: sea_orm::Set(delivery_id.to_owned()),
+        attempt: sea_orm::Set(record.attempt),
+        started_at: sea_orm::Set(at(record.started_at)),
+        finished_at: sea_orm::Set(at(record.finished_at)),
+        status_code: sea_orm::Set(record.status_code),
+        error_class: sea_orm::Set(record.error_class.map(|c| c.as_str().to_owned())),
+        message: sea_orm::Set(bounded(&record.message, MAX_ERROR_LEN)),
+        response_body_prefix: sea_orm::Set(bounded(
+            &record.response_body_prefix,
+            RESPONSE_PREFIX_LEN * 4,
+        )),
+        remote_addr: sea_orm::Set(record.remote_addr.clone()),
+    };
+    wa::Entity::insert(row)
+        .on_conflict_do_nothing_on([wa::Column::DeliveryId, wa::Column::Attempt])
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+/// The attempt log of one delivery, first attempt first.
+pub async fn attempts<C: ConnectionTrait>(db: &C, delivery_id: &str) -> Result<Vec<AttemptRecord>> {
+    use entity::webhook_delivery_attempts as wa;
+    let rows = wa::Entity::find()
+        .filter(wa::Column::DeliveryId.eq(delivery_id))
+        .order_by_asc(wa::Column::Attempt)
+        .all(db)
+        .await?;
+    rows.into_iter()
+        .map(|row| {
+            let error_class = match row.error_class.as_deref() {
+                None => None,
+                Some(word) => Some(ErrorClass::parse(word).ok_or_else(|| {
+                    DbErr::Type(format!("unknown error_class `{word}` in the attempt log"))
+                })?),
+            };
+            Ok(AttemptRecord {
+                attempt: row.attempt,
+                started_at: row.started_at.to_utc(),
+                finished_at: row.finished_at.to_utc(),
+                status_code: row.status_code,
+                error_class,
+                message: row.message,
+                response_body_prefix: row.response_body_prefix,
+                remote_addr: row.remote_addr,
+            })
+        })
+        .collect()
 }
 
 /// Makes an exhausted delivery due again at `now`, with a fresh budget of attempts. The last
@@ -859,19 +1054,21 @@ fn check_event_field(field: &'static str, value: &str) -> Result<()> {
 }
 
 fn error_text(outcome: &AttemptOutcome) -> String {
-    let mut text = match outcome {
+    let text = match outcome {
         AttemptOutcome::Status { code, .. } => format!("HTTP {code}"),
         AttemptOutcome::Timeout => "timed out".to_owned(),
         AttemptOutcome::Connection(message) => format!("connection failed: {message}"),
     };
-    if text.len() > MAX_ERROR_LEN {
-        let mut end = MAX_ERROR_LEN;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
+    truncate(&text, MAX_ERROR_LEN)
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
     }
-    text
+    text[..end].to_owned()
 }
 
 fn encode_cursor(created_at: DateTime<Utc>, id: &str) -> String {

@@ -6,7 +6,7 @@
 
 use sea_orm::DbErr;
 
-use crate::deliveries::{DeliveryState, MAX_PAGE_SIZE};
+use crate::deliveries::{DeliveryState, MAX_PAGE_SIZE, PayloadError};
 use crate::events::EventFilterError;
 use crate::secret_box::SecretBoxError;
 use crate::signing::SignError;
@@ -87,9 +87,15 @@ pub enum Error {
     /// The agent has no signing secret; deliveries are never sent unsigned.
     #[error("agent `{0}` has no webhook secret; refusing to send an unsigned delivery")]
     NoSecret(String),
+    /// The event payload cannot be enqueued (too large, or not JSON).
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
     /// Signing failed.
     #[error(transparent)]
     Sign(#[from] SignError),
+    /// The delivery worker's HTTP client cannot be built (no TLS roots, bad settings).
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbErr),

@@ -18,6 +18,7 @@
 //! | [`deliveries`] | enqueue, claim, record, requeue, history, stats, retention |
 //! | [`retry`] | the retry schedule and which outcomes are final |
 //! | [`sender`] | one call that gives a worker the URL, signed headers and body |
+//! | [`dispatch`] | the delivery worker: claim, sign, send over an SSRF-safe client, record every attempt |
 //! | [`settings`] | settings from the environment |
 //! | [`db`] | connecting with the settings the service expects |
 
@@ -25,6 +26,7 @@
 
 pub mod db;
 pub mod deliveries;
+pub mod dispatch;
 mod error;
 pub mod events;
 pub mod retry;

@@ -6,10 +6,12 @@
 //! unsigned: [`prepare_request`] fails with [`Error::NoSecret`].
 //!
 //! The URL was checked when it was configured; it is checked again here against the current
-//! policy, and the sender must still vet the addresses it connects to with
+//! policy (which also judges IP-literal hosts), and a sender must still vet the addresses it
+//! connects to with
 //! [`UrlPolicy::check_resolved`](crate::url_policy::UrlPolicy::check_resolved) (a DNS name may
 //! point inside the network, or change between check and use) and connect to exactly the
-//! addresses that check returns.
+//! addresses that check returns. The worker in [`crate::dispatch`] does so in its HTTP client's
+//! resolver.
 
 use chrono::{DateTime, Utc};
 use sea_orm::ConnectionTrait;

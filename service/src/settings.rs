@@ -11,6 +11,12 @@
 //! | `WEBHOOK_MAX_ATTEMPTS` | attempts per delivery before it is exhausted ([`MAX_ATTEMPTS`]) | 8 ([`RetryPolicy::default`]) |
 //! | `WEBHOOK_CLAIM_LEASE_SECS` | how long [`claim_due`](crate::deliveries::claim_due) leases a delivery to its worker ([`CLAIM_LEASE_SECS`]) | 60 ([`DEFAULT_CLAIM_LEASE`]) |
 //! | `WEBHOOK_SIGNATURE_TOLERANCE_SECS` | accepted clock skew when the ops CLI verifies signatures ([`SIGNATURE_TOLERANCE_SECS`]) | 300 ([`DEFAULT_TOLERANCE`]) |
+//! | `WEBHOOK_MAX_PAYLOAD_BYTES` | largest event payload [`enqueue`](crate::deliveries::enqueue) accepts, in bytes of compact JSON ([`MAX_PAYLOAD_BYTES`]) | 262144 (256 KiB) |
+//! | `WEBHOOK_WORKER_CONCURRENCY` | requests one worker process sends at once, and its claim batch ([`WORKER_CONCURRENCY`]) | 16 |
+//! | `WEBHOOK_CONNECT_TIMEOUT_SECS` | how long connecting (DNS, TCP, TLS) to a receiver may take ([`CONNECT_TIMEOUT_SECS`]) | 10 |
+//! | `WEBHOOK_REQUEST_TIMEOUT_SECS` | how long one attempt may take in all, response body included; must be shorter than the claim lease ([`REQUEST_TIMEOUT_SECS`]) | 30 |
+//! | `WEBHOOK_MAX_RESPONSE_BYTES` | how much of a response body the worker reads before it stops and closes the connection ([`MAX_RESPONSE_BYTES`]) | 65536 (64 KiB) |
+//! | `WEBHOOK_POLL_INTERVAL_MS` | how long an idle worker waits before it looks for due deliveries again ([`POLL_INTERVAL_MS`]) | 1000 |
 //!
 //! A development policy is never implied: it must be asked for by name.
 
@@ -34,6 +40,18 @@ pub mod vars {
     pub const CLAIM_LEASE_SECS: &str = "WEBHOOK_CLAIM_LEASE_SECS";
     /// See the [module documentation](super).
     pub const SIGNATURE_TOLERANCE_SECS: &str = "WEBHOOK_SIGNATURE_TOLERANCE_SECS";
+    /// See the [module documentation](super).
+    pub const MAX_PAYLOAD_BYTES: &str = "WEBHOOK_MAX_PAYLOAD_BYTES";
+    /// See the [module documentation](super).
+    pub const WORKER_CONCURRENCY: &str = "WEBHOOK_WORKER_CONCURRENCY";
+    /// See the [module documentation](super).
+    pub const CONNECT_TIMEOUT_SECS: &str = "WEBHOOK_CONNECT_TIMEOUT_SECS";
+    /// See the [module documentation](super).
+    pub const REQUEST_TIMEOUT_SECS: &str = "WEBHOOK_REQUEST_TIMEOUT_SECS";
+    /// See the [module documentation](super).
+    pub const MAX_RESPONSE_BYTES: &str = "WEBHOOK_MAX_RESPONSE_BYTES";
+    /// See the [module documentation](super).
+    pub const POLL_INTERVAL_MS: &str = "WEBHOOK_POLL_INTERVAL_MS";
 }
 
 /// Accepted attempt budgets: more than 50 attempts is a unit mix-up, not a policy.
@@ -43,6 +61,22 @@ pub const MAX_ATTEMPTS: RangeInclusive<u32> = 1..=50;
 pub const CLAIM_LEASE_SECS: RangeInclusive<u32> = 1..=3600;
 /// Accepted signature tolerances in seconds.
 pub const SIGNATURE_TOLERANCE_SECS: RangeInclusive<u32> = 1..=3600;
+/// Accepted payload caps in bytes: up to what the payload column holds on every backend.
+pub const MAX_PAYLOAD_BYTES: RangeInclusive<u32> = 1..=migration::MAX_PAYLOAD_COLUMN_BYTES;
+/// Accepted worker concurrency: one request at a time up to what one process sensibly holds
+/// open (and what a claim batch may lease, [`MAX_PAGE_SIZE`](crate::deliveries::MAX_PAGE_SIZE)).
+pub const WORKER_CONCURRENCY: RangeInclusive<u32> = 1..=1000;
+/// Accepted connect timeouts in seconds.
+pub const CONNECT_TIMEOUT_SECS: RangeInclusive<u32> = 1..=60;
+/// Accepted attempt timeouts in seconds (also bounded by the claim lease).
+pub const REQUEST_TIMEOUT_SECS: RangeInclusive<u32> = 1..=600;
+/// Accepted response-body caps in bytes: at least the KiB kept in the attempt log, at most 16 MiB.
+pub const MAX_RESPONSE_BYTES: RangeInclusive<u32> = 1024..=16 * 1024 * 1024;
+/// Accepted poll intervals in milliseconds.
+pub const POLL_INTERVAL_MS: RangeInclusive<u32> = 10..=60_000;
+/// The payload cap when `WEBHOOK_MAX_PAYLOAD_BYTES` is not set: what Svix accepts by default.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+
 /// How long a claimed delivery stays leased when `WEBHOOK_CLAIM_LEASE_SECS` is not set: well
 /// above an HTTP attempt's timeout, short enough that a crashed worker's deliveries resume soon.
 pub const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(60);
@@ -60,6 +94,39 @@ pub struct WebhookSettings {
     pub claim_lease: Duration,
     /// Accepted clock skew when verifying signatures.
     pub signature_tolerance: Duration,
+    /// Largest payload [`enqueue`](crate::deliveries::enqueue) stores, in bytes.
+    pub max_payload_bytes: usize,
+    /// How the delivery worker sends (see [`crate::dispatch`]).
+    pub worker: WorkerSettings,
+}
+
+/// The delivery worker's limits, so that one slow or hostile receiver cannot hold a worker (or
+/// its memory) for longer than an attempt's budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSettings {
+    /// Requests in flight at once per worker process; also the claim batch size.
+    pub concurrency: usize,
+    /// Limit on DNS resolution, TCP connect and TLS handshake together.
+    pub connect_timeout: Duration,
+    /// Limit on a whole attempt, response body included; shorter than the claim lease, so a
+    /// lease never runs out under a request that is still running.
+    pub request_timeout: Duration,
+    /// Response-body bytes read at most; the rest is never read.
+    pub max_response_bytes: usize,
+    /// Idle wait between looks for due deliveries.
+    pub poll_interval: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            concurrency: 16,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_response_bytes: 64 * 1024,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 /// A setting whose value cannot be used; names the variable, never a key.
@@ -82,6 +149,15 @@ pub enum SettingProblem {
     /// Not a usable key ring.
     #[error(transparent)]
     Keys(#[from] KeyRingError),
+    /// The attempt timeout is not shorter than the claim lease: a lease would run out under a
+    /// request still in flight, and a second worker would send the delivery again.
+    #[error("must be shorter than the claim lease ({lease_secs} s), got {got_secs} s")]
+    NotShorterThanLease {
+        /// The claim lease in seconds.
+        lease_secs: u64,
+        /// The attempt timeout in seconds.
+        got_secs: u64,
+    },
     /// Not a whole number in the accepted range.
     #[error("expected a whole number from {} to {}, got `{got}`", range.start(), range.end())]
     OutOfRange {
@@ -128,6 +204,42 @@ impl WebhookSettings {
                 .map_err(fail(vars::SIGNATURE_TOLERANCE_SECS))?;
             settings.signature_tolerance = Duration::from_secs(secs.into());
         }
+        if let Some(value) = get(vars::MAX_PAYLOAD_BYTES) {
+            let n = in_range(&value, MAX_PAYLOAD_BYTES).map_err(fail(vars::MAX_PAYLOAD_BYTES))?;
+            settings.max_payload_bytes = n as usize;
+        }
+        let worker = &mut settings.worker;
+        if let Some(value) = get(vars::WORKER_CONCURRENCY) {
+            let n = in_range(&value, WORKER_CONCURRENCY).map_err(fail(vars::WORKER_CONCURRENCY))?;
+            worker.concurrency = n as usize;
+        }
+        if let Some(value) = get(vars::CONNECT_TIMEOUT_SECS) {
+            let secs =
+                in_range(&value, CONNECT_TIMEOUT_SECS).map_err(fail(vars::CONNECT_TIMEOUT_SECS))?;
+            worker.connect_timeout = Duration::from_secs(secs.into());
+        }
+        if let Some(value) = get(vars::REQUEST_TIMEOUT_SECS) {
+            let secs =
+                in_range(&value, REQUEST_TIMEOUT_SECS).map_err(fail(vars::REQUEST_TIMEOUT_SECS))?;
+            worker.request_timeout = Duration::from_secs(secs.into());
+        }
+        if let Some(value) = get(vars::MAX_RESPONSE_BYTES) {
+            let n = in_range(&value, MAX_RESPONSE_BYTES).map_err(fail(vars::MAX_RESPONSE_BYTES))?;
+            worker.max_response_bytes = n as usize;
+        }
+        if let Some(value) = get(vars::POLL_INTERVAL_MS) {
+            let ms = in_range(&value, POLL_INTERVAL_MS).map_err(fail(vars::POLL_INTERVAL_MS))?;
+            worker.poll_interval = Duration::from_millis(ms.into());
+        }
+        if settings.worker.request_timeout >= settings.claim_lease {
+            return Err(SettingsError {
+                var: vars::REQUEST_TIMEOUT_SECS,
+                problem: SettingProblem::NotShorterThanLease {
+                    lease_secs: settings.claim_lease.as_secs(),
+                    got_secs: settings.worker.request_timeout.as_secs(),
+                },
+            });
+        }
         Ok(settings)
     }
 }
@@ -141,6 +253,8 @@ impl Default for WebhookSettings {
             retry: RetryPolicy::default(),
             claim_lease: DEFAULT_CLAIM_LEASE,
             signature_tolerance: DEFAULT_TOLERANCE,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            worker: WorkerSettings::default(),
         }
     }
 }
@@ -191,8 +305,25 @@ mod tests {
             (vars::MAX_ATTEMPTS, "3"),
             (vars::CLAIM_LEASE_SECS, "15"),
             (vars::SIGNATURE_TOLERANCE_SECS, "60"),
+            (vars::MAX_PAYLOAD_BYTES, "1024"),
+            (vars::WORKER_CONCURRENCY, "4"),
+            (vars::CONNECT_TIMEOUT_SECS, "2"),
+            (vars::REQUEST_TIMEOUT_SECS, "5"),
+            (vars::MAX_RESPONSE_BYTES, "2048"),
+            (vars::POLL_INTERVAL_MS, "250"),
         ])
         .unwrap();
+        assert_eq!(s.max_payload_bytes, 1024);
+        assert_eq!(
+            s.worker,
+            WorkerSettings {
+                concurrency: 4,
+                connect_timeout: Duration::from_secs(2),
+                request_timeout: Duration::from_secs(5),
+                max_response_bytes: 2048,
+                poll_interval: Duration::from_millis(250),
+            }
+        );
         assert_eq!(s.url_policy, UrlPolicy::Development);
         assert_eq!(s.keys.unwrap().current_key_id(), "k1");
         assert_eq!(s.retry.max_attempts, 3);
@@ -212,6 +343,13 @@ mod tests {
             (vars::CLAIM_LEASE_SECS, "-5"),
             (vars::CLAIM_LEASE_SECS, "3601"),
             (vars::SIGNATURE_TOLERANCE_SECS, "1.5"),
+            (vars::MAX_PAYLOAD_BYTES, "0"),
+            (vars::MAX_PAYLOAD_BYTES, "16777216"),
+            (vars::WORKER_CONCURRENCY, "1001"),
+            (vars::CONNECT_TIMEOUT_SECS, "0"),
+            (vars::REQUEST_TIMEOUT_SECS, "601"),
+            (vars::MAX_RESPONSE_BYTES, "1023"),
+            (vars::POLL_INTERVAL_MS, "9"),
         ] {
             let err = settings(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var, "{value}");
@@ -220,6 +358,27 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn request_timeout_must_be_shorter_than_the_lease() {
+        let err = settings(&[
+            (vars::CLAIM_LEASE_SECS, "20"),
+            (vars::REQUEST_TIMEOUT_SECS, "20"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, vars::REQUEST_TIMEOUT_SECS);
+        // The default attempt timeout (30 s) against a shorter lease is refused too.
+        assert!(settings(&[(vars::CLAIM_LEASE_SECS, "30")]).is_err());
+        assert!(settings(&[(vars::CLAIM_LEASE_SECS, "31")]).is_ok());
+    }
+
+    #[test]
+    fn defaults_of_the_worker() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.max_payload_bytes, 256 * 1024);
+        assert_eq!(s.worker.concurrency, 16);
+        assert_eq!(s.worker.request_timeout, Duration::from_secs(30));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! to run. `--quick` shrinks every size so the whole run takes well under two minutes; CI runs
 //! it to keep the harness from rotting and asserts nothing about speed.
 
+use serde_json::json;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -409,10 +410,11 @@ struct RawDelivery {
     created_at: DateTime<Utc>,
     delivered_at: Option<DateTime<Utc>>,
     next_retry_at: Option<DateTime<Utc>>,
+    payload: Option<Vec<u8>>,
 }
 
 const COLUMNS: &str = "id, organization_id, agent_id, event_id, event_type, webhook_url, status_code, \
-                       error_message, attempt_count, created_at, delivered_at, next_retry_at";
+                       error_message, attempt_count, created_at, delivered_at, next_retry_at, payload";
 
 macro_rules! decode_delivery {
     ($row:expr) => {
@@ -429,6 +431,7 @@ macro_rules! decode_delivery {
             created_at: $row.try_get("created_at").expect("created_at"),
             delivered_at: $row.try_get("delivered_at").expect("delivered_at"),
             next_retry_at: $row.try_get("next_retry_at").expect("next_retry_at"),
+            payload: $row.try_get("payload").expect("payload"),
         }
     };
 }
@@ -463,11 +466,11 @@ async fn raw_enqueue(
 ) {
     let insert = match backend {
         Backend::MySql => format!(
-            "INSERT INTO webhook_deliveries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, 0, $7, NULL, $8) \
+            "INSERT INTO webhook_deliveries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, 0, $7, NULL, $8, $9) \
              ON DUPLICATE KEY UPDATE id = id"
         ),
         _ => format!(
-            "INSERT INTO webhook_deliveries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, 0, $7, NULL, $8) \
+            "INSERT INTO webhook_deliveries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, 0, $7, NULL, $8, $9) \
              ON CONFLICT (agent_id, event_id) DO NOTHING"
         ),
     };
@@ -499,6 +502,8 @@ async fn raw_enqueue(
             .bind(url.unwrap_or_default())
             .bind(now)
             .bind(now)
+            // What `enqueue` stores for the bench's `{"n": 1}` payload.
+            .bind(&br#"{"n":1}"#[..])
             .execute(pool)
             .await
             .expect("insert");
@@ -650,9 +655,17 @@ async fn throughput(report: &mut Report, backend: Backend, n: usize) {
                 if raw {
                     raw_enqueue(&t.db, backend, &agent, &event, now).await;
                 } else {
-                    deliveries::enqueue(&t.db, &agent, &event, "run.completed", now)
-                        .await
-                        .expect("enqueue");
+                    deliveries::enqueue(
+                        &t.db,
+                        &WebhookSettings::default(),
+                        &agent,
+                        &event,
+                        "run.completed",
+                        &json!({"n": 1}),
+                        now,
+                    )
+                    .await
+                    .expect("enqueue");
                 }
             }
             totals[path][0] += start.elapsed();

@@ -2,6 +2,7 @@
 //! clock, the stale-claim guard, exhaustion, requeue, races, pagination, retention and many
 //! concurrent workers.
 
+use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -67,9 +68,17 @@ async fn created(
     event_type: &str,
     now: DateTime<Utc>,
 ) -> String {
-    match deliveries::enqueue(&t.db, agent, event_id, event_type, now)
-        .await
-        .unwrap()
+    match deliveries::enqueue(
+        &t.db,
+        &WebhookSettings::default(),
+        agent,
+        event_id,
+        event_type,
+        &json!({"n": 1}),
+        now,
+    )
+    .await
+    .unwrap()
     {
         Enqueued::Created(d) => d.id,
         other => panic!("expected a new delivery, got {other:?}"),
@@ -104,21 +113,46 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
         (DeliveryState::Pending, 0, Some(now))
     );
     assert_eq!(d.webhook_url, "https://hooks.example.com/agent-1");
-    match deliveries::enqueue(&t.db, "agent-1", "evt-1", "run.completed", now + secs(1))
-        .await
-        .unwrap()
+    match deliveries::enqueue(
+        &t.db,
+        &WebhookSettings::default(),
+        "agent-1",
+        "evt-1",
+        "run.completed",
+        &json!({"n": 1}),
+        now + secs(1),
+    )
+    .await
+    .unwrap()
     {
         Enqueued::Existing(again) => assert_eq!(again.id, id),
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        deliveries::enqueue(&t.db, "agent-1", "evt-2", "message.created", now)
-            .await
-            .unwrap(),
+        deliveries::enqueue(
+            &t.db,
+            &WebhookSettings::default(),
+            "agent-1",
+            "evt-2",
+            "message.created",
+            &json!({"n": 1}),
+            now
+        )
+        .await
+        .unwrap(),
         Enqueued::Skipped(SkipReason::NotWanted)
     );
     assert!(matches!(
-        deliveries::enqueue(&t.db, "agent-404", "evt-1", "run.completed", now).await,
+        deliveries::enqueue(
+            &t.db,
+            &WebhookSettings::default(),
+            "agent-404",
+            "evt-1",
+            "run.completed",
+            &json!({"n": 1}),
+            now
+        )
+        .await,
         Err(Error::AgentNotFound(_))
     ));
     for (event_id, event_type) in [
@@ -127,9 +161,17 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
         ("", "run.completed"),
         ("evt-5", ""),
     ] {
-        let err = deliveries::enqueue(&t.db, "agent-1", event_id, event_type, now)
-            .await
-            .unwrap_err();
+        let err = deliveries::enqueue(
+            &t.db,
+            &WebhookSettings::default(),
+            "agent-1",
+            event_id,
+            event_type,
+            &json!({"n": 1}),
+            now,
+        )
+        .await
+        .unwrap_err();
         assert!(
             matches!(err, Error::InvalidEvent { .. }),
             "{event_id:?}: {err}"
@@ -293,9 +335,17 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(
-        deliveries::enqueue(&t.db, "agent-1", "evt-9", "run.completed", now)
-            .await
-            .unwrap(),
+        deliveries::enqueue(
+            &t.db,
+            &WebhookSettings::default(),
+            "agent-1",
+            "evt-9",
+            "run.completed",
+            &json!({"n": 1}),
+            now
+        )
+        .await
+        .unwrap(),
         Enqueued::Skipped(SkipReason::Disabled)
     );
 
@@ -319,7 +369,16 @@ async fn racing_enqueues_make_exactly_one_row(backend: Backend) {
         .map(|_| {
             let db = db.clone();
             tokio::spawn(async move {
-                deliveries::enqueue(db.as_ref(), "agent-1", "evt-race", "run.completed", t0()).await
+                deliveries::enqueue(
+                    db.as_ref(),
+                    &WebhookSettings::default(),
+                    "agent-1",
+                    "evt-race",
+                    "run.completed",
+                    &json!({"n": 1}),
+                    t0(),
+                )
+                .await
             })
         })
         .collect();
@@ -497,6 +556,7 @@ async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
         created_at: Set(recent),
         delivered_at: Set(Some(recent)),
         next_retry_at: Set(None),
+        payload: Set(None),
     })
     .exec(&t.db)
     .await
@@ -550,6 +610,7 @@ async fn eight_workers_drain_five_thousand_deliveries(backend: Backend) {
             created_at: Set(now),
             delivered_at: Set(None),
             next_retry_at: Set(Some(now)),
+            payload: Set(Some(b"{}".to_vec())),
         });
         webhook_deliveries::Entity::insert_many(rows)
             .exec(&t.db)
@@ -659,7 +720,54 @@ async fn eight_workers_drain_five_thousand_deliveries(backend: Backend) {
     );
 }
 
+/// The payload is stored as the exact bytes of its compact JSON, claimed with the delivery,
+/// and refused above the settings' cap (the cap counts bytes, the limit itself is accepted).
+async fn payload_is_stored_once_and_capped(backend: Backend) {
+    let t = TestDb::migrated(backend).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    let payload = json!({"run": "r-1", "text": "héllo", "n": [1, 2]});
+    let bytes = serde_json::to_vec(&payload).unwrap();
+    let settings = WebhookSettings {
+        max_payload_bytes: bytes.len(),
+        ..policy(3)
+    };
+    let enqueue = |event_id: &'static str, payload: serde_json::Value| {
+        let (db, settings) = (&t.db, &settings);
+        async move {
+            deliveries::enqueue(
+                db,
+                settings,
+                "agent-1",
+                event_id,
+                "run.completed",
+                &payload,
+                t0(),
+            )
+            .await
+        }
+    };
+    assert!(matches!(
+        enqueue("evt-1", payload.clone()).await.unwrap(),
+        Enqueued::Created(_)
+    ));
+    let too_big = json!({"run": "r-1", "text": "héllo", "n": [1, 2, 3]});
+    match enqueue("evt-2", too_big).await {
+        Err(Error::Payload(deliveries::PayloadError::TooLarge { size, max })) => {
+            assert_eq!((size, max), (bytes.len() + 2, bytes.len()));
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    // A second enqueue of the same event keeps the first payload.
+    enqueue("evt-1", json!({})).await.unwrap();
+    let claims = deliveries::claim_due(&t.db, &settings, t0(), 10)
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].payload.as_deref(), Some(&bytes[..]));
+}
+
 backend_tests!(
+    payload_is_stored_once_and_capped,
     every_transition_with_an_injected_clock,
     racing_enqueues_make_exactly_one_row,
     pages_yield_every_row_once_in_order_while_rows_arrive,

@@ -13,3 +13,4 @@ mod sender;
 mod settings;
 mod standardwebhooks_compat;
 mod webhook;
+mod worker;

@@ -6,10 +6,15 @@ use integration_tests::{Backend, TestDb, backend_tests};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::DbErr;
 
-const MIGRATIONS: usize = 3;
+const MIGRATIONS: usize = 4;
 /// `down` steps from fully migrated back to the baseline alone.
 const TO_BASELINE: u32 = MIGRATIONS as u32 - 1;
-const OUR_TABLES: [&str; 3] = ["organizations", "agents", "webhook_deliveries"];
+const OUR_TABLES: [&str; 4] = [
+    "organizations",
+    "agents",
+    "webhook_deliveries",
+    "webhook_delivery_attempts",
+];
 
 async fn has_table(t: &TestDb, table: &str) -> bool {
     let sql = match t.backend {
@@ -54,13 +59,37 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
     for expected in [
         "ix_agents_created_at",
         "ix_webhook_deliveries_event_id",
-        "ix_webhook_deliveries_agent_id",
+        "ux_webhook_delivery_attempts_delivery_attempt",
     ] {
         assert!(
             after_up.iter().any(|l| l.contains(expected)),
             "{expected} missing: {after_up:#?}"
         );
     }
+    // The worker migration dropped the `(agent_id)` index: the history index covers it.
+    assert!(
+        !after_up
+            .iter()
+            .any(|l| l.contains("ix_webhook_deliveries_agent_id")),
+        "redundant index still there: {after_up:#?}"
+    );
+
+    // Down the worker migration alone: the index is back, the payload and the attempt log gone.
+    Migrator::down(&t.db, Some(1)).await.unwrap();
+    let before_worker = snapshot(&t).await;
+    assert!(
+        before_worker
+            .iter()
+            .any(|l| l.contains("ix_webhook_deliveries_agent_id")),
+        "index not restored: {before_worker:#?}"
+    );
+    assert!(!has_table(&t, "webhook_delivery_attempts").await);
+    assert!(
+        !before_worker.iter().any(|l| l.contains("payload")),
+        "payload column left behind: {before_worker:#?}"
+    );
+    Migrator::up(&t.db, None).await.unwrap();
+    assert_eq!(snapshot(&t).await, after_up);
 
     // Down to the baseline, then up again: identical schema.
     Migrator::down(&t.db, Some(TO_BASELINE)).await.unwrap();
@@ -320,7 +349,8 @@ async fn interrupted_webhook_migration_completes_on_rerun(backend: Backend) {
     Migrator::up(&t.db, None).await.unwrap();
     assert_eq!(snapshot(&t).await, complete);
 
-    // Likewise a `down` that stopped after dropping the table.
+    // Likewise a `down` that stopped after dropping the tables.
+    t.exec("DROP TABLE webhook_delivery_attempts").await;
     t.exec("DROP TABLE webhook_deliveries").await;
     Migrator::down(&t.db, Some(TO_BASELINE)).await.unwrap();
     assert!(snapshot_of(&t, "webhook_").await.is_empty());

@@ -13,6 +13,7 @@ use agent_webhooks::webhook_secret::WebhookSecret;
 use chrono::Utc;
 use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
 use secrecy::SecretString;
+use serde_json::json;
 
 async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
     let t = TestDb::migrated(backend).await;
@@ -35,10 +36,17 @@ async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
 
     let now = Utc::now();
     for agent in ["agent-1", "agent-2"] {
-        let created =
-            deliveries::enqueue(&t.db, agent, &format!("evt_{agent}"), "run.completed", now)
-                .await
-                .unwrap();
+        let created = deliveries::enqueue(
+            &t.db,
+            &WebhookSettings::default(),
+            agent,
+            &format!("evt_{agent}"),
+            "run.completed",
+            &json!({"n": 1}),
+            now,
+        )
+        .await
+        .unwrap();
         assert!(matches!(created, Enqueued::Created(_)));
     }
     let claims = deliveries::claim_due(&t.db, &settings, now, 10)
@@ -90,9 +98,17 @@ async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
     webhook::configure(&t.db, &dev, "agent-1", &local)
         .await
         .unwrap();
-    deliveries::enqueue(&t.db, "agent-1", "evt_local", "run.completed", now)
-        .await
-        .unwrap();
+    deliveries::enqueue(
+        &t.db,
+        &WebhookSettings::default(),
+        "agent-1",
+        "evt_local",
+        "run.completed",
+        &json!({"n": 1}),
+        now,
+    )
+    .await
+    .unwrap();
     let claims = deliveries::claim_due(&t.db, &settings, now, 10)
         .await
         .unwrap();

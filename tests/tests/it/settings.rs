@@ -2,6 +2,7 @@
 //! `from_env` reads it, changes what the service does (`WEBHOOK_SIGNATURE_TOLERANCE_SECS` is read
 //! by the ops CLI's `verify`; its test is in `cli/tests/cli.rs`).
 
+use serde_json::json;
 use std::collections::HashMap;
 
 use agent_webhooks::deliveries::{self, Enqueued};
@@ -84,9 +85,17 @@ async fn decisions_until_given_up(
 ) -> Vec<Decision> {
     let event = format!("evt-{}", uuid::Uuid::new_v4().simple());
     assert!(matches!(
-        deliveries::enqueue(&t.db, "agent-1", &event, "run.completed", t0())
-            .await
-            .unwrap(),
+        deliveries::enqueue(
+            &t.db,
+            &WebhookSettings::default(),
+            "agent-1",
+            &event,
+            "run.completed",
+            &json!({"n": 1}),
+            t0()
+        )
+        .await
+        .unwrap(),
         Enqueued::Created(_)
     ));
     let failure = AttemptOutcome::Status {
@@ -133,11 +142,26 @@ async fn claim_lease_sets_how_long_a_claim_holds(backend: Backend) {
     seed_agent(&t, "agent-1", &[]).await;
     for (event, pairs, lease) in [
         ("evt-default", &[][..], 60),
-        ("evt-short", &[(vars::CLAIM_LEASE_SECS, "15")][..], 15),
+        (
+            "evt-short",
+            &[
+                (vars::CLAIM_LEASE_SECS, "15"),
+                (vars::REQUEST_TIMEOUT_SECS, "10"),
+            ][..],
+            15,
+        ),
     ] {
-        deliveries::enqueue(&t.db, "agent-1", event, "run.completed", t0())
-            .await
-            .unwrap();
+        deliveries::enqueue(
+            &t.db,
+            &WebhookSettings::default(),
+            "agent-1",
+            event,
+            "run.completed",
+            &json!({"n": 1}),
+            t0(),
+        )
+        .await
+        .unwrap();
         let s = settings(pairs);
         let claims = deliveries::claim_due(&t.db, &s, t0(), 10).await.unwrap();
         assert_eq!(claims.len(), 1);

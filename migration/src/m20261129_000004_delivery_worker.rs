@@ -1,0 +1,166 @@
+//! `delivery_worker`: what the delivery worker needs to send real requests and keep a record of
+//! each one.
+//!
+//! * `webhook_deliveries.payload`: the exact body bytes, fixed at enqueue, so that every retry
+//!   sends (and signs) the same bytes. Nullable: rows enqueued before this migration have none,
+//!   and adding a nullable column without a default rewrites no rows. `bytea` on PostgreSQL,
+//!   `blob` on SQLite, `mediumblob` on MariaDB (a plain `blob` stops at 64 KiB; the largest
+//!   payload setting is [`crate::MAX_PAYLOAD_COLUMN_BYTES`]).
+//! * `webhook_delivery_attempts`: one row per attempt (unique `(delivery_id, attempt)`), deleted
+//!   with its delivery (`ON DELETE CASCADE`), so pruning a delivery prunes its attempt log.
+//! * `ix_webhook_deliveries_agent_id` is dropped: `(agent_id)` is a prefix of the history index
+//!   `(agent_id, created_at, id)` and of the unique `(agent_id, event_id)`, so it only cost
+//!   writes. `down` restores it.
+//!
+//! Every step checks whether it is done already, so an interrupted run on MariaDB (no
+//! transactional DDL) can be repeated; `down` removes exactly what `up` added.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::{
+    big_pk_auto, integer, integer_null, string, string_null, text_null,
+};
+use sea_orm_migration::sea_orm::DbBackend;
+
+use crate::columns::utc_timestamp;
+use crate::indexes;
+use crate::tables::{WebhookDeliveries, WebhookDeliveryAttempts as Attempts};
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+/// The payload column: large enough for [`crate::MAX_PAYLOAD_COLUMN_BYTES`] on every backend.
+fn payload_column(backend: DbBackend) -> ColumnDef {
+    let mut def = ColumnDef::new(WebhookDeliveries::Payload);
+    match backend {
+        DbBackend::MySql => def.custom(Alias::new("mediumblob")),
+        _ => def.blob(),
+    };
+    def.null().take()
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let backend = manager.get_database_backend();
+        let deliveries = WebhookDeliveries::Table.to_string();
+
+        if !manager.has_column(&deliveries, "payload").await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(WebhookDeliveries::Table)
+                        .add_column(payload_column(backend))
+                        .to_owned(),
+                )
+                .await?;
+        }
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(Attempts::Table)
+                    .if_not_exists()
+                    .col(big_pk_auto(Attempts::Id))
+                    .col(string(Attempts::DeliveryId))
+                    .col(integer(Attempts::Attempt))
+                    .col(
+                        utc_timestamp(backend, Attempts::StartedAt)
+                            .not_null()
+                            .take(),
+                    )
+                    .col(
+                        utc_timestamp(backend, Attempts::FinishedAt)
+                            .not_null()
+                            .take(),
+                    )
+                    .col(integer_null(Attempts::StatusCode))
+                    .col(string_null(Attempts::ErrorClass))
+                    .col(text_null(Attempts::Message))
+                    .col(text_null(Attempts::ResponseBodyPrefix))
+                    .col(string_null(Attempts::RemoteAddr))
+                    .foreign_key(
+                        ForeignKey::create()
+                            .name("fk_webhook_delivery_attempts_delivery_id")
+                            .from(Attempts::Table, Attempts::DeliveryId)
+                            .to(WebhookDeliveries::Table, WebhookDeliveries::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+
+        let attempts = Attempts::Table.to_string();
+        if !manager
+            .has_index(&attempts, indexes::ATTEMPTS_DELIVERY_ATTEMPT)
+            .await?
+        {
+            manager
+                .create_index(
+                    Index::create()
+                        .name(indexes::ATTEMPTS_DELIVERY_ATTEMPT)
+                        .table(Attempts::Table)
+                        .unique()
+                        .col(Attempts::DeliveryId)
+                        .col(Attempts::Attempt)
+                        .to_owned(),
+                )
+                .await?;
+        }
+
+        if manager
+            .has_index(&deliveries, indexes::DELIVERIES_AGENT_ID)
+            .await?
+        {
+            manager
+                .drop_index(
+                    Index::drop()
+                        .name(indexes::DELIVERIES_AGENT_ID)
+                        .table(WebhookDeliveries::Table)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let deliveries = WebhookDeliveries::Table.to_string();
+        // Gone already when a later `down` of the webhook migration was interrupted.
+        let deliveries_exist = manager.has_table(&deliveries).await?;
+        if deliveries_exist
+            && !manager
+                .has_index(&deliveries, indexes::DELIVERIES_AGENT_ID)
+                .await?
+        {
+            manager
+                .create_index(
+                    Index::create()
+                        .name(indexes::DELIVERIES_AGENT_ID)
+                        .table(WebhookDeliveries::Table)
+                        .col(WebhookDeliveries::AgentId)
+                        .to_owned(),
+                )
+                .await?;
+        }
+
+        manager
+            .drop_table(Table::drop().table(Attempts::Table).if_exists().to_owned())
+            .await?;
+
+        if deliveries_exist && manager.has_column(&deliveries, "payload").await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(WebhookDeliveries::Table)
+                        .drop_column(WebhookDeliveries::Payload)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+}

@@ -1,0 +1,519 @@
+//! The delivery worker end to end on SQLite, PostgreSQL and MariaDB: a real HTTP receiver on
+//! loopback (axum), real sockets, the worker's own HTTP client. Each receiver behaviour ends in
+//! the right delivery state with the right attempt row; under the production policy an IP
+//! literal and a rebinding name are refused at connect time and nothing reaches the receiver.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent_webhooks::deliveries::{self, AttemptRecord, DeliveryState, Enqueued, ErrorClass};
+use agent_webhooks::dispatch::{Dispatcher, DrainReport};
+use agent_webhooks::retry::RetryPolicy;
+use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::settings::{WebhookSettings, WorkerSettings};
+use agent_webhooks::signing::{self, ReceivedHeaders};
+use agent_webhooks::url_policy::{Resolver, UrlPolicy};
+use agent_webhooks::webhook::{self, WebhookConfig};
+use agent_webhooks::webhook_secret::WebhookSecret;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use chrono::{TimeDelta, Utc};
+use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
+use secrecy::SecretString;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+/// What the receiver answers to one request.
+#[derive(Clone)]
+enum Reply {
+    Status(u16),
+    WithHeader(u16, &'static str, String),
+    /// Never answers.
+    Hang,
+    /// 200 with a body of this many bytes, streamed.
+    Huge(usize),
+}
+
+/// One request as the receiver got it.
+#[derive(Clone, Debug)]
+struct Seen {
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+#[derive(Clone, Default)]
+struct Receiver {
+    replies: Arc<Mutex<VecDeque<Reply>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Receiver {
+    /// Serves on 127.0.0.1 (a free port); answers 200 once `replies` are used up.
+    async fn start(replies: impl IntoIterator<Item = Reply>) -> (Receiver, SocketAddr) {
+        let receiver = Receiver::default();
+        receiver.replies.lock().unwrap().extend(replies);
+        let state = receiver.clone();
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+                let state = state.clone();
+                async move { state.answer(uri.path().to_owned(), headers, body).await }
+            },
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (receiver, addr)
+    }
+
+    async fn answer(&self, path: String, headers: HeaderMap, body: Bytes) -> Response {
+        self.seen.lock().unwrap().push(Seen {
+            path,
+            headers,
+            body,
+        });
+        let reply = self
+            .replies
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Reply::Status(200));
+        let status = |code| StatusCode::from_u16(code).unwrap();
+        match reply {
+            Reply::Status(code) => Response::builder()
+                .status(status(code))
+                .body(Body::from("ok"))
+                .unwrap(),
+            Reply::WithHeader(code, name, value) => Response::builder()
+                .status(status(code))
+                .header(name, value)
+                .body(Body::empty())
+                .unwrap(),
+            Reply::Hang => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Response::new(Body::empty())
+            }
+            Reply::Huge(len) => {
+                static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+                let chunks = len.div_ceil(CHUNK.len());
+                let stream = futures::stream::iter(
+                    (0..chunks).map(|_| Ok::<_, io::Error>(Bytes::from_static(&CHUNK))),
+                );
+                Response::new(Body::from_stream(stream))
+            }
+        }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A TCP listener that counts connections and never speaks: proves that nothing was sent.
+async fn silent_listener() -> (Arc<AtomicUsize>, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    (accepted, port)
+}
+
+/// Development policy, short timeouts, a 50 ms retry without jitter, three attempts.
+fn settings() -> WebhookSettings {
+    WebhookSettings {
+        url_policy: UrlPolicy::Development,
+        keys: Some(KeyRing::parse(&KeyRing::generate_key_entry("k1").unwrap()).unwrap()),
+        retry: RetryPolicy {
+            schedule: vec![Duration::from_millis(50)],
+            max_attempts: 3,
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        },
+        worker: WorkerSettings {
+            concurrency: 4,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            max_response_bytes: 64 * 1024,
+            poll_interval: Duration::from_millis(50),
+        },
+        ..WebhookSettings::default()
+    }
+}
+
+fn payload() -> serde_json::Value {
+    json!({"type": "run.completed", "data": {"run_id": "run-1", "text": "héllo"}})
+}
+
+/// An agent whose webhook points at `url`, with a fresh secret, and one enqueued event.
+struct Setup {
+    t: TestDb,
+    settings: WebhookSettings,
+    secret: WebhookSecret,
+    delivery_id: String,
+}
+
+async fn setup(backend: Backend, url: &str, settings: WebhookSettings) -> Setup {
+    let t = TestDb::migrated(backend).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    let secret = WebhookSecret::generate().unwrap();
+    let config = WebhookConfig {
+        webhook_url: url.to_owned(),
+        webhook_secret: Some(SecretString::from(secret.expose().to_owned())),
+        webhook_events: vec![],
+        webhook_enabled: true,
+    };
+    webhook::configure(&t.db, &settings, "agent-1", &config)
+        .await
+        .unwrap();
+    let enqueued = deliveries::enqueue(
+        &t.db,
+        &settings,
+        "agent-1",
+        "evt_1",
+        "run.completed",
+        &payload(),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let Enqueued::Created(delivery) = enqueued else {
+        panic!("expected a new delivery, got {enqueued:?}");
+    };
+    Setup {
+        t,
+        settings,
+        secret,
+        delivery_id: delivery.id,
+    }
+}
+
+impl Setup {
+    fn dispatcher(&self) -> Dispatcher {
+        Dispatcher::new(self.settings.clone(), self.t.db.clone()).unwrap()
+    }
+
+    async fn run_once(&self) -> DrainReport {
+        self.dispatcher().run_once().await.unwrap()
+    }
+
+    async fn state(&self) -> DeliveryState {
+        deliveries::get(&self.t.db, &self.delivery_id, Utc::now())
+            .await
+            .unwrap()
+            .state
+    }
+
+    async fn attempts(&self) -> Vec<AttemptRecord> {
+        deliveries::attempts(&self.t.db, &self.delivery_id)
+            .await
+            .unwrap()
+    }
+
+    /// The request carries the exact payload bytes, signed for this agent.
+    fn assert_signed(&self, seen: &Seen) {
+        assert_eq!(seen.body.as_ref(), serde_json::to_vec(&payload()).unwrap());
+        assert_eq!(seen.header("content-type"), "application/json");
+        assert!(seen.header("user-agent").starts_with("agent-webhooks/"));
+        assert_eq!(seen.header("webhook-id"), "evt_1");
+        signing::verify(
+            &[&self.secret],
+            ReceivedHeaders {
+                id: seen.header("webhook-id"),
+                timestamp: seen.header("webhook-timestamp"),
+                signature: seen.header("webhook-signature"),
+            },
+            &seen.body,
+            Utc::now().timestamp(),
+            signing::DEFAULT_TOLERANCE,
+        )
+        .unwrap();
+    }
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}/hook")
+}
+
+async fn delivers_signed_exact_bytes(backend: Backend) {
+    let (receiver, addr) = Receiver::start([]).await;
+    let s = setup(backend, &url(addr), settings()).await;
+    let report = s.run_once().await;
+    assert_eq!((report.attempts, report.delivered), (1, 1), "{report:?}");
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/hook");
+    s.assert_signed(&seen[0]);
+    assert_eq!(s.state().await, DeliveryState::Delivered);
+    let attempts = s.attempts().await;
+    assert_eq!(attempts.len(), 1);
+    let a = &attempts[0];
+    assert_eq!(
+        (a.attempt, a.status_code, a.error_class),
+        (1, Some(200), None)
+    );
+    assert_eq!(a.remote_addr.as_deref(), Some(addr.to_string().as_str()));
+    assert_eq!(a.response_body_prefix.as_deref(), Some("ok"));
+    assert!(a.started_at <= a.finished_at);
+    // Nothing left: a second drain does nothing.
+    assert_eq!(s.run_once().await, DrainReport::default());
+}
+
+async fn retry_sends_identical_bytes(backend: Backend) {
+    let (receiver, addr) = Receiver::start([Reply::Status(500)]).await;
+    let s = setup(backend, &url(addr), settings()).await;
+    s.run_once().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.run_once().await;
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].body, seen[1].body, "byte-identical retry");
+    assert_eq!(seen[0].header("webhook-id"), seen[1].header("webhook-id"));
+    for request in &seen {
+        s.assert_signed(request);
+    }
+    assert_eq!(s.state().await, DeliveryState::Delivered);
+    let attempts = s.attempts().await;
+    let summary: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.attempt, a.status_code, a.error_class))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, Some(500), Some(ErrorClass::HttpStatus)),
+            (2, Some(200), None)
+        ]
+    );
+}
+
+async fn retry_after_is_honoured(backend: Backend) {
+    let reply = Reply::WithHeader(429, "retry-after", "2".into());
+    let (receiver, addr) = Receiver::start([reply]).await;
+    let s = setup(backend, &url(addr), settings()).await;
+    let report = s.run_once().await;
+    assert_eq!(report.retrying, 1, "{report:?}");
+    assert_eq!(receiver.seen().len(), 1);
+    let delivery = deliveries::get(&s.t.db, &s.delivery_id, Utc::now())
+        .await
+        .unwrap();
+    let attempt = &s.attempts().await[0];
+    assert_eq!(attempt.status_code, Some(429));
+    assert_eq!(attempt.error_class, Some(ErrorClass::HttpStatus));
+    // The header (2 s) outranks the 50 ms schedule and is used exactly.
+    assert_eq!(
+        delivery.next_retry_at.unwrap() - attempt.finished_at,
+        TimeDelta::seconds(2)
+    );
+    assert_eq!(delivery.state, DeliveryState::Pending);
+}
+
+async fn redirect_is_not_followed(backend: Backend) {
+    let (receiver, addr) = Receiver::start([]).await;
+    let redirect = Reply::WithHeader(301, "location", format!("http://{addr}/elsewhere"));
+    receiver.replies.lock().unwrap().push_back(redirect);
+    let s = setup(backend, &url(addr), settings()).await;
+    let report = s.run_once().await;
+    assert_eq!(report.given_up, 1, "{report:?}");
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 1, "the redirect was followed: {seen:?}");
+    assert_eq!(s.state().await, DeliveryState::Failed);
+    let attempt = &s.attempts().await[0];
+    assert_eq!(attempt.status_code, Some(301));
+    assert_eq!(attempt.error_class, Some(ErrorClass::Redirect));
+    let message = attempt.message.as_deref().unwrap();
+    assert!(message.contains("not followed"), "{message}");
+}
+
+async fn silent_receiver_times_out(backend: Backend) {
+    let (receiver, addr) = Receiver::start([Reply::Hang]).await;
+    let s = setup(backend, &url(addr), settings()).await;
+    let started = Instant::now();
+    let report = s.run_once().await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert_eq!(report.retrying, 1, "{report:?}");
+    assert_eq!(receiver.seen().len(), 1);
+    let attempt = &s.attempts().await[0];
+    assert_eq!(attempt.status_code, None);
+    assert_eq!(attempt.error_class, Some(ErrorClass::Timeout));
+    assert_eq!(s.state().await, DeliveryState::Pending);
+}
+
+async fn huge_response_is_capped(backend: Backend) {
+    let (receiver, addr) = Receiver::start([Reply::Huge(50 << 20)]).await;
+    let s = setup(backend, &url(addr), settings()).await;
+    let report = s.run_once().await;
+    assert_eq!(report.delivered, 1, "the 200 counts: {report:?}");
+    assert_eq!(receiver.seen().len(), 1);
+    let attempt = &s.attempts().await[0];
+    assert_eq!(attempt.status_code, Some(200));
+    assert_eq!(attempt.error_class, Some(ErrorClass::BodyTooLarge));
+    let prefix = attempt.response_body_prefix.as_deref().unwrap();
+    assert_eq!(prefix.len(), deliveries::RESPONSE_PREFIX_LEN);
+    assert!(prefix.bytes().all(|b| b == b'x'));
+}
+
+async fn connection_refused_is_retried(backend: Backend) {
+    // A port nobody listens on any more.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let s = setup(
+        backend,
+        &format!("http://127.0.0.1:{port}/hook"),
+        settings(),
+    )
+    .await;
+    let report = s.run_once().await;
+    assert_eq!(report.retrying, 1, "{report:?}");
+    let attempt = &s.attempts().await[0];
+    assert_eq!(attempt.error_class, Some(ErrorClass::Connect));
+    assert_eq!(attempt.status_code, None);
+    assert_eq!(s.state().await, DeliveryState::Pending);
+}
+
+async fn tls_to_a_plain_http_port_fails_as_tls(backend: Backend) {
+    let (_receiver, addr) = Receiver::start([]).await;
+    let s = setup(backend, &format!("https://{addr}/hook"), settings()).await;
+    let report = s.run_once().await;
+    assert_eq!(report.retrying, 1, "{report:?}");
+    let attempt = &s.attempts().await[0];
+    assert_eq!(attempt.error_class, Some(ErrorClass::Tls), "{attempt:?}");
+    assert_eq!(s.state().await, DeliveryState::Pending);
+}
+
+/// A resolver for which no name exists.
+struct Nxdomain;
+
+impl Resolver for Nxdomain {
+    async fn resolve(&self, host: &str, _port: u16) -> io::Result<Vec<IpAddr>> {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host}: no such name"),
+        ))
+    }
+}
+
+async fn unresolvable_name_fails_as_dns(backend: Backend) {
+    let s = setup(backend, "http://nowhere.example.com/hook", settings()).await;
+    let dispatcher =
+        Dispatcher::with_resolver(s.settings.clone(), s.t.db.clone(), Nxdomain).unwrap();
+    let report = dispatcher.run_once().await.unwrap();
+    assert_eq!(report.retrying, 1, "{report:?}");
+    let attempt = &s.attempts().await[0];
+    assert_eq!(attempt.error_class, Some(ErrorClass::Dns), "{attempt:?}");
+}
+
+/// A URL stored under the development policy is refused at send time under production: an IP
+/// literal never reaches the resolver, so it is judged before sending.
+async fn production_refuses_an_ip_literal(backend: Backend) {
+    let (accepted, port) = silent_listener().await;
+    let mut s = setup(
+        backend,
+        &format!("https://127.0.0.1:{port}/hook"),
+        settings(),
+    )
+    .await;
+    s.settings.url_policy = UrlPolicy::Production;
+    let report = s.run_once().await;
+    assert_eq!(report.retrying, 1, "{report:?}");
+    let attempt = &s.attempts().await[0];
+    assert_eq!(attempt.error_class, Some(ErrorClass::SsrfBlocked));
+    assert!(attempt.message.as_deref().unwrap().contains("loopback"));
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "nothing may be sent");
+}
+
+/// Answers a public address the first time and loopback afterwards: a DNS-rebinding name.
+#[derive(Clone, Default)]
+struct Rebinding {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Resolver for Rebinding {
+    async fn resolve(&self, _host: &str, _port: u16) -> io::Result<Vec<IpAddr>> {
+        let first = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
+        let ip = if first { "93.184.216.34" } else { "127.0.0.1" };
+        Ok(vec![ip.parse().unwrap()])
+    }
+}
+
+async fn production_refuses_a_rebinding_name_at_connect(backend: Backend) {
+    let (accepted, port) = silent_listener().await;
+    let production = WebhookSettings {
+        url_policy: UrlPolicy::Production,
+        ..settings()
+    };
+    let hook = format!("https://rebind.example.com:{port}/hook");
+    let s = setup(backend, &hook, production).await;
+    let resolver = Rebinding::default();
+    // A check before sending sees a public address...
+    let url = url::Url::parse(&hook).unwrap();
+    UrlPolicy::Production
+        .check_resolved(&url, &resolver)
+        .await
+        .unwrap();
+    // ...but the connection resolves again and is refused.
+    let dispatcher =
+        Dispatcher::with_resolver(s.settings.clone(), s.t.db.clone(), resolver.clone()).unwrap();
+    let report = dispatcher.run_once().await.unwrap();
+    assert_eq!(report.retrying, 1, "{report:?}");
+    assert!(resolver.calls.load(Ordering::SeqCst) >= 2);
+    let attempt = &s.attempts().await[0];
+    assert_eq!(attempt.error_class, Some(ErrorClass::SsrfBlocked));
+    let message = attempt.message.as_deref().unwrap();
+    assert!(message.contains("127.0.0.1"), "{message}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "nothing may be sent");
+    assert_eq!(s.state().await, DeliveryState::Pending);
+}
+
+/// `run` stops on its shutdown signal after the send in flight has finished and been recorded.
+async fn run_stops_after_in_flight_sends(backend: Backend) {
+    let (receiver, addr) = Receiver::start([]).await;
+    let s = setup(backend, &url(addr), settings()).await;
+    let dispatcher = s.dispatcher();
+    let report = dispatcher
+        .run(tokio::time::sleep(Duration::from_millis(300)))
+        .await;
+    assert_eq!(report.delivered, 1, "{report:?}");
+    assert_eq!(receiver.seen().len(), 1);
+    assert_eq!(s.state().await, DeliveryState::Delivered);
+}
+
+backend_tests!(
+    delivers_signed_exact_bytes,
+    retry_sends_identical_bytes,
+    retry_after_is_honoured,
+    redirect_is_not_followed,
+    silent_receiver_times_out,
+    huge_response_is_capped,
+    connection_refused_is_retried,
+    tls_to_a_plain_http_port_fails_as_tls,
+    unresolvable_name_fails_as_dns,
+    production_refuses_an_ip_literal,
+    production_refuses_a_rebinding_name_at_connect,
+    run_stops_after_in_flight_sends,
+);
