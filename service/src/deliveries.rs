@@ -7,7 +7,11 @@
 //! * [`enqueue`] inserts a delivery, due at once, if the agent's webhook is enabled and wants
 //!   the event; the unique `(agent_id, event_id)` index makes it idempotent, also under races.
 //! * [`claim_due`] leases due deliveries to one worker in one atomic step and counts the
-//!   attempt as started (a delivery that crashes its worker still runs out of attempts).
+//!   attempt as started (a delivery that crashes its worker still runs out of attempts). It
+//!   does not look at the agent (the claim stays a scan of one index of one table): a delivery
+//!   whose agent was soft-deleted after enqueue is claimed, refused by
+//!   [`crate::sender::prepare_request`] with [`Error::AgentNotFound`], and the worker records
+//!   it as failed with that reason through [`abandon`].
 //! * [`record_outcome`] stores the result and asks the [`RetryPolicy`](crate::retry::RetryPolicy)
 //!   of the settings what comes next, guarded by the claim so a late report cannot overwrite a
 //!   newer attempt.
@@ -202,6 +206,8 @@ pub enum SkipReason {
     NoUrl,
     /// The agent's event filter does not want this event type.
     NotWanted,
+    /// The agent is soft-deleted (`is_deleted = true`): the platform treats it as gone.
+    AgentDeleted,
 }
 
 /// A worker's lease on one delivery, returned by [`claim_due`] and handed back when reporting.
@@ -215,7 +221,8 @@ pub struct Claim {
     pub lease_until: DateTime<Utc>,
 }
 
-/// Enqueues `event_id` of `event_type` for the agent's webhook, if it is enabled and wants it.
+/// Enqueues `event_id` of `event_type` for the agent's webhook, if it is enabled and wants it
+/// and the agent is not soft-deleted ([`SkipReason`] says which rule skipped it).
 ///
 /// Idempotent: the same `(agent, event_id)` yields the same delivery, also when callers race
 /// (the unique index decides, not a read-then-write).
@@ -238,6 +245,9 @@ pub async fn enqueue<C: ConnectionTrait>(
         .one(db)
         .await?
         .ok_or_else(|| Error::AgentNotFound(agent_id.to_owned()))?;
+    if agent.is_deleted {
+        return Ok(Enqueued::Skipped(SkipReason::AgentDeleted));
+    }
     if !agent.webhook_enabled {
         return Ok(Enqueued::Skipped(SkipReason::Disabled));
     }
@@ -490,13 +500,7 @@ pub async fn record_outcome<C: ConnectionTrait>(
         _ => None,
     };
     let no_retry = || Expr::value(None::<DateTimeWithTimeZone>);
-    let mut update = wd::Entity::update_many()
-        .col_expr(wd::Column::StatusCode, Expr::value(status))
-        .filter(wd::Column::Id.eq(claim.delivery.id.as_str()))
-        .filter(wd::Column::AttemptCount.eq(claim.attempt))
-        .filter(wd::Column::DeliveredAt.is_null())
-        .filter(wd::Column::StatusCode.is_null())
-        .filter(wd::Column::ErrorMessage.is_null());
+    let mut update = claimed(claim).col_expr(wd::Column::StatusCode, Expr::value(status));
     let decision = match decision {
         Decision::Delivered => {
             update = update
@@ -522,13 +526,54 @@ pub async fn record_outcome<C: ConnectionTrait>(
         .rows_affected
         == 0
     {
-        return Err(Error::StaleClaim {
-            id: claim.delivery.id.clone(),
-            attempt: claim.attempt,
-        });
+        return Err(stale(claim));
     }
     tracing::debug!(delivery = %claim.delivery.id, attempt = claim.attempt, ?decision, "recorded attempt");
     Ok(decision)
+}
+
+/// Marks the claimed delivery failed (exhausted) without sending it, with `reason` as its
+/// error: for a delivery that can never be sent, such as one whose agent was soft-deleted after
+/// it was enqueued ([`crate::sender::prepare_request`] then fails with
+/// [`Error::AgentNotFound`]). Retrying would only repeat the refusal; an operator can still
+/// [`requeue`] it.
+///
+/// Guarded by the claim like [`record_outcome`]: fails with [`Error::StaleClaim`], changing
+/// nothing, when the delivery was claimed again since or this attempt was already reported.
+pub async fn abandon<C: ConnectionTrait>(db: &C, claim: &Claim, reason: &str) -> Result<()> {
+    let update = claimed(claim)
+        .col_expr(wd::Column::ErrorMessage, Expr::value(bounded(reason)))
+        .col_expr(
+            wd::Column::NextRetryAt,
+            Expr::value(None::<DateTimeWithTimeZone>),
+        );
+    if retry_transient(|| update.clone().exec(db))
+        .await?
+        .rows_affected
+        == 0
+    {
+        return Err(stale(claim));
+    }
+    tracing::info!(delivery = %claim.delivery.id, attempt = claim.attempt, reason, "abandoned delivery");
+    Ok(())
+}
+
+/// The update of a claimed delivery, applying only while the claim is current: same attempt,
+/// no result recorded yet.
+fn claimed(claim: &Claim) -> sea_orm::UpdateMany<wd::Entity> {
+    wd::Entity::update_many()
+        .filter(wd::Column::Id.eq(claim.delivery.id.as_str()))
+        .filter(wd::Column::AttemptCount.eq(claim.attempt))
+        .filter(wd::Column::DeliveredAt.is_null())
+        .filter(wd::Column::StatusCode.is_null())
+        .filter(wd::Column::ErrorMessage.is_null())
+}
+
+fn stale(claim: &Claim) -> Error {
+    Error::StaleClaim {
+        id: claim.delivery.id.clone(),
+        attempt: claim.attempt,
+    }
 }
 
 /// Makes an exhausted delivery due again at `now`, with a fresh budget of attempts. The last
@@ -851,11 +896,16 @@ fn check_event_field(field: &'static str, value: &str) -> Result<()> {
 }
 
 fn error_text(outcome: &AttemptOutcome) -> String {
-    let mut text = match outcome {
+    bounded(&match outcome {
         AttemptOutcome::Status { code, .. } => format!("HTTP {code}"),
         AttemptOutcome::Timeout => "timed out".to_owned(),
         AttemptOutcome::Connection(message) => format!("connection failed: {message}"),
-    };
+    })
+}
+
+/// `text` cut to [`MAX_ERROR_LEN`] bytes on a character boundary.
+fn bounded(text: &str) -> String {
+    let mut text = text.to_owned();
     if text.len() > MAX_ERROR_LEN {
         let mut end = MAX_ERROR_LEN;
         while !text.is_char_boundary(end) {

@@ -7,6 +7,9 @@
 //!   unsigned deliveries (see [`crate::sender`]).
 //! * An empty event list means **all events**, and is stored as `[]`. A NULL list (rows from
 //!   before the webhook migration) means the same.
+//! * An agent the platform soft-deleted (`is_deleted = true`) is gone: every function here
+//!   answers [`Error::AgentNotFound`] for it and changes nothing, as for an id that never
+//!   existed. Only [`reseal_secrets`] still covers its secret, so that an old key can be retired.
 
 use entity::agents;
 use sea_orm::prelude::DateTimeWithTimeZone;
@@ -306,11 +309,13 @@ fn seal(keys: Option<&KeyRing>, agent_id: &str, secret: &WebhookSecret) -> Resul
         })
 }
 
+/// The live (not soft-deleted) agent with this id.
 pub(crate) async fn find_agent<C: ConnectionTrait>(
     db: &C,
     agent_id: &str,
 ) -> Result<agents::Model> {
     agents::Entity::find_by_id(agent_id)
+        .filter(agents::Column::IsDeleted.eq(false))
         .one(db)
         .await?
         .ok_or_else(|| Error::AgentNotFound(agent_id.to_owned()))
@@ -321,7 +326,9 @@ async fn update_columns<C: ConnectionTrait, const N: usize>(
     agent_id: &str,
     columns: [(agents::Column, Expr); N],
 ) -> Result<WebhookConfigView> {
-    let mut update = agents::Entity::update_many().filter(agents::Column::Id.eq(agent_id));
+    let mut update = agents::Entity::update_many()
+        .filter(agents::Column::Id.eq(agent_id))
+        .filter(agents::Column::IsDeleted.eq(false));
     for (column, value) in columns {
         update = update.col_expr(column, value);
     }

@@ -10,5 +10,6 @@ mod explain;
 mod schema;
 mod sender;
 mod settings;
+mod soft_delete;
 mod standardwebhooks_compat;
 mod webhook;
