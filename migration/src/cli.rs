@@ -64,6 +64,20 @@ enum Command {
     Refresh,
     /// Roll back every migration and remove the migration table.
     Reset,
+    /// List the objects agent-webhooks owns in a database it shares with the host platform,
+    /// so the host's schema tool leaves them alone (needs no database).
+    Owned {
+        /// `json`: the list; `alembic`: an `include_object` hook for an Alembic `env.py`.
+        #[arg(long, value_enum, default_value_t = OwnedFormat::Json)]
+        format: OwnedFormat,
+    },
+}
+
+/// `migration owned --format`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum OwnedFormat {
+    Json,
+    Alembic,
 }
 
 /// Parses the command line, runs the command and returns the process exit code: 0 on success,
@@ -81,6 +95,16 @@ pub async fn run() -> ExitCode {
 }
 
 async fn execute(cli: Cli) -> Result<(), String> {
+    if let Some(Command::Owned { format }) = cli.command {
+        println!(
+            "{}",
+            crate::owned::render(match format {
+                OwnedFormat::Json => crate::owned::Format::Json,
+                OwnedFormat::Alembic => crate::owned::Format::Alembic,
+            })
+        );
+        return Ok(());
+    }
     let url = cli.database_url.unwrap_or_else(|| {
         eprintln!(
             "DATABASE_URL is not set: using the embedded SQLite database {DEFAULT_DATABASE_URL}"
@@ -104,6 +128,7 @@ async fn execute(cli: Cli) -> Result<(), String> {
         Command::Fresh => Migrator::fresh(&db).await,
         Command::Refresh => Migrator::refresh(&db).await,
         Command::Reset => Migrator::reset(&db).await,
+        Command::Owned { .. } => Ok(()),
     };
     result.map_err(|e| describe(&e))
 }

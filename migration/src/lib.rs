@@ -25,6 +25,7 @@ pub mod indexes;
 mod m20261128_000001_baseline;
 mod m20261128_000002_add_webhook_fields_to_agent;
 mod m20261128_000003_delivery_bookkeeping_indexes;
+pub mod owned;
 mod tables;
 
 pub use m20261128_000001_baseline::ensure_baseline_droppable;

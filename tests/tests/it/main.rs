@@ -7,6 +7,7 @@
 mod deliveries;
 mod entities;
 mod explain;
+mod host_autogenerate;
 mod schema;
 mod sender;
 mod settings;
