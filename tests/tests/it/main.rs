@@ -8,6 +8,7 @@ mod deliveries;
 mod entities;
 mod explain;
 mod host_autogenerate;
+mod host_schema;
 mod schema;
 mod sender;
 mod settings;
