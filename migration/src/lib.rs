@@ -28,6 +28,7 @@ mod m20261128_000003_delivery_bookkeeping_indexes;
 pub mod owned;
 mod tables;
 
+pub use columns::SQLITE_TIMESTAMP_FORMAT;
 pub use m20261128_000001_baseline::ensure_baseline_droppable;
 
 /// Where the migration binary, the ops CLI and the service go when `DATABASE_URL` is not set:

@@ -28,7 +28,8 @@ use entity::{agents, webhook_deliveries as wd};
 use sea_orm::prelude::DateTimeWithTimeZone;
 use sea_orm::sea_query::extension::mysql::{IndexHintScope, MySqlSelectStatementExt};
 use sea_orm::sea_query::{
-    Alias, Expr, ExprTrait, Func, LockBehavior, LockType, Query, SelectStatement, UpdateStatement,
+    Alias, Expr, ExprTrait, Func, LockBehavior, LockType, OnConflict, Query, SelectStatement,
+    UpdateStatement,
 };
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, Order, QueryFilter,
@@ -93,8 +94,8 @@ impl DeliveryState {
     }
 
     /// The same rule as [`DeliveryState::of`], as an SQL condition.
-    fn condition(self, now: DateTime<Utc>) -> Condition {
-        let now = at(now);
+    fn condition(self, backend: DbBackend, now: DateTime<Utc>) -> Condition {
+        let now = stamp(backend, now);
         let in_flight = || {
             Condition::all()
                 .add(wd::Column::AttemptCount.gt(0))
@@ -258,26 +259,42 @@ pub async fn enqueue<C: ConnectionTrait>(
         return Ok(Enqueued::Skipped(SkipReason::NotWanted));
     }
 
-    let now = at(now);
     let id = format!("dlv-{}", uuid::Uuid::now_v7());
-    let row = wd::ActiveModel {
-        id: sea_orm::Set(id.clone()),
-        organization_id: sea_orm::Set(agent.organization_id.clone()),
-        agent_id: sea_orm::Set(agent.id.clone()),
-        event_id: sea_orm::Set(event_id.to_owned()),
-        event_type: sea_orm::Set(event_type.to_owned()),
-        webhook_url: sea_orm::Set(url),
-        status_code: sea_orm::Set(None),
-        error_message: sea_orm::Set(None),
-        attempt_count: sea_orm::Set(0),
-        created_at: sea_orm::Set(now),
-        delivered_at: sea_orm::Set(None),
-        next_retry_at: sea_orm::Set(Some(now)),
-    };
-    wd::Entity::insert(row)
-        .on_conflict_do_nothing_on([wd::Column::AgentId, wd::Column::EventId])
-        .exec_without_returning(db)
-        .await?;
+    let stamped = stamp(db.get_database_backend(), now);
+    // Built by hand rather than from an `ActiveModel`, whose instants sqlx would encode in its
+    // own format on SQLite (see `stamp`).
+    let mut insert = Query::insert();
+    insert
+        .into_table(wd::Entity)
+        .columns([
+            wd::Column::Id,
+            wd::Column::OrganizationId,
+            wd::Column::AgentId,
+            wd::Column::EventId,
+            wd::Column::EventType,
+            wd::Column::WebhookUrl,
+            wd::Column::AttemptCount,
+            wd::Column::CreatedAt,
+            wd::Column::NextRetryAt,
+        ])
+        .values([
+            Expr::value(id.as_str()),
+            Expr::value(agent.organization_id.as_str()),
+            Expr::value(agent.id.as_str()),
+            Expr::value(event_id),
+            Expr::value(event_type),
+            Expr::value(url),
+            Expr::value(0),
+            Expr::value(stamped.clone()),
+            Expr::value(stamped),
+        ])
+        .map_err(|e| DbErr::Custom(e.to_string()))?
+        .on_conflict(
+            OnConflict::columns([wd::Column::AgentId, wd::Column::EventId])
+                .do_nothing_on([wd::Column::Id])
+                .to_owned(),
+        );
+    db.execute(&insert).await?;
     // Whose row won tells whether this call created it; affected-row counts cannot (MySQL
     // reports found rows for the no-op `ON DUPLICATE KEY UPDATE`).
     let stored = wd::Entity::find()
@@ -287,7 +304,7 @@ pub async fn enqueue<C: ConnectionTrait>(
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("delivery of {event_id} for {agent_id}")))?;
     let created = stored.id == id;
-    let delivery = WebhookDelivery::from_model(stored, now.to_utc());
+    let delivery = WebhookDelivery::from_model(stored, now);
     Ok(if created {
         Enqueued::Created(delivery)
     } else {
@@ -357,7 +374,7 @@ impl ClaimPlan {
         let mut due = Query::select();
         due.column(wd::Column::Id)
             .from(wd::Entity)
-            .and_where(wd::Column::NextRetryAt.lte(at(now)))
+            .and_where(wd::Column::NextRetryAt.lte(stamp(backend, now)))
             .and_where(wd::Column::DeliveredAt.is_null())
             .order_by(wd::Column::NextRetryAt, Order::Asc)
             .limit(limit);
@@ -375,7 +392,7 @@ impl ClaimPlan {
             .value(
                 wd::Column::NextRetryAt,
                 Expr::case(used_up(), Expr::value(None::<DateTimeWithTimeZone>))
-                    .finally(Expr::value(lease_until)),
+                    .finally(Expr::value(stamp(backend, lease_until.to_utc()))),
             )
             .value(
                 wd::Column::ErrorMessage,
@@ -500,18 +517,19 @@ pub async fn record_outcome<C: ConnectionTrait>(
         _ => None,
     };
     let no_retry = || Expr::value(None::<DateTimeWithTimeZone>);
+    let backend = db.get_database_backend();
     let mut update = claimed(claim).col_expr(wd::Column::StatusCode, Expr::value(status));
     let decision = match decision {
         Decision::Delivered => {
             update = update
-                .col_expr(wd::Column::DeliveredAt, Expr::value(Some(at(now))))
+                .col_expr(wd::Column::DeliveredAt, Expr::value(stamp(backend, now)))
                 .col_expr(wd::Column::NextRetryAt, no_retry());
             decision
         }
         Decision::RetryAt(next) => {
             update = update
                 .col_expr(wd::Column::ErrorMessage, Expr::value(error_text(outcome)))
-                .col_expr(wd::Column::NextRetryAt, Expr::value(Some(at(next))));
+                .col_expr(wd::Column::NextRetryAt, Expr::value(stamp(backend, next)));
             Decision::RetryAt(at(next).to_utc())
         }
         Decision::GiveUp(_) => {
@@ -592,10 +610,13 @@ pub async fn requeue<C: ConnectionTrait>(
         return Err(not_requeueable(current));
     }
     let result = wd::Entity::update_many()
-        .col_expr(wd::Column::NextRetryAt, Expr::value(Some(at(now))))
+        .col_expr(
+            wd::Column::NextRetryAt,
+            Expr::value(stamp(db.get_database_backend(), now)),
+        )
         .col_expr(wd::Column::AttemptCount, Expr::value(0))
         .filter(wd::Column::Id.eq(id))
-        .filter(DeliveryState::Failed.condition(now))
+        .filter(DeliveryState::Failed.condition(db.get_database_backend(), now))
         .exec(db)
         .await?;
     if result.rows_affected == 0 {
@@ -682,17 +703,17 @@ fn history_select(
     };
     let mut select = wd::Entity::find().filter(wd::Column::AgentId.eq(agent_id));
     if let Some(state) = query.state {
-        select = select.filter(state.condition(now));
+        select = select.filter(state.condition(backend, now));
     }
     if let Some(event_type) = &query.event_type {
         select = select.filter(wd::Column::EventType.eq(event_type.as_str()));
     }
     if let Some(cursor) = &query.cursor {
         let (created_at, id) = decode_cursor(cursor)?;
-        let created_at = at(created_at);
+        let created_at = stamp(backend, created_at);
         select = select.filter(
             Condition::all()
-                .add(wd::Column::CreatedAt.lte(created_at))
+                .add(wd::Column::CreatedAt.lte(created_at.clone()))
                 .add(
                     Condition::any()
                         .add(wd::Column::CreatedAt.lt(created_at))
@@ -752,13 +773,17 @@ pub async fn stats<C: ConnectionTrait>(
     let in_run = Condition::any()
         .add(last_success_created().is_null())
         .add(Expr::col(wd::Column::CreatedAt).gt(last_success_created()));
+    let backend = db.get_database_backend();
     let count = |condition: Condition| Func::count(Expr::case(condition, Expr::val(1)));
     let mut select = Query::select();
     select
         .from(wd::Entity)
         .and_where(wd::Column::AgentId.eq(agent_id));
     for state in DeliveryState::ALL {
-        select.expr_as(count(state.condition(now)), Alias::new(state.as_str()));
+        select.expr_as(
+            count(state.condition(backend, now)),
+            Alias::new(state.as_str()),
+        );
     }
     select
         .expr_as(
@@ -766,7 +791,7 @@ pub async fn stats<C: ConnectionTrait>(
             Alias::new("last_success_at"),
         )
         .expr_as(
-            count(DeliveryState::Failed.condition(now).add(in_run)),
+            count(DeliveryState::Failed.condition(backend, now).add(in_run)),
             Alias::new("consecutive_failures"),
         );
     let row = db
@@ -802,7 +827,7 @@ pub async fn prune<C: ConnectionTrait>(
 ) -> Result<u64> {
     let batch = check_limit(batch)?;
     let finished_before = Condition::all()
-        .add(wd::Column::CreatedAt.lt(at(older_than)))
+        .add(wd::Column::CreatedAt.lt(stamp(db.get_database_backend(), older_than)))
         .add(wd::Column::NextRetryAt.is_null());
     let mut total = 0;
     loop {
@@ -865,6 +890,21 @@ pub mod testing {
         now: DateTime<Utc>,
     ) -> Result<(Select<wd::Entity>, u64)> {
         super::history_select(backend, agent_id, query, now)
+    }
+}
+
+/// An instant bound in the one stored format of the backend, for every write and comparison
+/// of a timestamp column: [`at`], and on SQLite the text of
+/// [`migration::SQLITE_TIMESTAMP_FORMAT`] (which the server default writes too), since sqlx
+/// would encode it as `…T…` with 0 to 9 digits and text order would no longer be time order.
+fn stamp(backend: DbBackend, t: DateTime<Utc>) -> sea_orm::Value {
+    let t = at(t);
+    match backend {
+        DbBackend::Sqlite => t
+            .format(migration::SQLITE_TIMESTAMP_FORMAT)
+            .to_string()
+            .into(),
+        _ => t.into(),
     }
 }
 

@@ -14,4 +14,5 @@ mod sender;
 mod settings;
 mod soft_delete;
 mod standardwebhooks_compat;
+mod timestamps;
 mod webhook;
