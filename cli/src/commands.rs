@@ -200,6 +200,7 @@ fn skip_text(reason: SkipReason) -> &'static str {
         SkipReason::Disabled => "the agent's webhook is disabled",
         SkipReason::NoUrl => "the agent has no webhook URL",
         SkipReason::NotWanted => "the agent's webhook does not want this event type",
+        SkipReason::AgentDeleted => "the agent is deleted",
     }
 }
 

@@ -71,6 +71,20 @@ enum Command {
     Refresh,
     /// Roll back every migration and remove the migration table.
     Reset,
+    /// List the objects agent-webhooks owns in a database it shares with the host platform,
+    /// so the host's schema tool leaves them alone (needs no database).
+    Owned {
+        /// `json`: the list; `alembic`: an `include_object` hook for an Alembic `env.py`.
+        #[arg(long, value_enum, default_value_t = OwnedFormat::Json)]
+        format: OwnedFormat,
+    },
+}
+
+/// `migration owned --format`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum OwnedFormat {
+    Json,
+    Alembic,
 }
 
 /// Parses the command line, runs the command and returns the process exit code: 0 on success,
@@ -90,6 +104,16 @@ pub async fn run() -> ExitCode {
 }
 
 async fn execute(cli: Cli) -> Result<(), String> {
+    if let Some(Command::Owned { format }) = cli.command {
+        println!(
+            "{}",
+            crate::owned::render(match format {
+                OwnedFormat::Json => crate::owned::Format::Json,
+                OwnedFormat::Alembic => crate::owned::Format::Alembic,
+            })
+        );
+        return Ok(());
+    }
     let url = cli.database_url.unwrap_or_else(|| {
         eprintln!(
             "DATABASE_URL is not set: using the embedded SQLite database {DEFAULT_DATABASE_URL}"
@@ -123,7 +147,7 @@ async fn execute(cli: Cli) -> Result<(), String> {
         Command::Fresh => Migrator::fresh(on).await,
         Command::Refresh => Migrator::refresh(on).await,
         Command::Reset => Migrator::reset(on).await,
-        Command::Status => Ok(()),
+        Command::Status | Command::Owned { .. } => Ok(()),
     };
     let released = lock.release(result.is_ok()).await;
     result.and(released).map_err(|e| describe(&e))

@@ -3,11 +3,17 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
+/// How every writer stores a UTC instant in our SQLite columns (a `chrono` format string):
+/// `YYYY-MM-DD HH:MM:SS.ffffff+00:00`. Fixed width, so text order is time order (the claim,
+/// history and prune queries compare text on SQLite); microseconds, the precision of the other
+/// backends. The server default below writes the same format; the service binds its instants
+/// as text in this format, because sqlx's own encoding (`T`, 0 to 9 digits) would not be.
+pub const SQLITE_TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.6f+00:00";
+
 /// A UTC instant, nullable unless the caller says otherwise.
 ///
 /// * PostgreSQL: `timestamp with time zone`.
-/// * SQLite: text in one fixed format (`YYYY-MM-DD HH:MM:SS.fff+00:00`), the format sqlx
-///   writes, so that text order is time order.
+/// * SQLite: text in one fixed format, [`SQLITE_TIMESTAMP_FORMAT`].
 /// * MySQL/MariaDB: `datetime(6)`: microseconds kept, and no year-2038 limit as with
 ///   `timestamp`. sqlx sets the session time zone to UTC, so values are UTC.
 pub fn utc_timestamp(backend: DbBackend, col: impl IntoIden) -> ColumnDef {
@@ -23,7 +29,8 @@ pub fn utc_timestamp(backend: DbBackend, col: impl IntoIden) -> ColumnDef {
 pub fn utc_timestamp_default_now(backend: DbBackend, col: impl IntoIden) -> ColumnDef {
     let now = match backend {
         DbBackend::MySql => Expr::cust("CURRENT_TIMESTAMP(6)"),
-        DbBackend::Sqlite => Expr::cust("(strftime('%Y-%m-%d %H:%M:%f+00:00', 'now'))"),
+        // SQLite's clock has milliseconds: padded to the six digits of SQLITE_TIMESTAMP_FORMAT.
+        DbBackend::Sqlite => Expr::cust("(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000+00:00')"),
         _ => Expr::current_timestamp(),
     };
     utc_timestamp(backend, col).not_null().default(now).take()

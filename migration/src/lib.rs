@@ -33,9 +33,11 @@ mod existing_index;
 pub mod indexes;
 mod lock;
 mod migrator;
+pub mod owned;
 mod redact;
 mod tables;
 
+pub use columns::SQLITE_TIMESTAMP_FORMAT;
 pub use defaults::{CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, MAX_PAYLOAD_COLUMN_BYTES};
 pub use lock::{LOCK_TIMEOUT, MigrationLock};
 pub use m20261128_000001_baseline::ensure_baseline_droppable;

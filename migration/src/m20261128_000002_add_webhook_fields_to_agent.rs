@@ -31,8 +31,9 @@ use crate::tables::{Agents, Organizations, WebhookDeliveries};
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-/// The columns this migration adds to `agents`, in order.
-fn agent_columns() -> [ColumnDef; 4] {
+/// The columns this migration adds to `agents`, in order (also the list [`crate::owned`] gives
+/// the host).
+pub(crate) fn agent_columns() -> [ColumnDef; 4] {
     [
         text_null(Agents::WebhookUrl),
         text_null(Agents::WebhookSecret),

@@ -7,6 +7,8 @@ use integration_tests::{Backend, TestDb, backend_tests, schema};
 
 use migration::{Migrator, MigratorTrait};
 
+use migration::owned::{Format, render};
+
 fn migration(cwd: &Path, url: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_migration"));
     cmd.current_dir(cwd).args(args).env_remove("DATABASE_URL");
@@ -423,3 +425,58 @@ async fn killed_migrations_recover_on_rerun(backend: Backend) {
 }
 
 backend_tests!(killed_migrations_recover_on_rerun);
+
+// `migration owned`: the objects we own, for the host's schema tool; the README's copy of the
+// Alembic hook is kept identical to what it prints.
+/// `migration owned ARGS` in an empty directory without `DATABASE_URL`: it needs no database.
+fn owned(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .current_dir(dir.path())
+        .arg("owned")
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run the migration binary");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !dir.path().join("webhooks.db").exists(),
+        "`owned` must not open a database"
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn prints_json_by_default_and_the_alembic_hook_on_request() {
+    let json: serde_json::Value = serde_json::from_str(&owned(&[])).unwrap();
+    assert_eq!(
+        json["tables"],
+        serde_json::json!([
+            "webhook_deliveries",
+            "webhook_delivery_attempts",
+            "seaql_migrations"
+        ])
+    );
+    assert_eq!(
+        owned(&["--format", "json"]),
+        format!("{}\n", render(Format::Json))
+    );
+    let alembic = owned(&["--format", "alembic"]);
+    assert_eq!(alembic, format!("{}\n", render(Format::Alembic)));
+    assert!(alembic.contains("def include_object(object, name, type_, reflected, compare_to):"));
+}
+
+#[test]
+fn the_readme_shows_the_hook_the_command_prints() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let hook = render(Format::Alembic);
+    assert!(
+        readme.contains(&format!("```python\n{hook}```")),
+        "README.md must show the output of `migration owned --format alembic` verbatim:\n{hook}"
+    );
+}

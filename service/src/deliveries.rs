@@ -8,7 +8,11 @@
 //!   is enabled and wants the event; the unique `(agent_id, event_id)` index makes it
 //!   idempotent, also under races.
 //! * [`claim_due`] leases due deliveries to one worker in one atomic step and counts the
-//!   attempt as started (a delivery that crashes its worker still runs out of attempts).
+//!   attempt as started (a delivery that crashes its worker still runs out of attempts). It
+//!   does not look at the agent (the claim stays a scan of one index of one table): a delivery
+//!   whose agent was soft-deleted after enqueue is claimed, refused by
+//!   [`crate::sender::prepare_request`] with [`Error::AgentNotFound`], and the worker records
+//!   it as failed with that reason through [`abandon`].
 //! * [`record_outcome`] stores the result and asks the [`RetryPolicy`](crate::retry::RetryPolicy)
 //!   of the settings what comes next, guarded by the claim so a late report cannot overwrite a
 //!   newer attempt.
@@ -27,7 +31,8 @@ use entity::{agents, webhook_deliveries as wd};
 use sea_orm::prelude::DateTimeWithTimeZone;
 use sea_orm::sea_query::extension::mysql::{IndexHintScope, MySqlSelectStatementExt};
 use sea_orm::sea_query::{
-    Alias, Expr, ExprTrait, Func, LockBehavior, LockType, Query, SelectStatement, UpdateStatement,
+    Alias, Expr, ExprTrait, Func, LockBehavior, LockType, OnConflict, Query, SelectStatement,
+    UpdateStatement,
 };
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, Order, QueryFilter,
@@ -92,8 +97,8 @@ impl DeliveryState {
     }
 
     /// The same rule as [`DeliveryState::of`], as an SQL condition.
-    fn condition(self, now: DateTime<Utc>) -> Condition {
-        let now = at(now);
+    fn condition(self, backend: DbBackend, now: DateTime<Utc>) -> Condition {
+        let now = stamp(backend, now);
         let in_flight = || {
             Condition::all()
                 .add(wd::Column::AttemptCount.gt(0))
@@ -205,6 +210,8 @@ pub enum SkipReason {
     NoUrl,
     /// The agent's event filter does not want this event type.
     NotWanted,
+    /// The agent is soft-deleted (`is_deleted = true`): the platform treats it as gone.
+    AgentDeleted,
 }
 
 /// A worker's lease on one delivery, returned by [`claim_due`] and handed back when reporting.
@@ -329,7 +336,7 @@ pub enum PayloadError {
 }
 
 /// Enqueues `event_id` of `event_type` with `payload` for the agent's webhook, if it is enabled
-/// and wants it.
+/// and wants it and the agent is not soft-deleted ([`SkipReason`] says which rule skipped it).
 ///
 /// The payload is a JSON value, serialized here once (compact, as `serde_json::to_vec` writes
 /// it) and stored as bytes: every attempt signs and sends exactly those bytes, and the
@@ -370,6 +377,9 @@ pub async fn enqueue<C: ConnectionTrait>(
         .one(db)
         .await?
         .ok_or_else(|| Error::AgentNotFound(agent_id.to_owned()))?;
+    if agent.is_deleted {
+        return Ok(Enqueued::Skipped(SkipReason::AgentDeleted));
+    }
     if !agent.webhook_enabled {
         return Ok(Enqueued::Skipped(SkipReason::Disabled));
     }
@@ -380,27 +390,44 @@ pub async fn enqueue<C: ConnectionTrait>(
         return Ok(Enqueued::Skipped(SkipReason::NotWanted));
     }
 
-    let now = at(now);
     let id = format!("dlv-{}", uuid::Uuid::now_v7());
-    let row = wd::ActiveModel {
-        id: sea_orm::Set(id.clone()),
-        organization_id: sea_orm::Set(agent.organization_id.clone()),
-        agent_id: sea_orm::Set(agent.id.clone()),
-        event_id: sea_orm::Set(event_id.to_owned()),
-        event_type: sea_orm::Set(event_type.to_owned()),
-        webhook_url: sea_orm::Set(url),
-        status_code: sea_orm::Set(None),
-        error_message: sea_orm::Set(None),
-        attempt_count: sea_orm::Set(0),
-        created_at: sea_orm::Set(now),
-        delivered_at: sea_orm::Set(None),
-        next_retry_at: sea_orm::Set(Some(now)),
-        payload: sea_orm::Set(Some(payload)),
-    };
-    wd::Entity::insert(row)
-        .on_conflict_do_nothing_on([wd::Column::AgentId, wd::Column::EventId])
-        .exec_without_returning(db)
-        .await?;
+    let stamped = stamp(db.get_database_backend(), now);
+    // Built by hand rather than from an `ActiveModel`, whose instants sqlx would encode in its
+    // own format on SQLite (see `stamp`).
+    let mut insert = Query::insert();
+    insert
+        .into_table(wd::Entity)
+        .columns([
+            wd::Column::Id,
+            wd::Column::OrganizationId,
+            wd::Column::AgentId,
+            wd::Column::EventId,
+            wd::Column::EventType,
+            wd::Column::WebhookUrl,
+            wd::Column::AttemptCount,
+            wd::Column::CreatedAt,
+            wd::Column::NextRetryAt,
+            wd::Column::Payload,
+        ])
+        .values([
+            Expr::value(id.as_str()),
+            Expr::value(agent.organization_id.as_str()),
+            Expr::value(agent.id.as_str()),
+            Expr::value(event_id),
+            Expr::value(event_type),
+            Expr::value(url),
+            Expr::value(0),
+            Expr::value(stamped.clone()),
+            Expr::value(stamped),
+            Expr::value(payload),
+        ])
+        .map_err(|e| DbErr::Custom(e.to_string()))?
+        .on_conflict(
+            OnConflict::columns([wd::Column::AgentId, wd::Column::EventId])
+                .do_nothing_on([wd::Column::Id])
+                .to_owned(),
+        );
+    db.execute(&insert).await?;
     // Whose row won tells whether this call created it; affected-row counts cannot (MySQL
     // reports found rows for the no-op `ON DUPLICATE KEY UPDATE`).
     let mut read_back = wd::Entity::find()
@@ -417,7 +444,7 @@ pub async fn enqueue<C: ConnectionTrait>(
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("delivery of {event_id} for {agent_id}")))?;
     let created = stored.id == id;
-    let delivery = WebhookDelivery::from_model(stored, now.to_utc());
+    let delivery = WebhookDelivery::from_model(stored, now);
     Ok(if created {
         Enqueued::Created(delivery)
     } else {
@@ -488,7 +515,7 @@ impl ClaimPlan {
         let mut due = Query::select();
         due.column(wd::Column::Id)
             .from(wd::Entity)
-            .and_where(wd::Column::NextRetryAt.lte(at(now)))
+            .and_where(wd::Column::NextRetryAt.lte(stamp(backend, now)))
             .and_where(wd::Column::DeliveredAt.is_null())
             .order_by(wd::Column::NextRetryAt, Order::Asc)
             .limit(limit);
@@ -506,7 +533,7 @@ impl ClaimPlan {
             .value(
                 wd::Column::NextRetryAt,
                 Expr::case(used_up(), Expr::value(None::<DateTimeWithTimeZone>))
-                    .finally(Expr::value(lease_until)),
+                    .finally(Expr::value(stamp(backend, lease_until.to_utc()))),
             )
             .value(
                 wd::Column::ErrorMessage,
@@ -631,24 +658,19 @@ pub async fn record_outcome<C: ConnectionTrait>(
         _ => None,
     };
     let no_retry = || Expr::value(None::<DateTimeWithTimeZone>);
-    let mut update = wd::Entity::update_many()
-        .col_expr(wd::Column::StatusCode, Expr::value(status))
-        .filter(wd::Column::Id.eq(claim.delivery.id.as_str()))
-        .filter(wd::Column::AttemptCount.eq(claim.attempt))
-        .filter(wd::Column::DeliveredAt.is_null())
-        .filter(wd::Column::StatusCode.is_null())
-        .filter(wd::Column::ErrorMessage.is_null());
+    let backend = db.get_database_backend();
+    let mut update = claimed(claim).col_expr(wd::Column::StatusCode, Expr::value(status));
     let decision = match decision {
         Decision::Delivered => {
             update = update
-                .col_expr(wd::Column::DeliveredAt, Expr::value(Some(at(now))))
+                .col_expr(wd::Column::DeliveredAt, Expr::value(stamp(backend, now)))
                 .col_expr(wd::Column::NextRetryAt, no_retry());
             decision
         }
         Decision::RetryAt(next) => {
             update = update
                 .col_expr(wd::Column::ErrorMessage, Expr::value(error_text(outcome)))
-                .col_expr(wd::Column::NextRetryAt, Expr::value(Some(at(next))));
+                .col_expr(wd::Column::NextRetryAt, Expr::value(stamp(backend, next)));
             Decision::RetryAt(at(next).to_utc())
         }
         Decision::GiveUp(_) => {
@@ -663,10 +685,7 @@ pub async fn record_outcome<C: ConnectionTrait>(
         .rows_affected
         == 0
     {
-        return Err(Error::StaleClaim {
-            id: claim.delivery.id.clone(),
-            attempt: claim.attempt,
-        });
+        return Err(stale(claim));
     }
     tracing::debug!(delivery = %claim.delivery.id, attempt = claim.attempt, ?decision, "recorded attempt");
     Ok(decision)
@@ -734,6 +753,50 @@ pub async fn attempts<C: ConnectionTrait>(db: &C, delivery_id: &str) -> Result<V
         .collect()
 }
 
+/// Marks the claimed delivery failed (exhausted) without sending it, with `reason` as its
+/// error: for a delivery that can never be sent, such as one whose agent was soft-deleted after
+/// it was enqueued ([`crate::sender::prepare_request`] then fails with
+/// [`Error::AgentNotFound`]). Retrying would only repeat the refusal; an operator can still
+/// [`requeue`] it.
+///
+/// Guarded by the claim like [`record_outcome`]: fails with [`Error::StaleClaim`], changing
+/// nothing, when the delivery was claimed again since or this attempt was already reported.
+pub async fn abandon<C: ConnectionTrait>(db: &C, claim: &Claim, reason: &str) -> Result<()> {
+    let update = claimed(claim)
+        .col_expr(wd::Column::ErrorMessage, Expr::value(bounded(reason)))
+        .col_expr(
+            wd::Column::NextRetryAt,
+            Expr::value(None::<DateTimeWithTimeZone>),
+        );
+    if retry_transient(|| update.clone().exec(db))
+        .await?
+        .rows_affected
+        == 0
+    {
+        return Err(stale(claim));
+    }
+    tracing::info!(delivery = %claim.delivery.id, attempt = claim.attempt, reason, "abandoned delivery");
+    Ok(())
+}
+
+/// The update of a claimed delivery, applying only while the claim is current: same attempt,
+/// no result recorded yet.
+fn claimed(claim: &Claim) -> sea_orm::UpdateMany<wd::Entity> {
+    wd::Entity::update_many()
+        .filter(wd::Column::Id.eq(claim.delivery.id.as_str()))
+        .filter(wd::Column::AttemptCount.eq(claim.attempt))
+        .filter(wd::Column::DeliveredAt.is_null())
+        .filter(wd::Column::StatusCode.is_null())
+        .filter(wd::Column::ErrorMessage.is_null())
+}
+
+fn stale(claim: &Claim) -> Error {
+    Error::StaleClaim {
+        id: claim.delivery.id.clone(),
+        attempt: claim.attempt,
+    }
+}
+
 /// Makes an exhausted delivery due again at `now`, with a fresh budget of attempts. The last
 /// error stays visible until the next attempt starts.
 pub async fn requeue<C: ConnectionTrait>(
@@ -750,10 +813,13 @@ pub async fn requeue<C: ConnectionTrait>(
         return Err(not_requeueable(current));
     }
     let result = wd::Entity::update_many()
-        .col_expr(wd::Column::NextRetryAt, Expr::value(Some(at(now))))
+        .col_expr(
+            wd::Column::NextRetryAt,
+            Expr::value(stamp(db.get_database_backend(), now)),
+        )
         .col_expr(wd::Column::AttemptCount, Expr::value(0))
         .filter(wd::Column::Id.eq(id))
-        .filter(DeliveryState::Failed.condition(now))
+        .filter(DeliveryState::Failed.condition(db.get_database_backend(), now))
         .exec(db)
         .await?;
     if result.rows_affected == 0 {
@@ -840,17 +906,17 @@ fn history_select(
     };
     let mut select = wd::Entity::find().filter(wd::Column::AgentId.eq(agent_id));
     if let Some(state) = query.state {
-        select = select.filter(state.condition(now));
+        select = select.filter(state.condition(backend, now));
     }
     if let Some(event_type) = &query.event_type {
         select = select.filter(wd::Column::EventType.eq(event_type.as_str()));
     }
     if let Some(cursor) = &query.cursor {
         let (created_at, id) = decode_cursor(cursor)?;
-        let created_at = at(created_at);
+        let created_at = stamp(backend, created_at);
         select = select.filter(
             Condition::all()
-                .add(wd::Column::CreatedAt.lte(created_at))
+                .add(wd::Column::CreatedAt.lte(created_at.clone()))
                 .add(
                     Condition::any()
                         .add(wd::Column::CreatedAt.lt(created_at))
@@ -910,13 +976,17 @@ pub async fn stats<C: ConnectionTrait>(
     let in_run = Condition::any()
         .add(last_success_created().is_null())
         .add(Expr::col(wd::Column::CreatedAt).gt(last_success_created()));
+    let backend = db.get_database_backend();
     let count = |condition: Condition| Func::count(Expr::case(condition, Expr::val(1)));
     let mut select = Query::select();
     select
         .from(wd::Entity)
         .and_where(wd::Column::AgentId.eq(agent_id));
     for state in DeliveryState::ALL {
-        select.expr_as(count(state.condition(now)), Alias::new(state.as_str()));
+        select.expr_as(
+            count(state.condition(backend, now)),
+            Alias::new(state.as_str()),
+        );
     }
     select
         .expr_as(
@@ -924,7 +994,7 @@ pub async fn stats<C: ConnectionTrait>(
             Alias::new("last_success_at"),
         )
         .expr_as(
-            count(DeliveryState::Failed.condition(now).add(in_run)),
+            count(DeliveryState::Failed.condition(backend, now).add(in_run)),
             Alias::new("consecutive_failures"),
         );
     let row = db
@@ -960,7 +1030,7 @@ pub async fn prune<C: ConnectionTrait>(
 ) -> Result<u64> {
     let batch = check_limit(batch)?;
     let finished_before = Condition::all()
-        .add(wd::Column::CreatedAt.lt(at(older_than)))
+        .add(wd::Column::CreatedAt.lt(stamp(db.get_database_backend(), older_than)))
         .add(wd::Column::NextRetryAt.is_null());
     let mut total = 0;
     loop {
@@ -1026,6 +1096,21 @@ pub mod testing {
     }
 }
 
+/// An instant bound in the one stored format of the backend, for every write and comparison
+/// of a timestamp column: [`at`], and on SQLite the text of
+/// [`migration::SQLITE_TIMESTAMP_FORMAT`] (which the server default writes too), since sqlx
+/// would encode it as `…T…` with 0 to 9 digits and text order would no longer be time order.
+fn stamp(backend: DbBackend, t: DateTime<Utc>) -> sea_orm::Value {
+    let t = at(t);
+    match backend {
+        DbBackend::Sqlite => t
+            .format(migration::SQLITE_TIMESTAMP_FORMAT)
+            .to_string()
+            .into(),
+        _ => t.into(),
+    }
+}
+
 /// An instant as stored: UTC, truncated to microseconds (the precision of PostgreSQL and
 /// MariaDB), so that what is written compares equal to what is read back.
 fn at(t: DateTime<Utc>) -> DateTimeWithTimeZone {
@@ -1060,6 +1145,11 @@ fn error_text(outcome: &AttemptOutcome) -> String {
         AttemptOutcome::Connection(message) => format!("connection failed: {message}"),
     };
     truncate(&text, MAX_ERROR_LEN)
+}
+
+/// `text` cut to [`MAX_ERROR_LEN`] bytes on a character boundary.
+fn bounded(text: &str) -> String {
+    truncate(text, MAX_ERROR_LEN)
 }
 
 /// `text` cut to at most `max` bytes, on a character boundary.

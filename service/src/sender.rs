@@ -3,7 +3,10 @@
 //!
 //! The secret is opened from the agent's row (see [`crate::webhook`]) and used only to sign;
 //! [`OutgoingRequest`] does not hold it. A delivery whose agent has no secret is not sent
-//! unsigned: [`prepare_request`] fails with [`Error::NoSecret`].
+//! unsigned: [`prepare_request`] fails with [`Error::NoSecret`]. A delivery whose agent was
+//! soft-deleted after it was enqueued is not sent either: [`prepare_request`] fails with
+//! [`Error::AgentNotFound`], and the worker should record it as failed with
+//! [`crate::deliveries::abandon`] (retrying would only repeat the refusal).
 //!
 //! The URL was checked when it was configured; it is checked again here against the current
 //! policy (which also judges IP-literal hosts), and a sender must still vet the addresses it

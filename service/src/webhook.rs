@@ -7,9 +7,16 @@
 //!   unsigned deliveries (see [`crate::sender`]).
 //! * An empty event list means **all events**, and is stored as `[]`. A NULL list (rows from
 //!   before the webhook migration) means the same.
+//! * An agent the platform soft-deleted (`is_deleted = true`) is gone: every function here
+//!   answers [`Error::AgentNotFound`] for it and changes nothing, as for an id that never
+//!   existed. Only [`reseal_secrets`] still covers its secret, so that an old key can be retired.
+//! * `agents.updated_at` is never written here. On an adopted table it is the host's column:
+//!   its type (naive or aware), its text format on SQLite and its meaning (the host ORM's
+//!   `onupdate`) are the host's, and a value in our format broke the host's ORM (one aware
+//!   datetime among naive ones). No code of ours needs to know when the webhook changed; the
+//!   host's value is read back unchanged in [`AgentState::updated_at`].
 
 use entity::agents;
-use sea_orm::prelude::DateTimeWithTimeZone;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
@@ -134,7 +141,6 @@ pub async fn configure<C: ConnectionTrait>(
     if let Some(sealed) = sealed {
         active.webhook_secret = Set(Some(sealed));
     }
-    active.updated_at = Set(Some(now()));
     let agent = active.update(db).await?;
     tracing::info!(agent = %agent.id, enabled = agent.webhook_enabled, "webhook configured");
     view(&agent)
@@ -164,10 +170,7 @@ pub async fn disable<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<Webho
     update_columns(
         db,
         agent_id,
-        [
-            (agents::Column::WebhookEnabled, Expr::value(false)),
-            (agents::Column::UpdatedAt, Expr::value(Some(now()))),
-        ],
+        [(agents::Column::WebhookEnabled, Expr::value(false))],
     )
     .await
 }
@@ -186,7 +189,6 @@ pub async fn clear<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<Webhook
                 Expr::value(None::<serde_json::Value>),
             ),
             (agents::Column::WebhookEnabled, Expr::value(false)),
-            (agents::Column::UpdatedAt, Expr::value(Some(now()))),
         ],
     )
     .await
@@ -324,11 +326,13 @@ fn seal(keys: Option<&KeyRing>, agent_id: &str, secret: &WebhookSecret) -> Resul
         })
 }
 
+/// The live (not soft-deleted) agent with this id.
 pub(crate) async fn find_agent<C: ConnectionTrait>(
     db: &C,
     agent_id: &str,
 ) -> Result<agents::Model> {
     agents::Entity::find_by_id(agent_id)
+        .filter(agents::Column::IsDeleted.eq(false))
         .one(db)
         .await?
         .ok_or_else(|| Error::AgentNotFound(agent_id.to_owned()))
@@ -339,7 +343,9 @@ async fn update_columns<C: ConnectionTrait, const N: usize>(
     agent_id: &str,
     columns: [(agents::Column, Expr); N],
 ) -> Result<WebhookConfigView> {
-    let mut update = agents::Entity::update_many().filter(agents::Column::Id.eq(agent_id));
+    let mut update = agents::Entity::update_many()
+        .filter(agents::Column::Id.eq(agent_id))
+        .filter(agents::Column::IsDeleted.eq(false));
     for (column, value) in columns {
         update = update.col_expr(column, value);
     }
@@ -371,8 +377,4 @@ fn view(agent: &agents::Model) -> Result<WebhookConfigView> {
         webhook_events: events.as_slice().to_vec(),
         webhook_enabled: agent.webhook_enabled,
     })
-}
-
-fn now() -> DateTimeWithTimeZone {
-    chrono::Utc::now().fixed_offset()
 }

@@ -594,8 +594,9 @@ async fn eight_workers_drain_five_thousand_deliveries(backend: Backend) {
     for agent in 0..10 {
         seed_agent(&t, &format!("agent-{agent}"), &[]).await;
     }
-    // Bulk-insert the deliveries, all due now.
-    let now = Utc::now().fixed_offset();
+    // Bulk-insert the deliveries, then make them all due now. The instants come from the
+    // server default: through the entity, sqlx would write SQLite text in its own format, not
+    // the one the service writes and compares (`migration::SQLITE_TIMESTAMP_FORMAT`).
     for chunk in (0..DELIVERIES).collect::<Vec<_>>().chunks(500) {
         let rows = chunk.iter().map(|i| webhook_deliveries::ActiveModel {
             id: Set(format!("dlv-{i:05}")),
@@ -607,16 +608,17 @@ async fn eight_workers_drain_five_thousand_deliveries(backend: Backend) {
             status_code: Set(None),
             error_message: Set(None),
             attempt_count: Set(0),
-            created_at: Set(now),
             delivered_at: Set(None),
-            next_retry_at: Set(Some(now)),
             payload: Set(Some(b"{}".to_vec())),
+            ..Default::default()
         });
         webhook_deliveries::Entity::insert_many(rows)
             .exec(&t.db)
             .await
             .unwrap();
     }
+    t.exec("UPDATE webhook_deliveries SET next_retry_at = created_at")
+        .await;
 
     let policy = RetryPolicy {
         schedule: vec![Duration::from_millis(20)],
