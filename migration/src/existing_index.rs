@@ -123,3 +123,21 @@ async fn find(
         .collect::<Result<_, _>>()?;
     Ok(Some(Found { unique, columns }))
 }
+
+/// Drops index `name` of `table` when it is there, so a `down` (or an `up` that removes an
+/// index) can be run again after an interruption.
+pub(crate) async fn drop_index_if_present<T: IntoIden + Copy + 'static>(
+    manager: &SchemaManager<'_>,
+    table: T,
+    name: &str,
+) -> Result<(), DbErr> {
+    if manager
+        .has_index(table.into_iden().to_string(), name)
+        .await?
+    {
+        manager
+            .drop_index(Index::drop().name(name).table(table).to_owned())
+            .await?;
+    }
+    Ok(())
+}

@@ -7,7 +7,7 @@
 
 use sea_orm_migration::prelude::*;
 
-use crate::existing_index::ensure_index;
+use crate::existing_index::{drop_index_if_present, ensure_index};
 use crate::indexes;
 use crate::tables::WebhookDeliveries;
 
@@ -56,18 +56,8 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let table = WebhookDeliveries::Table.to_string();
         for (name, _, _) in INDEXES.iter().rev() {
-            if manager.has_index(&table, name).await? {
-                manager
-                    .drop_index(
-                        Index::drop()
-                            .name(*name)
-                            .table(WebhookDeliveries::Table)
-                            .to_owned(),
-                    )
-                    .await?;
-            }
+            drop_index_if_present(manager, WebhookDeliveries::Table, name).await?;
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ use sea_orm_migration::schema::{
 use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::columns::utc_timestamp;
+use crate::existing_index::{drop_index_if_present, ensure_index};
 use crate::indexes;
 use crate::tables::{WebhookDeliveries, WebhookDeliveryAttempts as Attempts};
 
@@ -89,37 +90,24 @@ impl MigrationTrait for Migration {
             )
             .await?;
 
-        let attempts = Attempts::Table.to_string();
-        if !manager
-            .has_index(&attempts, indexes::ATTEMPTS_DELIVERY_ATTEMPT)
-            .await?
-        {
-            manager
-                .create_index(
-                    Index::create()
-                        .name(indexes::ATTEMPTS_DELIVERY_ATTEMPT)
-                        .table(Attempts::Table)
-                        .unique()
-                        .col(Attempts::DeliveryId)
-                        .col(Attempts::Attempt)
-                        .to_owned(),
-                )
-                .await?;
-        }
-
-        if manager
-            .has_index(&deliveries, indexes::DELIVERIES_AGENT_ID)
-            .await?
-        {
-            manager
-                .drop_index(
-                    Index::drop()
-                        .name(indexes::DELIVERIES_AGENT_ID)
-                        .table(WebhookDeliveries::Table)
-                        .to_owned(),
-                )
-                .await?;
-        }
+        ensure_index(
+            manager,
+            &Attempts::Table.to_string(),
+            Index::create()
+                .name(indexes::ATTEMPTS_DELIVERY_ATTEMPT)
+                .table(Attempts::Table)
+                .unique()
+                .col(Attempts::DeliveryId)
+                .col(Attempts::Attempt)
+                .to_owned(),
+        )
+        .await?;
+        drop_index_if_present(
+            manager,
+            WebhookDeliveries::Table,
+            indexes::DELIVERIES_AGENT_ID,
+        )
+        .await?;
         Ok(())
     }
 
@@ -127,20 +115,17 @@ impl MigrationTrait for Migration {
         let deliveries = WebhookDeliveries::Table.to_string();
         // Gone already when a later `down` of the webhook migration was interrupted.
         let deliveries_exist = manager.has_table(&deliveries).await?;
-        if deliveries_exist
-            && !manager
-                .has_index(&deliveries, indexes::DELIVERIES_AGENT_ID)
-                .await?
-        {
-            manager
-                .create_index(
-                    Index::create()
-                        .name(indexes::DELIVERIES_AGENT_ID)
-                        .table(WebhookDeliveries::Table)
-                        .col(WebhookDeliveries::AgentId)
-                        .to_owned(),
-                )
-                .await?;
+        if deliveries_exist {
+            ensure_index(
+                manager,
+                &deliveries,
+                Index::create()
+                    .name(indexes::DELIVERIES_AGENT_ID)
+                    .table(WebhookDeliveries::Table)
+                    .col(WebhookDeliveries::AgentId)
+                    .to_owned(),
+            )
+            .await?;
         }
 
         manager
