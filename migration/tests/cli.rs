@@ -32,7 +32,7 @@ fn defaults_to_embedded_sqlite_and_says_so() {
     assert!(status.status.success());
     let text = stderr(&status);
     assert!(
-        text.contains("m20261128_000003_delivery_bookkeeping_indexes'... Applied"),
+        text.contains("m20261129_000004_delivery_worker'... Applied"),
         "{text}"
     );
 
@@ -40,7 +40,7 @@ fn defaults_to_embedded_sqlite_and_says_so() {
     assert!(down.status.success(), "{}", stderr(&down));
     let text = stderr(&migration(dir.path(), None, &["status"]));
     assert!(
-        text.contains("m20261128_000003_delivery_bookkeeping_indexes'... Pending"),
+        text.contains("m20261129_000004_delivery_worker'... Pending"),
         "{text}"
     );
 }
