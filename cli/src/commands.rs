@@ -328,7 +328,7 @@ async fn run_deliveries(
                 attempts: &attempts,
             };
             output::print(json, &shown, |shown| {
-                let mut text = delivery_text(shown.delivery);
+                let mut text = delivery_text(shown.delivery, shown.attempts.len());
                 if !shown.attempts.is_empty() {
                     text.push_str("\n\n");
                     text.push_str(&attempts_table(shown.attempts));
@@ -411,8 +411,9 @@ fn attempts_table(attempts: &[AttemptRecord]) -> String {
     )
 }
 
-/// Every field of a delivery, under its JSON name.
-fn delivery_text(d: &WebhookDelivery) -> String {
+/// Every field of a delivery, under its JSON name, and how many attempts its log holds (the
+/// log itself follows as a table).
+fn delivery_text(d: &WebhookDelivery, attempts: usize) -> String {
     output::fields(&[
         ("id", d.id.clone()),
         ("state", d.state.to_string()),
@@ -430,6 +431,7 @@ fn delivery_text(d: &WebhookDelivery) -> String {
         ("created_at", instant(d.created_at)),
         ("delivered_at", optional(d.delivered_at.map(instant))),
         ("next_retry_at", optional(d.next_retry_at.map(instant))),
+        ("attempts", attempts.to_string()),
     ])
 }
 

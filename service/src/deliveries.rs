@@ -904,7 +904,15 @@ fn history_select(
         0 => DEFAULT_PAGE_SIZE,
         n => check_limit(n)?,
     };
-    let mut select = wd::Entity::find().filter(wd::Column::AgentId.eq(agent_id));
+    // Every column but the payload (up to `max_payload_bytes` a row; a page needs none), read
+    // as NULL so that the rows still decode as the entity's model.
+    let mut select = wd::Entity::find()
+        .select_only()
+        .columns(
+            <wd::Column as sea_orm::Iterable>::iter().filter(|c| !matches!(c, wd::Column::Payload)),
+        )
+        .column_as(Expr::cust("NULL"), "payload")
+        .filter(wd::Column::AgentId.eq(agent_id));
     if let Some(state) = query.state {
         select = select.filter(state.condition(backend, now));
     }

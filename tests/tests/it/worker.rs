@@ -37,6 +37,8 @@ enum Reply {
     Hang,
     /// 200 with a body of this many bytes, streamed.
     Huge(usize),
+    /// 200 after this long.
+    Slow(Duration),
 }
 
 /// One request as the receiver got it.
@@ -60,6 +62,9 @@ impl Seen {
 struct Receiver {
     replies: Arc<Mutex<VecDeque<Reply>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
 }
 
 impl Receiver {
@@ -106,6 +111,13 @@ impl Receiver {
             Reply::Hang => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 Response::new(Body::empty())
+            }
+            Reply::Slow(delay) => {
+                let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                Response::new(Body::from("slow ok"))
             }
             Reply::Huge(len) => {
                 static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
@@ -503,7 +515,51 @@ async fn run_stops_after_in_flight_sends(backend: Backend) {
     assert_eq!(s.state().await, DeliveryState::Delivered);
 }
 
+/// A shutdown that comes while a send is in flight waits for it: the answer is recorded.
+async fn shutdown_waits_for_the_send_in_flight(backend: Backend) {
+    let (receiver, addr) = Receiver::start([Reply::Slow(Duration::from_millis(600))]).await;
+    let s = setup(backend, &url(addr), settings()).await;
+    let started = Instant::now();
+    let report = s
+        .dispatcher()
+        .run(tokio::time::sleep(Duration::from_millis(100)))
+        .await;
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    assert_eq!(report.delivered, 1, "{report:?}");
+    assert_eq!(receiver.seen().len(), 1);
+    assert_eq!(s.state().await, DeliveryState::Delivered);
+    assert_eq!(s.attempts().await[0].status_code, Some(200));
+}
+
+/// No more than `concurrency` requests are in flight at once, and every delivery is sent.
+async fn concurrency_is_bounded(backend: Backend) {
+    let slow = Reply::Slow(Duration::from_millis(200));
+    let (receiver, addr) = Receiver::start(vec![slow; 6]).await;
+    let mut settings = settings();
+    settings.worker.concurrency = 2;
+    let s = setup(backend, &url(addr), settings).await;
+    for i in 2..=6 {
+        deliveries::enqueue(
+            &s.t.db,
+            &s.settings,
+            "agent-1",
+            &format!("evt_{i}"),
+            "run.completed",
+            &payload(),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    }
+    let report = s.run_once().await;
+    assert_eq!((report.attempts, report.delivered), (6, 6), "{report:?}");
+    assert_eq!(receiver.seen().len(), 6);
+    assert_eq!(receiver.max_in_flight.load(Ordering::SeqCst), 2);
+}
+
 backend_tests!(
+    shutdown_waits_for_the_send_in_flight,
+    concurrency_is_bounded,
     delivers_signed_exact_bytes,
     retry_sends_identical_bytes,
     retry_after_is_honoured,
