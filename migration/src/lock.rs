@@ -74,7 +74,7 @@ impl<'a> MigrationLock<'a> {
         let held = match db.get_database_backend() {
             DbBackend::Postgres => {
                 let txn = db.begin().await?;
-                let got = query_bool(
+                let got = query_value::<bool>(
                     &txn,
                     &format!("SELECT pg_try_advisory_xact_lock({POSTGRES_KEY})"),
                 )
@@ -98,7 +98,8 @@ impl<'a> MigrationLock<'a> {
                 // other databases on the server do not wait for each other (64 characters at
                 // most, hence the hash).
                 let name =
-                    query_string(&txn, "SELECT CONCAT('aw_migrate_', SHA1(DATABASE()))").await?;
+                    query_value::<String>(&txn, "SELECT CONCAT('aw_migrate_', SHA1(DATABASE()))")
+                        .await?;
                 let mut got = get_lock(&txn, &name, 0).await?;
                 if !got {
                     tracing::info!("another migration is running: waiting for it to finish");
@@ -182,22 +183,17 @@ async fn get_lock(txn: &DatabaseTransaction, name: &str, secs: u64) -> Result<bo
     Ok(row.try_get_by_index::<i64>(0)? == 1)
 }
 
-async fn query_bool(txn: &DatabaseTransaction, sql: &str) -> Result<bool, DbErr> {
+/// The first column of the one row `sql` returns.
+async fn query_value<T>(txn: &DatabaseTransaction, sql: &str) -> Result<T, DbErr>
+where
+    T: sea_orm_migration::sea_orm::TryGetable,
+{
     let stmt = Statement::from_string(txn.get_database_backend(), sql);
     let row = txn
         .query_one_raw(stmt)
         .await?
         .ok_or_else(|| DbErr::Custom(format!("{sql} returned no row")))?;
-    row.try_get_by_index::<bool>(0)
-}
-
-async fn query_string(txn: &DatabaseTransaction, sql: &str) -> Result<String, DbErr> {
-    let stmt = Statement::from_string(txn.get_database_backend(), sql);
-    let row = txn
-        .query_one_raw(stmt)
-        .await?
-        .ok_or_else(|| DbErr::Custom(format!("{sql} returned no row")))?;
-    row.try_get_by_index::<String>(0)
+    row.try_get_by_index::<T>(0)
 }
 
 /// The error of a wait for the lock, saying what was waited for.
