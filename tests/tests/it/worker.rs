@@ -150,13 +150,14 @@ async fn silent_listener() -> (Arc<AtomicUsize>, u16) {
     (accepted, port)
 }
 
-/// Development policy, short timeouts, a 50 ms retry without jitter, three attempts.
+/// Development policy, short timeouts, a 1 s retry without jitter (long enough that a drain on
+/// a loaded machine does not make the retry too), three attempts.
 fn settings() -> WebhookSettings {
     WebhookSettings {
         url_policy: UrlPolicy::Development,
         keys: Some(KeyRing::parse(&KeyRing::generate_key_entry("k1").unwrap()).unwrap()),
         retry: RetryPolicy {
-            schedule: vec![Duration::from_millis(50)],
+            schedule: vec![Duration::from_secs(1)],
             max_attempts: 3,
             jitter: 0.0,
             ..RetryPolicy::default()
@@ -294,7 +295,7 @@ async fn retry_sends_identical_bytes(backend: Backend) {
     let (receiver, addr) = Receiver::start([Reply::Status(500)]).await;
     let s = setup(backend, &url(addr), settings()).await;
     s.run_once().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     s.run_once().await;
     let seen = receiver.seen();
     assert_eq!(seen.len(), 2);
@@ -331,7 +332,7 @@ async fn retry_after_is_honoured(backend: Backend) {
     let attempt = &s.attempts().await[0];
     assert_eq!(attempt.status_code, Some(429));
     assert_eq!(attempt.error_class, Some(ErrorClass::HttpStatus));
-    // The header (2 s) outranks the 50 ms schedule and is used exactly.
+    // The header (2 s) outranks the 1 s schedule and is used exactly.
     assert_eq!(
         delivery.next_retry_at.unwrap() - attempt.finished_at,
         TimeDelta::seconds(2)
@@ -451,6 +452,8 @@ async fn production_refuses_an_ip_literal(backend: Backend) {
     )
     .await;
     s.settings.url_policy = UrlPolicy::Production;
+    // The retry is an hour away, so `run_once` makes exactly one attempt however slow it is.
+    s.settings.retry.schedule = vec![Duration::from_secs(3600)];
     let report = s.run_once().await;
     assert_eq!(report.retrying, 1, "{report:?}");
     let attempt = &s.attempts().await[0];
@@ -475,9 +478,15 @@ impl Resolver for Rebinding {
 
 async fn production_refuses_a_rebinding_name_at_connect(backend: Backend) {
     let (accepted, port) = silent_listener().await;
+    // The retry is an hour away, so `run_once` makes exactly one attempt however slow it is.
+    let base = settings();
     let production = WebhookSettings {
         url_policy: UrlPolicy::Production,
-        ..settings()
+        retry: RetryPolicy {
+            schedule: vec![Duration::from_secs(3600)],
+            ..base.retry.clone()
+        },
+        ..base
     };
     let hook = format!("https://rebind.example.com:{port}/hook");
     let s = setup(backend, &hook, production).await;
