@@ -21,6 +21,10 @@ pub struct Model {
     pub webhook_secret: Option<String>,
     pub webhook_events: Option<Json>,
     pub webhook_enabled: bool,
+    pub webhook_failing_since: Option<DateTimeWithTimeZone>,
+    pub webhook_disabled_at: Option<DateTimeWithTimeZone>,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub webhook_disabled_reason: Option<String>,
     #[sea_orm(
         belongs_to,
         from = "organization_id",

@@ -11,6 +11,10 @@
 //! * `ix_webhook_deliveries_agent_id` is dropped: `(agent_id)` is a prefix of the history index
 //!   `(agent_id, created_at, id)` and of the unique `(agent_id, event_id)`, so it only cost
 //!   writes. `down` restores it.
+//! * Endpoint health on `agents`: `webhook_failing_since` (when the current run of failed
+//!   attempts began), `webhook_disabled_at` and `webhook_disabled_reason` (when and why the
+//!   worker turned the webhook off). Nullable without a default, so adding them rewrites no rows
+//!   (a metadata-only change on PostgreSQL).
 //!
 //! Every step checks whether it is done already, so an interrupted run on MariaDB (no
 //! transactional DDL) can be repeated; `down` removes exactly what `up` added.
@@ -24,10 +28,20 @@ use sea_orm_migration::sea_orm::DbBackend;
 use crate::columns::utc_timestamp;
 use crate::existing_index::{drop_index_if_present, ensure_index};
 use crate::indexes;
-use crate::tables::{WebhookDeliveries, WebhookDeliveryAttempts as Attempts};
+use crate::tables::{Agents, WebhookDeliveries, WebhookDeliveryAttempts as Attempts};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
+
+/// The endpoint-health columns this migration adds to `agents`, in order (also the list
+/// [`crate::owned`] gives the host).
+pub(crate) fn agent_columns(backend: DbBackend) -> [ColumnDef; 3] {
+    [
+        utc_timestamp(backend, Agents::WebhookFailingSince),
+        utc_timestamp(backend, Agents::WebhookDisabledAt),
+        text_null(Agents::WebhookDisabledReason),
+    ]
+}
 
 /// The payload column: large enough for [`crate::MAX_PAYLOAD_COLUMN_BYTES`] on every backend.
 fn payload_column(backend: DbBackend) -> ColumnDef {
@@ -44,6 +58,24 @@ impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
         let deliveries = WebhookDeliveries::Table.to_string();
+        let agents = Agents::Table.to_string();
+
+        // One statement per column: SQLite allows a single change per ALTER TABLE.
+        for mut column in agent_columns(backend) {
+            if !manager
+                .has_column(&agents, column.get_column_name())
+                .await?
+            {
+                manager
+                    .alter_table(
+                        Table::alter()
+                            .table(Agents::Table)
+                            .add_column(&mut column)
+                            .to_owned(),
+                    )
+                    .await?;
+            }
+        }
 
         if !manager.has_column(&deliveries, "payload").await? {
             manager
@@ -141,6 +173,23 @@ impl MigrationTrait for Migration {
                         .to_owned(),
                 )
                 .await?;
+        }
+
+        let agents = Agents::Table.to_string();
+        if manager.has_table(&agents).await? {
+            for column in agent_columns(manager.get_database_backend()).iter().rev() {
+                let name = column.get_column_name();
+                if manager.has_column(&agents, &name).await? {
+                    manager
+                        .alter_table(
+                            Table::alter()
+                                .table(Agents::Table)
+                                .drop_column(Alias::new(name))
+                                .to_owned(),
+                        )
+                        .await?;
+                }
+            }
         }
         Ok(())
     }

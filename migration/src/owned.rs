@@ -1,7 +1,7 @@
 //! Which database objects agent-webhooks owns, for the host platform's own migration tool.
 //!
 //! The platform's schema tool (Alembic, for a SQLAlchemy platform) compares its models with the
-//! database and proposes dropping whatever it does not know: our four columns on its `agents`,
+//! database and proposes dropping whatever it does not know: our columns on its `agents`,
 //! `webhook_deliveries` with every secret's delivery history, and `seaql_migrations`. This module
 //! lists what our migrations add to a database the platform already has, so the host can leave
 //! exactly those objects alone: `migration owned --format json` prints the list, and
@@ -12,6 +12,7 @@
 
 use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::Iden;
+use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::Migrator;
 use crate::indexes;
@@ -70,8 +71,12 @@ pub fn owned_objects() -> OwnedObjects {
             attempts,
             Migrator::migration_table_name().to_string(),
         ],
+        // The backend only changes column types, never names.
         columns: crate::m20261128_000002_add_webhook_fields_to_agent::agent_columns()
             .iter()
+            .chain(
+                crate::m20261129_000004_delivery_worker::agent_columns(DbBackend::Postgres).iter(),
+            )
             .map(|column| (agents.clone(), column.get_column_name()))
             .collect(),
         indexes: owned_indexes,

@@ -26,6 +26,9 @@ pub enum Agents {
     WebhookSecret,
     WebhookEvents,
     WebhookEnabled,
+    WebhookFailingSince,
+    WebhookDisabledAt,
+    WebhookDisabledReason,
 }
 
 #[derive(DeriveIden, Clone, Copy)]

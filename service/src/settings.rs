@@ -17,6 +17,7 @@
 //! | `WEBHOOK_REQUEST_TIMEOUT_SECS` | how long one attempt may take in all, response body included; must be shorter than the claim lease ([`REQUEST_TIMEOUT_SECS`]) | 30 |
 //! | `WEBHOOK_MAX_RESPONSE_BYTES` | how much of a response body the worker reads before it stops and closes the connection ([`MAX_RESPONSE_BYTES`]) | 65536 (64 KiB) |
 //! | `WEBHOOK_POLL_INTERVAL_MS` | how long an idle worker waits before it looks for due deliveries again ([`POLL_INTERVAL_MS`]) | 1000 |
+//! | `WEBHOOK_DISABLE_AFTER_SECS` | how long an agent's attempts may fail without a single success before the worker disables its webhook ([`DISABLE_AFTER_SECS`]) | 432000 (5 days, like Svix; [`DEFAULT_DISABLE_AFTER`]) |
 //!
 //! A development policy is never implied: it must be asked for by name.
 
@@ -52,6 +53,8 @@ pub mod vars {
     pub const MAX_RESPONSE_BYTES: &str = "WEBHOOK_MAX_RESPONSE_BYTES";
     /// See the [module documentation](super).
     pub const POLL_INTERVAL_MS: &str = "WEBHOOK_POLL_INTERVAL_MS";
+    /// See the [module documentation](super).
+    pub const DISABLE_AFTER_SECS: &str = "WEBHOOK_DISABLE_AFTER_SECS";
 }
 
 /// Accepted attempt budgets: more than 50 attempts is a unit mix-up, not a policy.
@@ -74,6 +77,12 @@ pub const REQUEST_TIMEOUT_SECS: RangeInclusive<u32> = 1..=600;
 pub const MAX_RESPONSE_BYTES: RangeInclusive<u32> = 1024..=16 * 1024 * 1024;
 /// Accepted poll intervals in milliseconds.
 pub const POLL_INTERVAL_MS: RangeInclusive<u32> = 10..=60_000;
+/// Accepted auto-disable periods in seconds: from a minute (tests, impatient operators) to a
+/// year; a shorter period would disable a webhook over one slow retry.
+pub const DISABLE_AFTER_SECS: RangeInclusive<u32> = 60..=365 * 24 * 3600;
+/// How long an agent's deliveries may fail without a single success before its webhook is
+/// disabled, when `WEBHOOK_DISABLE_AFTER_SECS` is not set: five days, as Svix does.
+pub const DEFAULT_DISABLE_AFTER: Duration = Duration::from_secs(5 * 24 * 3600);
 /// The payload cap when `WEBHOOK_MAX_PAYLOAD_BYTES` is not set: what Svix accepts by default.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 
@@ -98,6 +107,9 @@ pub struct WebhookSettings {
     pub max_payload_bytes: usize,
     /// How the delivery worker sends (see [`crate::dispatch`]).
     pub worker: WorkerSettings,
+    /// How long an agent's attempts may fail without a single success before
+    /// [`record_outcome`](crate::deliveries::record_outcome) disables its webhook.
+    pub disable_after: Duration,
 }
 
 /// The delivery worker's limits, so that one slow or hostile receiver cannot hold a worker (or
@@ -231,6 +243,11 @@ impl WebhookSettings {
             let ms = in_range(&value, POLL_INTERVAL_MS).map_err(fail(vars::POLL_INTERVAL_MS))?;
             worker.poll_interval = Duration::from_millis(ms.into());
         }
+        if let Some(value) = get(vars::DISABLE_AFTER_SECS) {
+            let secs =
+                in_range(&value, DISABLE_AFTER_SECS).map_err(fail(vars::DISABLE_AFTER_SECS))?;
+            settings.disable_after = Duration::from_secs(secs.into());
+        }
         if settings.worker.request_timeout >= settings.claim_lease {
             return Err(SettingsError {
                 var: vars::REQUEST_TIMEOUT_SECS,
@@ -255,6 +272,7 @@ impl Default for WebhookSettings {
             signature_tolerance: DEFAULT_TOLERANCE,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             worker: WorkerSettings::default(),
+            disable_after: DEFAULT_DISABLE_AFTER,
         }
     }
 }
@@ -311,8 +329,10 @@ mod tests {
             (vars::REQUEST_TIMEOUT_SECS, "5"),
             (vars::MAX_RESPONSE_BYTES, "2048"),
             (vars::POLL_INTERVAL_MS, "250"),
+            (vars::DISABLE_AFTER_SECS, "60"),
         ])
         .unwrap();
+        assert_eq!(s.disable_after, Duration::from_secs(60));
         assert_eq!(s.max_payload_bytes, 1024);
         assert_eq!(
             s.worker,
@@ -350,6 +370,8 @@ mod tests {
             (vars::REQUEST_TIMEOUT_SECS, "601"),
             (vars::MAX_RESPONSE_BYTES, "1023"),
             (vars::POLL_INTERVAL_MS, "9"),
+            (vars::DISABLE_AFTER_SECS, "59"),
+            (vars::DISABLE_AFTER_SECS, "31536001"),
         ] {
             let err = settings(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var, "{value}");
@@ -379,6 +401,7 @@ mod tests {
         assert_eq!(s.max_payload_bytes, 256 * 1024);
         assert_eq!(s.worker.concurrency, 16);
         assert_eq!(s.worker.request_timeout, Duration::from_secs(30));
+        assert_eq!(s.disable_after, Duration::from_secs(432_000));
     }
 
     #[test]

@@ -99,6 +99,14 @@ pub struct WebhookConfigView {
     pub all_events: bool,
     /// Whether deliveries are enqueued.
     pub webhook_enabled: bool,
+    /// When the current run of failed attempts began; `None` while the last attempt succeeded
+    /// (or none failed). A run that lasts the settings' `disable_after` disables the webhook.
+    pub failing_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the worker disabled the webhook automatically; `None` when it did not (or it was
+    /// enabled again since).
+    pub disabled_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why the worker disabled the webhook, e.g. "no successful delivery for 5 days".
+    pub disabled_reason: Option<String>,
 }
 
 /// An agent with its webhook fields (the specification's `AgentState`), safe to serialize.
@@ -138,6 +146,12 @@ pub async fn configure<C: ConnectionTrait>(
     active.webhook_url = Set(Some(valid.url.to_string()));
     active.webhook_events = Set(Some(events));
     active.webhook_enabled = Set(valid.enabled);
+    if valid.enabled {
+        // Enabling starts afresh: an automatic disable and the failure run behind it are over.
+        active.webhook_failing_since = Set(None);
+        active.webhook_disabled_at = Set(None);
+        active.webhook_disabled_reason = Set(None);
+    }
     if let Some(sealed) = sealed {
         active.webhook_secret = Set(Some(sealed));
     }
@@ -376,5 +390,8 @@ fn view(agent: &agents::Model) -> Result<WebhookConfigView> {
         all_events: events.is_all(),
         webhook_events: events.as_slice().to_vec(),
         webhook_enabled: agent.webhook_enabled,
+        failing_since: agent.webhook_failing_since.map(|t| t.to_utc()),
+        disabled_at: agent.webhook_disabled_at.map(|t| t.to_utc()),
+        disabled_reason: agent.webhook_disabled_reason.clone(),
     })
 }

@@ -8,6 +8,7 @@ mod deliveries;
 mod entities;
 mod explain;
 mod hardening;
+mod health;
 mod host_autogenerate;
 mod host_schema;
 mod schema;

@@ -60,6 +60,9 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
         "ix_agents_created_at",
         "ix_webhook_deliveries_event_id",
         "ux_webhook_delivery_attempts_delivery_attempt",
+        "webhook_failing_since",
+        "webhook_disabled_at",
+        "webhook_disabled_reason",
     ] {
         assert!(
             after_up.iter().any(|l| l.contains(expected)),
@@ -88,6 +91,16 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
         !before_worker.iter().any(|l| l.contains("payload")),
         "payload column left behind: {before_worker:#?}"
     );
+    for health in [
+        "webhook_failing_since",
+        "webhook_disabled_at",
+        "webhook_disabled_reason",
+    ] {
+        assert!(
+            !before_worker.iter().any(|l| l.contains(health)),
+            "{health} left behind: {before_worker:#?}"
+        );
+    }
     Migrator::up(&t.db, None).await.unwrap();
     assert_eq!(snapshot(&t).await, after_up);
 
