@@ -1,4 +1,5 @@
-//! Column definitions whose SQL type differs per backend.
+//! Column definitions whose SQL type differs per backend, and the idempotent steps that add
+//! and drop columns.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
@@ -34,4 +35,51 @@ pub fn utc_timestamp_default_now(backend: DbBackend, col: impl IntoIden) -> Colu
         _ => Expr::current_timestamp(),
     };
     utc_timestamp(backend, col).not_null().default(now).take()
+}
+
+/// Adds each of `columns` that `table` lacks, one statement per column (SQLite allows a single
+/// change per `ALTER TABLE`), so an interrupted run on MariaDB can be repeated.
+pub(crate) async fn add_missing_columns<T: IntoIden + Copy + 'static>(
+    manager: &SchemaManager<'_>,
+    table: T,
+    columns: impl IntoIterator<Item = ColumnDef>,
+) -> Result<(), DbErr> {
+    let name = table.into_iden().to_string();
+    for mut column in columns {
+        if !manager.has_column(&name, column.get_column_name()).await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(table)
+                        .add_column(&mut column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops each of `columns` that `table` has, last first: the reverse of
+/// [`add_missing_columns`], repeatable in the same way.
+pub(crate) async fn drop_present_columns<T: IntoIden + Copy + 'static>(
+    manager: &SchemaManager<'_>,
+    table: T,
+    columns: &[ColumnDef],
+) -> Result<(), DbErr> {
+    let name = table.into_iden().to_string();
+    for column in columns.iter().rev() {
+        let column = column.get_column_name();
+        if manager.has_column(&name, &column).await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(table)
+                        .drop_column(Alias::new(column))
+                        .to_owned(),
+                )
+                .await?;
+        }
+    }
+    Ok(())
 }

@@ -23,7 +23,9 @@ use sea_orm_migration::schema::{
     boolean, integer, integer_null, json_null, string, text, text_null,
 };
 
-use crate::columns::{utc_timestamp, utc_timestamp_default_now};
+use crate::columns::{
+    add_missing_columns, drop_present_columns, utc_timestamp, utc_timestamp_default_now,
+};
 use crate::existing_index::ensure_index;
 use crate::indexes;
 use crate::tables::{Agents, Organizations, WebhookDeliveries};
@@ -46,24 +48,7 @@ pub(crate) fn agent_columns() -> [ColumnDef; 4] {
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
-        let agents = Agents::Table.to_string();
-
-        // One statement per column: SQLite allows a single change per ALTER TABLE.
-        for mut column in agent_columns() {
-            if !manager
-                .has_column(&agents, column.get_column_name())
-                .await?
-            {
-                manager
-                    .alter_table(
-                        Table::alter()
-                            .table(Agents::Table)
-                            .add_column(&mut column)
-                            .to_owned(),
-                    )
-                    .await?;
-            }
-        }
+        add_missing_columns(manager, Agents::Table, agent_columns()).await?;
 
         manager
             .create_table(
@@ -128,20 +113,7 @@ impl MigrationTrait for Migration {
             )
             .await?;
 
-        let agents = Agents::Table.to_string();
-        for column in agent_columns().iter().rev() {
-            let name = column.get_column_name();
-            if manager.has_column(&agents, &name).await? {
-                manager
-                    .alter_table(
-                        Table::alter()
-                            .table(Agents::Table)
-                            .drop_column(Alias::new(name))
-                            .to_owned(),
-                    )
-                    .await?;
-            }
-        }
+        drop_present_columns(manager, Agents::Table, &agent_columns()).await?;
         Ok(())
     }
 

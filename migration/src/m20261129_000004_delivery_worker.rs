@@ -25,7 +25,7 @@ use sea_orm_migration::schema::{
 };
 use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::columns::utc_timestamp;
+use crate::columns::{add_missing_columns, drop_present_columns, utc_timestamp};
 use crate::existing_index::{drop_index_if_present, ensure_index};
 use crate::indexes;
 use crate::tables::{Agents, WebhookDeliveries, WebhookDeliveryAttempts as Attempts};
@@ -57,36 +57,9 @@ fn payload_column(backend: DbBackend) -> ColumnDef {
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
-        let deliveries = WebhookDeliveries::Table.to_string();
-        let agents = Agents::Table.to_string();
 
-        // One statement per column: SQLite allows a single change per ALTER TABLE.
-        for mut column in agent_columns(backend) {
-            if !manager
-                .has_column(&agents, column.get_column_name())
-                .await?
-            {
-                manager
-                    .alter_table(
-                        Table::alter()
-                            .table(Agents::Table)
-                            .add_column(&mut column)
-                            .to_owned(),
-                    )
-                    .await?;
-            }
-        }
-
-        if !manager.has_column(&deliveries, "payload").await? {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(WebhookDeliveries::Table)
-                        .add_column(payload_column(backend))
-                        .to_owned(),
-                )
-                .await?;
-        }
+        add_missing_columns(manager, Agents::Table, agent_columns(backend)).await?;
+        add_missing_columns(manager, WebhookDeliveries::Table, [payload_column(backend)]).await?;
 
         manager
             .create_table(
@@ -144,6 +117,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let backend = manager.get_database_backend();
         let deliveries = WebhookDeliveries::Table.to_string();
         // Gone already when a later `down` of the webhook migration was interrupted.
         let deliveries_exist = manager.has_table(&deliveries).await?;
@@ -164,32 +138,16 @@ impl MigrationTrait for Migration {
             .drop_table(Table::drop().table(Attempts::Table).if_exists().to_owned())
             .await?;
 
-        if deliveries_exist && manager.has_column(&deliveries, "payload").await? {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(WebhookDeliveries::Table)
-                        .drop_column(WebhookDeliveries::Payload)
-                        .to_owned(),
-                )
-                .await?;
+        if deliveries_exist {
+            drop_present_columns(
+                manager,
+                WebhookDeliveries::Table,
+                &[payload_column(backend)],
+            )
+            .await?;
         }
-
-        let agents = Agents::Table.to_string();
-        if manager.has_table(&agents).await? {
-            for column in agent_columns(manager.get_database_backend()).iter().rev() {
-                let name = column.get_column_name();
-                if manager.has_column(&agents, &name).await? {
-                    manager
-                        .alter_table(
-                            Table::alter()
-                                .table(Agents::Table)
-                                .drop_column(Alias::new(name))
-                                .to_owned(),
-                        )
-                        .await?;
-                }
-            }
+        if manager.has_table(Agents::Table.to_string()).await? {
+            drop_present_columns(manager, Agents::Table, &agent_columns(backend)).await?;
         }
         Ok(())
     }
