@@ -366,6 +366,28 @@ pub async fn seed_agent(t: &TestDb, agent_id: &str, events: &[&str]) {
     .expect("insert agent");
 }
 
+/// Enqueues `event_id` of `event_type` for `agent_id` with an empty JSON object as payload and
+/// the default settings, for tests where neither matters.
+pub async fn enqueue_event<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    agent_id: &str,
+    event_id: &str,
+    event_type: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> agent_webhooks::Result<agent_webhooks::deliveries::Enqueued> {
+    let settings = agent_webhooks::settings::WebhookSettings::default();
+    agent_webhooks::deliveries::enqueue(
+        db,
+        &settings,
+        agent_id,
+        event_id,
+        event_type,
+        &serde_json::json!({}),
+        now,
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use agent_webhooks::deliveries::{self, Enqueued};
 use agent_webhooks::secret_box::KeyRing;
 use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::webhook::{self, ResealReport, WebhookConfig};
-use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
+use integration_tests::{Backend, TestDb, backend_tests, enqueue_event, seed_agent};
 use sea_orm::TransactionTrait;
 
 fn ring(entries: &str) -> WebhookSettings {
@@ -97,31 +97,14 @@ async fn enqueue_in_a_callers_transaction_finds_the_winners_delivery(backend: Ba
         // SQLITE_BUSY, by design, so there the caller's transaction starts with the enqueue.
         webhook::get_agent(&txn, "agent-1").await.unwrap();
     }
-    let winner = match deliveries::enqueue(
-        &other.db,
-        &WebhookSettings::default(),
-        "agent-1",
-        "evt-1",
-        "run.completed",
-        &serde_json::json!({}),
-        now,
-    )
-    .await
-    .unwrap()
+    let winner = match enqueue_event(&other.db, "agent-1", "evt-1", "run.completed", now)
+        .await
+        .unwrap()
     {
         Enqueued::Created(d) => d,
         other => panic!("{other:?}"),
     };
-    let outcome = deliveries::enqueue(
-        &txn,
-        &WebhookSettings::default(),
-        "agent-1",
-        "evt-1",
-        "run.completed",
-        &serde_json::json!({}),
-        now,
-    )
-    .await;
+    let outcome = enqueue_event(&txn, "agent-1", "evt-1", "run.completed", now).await;
     match outcome {
         Ok(Enqueued::Existing(d)) => assert_eq!(d.id, winner.id),
         other => panic!("{backend:?}: expected the winner's delivery, got {other:?}"),
@@ -163,17 +146,9 @@ fn entry_points_never_panic_on_arbitrary_limits() {
         )
         .await
         .unwrap();
-        deliveries::enqueue(
-            &t.db,
-            &WebhookSettings::default(),
-            "agent-1",
-            "evt-1",
-            "run.completed",
-            &serde_json::json!({}),
-            Utc::now(),
-        )
-        .await
-        .unwrap();
+        enqueue_event(&t.db, "agent-1", "evt-1", "run.completed", Utc::now())
+            .await
+            .unwrap();
         t
     });
     let settings = ring(&KeyRing::generate_key_entry("k1").unwrap());

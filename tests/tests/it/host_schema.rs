@@ -2,10 +2,9 @@
 //! the host's (README, "Created or adopted"): the cascade from organizations to agents is ours
 //! only on created tables; the cascade from agents to their delivery history holds in both.
 
-use agent_webhooks::deliveries::{self, Enqueued};
-use agent_webhooks::settings::WebhookSettings;
+use agent_webhooks::deliveries::Enqueued;
 use chrono::Utc;
-use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
+use integration_tests::{Backend, TestDb, backend_tests, enqueue_event, seed_agent};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::ConnectionTrait;
 
@@ -45,13 +44,11 @@ async fn enqueue_for(t: &TestDb, agent: &str) {
          WHERE id = '{agent}'"
     ))
     .await;
-    let created = deliveries::enqueue(
+    let created = enqueue_event(
         &t.db,
-        &WebhookSettings::default(),
         agent,
         &format!("evt_{agent}"),
         "run.completed",
-        &serde_json::json!({}),
         Utc::now(),
     )
     .await

@@ -10,7 +10,7 @@ use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::webhook::{self, WebhookConfig};
 use agent_webhooks::webhook_secret::WebhookSecret;
 use chrono::Utc;
-use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
+use integration_tests::{Backend, TestDb, backend_tests, enqueue_event, seed_agent};
 use secrecy::SecretString;
 
 fn config() -> WebhookConfig {
@@ -41,17 +41,9 @@ async fn soft_deleted_agents_are_gone(backend: Backend) {
         .unwrap();
     let now = Utc::now();
     // Enqueued while the agent was live: the worker must still not send it afterwards.
-    let before = deliveries::enqueue(
-        &t.db,
-        &WebhookSettings::default(),
-        "agent-1",
-        "evt_before",
-        "run.completed",
-        &serde_json::json!({}),
-        now,
-    )
-    .await
-    .unwrap();
+    let before = enqueue_event(&t.db, "agent-1", "evt_before", "run.completed", now)
+        .await
+        .unwrap();
     assert!(matches!(before, Enqueued::Created(_)), "{before:?}");
 
     t.exec("UPDATE agents SET is_deleted = true WHERE id = 'agent-1'")
@@ -79,30 +71,14 @@ async fn soft_deleted_agents_are_gone(backend: Backend) {
         1
     );
 
-    let skipped = deliveries::enqueue(
-        &t.db,
-        &WebhookSettings::default(),
-        "agent-1",
-        "evt_after",
-        "run.completed",
-        &serde_json::json!({}),
-        now,
-    )
-    .await
-    .unwrap();
+    let skipped = enqueue_event(&t.db, "agent-1", "evt_after", "run.completed", now)
+        .await
+        .unwrap();
     assert_eq!(skipped, Enqueued::Skipped(SkipReason::AgentDeleted));
     // A live agent is unaffected.
-    let live = deliveries::enqueue(
-        &t.db,
-        &WebhookSettings::default(),
-        "agent-2",
-        "evt_live",
-        "run.completed",
-        &serde_json::json!({}),
-        now,
-    )
-    .await
-    .unwrap();
+    let live = enqueue_event(&t.db, "agent-2", "evt_live", "run.completed", now)
+        .await
+        .unwrap();
     assert!(matches!(live, Enqueued::Created(_)), "{live:?}");
 
     // The delivery from before the deletion is claimed like any other, refused by the sender,

@@ -10,7 +10,7 @@ use agent_webhooks::retry::AttemptOutcome;
 use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::webhook::{self, WebhookConfig};
 use chrono::{Duration, TimeZone, Utc};
-use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
+use integration_tests::{Backend, TestDb, backend_tests, enqueue_event, seed_agent};
 
 /// The host's value, in the format SQLAlchemy writes on SQLite (naive, space, 6 digits).
 const HOST_UPDATED_AT: &str = "2026-11-29 12:38:02.552702";
@@ -103,17 +103,9 @@ async fn sqlite_timestamps_have_one_format_whoever_writes_them() {
         ("evt_3", whole),
         ("evt_4", now),
     ] {
-        let created = deliveries::enqueue(
-            &t.db,
-            &WebhookSettings::default(),
-            "agent-1",
-            event,
-            "run.completed",
-            &serde_json::json!({}),
-            at,
-        )
-        .await
-        .unwrap();
+        let created = enqueue_event(&t.db, "agent-1", event, "run.completed", at)
+            .await
+            .unwrap();
         assert!(matches!(created, Enqueued::Created(_)), "{created:?}");
     }
     // A row another writer inserted, created_at from the server default.
