@@ -19,7 +19,8 @@
 //!   the settings' `disable_after` disables the webhook (see `docs/deliveries.md`).
 //! * [`record_attempt`] appends to the attempt log (`webhook_delivery_attempts`), which
 //!   [`attempts`] reads back.
-//! * [`requeue`] lets an operator send an exhausted delivery again; [`prune`] keeps the table
+//! * [`requeue`] lets an operator send an exhausted delivery again, [`recover`] every exhausted
+//!   delivery of an agent since an instant (after an outage); [`prune`] keeps the table
 //!   small (the attempt log goes with its deliveries).
 
 use std::fmt;

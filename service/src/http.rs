@@ -117,7 +117,7 @@ use utoipa_axum::routes;
 
 use crate::deliveries::{
     self, AttemptRecord, DeliveryState, DeliveryStats, Enqueued, HistoryPage, HistoryQuery,
-    RecoverReport, SkipReason, WebhookDelivery,
+    MAX_PAGE_SIZE, RecoverReport, SkipReason, WebhookDelivery,
 };
 use crate::error::Error;
 use crate::events::TEST_EVENT;
@@ -918,8 +918,14 @@ async fn list_deliveries(
     let limit = match params.limit.as_deref() {
         None => 0,
         Some(text) => match text.parse::<u64>() {
-            Ok(n) if n >= 1 => n,
-            _ => return Err(Error::InvalidLimit(0).into()),
+            Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+            _ => {
+                return Err(ApiError::InvalidParameter {
+                    field: Some("limit".to_owned()),
+                    rule: "range",
+                    detail: format!("limit must be a whole number from 1 to {MAX_PAGE_SIZE}"),
+                });
+            }
         },
     };
     own_agent(&state, &caller, &agent_id).await?;

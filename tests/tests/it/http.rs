@@ -16,9 +16,11 @@ use agent_webhooks::settings::WebhookSettings;
 use axum::http::request::Parts;
 use entity::{agents, organizations, webhook_deliveries as wd};
 use futures::future::BoxFuture;
-use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
+use integration_tests::{Backend, TestDb, backend_tests, enqueue_event, seed_agent};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, TransactionTrait,
+};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -658,7 +660,59 @@ async fn bad_requests_get_their_problem_and_change_nothing(backend: Backend) {
     api.assert_never_sent(SECRET, "");
 }
 
+/// Recovery walks past one batch (1000) and requeues only what failed since the instant.
+async fn recover_requeues_every_failure_since_an_instant(backend: Backend) {
+    let t = TestDb::migrated(backend).await;
+    seed(&t).await;
+    let now = chrono::Utc::now();
+    let txn = t.db.begin().await.unwrap();
+    for i in 0..1008 {
+        let at = if i < 5 {
+            now - chrono::TimeDelta::days(2)
+        } else {
+            now - chrono::TimeDelta::hours(1)
+        };
+        enqueue_event(&txn, AGENT, &format!("evt-{i}"), "run.completed", at)
+            .await
+            .unwrap();
+    }
+    txn.commit().await.unwrap();
+    wd::Entity::update_many()
+        .col_expr(
+            wd::Column::NextRetryAt,
+            Expr::value(None::<sea_orm::prelude::DateTimeWithTimeZone>),
+        )
+        .col_expr(wd::Column::ErrorMessage, Expr::value("HTTP 500"))
+        .filter(wd::Column::AgentId.eq(AGENT))
+        .exec(&t.db)
+        .await
+        .unwrap();
+    let mut api = Api::start(&t).await;
+    let since = (now - chrono::TimeDelta::days(1)).to_rfc3339();
+    let recovered = api
+        .call(
+            "org-1",
+            "POST",
+            &agent_path("/recover"),
+            Some(json!({"since": since})),
+        )
+        .await;
+    assert_eq!(
+        (recovered.status, recovered.json()),
+        (200, json!({"requeued": 1003}))
+    );
+    let stats = api
+        .call("org-1", "GET", &agent_path("/stats"), None)
+        .await
+        .json();
+    assert_eq!(
+        (stats["pending"].clone(), stats["failed"].clone()),
+        (json!(1003), json!(5))
+    );
+}
+
 backend_tests!(
+    recover_requeues_every_failure_since_an_instant,
     every_route_works,
     other_organizations_get_404_on_every_route,
     bad_requests_get_their_problem_and_change_nothing
