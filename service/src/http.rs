@@ -591,10 +591,19 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         } else {
             ((path != ".").then_some(path), "type")
         };
+        // serde's "invalid type: string \"…\", expected …" quotes the value; a value can be
+        // a secret sent in the wrong place, so only the expectation is repeated.
+        let detail = match message.split_once(", expected ") {
+            Some((_, expected)) if rule == "type" => format!(
+                "invalid value for `{}`: expected {expected}",
+                field.as_deref().unwrap_or("the body")
+            ),
+            _ => message,
+        };
         ApiError::InvalidBody {
             field,
             rule,
-            detail: message,
+            detail,
         }
     })
 }
@@ -781,6 +790,8 @@ async fn rotate_secret(
     Id(agent_id): Id,
 ) -> Result<Response, ApiError> {
     own_agent(&state, &caller, &agent_id).await?;
+    // Rewired to `signing_secrets::rotate_signing_secret` (old secret kept for a grace period)
+    // when signing-secret rotation lands; until then the new secret replaces the old at once.
     let secret = WebhookSecret::generate().map_err(ApiError::Rng)?;
     let patch = WebhookConfigPatch {
         webhook_secret: Some(secrecy::SecretString::from(secret.expose())),
@@ -1092,6 +1103,13 @@ mod tests {
         );
         assert_eq!(shape(r#"{}"#), (Some("name".to_owned()), "required"));
         assert_eq!(shape(r#"{"name":1}"#), (Some("name".to_owned()), "type"));
+        match parse_json::<Body>(br#"{"name":"a","inner":{"n":"whsec_notshown"}}"#) {
+            Err(ApiError::InvalidBody { detail, .. }) => {
+                assert!(!detail.contains("whsec_notshown"), "{detail}");
+                assert!(detail.contains("expected u32"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             shape(r#"{"name":"a","inner":{"n":"x"}}"#),
             (Some("inner.n".to_owned()), "type")
