@@ -19,7 +19,8 @@
 //!   the settings' `disable_after` disables the webhook (see `docs/deliveries.md`).
 //! * [`record_attempt`] appends to the attempt log (`webhook_delivery_attempts`), which
 //!   [`attempts`] reads back.
-//! * [`requeue`] lets an operator send an exhausted delivery again; [`prune`] keeps the table
+//! * [`requeue`] lets an operator send an exhausted delivery again, [`recover`] every exhausted
+//!   delivery of an agent since an instant (after an outage); [`prune`] keeps the table
 //!   small (the attempt log goes with its deliveries).
 
 use std::fmt;
@@ -63,6 +64,7 @@ pub const DEFAULT_PAGE_SIZE: u64 = 50;
 /// | `Pending` | NULL | set | otherwise: never tried, waiting for a retry, or its lease ran out |
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "axum", derive(utoipa::ToSchema))]
 pub enum DeliveryState {
     /// Waiting to be claimed (due now or at `next_retry_at`).
     Pending,
@@ -140,6 +142,7 @@ impl fmt::Display for DeliveryState {
 
 /// A delivery as the app server and operators see it (the specification's `WebhookDelivery`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "axum", derive(utoipa::ToSchema))]
 pub struct WebhookDelivery {
     /// `dlv-<uuid v7>`, so ids sort by creation time.
     pub id: String,
@@ -233,6 +236,7 @@ pub struct Claim {
 /// attempt log stores it: one word an operator can filter on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "axum", derive(utoipa::ToSchema))]
 pub enum ErrorClass {
     /// The host name did not resolve.
     Dns,
@@ -301,6 +305,7 @@ pub const RESPONSE_PREFIX_LEN: usize = 1024;
 
 /// One row of the attempt log: what one attempt did, for operators debugging a receiver.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "axum", derive(utoipa::ToSchema))]
 pub struct AttemptRecord {
     /// The attempt number (1 for the first), as in [`Claim::attempt`].
     pub attempt: i32,
@@ -387,7 +392,9 @@ pub async fn enqueue<C: ConnectionTrait>(
     let Some(url) = agent.webhook_url.clone() else {
         return Ok(Enqueued::Skipped(SkipReason::NoUrl));
     };
-    if !crate::webhook::stored_events(&agent)?.wants(event_type) {
+    if event_type != crate::events::TEST_EVENT
+        && !crate::webhook::stored_events(&agent)?.wants(event_type)
+    {
         return Ok(Enqueued::Skipped(SkipReason::NotWanted));
     }
 
@@ -925,6 +932,85 @@ pub async fn requeue<C: ConnectionTrait>(
     get(db, id, now).await
 }
 
+/// What [`recover`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "axum", derive(utoipa::ToSchema))]
+pub struct RecoverReport {
+    /// Failed deliveries made due again.
+    pub requeued: u64,
+}
+
+/// Requeues every failed (exhausted) delivery of `agent_id` enqueued at or after `since` and
+/// not after `now`, like [`requeue`] does for one: for after an outage of the receiver (Svix's
+/// "recover").
+///
+/// Bounded work per statement: it walks the agent's deliveries in `(created_at, id)` order on
+/// the history index, [`MAX_PAGE_SIZE`] failed ones at a time, and requeues each batch with one
+/// `UPDATE` guarded by the failed state (a delivery requeued or deleted meanwhile is left
+/// alone). The walk moves forward only, so it ends even while workers exhaust deliveries again,
+/// and a run that is interrupted can be repeated: what it requeued is no longer failed.
+pub async fn recover<C: ConnectionTrait>(
+    db: &C,
+    agent_id: &str,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<RecoverReport> {
+    let backend = db.get_database_backend();
+    let mut report = RecoverReport::default();
+    let mut after: Option<(DateTimeWithTimeZone, String)> = None;
+    loop {
+        let mut select = wd::Entity::find()
+            .select_only()
+            .column(wd::Column::CreatedAt)
+            .column(wd::Column::Id)
+            .filter(wd::Column::AgentId.eq(agent_id))
+            .filter(wd::Column::CreatedAt.gte(stamp(backend, since)))
+            .filter(wd::Column::CreatedAt.lte(stamp(backend, now)))
+            .filter(DeliveryState::Failed.condition(backend, now));
+        if let Some((created_at, id)) = &after {
+            let created_at = stamp(backend, created_at.to_utc());
+            select = select.filter(
+                Condition::any()
+                    .add(wd::Column::CreatedAt.gt(created_at.clone()))
+                    .add(
+                        Condition::all()
+                            .add(wd::Column::CreatedAt.eq(created_at))
+                            .add(wd::Column::Id.gt(id.as_str())),
+                    ),
+            );
+        }
+        let rows: Vec<(DateTimeWithTimeZone, String)> = select
+            .order_by_asc(wd::Column::CreatedAt)
+            .order_by_asc(wd::Column::Id)
+            .limit(MAX_PAGE_SIZE)
+            .into_tuple()
+            .all(db)
+            .await?;
+        let Some(last) = rows.last().cloned() else {
+            return Ok(report);
+        };
+        let full = rows.len() as u64 == MAX_PAGE_SIZE;
+        let ids = rows.into_iter().map(|(_, id)| id);
+        let updated = wd::Entity::update_many()
+            .col_expr(wd::Column::NextRetryAt, Expr::value(stamp(backend, now)))
+            .col_expr(wd::Column::AttemptCount, Expr::value(0))
+            .filter(wd::Column::Id.is_in(ids))
+            .filter(DeliveryState::Failed.condition(backend, now))
+            .exec(db)
+            .await?;
+        report.requeued += updated.rows_affected;
+        if !full {
+            tracing::info!(
+                agent = agent_id,
+                requeued = report.requeued,
+                "recovered failed deliveries"
+            );
+            return Ok(report);
+        }
+        after = Some(last);
+    }
+}
+
 /// One delivery by id.
 pub async fn get<C: ConnectionTrait>(
     db: &C,
@@ -953,6 +1039,7 @@ pub struct HistoryQuery {
 
 /// One page of an agent's history, newest first.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "axum", derive(utoipa::ToSchema))]
 pub struct HistoryPage {
     /// The deliveries.
     pub items: Vec<WebhookDelivery>,
@@ -1045,6 +1132,7 @@ fn history_select(
 
 /// An agent's delivery figures at one instant.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "axum", derive(utoipa::ToSchema))]
 pub struct DeliveryStats {
     /// Deliveries waiting to be claimed.
     pub pending: u64,

@@ -36,6 +36,11 @@ pub const EVENT_CATALOGUE: &[&str] = &[
     "job.cancelled",
 ];
 
+/// The event type of a test delivery, which a user asks for to see their endpoint work. Not in
+/// the catalogue (nobody subscribes to it) and not subject to the filter: a test is sent to an
+/// enabled, configured webhook whatever it subscribes to.
+pub const TEST_EVENT: &str = "webhook.test";
+
 /// Most entries one filter may hold (counted after de-duplication), so a
 /// single webhook config cannot make storage or matching unbounded.
 pub const MAX_EVENT_FILTERS: usize = 64;

@@ -21,6 +21,7 @@
 //! | [`dispatch`] | the delivery worker: claim, sign, send over an SSRF-safe client, record every attempt |
 //! | [`settings`] | settings from the environment |
 //! | [`db`] | connecting with the settings the service expects |
+//! | `http` | (feature `axum`) the HTTP API an app server mounts: routes, problem responses, OpenAPI |
 
 #![warn(missing_docs)]
 
@@ -29,6 +30,8 @@ pub mod deliveries;
 pub mod dispatch;
 mod error;
 pub mod events;
+#[cfg(feature = "axum")]
+pub mod http;
 pub mod retry;
 pub mod secret_box;
 pub mod sender;

@@ -34,13 +34,18 @@ use crate::webhook_secret::WebhookSecret;
 
 /// The request body that configures an agent's webhook (the specification's `WebhookConfig`).
 ///
-/// Deliberately not `Serialize`: it may hold a secret. `Debug` redacts the secret.
+/// Deliberately not `Serialize`: it may hold a secret. `Debug` redacts the secret. Unknown
+/// fields are refused, so a misspelt `webhook_event` is an error rather than silently "all
+/// events".
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "axum", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Where deliveries go; checked against the [`UrlPolicy`].
     pub webhook_url: String,
     /// The signing secret; `None` keeps the stored one.
     #[serde(default)]
+    #[cfg_attr(feature = "axum", schema(value_type = Option<String>, write_only))]
     pub webhook_secret: Option<SecretString>,
     /// Event names or wildcards; empty means all events.
     #[serde(default)]
@@ -52,6 +57,29 @@ pub struct WebhookConfig {
 
 fn enabled_by_default() -> bool {
     true
+}
+
+/// A partial update of an agent's webhook (`PATCH`): every field is optional, an absent field
+/// keeps its stored value. Unknown fields are refused, like in [`WebhookConfig`].
+///
+/// Not `Serialize` and `Debug` redacts the secret, for the same reason as [`WebhookConfig`].
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "axum", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfigPatch {
+    /// A new URL, checked against the [`UrlPolicy`].
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// A new signing secret.
+    #[serde(default)]
+    #[cfg_attr(feature = "axum", schema(value_type = Option<String>, write_only))]
+    pub webhook_secret: Option<SecretString>,
+    /// A new event filter; empty means all events.
+    #[serde(default)]
+    pub webhook_events: Option<Vec<String>>,
+    /// Enable or disable deliveries.
+    #[serde(default)]
+    pub webhook_enabled: Option<bool>,
 }
 
 /// A [`WebhookConfig`] that passed validation.
@@ -86,6 +114,7 @@ impl WebhookConfig {
 /// What an API response may say about an agent's webhook: never the secret, only whether one
 /// is set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "axum", derive(utoipa::ToSchema))]
 pub struct WebhookConfigView {
     /// The agent this configuration belongs to.
     pub agent_id: String,
@@ -157,6 +186,62 @@ pub async fn configure<C: ConnectionTrait>(
     }
     let agent = active.update(db).await?;
     tracing::info!(agent = %agent.id, enabled = agent.webhook_enabled, "webhook configured");
+    view(&agent)
+}
+
+/// Applies the fields `patch` holds and keeps the others, validating each given field like
+/// [`configure`] does (the first failing rule is the error, and nothing is written). Enabling
+/// starts afresh as in [`configure`]; a patch that does not touch `webhook_enabled` leaves the
+/// endpoint's health (`failing_since`, an automatic disable) as it is.
+pub async fn update<C: ConnectionTrait>(
+    db: &C,
+    settings: &WebhookSettings,
+    agent_id: &str,
+    patch: &WebhookConfigPatch,
+) -> Result<WebhookConfigView> {
+    let url = patch
+        .webhook_url
+        .as_deref()
+        .map(|url| settings.url_policy.check(url))
+        .transpose()?;
+    let secret = patch
+        .webhook_secret
+        .clone()
+        .map(WebhookSecret::parse)
+        .transpose()?;
+    let events = patch
+        .webhook_events
+        .as_ref()
+        .map(EventFilter::parse)
+        .transpose()?;
+    let agent = find_agent(db, agent_id).await?;
+    let sealed = match &secret {
+        Some(secret) => Some(seal(settings.keys.as_ref(), agent_id, secret)?),
+        None => None,
+    };
+    let mut active = agent.clone().into_active_model();
+    if let Some(url) = url {
+        active.webhook_url = Set(Some(url.to_string()));
+    }
+    if let Some(sealed) = sealed {
+        active.webhook_secret = Set(Some(sealed));
+    }
+    if let Some(events) = events {
+        active.webhook_events = Set(Some(serde_json::Value::from(events.as_slice())));
+    }
+    if let Some(enabled) = patch.webhook_enabled {
+        active.webhook_enabled = Set(enabled);
+        if enabled {
+            active.webhook_failing_since = Set(None);
+            active.webhook_disabled_at = Set(None);
+            active.webhook_disabled_reason = Set(None);
+        }
+    }
+    if !active.is_changed() {
+        return view(&agent);
+    }
+    let agent = active.update(db).await?;
+    tracing::info!(agent = %agent.id, enabled = agent.webhook_enabled, "webhook updated");
     view(&agent)
 }
 

@@ -11,6 +11,7 @@ mod hardening;
 mod health;
 mod host_autogenerate;
 mod host_schema;
+mod http;
 mod schema;
 mod sender;
 mod settings;
