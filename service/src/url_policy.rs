@@ -35,7 +35,8 @@ pub enum UrlPolicy {
     #[default]
     Production,
     /// Also allows `http` and loopback/private targets, for local development
-    /// against receivers on the same machine or network.
+    /// against receivers on the same machine or network. Link-local addresses stay refused:
+    /// cloud metadata services answer there (`169.254.169.254`), and no receiver does.
     Development,
 }
 
@@ -116,18 +117,16 @@ impl UrlPolicy {
                 host: (*name).to_owned(),
             });
         }
-        if *self == Self::Development {
-            return Ok(());
-        }
         let rejection = match host {
+            Host::Domain(_) if *self == Self::Development => None,
             Host::Domain(name) => {
                 local_name_reason(name).map(|reason| UrlPolicyError::LocalHostName {
                     host: host.to_string(),
                     reason,
                 })
             }
-            Host::Ipv4(ip) => non_public_literal(&host, ip.into()),
-            Host::Ipv6(ip) => non_public_literal(&host, ip.into()),
+            Host::Ipv4(ip) => self.non_public_literal(&host, ip.into()),
+            Host::Ipv6(ip) => self.non_public_literal(&host, ip.into()),
         };
         rejection.map_or(Ok(()), Err)
     }
@@ -169,11 +168,11 @@ impl UrlPolicy {
                 host: name.to_owned(),
             });
         }
-        if *self == Self::Production
-            && let Some((addr, reason)) = ips
-                .iter()
-                .find_map(|&ip| classify_ip(ip).map(|reason| (ip, reason)))
-        {
+        if let Some((addr, reason)) = ips.iter().find_map(|&ip| {
+            classify_ip(ip)
+                .filter(|&reason| self.refuses(reason))
+                .map(|reason| (ip, reason))
+        }) {
             return Err(UrlPolicyError::ResolvesToNonPublic {
                 host: name.to_owned(),
                 addr,
@@ -373,11 +372,24 @@ impl fmt::Display for NonPublic {
     }
 }
 
-fn non_public_literal(host: &Host<&str>, ip: IpAddr) -> Option<UrlPolicyError> {
-    classify_ip(ip).map(|reason| UrlPolicyError::NonPublicAddress {
-        host: host.to_string(),
-        reason,
-    })
+impl UrlPolicy {
+    /// Whether this policy refuses a destination of `class`: production every non-public
+    /// one, development only link-local (see [`UrlPolicy::Development`]).
+    fn refuses(self, class: NonPublic) -> bool {
+        match self {
+            Self::Production => true,
+            Self::Development => class == NonPublic::LinkLocal,
+        }
+    }
+
+    fn non_public_literal(self, host: &Host<&str>, ip: IpAddr) -> Option<UrlPolicyError> {
+        classify_ip(ip)
+            .filter(|&reason| self.refuses(reason))
+            .map(|reason| UrlPolicyError::NonPublicAddress {
+                host: host.to_string(),
+                reason,
+            })
+    }
 }
 
 /// Classifies an address: `None` if it is a public destination, otherwise
@@ -640,8 +652,8 @@ mod tests {
         ("https://router.home.arpa/", Some("local-name"), None),
         ("https://intranet/", Some("local-name"), None),
         // Other non-public IPv4.
-        ("https://169.254.169.254/latest/meta-data", Some("link-local"), None),
-        ("https://[64:ff9b::a9fe:a9fe]/", Some("link-local"), None),
+        ("https://169.254.169.254/latest/meta-data", Some("link-local"), Some("link-local")),
+        ("https://[64:ff9b::a9fe:a9fe]/", Some("link-local"), Some("link-local")),
         ("https://10.0.0.1/", Some("private"), None),
         ("https://172.16.5.4/", Some("private"), None),
         ("https://172.31.255.255/", Some("private"), None),
@@ -673,7 +685,7 @@ mod tests {
         ("https://[::]/", Some("unspecified"), None),
         ("https://[fd00::1]/", Some("unique-local"), None),
         ("https://[fd00:ec2::254]/", Some("unique-local"), None),
-        ("https://[fe80::1]/", Some("link-local"), None),
+        ("https://[fe80::1]/", Some("link-local"), Some("link-local")),
         ("https://[fec0::1]/", Some("site-local"), None),
         ("https://[ff02::1]/", Some("multicast"), None),
         ("https://[2001:db8::1]/", Some("documentation"), None),
@@ -850,6 +862,7 @@ mod tests {
             ("mapped.example.com", &["::ffff:127.0.0.1"]),
             ("dupes.example.com", &["93.184.216.34", "93.184.216.34"]),
             ("empty.example.com", &[]),
+            ("metadata.example.com", &["10.0.0.5", "169.254.169.254"]),
         ])
     }
 
@@ -900,6 +913,9 @@ mod tests {
         }
         let got = resolved(DEV, "http://inside.example.com:8080/", &resolver).await;
         assert_eq!(got.unwrap(), addrs(&["10.0.0.5:8080"]));
+        // Development allows private receivers, never the cloud metadata service.
+        let got = resolved(DEV, "http://metadata.example.com/", &resolver).await;
+        assert_eq!(got.unwrap_err().rule(), "link-local");
     }
 
     #[tokio::test]
@@ -1060,7 +1076,8 @@ mod tests {
                     }
                     other => prop_assert!(false, "{host}: expected NonPublicAddress, got {other:?}"),
                 }
-                prop_assert!(DEV.check(&format!("http://{host}/x")).is_ok(), "{}", host);
+                let dev = rule_of(DEV.check(&format!("http://{host}/x")));
+                prop_assert_eq!(dev, expected.filter(|&rule| rule == "link-local"), "{}", host);
             }
             for host in ipv6_embeddings(ip) {
                 let result = PROD.check(&format!("https://{host}/"));
@@ -1109,7 +1126,8 @@ mod tests {
             let ip = Ipv6Addr::from_bits(net.network().to_bits() | (bits & net.hostmask().to_bits()));
             let raw = format!("https://[{ip}]/");
             prop_assert_eq!(rule_of(PROD.check(&raw)), Some(rule), "{}", raw);
-            prop_assert!(DEV.check(&raw).is_ok(), "{}", raw);
+            let dev = rule_of(DEV.check(&raw.replacen("https", "http", 1)));
+            prop_assert_eq!(dev, Some(rule).filter(|&rule| rule == "link-local"), "{}", raw);
         }
 
         #[test]
