@@ -34,14 +34,15 @@ pub mod indexes;
 mod lock;
 mod migrator;
 pub mod owned;
+mod ownership;
 mod redact;
 mod tables;
 
 pub use columns::SQLITE_TIMESTAMP_FORMAT;
 pub use defaults::{CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, MAX_PAYLOAD_COLUMN_BYTES};
 pub use lock::{LOCK_TIMEOUT, MigrationLock};
-pub use m20261128_000001_baseline::ensure_baseline_droppable;
 pub use migrator::Migrator;
+pub use ownership::allowing_data_loss;
 pub use redact::{RedactedStderr, redact_secrets, redact_url};
 
 // The migrations, oldest first: one module per file, named `m<YYYYMMDD>_<HHMMSS>_<name>`.
