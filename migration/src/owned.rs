@@ -243,7 +243,7 @@ mod tests {
                 "webhook_deliveries",
                 "webhook_delivery_attempts",
                 "seaql_migrations",
-                "webhook_schema_objects"
+                "agent_webhooks_schema_objects"
             ])
         );
         assert_eq!(

@@ -4,7 +4,7 @@
 //!   that exists already. One that is compatible ([`Family`], nullability and default, index
 //!   columns) is adopted; one that is not is refused with one line naming it, what was found and
 //!   what is needed.
-//! * **Adoption is recorded**, in our table `webhook_schema_objects` (one row per table, column
+//! * **Adoption is recorded**, in our table `agent_webhooks_schema_objects` (one row per table, column
 //!   or index: `created` or `adopted`), whether or not the adopted table holds rows. `down`
 //!   (and so `fresh`, `refresh`, `reset`) never drops an object recorded as adopted; it only
 //!   forgets the record. `created` is written *before* the object is made, so that on MariaDB
@@ -16,7 +16,7 @@
 //!   every migration they are about to run in a *dry run*, in which these helpers only check,
 //!   and the refusals (all losses at once) come out of that.
 //!
-//! Databases migrated before the record existed have no `webhook_schema_objects`: there,
+//! Databases migrated before the record existed have no `agent_webhooks_schema_objects`: there,
 //! `organizations` and `agents` count as adopted (in production they are the host's), and every
 //! other object as ours.
 
@@ -29,7 +29,7 @@ use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, Statement};
 use crate::tables::{Agents, Organizations};
 
 /// Our record of created and adopted objects.
-pub(crate) const RECORD_TABLE: &str = "webhook_schema_objects";
+pub(crate) const RECORD_TABLE: &str = "agent_webhooks_schema_objects";
 
 tokio::task_local! {
     static ALLOW_DATA_LOSS: bool;
@@ -721,7 +721,7 @@ pub(crate) async fn drop_table_if_ours(
         return forget(manager, Kind::Table, table, None).await;
     }
     if origin(manager, Kind::Table, table, "").await? == Some(Origin::Adopted) {
-        return forget(manager, Kind::Table, table, None).await;
+        return forget(manager, Kind::Table, table, Some("")).await;
     }
     if let Some(other) = referenced_by(manager, table)
         .await?
@@ -743,6 +743,13 @@ pub(crate) async fn drop_table_if_ours(
         .drop_table(Table::drop().table(Alias::new(table)).to_owned())
         .await?;
     forget(manager, Kind::Table, table, None).await
+}
+
+/// Whether `table` exists and is recorded as adopted: then our indexes on it must be dropped
+/// by name, where on our own table they go with it.
+pub(crate) async fn is_adopted(manager: &SchemaManager<'_>, table: &str) -> Result<bool, DbErr> {
+    Ok(manager.has_table(table).await?
+        && origin(manager, Kind::Table, table, "").await? == Some(Origin::Adopted))
 }
 
 /// The tables with a foreign key to `table` (other than `table` itself).
