@@ -72,7 +72,8 @@ enum Command {
     /// Show which migrations are applied and which are pending.
     Status,
     /// Roll back every migration, then apply them all again. Unlike the stock `fresh`, tables
-    /// other than ours are never dropped, and tables holding rows are never dropped.
+    /// other than ours (and adopted ones) are never dropped, nor, without --allow-data-loss,
+    /// tables holding rows.
     Fresh,
     /// Roll back every migration, then apply them all again.
     Refresh,

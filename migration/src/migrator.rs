@@ -1,4 +1,6 @@
-//! [`Migrator`]: the migration list of `lib.rs` plus the safe `fresh`, `refresh` and `reset`.
+//! [`Migrator`]: the migration list of `lib.rs` plus a checked `up` and `down` (a dry run of
+//! every migration first, so refusals come before the first change) and the safe `fresh`,
+//! `refresh` and `reset`.
 //!
 //! These overrides live here, not in `lib.rs`, because `sea-orm-cli migrate generate` rewrites
 //! `lib.rs` from the migration list to the end of the file.

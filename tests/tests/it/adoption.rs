@@ -235,7 +235,33 @@ async fn without_a_record_the_baseline_tables_count_as_adopted(backend: Backend)
     assert!(!snapshot_of(&t, "organizations").await.is_empty());
 }
 
+/// Issue 15.1: a table of ours that another tool's table references is not dropped, and the
+/// refusal comes before the first change (PostgreSQL used to fail half way, after rolling back
+/// the webhook migrations).
+async fn a_referenced_table_of_ours_is_refused_before_any_change(backend: Backend) {
+    let t = TestDb::migrated(backend).await;
+    t.exec(
+        "CREATE TABLE runs (id varchar(64) PRIMARY KEY, agent_id varchar(64), \
+         FOREIGN KEY (agent_id) REFERENCES agents (id))",
+    )
+    .await;
+    let before = snapshot(&t).await;
+    for (name, result) in [
+        ("reset", Migrator::reset(&t.db).await),
+        ("fresh", allowing_data_loss(Migrator::fresh(&t.db)).await),
+        ("down", Migrator::down(&t.db, None).await),
+    ] {
+        let err = result.expect_err(name).to_string();
+        assert!(
+            err.contains("refusing to drop table `agents`: table `runs` references it"),
+            "{name}: {err}"
+        );
+        assert_eq!(snapshot(&t).await, before, "{name} changed something");
+    }
+}
+
 backend_tests!(
+    a_referenced_table_of_ours_is_refused_before_any_change,
     a_webhook_column_of_another_type_is_refused_before_any_change,
     an_unrelated_webhook_deliveries_is_refused_before_any_change,
     adopted_objects_survive_down_fresh_and_reset,
