@@ -3,10 +3,14 @@
 host's `alembic revision --autogenerate` leaves agent-webhooks' objects alone
 (tests/tests/it/host_autogenerate.rs).
 
-    alembic_host_fixture.py setup DIR URL
+    alembic_host_fixture.py setup DIR URL [--empty]
         Writes an Alembic environment into DIR, autogenerates the platform's first revision from
         its declarative models (organizations, agents, runs -> agents), upgrades URL to it and
         inserts a few rows.
+        With --empty, no rows: a fresh install of the platform.
+    alembic_host_fixture.py platform-writes URL
+        Creates the platform's default organization, an agent and a run through its ORM, as
+        the platform does on a fresh install (fails when its tables were replaced by ours).
     alembic_host_fixture.py autogenerate DIR URL [SNIPPET_FILE [--host-change]]
         Runs `revision --autogenerate` against URL, with the `include_object` snippet pasted
         into env.py when SNIPPET_FILE is given, and prints the operations it proposes as JSON
@@ -101,13 +105,15 @@ def config(directory, url, **attributes):
     return cfg
 
 
-def setup(directory, url):
+def setup(directory, url, empty=None):
     cfg = config(directory, url)
     command.init(cfg, os.path.join(directory, "alembic"), template="generic")
     with open(os.path.join(directory, "alembic", "env.py"), "w") as f:
         f.write(ENV_PY)
     command.revision(cfg, message="platform", autogenerate=True)
     command.upgrade(cfg, "head")
+    if empty == "--empty":
+        return  # a fresh install of the platform: tables, no rows yet
     with Session(cfg.attributes["engine"]) as session:
         # Flushed parent first: the models declare no relationships to order the inserts by.
         session.add(Organization(id="org-1", name="Acme", created_at=datetime.now()))
@@ -159,9 +165,25 @@ def autogenerate(directory, url, snippet_file=None, host_change=None):
     print(json.dumps(proposed))
 
 
+def platform_writes(url):
+    """What the platform does on a fresh install: its default organization and an agent with
+    the platform's own columns, through its ORM. Fails when its tables were replaced."""
+    engine = create_engine(url)
+    with Session(engine) as session:
+        session.add(Organization(id="org-default", name="Default", created_at=datetime.now()))
+        session.flush()
+        session.add(Agent(id="agent-default", organization_id="org-default", model="gpt"))
+        session.flush()
+        session.add(Run(id="run-default", agent_id="agent-default", status="new"))
+        session.commit()
+    print("ok")
+
+
 def main(argv):
-    if len(argv) >= 3 and argv[0] == "setup":
-        setup(argv[1], argv[2])
+    if len(argv) in (3, 4) and argv[0] == "setup":
+        setup(*argv[1:])
+    elif len(argv) == 2 and argv[0] == "platform-writes":
+        platform_writes(argv[1])
     elif len(argv) in (3, 4, 5) and argv[0] == "autogenerate":
         autogenerate(*argv[1:])
     else:

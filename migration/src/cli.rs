@@ -46,6 +46,13 @@ struct Cli {
     #[arg(short = 'v', long, global = true)]
     verbose: bool,
 
+    /// Let `down`, `fresh`, `refresh` and `reset` drop tables we created that hold rows and
+    /// columns we added that hold values (delivery history, webhook configuration, secrets).
+    /// Without it they refuse, naming what would be destroyed. Adopted objects are never
+    /// dropped, with or without it.
+    #[arg(long, global = true)]
+    allow_data_loss: bool,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -65,7 +72,8 @@ enum Command {
     /// Show which migrations are applied and which are pending.
     Status,
     /// Roll back every migration, then apply them all again. Unlike the stock `fresh`, tables
-    /// other than ours are never dropped, and tables holding rows are never dropped.
+    /// other than ours (and adopted ones) are never dropped, nor, without --allow-data-loss,
+    /// tables holding rows.
     Fresh,
     /// Roll back every migration, then apply them all again.
     Refresh,
@@ -141,13 +149,20 @@ async fn execute(cli: Cli) -> Result<(), String> {
         .await
         .map_err(|e| describe(&e))?;
     let on = lock.executor();
-    let result = match command {
-        Command::Up { num } => Migrator::up(on, num).await,
-        Command::Down { num } => Migrator::down(on, Some(num)).await,
-        Command::Fresh => Migrator::fresh(on).await,
-        Command::Refresh => Migrator::refresh(on).await,
-        Command::Reset => Migrator::reset(on).await,
-        Command::Status | Command::Owned { .. } => Ok(()),
+    let run = async {
+        match command {
+            Command::Up { num } => Migrator::up(on, num).await,
+            Command::Down { num } => Migrator::down(on, Some(num)).await,
+            Command::Fresh => Migrator::fresh(on).await,
+            Command::Refresh => Migrator::refresh(on).await,
+            Command::Reset => Migrator::reset(on).await,
+            Command::Status | Command::Owned { .. } => Ok(()),
+        }
+    };
+    let result = if cli.allow_data_loss {
+        crate::allowing_data_loss(run).await
+    } else {
+        run.await
     };
     let released = lock.release(result.is_ok()).await;
     result.and(released).map_err(|e| describe(&e))

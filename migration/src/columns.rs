@@ -38,30 +38,24 @@ pub fn utc_timestamp_default_now(backend: DbBackend, col: impl IntoIden) -> Colu
 }
 
 /// Adds each of `columns` that `table` lacks, one statement per column (SQLite allows a single
-/// change per `ALTER TABLE`), so an interrupted run on MariaDB can be repeated.
+/// change per `ALTER TABLE`), so an interrupted run on MariaDB can be repeated. A column that
+/// exists already must be compatible with ours and is then adopted (and recorded as such): see
+/// [`crate::ownership`].
 pub(crate) async fn add_missing_columns<T: IntoIden + Copy + 'static>(
     manager: &SchemaManager<'_>,
     table: T,
     columns: impl IntoIterator<Item = ColumnDef>,
 ) -> Result<(), DbErr> {
     let name = table.into_iden().to_string();
-    for mut column in columns {
-        if !manager.has_column(&name, column.get_column_name()).await? {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(table)
-                        .add_column(&mut column)
-                        .to_owned(),
-                )
-                .await?;
-        }
+    for column in columns {
+        crate::ownership::ensure_column(manager, &name, column).await?;
     }
     Ok(())
 }
 
-/// Drops each of `columns` that `table` has, last first: the reverse of
-/// [`add_missing_columns`], repeatable in the same way.
+/// Drops each of `columns` that `table` has and that we added, last first: the reverse of
+/// [`add_missing_columns`], repeatable in the same way. Adopted columns stay; a column holding
+/// values (other than its default) is refused unless data loss is allowed.
 pub(crate) async fn drop_present_columns<T: IntoIden + Copy + 'static>(
     manager: &SchemaManager<'_>,
     table: T,
@@ -69,17 +63,7 @@ pub(crate) async fn drop_present_columns<T: IntoIden + Copy + 'static>(
 ) -> Result<(), DbErr> {
     let name = table.into_iden().to_string();
     for column in columns.iter().rev() {
-        let column = column.get_column_name();
-        if manager.has_column(&name, &column).await? {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(table)
-                        .drop_column(Alias::new(column))
-                        .to_owned(),
-                )
-                .await?;
-        }
+        crate::ownership::drop_column_if_ours(manager, &name, column).await?;
     }
     Ok(())
 }

@@ -10,6 +10,8 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, Statement};
 
+use crate::ownership::{Kind, Origin, dry_run, forget, origin, record};
+
 /// An index as found in the catalog: whether it is unique, and its columns in order.
 #[derive(Debug, PartialEq, Eq)]
 struct Found {
@@ -35,8 +37,16 @@ pub(crate) async fn ensure_index(
         columns: index.get_index_spec().get_column_names(),
     };
     if let Some(found) = find(manager, table, &name).await? {
-        return compare(table, &name, &wanted, &found);
+        compare(table, &name, &wanted, &found)?;
+        if origin(manager, Kind::Index, table, &name).await?.is_none() {
+            record(manager, Kind::Index, table, &name, Origin::Adopted).await?;
+        }
+        return Ok(());
     }
+    if dry_run() {
+        return Ok(());
+    }
+    record(manager, Kind::Index, table, &name, Origin::Created).await?;
     match manager.create_index(index).await {
         Ok(()) => Ok(()),
         // PostgreSQL and SQLite create indexes inside the migration's transaction, so only
@@ -124,20 +134,23 @@ async fn find(
     Ok(Some(Found { unique, columns }))
 }
 
-/// Drops index `name` of `table` when it is there, so a `down` (or an `up` that removes an
-/// index) can be run again after an interruption.
+/// Drops index `name` of `table` when it is there and not adopted, so a `down` (or an `up` that
+/// removes an index) can be run again after an interruption.
 pub(crate) async fn drop_index_if_present<T: IntoIden + Copy + 'static>(
     manager: &SchemaManager<'_>,
     table: T,
     name: &str,
 ) -> Result<(), DbErr> {
-    if manager
-        .has_index(table.into_iden().to_string(), name)
-        .await?
-    {
-        manager
-            .drop_index(Index::drop().name(name).table(table).to_owned())
-            .await?;
+    let table_name = table.into_iden().to_string();
+    if !manager.has_table(&table_name).await? || !manager.has_index(&table_name, name).await? {
+        return forget(manager, Kind::Index, &table_name, Some(name)).await;
     }
-    Ok(())
+    if origin(manager, Kind::Index, &table_name, name).await? == Some(Origin::Adopted) || dry_run()
+    {
+        return forget(manager, Kind::Index, &table_name, Some(name)).await;
+    }
+    manager
+        .drop_index(Index::drop().name(name).table(table).to_owned())
+        .await?;
+    forget(manager, Kind::Index, &table_name, Some(name)).await
 }

@@ -3,11 +3,14 @@
 //! Every migration runs on SQLite, PostgreSQL and MySQL/MariaDB. Two rules shape them:
 //!
 //! * **Adoption.** The baseline may find `organizations` and `agents` already made by another
-//!   tool (with more columns and rows); it then leaves them as they are.
-//! * **Nothing is lost.** No migration, and no CLI command, drops a table that holds rows it did
-//!   not create. [`Migrator`] therefore replaces the stock `fresh` (which drops *every* table in
-//!   the database) with "roll back our migrations, then apply them", and checks before `fresh`,
-//!   `refresh` and `reset` that the whole rollback can succeed, so that it never stops half way.
+//!   tool (with more columns and rows); it then leaves them as they are. Any object `up` would
+//!   create that exists already is adopted only when compatible, and recorded as adopted
+//!   (`ownership`); rollback never drops an adopted object.
+//! * **Nothing is lost.** No migration, and no CLI command, drops a table or column that holds
+//!   data unless the caller allows it ([`allowing_data_loss`], `--allow-data-loss`). [`Migrator`]
+//!   replaces the stock `fresh` (which drops *every* table in the database) with "roll back our
+//!   migrations, then apply them", and its `up` and `down` run a dry run of every migration
+//!   first, so that every refusal comes before the first change and nothing stops half way.
 //!
 //! Each migration runs in a transaction ([`MigrationTrait::use_transaction`] is `Some(true)`).
 //! MariaDB/MySQL commit DDL implicitly, so there each step also checks whether it is already
@@ -34,14 +37,15 @@ pub mod indexes;
 mod lock;
 mod migrator;
 pub mod owned;
+mod ownership;
 mod redact;
 mod tables;
 
 pub use columns::SQLITE_TIMESTAMP_FORMAT;
 pub use defaults::{CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, MAX_PAYLOAD_COLUMN_BYTES};
 pub use lock::{LOCK_TIMEOUT, MigrationLock};
-pub use m20261128_000001_baseline::ensure_baseline_droppable;
 pub use migrator::Migrator;
+pub use ownership::allowing_data_loss;
 pub use redact::{RedactedStderr, redact_secrets, redact_url};
 
 // The migrations, oldest first: one module per file, named `m<YYYYMMDD>_<HHMMSS>_<name>`.

@@ -26,8 +26,9 @@ use sea_orm_migration::schema::{
 use crate::columns::{
     add_missing_columns, drop_present_columns, utc_timestamp, utc_timestamp_default_now,
 };
-use crate::existing_index::ensure_index;
+use crate::existing_index::{drop_index_if_present, ensure_index};
 use crate::indexes;
+use crate::ownership::{Strictness, drop_table_if_ours, ensure_table, is_adopted};
 use crate::tables::{Agents, Organizations, WebhookDeliveries};
 
 #[derive(DeriveMigrationName)]
@@ -50,39 +51,41 @@ impl MigrationTrait for Migration {
         let backend = manager.get_database_backend();
         add_missing_columns(manager, Agents::Table, agent_columns()).await?;
 
-        manager
-            .create_table(
-                Table::create()
-                    .table(WebhookDeliveries::Table)
-                    .if_not_exists()
-                    .col(string(WebhookDeliveries::Id).primary_key())
-                    .col(string(WebhookDeliveries::OrganizationId))
-                    .col(string(WebhookDeliveries::AgentId))
-                    .col(string(WebhookDeliveries::EventId))
-                    .col(string(WebhookDeliveries::EventType))
-                    .col(text(WebhookDeliveries::WebhookUrl))
-                    .col(integer_null(WebhookDeliveries::StatusCode))
-                    .col(text_null(WebhookDeliveries::ErrorMessage))
-                    .col(integer(WebhookDeliveries::AttemptCount).default(0))
-                    .col(utc_timestamp_default_now(
-                        backend,
-                        WebhookDeliveries::CreatedAt,
-                    ))
-                    .col(utc_timestamp(backend, WebhookDeliveries::DeliveredAt))
-                    .col(utc_timestamp(backend, WebhookDeliveries::NextRetryAt))
-                    .foreign_key(&mut cascade(
-                        "fk_webhook_deliveries_organization_id",
-                        WebhookDeliveries::OrganizationId,
-                        (Organizations::Table, Organizations::Id),
-                    ))
-                    .foreign_key(&mut cascade(
-                        "fk_webhook_deliveries_agent_id",
-                        WebhookDeliveries::AgentId,
-                        (Agents::Table, Agents::Id),
-                    ))
-                    .to_owned(),
-            )
-            .await?;
+        ensure_table(
+            manager,
+            WebhookDeliveries::Table,
+            Table::create()
+                .table(WebhookDeliveries::Table)
+                .if_not_exists()
+                .col(string(WebhookDeliveries::Id).primary_key())
+                .col(string(WebhookDeliveries::OrganizationId))
+                .col(string(WebhookDeliveries::AgentId))
+                .col(string(WebhookDeliveries::EventId))
+                .col(string(WebhookDeliveries::EventType))
+                .col(text(WebhookDeliveries::WebhookUrl))
+                .col(integer_null(WebhookDeliveries::StatusCode))
+                .col(text_null(WebhookDeliveries::ErrorMessage))
+                .col(integer(WebhookDeliveries::AttemptCount).default(0))
+                .col(utc_timestamp_default_now(
+                    backend,
+                    WebhookDeliveries::CreatedAt,
+                ))
+                .col(utc_timestamp(backend, WebhookDeliveries::DeliveredAt))
+                .col(utc_timestamp(backend, WebhookDeliveries::NextRetryAt))
+                .foreign_key(&mut cascade(
+                    "fk_webhook_deliveries_organization_id",
+                    WebhookDeliveries::OrganizationId,
+                    (Organizations::Table, Organizations::Id),
+                ))
+                .foreign_key(&mut cascade(
+                    "fk_webhook_deliveries_agent_id",
+                    WebhookDeliveries::AgentId,
+                    (Agents::Table, Agents::Id),
+                ))
+                .to_owned(),
+            Strictness::Ours,
+        )
+        .await?;
 
         let deliveries = WebhookDeliveries::Table.to_string();
         for (name, column) in [
@@ -104,14 +107,18 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(
-                Table::drop()
-                    .table(WebhookDeliveries::Table)
-                    .if_exists()
-                    .to_owned(),
-            )
-            .await?;
+        // Our indexes go with our table, but must go by name from an adopted one.
+        if is_adopted(manager, &WebhookDeliveries::Table.to_string()).await? {
+            for name in [indexes::DELIVERIES_EVENT_ID, indexes::DELIVERIES_AGENT_ID] {
+                drop_index_if_present(manager, WebhookDeliveries::Table, name).await?;
+            }
+        }
+        drop_table_if_ours(
+            manager,
+            &WebhookDeliveries::Table.to_string(),
+            &crate::owned::all_tables(),
+        )
+        .await?;
 
         drop_present_columns(manager, Agents::Table, &agent_columns()).await?;
         Ok(())

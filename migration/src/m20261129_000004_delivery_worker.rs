@@ -28,6 +28,7 @@ use sea_orm_migration::sea_orm::DbBackend;
 use crate::columns::{add_missing_columns, drop_present_columns, utc_timestamp};
 use crate::existing_index::{drop_index_if_present, ensure_index};
 use crate::indexes;
+use crate::ownership::{Strictness, drop_table_if_ours, ensure_table, is_adopted};
 use crate::tables::{Agents, WebhookDeliveries, WebhookDeliveryAttempts as Attempts};
 
 #[derive(DeriveMigrationName)]
@@ -61,39 +62,41 @@ impl MigrationTrait for Migration {
         add_missing_columns(manager, Agents::Table, agent_columns(backend)).await?;
         add_missing_columns(manager, WebhookDeliveries::Table, [payload_column(backend)]).await?;
 
-        manager
-            .create_table(
-                Table::create()
-                    .table(Attempts::Table)
-                    .if_not_exists()
-                    .col(big_pk_auto(Attempts::Id))
-                    .col(string(Attempts::DeliveryId))
-                    .col(integer(Attempts::Attempt))
-                    .col(
-                        utc_timestamp(backend, Attempts::StartedAt)
-                            .not_null()
-                            .take(),
-                    )
-                    .col(
-                        utc_timestamp(backend, Attempts::FinishedAt)
-                            .not_null()
-                            .take(),
-                    )
-                    .col(integer_null(Attempts::StatusCode))
-                    .col(string_null(Attempts::ErrorClass))
-                    .col(text_null(Attempts::Message))
-                    .col(text_null(Attempts::ResponseBodyPrefix))
-                    .col(string_null(Attempts::RemoteAddr))
-                    .foreign_key(
-                        ForeignKey::create()
-                            .name("fk_webhook_delivery_attempts_delivery_id")
-                            .from(Attempts::Table, Attempts::DeliveryId)
-                            .to(WebhookDeliveries::Table, WebhookDeliveries::Id)
-                            .on_delete(ForeignKeyAction::Cascade),
-                    )
-                    .to_owned(),
-            )
-            .await?;
+        ensure_table(
+            manager,
+            Attempts::Table,
+            Table::create()
+                .table(Attempts::Table)
+                .if_not_exists()
+                .col(big_pk_auto(Attempts::Id))
+                .col(string(Attempts::DeliveryId))
+                .col(integer(Attempts::Attempt))
+                .col(
+                    utc_timestamp(backend, Attempts::StartedAt)
+                        .not_null()
+                        .take(),
+                )
+                .col(
+                    utc_timestamp(backend, Attempts::FinishedAt)
+                        .not_null()
+                        .take(),
+                )
+                .col(integer_null(Attempts::StatusCode))
+                .col(string_null(Attempts::ErrorClass))
+                .col(text_null(Attempts::Message))
+                .col(text_null(Attempts::ResponseBodyPrefix))
+                .col(string_null(Attempts::RemoteAddr))
+                .foreign_key(
+                    ForeignKey::create()
+                        .name("fk_webhook_delivery_attempts_delivery_id")
+                        .from(Attempts::Table, Attempts::DeliveryId)
+                        .to(WebhookDeliveries::Table, WebhookDeliveries::Id)
+                        .on_delete(ForeignKeyAction::Cascade),
+                )
+                .to_owned(),
+            Strictness::Ours,
+        )
+        .await?;
 
         ensure_index(
             manager,
@@ -134,9 +137,17 @@ impl MigrationTrait for Migration {
             .await?;
         }
 
-        manager
-            .drop_table(Table::drop().table(Attempts::Table).if_exists().to_owned())
-            .await?;
+        // Our index goes with our table, but must go by name from an adopted one.
+        if is_adopted(manager, &Attempts::Table.to_string()).await? {
+            drop_index_if_present(manager, Attempts::Table, indexes::ATTEMPTS_DELIVERY_ATTEMPT)
+                .await?;
+        }
+        drop_table_if_ours(
+            manager,
+            &Attempts::Table.to_string(),
+            &crate::owned::all_tables(),
+        )
+        .await?;
 
         if deliveries_exist {
             drop_present_columns(

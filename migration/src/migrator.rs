@@ -1,4 +1,6 @@
-//! [`Migrator`]: the migration list of `lib.rs` plus the safe `fresh`, `refresh` and `reset`.
+//! [`Migrator`]: the migration list of `lib.rs` plus a checked `up` and `down` (a dry run of
+//! every migration first, so refusals come before the first change) and the safe `fresh`,
+//! `refresh` and `reset`.
 //!
 //! These overrides live here, not in `lib.rs`, because `sea-orm-cli migrate generate` rewrites
 //! `lib.rs` from the migration list to the end of the file.
@@ -6,11 +8,20 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseExecutor;
 
-use crate::ensure_baseline_droppable;
-
 /// The ordered list of agent-webhooks migrations, with a `fresh` that never drops other tools'
 /// tables.
 pub struct Migrator;
+
+/// The same migrations with the stock `up` and `down`, which [`Migrator`]'s run after their
+/// dry run.
+struct Plain;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Plain {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        Migrator::list()
+    }
+}
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
@@ -19,34 +30,62 @@ impl MigratorTrait for Migrator {
         Self::list()
     }
 
+    /// Applies pending migrations (all, or the first `steps`), after a dry run of each that
+    /// refuses, before the first change, an existing object it cannot adopt.
+    async fn up<'c, C>(db: C, steps: Option<u32>) -> Result<(), DbErr>
+    where
+        C: IntoSchemaManagerConnection<'c>,
+    {
+        on_executor(db, |conn| Box::pin(checked(conn, Direction::Up(steps)))).await
+    }
+
+    /// Rolls back applied migrations (the last `steps`, or all), after a dry run of each that
+    /// refuses, before the first change, to drop data (unless [`crate::allowing_data_loss`]) or
+    /// a table another table references. Adopted objects are never dropped.
+    async fn down<'c, C>(db: C, steps: Option<u32>) -> Result<(), DbErr>
+    where
+        C: IntoSchemaManagerConnection<'c>,
+    {
+        on_executor(db, |conn| Box::pin(checked(conn, Direction::Down(steps)))).await
+    }
+
     /// Roll back every applied migration, then apply them all again.
     ///
     /// Unlike the stock implementation, which drops every table in the database (including
     /// tables another tool made and filled), this only undoes what our migrations did, and
-    /// refuses up front when the baseline tables hold rows.
+    /// refuses up front (see [`Migrator::down`]) when that would destroy data.
     async fn fresh<'c, C>(db: C) -> Result<(), DbErr>
     where
         C: IntoSchemaManagerConnection<'c>,
     {
-        full_rollback(db, AfterRollback::ApplyAll).await
+        on_executor(db, |conn| {
+            Box::pin(rollback_on(conn, AfterRollback::ApplyAll))
+        })
+        .await
     }
 
     /// Roll back every applied migration, then apply them all again; refuses up front when the
-    /// rollback would have to drop a table that holds rows.
+    /// rollback would destroy data.
     async fn refresh<'c, C>(db: C) -> Result<(), DbErr>
     where
         C: IntoSchemaManagerConnection<'c>,
     {
-        full_rollback(db, AfterRollback::ApplyAll).await
+        on_executor(db, |conn| {
+            Box::pin(rollback_on(conn, AfterRollback::ApplyAll))
+        })
+        .await
     }
 
     /// Roll back every applied migration and remove the migration table; refuses up front when
-    /// the rollback would have to drop a table that holds rows.
+    /// the rollback would destroy data.
     async fn reset<'c, C>(db: C) -> Result<(), DbErr>
     where
         C: IntoSchemaManagerConnection<'c>,
     {
-        full_rollback(db, AfterRollback::Uninstall).await
+        on_executor(db, |conn| {
+            Box::pin(rollback_on(conn, AfterRollback::Uninstall))
+        })
+        .await
     }
 }
 
@@ -57,34 +96,98 @@ enum AfterRollback {
     Uninstall,
 }
 
-/// Checks that a full rollback can succeed, performs it, then does `after`.
-async fn full_rollback<'c, C>(db: C, after: AfterRollback) -> Result<(), DbErr>
+#[derive(Clone, Copy)]
+enum Direction {
+    Up(Option<u32>),
+    Down(Option<u32>),
+}
+
+type Boxed<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DbErr>> + Send + 'a>>;
+
+/// Runs `f` on the connection or transaction behind `db` (committing an owned transaction).
+async fn on_executor<'c, C>(
+    db: C,
+    f: impl for<'a> FnOnce(Executor<'a>) -> Boxed<'a> + Send,
+) -> Result<(), DbErr>
 where
     C: IntoSchemaManagerConnection<'c>,
 {
     match db.into_database_executor() {
-        DatabaseExecutor::Connection(conn) => rollback_on(conn, after).await,
-        DatabaseExecutor::Transaction(txn) => rollback_on(txn, after).await,
+        DatabaseExecutor::Connection(conn) => f(Executor::Connection(conn)).await,
+        DatabaseExecutor::Transaction(txn) => f(Executor::Transaction(txn)).await,
         DatabaseExecutor::OwnedTransaction(txn) => {
-            rollback_on(&txn, after).await?;
+            f(Executor::Transaction(&txn)).await?;
             txn.commit().await
         }
     }
 }
 
-async fn rollback_on<'c, T>(conn: &'c T, after: AfterRollback) -> Result<(), DbErr>
-where
-    T: ConnectionTrait + Sync,
-    &'c T: IntoSchemaManagerConnection<'c>,
-{
-    let baseline = crate::m20261128_000001_baseline::Migration;
-    let applied = Migrator::get_applied_migrations(conn).await?;
-    if applied.iter().any(|m| m.name() == baseline.name()) {
-        ensure_baseline_droppable(&SchemaManager::new(conn)).await?;
+/// A borrowed connection or transaction, which every step below can reuse.
+#[derive(Clone, Copy)]
+enum Executor<'a> {
+    Connection(&'a sea_orm_migration::sea_orm::DatabaseConnection),
+    Transaction(&'a sea_orm_migration::sea_orm::DatabaseTransaction),
+}
+
+impl<'a> Executor<'a> {
+    fn manager(self) -> SchemaManager<'a> {
+        match self {
+            Executor::Connection(c) => SchemaManager::new(c),
+            Executor::Transaction(t) => SchemaManager::new(t),
+        }
     }
-    Migrator::down(conn, None).await?;
-    match after {
-        AfterRollback::ApplyAll => Migrator::up(conn, None).await,
-        AfterRollback::Uninstall => Migrator::uninstall(conn).await,
+}
+
+/// The dry run of the migrations `direction` would run, then the real run.
+async fn checked(conn: Executor<'_>, direction: Direction) -> Result<(), DbErr> {
+    let manager = conn.manager();
+    let db = manager.get_connection();
+    let (todo, steps): (Vec<String>, Option<u32>) = match direction {
+        Direction::Up(steps) => (
+            names(Plain::get_pending_migrations_read_only(db).await?),
+            steps,
+        ),
+        Direction::Down(steps) => {
+            let mut applied = names(Plain::get_applied_migrations_read_only(db).await?);
+            applied.reverse();
+            (applied, steps)
+        }
+    };
+    let take = steps.map_or(usize::MAX, |s| s as usize);
+    let list = Migrator::list();
+    let (checked, losses) = crate::ownership::in_dry_run(async {
+        for name in todo.iter().take(take) {
+            let Some(migration) = list.iter().find(|m| m.name() == name) else {
+                continue;
+            };
+            match direction {
+                Direction::Up(_) => migration.up(&manager).await?,
+                Direction::Down(_) => migration.down(&manager).await?,
+            }
+        }
+        Ok::<(), DbErr>(())
+    })
+    .await;
+    checked?;
+    crate::ownership::refuse_losses(&losses)?;
+    match (direction, conn) {
+        (Direction::Up(s), Executor::Connection(c)) => Plain::up(c, s).await,
+        (Direction::Up(s), Executor::Transaction(t)) => Plain::up(t, s).await,
+        (Direction::Down(s), Executor::Connection(c)) => Plain::down(c, s).await,
+        (Direction::Down(s), Executor::Transaction(t)) => Plain::down(t, s).await,
+    }
+}
+
+fn names(migrations: Vec<sea_orm_migration::Migration>) -> Vec<String> {
+    migrations.iter().map(|m| m.name().to_owned()).collect()
+}
+
+async fn rollback_on(conn: Executor<'_>, after: AfterRollback) -> Result<(), DbErr> {
+    checked(conn, Direction::Down(None)).await?;
+    match (after, conn) {
+        (AfterRollback::ApplyAll, _) => checked(conn, Direction::Up(None)).await,
+        (AfterRollback::Uninstall, Executor::Connection(c)) => Migrator::uninstall(c).await,
+        (AfterRollback::Uninstall, Executor::Transaction(t)) => Migrator::uninstall(t).await,
     }
 }

@@ -23,6 +23,14 @@ pub fn shared_tables() -> [String; 2] {
     [Organizations::Table.to_string(), Agents::Table.to_string()]
 }
 
+/// Every table our migrations may create: [`shared_tables`] and the owned ones. A foreign key
+/// from any other table to one of them makes dropping it a refusal.
+pub fn all_tables() -> Vec<String> {
+    let mut tables = shared_tables().to_vec();
+    tables.extend(owned_objects().tables);
+    tables
+}
+
 /// The objects our migrations add to a host's database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnedObjects {
@@ -70,6 +78,7 @@ pub fn owned_objects() -> OwnedObjects {
             deliveries,
             attempts,
             Migrator::migration_table_name().to_string(),
+            crate::ownership::RECORD_TABLE.to_owned(),
         ],
         // The backend only changes column types, never names.
         columns: crate::m20261128_000002_add_webhook_fields_to_agent::agent_columns()
@@ -233,7 +242,8 @@ mod tests {
             serde_json::json!([
                 "webhook_deliveries",
                 "webhook_delivery_attempts",
-                "seaql_migrations"
+                "seaql_migrations",
+                "agent_webhooks_schema_objects"
             ])
         );
         assert_eq!(

@@ -76,11 +76,19 @@ fn refuses_to_drop_tables_with_rows_with_one_line_and_exit_1() {
         let err = stderr(&out);
         let last = err.lines().last().unwrap_or_default();
         assert!(
-            last.starts_with("error: refusing to drop table `organizations`"),
+            last.starts_with(
+                "error: refusing to destroy data: table `organizations` holds 1 row; \
+                 run again with --allow-data-loss"
+            ),
             "{command}: {err}"
         );
         assert!(!err.contains("panicked"), "{err}");
     }
+    // The operator says so: the row goes with our table.
+    let out = migration(dir.path(), Some(&url), &["reset", "--allow-data-loss"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = migration(dir.path(), Some(&url), &["up"]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[test]
@@ -458,7 +466,8 @@ fn prints_json_by_default_and_the_alembic_hook_on_request() {
         serde_json::json!([
             "webhook_deliveries",
             "webhook_delivery_attempts",
-            "seaql_migrations"
+            "seaql_migrations",
+            "agent_webhooks_schema_objects"
         ])
     );
     assert_eq!(

@@ -380,10 +380,11 @@ pub async fn enqueue<C: ConnectionTrait>(
     })?;
     check_event_field("event_type", event_type)?;
     let agent = agents::Entity::find_by_id(agent_id)
+        .into_partial_model::<crate::webhook::AgentWebhook>()
         .one(db)
         .await?
         .ok_or_else(|| Error::AgentNotFound(agent_id.to_owned()))?;
-    if agent.is_deleted {
+    if agent.is_deleted == Some(true) {
         return Ok(Enqueued::Skipped(SkipReason::AgentDeleted));
     }
     if !agent.webhook_enabled {

@@ -19,8 +19,8 @@
 use entity::agents;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
-    QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, Condition, ConnectionTrait, DerivePartialModel, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -147,9 +147,11 @@ pub struct WebhookConfigView {
 pub struct AgentState {
     pub id: String,
     pub organization_id: String,
-    pub name: String,
+    /// `None` when the host's column is NULL (the platform's `agents.name` is nullable).
+    pub name: Option<String>,
     pub description: Option<String>,
-    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Read from an aware or a naive (UTC) column alike; `None` when the host left it NULL.
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The webhook configuration, without the secret.
     pub webhook: WebhookConfigView,
@@ -171,22 +173,36 @@ pub async fn configure<C: ConnectionTrait>(
     };
     let events = serde_json::Value::from(valid.events.as_slice());
 
-    let mut active = agent.into_active_model();
-    active.webhook_url = Set(Some(valid.url.to_string()));
-    active.webhook_events = Set(Some(events));
-    active.webhook_enabled = Set(valid.enabled);
+    let mut columns = vec![
+        (
+            agents::Column::WebhookUrl,
+            Expr::value(Some(valid.url.to_string())),
+        ),
+        (agents::Column::WebhookEvents, Expr::value(Some(events))),
+        (agents::Column::WebhookEnabled, Expr::value(valid.enabled)),
+    ];
     if valid.enabled {
         // Enabling starts afresh: an automatic disable and the failure run behind it are over.
-        active.webhook_failing_since = Set(None);
-        active.webhook_disabled_at = Set(None);
-        active.webhook_disabled_reason = Set(None);
+        for column in [
+            agents::Column::WebhookFailingSince,
+            agents::Column::WebhookDisabledAt,
+        ] {
+            columns.push((
+                column,
+                Expr::value(None::<sea_orm::prelude::DateTimeWithTimeZone>),
+            ));
+        }
+        columns.push((
+            agents::Column::WebhookDisabledReason,
+            Expr::value(None::<String>),
+        ));
     }
     if let Some(sealed) = sealed {
-        active.webhook_secret = Set(Some(sealed));
+        columns.push((agents::Column::WebhookSecret, Expr::value(Some(sealed))));
     }
-    let agent = active.update(db).await?;
-    tracing::info!(agent = %agent.id, enabled = agent.webhook_enabled, "webhook configured");
-    view(&agent)
+    let view = update_columns(db, &agent.id, columns).await?;
+    tracing::info!(agent = %agent.id, enabled = view.webhook_enabled, "webhook configured");
+    Ok(view)
 }
 
 /// Applies the fields `patch` holds and keeps the others, validating each given field like
@@ -253,14 +269,19 @@ pub async fn get<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<WebhookCo
 /// The agent with its webhook configuration, without the secret.
 pub async fn get_agent<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<AgentState> {
     let agent = find_agent(db, agent_id).await?;
+    let host = agents::Entity::find_by_id(agent_id)
+        .into_partial_model::<AgentHostColumns>()
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::AgentNotFound(agent_id.to_owned()))?;
     Ok(AgentState {
         webhook: view(&agent)?,
         id: agent.id,
-        organization_id: agent.organization_id,
-        name: agent.name,
-        description: agent.description,
-        created_at: agent.created_at.to_utc(),
-        updated_at: agent.updated_at.map(|t| t.to_utc()),
+        organization_id: host.organization_id,
+        name: host.name,
+        description: host.description,
+        created_at: host.created_at.map(|t| t.0),
+        updated_at: host.updated_at.map(|t| t.0),
     })
 }
 
@@ -269,7 +290,7 @@ pub async fn disable<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<Webho
     update_columns(
         db,
         agent_id,
-        [(agents::Column::WebhookEnabled, Expr::value(false))],
+        vec![(agents::Column::WebhookEnabled, Expr::value(false))],
     )
     .await
 }
@@ -280,7 +301,7 @@ pub async fn clear<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<Webhook
     update_columns(
         db,
         agent_id,
-        [
+        vec![
             (agents::Column::WebhookUrl, Expr::value(None::<String>)),
             (agents::Column::WebhookSecret, Expr::value(None::<String>)),
             (
@@ -398,7 +419,7 @@ pub async fn reseal_secrets<C: ConnectionTrait>(
 /// Opens the sealed secret of a loaded agent row.
 pub(crate) fn open_secret(
     keys: Option<&KeyRing>,
-    agent: &agents::Model,
+    agent: &AgentWebhook,
 ) -> Result<Option<WebhookSecret>> {
     let Some(sealed) = &agent.webhook_secret else {
         return Ok(None);
@@ -425,26 +446,109 @@ fn seal(keys: Option<&KeyRing>, agent_id: &str, secret: &WebhookSecret) -> Resul
         })
 }
 
+/// The columns of `agents` the webhook functions read: the id, the soft-delete flag and our
+/// webhook columns, never the host's other columns. A host column of a type we do not use (a
+/// naive `created_at`, a NULL `name`, extra columns) therefore cannot break them.
+#[derive(Clone, Debug, DerivePartialModel)]
+#[sea_orm(entity = "agents::Entity")]
+pub(crate) struct AgentWebhook {
+    pub id: String,
+    /// Copied onto each delivery.
+    pub organization_id: String,
+    /// NULL (a host row that never set it) reads as live.
+    pub is_deleted: Option<bool>,
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub webhook_events: Option<serde_json::Value>,
+    pub webhook_enabled: bool,
+    pub webhook_failing_since: Option<sea_orm::prelude::DateTimeWithTimeZone>,
+    pub webhook_disabled_at: Option<sea_orm::prelude::DateTimeWithTimeZone>,
+    pub webhook_disabled_reason: Option<String>,
+}
+
+/// The host's columns [`AgentState`] shows, read tolerantly: NULL where the host allows it, and
+/// timestamps aware or naive ([`HostTime`]).
+#[derive(Clone, Debug, DerivePartialModel)]
+#[sea_orm(entity = "agents::Entity")]
+struct AgentHostColumns {
+    organization_id: String,
+    name: Option<String>,
+    description: Option<String>,
+    created_at: Option<HostTime>,
+    updated_at: Option<HostTime>,
+}
+
+/// An instant in a host's timestamp column, which may be `timestamp with time zone` or, as
+/// SQLAlchemy's default `DateTime` makes it, without (read as UTC; on SQLite, text with or
+/// without an offset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HostTime(pub chrono::DateTime<chrono::Utc>);
+
+impl sea_orm::TryGetable for HostTime {
+    fn try_get_by<I: sea_orm::ColIdx>(
+        res: &sea_orm::QueryResult,
+        index: I,
+    ) -> std::result::Result<Self, sea_orm::TryGetError> {
+        use sea_orm::TryGetError;
+        match chrono::DateTime::<chrono::FixedOffset>::try_get_by(res, index) {
+            Ok(t) => return Ok(HostTime(t.to_utc())),
+            Err(TryGetError::Null(s)) => return Err(TryGetError::Null(s)),
+            Err(_) => {}
+        }
+        if let Ok(t) = chrono::NaiveDateTime::try_get_by(res, index) {
+            return Ok(HostTime(t.and_utc()));
+        }
+        let text = String::try_get_by(res, index)?;
+        parse_host_time(&text).map(HostTime).ok_or_else(|| {
+            TryGetError::DbErr(sea_orm::DbErr::Type(format!(
+                "`{index:?}` holds {text:?}, which is not a timestamp"
+            )))
+        })
+    }
+}
+
+/// Parses the text forms of an instant SQLite columns hold: with an offset (ours, RFC 3339) or
+/// without (the host's, read as UTC).
+fn parse_host_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let text = text.trim();
+    chrono::DateTime::parse_from_rfc3339(text)
+        .or_else(|_| chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%:z"))
+        .map(|t| t.to_utc())
+        .ok()
+        .or_else(|| {
+            ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+                .iter()
+                .find_map(|f| chrono::NaiveDateTime::parse_from_str(text, f).ok())
+                .map(|t| t.and_utc())
+        })
+}
+
 /// The live (not soft-deleted) agent with this id.
-pub(crate) async fn find_agent<C: ConnectionTrait>(
-    db: &C,
-    agent_id: &str,
-) -> Result<agents::Model> {
+pub(crate) async fn find_agent<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<AgentWebhook> {
     agents::Entity::find_by_id(agent_id)
-        .filter(agents::Column::IsDeleted.eq(false))
+        .filter(
+            Condition::any()
+                .add(agents::Column::IsDeleted.eq(false))
+                .add(agents::Column::IsDeleted.is_null()),
+        )
+        .into_partial_model::<AgentWebhook>()
         .one(db)
         .await?
         .ok_or_else(|| Error::AgentNotFound(agent_id.to_owned()))
 }
 
-async fn update_columns<C: ConnectionTrait, const N: usize>(
+async fn update_columns<C: ConnectionTrait>(
     db: &C,
     agent_id: &str,
-    columns: [(agents::Column, Expr); N],
+    columns: Vec<(agents::Column, Expr)>,
 ) -> Result<WebhookConfigView> {
     let mut update = agents::Entity::update_many()
         .filter(agents::Column::Id.eq(agent_id))
-        .filter(agents::Column::IsDeleted.eq(false));
+        .filter(
+            Condition::any()
+                .add(agents::Column::IsDeleted.eq(false))
+                .add(agents::Column::IsDeleted.is_null()),
+        );
     for (column, value) in columns {
         update = update.col_expr(column, value);
     }
@@ -456,7 +560,7 @@ async fn update_columns<C: ConnectionTrait, const N: usize>(
 
 /// The stored event filter of a loaded agent row; NULL (rows from before the webhook
 /// migration) means all events, like `[]`.
-pub(crate) fn stored_events(agent: &agents::Model) -> Result<EventFilter> {
+pub(crate) fn stored_events(agent: &AgentWebhook) -> Result<EventFilter> {
     match &agent.webhook_events {
         None => Ok(EventFilter::default()),
         Some(json) => serde_json::from_value(json.clone()).map_err(|source| Error::CorruptEvents {
@@ -466,7 +570,7 @@ pub(crate) fn stored_events(agent: &agents::Model) -> Result<EventFilter> {
     }
 }
 
-fn view(agent: &agents::Model) -> Result<WebhookConfigView> {
+fn view(agent: &AgentWebhook) -> Result<WebhookConfigView> {
     let events = stored_events(agent)?;
     Ok(WebhookConfigView {
         agent_id: agent.id.clone(),

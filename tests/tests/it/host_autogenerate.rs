@@ -115,6 +115,82 @@ async fn host_autogenerate_leaves_our_objects_alone(backend: Backend) {
     assert_eq!(host_change, expected);
 }
 
+/// Issue 15 items 1 and 5 on the platform's SQLAlchemy schema (naive `DateTime` columns, a
+/// nullable `name`, `runs` referencing `agents`), empty and populated: adoption is recorded
+/// either way, so `up` then `fresh`, `down` past the baseline and `reset` keep the platform's
+/// tables and rows and never stop half way; the platform can still write through its ORM, and
+/// the service reads its agents.
+async fn the_platforms_tables_survive_every_rollback(backend: Backend, empty: bool) {
+    let t = TestDb::fresh(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlalchemy_url(&t);
+    let mut args = vec!["setup", dir.path().to_str().unwrap(), url.as_str()];
+    if empty {
+        args.push("--empty");
+    }
+    fixture(&args);
+    let t = TestDb::reconnect(&t).await;
+    let rows = if empty { 0 } else { 3 };
+
+    Migrator::up(&t.db, None).await.unwrap();
+    Migrator::fresh(&t.db).await.unwrap();
+    Migrator::down(&t.db, None).await.unwrap();
+    Migrator::up(&t.db, None).await.unwrap();
+    if !empty {
+        // The service reads the platform's agents: naive `created_at`, and `name` as it is.
+        let settings = agent_webhooks::settings::WebhookSettings::default();
+        let config = serde_json::from_value(
+            serde_json::json!({ "webhook_url": "https://hooks.example.com/a" }),
+        )
+        .unwrap();
+        agent_webhooks::webhook::configure(&t.db, &settings, "agent-1", &config)
+            .await
+            .unwrap();
+        let agent = agent_webhooks::webhook::get_agent(&t.db, "agent-1")
+            .await
+            .unwrap();
+        assert_eq!(agent.name.as_deref(), Some("agent 1"));
+        assert!(agent.created_at.is_some());
+        agent_webhooks::webhook::clear(&t.db, "agent-1")
+            .await
+            .unwrap();
+    }
+    Migrator::reset(&t.db).await.unwrap();
+    for table in ["organizations", "agents", "runs"] {
+        let n = t.count(&format!("SELECT COUNT(*) FROM {table}")).await;
+        assert_eq!(
+            n,
+            if table == "organizations" {
+                rows.min(1)
+            } else {
+                rows
+            },
+            "{table}"
+        );
+    }
+    assert_eq!(fixture(&["platform-writes", &url]), "ok");
+}
+
+mod the_platforms_tables_survive_every_rollback {
+    use integration_tests::Backend;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_empty() {
+        super::the_platforms_tables_survive_every_rollback(Backend::Sqlite, true).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_populated() {
+        super::the_platforms_tables_survive_every_rollback(Backend::Sqlite, false).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_empty() {
+        super::the_platforms_tables_survive_every_rollback(Backend::Postgres, true).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_populated() {
+        super::the_platforms_tables_survive_every_rollback(Backend::Postgres, false).await
+    }
+}
+
 mod host_autogenerate_leaves_our_objects_alone {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite() {
