@@ -635,7 +635,7 @@ async fn own_agent(
     state: &HttpState,
     caller: &Caller,
     agent_id: &str,
-) -> Result<entity::agents::Model, ApiError> {
+) -> Result<webhook::AgentWebhook, ApiError> {
     let agent = webhook::find_agent(&state.db, agent_id).await?;
     if agent.organization_id != caller.organization_id {
         return Err(Error::AgentNotFound(agent_id.to_owned()).into());

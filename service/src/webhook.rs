@@ -182,20 +182,7 @@ pub async fn configure<C: ConnectionTrait>(
         (agents::Column::WebhookEnabled, Expr::value(valid.enabled)),
     ];
     if valid.enabled {
-        // Enabling starts afresh: an automatic disable and the failure run behind it are over.
-        for column in [
-            agents::Column::WebhookFailingSince,
-            agents::Column::WebhookDisabledAt,
-        ] {
-            columns.push((
-                column,
-                Expr::value(None::<sea_orm::prelude::DateTimeWithTimeZone>),
-            ));
-        }
-        columns.push((
-            agents::Column::WebhookDisabledReason,
-            Expr::value(None::<String>),
-        ));
+        columns.extend(restart_health());
     }
     if let Some(sealed) = sealed {
         columns.push((agents::Column::WebhookSecret, Expr::value(Some(sealed))));
@@ -235,30 +222,46 @@ pub async fn update<C: ConnectionTrait>(
         Some(secret) => Some(seal(settings.keys.as_ref(), agent_id, secret)?),
         None => None,
     };
-    let mut active = agent.clone().into_active_model();
+    let mut columns = Vec::new();
     if let Some(url) = url {
-        active.webhook_url = Set(Some(url.to_string()));
+        columns.push((
+            agents::Column::WebhookUrl,
+            Expr::value(Some(url.to_string())),
+        ));
     }
     if let Some(sealed) = sealed {
-        active.webhook_secret = Set(Some(sealed));
+        columns.push((agents::Column::WebhookSecret, Expr::value(Some(sealed))));
     }
     if let Some(events) = events {
-        active.webhook_events = Set(Some(serde_json::Value::from(events.as_slice())));
+        let events = serde_json::Value::from(events.as_slice());
+        columns.push((agents::Column::WebhookEvents, Expr::value(Some(events))));
     }
     if let Some(enabled) = patch.webhook_enabled {
-        active.webhook_enabled = Set(enabled);
+        columns.push((agents::Column::WebhookEnabled, Expr::value(enabled)));
         if enabled {
-            active.webhook_failing_since = Set(None);
-            active.webhook_disabled_at = Set(None);
-            active.webhook_disabled_reason = Set(None);
+            columns.extend(restart_health());
         }
     }
-    if !active.is_changed() {
+    if columns.is_empty() {
         return view(&agent);
     }
-    let agent = active.update(db).await?;
-    tracing::info!(agent = %agent.id, enabled = agent.webhook_enabled, "webhook updated");
-    view(&agent)
+    let view = update_columns(db, &agent.id, columns).await?;
+    tracing::info!(agent = %agent.id, enabled = view.webhook_enabled, "webhook updated");
+    Ok(view)
+}
+
+/// The health columns cleared when a webhook is enabled: enabling starts afresh, an automatic
+/// disable and the failure run behind it are over.
+fn restart_health() -> [(agents::Column, Expr); 3] {
+    let no_time = || Expr::value(None::<sea_orm::prelude::DateTimeWithTimeZone>);
+    [
+        (agents::Column::WebhookFailingSince, no_time()),
+        (agents::Column::WebhookDisabledAt, no_time()),
+        (
+            agents::Column::WebhookDisabledReason,
+            Expr::value(None::<String>),
+        ),
+    ]
 }
 
 /// The agent's webhook configuration, without the secret.
