@@ -14,6 +14,7 @@ mod host_schema;
 mod schema;
 mod sender;
 mod settings;
+mod signing_secrets;
 mod soft_delete;
 mod standardwebhooks_compat;
 mod timestamps;
