@@ -12,7 +12,7 @@
 //!   (`agents.webhook_secret`) and keeps the replaced one in `webhook_previous_secrets` until
 //!   `now + grace`. The grace period defaults to the settings' `signing_grace`
 //!   (`WEBHOOK_SIGNING_GRACE_SECS`, 24 h unless set) and may be 0 to 7 days
-//!   ([`SIGNING_GRACE_SECS`](crate::settings::SIGNING_GRACE_SECS)); a longer one is
+//!   ([`crate::settings::SIGNING_GRACE_SECS`]); a longer one is
 //!   [`Error::InvalidGrace`]. A grace of 0 keeps nothing: the old secret stops at once. The new
 //!   secret is returned once, in [`RotatedSigningSecret`]; it is the only place its plaintext
 //!   leaves the service.
@@ -28,6 +28,10 @@
 //!   [`signing_keys`], and are deleted by the next rotation or revocation of the agent, and by
 //!   [`prune_expired`] (CLI `signing prune`) for all agents.
 //! * [`revoke_previous`] deletes every previous secret of an agent at once, for a leaked secret.
+//! * [`crate::webhook::configure`] with a secret replaces the primary at once, without a grace
+//!   period (the caller chose the secret and hands it out itself); previous secrets it finds
+//!   keep their expiry. [`crate::webhook::clear`] deletes previous secrets and the Ed25519 key
+//!   with the primary.
 //! * Ed25519: [`generate_ed25519_key`] gives the agent a key pair; from then on every delivery
 //!   also carries a `v1a` signature that receivers verify with the `whpk_` public key (readable
 //!   in [`signing_keys`]) and [`crate::signing::verify_v1a`]. The `whsk_` private key is sealed

@@ -277,11 +277,31 @@ async fn revoking_stops_previous_secrets_at_once(backend: Backend) {
         signing_secrets::revoke_previous(&t.db, "nobody").await,
         Err(Error::AgentNotFound(_))
     ));
+
+    // Clearing the webhook takes previous secrets and the Ed25519 key with the primary.
+    signing_secrets::rotate_signing_secret(&t.db, &settings, "agent-1", None, now)
+        .await
+        .unwrap();
+    signing_secrets::generate_ed25519_key(&t.db, &settings, "agent-1")
+        .await
+        .unwrap();
+    webhook::clear(&t.db, "agent-1").await.unwrap();
+    assert_eq!(previous_rows(&t).await, 0);
+    assert_eq!(
+        t.count("SELECT COUNT(*) FROM agents WHERE webhook_ed25519_secret_key IS NOT NULL OR webhook_ed25519_public_key IS NOT NULL")
+            .await,
+        0
+    );
+    let view = signing_secrets::signing_keys(&t.db, &settings, "agent-1", now)
+        .await
+        .unwrap();
+    assert!(view.keys.is_empty());
 }
 
 async fn grace_bounds_and_at_most_ten_previous_secrets(backend: Backend) {
     let t = TestDb::migrated(backend).await;
-    let mut settings = settings_with(&key_entry("k1"));
+    let k1 = key_entry("k1");
+    let settings = settings_with(&k1);
     let old = agent_with_secret(&t, &settings, "agent-1").await;
     let claim = claim_one(&t, &settings, "agent-1").await;
     let now = Utc::now();
@@ -322,8 +342,13 @@ async fn grace_bounds_and_at_most_ten_previous_secrets(backend: Backend) {
         Err(VerifyError::NoMatchingSignature)
     );
 
-    // The settings' grace applies when none is named.
-    settings.signing_grace = Duration::from_secs(7200);
+    // The settings' grace (WEBHOOK_SIGNING_GRACE_SECS) applies when none is named.
+    let settings = WebhookSettings::from_lookup(|var| match var {
+        "WEBHOOK_SECRET_KEYS" => Some(k1.clone()),
+        "WEBHOOK_SIGNING_GRACE_SECS" => Some("7200".to_owned()),
+        _ => None,
+    })
+    .unwrap();
     let rotated = signing_secrets::rotate_signing_secret(&t.db, &settings, "agent-1", None, now)
         .await
         .unwrap();
