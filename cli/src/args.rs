@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use agent_webhooks::deliveries::{DeliveryState, MAX_PAGE_SIZE};
 use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::settings::SIGNING_GRACE_SECS;
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -47,9 +48,14 @@ pub enum Command {
     /// Show or change an agent's webhook configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Encryption keys for stored secrets.
+    /// Sealing keys: the master keys (WEBHOOK_SECRET_KEYS) that encrypt stored secrets at rest.
+    /// Rotating them changes nothing receivers see. (`secrets` is a hidden alias, the old name.)
+    #[command(subcommand, name = "sealing-keys", alias = "secrets")]
+    SealingKeys(SecretsCommand),
+    /// Signing secrets and keys: what deliveries are signed with and receivers verify.
+    /// Rotating a signing secret changes what receivers must hold (with a grace period).
     #[command(subcommand)]
-    Secrets(SecretsCommand),
+    Signing(SigningCommand),
     /// Delivery history and operations.
     #[command(subcommand)]
     Deliveries(DeliveriesCommand),
@@ -169,12 +175,51 @@ pub enum SecretsCommand {
         #[arg(long, default_value_t = default_key_id(), value_parser = parse_key_id)]
         key_id: String,
     },
-    /// Re-seal every stored secret under the current (first) key; resumable, safe to repeat.
+    /// Re-seal every stored secret and key under the current (first) sealing key; resumable,
+    /// safe to repeat. Receivers notice nothing (see `signing rotate` for that).
     Rotate {
-        /// Agents read per query.
+        /// Rows read per query.
         #[arg(long, default_value_t = 500, value_parser = limit())]
         batch: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SigningCommand {
+    /// Replace an agent's signing secret with a new one, printed once; the old one keeps
+    /// signing (next to the new one) for the grace period.
+    Rotate {
+        #[arg(long)]
+        agent: String,
+        /// How long the old secret keeps signing, 0s to 7d (e.g. `24h`, `30m`, `0s`); default
+        /// WEBHOOK_SIGNING_GRACE_SECS, else 24h.
+        #[arg(long, value_parser = parse_grace)]
+        grace: Option<Duration>,
+    },
+    /// Stop every previous signing secret of an agent at once (a leaked secret).
+    RevokePrevious {
+        #[arg(long)]
+        agent: String,
+    },
+    /// An agent's signing keys: key ids, algorithms, expiries, the Ed25519 public key; never a
+    /// secret.
+    Show {
+        #[arg(long)]
+        agent: String,
+    },
+    /// Give an agent a new Ed25519 key pair (replacing its old one at once): deliveries also
+    /// carry a `v1a` signature; prints the `whpk_` public key for receivers.
+    GenerateEd25519 {
+        #[arg(long)]
+        agent: String,
+    },
+    /// Remove an agent's Ed25519 key pair: no more `v1a` signatures.
+    RemoveEd25519 {
+        #[arg(long)]
+        agent: String,
+    },
+    /// Delete expired previous signing secrets of every agent (they never sign anyway).
+    Prune,
 }
 
 #[derive(Debug, Subcommand)]
@@ -257,6 +302,21 @@ fn default_key_id() -> String {
     format!("k{}", Utc::now().format("%Y%m%d"))
 }
 
+/// `--grace`: a humantime duration within the library's 0 to 7 days; anything else is a usage
+/// error.
+fn parse_grace(text: &str) -> Result<Duration, String> {
+    let grace = humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (expected e.g. 24h, 30m, 7d or 0s)"))?;
+    let max = Duration::from_secs((*SIGNING_GRACE_SECS.end()).into());
+    if grace > max {
+        return Err(format!(
+            "{} is longer than the 7 days a grace period may last",
+            humantime::format_duration(grace)
+        ));
+    }
+    Ok(grace)
+}
+
 /// `--older-than`: a humantime duration (`30d`, `12h`, `15m`, `90s`, `1h 30m`) whose cut-off
 /// can be computed; anything else is a usage error.
 fn parse_age(text: &str) -> Result<Duration, String> {
@@ -291,6 +351,35 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn grace_periods_from_zero_to_seven_days() {
+        assert_eq!(parse_grace("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_grace("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_grace("7d"), Ok(Duration::from_secs(604_800)));
+        for bad in ["7d 1s", "8d", "", "soon", "-1h", "99999999999999999999d"] {
+            assert!(parse_grace(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_is_a_hidden_alias_of_sealing_keys() {
+        for name in ["sealing-keys", "secrets"] {
+            let cli = Cli::try_parse_from(["agent-webhooks", name, "rotate"]).unwrap();
+            assert!(matches!(
+                cli.command,
+                Command::SealingKeys(SecretsCommand::Rotate { .. })
+            ));
+        }
+        let help = Cli::command().render_help().to_string();
+        assert!(
+            help.contains("sealing-keys") && help.contains("signing"),
+            "{help}"
+        );
+        let listed = |name: &str| help.lines().any(|l| l.trim_start().starts_with(name));
+        assert!(listed("sealing-keys") && listed("signing"), "{help}");
+        assert!(!listed("secrets"), "{help}");
     }
 
     #[test]
@@ -401,10 +490,11 @@ mod tests {
         /// accepted within its bounds or refused as a usage error (exit 2).
         #[test]
         fn the_parser_never_panics_on_numbers_and_durations(value in hostile_value()) {
-            let command_lines: [&[&str]; 4] = [
+            let command_lines: [&[&str]; 5] = [
                 &["deliveries", "prune", "--older-than"],
                 &["deliveries", "prune", "--older-than", "30d", "--batch"],
                 &["secrets", "rotate", "--batch"],
+                &["signing", "rotate", "--agent", "a", "--grace"],
                 &["deliveries", "list", "--agent", "a", "--limit"],
             ];
             for args in command_lines {
@@ -418,6 +508,11 @@ mod tests {
                         {
                             proptest::prop_assert!(cutoff(Utc::now(), older_than).is_ok());
                             proptest::prop_assert!((1..=MAX_PAGE_SIZE).contains(&batch));
+                        }
+                        if let Command::Signing(SigningCommand::Rotate { grace: Some(grace), .. }) =
+                            cli.command
+                        {
+                            proptest::prop_assert!(grace <= Duration::from_secs(604_800));
                         }
                     }
                     Err(err) => proptest::prop_assert_eq!(err.exit_code(), 2, "{:?}: {}", args, err),

@@ -14,15 +14,18 @@ use agent_webhooks::dispatch::{Dispatcher, DrainReport};
 use agent_webhooks::secret_box::KeyRing;
 use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::signing;
+use agent_webhooks::signing_secrets::{self, SigningKeyView, SigningKeysView};
 use agent_webhooks::url_policy::UrlPolicy;
 use agent_webhooks::webhook::{self, WebhookConfig, WebhookConfigView};
 use agent_webhooks::webhook_secret::WebhookSecret;
 use anyhow::{Context, anyhow, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use secrecy::SecretString;
 
-use crate::args::{Cli, Command, ConfigCommand, DeliveriesCommand, EventsCommand, SecretsCommand};
+use crate::args::{
+    Cli, Command, ConfigCommand, DeliveriesCommand, EventsCommand, SecretsCommand, SigningCommand,
+};
 use crate::output::{self, Progress};
 
 /// Runs the parsed command line; an error is what the operator reads (exit 1).
@@ -72,10 +75,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             signing::verify(&[&secret], headers, &body, now, tolerance).context("rejected")?;
             output::line("ok")
         }
-        Command::Secrets(SecretsCommand::GenerateKey { key_id }) => {
+        Command::SealingKeys(SecretsCommand::GenerateKey { key_id }) => {
             output::line(&KeyRing::generate_key_entry(&key_id)?)
         }
-        Command::Secrets(SecretsCommand::Rotate { batch }) => {
+        Command::SealingKeys(SecretsCommand::Rotate { batch }) => {
             let settings = WebhookSettings::from_env()?;
             let db = connect(cli.database_url).await?;
             let progress = Progress::start("re-sealing secrets");
@@ -107,6 +110,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             let settings = WebhookSettings::from_env()?;
             let db = connect(cli.database_url).await?;
             run_config(&db, settings, command, json).await
+        }
+        Command::Signing(command) => {
+            let settings = WebhookSettings::from_env()?;
+            let db = connect(cli.database_url).await?;
+            run_signing(&db, &settings, command, json).await
         }
         Command::Deliveries(command) => {
             let db = connect(cli.database_url).await?;
@@ -259,6 +267,98 @@ async fn run_config(
         ConfigCommand::Clear { agent } => webhook::clear(db, &agent).await?,
     };
     output::print(json, &view, config_text)
+}
+
+async fn run_signing(
+    db: &DatabaseConnection,
+    settings: &WebhookSettings,
+    command: SigningCommand,
+    json: bool,
+) -> anyhow::Result<()> {
+    match command {
+        SigningCommand::Rotate { agent, grace } => {
+            // One transaction: the new primary and the kept previous secret land together.
+            let txn = db.begin().await?;
+            let rotated =
+                signing_secrets::rotate_signing_secret(&txn, settings, &agent, grace, Utc::now())
+                    .await?;
+            txn.commit().await?;
+            // Shown once, on purpose: the operator hands it to the receivers.
+            let value = serde_json::json!({
+                "agent_id": agent,
+                "secret": rotated.secret.expose(),
+                "key_id": rotated.key_id,
+                "previous": rotated.previous,
+            });
+            if json {
+                return output::print(true, &value, |_| String::new());
+            }
+            eprintln!("new signing secret (shown once, store it now):");
+            output::line(rotated.secret.expose())?;
+            eprintln!(
+                "key id {}; {}",
+                rotated.key_id,
+                match &rotated.previous {
+                    Some(previous) => format!(
+                        "the previous secret {} keeps signing until {}",
+                        previous.key_id,
+                        optional(previous.expires_at.map(instant))
+                    ),
+                    None => "no previous secret keeps signing".to_owned(),
+                }
+            );
+            Ok(())
+        }
+        SigningCommand::RevokePrevious { agent } => {
+            let revoked = signing_secrets::revoke_previous(db, &agent).await?;
+            output::print(json, &serde_json::json!({ "revoked": revoked }), |_| {
+                format!("revoked {revoked} previous signing secret(s)")
+            })
+        }
+        SigningCommand::Show { agent } => {
+            let view = signing_secrets::signing_keys(db, settings, &agent, Utc::now()).await?;
+            output::print(json, &view, signing_keys_text)
+        }
+        SigningCommand::GenerateEd25519 { agent } => {
+            let key = signing_secrets::generate_ed25519_key(db, settings, &agent).await?;
+            output::print(json, &key, |key| {
+                format!(
+                    "{}\nkey id {} (give receivers the public key above)",
+                    optional(key.public_key.as_ref()),
+                    key.key_id
+                )
+            })
+        }
+        SigningCommand::RemoveEd25519 { agent } => {
+            signing_secrets::remove_ed25519_key(db, &agent).await?;
+            output::line("removed")
+        }
+        SigningCommand::Prune => {
+            let deleted = signing_secrets::prune_expired(db, Utc::now()).await?;
+            output::print(json, &serde_json::json!({ "deleted": deleted }), |_| {
+                format!("deleted {deleted} expired previous signing secret(s)")
+            })
+        }
+    }
+}
+
+fn signing_keys_text(view: &SigningKeysView) -> String {
+    if view.keys.is_empty() {
+        return format!("agent {}: no signing keys", view.agent_id);
+    }
+    let row = |key: &SigningKeyView| {
+        vec![
+            key.key_id.clone(),
+            key.algorithm.as_str().to_owned(),
+            format!("{:?}", key.role).to_lowercase(),
+            optional(key.expires_at.map(instant)),
+            optional(key.public_key.as_ref()),
+        ]
+    };
+    output::table(
+        &["KEY ID", "ALGORITHM", "ROLE", "EXPIRES", "PUBLIC KEY"],
+        view.keys.iter().map(row),
+    )
 }
 
 fn config_text(view: &WebhookConfigView) -> String {

@@ -883,8 +883,149 @@ async fn events_emit_then_worker_once(backend: Backend) {
     assert_eq!(json(&out)["delivered"], 1, "{out}");
 }
 
+/// `signing …`: rotate prints the new secret once and keeps the old one for the grace period;
+/// show never prints a secret; revoke, Ed25519 and prune; `sealing-keys` re-seals the new
+/// envelopes too. Master-key and signing-secret rotation are different commands.
+async fn signing_commands(backend: Backend) {
+    let t = TestDb::fresh(backend).await;
+    Migrator::up(&t.db, None).await.unwrap();
+    seed_agent(&t, "agent-1", &[]).await;
+    let k1 = KeyRing::generate_key_entry("k1").unwrap();
+    let env = [
+        ("DATABASE_URL", t.url.as_str()),
+        ("WEBHOOK_SECRET_KEYS", k1.as_str()),
+    ];
+    let set = run(
+        &[
+            "config",
+            "set",
+            "--agent",
+            "agent-1",
+            "--url",
+            "https://hooks.example.com/a",
+            "--generate-secret",
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(set.code, Some(0), "{}", set.stderr);
+    let old = set
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("whsec_"))
+        .unwrap()
+        .to_owned();
+
+    let rotate = run(
+        &["signing", "rotate", "--agent", "agent-1", "--grace", "1h"],
+        &env,
+        None,
+    );
+    assert_eq!(rotate.code, Some(0), "{}", rotate.stderr);
+    let new = rotate.stdout.trim().to_owned();
+    assert!(new.starts_with("whsec_") && new != old, "{}", rotate.stdout);
+    assert!(
+        rotate.stderr.contains("keeps signing until"),
+        "{}",
+        rotate.stderr
+    );
+
+    let show = run(
+        &["signing", "show", "--agent", "agent-1", "--json"],
+        &env,
+        None,
+    );
+    assert_eq!(show.code, Some(0), "{}", show.stderr);
+    assert!(!show.stdout.contains(&new) && !show.stdout.contains(&old));
+    let view = json(&show.stdout);
+    let roles: Vec<&str> = view["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["primary", "previous"]);
+    assert_eq!(view["keys"][0]["algorithm"], "hmac-sha256");
+    assert!(view["keys"][1]["expires_at"].is_string());
+
+    // Grace periods beyond 7 days are usage errors; an unknown agent is an error line.
+    let long = run(
+        &["signing", "rotate", "--agent", "agent-1", "--grace", "8d"],
+        &env,
+        None,
+    );
+    assert_eq!(long.code, Some(2), "{}", long.stderr);
+    let nobody = run(&["signing", "rotate", "--agent", "nobody"], &env, None);
+    assert_eq!(nobody.code, Some(1));
+    assert_eq!(nobody.stderr.lines().count(), 1, "{}", nobody.stderr);
+
+    let ed = run(
+        &[
+            "signing",
+            "generate-ed25519",
+            "--agent",
+            "agent-1",
+            "--json",
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(ed.code, Some(0), "{}", ed.stderr);
+    let public_key = json(&ed.stdout)["public_key"].as_str().unwrap().to_owned();
+    assert!(public_key.starts_with("whpk_") && !ed.stdout.contains("whsk_"));
+
+    let revoke = run(
+        &["signing", "revoke-previous", "--agent", "agent-1"],
+        &env,
+        None,
+    );
+    assert_eq!(revoke.code, Some(0), "{}", revoke.stderr);
+    assert_eq!(revoke.stdout, "revoked 1 previous signing secret(s)\n");
+    let show = run(&["signing", "show", "--agent", "agent-1"], &env, None);
+    assert_eq!(show.code, Some(0), "{}", show.stderr);
+    assert!(
+        show.stdout.contains("hmac-sha256")
+            && show.stdout.contains("ed25519")
+            && show.stdout.contains(&public_key)
+            && !show.stdout.contains("previous"),
+        "{}",
+        show.stdout
+    );
+    let prune = run(&["signing", "prune"], &env, None);
+    assert_eq!(prune.code, Some(0), "{}", prune.stderr);
+
+    // Master-key rotation re-seals the primary secret and the Ed25519 private key.
+    let k2 = KeyRing::generate_key_entry("k2").unwrap();
+    let both = format!("{k2},{k1}");
+    let reseal = run(
+        &["sealing-keys", "rotate", "--json"],
+        &[("DATABASE_URL", &t.url), ("WEBHOOK_SECRET_KEYS", &both)],
+        None,
+    );
+    assert_eq!(reseal.code, Some(0), "{}", reseal.stderr);
+    let report = json(&reseal.stdout);
+    assert_eq!(
+        (report["examined"].as_u64(), report["resealed"].as_u64()),
+        (Some(2), Some(2))
+    );
+
+    // `--json` rotation: the secret is in the one JSON document, once.
+    let rotate = run(
+        &[
+            "signing", "rotate", "--agent", "agent-1", "--grace", "0s", "--json",
+        ],
+        &[("DATABASE_URL", &t.url), ("WEBHOOK_SECRET_KEYS", &both)],
+        None,
+    );
+    assert_eq!(rotate.code, Some(0), "{}", rotate.stderr);
+    let rotated = json(&rotate.stdout);
+    assert!(rotated["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert!(rotated["previous"].is_null());
+}
+
 backend_tests!(
     config_commands,
     deliveries_commands,
-    events_emit_then_worker_once
+    events_emit_then_worker_once,
+    signing_commands
 );

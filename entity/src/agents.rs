@@ -25,6 +25,10 @@ pub struct Model {
     pub webhook_disabled_at: Option<DateTimeWithTimeZone>,
     #[sea_orm(column_type = "Text", nullable)]
     pub webhook_disabled_reason: Option<String>,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub webhook_ed25519_secret_key: Option<String>,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub webhook_ed25519_public_key: Option<String>,
     #[sea_orm(
         belongs_to,
         from = "organization_id",
@@ -35,6 +39,8 @@ pub struct Model {
     pub organizations: BelongsTo<super::organizations::Entity>,
     #[sea_orm(has_many)]
     pub webhook_deliveries: HasMany<super::webhook_deliveries::Entity>,
+    #[sea_orm(has_many)]
+    pub webhook_previous_secrets: HasMany<super::webhook_previous_secrets::Entity>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}

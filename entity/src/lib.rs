@@ -6,3 +6,4 @@ pub mod agents;
 pub mod organizations;
 pub mod webhook_deliveries;
 pub mod webhook_delivery_attempts;
+pub mod webhook_previous_secrets;

@@ -4,3 +4,4 @@ pub use super::agents::Entity as Agents;
 pub use super::organizations::Entity as Organizations;
 pub use super::webhook_deliveries::Entity as WebhookDeliveries;
 pub use super::webhook_delivery_attempts::Entity as WebhookDeliveryAttempts;
+pub use super::webhook_previous_secrets::Entity as WebhookPreviousSecrets;

@@ -18,3 +18,6 @@ pub const DELIVERIES_HISTORY: &str = "ix_webhook_deliveries_history";
 /// Unique `webhook_delivery_attempts (delivery_id, attempt)`: one row per attempt, and the index
 /// that lists a delivery's attempts (and serves the foreign key on MariaDB).
 pub const ATTEMPTS_DELIVERY_ATTEMPT: &str = "ux_webhook_delivery_attempts_delivery_attempt";
+/// `webhook_previous_secrets (agent_id, expires_at)`: an agent's live previous signing secrets
+/// (the sender, on every attempt) and their clean-up; also serves the foreign key on MariaDB.
+pub const PREVIOUS_SECRETS_AGENT_EXPIRES: &str = "ix_webhook_previous_secrets_agent_expires";

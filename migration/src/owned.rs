@@ -16,7 +16,9 @@ use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::Migrator;
 use crate::indexes;
-use crate::tables::{Agents, Organizations, WebhookDeliveries, WebhookDeliveryAttempts};
+use crate::tables::{
+    Agents, Organizations, WebhookDeliveries, WebhookDeliveryAttempts, WebhookPreviousSecrets,
+};
 
 /// Tables the baseline adopts when they exist (they are the host's then) and creates otherwise.
 pub fn shared_tables() -> [String; 2] {
@@ -56,6 +58,7 @@ pub fn owned_objects() -> OwnedObjects {
     let agents = Agents::Table.to_string();
     let deliveries = WebhookDeliveries::Table.to_string();
     let attempts = WebhookDeliveryAttempts::Table.to_string();
+    let previous = WebhookPreviousSecrets::Table.to_string();
     let indexes_on = |table: &str, names: &[&str]| -> Vec<(String, String)> {
         names
             .iter()
@@ -73,10 +76,15 @@ pub fn owned_objects() -> OwnedObjects {
         ],
     ));
     owned_indexes.extend(indexes_on(&attempts, &[indexes::ATTEMPTS_DELIVERY_ATTEMPT]));
+    owned_indexes.extend(indexes_on(
+        &previous,
+        &[indexes::PREVIOUS_SECRETS_AGENT_EXPIRES],
+    ));
     OwnedObjects {
         tables: vec![
             deliveries,
             attempts,
+            previous,
             Migrator::migration_table_name().to_string(),
             crate::ownership::RECORD_TABLE.to_owned(),
         ],
@@ -86,6 +94,7 @@ pub fn owned_objects() -> OwnedObjects {
             .chain(
                 crate::m20261129_000004_delivery_worker::agent_columns(DbBackend::Postgres).iter(),
             )
+            .chain(crate::m20261129_000005_signing_secrets::agent_columns().iter())
             .map(|column| (agents.clone(), column.get_column_name()))
             .collect(),
         indexes: owned_indexes,
@@ -242,6 +251,7 @@ mod tests {
             serde_json::json!([
                 "webhook_deliveries",
                 "webhook_delivery_attempts",
+                "webhook_previous_secrets",
                 "seaql_migrations",
                 "agent_webhooks_schema_objects"
             ])
@@ -250,7 +260,7 @@ mod tests {
             value["columns"][0],
             serde_json::json!({"table": "agents", "column": "webhook_url"})
         );
-        assert_eq!(value["indexes"].as_array().unwrap().len(), 6);
+        assert_eq!(value["indexes"].as_array().unwrap().len(), 7);
         assert_eq!(
             value["shared_tables"],
             serde_json::json!(["organizations", "agents"])

@@ -29,6 +29,10 @@ pub enum Agents {
     WebhookFailingSince,
     WebhookDisabledAt,
     WebhookDisabledReason,
+    #[sea_orm(iden = "webhook_ed25519_secret_key")]
+    WebhookEd25519SecretKey,
+    #[sea_orm(iden = "webhook_ed25519_public_key")]
+    WebhookEd25519PublicKey,
 }
 
 #[derive(DeriveIden, Clone, Copy)]
@@ -62,4 +66,15 @@ pub enum WebhookDeliveryAttempts {
     Message,
     ResponseBodyPrefix,
     RemoteAddr,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+pub enum WebhookPreviousSecrets {
+    Table,
+    Id,
+    AgentId,
+    KeyId,
+    SealedSecret,
+    ExpiresAt,
+    CreatedAt,
 }

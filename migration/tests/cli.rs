@@ -466,6 +466,7 @@ fn prints_json_by_default_and_the_alembic_hook_on_request() {
         serde_json::json!([
             "webhook_deliveries",
             "webhook_delivery_attempts",
+            "webhook_previous_secrets",
             "seaql_migrations",
             "agent_webhooks_schema_objects"
         ])

@@ -1293,7 +1293,7 @@ pub mod testing {
 /// of a timestamp column: [`at`], and on SQLite the text of
 /// [`migration::SQLITE_TIMESTAMP_FORMAT`] (which the server default writes too), since sqlx
 /// would encode it as `…T…` with 0 to 9 digits and text order would no longer be time order.
-fn stamp(backend: DbBackend, t: DateTime<Utc>) -> sea_orm::Value {
+pub(crate) fn stamp(backend: DbBackend, t: DateTime<Utc>) -> sea_orm::Value {
     let t = at(t);
     match backend {
         DbBackend::Sqlite => t
@@ -1306,7 +1306,7 @@ fn stamp(backend: DbBackend, t: DateTime<Utc>) -> sea_orm::Value {
 
 /// An instant as stored: UTC, truncated to microseconds (the precision of PostgreSQL and
 /// MariaDB), so that what is written compares equal to what is read back.
-fn at(t: DateTime<Utc>) -> DateTimeWithTimeZone {
+pub(crate) fn at(t: DateTime<Utc>) -> DateTimeWithTimeZone {
     let micros = t
         .with_nanosecond(t.nanosecond() / 1_000 * 1_000)
         .unwrap_or(t);

@@ -7,11 +7,12 @@
 use sea_orm::DbErr;
 
 use crate::deliveries::{DeliveryState, MAX_PAGE_SIZE, PayloadError};
+use crate::ed25519::KeyFormatError;
 use crate::events::EventFilterError;
 use crate::secret_box::SecretBoxError;
 use crate::signing::SignError;
 use crate::url_policy::UrlPolicyError;
-use crate::webhook_secret::SecretFormatError;
+use crate::webhook_secret::{RngError, SecretFormatError};
 
 /// `Result` with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -96,6 +97,25 @@ pub enum Error {
     /// The delivery worker's HTTP client cannot be built (no TLS roots, bad settings).
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
+    /// A signing-secret grace period longer than
+    /// [`SIGNING_GRACE_SECS`](crate::settings::SIGNING_GRACE_SECS) allows.
+    #[error("invalid grace period of {got_secs} s: must be from 0 to {max_secs} s (7 days)")]
+    InvalidGrace { got_secs: u64, max_secs: u64 },
+    /// The agent's signing secret changed (a concurrent rotation or configuration) between the
+    /// read and the update of [`crate::signing_secrets::rotate_signing_secret`]; nothing was
+    /// changed, try again.
+    #[error("the signing secret of agent `{0}` changed meanwhile; nothing was rotated, try again")]
+    SecretChanged(String),
+    /// A stored Ed25519 key is not in the Standard Webhooks form (written by another tool, or
+    /// the key ring opened something that was never a key).
+    #[error("stored ed25519 key of agent `{agent_id}` is invalid: {source}")]
+    CorruptKey {
+        agent_id: String,
+        source: KeyFormatError,
+    },
+    /// The operating system's random number generator failed; no key was made.
+    #[error(transparent)]
+    Rng(#[from] RngError),
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbErr),

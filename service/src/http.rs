@@ -72,6 +72,7 @@
 //! | `agent-not-found` | 404 | no such agent in the caller's organization |
 //! | `delivery-not-found` | 404 | no such delivery in the caller's organization |
 //! | `not-requeueable` | 409 | retry of a delivery that is not failed |
+//! | `secret-changed` | 409 | the signing secret changed while it was being rotated; nothing was changed, retry |
 //! | `webhook-not-sendable` | 409 | a test event for a webhook that is disabled, has no URL or no secret (`field`, `rule`) |
 //! | `body-too-large` | 413 | the body is over [`MAX_BODY_BYTES`]; refused before it is parsed |
 //! | `unsupported-media-type` | 415 | a body that is not `application/json` |
@@ -93,8 +94,10 @@
 //!   stored one); `PATCH` changes only the given fields ([`webhook::update`]).
 //! * The test event is sent whatever the event filter says ([`TEST_EVENT`]), but only to an
 //!   enabled webhook with a URL and a secret; otherwise 409 says which is missing.
-//! * Secret rotation stores the new secret at once (the old one stops signing): the grace
-//!   period of signing-secret rotation is not part of this module yet.
+//! * Secret rotation keeps the replaced secret signing alongside the new one for the
+//!   settings' grace period (`WEBHOOK_SIGNING_GRACE_SECS`, default 24 h). The route takes no
+//!   body: another grace (or none) is `agent-webhooks signing rotate --grace`, and a leaked
+//!   secret is cut off at once with `signing revoke-previous`.
 //! * Recovery runs within the request, in bounded batches ([`deliveries::recover`]), and
 //!   answers how many deliveries it requeued.
 
@@ -123,7 +126,6 @@ use crate::error::Error;
 use crate::events::TEST_EVENT;
 use crate::settings::WebhookSettings;
 use crate::webhook::{self, WebhookConfig, WebhookConfigPatch, WebhookConfigView};
-use crate::webhook_secret::WebhookSecret;
 
 /// Largest request body the API reads, in bytes; larger bodies are refused (413) before they
 /// are parsed. The largest valid body (a 2 KiB URL, a 256-character secret, 64 event names)
@@ -474,6 +476,11 @@ fn service_problem(error: &Error) -> Problem {
             "not-requeueable",
             "Delivery cannot be retried",
         ),
+        Error::SecretChanged(_) => problem(
+            StatusCode::CONFLICT,
+            "secret-changed",
+            "Secret changed meanwhile",
+        ),
         Error::NoEncryptionKey => {
             let mut p = problem(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -767,11 +774,19 @@ async fn delete_webhook(
 pub struct RotatedSecret {
     /// The agent.
     pub agent_id: String,
-    /// The new `whsec_` secret; shown once, store it now.
+    /// The new `whsec_` secret, now the primary; shown once, store it now.
     pub webhook_secret: String,
+    /// The new secret's key id (`hs_…`), as `signing_keys` lists it.
+    pub key_id: String,
+    /// Until when the replaced secret keeps signing alongside the new one (the grace period,
+    /// `WEBHOOK_SIGNING_GRACE_SECS`); `None` when there was no secret or the grace is zero.
+    pub previous_expires_at: Option<DateTime<Utc>>,
 }
 
-/// Generates a new signing secret for the agent's webhook and returns it, once.
+/// Replaces the agent's signing secret with a new one and returns it, once. The replaced
+/// secret keeps signing alongside it for the configured grace period
+/// ([`signing_secrets::rotate_signing_secret`](crate::signing_secrets::rotate_signing_secret)),
+/// so receivers can switch without missing a delivery.
 #[utoipa::path(
     post,
     path = "/v1/agents/{agent_id}/webhook/secret/rotate",
@@ -781,6 +796,7 @@ pub struct RotatedSecret {
         (status = 200, description = "The new secret (not shown again)", body = RotatedSecret),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The secret changed meanwhile; nothing was changed", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No encryption key configured", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -790,17 +806,19 @@ async fn rotate_secret(
     Id(agent_id): Id,
 ) -> Result<Response, ApiError> {
     own_agent(&state, &caller, &agent_id).await?;
-    // Rewired to `signing_secrets::rotate_signing_secret` (old secret kept for a grace period)
-    // when signing-secret rotation lands; until then the new secret replaces the old at once.
-    let secret = WebhookSecret::generate().map_err(ApiError::Rng)?;
-    let patch = WebhookConfigPatch {
-        webhook_secret: Some(secrecy::SecretString::from(secret.expose())),
-        ..WebhookConfigPatch::default()
-    };
-    webhook::update(&state.db, &state.settings, &agent_id, &patch).await?;
+    let rotated = crate::signing_secrets::rotate_signing_secret(
+        &state.db,
+        &state.settings,
+        &agent_id,
+        None,
+        Utc::now(),
+    )
+    .await?;
     let body = RotatedSecret {
         agent_id,
-        webhook_secret: secret.expose().to_owned(),
+        webhook_secret: rotated.secret.expose().to_owned(),
+        key_id: rotated.key_id,
+        previous_expires_at: rotated.previous.and_then(|previous| previous.expires_at),
     };
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
 }

@@ -14,7 +14,9 @@
 //! | [`events`] | the event catalogue and event filters |
 //! | [`webhook_secret`] | accepted signing-secret forms, generation |
 //! | [`secret_box`] | secrets encrypted at rest under rotating keys |
-//! | [`signing`] | Standard Webhooks signatures and their verification |
+//! | [`signing`] | Standard Webhooks signatures (`v1`, `v1a`) and their verification |
+//! | [`signing_secrets`] | signing-secret rotation with a grace period, revocation, Ed25519 key pairs |
+//! | [`ed25519`] | Ed25519 keys in the `whsk_` / `whpk_` forms |
 //! | [`deliveries`] | enqueue, claim, record, requeue, history, stats, retention |
 //! | [`retry`] | the retry schedule and which outcomes are final |
 //! | [`sender`] | one call that gives a worker the URL, signed headers and body |
@@ -28,6 +30,7 @@
 pub mod db;
 pub mod deliveries;
 pub mod dispatch;
+pub mod ed25519;
 mod error;
 pub mod events;
 #[cfg(feature = "axum")]
@@ -37,6 +40,7 @@ pub mod secret_box;
 pub mod sender;
 pub mod settings;
 pub mod signing;
+pub mod signing_secrets;
 pub mod url_policy;
 pub mod webhook;
 pub mod webhook_secret;

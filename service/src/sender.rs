@@ -1,9 +1,12 @@
 //! What a sender worker needs for one claimed delivery, in one call: the URL, the signed
 //! Standard Webhooks headers and the body bytes to send unchanged.
 //!
-//! The secret is opened from the agent's row (see [`crate::webhook`]) and used only to sign;
-//! [`OutgoingRequest`] does not hold it. A delivery whose agent has no secret is not sent
-//! unsigned: [`prepare_request`] fails with [`Error::NoSecret`]. A delivery whose agent was
+//! The secrets are opened from the agent's rows (see [`crate::webhook`] and
+//! [`crate::signing_secrets`]) and used only to sign: one `v1` signature with the primary secret
+//! and one with every previous secret still in its grace period at `now`, and a `v1a` signature
+//! when the agent has an Ed25519 key. [`OutgoingRequest`] holds none of them. A delivery whose
+//! agent has neither a secret nor an Ed25519 key is not sent unsigned: [`prepare_request`]
+//! fails with [`Error::NoSecret`]. A delivery whose agent was
 //! soft-deleted after it was enqueued is not sent either: [`prepare_request`] fails with
 //! [`Error::AgentNotFound`], and the worker should record it as failed with
 //! [`crate::deliveries::abandon`] (retrying would only repeat the refusal).
@@ -23,7 +26,8 @@ use crate::deliveries::Claim;
 use crate::error::{Error, Result};
 use crate::settings::WebhookSettings;
 use crate::signing::{self, SignedHeaders};
-use crate::webhook;
+use crate::signing_secrets;
+use crate::webhook_secret::WebhookSecret;
 
 /// An HTTP request ready to send: POST `body` to `url` with `headers` and
 /// `content-type: application/json`.
@@ -48,9 +52,18 @@ pub async fn prepare_request<C: ConnectionTrait>(
 ) -> Result<OutgoingRequest> {
     let delivery = &claim.delivery;
     let url = settings.url_policy.check(&delivery.webhook_url)?;
-    let secret = webhook::reveal_secret(db, settings, &delivery.agent_id)
-        .await?
-        .ok_or_else(|| Error::NoSecret(delivery.agent_id.clone()))?;
-    let headers = signing::sign(&[&secret], &delivery.event_id, now.timestamp(), &body)?;
+    let keys = signing_secrets::live_keys(db, settings, &delivery.agent_id, now).await?;
+    if keys.secrets.is_empty() && keys.ed25519.is_none() {
+        return Err(Error::NoSecret(delivery.agent_id.clone()));
+    }
+    let secrets: Vec<&WebhookSecret> = keys.secrets.iter().collect();
+    let ed25519: Vec<_> = keys.ed25519.iter().collect();
+    let headers = signing::sign_with_keys(
+        &secrets,
+        &ed25519,
+        &delivery.event_id,
+        now.timestamp(),
+        &body,
+    )?;
     Ok(OutgoingRequest { url, headers, body })
 }

@@ -17,6 +17,7 @@
 //! | `WEBHOOK_REQUEST_TIMEOUT_SECS` | how long one attempt may take in all, response body included; must be shorter than the claim lease ([`REQUEST_TIMEOUT_SECS`]) | 30 |
 //! | `WEBHOOK_MAX_RESPONSE_BYTES` | how much of a response body the worker reads before it stops and closes the connection ([`MAX_RESPONSE_BYTES`]) | 65536 (64 KiB) |
 //! | `WEBHOOK_POLL_INTERVAL_MS` | how long an idle worker waits before it looks for due deliveries again ([`POLL_INTERVAL_MS`]) | 1000 |
+//! | `WEBHOOK_SIGNING_GRACE_SECS` | how long a previous signing secret keeps signing after [`rotate_signing_secret`](crate::signing_secrets::rotate_signing_secret) when the caller names no grace period ([`SIGNING_GRACE_SECS`]) | 86400 (24 h; [`DEFAULT_SIGNING_GRACE`]) |
 //! | `WEBHOOK_DISABLE_AFTER_SECS` | how long an agent's attempts may fail without a single success before the worker disables its webhook ([`DISABLE_AFTER_SECS`]) | 432000 (5 days, like Svix; [`DEFAULT_DISABLE_AFTER`]) |
 //!
 //! A development policy is never implied: it must be asked for by name.
@@ -55,6 +56,8 @@ pub mod vars {
     pub const POLL_INTERVAL_MS: &str = "WEBHOOK_POLL_INTERVAL_MS";
     /// See the [module documentation](super).
     pub const DISABLE_AFTER_SECS: &str = "WEBHOOK_DISABLE_AFTER_SECS";
+    /// See the [module documentation](super).
+    pub const SIGNING_GRACE_SECS: &str = "WEBHOOK_SIGNING_GRACE_SECS";
 }
 
 /// Accepted attempt budgets: more than 50 attempts is a unit mix-up, not a policy.
@@ -83,6 +86,12 @@ pub const DISABLE_AFTER_SECS: RangeInclusive<u32> = 60..=365 * 24 * 3600;
 /// How long an agent's deliveries may fail without a single success before its webhook is
 /// disabled, when `WEBHOOK_DISABLE_AFTER_SECS` is not set: five days, as Svix does.
 pub const DEFAULT_DISABLE_AFTER: Duration = Duration::from_secs(5 * 24 * 3600);
+/// Accepted signing-secret grace periods in seconds: none (the old secret stops at once) to
+/// seven days; receivers that need longer to switch should be told before the rotation.
+pub const SIGNING_GRACE_SECS: RangeInclusive<u32> = 0..=7 * 24 * 3600;
+/// How long a previous signing secret keeps signing after a rotation when
+/// `WEBHOOK_SIGNING_GRACE_SECS` is not set: 24 hours, as Svix does.
+pub const DEFAULT_SIGNING_GRACE: Duration = Duration::from_secs(24 * 3600);
 /// The payload cap when `WEBHOOK_MAX_PAYLOAD_BYTES` is not set: what Svix accepts by default.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 
@@ -110,6 +119,9 @@ pub struct WebhookSettings {
     /// How long an agent's attempts may fail without a single success before
     /// [`record_outcome`](crate::deliveries::record_outcome) disables its webhook.
     pub disable_after: Duration,
+    /// How long a previous signing secret keeps signing after a rotation that names no grace
+    /// period (see [`crate::signing_secrets`]); within [`SIGNING_GRACE_SECS`].
+    pub signing_grace: Duration,
 }
 
 /// The delivery worker's limits, so that one slow or hostile receiver cannot hold a worker (or
@@ -248,6 +260,11 @@ impl WebhookSettings {
                 in_range(&value, DISABLE_AFTER_SECS).map_err(fail(vars::DISABLE_AFTER_SECS))?;
             settings.disable_after = Duration::from_secs(secs.into());
         }
+        if let Some(value) = get(vars::SIGNING_GRACE_SECS) {
+            let secs =
+                in_range(&value, SIGNING_GRACE_SECS).map_err(fail(vars::SIGNING_GRACE_SECS))?;
+            settings.signing_grace = Duration::from_secs(secs.into());
+        }
         if settings.worker.request_timeout >= settings.claim_lease {
             return Err(SettingsError {
                 var: vars::REQUEST_TIMEOUT_SECS,
@@ -273,6 +290,7 @@ impl Default for WebhookSettings {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             worker: WorkerSettings::default(),
             disable_after: DEFAULT_DISABLE_AFTER,
+            signing_grace: DEFAULT_SIGNING_GRACE,
         }
     }
 }
@@ -330,8 +348,10 @@ mod tests {
             (vars::MAX_RESPONSE_BYTES, "2048"),
             (vars::POLL_INTERVAL_MS, "250"),
             (vars::DISABLE_AFTER_SECS, "60"),
+            (vars::SIGNING_GRACE_SECS, "0"),
         ])
         .unwrap();
+        assert_eq!(s.signing_grace, Duration::ZERO);
         assert_eq!(s.disable_after, Duration::from_secs(60));
         assert_eq!(s.max_payload_bytes, 1024);
         assert_eq!(
@@ -372,6 +392,8 @@ mod tests {
             (vars::POLL_INTERVAL_MS, "9"),
             (vars::DISABLE_AFTER_SECS, "59"),
             (vars::DISABLE_AFTER_SECS, "31536001"),
+            (vars::SIGNING_GRACE_SECS, "604801"),
+            (vars::SIGNING_GRACE_SECS, "-1"),
         ] {
             let err = settings(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var, "{value}");
@@ -402,6 +424,7 @@ mod tests {
         assert_eq!(s.worker.concurrency, 16);
         assert_eq!(s.worker.request_timeout, Duration::from_secs(30));
         assert_eq!(s.disable_after, Duration::from_secs(432_000));
+        assert_eq!(s.signing_grace, Duration::from_secs(86_400));
     }
 
     #[test]

@@ -6,8 +6,11 @@
 //!   receivers can drop duplicates);
 //! * `webhook-timestamp`: unix seconds when it was signed (each attempt is signed afresh);
 //! * `webhook-signature`: space-separated `v1,<base64 HMAC-SHA256>` signatures over
-//!   `"{id}.{timestamp}.{body}"`, one per active secret, so that a receiver keeps accepting
-//!   deliveries while a secret is rotated.
+//!   `"{id}.{timestamp}.{body}"`, one per live secret (the primary and every previous secret
+//!   still in its grace period, see [`crate::signing_secrets`]), so that a receiver keeps
+//!   accepting deliveries while a secret is rotated; and, for an agent with an Ed25519 key, one
+//!   `v1a,<base64 Ed25519 signature>` over the same content ([`sign_with_keys`], checked by
+//!   [`verify_v1a`] with the `whpk_` public key).
 //!
 //! [`sign`] is the sender's side. [`verify`] is the receiver's side (used by tests, the ops CLI
 //! and anyone receiving our webhooks in Rust): constant-time comparison (`subtle`), and a
@@ -47,6 +50,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::ed25519;
 use crate::webhook_secret::WebhookSecret;
 
 /// Name of the message id header, as [`VerifyError::MissingHeader`] reports it.
@@ -192,7 +196,20 @@ pub fn sign(
     timestamp: i64,
     body: &[u8],
 ) -> Result<SignedHeaders, SignError> {
-    if secrets.is_empty() {
+    sign_with_keys(secrets, &[], msg_id, timestamp, body)
+}
+
+/// [`sign`], and one `v1a` (Ed25519) signature per key in `ed25519_keys` after the `v1`
+/// ones, so that receivers holding a secret and receivers holding only a public key verify the
+/// same delivery. Fails with [`SignError::NoSecret`] when both lists are empty.
+pub fn sign_with_keys(
+    secrets: &[&WebhookSecret],
+    ed25519_keys: &[&ed25519::SecretKey],
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Result<SignedHeaders, SignError> {
+    if secrets.is_empty() && ed25519_keys.is_empty() {
         return Err(SignError::NoSecret);
     }
     check_message_id(msg_id)?;
@@ -201,14 +218,23 @@ pub fn sign(
     }
     let timestamp = timestamp.to_string();
     let mut signature = String::new();
-    for secret in secrets {
-        let tag = tag(secret, msg_id, &timestamp, body).ok_or(SignError::InvalidKey)?;
+    let mut push = |version: &str, bytes: &[u8]| {
         if !signature.is_empty() {
             signature.push(' ');
         }
-        signature.push_str(SIGNATURE_VERSION);
+        signature.push_str(version);
         signature.push(',');
-        STANDARD.encode_string(tag, &mut signature);
+        STANDARD.encode_string(bytes, &mut signature);
+    };
+    for secret in secrets {
+        let tag = tag(secret, msg_id, &timestamp, body).ok_or(SignError::InvalidKey)?;
+        push(SIGNATURE_VERSION, &tag);
+    }
+    if !ed25519_keys.is_empty() {
+        let content = signed_content(msg_id, &timestamp, body);
+        for key in ed25519_keys {
+            push(ed25519::SIGNATURE_VERSION, &key.sign(&content));
+        }
     }
     Ok(SignedHeaders {
         webhook_id: msg_id.to_owned(),
@@ -216,6 +242,27 @@ pub fn sign(
         webhook_signature: signature,
     })
 }
+
+/// A short, stable name for a signing secret (`hs_` and 16 hex digits), so that operators and
+/// receivers can tell which secret is which without ever showing one: the first 8 bytes of
+/// HMAC-SHA256 under the secret's key of the fixed text `agent-webhooks key id`. That is what
+/// every delivery's signature already is (an HMAC under the secret of a known text), so a key
+/// id reveals nothing a signed delivery does not; and that text holds no `.`, so it can never
+/// be a delivery's signed content `{id}.{timestamp}.{body}`. A receiver computes the same value
+/// from the secret it holds.
+pub fn secret_key_id(secret: &WebhookSecret) -> String {
+    match <Hmac<Sha256> as KeyInit>::new_from_slice(&secret.signing_key()) {
+        Ok(mut mac) => {
+            mac.update(KEY_ID_TEXT);
+            let digest = mac.finalize().into_bytes();
+            format!("hs_{}", ed25519::hex(&digest[..8]))
+        }
+        // HMAC takes keys of any length; never reached.
+        Err(_) => "hs_unknown".to_owned(),
+    }
+}
+
+const KEY_ID_TEXT: &[u8] = b"agent-webhooks key id";
 
 /// [`sign`] with a single secret, the common case outside a rotation.
 pub fn sign_one(
@@ -287,6 +334,70 @@ pub fn verify(
         (false, true) => Err(VerifyError::NoMatchingSignature),
         (false, false) => Err(VerifyError::MalformedSignature),
     }
+}
+
+/// Verifies a received message against Ed25519 public keys: [`verify`] for receivers that
+/// hold a `whpk_` key instead of a secret.
+///
+/// The same header and timestamp checks as [`verify`]; then at least one `v1a` signature must
+/// be a valid Ed25519 signature (strict RFC 8032 verification) of `"{id}.{timestamp}.{body}"`
+/// under any of `public_keys`. Entries of other versions (`v1`) are skipped.
+pub fn verify_v1a(
+    public_keys: &[&ed25519::PublicKey],
+    headers: ReceivedHeaders<'_>,
+    body: &[u8],
+    now: i64,
+    tolerance: Duration,
+) -> Result<(), VerifyError> {
+    if public_keys.is_empty() {
+        return Err(VerifyError::NoSecret);
+    }
+    let msg_id = required(HEADER_ID, headers.id)?;
+    let timestamp = parse_timestamp(required(HEADER_TIMESTAMP, headers.timestamp)?)?;
+    let signatures = required(HEADER_SIGNATURE, headers.signature)?;
+
+    check_freshness(timestamp, now, tolerance)?;
+
+    let content = signed_content(msg_id, &timestamp.to_string(), body);
+    let mut well_formed = false;
+    let mut matched = false;
+    for entry in signatures.split_ascii_whitespace() {
+        let Some((version, value)) = entry.split_once(',') else {
+            continue;
+        };
+        if version.is_empty() || value.is_empty() {
+            continue;
+        }
+        if version != ed25519::SIGNATURE_VERSION {
+            well_formed = true;
+            continue;
+        }
+        let mut buf = [0u8; 64 + 3];
+        let Some(given) = STANDARD_PAD_INDIFFERENT
+            .decode_slice(value, &mut buf)
+            .ok()
+            .and_then(|len| <[u8; 64]>::try_from(buf.get(..len)?).ok())
+        else {
+            continue;
+        };
+        well_formed = true;
+        // Signatures are public values: no constant-time concern in which key matched.
+        matched |= public_keys.iter().any(|key| key.verifies(&content, &given));
+    }
+    match (matched, well_formed) {
+        (true, _) => Ok(()),
+        (false, true) => Err(VerifyError::NoMatchingSignature),
+        (false, false) => Err(VerifyError::MalformedSignature),
+    }
+}
+
+/// `"{id}.{timestamp}.{body}"`, what both signature versions sign.
+fn signed_content(msg_id: &str, timestamp: &str, body: &[u8]) -> Vec<u8> {
+    let mut content = Vec::with_capacity(msg_id.len() + timestamp.len() + body.len() + 2);
+    for part in [msg_id.as_bytes(), b".", timestamp.as_bytes(), b".", body] {
+        content.extend_from_slice(part);
+    }
+    content
 }
 
 fn required<'a>(name: &'static str, value: &'a str) -> Result<&'a str, VerifyError> {
@@ -750,5 +861,52 @@ mod tests {
                 Err(VerifyError::NoMatchingSignature)
             );
         }
+    }
+
+    #[test]
+    fn v1_and_v1a_signatures_travel_together_and_each_verifier_takes_its_own() {
+        let secret = spec_secret();
+        let key = ed25519::SecretKey::generate().unwrap();
+        let public = key.public_key();
+        let signed = sign_with_keys(&[&secret], &[&key], SPEC_ID, SPEC_TS, SPEC_BODY).unwrap();
+        let entries: Vec<&str> = signed.webhook_signature.split(' ').collect();
+        assert_eq!(entries.len(), 2);
+        assert!(entries[0].starts_with("v1,") && entries[1].starts_with("v1a,"));
+        let received = signed.as_received();
+        verify(&[&secret], received, SPEC_BODY, SPEC_TS, DEFAULT_TOLERANCE).unwrap();
+        verify_v1a(&[&public], received, SPEC_BODY, SPEC_TS, DEFAULT_TOLERANCE).unwrap();
+        assert_eq!(
+            verify_v1a(&[&public], received, b"{}", SPEC_TS, DEFAULT_TOLERANCE),
+            Err(VerifyError::NoMatchingSignature)
+        );
+        let other = ed25519::SecretKey::generate().unwrap().public_key();
+        assert_eq!(
+            verify_v1a(&[&other], received, SPEC_BODY, SPEC_TS, DEFAULT_TOLERANCE),
+            Err(VerifyError::NoMatchingSignature)
+        );
+        // Only the v1a entry: the HMAC verifier finds nothing of its version.
+        let only_v1a = ReceivedHeaders {
+            signature: entries[1],
+            ..received
+        };
+        assert_eq!(
+            verify(&[&secret], only_v1a, SPEC_BODY, SPEC_TS, DEFAULT_TOLERANCE),
+            Err(VerifyError::NoMatchingSignature)
+        );
+        assert_eq!(
+            sign_with_keys(&[], &[], SPEC_ID, SPEC_TS, SPEC_BODY),
+            Err(SignError::NoSecret)
+        );
+    }
+
+    #[test]
+    fn key_ids_name_secrets_without_showing_them() {
+        let secret = spec_secret();
+        let id = secret_key_id(&secret);
+        assert!(id.starts_with("hs_") && id.len() == 19, "{id}");
+        assert_eq!(id, secret_key_id(&spec_secret()));
+        let other = WebhookSecret::generate().unwrap();
+        assert_ne!(id, secret_key_id(&other));
+        assert!(!SPEC_SECRET.contains(&id[3..]));
     }
 }

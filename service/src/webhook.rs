@@ -16,7 +16,7 @@
 //!   datetime among naive ones). No code of ours needs to know when the webhook changed; the
 //!   host's value is read back unchanged in [`AgentState::updated_at`].
 
-use entity::agents;
+use entity::{agents, webhook_previous_secrets};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DerivePartialModel, EntityTrait, QueryFilter,
@@ -298,10 +298,10 @@ pub async fn disable<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<Webho
     .await
 }
 
-/// Removes the agent's webhook configuration entirely (URL, secret, filter) and disables it.
-/// Its delivery history is kept.
+/// Removes the agent's webhook configuration entirely (URL, secret, previous secrets, Ed25519
+/// key, filter) and disables it. Its delivery history is kept.
 pub async fn clear<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<WebhookConfigView> {
-    update_columns(
+    let view = update_columns(
         db,
         agent_id,
         vec![
@@ -312,9 +312,22 @@ pub async fn clear<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<Webhook
                 Expr::value(None::<serde_json::Value>),
             ),
             (agents::Column::WebhookEnabled, Expr::value(false)),
+            (
+                agents::Column::WebhookEd25519SecretKey,
+                Expr::value(None::<String>),
+            ),
+            (
+                agents::Column::WebhookEd25519PublicKey,
+                Expr::value(None::<String>),
+            ),
         ],
     )
-    .await
+    .await?;
+    webhook_previous_secrets::Entity::delete_many()
+        .filter(webhook_previous_secrets::Column::AgentId.eq(agent_id))
+        .exec(db)
+        .await?;
+    Ok(view)
 }
 
 /// The agent's decrypted signing secret, for the component that signs deliveries; `None` when
@@ -329,26 +342,30 @@ pub async fn reveal_secret<C: ConnectionTrait>(
 }
 
 /// What [`reseal_secrets`] did; every envelope it counts was opened with the ring first.
+/// Envelopes are primary secrets, previous signing secrets and Ed25519 private keys.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ResealReport {
-    /// Agents with a stored secret that were looked at.
+    /// Stored envelopes that were looked at.
     pub examined: u64,
-    /// Secrets re-sealed under the current key.
+    /// Envelopes re-sealed under the current key.
     pub resealed: u64,
-    /// Secrets that were under the current key already (and open with it).
+    /// Envelopes that were under the current key already (and open with it).
     pub already_current: u64,
-    /// Secrets whose row changed (a concurrent [`configure`] or [`clear`]) between the read and
-    /// the update; left for the next run.
+    /// Envelopes whose row changed (a concurrent [`configure`], [`clear`] or signing-secret
+    /// rotation) between the read and the update; left for the next run.
     pub skipped: u64,
 }
 
-/// Re-seals every stored secret that is not under the current key, `batch` agents at a time.
+/// Re-seals every stored envelope that is not under the current key, `batch` rows at a time:
+/// the agents' secrets, their Ed25519 private keys, then their previous signing secrets (see
+/// [`crate::signing_secrets`]). This is *sealing-key* (master-key) rotation: what receivers
+/// verify does not change.
 ///
 /// Every envelope is opened before it is counted as current or rewritten, so a key whose id
 /// matches but whose bytes are wrong is an error ([`Error::WrongKey`], naming the key id),
 /// never a successful rotation that left secrets nobody can open.
 ///
-/// Resumable and safe to run twice: it walks agents by id, each secret already under the
+/// Resumable and safe to run twice: it walks rows by id, each envelope already under the
 /// current key is left alone, and each update only applies if the row still holds the
 /// ciphertext that was read (a concurrent [`configure`] wins).
 ///
@@ -363,59 +380,116 @@ pub async fn reseal_secrets<C: ConnectionTrait>(
     let keys = settings.keys.as_ref().ok_or(Error::NoEncryptionKey)?;
     let batch = crate::deliveries::check_limit(batch)?;
     let mut report = ResealReport::default();
-    let mut after: Option<String> = None;
-    loop {
-        let mut select = agents::Entity::find()
-            .select_only()
-            .column(agents::Column::Id)
-            .column(agents::Column::WebhookSecret)
-            .filter(agents::Column::WebhookSecret.is_not_null())
-            .order_by_asc(agents::Column::Id)
-            .limit(batch);
-        if let Some(last) = &after {
-            select = select.filter(agents::Column::Id.gt(last.as_str()));
+    for column in [
+        agents::Column::WebhookSecret,
+        agents::Column::WebhookEd25519SecretKey,
+    ] {
+        let mut after: Option<String> = None;
+        loop {
+            let mut select = agents::Entity::find()
+                .select_only()
+                .column(agents::Column::Id)
+                .column(column)
+                .filter(column.is_not_null())
+                .order_by_asc(agents::Column::Id)
+                .limit(batch);
+            if let Some(last) = &after {
+                select = select.filter(agents::Column::Id.gt(last.as_str()));
+            }
+            let rows: Vec<(String, Option<String>)> = select.into_tuple().all(db).await?;
+            let Some((last, _)) = rows.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            for (agent_id, sealed) in rows {
+                let Some(sealed) = sealed else { continue };
+                let Some(resealed) = reseal_envelope(keys, &sealed, &agent_id, &mut report)? else {
+                    continue;
+                };
+                let updated = agents::Entity::update_many()
+                    .col_expr(column, Expr::value(Some(resealed)))
+                    .filter(agents::Column::Id.eq(agent_id.as_str()))
+                    .filter(column.eq(sealed.as_str()))
+                    .exec(db)
+                    .await?;
+                count_update(&mut report, updated.rows_affected);
+            }
+            tracing::info!(?report, "secret key rotation progress");
+            on_batch(&report);
         }
-        let rows: Vec<(String, Option<String>)> = select.into_tuple().all(db).await?;
-        let Some((last, _)) = rows.last() else {
+    }
+    let mut after: Option<i64> = None;
+    loop {
+        let mut select = webhook_previous_secrets::Entity::find()
+            .select_only()
+            .column(webhook_previous_secrets::Column::Id)
+            .column(webhook_previous_secrets::Column::AgentId)
+            .column(webhook_previous_secrets::Column::SealedSecret)
+            .order_by_asc(webhook_previous_secrets::Column::Id)
+            .limit(batch);
+        if let Some(last) = after {
+            select = select.filter(webhook_previous_secrets::Column::Id.gt(last));
+        }
+        let rows: Vec<(i64, String, String)> = select.into_tuple().all(db).await?;
+        let Some((last, _, _)) = rows.last() else {
             return Ok(report);
         };
-        after = Some(last.clone());
-        for (agent_id, sealed) in rows {
-            let Some(sealed) = sealed else { continue };
-            report.examined += 1;
-            let plain = match keys.open(&sealed, &agent_id) {
-                Ok(plain) => plain,
-                Err(SecretBoxError::Decrypt) => {
-                    return Err(Error::WrongKey {
-                        key_id: KeyRing::key_id_of(&sealed).unwrap_or("?").to_owned(),
-                        agent_id,
-                    });
-                }
-                Err(source) => return Err(Error::Sealed { agent_id, source }),
-            };
-            let sealed_err = |source| Error::Sealed {
-                agent_id: agent_id.clone(),
-                source,
-            };
-            if !keys.needs_rotation(&sealed).map_err(sealed_err)? {
-                report.already_current += 1;
+        after = Some(*last);
+        for (id, agent_id, sealed) in rows {
+            let Some(resealed) = reseal_envelope(keys, &sealed, &agent_id, &mut report)? else {
                 continue;
-            }
-            let resealed = keys.seal(&plain, &agent_id).map_err(sealed_err)?;
-            let updated = agents::Entity::update_many()
-                .col_expr(agents::Column::WebhookSecret, Expr::value(Some(resealed)))
-                .filter(agents::Column::Id.eq(agent_id.as_str()))
-                .filter(agents::Column::WebhookSecret.eq(sealed.as_str()))
+            };
+            let updated = webhook_previous_secrets::Entity::update_many()
+                .col_expr(
+                    webhook_previous_secrets::Column::SealedSecret,
+                    Expr::value(resealed),
+                )
+                .filter(webhook_previous_secrets::Column::Id.eq(id))
+                .filter(webhook_previous_secrets::Column::SealedSecret.eq(sealed.as_str()))
                 .exec(db)
                 .await?;
-            if updated.rows_affected == 1 {
-                report.resealed += 1;
-            } else {
-                report.skipped += 1;
-            }
+            count_update(&mut report, updated.rows_affected);
         }
         tracing::info!(?report, "secret key rotation progress");
         on_batch(&report);
+    }
+}
+
+/// Opens one envelope sealed for `agent_id` and returns it sealed under the current key, or
+/// `None` (counted as current) when it is under the current key already.
+fn reseal_envelope(
+    keys: &KeyRing,
+    sealed: &str,
+    agent_id: &str,
+    report: &mut ResealReport,
+) -> Result<Option<String>> {
+    report.examined += 1;
+    let sealed_err = |source| Error::Sealed {
+        agent_id: agent_id.to_owned(),
+        source,
+    };
+    let plain = match keys.open(sealed, agent_id) {
+        Ok(plain) => plain,
+        Err(SecretBoxError::Decrypt) => {
+            return Err(Error::WrongKey {
+                key_id: KeyRing::key_id_of(sealed).unwrap_or("?").to_owned(),
+                agent_id: agent_id.to_owned(),
+            });
+        }
+        Err(source) => return Err(sealed_err(source)),
+    };
+    if !keys.needs_rotation(sealed).map_err(sealed_err)? {
+        report.already_current += 1;
+        return Ok(None);
+    }
+    keys.seal(&plain, agent_id).map(Some).map_err(sealed_err)
+}
+
+fn count_update(report: &mut ResealReport, rows_affected: u64) {
+    if rows_affected == 1 {
+        report.resealed += 1;
+    } else {
+        report.skipped += 1;
     }
 }
 
@@ -441,8 +515,17 @@ pub(crate) fn open_secret(
 }
 
 fn seal(keys: Option<&KeyRing>, agent_id: &str, secret: &WebhookSecret) -> Result<String> {
-    let keys = keys.ok_or(Error::NoEncryptionKey)?;
-    keys.seal(&SecretString::from(secret.expose()), agent_id)
+    seal_text(
+        keys.ok_or(Error::NoEncryptionKey)?,
+        agent_id,
+        secret.expose(),
+    )
+}
+
+/// Seals `plaintext` (a secret or a `whsk_` key) for the agent: the current key, the agent id
+/// as associated data, so a copy in another agent's row does not open.
+pub(crate) fn seal_text(keys: &KeyRing, agent_id: &str, plaintext: &str) -> Result<String> {
+    keys.seal(&SecretString::from(plaintext), agent_id)
         .map_err(|source| Error::Sealed {
             agent_id: agent_id.to_owned(),
             source,
@@ -467,6 +550,10 @@ pub(crate) struct AgentWebhook {
     pub webhook_failing_since: Option<sea_orm::prelude::DateTimeWithTimeZone>,
     pub webhook_disabled_at: Option<sea_orm::prelude::DateTimeWithTimeZone>,
     pub webhook_disabled_reason: Option<String>,
+    /// The sealed `whsk_` key, when the agent signs with Ed25519 too.
+    pub webhook_ed25519_secret_key: Option<String>,
+    /// The `whpk_` public key of that pair.
+    pub webhook_ed25519_public_key: Option<String>,
 }
 
 /// The host's columns [`AgentState`] shows, read tolerantly: NULL where the host allows it, and

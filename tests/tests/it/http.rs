@@ -315,6 +315,19 @@ async fn every_route_works(backend: Backend) {
     assert_eq!(rotate.cache_control, "no-store");
     let rotated = rotate.json()["webhook_secret"].as_str().unwrap().to_owned();
     assert!(rotated.starts_with("whsec_"), "{rotated}");
+    // The replaced secret keeps signing for the grace period (signing-secret rotation).
+    assert!(
+        rotate.json()["key_id"].as_str().unwrap().starts_with("hs_"),
+        "{}",
+        rotate.body
+    );
+    let expires: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(rotate.json()["previous_expires_at"].clone()).unwrap();
+    let grace = expires - chrono::Utc::now();
+    assert!(
+        grace > chrono::TimeDelta::hours(23) && grace <= chrono::TimeDelta::hours(24),
+        "{grace}"
+    );
 
     // The filter wants only job.failed; a test event is sent anyway.
     let test = api.call("org-1", "POST", &agent_path("/test"), None).await;

@@ -16,6 +16,7 @@ mod http;
 mod schema;
 mod sender;
 mod settings;
+mod signing_secrets;
 mod soft_delete;
 mod standardwebhooks_compat;
 mod timestamps;

@@ -6,14 +6,15 @@ use integration_tests::{Backend, TestDb, backend_tests};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::DbErr;
 
-const MIGRATIONS: usize = 4;
+const MIGRATIONS: usize = 5;
 /// `down` steps from fully migrated back to the baseline alone.
 const TO_BASELINE: u32 = MIGRATIONS as u32 - 1;
-const OUR_TABLES: [&str; 4] = [
+const OUR_TABLES: [&str; 5] = [
     "organizations",
     "agents",
     "webhook_deliveries",
     "webhook_delivery_attempts",
+    "webhook_previous_secrets",
 ];
 
 async fn has_table(t: &TestDb, table: &str) -> bool {
@@ -63,6 +64,9 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
         "webhook_failing_since",
         "webhook_disabled_at",
         "webhook_disabled_reason",
+        "ix_webhook_previous_secrets_agent_expires",
+        "webhook_ed25519_secret_key",
+        "webhook_ed25519_public_key",
     ] {
         assert!(
             after_up.iter().any(|l| l.contains(expected)),
@@ -77,8 +81,19 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
         "redundant index still there: {after_up:#?}"
     );
 
-    // Down the worker migration alone: the index is back, the payload and the attempt log gone.
+    // Down the signing-secrets migration alone: its table and the Ed25519 columns are gone.
     Migrator::down(&t.db, Some(1)).await.unwrap();
+    let before_signing = snapshot(&t).await;
+    assert!(!has_table(&t, "webhook_previous_secrets").await);
+    assert!(
+        !before_signing.iter().any(|l| l.contains("ed25519")),
+        "ed25519 columns left behind: {before_signing:#?}"
+    );
+    Migrator::up(&t.db, None).await.unwrap();
+    assert_eq!(snapshot(&t).await, after_up);
+
+    // Down the worker migration too: the index is back, the payload and the attempt log gone.
+    Migrator::down(&t.db, Some(2)).await.unwrap();
     let before_worker = snapshot(&t).await;
     assert!(
         before_worker
@@ -379,6 +394,7 @@ async fn interrupted_webhook_migration_completes_on_rerun(backend: Backend) {
     assert_eq!(snapshot(&t).await, complete);
 
     // Likewise a `down` that stopped after dropping the tables.
+    t.exec("DROP TABLE webhook_previous_secrets").await;
     t.exec("DROP TABLE webhook_delivery_attempts").await;
     t.exec("DROP TABLE webhook_deliveries").await;
     Migrator::down(&t.db, Some(TO_BASELINE)).await.unwrap();

@@ -29,8 +29,14 @@ fn workspace_root() -> PathBuf {
 /// Runs the script with `args`, `cases` on standard input; panics with a clear message when
 /// python3 or the package is missing.
 fn run_script(args: &[&str], cases: &Value) -> Output {
+    run_python_script("standardwebhooks_compat.py", args, cases)
+}
+
+/// Runs `scripts/<name>` with `args`, `cases` on standard input; panics with a clear message
+/// when python3 or the package the script needs (exit status 3) is missing.
+pub(crate) fn run_python_script(name: &str, args: &[&str], cases: &Value) -> Output {
     let root = workspace_root();
-    let script = PathBuf::from("scripts").join("standardwebhooks_compat.py");
+    let script = PathBuf::from("scripts").join(name);
     assert!(
         root.join(&script).is_file(),
         "{} is missing",
@@ -62,8 +68,8 @@ fn run_script(args: &[&str], cases: &Value) -> Output {
     assert_ne!(
         output.status.code(),
         Some(3),
-        "the Python package standardwebhooks is missing (python3 -m pip install \
-         standardwebhooks): {stderr}"
+        "a Python package {name} needs is missing (see scripts/test for the pinned versions): \
+         {stderr}"
     );
     if let Err(e) = written {
         panic!("cannot write the cases to the script ({e}): {stderr}");
