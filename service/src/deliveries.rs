@@ -770,6 +770,7 @@ async fn record_health<C: ConnectionTrait>(
         .exec(db)
         .await?;
     if disabled.rows_affected > 0 {
+        metrics::counter!(crate::dispatch::metric::AUTO_DISABLED).increment(1);
         tracing::warn!(agent = %agent_id, %reason, "webhook disabled automatically");
     }
     Ok(())
@@ -872,6 +873,30 @@ pub async fn abandon<C: ConnectionTrait>(db: &C, claim: &Claim, reason: &str) ->
         return Err(stale(claim));
     }
     tracing::info!(delivery = %claim.delivery.id, attempt = claim.attempt, reason, "abandoned delivery");
+    Ok(())
+}
+
+/// Gives a claim back unsent: the delivery is due again at `now` and the attempt the claim
+/// counted is uncounted, as if it had never been claimed. For a worker that cannot start the
+/// attempt while the lease still covers it (its host is busy, see [`crate::dispatch`]): letting
+/// the lease run out instead would delay the delivery by the lease and use up an attempt.
+///
+/// Guarded by the claim like [`record_outcome`]: fails with [`Error::StaleClaim`], changing
+/// nothing, when the delivery was claimed again since or this attempt was already reported.
+pub async fn release<C: ConnectionTrait>(db: &C, claim: &Claim, now: DateTime<Utc>) -> Result<()> {
+    let update = claimed(claim)
+        .col_expr(
+            wd::Column::NextRetryAt,
+            Expr::value(stamp(db.get_database_backend(), now)),
+        )
+        .col_expr(wd::Column::AttemptCount, Expr::value(claim.attempt - 1));
+    if retry_transient(|| update.clone().exec(db))
+        .await?
+        .rows_affected
+        == 0
+    {
+        return Err(stale(claim));
+    }
     Ok(())
 }
 

@@ -13,6 +13,7 @@
 //! | `WEBHOOK_SIGNATURE_TOLERANCE_SECS` | accepted clock skew when the ops CLI verifies signatures ([`SIGNATURE_TOLERANCE_SECS`]) | 300 ([`DEFAULT_TOLERANCE`]) |
 //! | `WEBHOOK_MAX_PAYLOAD_BYTES` | largest event payload [`enqueue`](crate::deliveries::enqueue) accepts, in bytes of compact JSON ([`MAX_PAYLOAD_BYTES`]) | 262144 (256 KiB) |
 //! | `WEBHOOK_WORKER_CONCURRENCY` | requests one worker process sends at once, and its claim batch ([`WORKER_CONCURRENCY`]) | 16 |
+//! | `WEBHOOK_WORKER_PER_HOST` | requests one worker process sends at once to one receiving host (the URL's host name, any port), so a slow receiver holds at most this many of the worker's slots in requests ([`WORKER_PER_HOST`]) | 8 |
 //! | `WEBHOOK_CONNECT_TIMEOUT_SECS` | how long connecting (DNS, TCP, TLS) to a receiver may take ([`CONNECT_TIMEOUT_SECS`]) | 10 |
 //! | `WEBHOOK_REQUEST_TIMEOUT_SECS` | how long one attempt may take in all, response body included; must be shorter than the claim lease ([`REQUEST_TIMEOUT_SECS`]) | 30 |
 //! | `WEBHOOK_MAX_RESPONSE_BYTES` | how much of a response body the worker reads before it stops and closes the connection ([`MAX_RESPONSE_BYTES`]) | 65536 (64 KiB) |
@@ -46,6 +47,8 @@ pub mod vars {
     /// See the [module documentation](super).
     pub const WORKER_CONCURRENCY: &str = "WEBHOOK_WORKER_CONCURRENCY";
     /// See the [module documentation](super).
+    pub const WORKER_PER_HOST: &str = "WEBHOOK_WORKER_PER_HOST";
+    /// See the [module documentation](super).
     pub const CONNECT_TIMEOUT_SECS: &str = "WEBHOOK_CONNECT_TIMEOUT_SECS";
     /// See the [module documentation](super).
     pub const REQUEST_TIMEOUT_SECS: &str = "WEBHOOK_REQUEST_TIMEOUT_SECS";
@@ -69,6 +72,8 @@ pub const MAX_PAYLOAD_BYTES: RangeInclusive<u32> = 1..=migration::MAX_PAYLOAD_CO
 /// Accepted worker concurrency: one request at a time up to what one process sensibly holds
 /// open (and what a claim batch may lease, [`MAX_PAGE_SIZE`](crate::deliveries::MAX_PAGE_SIZE)).
 pub const WORKER_CONCURRENCY: RangeInclusive<u32> = 1..=1000;
+/// Accepted per-host limits: as for the worker's concurrency (a limit above it never binds).
+pub const WORKER_PER_HOST: RangeInclusive<u32> = 1..=1000;
 /// Accepted connect timeouts in seconds.
 pub const CONNECT_TIMEOUT_SECS: RangeInclusive<u32> = 1..=60;
 /// Accepted attempt timeouts in seconds (also bounded by the claim lease).
@@ -118,6 +123,9 @@ pub struct WebhookSettings {
 pub struct WorkerSettings {
     /// Requests in flight at once per worker process; also the claim batch size.
     pub concurrency: usize,
+    /// Requests in flight at once to one host (by name, any port): one slow or flooded
+    /// receiver cannot have every connection of the worker.
+    pub per_host: usize,
     /// Limit on DNS resolution, TCP connect and TLS handshake together.
     pub connect_timeout: Duration,
     /// Limit on a whole attempt, response body included; shorter than the claim lease, so a
@@ -133,6 +141,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
             concurrency: 16,
+            per_host: 8,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_response_bytes: 64 * 1024,
@@ -224,6 +233,10 @@ impl WebhookSettings {
         if let Some(value) = get(vars::WORKER_CONCURRENCY) {
             let n = in_range(&value, WORKER_CONCURRENCY).map_err(fail(vars::WORKER_CONCURRENCY))?;
             worker.concurrency = n as usize;
+        }
+        if let Some(value) = get(vars::WORKER_PER_HOST) {
+            let n = in_range(&value, WORKER_PER_HOST).map_err(fail(vars::WORKER_PER_HOST))?;
+            worker.per_host = n as usize;
         }
         if let Some(value) = get(vars::CONNECT_TIMEOUT_SECS) {
             let secs =
@@ -325,6 +338,7 @@ mod tests {
             (vars::SIGNATURE_TOLERANCE_SECS, "60"),
             (vars::MAX_PAYLOAD_BYTES, "1024"),
             (vars::WORKER_CONCURRENCY, "4"),
+            (vars::WORKER_PER_HOST, "3"),
             (vars::CONNECT_TIMEOUT_SECS, "2"),
             (vars::REQUEST_TIMEOUT_SECS, "5"),
             (vars::MAX_RESPONSE_BYTES, "2048"),
@@ -338,6 +352,7 @@ mod tests {
             s.worker,
             WorkerSettings {
                 concurrency: 4,
+                per_host: 3,
                 connect_timeout: Duration::from_secs(2),
                 request_timeout: Duration::from_secs(5),
                 max_response_bytes: 2048,
@@ -366,6 +381,7 @@ mod tests {
             (vars::MAX_PAYLOAD_BYTES, "0"),
             (vars::MAX_PAYLOAD_BYTES, "16777216"),
             (vars::WORKER_CONCURRENCY, "1001"),
+            (vars::WORKER_PER_HOST, "0"),
             (vars::CONNECT_TIMEOUT_SECS, "0"),
             (vars::REQUEST_TIMEOUT_SECS, "601"),
             (vars::MAX_RESPONSE_BYTES, "1023"),
@@ -400,6 +416,7 @@ mod tests {
         let s = settings(&[]).unwrap();
         assert_eq!(s.max_payload_bytes, 256 * 1024);
         assert_eq!(s.worker.concurrency, 16);
+        assert_eq!(s.worker.per_host, 8);
         assert_eq!(s.worker.request_timeout, Duration::from_secs(30));
         assert_eq!(s.disable_after, Duration::from_secs(432_000));
     }

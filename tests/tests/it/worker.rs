@@ -44,6 +44,8 @@ enum Reply {
 /// One request as the receiver got it.
 #[derive(Clone, Debug)]
 struct Seen {
+    /// When it arrived.
+    at: Instant,
     path: String,
     headers: HeaderMap,
     body: Bytes,
@@ -87,6 +89,7 @@ impl Receiver {
 
     async fn answer(&self, path: String, headers: HeaderMap, body: Bytes) -> Response {
         self.seen.lock().unwrap().push(Seen {
+            at: Instant::now(),
             path,
             headers,
             body,
@@ -164,6 +167,7 @@ fn settings() -> WebhookSettings {
         },
         worker: WorkerSettings {
             concurrency: 4,
+            per_host: 4,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
             max_response_bytes: 64 * 1024,
@@ -566,7 +570,77 @@ async fn concurrency_is_bounded(backend: Backend) {
     assert_eq!(receiver.max_in_flight.load(Ordering::SeqCst), 2);
 }
 
+/// Resolves every name to 127.0.0.1: several "hosts" on loopback for the per-host limit.
+struct AllLoopback;
+
+impl Resolver for AllLoopback {
+    async fn resolve(&self, _host: &str, _port: u16) -> io::Result<Vec<IpAddr>> {
+        Ok(vec![IpAddr::from([127, 0, 0, 1])])
+    }
+}
+
+/// At most `per_host` requests go to one host at once, and another host's deliveries are sent
+/// meanwhile, not after the busy host's backlog.
+async fn per_host_limit_bounds_one_host_while_another_proceeds(backend: Backend) {
+    let slow = Reply::Slow(Duration::from_millis(400));
+    let (busy, busy_addr) = Receiver::start(vec![slow; 6]).await;
+    let (other, other_addr) = Receiver::start([]).await;
+    let mut settings = settings();
+    settings.worker.concurrency = 8;
+    settings.worker.per_host = 2;
+    let busy_url = format!("http://busy.test:{}/hook", busy_addr.port());
+    let s = setup(backend, &busy_url, settings).await;
+    for i in 2..=6 {
+        integration_tests::enqueue_event(
+            &s.t.db,
+            "agent-1",
+            &format!("evt_{i}"),
+            "run.completed",
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    }
+    seed_agent(&s.t, "agent-2", &[]).await;
+    let config = WebhookConfig {
+        webhook_url: format!("http://other.test:{}/hook", other_addr.port()),
+        webhook_secret: Some(SecretString::from(s.secret.expose().to_owned())),
+        webhook_events: vec![],
+        webhook_enabled: true,
+    };
+    webhook::configure(&s.t.db, &s.settings, "agent-2", &config)
+        .await
+        .unwrap();
+    for i in 1..=2 {
+        integration_tests::enqueue_event(
+            &s.t.db,
+            "agent-2",
+            &format!("evt_o{i}"),
+            "run.completed",
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    }
+    let dispatcher =
+        Dispatcher::with_resolver(s.settings.clone(), s.t.db.clone(), AllLoopback).unwrap();
+    let report = dispatcher.run_once().await.unwrap();
+    assert_eq!((report.attempts, report.delivered), (8, 8), "{report:?}");
+    assert_eq!(busy.max_in_flight.load(Ordering::SeqCst), 2);
+    let busy_seen = busy.seen();
+    let other_seen = other.seen();
+    assert_eq!((busy_seen.len(), other_seen.len()), (6, 2));
+    // The busy host's third pair starts after two 400 ms rounds; the other host was served
+    // long before that.
+    let third_round = busy_seen.iter().map(|r| r.at).max().unwrap();
+    assert!(
+        other_seen.iter().all(|r| r.at < third_round),
+        "the other host waited for the busy one"
+    );
+}
+
 backend_tests!(
+    per_host_limit_bounds_one_host_while_another_proceeds,
     shutdown_waits_for_the_send_in_flight,
     concurrency_is_bounded,
     delivers_signed_exact_bytes,
