@@ -82,11 +82,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
-use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::deliveries::{self, AttemptRecord, Claim, ErrorClass, RESPONSE_PREFIX_LEN};
@@ -311,7 +309,9 @@ impl Dispatcher {
     async fn drain(&self, stop: &AtomicBool) -> Result<DrainReport> {
         let mut report = DrainReport::default();
         let concurrency = self.settings.worker.concurrency.max(1);
-        let mut in_flight = FuturesUnordered::new();
+        // Tasks, not futures polled by this loop: while it waits for a claim, the sends in flight
+        // still make progress (and a send holding the SQLite write turn can release it).
+        let mut in_flight = tokio::task::JoinSet::new();
         // Set when a claim found nothing: claim again only once the sends in flight are done
         // (their retries may be due by then), not after each of them.
         let mut nothing_due = false;
@@ -334,16 +334,21 @@ impl Dispatcher {
                                 metrics::histogram!(metric::CLAIM_LAG)
                                     .record(lag.unwrap_or_default().as_secs_f64());
                             }
-                            in_flight.push(self.send_claimed(claim));
+                            let this = self.clone();
+                            in_flight.spawn(async move { this.send_claimed(claim).await });
                         }
                     }
                     Err(err) => failure = Some(err),
                 }
             }
-            match in_flight.next().await {
-                Some(Ok(recorded)) => report.count(recorded),
-                Some(Err(err)) => {
+            match in_flight.join_next().await {
+                Some(Ok(Ok(recorded))) => report.count(recorded),
+                Some(Ok(Err(err))) => {
                     failure.get_or_insert(err);
+                }
+                // A send that panicked: its claim is left to its lease.
+                Some(Err(panicked)) => {
+                    tracing::error!(%panicked, "delivery worker: a send failed");
                 }
                 None => break,
             }
