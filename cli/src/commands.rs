@@ -154,8 +154,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             if let Some(addr) = metrics_addr {
                 serve_metrics(addr)?;
             }
-            // One connection per request in flight, plus one to claim with.
-            let pool = u32::try_from(settings.worker.concurrency + 1).unwrap_or(u32::MAX);
+            // One connection per request in flight, one to claim with, one to LISTEN on.
+            let pool = u32::try_from(settings.worker.concurrency + 2).unwrap_or(u32::MAX);
             let db = connect_with(cli.database_url, pool).await?;
             let dispatcher = Dispatcher::new(settings, db)?;
             let report = if once {

@@ -445,6 +445,12 @@ pub async fn enqueue<C: ConnectionTrait>(
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("delivery of {event_id} for {agent_id}")))?;
     let created = stored.id == id;
+    if created && settings.worker.listen && db.get_database_backend() == DbBackend::Postgres {
+        // Delivered to listening workers when the caller's transaction commits (at once
+        // outside one); they send it without waiting for their next poll.
+        db.execute_unprepared(&format!("NOTIFY {NOTIFY_CHANNEL}"))
+            .await?;
+    }
     let delivery = WebhookDelivery::from_model(stored, now);
     Ok(if created {
         Enqueued::Created(delivery)
@@ -452,6 +458,10 @@ pub async fn enqueue<C: ConnectionTrait>(
         Enqueued::Existing(delivery)
     })
 }
+
+/// The PostgreSQL channel [`enqueue`] notifies when it creates a delivery and idle workers
+/// listen on (see the settings' `listen`).
+pub const NOTIFY_CHANNEL: &str = "agent_webhooks_deliveries";
 
 /// Leases up to `limit` due deliveries (earliest `next_retry_at` first) to the caller for the
 /// settings' `claim_lease`.

@@ -82,10 +82,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{DatabaseConnection, TransactionTrait};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::deliveries::{self, AttemptRecord, Claim, ErrorClass, RESPONSE_PREFIX_LEN};
 use crate::error::{Error, Result};
@@ -266,7 +268,8 @@ impl Dispatcher {
         self.drain(&AtomicBool::new(false)).await
     }
 
-    /// Drains, waits the poll interval, drains again, until `shutdown` completes. Then it
+    /// Drains, waits the poll interval (on PostgreSQL with `listen`, or until a delivery is
+    /// enqueued), drains again, until `shutdown` completes. Then it
     /// claims nothing more and waits for the sends in flight (up to the attempt timeout plus a
     /// margin), records what finished and returns; anything unfinished is left to its lease.
     /// A database error is logged and the loop goes on after the poll interval.
@@ -275,6 +278,9 @@ impl Dispatcher {
         let stop = AtomicBool::new(false);
         let grace = self.settings.worker.request_timeout + SHUTDOWN_MARGIN;
         let mut total = DrainReport::default();
+        // Dropping the set stops the listening task.
+        let mut listener = tokio::task::JoinSet::new();
+        let wake = self.listen(&mut listener).await;
         loop {
             let mut drain = pin!(self.drain(&stop));
             let result = tokio::select! {
@@ -298,9 +304,51 @@ impl Dispatcher {
             }
             tokio::select! {
                 () = tokio::time::sleep(self.settings.worker.poll_interval) => {}
+                () = notified(wake.as_deref()) => {}
                 () = &mut shutdown => return total,
             }
         }
+    }
+
+    /// On PostgreSQL with `listen` set: a task on its own connection that `LISTEN`s on
+    /// [`deliveries::NOTIFY_CHANNEL`] and wakes the worker on each notification. `None` (the
+    /// worker polls only) elsewhere, or when listening fails; a lost connection is reconnected
+    /// by the listener, and the poll finds what was enqueued meanwhile.
+    async fn listen(&self, tasks: &mut tokio::task::JoinSet<()>) -> Option<Arc<Notify>> {
+        if !self.settings.worker.listen
+            || self.db.get_database_backend() != sea_orm::DbBackend::Postgres
+        {
+            return None;
+        }
+        let pool = self.db.get_postgres_connection_pool();
+        let listener = async {
+            let mut listener = PgListener::connect_with(pool).await?;
+            listener.listen(deliveries::NOTIFY_CHANNEL).await?;
+            Ok::<_, sea_orm::sqlx::Error>(listener)
+        };
+        let listener = match listener.await {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!(%err, "delivery worker: cannot LISTEN; polling only");
+                return None;
+            }
+        };
+        let wake = Arc::new(Notify::new());
+        let waker = Arc::clone(&wake);
+        tasks.spawn(async move {
+            let mut notifications = listener.into_stream();
+            while let Some(notification) = notifications.next().await {
+                match notification {
+                    // Several notifications before the worker looks make one wake-up.
+                    Ok(_) => waker.notify_one(),
+                    Err(err) => {
+                        tracing::warn!(%err, "delivery worker: LISTEN connection failed; reconnecting");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Some(wake)
     }
 
     /// Keeps up to `concurrency` claims in flight until nothing is due (or `stop` is set), then
@@ -560,6 +608,14 @@ pub enum Recorded {
     Stale,
     /// Nothing was sent: the delivery's host stayed busy, and the claim was given back.
     Released,
+}
+
+/// Completes when `wake` is notified; never without one.
+async fn notified(wake: Option<&Notify>) {
+    match wake {
+        Some(wake) => wake.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Counts a stored outcome in the worker's metrics.

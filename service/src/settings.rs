@@ -18,6 +18,7 @@
 //! | `WEBHOOK_REQUEST_TIMEOUT_SECS` | how long one attempt may take in all, response body included; must be shorter than the claim lease ([`REQUEST_TIMEOUT_SECS`]) | 30 |
 //! | `WEBHOOK_MAX_RESPONSE_BYTES` | how much of a response body the worker reads before it stops and closes the connection ([`MAX_RESPONSE_BYTES`]) | 65536 (64 KiB) |
 //! | `WEBHOOK_POLL_INTERVAL_MS` | how long an idle worker waits before it looks for due deliveries again ([`POLL_INTERVAL_MS`]) | 1000 |
+//! | `WEBHOOK_LISTEN` | on PostgreSQL, [`enqueue`](crate::deliveries::enqueue) sends a `NOTIFY` (delivered on commit) and an idle worker `LISTEN`s, so a new delivery is sent at once rather than at the next poll; `false` for connection poolers that do not pass `LISTEN` through (PgBouncer in transaction mode). Set it alike for the app server and the workers. Ignored on other backends | `true` |
 //! | `WEBHOOK_DISABLE_AFTER_SECS` | how long an agent's attempts may fail without a single success before the worker disables its webhook ([`DISABLE_AFTER_SECS`]) | 432000 (5 days, like Svix; [`DEFAULT_DISABLE_AFTER`]) |
 //!
 //! A development policy is never implied: it must be asked for by name.
@@ -58,6 +59,8 @@ pub mod vars {
     pub const POLL_INTERVAL_MS: &str = "WEBHOOK_POLL_INTERVAL_MS";
     /// See the [module documentation](super).
     pub const DISABLE_AFTER_SECS: &str = "WEBHOOK_DISABLE_AFTER_SECS";
+    /// See the [module documentation](super).
+    pub const LISTEN: &str = "WEBHOOK_LISTEN";
 }
 
 /// Accepted attempt budgets: more than 50 attempts is a unit mix-up, not a policy.
@@ -135,6 +138,9 @@ pub struct WorkerSettings {
     pub max_response_bytes: usize,
     /// Idle wait between looks for due deliveries.
     pub poll_interval: Duration,
+    /// PostgreSQL only: enqueue notifies and idle workers listen, so a new delivery does not
+    /// wait for the next poll (retries still do).
+    pub listen: bool,
 }
 
 impl Default for WorkerSettings {
@@ -146,6 +152,7 @@ impl Default for WorkerSettings {
             request_timeout: Duration::from_secs(30),
             max_response_bytes: 64 * 1024,
             poll_interval: Duration::from_secs(1),
+            listen: true,
         }
     }
 }
@@ -178,6 +185,12 @@ pub enum SettingProblem {
         lease_secs: u64,
         /// The attempt timeout in seconds.
         got_secs: u64,
+    },
+    /// Not `true` or `false` (or `1`/`0`, `on`/`off`, `yes`/`no`).
+    #[error("expected true or false, got `{got}`")]
+    NotABool {
+        /// The value as given.
+        got: String,
     },
     /// Not a whole number in the accepted range.
     #[error("expected a whole number from {} to {}, got `{got}`", range.start(), range.end())]
@@ -255,6 +268,20 @@ impl WebhookSettings {
         if let Some(value) = get(vars::POLL_INTERVAL_MS) {
             let ms = in_range(&value, POLL_INTERVAL_MS).map_err(fail(vars::POLL_INTERVAL_MS))?;
             worker.poll_interval = Duration::from_millis(ms.into());
+        }
+        if let Some(value) = get(vars::LISTEN) {
+            settings.worker.listen = match value.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "on" | "yes" => true,
+                "false" | "0" | "off" | "no" => false,
+                _ => {
+                    return Err(SettingsError {
+                        var: vars::LISTEN,
+                        problem: SettingProblem::NotABool {
+                            got: value.trim().to_owned(),
+                        },
+                    });
+                }
+            };
         }
         if let Some(value) = get(vars::DISABLE_AFTER_SECS) {
             let secs =
@@ -344,6 +371,7 @@ mod tests {
             (vars::MAX_RESPONSE_BYTES, "2048"),
             (vars::POLL_INTERVAL_MS, "250"),
             (vars::DISABLE_AFTER_SECS, "60"),
+            (vars::LISTEN, "off"),
         ])
         .unwrap();
         assert_eq!(s.disable_after, Duration::from_secs(60));
@@ -357,6 +385,7 @@ mod tests {
                 request_timeout: Duration::from_secs(5),
                 max_response_bytes: 2048,
                 poll_interval: Duration::from_millis(250),
+                listen: false,
             }
         );
         assert_eq!(s.url_policy, UrlPolicy::Development);
@@ -387,6 +416,7 @@ mod tests {
             (vars::MAX_RESPONSE_BYTES, "1023"),
             (vars::POLL_INTERVAL_MS, "9"),
             (vars::DISABLE_AFTER_SECS, "59"),
+            (vars::LISTEN, "maybe"),
             (vars::DISABLE_AFTER_SECS, "31536001"),
         ] {
             let err = settings(&[(var, value)]).unwrap_err();

@@ -172,6 +172,7 @@ fn settings() -> WebhookSettings {
             request_timeout: Duration::from_secs(1),
             max_response_bytes: 64 * 1024,
             poll_interval: Duration::from_millis(50),
+            listen: true,
         },
         ..WebhookSettings::default()
     }
@@ -637,6 +638,66 @@ async fn per_host_limit_bounds_one_host_while_another_proceeds(backend: Backend)
         other_seen.iter().all(|r| r.at < third_round),
         "the other host waited for the busy one"
     );
+}
+
+/// On PostgreSQL an idle worker hears of a new delivery at once (LISTEN/NOTIFY), not at its
+/// next poll (a minute away here); with `listen` off it waits for the poll.
+async fn idle_worker_wakes_on_enqueue(listen: bool) {
+    let (receiver, addr) = Receiver::start([]).await;
+    let mut settings = settings();
+    settings.worker.poll_interval = Duration::from_secs(60);
+    settings.worker.listen = listen;
+    let s = setup(Backend::Postgres, &url(addr), settings).await;
+    let dispatcher = s.dispatcher();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(async move {
+        dispatcher
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let arrived = async |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while receiver.seen().len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        receiver.seen().len() >= n
+    };
+    assert!(arrived(1).await, "the first drain sends what is due");
+    // The worker is idle now, waiting up to a minute.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let enqueued = Instant::now();
+    let mut settings = s.settings.clone();
+    settings.worker.listen = listen;
+    deliveries::enqueue(
+        &s.t.db,
+        &settings,
+        "agent-1",
+        "evt_2",
+        "run.completed",
+        &payload(),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(arrived(2).await, listen, "listen: {listen}");
+    if listen {
+        let latency = receiver.seen()[1].at - enqueued;
+        assert!(latency < Duration::from_secs(1), "{latency:?}");
+    }
+    stop.send(()).unwrap();
+    worker.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_worker_wakes_on_enqueue_postgres() {
+    idle_worker_wakes_on_enqueue(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_worker_without_listen_waits_for_the_poll_postgres() {
+    idle_worker_wakes_on_enqueue(false).await;
 }
 
 backend_tests!(
