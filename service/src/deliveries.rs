@@ -886,18 +886,18 @@ pub async fn abandon<C: ConnectionTrait>(db: &C, claim: &Claim, reason: &str) ->
     Ok(())
 }
 
-/// Gives a claim back unsent: the delivery is due again at `now` and the attempt the claim
+/// Gives a claim back unsent: the delivery is due again at `due` and the attempt the claim
 /// counted is uncounted, as if it had never been claimed. For a worker that cannot start the
 /// attempt while the lease still covers it (its host is busy, see [`crate::dispatch`]): letting
 /// the lease run out instead would delay the delivery by the lease and use up an attempt.
 ///
 /// Guarded by the claim like [`record_outcome`]: fails with [`Error::StaleClaim`], changing
 /// nothing, when the delivery was claimed again since or this attempt was already reported.
-pub async fn release<C: ConnectionTrait>(db: &C, claim: &Claim, now: DateTime<Utc>) -> Result<()> {
+pub async fn release<C: ConnectionTrait>(db: &C, claim: &Claim, due: DateTime<Utc>) -> Result<()> {
     let update = claimed(claim)
         .col_expr(
             wd::Column::NextRetryAt,
-            Expr::value(stamp(db.get_database_backend(), now)),
+            Expr::value(stamp(db.get_database_backend(), due)),
         )
         .col_expr(wd::Column::AttemptCount, Expr::value(claim.attempt - 1));
     if retry_transient(|| update.clone().exec(db))

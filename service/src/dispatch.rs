@@ -12,8 +12,8 @@
 //! half of them are done (one claim statement per several deliveries, and no slot waits for the
 //! slowest request of a batch). At most `per_host` of them send to one host (the URL's host
 //! name, any port) at once; the others wait for that host. A delivery that cannot get its
-//! host's turn while its lease still covers a whole attempt is released, due again at once, so
-//! it is never sent by two workers (see [`deliveries::release`]). Claims are oldest first, so a
+//! host's turn while its lease still covers a whole attempt is released, due again after the
+//! poll interval, so it is never sent by two workers (see [`deliveries::release`]). Claims are oldest first, so a
 //! host with a long backlog can hold every slot with sends and waits while newer deliveries to
 //! other hosts wait in the database.
 //!
@@ -188,7 +188,7 @@ pub struct DrainReport {
     /// Attempts whose claim had been taken over before the report (the outcome was not stored).
     pub stale: u64,
     /// Claims given back unsent: their host stayed busy while the lease could still cover an
-    /// attempt. They are due again at once and were not counted as attempts.
+    /// attempt. They are due again after the poll interval and were not counted as attempts.
     pub released: u64,
 }
 
@@ -418,8 +418,13 @@ impl Dispatcher {
         let Some(_permit) = self.hosts.acquire(&host, budget).await else {
             tracing::info!(delivery = %claim.delivery.id, host, "host busy: claim released");
             metrics::counter!(metric::RELEASED).increment(1);
+            // Due again after a poll interval, so that a host busy for longer than the leases
+            // allow does not make the worker claim and release in a loop.
+            let due = Utc::now()
+                + chrono::TimeDelta::from_std(self.settings.worker.poll_interval)
+                    .unwrap_or_default();
             let _turn = self.write_turn().await;
-            return match deliveries::release(&self.db, &claim, Utc::now()).await {
+            return match deliveries::release(&self.db, &claim, due).await {
                 Ok(()) | Err(Error::StaleClaim { .. }) => Ok(Recorded::Released),
                 Err(err) => Err(err),
             };

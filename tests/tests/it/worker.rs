@@ -700,7 +700,46 @@ async fn idle_worker_without_listen_waits_for_the_poll_postgres() {
     idle_worker_wakes_on_enqueue(false).await;
 }
 
+/// A claim whose host is busy for longer than its lease can wait is given back unsent, with
+/// its attempt uncounted, and sent later in the same drain.
+async fn busy_host_claims_are_released_unsent(backend: Backend) {
+    let slow = Reply::Slow(Duration::from_millis(500));
+    let (receiver, addr) = Receiver::start(vec![slow; 2]).await;
+    let mut settings = settings();
+    settings.worker.concurrency = 2;
+    settings.worker.per_host = 1;
+    // A 2 s lease leaves no time to wait beyond the 1 s attempt and its 1 s margin.
+    settings.claim_lease = Duration::from_secs(2);
+    let s = setup(backend, &url(addr), settings).await;
+    let second = deliveries::enqueue(
+        &s.t.db,
+        &s.settings,
+        "agent-1",
+        "evt_2",
+        "run.completed",
+        &payload(),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let Enqueued::Created(second) = second else {
+        panic!("{second:?}");
+    };
+    let report = s.run_once().await;
+    assert_eq!((report.attempts, report.delivered), (2, 2), "{report:?}");
+    // Released at least once (again if it came due while the host was still busy).
+    assert!(report.released >= 1, "{report:?}");
+    assert_eq!(receiver.seen().len(), 2);
+    assert_eq!(receiver.max_in_flight.load(Ordering::SeqCst), 1);
+    for id in [&s.delivery_id, &second.id] {
+        let attempts = deliveries::attempts(&s.t.db, id).await.unwrap();
+        let numbers: Vec<_> = attempts.iter().map(|a| a.attempt).collect();
+        assert_eq!(numbers, [1], "{id}: the release uncounted its claim");
+    }
+}
+
 backend_tests!(
+    busy_host_claims_are_released_unsent,
     per_host_limit_bounds_one_host_while_another_proceeds,
     shutdown_waits_for_the_send_in_flight,
     concurrency_is_bounded,
