@@ -221,7 +221,7 @@ fn payload(i: usize) -> serde_json::Value {
 
 pub async fn figures(report: &mut Report, backend: Backend, quick: bool) {
     let keys = KeyRing::generate_key_entry("k1").unwrap();
-    let n = if quick { 300 } else { 2_000 };
+    let n = if quick { 100 } else { 2_000 };
     for concurrency in [1, 16] {
         throughput(report, backend, &keys, n, concurrency).await;
     }
