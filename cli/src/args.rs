@@ -69,6 +69,11 @@ pub enum Command {
         /// Send what is due now, then exit (tests, cron-style use).
         #[arg(long)]
         once: bool,
+        /// Serve the worker's metrics for Prometheus at http://ADDR/metrics, e.g.
+        /// 127.0.0.1:9464 (sent, failed by class, retried, exhausted, auto-disabled, claim lag,
+        /// in flight).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Print the `webhook-signature` value for the body read from stdin.
     Sign {

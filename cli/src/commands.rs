@@ -157,10 +157,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 (None, reason) => format!("skipped: {}", reason.unwrap_or_default()),
             })
         }
-        Command::Worker { once } => {
+        Command::Worker { once, metrics_addr } => {
             let settings = WebhookSettings::from_env()?;
-            // One connection per request in flight, plus one to claim with.
-            let pool = u32::try_from(settings.worker.concurrency + 1).unwrap_or(u32::MAX);
+            if let Some(addr) = metrics_addr {
+                serve_metrics(addr)?;
+            }
+            // One connection per request in flight, one to claim with, one to LISTEN on.
+            let pool = u32::try_from(settings.worker.concurrency + 2).unwrap_or(u32::MAX);
             let db = connect_with(cli.database_url, pool).await?;
             let dispatcher = Dispatcher::new(settings, db)?;
             let report = if once {
@@ -171,6 +174,17 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             output::print(json, &report, report_text)
         }
     }
+}
+
+/// Installs the Prometheus recorder and its scrape endpoint on `addr` (any path answers; the
+/// convention is `/metrics`). Fails when the address cannot be bound.
+fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    agent_webhooks::dispatch::describe_metrics();
+    Ok(())
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C), whichever comes first.

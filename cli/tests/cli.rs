@@ -5,10 +5,16 @@ use serde_json::json;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use agent_webhooks::deliveries::{self, Enqueued};
+use std::time::{Duration, Instant};
+
+use agent_webhooks::deliveries::{self, DeliveryState, Enqueued};
 use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::url_policy::UrlPolicy;
+use agent_webhooks::webhook::{self, WebhookConfig};
 use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
 use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectionTrait, Statement};
+use secrecy::SecretString;
 
 const SPEC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -708,52 +714,92 @@ async fn deliveries_commands(backend: Backend) {
     }
 }
 
-/// A minimal HTTP/1.1 receiver on loopback: answers every request with 204 and keeps the
-/// bodies (the CLI tests have no web framework; one request per connection is enough).
-async fn receiver() -> (std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>, u16) {
+/// One request as the test receiver got it.
+#[derive(Clone, Debug)]
+struct Received {
+    /// The request line and headers, as sent.
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> &str {
+        self.head
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map_or("", |(_, v)| v.trim())
+    }
+}
+
+type Requests = std::sync::Arc<std::sync::Mutex<Vec<Received>>>;
+
+/// A minimal HTTP/1.1 receiver on loopback: answers every request with 204 after `delay` and
+/// keeps the requests (the CLI tests have no web framework; one request per connection is
+/// enough).
+async fn receiver_with(delay: std::time::Duration) -> (Requests, u16) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let kept = bodies.clone();
+    let requests = Requests::default();
+    let kept = requests.clone();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
-            let mut request = Vec::new();
-            let mut buf = [0u8; 4096];
-            let body = loop {
-                let n = socket.read(&mut buf).await.unwrap_or(0);
-                if n == 0 {
-                    break None;
-                }
-                request.extend_from_slice(&buf[..n]);
-                let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    continue;
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                let received = loop {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break None;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&request[..end]).into_owned();
+                    let len: usize = head
+                        .to_ascii_lowercase()
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + len {
+                        let body = request[end + 4..end + 4 + len].to_vec();
+                        break Some(Received { head, body });
+                    }
                 };
-                let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                if request.len() >= end + 4 + len {
-                    break Some(request[end + 4..end + 4 + len].to_vec());
+                if let Some(received) = received {
+                    kept.lock().unwrap().push(received);
+                    tokio::time::sleep(delay).await;
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
                 }
-            };
-            if let Some(body) = body {
-                kept.lock().unwrap().push(body);
-                let _ = socket
-                    .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                    .await;
-            }
+            });
         }
     });
-    (bodies, port)
+    (requests, port)
+}
+
+async fn receiver() -> (Requests, u16) {
+    receiver_with(std::time::Duration::ZERO).await
+}
+
+fn bodies(requests: &Requests) -> Vec<Vec<u8>> {
+    requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.body.clone())
+        .collect()
 }
 
 async fn events_emit_then_worker_once(backend: Backend) {
     let t = TestDb::migrated(backend).await;
     seed_agent(&t, "agent-1", &[]).await;
-    let (bodies, port) = receiver().await;
+    let (requests, port) = receiver().await;
     let k1 = KeyRing::generate_key_entry("k1").unwrap();
     let env = [
         ("DATABASE_URL", t.url.as_str()),
@@ -819,7 +865,7 @@ async fn events_emit_then_worker_once(backend: Backend) {
         (Some(1), Some(1))
     );
     // The body is the payload as stored: compact JSON of what was emitted first.
-    assert_eq!(*bodies.lock().unwrap(), vec![br#"{"run":"r-1"}"#.to_vec()]);
+    assert_eq!(bodies(&requests), vec![br#"{"run":"r-1"}"#.to_vec()]);
 
     let show = run(&["deliveries", "show", &id, "--json"], &env, None);
     let show = json(&show.stdout);
@@ -854,7 +900,7 @@ async fn events_emit_then_worker_once(backend: Backend) {
     );
     assert_eq!(emitted.code, Some(0), "{}", emitted.stderr);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while bodies.lock().unwrap().len() < 2 {
+    while requests.lock().unwrap().len() < 2 {
         assert!(
             std::time::Instant::now() < deadline,
             "the running worker sent nothing"
@@ -1023,9 +1069,362 @@ async fn signing_commands(backend: Backend) {
     assert!(rotated["previous"].is_null());
 }
 
+/// The agent `agent-1`, whose webhook posts to the receiver on `port` with `SPEC_SECRET`, and
+/// `n` events enqueued for it: the environment a worker process needs and the delivery ids.
+async fn queue(t: &TestDb, port: u16, n: usize) -> (Vec<(String, String)>, Vec<String>) {
+    seed_agent(t, "agent-1", &[]).await;
+    let k1 = KeyRing::generate_key_entry("k1").unwrap();
+    let settings = WebhookSettings {
+        url_policy: UrlPolicy::Development,
+        keys: Some(KeyRing::parse(&k1).unwrap()),
+        ..WebhookSettings::default()
+    };
+    let config = WebhookConfig {
+        webhook_url: format!("http://127.0.0.1:{port}/hook"),
+        webhook_secret: Some(SecretString::from(SPEC_SECRET)),
+        webhook_events: vec![],
+        webhook_enabled: true,
+    };
+    webhook::configure(&t.db, &settings, "agent-1", &config)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let event = format!("evt_{i}");
+        let payload = json!({"n": i, "text": "héllo"});
+        let now = chrono::Utc::now();
+        match deliveries::enqueue(
+            &t.db,
+            &settings,
+            "agent-1",
+            &event,
+            "run.completed",
+            &payload,
+            now,
+        )
+        .await
+        .unwrap()
+        {
+            Enqueued::Created(d) => ids.push(d.id),
+            other => panic!("{other:?}"),
+        }
+    }
+    let env = [
+        ("DATABASE_URL", t.url.as_str()),
+        ("WEBHOOK_SECRET_KEYS", k1.as_str()),
+        ("WEBHOOK_URL_POLICY", "development"),
+        ("WEBHOOK_POLL_INTERVAL_MS", "50"),
+    ];
+    let env = env.map(|(k, v)| (k.to_owned(), v.to_owned())).to_vec();
+    (env, ids)
+}
+
+/// Starts `agent-webhooks worker ARGS` with `env` (and nothing from the test's environment).
+fn spawn_worker(env: &[(String, String)], args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_agent-webhooks"))
+        .arg("worker")
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("WEBHOOK_SECRET_KEYS")
+        .env_remove("WEBHOOK_URL_POLICY")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run agent-webhooks worker")
+}
+
+/// Waits for `child` to exit, up to `limit`; its status and stdout.
+async fn wait_exit(child: &mut std::process::Child, limit: Duration) -> (i32, String) {
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the worker did not exit within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    (status.code().unwrap(), out)
+}
+
+/// Polls `done` every 50 ms until it holds, for at most `limit`.
+async fn wait_for<F: AsyncFn() -> bool>(what: &str, limit: Duration, done: F) {
+    let deadline = Instant::now() + limit;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn delivered_count(t: &TestDb) -> i64 {
+    let sql = "SELECT COUNT(*) FROM webhook_deliveries WHERE delivered_at IS NOT NULL";
+    let row =
+        t.db.query_one_raw(Statement::from_string(t.db.get_database_backend(), sql))
+            .await
+            .unwrap()
+            .unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+/// The books: every delivery is delivered, with exactly one successful attempt in its log.
+async fn assert_delivered_once_in_the_books(t: &TestDb, ids: &[String]) {
+    for id in ids {
+        let delivery = deliveries::get(&t.db, id, chrono::Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(delivery.state, DeliveryState::Delivered, "{id}");
+        let attempts = deliveries::attempts(&t.db, id).await.unwrap();
+        let successes = attempts
+            .iter()
+            .filter(|a| a.status_code == Some(204))
+            .count();
+        assert_eq!(successes, 1, "{id}: {attempts:?}");
+    }
+}
+
+/// The webhook-ids the receiver saw, with how often each came.
+fn seen_ids(requests: &Requests) -> std::collections::BTreeMap<String, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for r in requests.lock().unwrap().iter() {
+        *seen.entry(r.header("webhook-id").to_owned()).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// A worker killed with SIGKILL while its receiver is slow (sends in flight, claims leased)
+/// loses nothing: a new worker sends the rest once the leases run out; the receiver sees every
+/// event at least once and the books have each delivery delivered once.
+async fn killed_worker_loses_no_delivery(backend: Backend) {
+    const EVENTS: usize = 24;
+    let t = TestDb::migrated(backend).await;
+    let (requests, port) = receiver_with(Duration::from_millis(500)).await;
+    let (mut env, ids) = queue(&t, port, EVENTS).await;
+    for (k, v) in [
+        ("WEBHOOK_WORKER_CONCURRENCY", "4"),
+        ("WEBHOOK_CLAIM_LEASE_SECS", "3"),
+        ("WEBHOOK_REQUEST_TIMEOUT_SECS", "2"),
+    ] {
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    let mut first = spawn_worker(&env, &[]);
+    wait_for("the first sends", Duration::from_secs(30), async || {
+        requests.lock().unwrap().len() >= 6
+    })
+    .await;
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let before = requests.lock().unwrap().len();
+    assert!(before < EVENTS, "the worker was done before it was killed");
+
+    let mut second = spawn_worker(&env, &["--json"]);
+    wait_for(
+        "every delivery delivered",
+        Duration::from_secs(60),
+        async || delivered_count(&t).await == EVENTS as i64,
+    )
+    .await;
+    let term = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    wait_exit(&mut second, Duration::from_secs(20)).await;
+
+    let seen = seen_ids(&requests);
+    for i in 0..EVENTS {
+        assert!(
+            seen.contains_key(&format!("evt_{i}")),
+            "evt_{i} never arrived"
+        );
+    }
+    // The sends in flight at the kill were answered after the first worker died: sent again.
+    assert!(
+        seen.values().any(|&n| n > 1),
+        "nothing was in flight at the kill: {seen:?}"
+    );
+    assert_delivered_once_in_the_books(&t, &ids).await;
+}
+
+/// Four worker processes drain one queue: every event arrives exactly once, each delivery has
+/// one attempt, and the reference Python library `standardwebhooks` accepts every request.
+async fn four_workers_drain_one_queue(backend: Backend) {
+    const EVENTS: usize = 200;
+    let t = TestDb::migrated(backend).await;
+    let (requests, port) = receiver_with(Duration::from_millis(5)).await;
+    let (mut env, ids) = queue(&t, port, EVENTS).await;
+    env.push(("WEBHOOK_WORKER_CONCURRENCY".to_owned(), "8".to_owned()));
+    let mut workers: Vec<_> = (0..4)
+        .map(|_| spawn_worker(&env, &["--once", "--json"]))
+        .collect();
+    let mut attempts = Vec::new();
+    for worker in &mut workers {
+        let (_, out) = wait_exit(worker, Duration::from_secs(60)).await;
+        let report = json(&out);
+        assert_eq!(report["attempts"], report["delivered"], "{out}");
+        attempts.push(report["attempts"].as_u64().unwrap());
+    }
+    assert_eq!(attempts.iter().sum::<u64>(), EVENTS as u64, "{attempts:?}");
+    let seen = seen_ids(&requests);
+    assert_eq!(seen.len(), EVENTS);
+    assert!(seen.values().all(|&n| n == 1), "sent twice: {seen:?}");
+    assert_delivered_once_in_the_books(&t, &ids).await;
+    for id in &ids {
+        assert_eq!(deliveries::attempts(&t.db, id).await.unwrap().len(), 1);
+    }
+    python_verifies(&requests);
+}
+
+/// Every received request passes `standardwebhooks.Webhook(SPEC_SECRET).verify` in Python
+/// (`scripts/standardwebhooks_compat.py`, as the compat tests run it).
+fn python_verifies(requests: &Requests) {
+    let cases: Vec<_> = requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.header("webhook-id"),
+                "secret": SPEC_SECRET,
+                "id": r.header("webhook-id"),
+                "timestamp": r.header("webhook-timestamp").parse::<i64>().unwrap(),
+                "body": String::from_utf8(r.body.clone()).unwrap(),
+                "signature": r.header("webhook-signature"),
+            })
+        })
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut child = Command::new("python3")
+        .arg("scripts/standardwebhooks_compat.py")
+        .current_dir(root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (with `pip install standardwebhooks`)");
+    let input = serde_json::to_vec(&cases).unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok ")).count(),
+        cases.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_drain_one_queue_postgres() {
+    four_workers_drain_one_queue(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_drain_one_queue_mysql() {
+    four_workers_drain_one_queue(Backend::MySql).await;
+}
+
+/// A GET of `path` on loopback `port`; the whole response.
+async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n");
+    socket.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
+/// `worker --metrics-addr` serves the worker's counters for Prometheus on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_serves_metrics_for_prometheus() {
+    let t = TestDb::migrated(Backend::Sqlite).await;
+    let (requests, port) = receiver().await;
+    let (env, _ids) = queue(&t, port, 2).await;
+    // A second agent whose receiver refuses connections: one failed attempt, retried later.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    seed_agent(&t, "agent-2", &[]).await;
+    let settings = WebhookSettings {
+        url_policy: UrlPolicy::Development,
+        keys: Some(KeyRing::parse(&env[1].1).unwrap()),
+        ..WebhookSettings::default()
+    };
+    let config = WebhookConfig {
+        webhook_url: format!("http://127.0.0.1:{closed}/hook"),
+        webhook_secret: Some(SecretString::from(SPEC_SECRET)),
+        webhook_events: vec![],
+        webhook_enabled: true,
+    };
+    webhook::configure(&t.db, &settings, "agent-2", &config)
+        .await
+        .unwrap();
+    let payload = json!({});
+    let now = chrono::Utc::now();
+    deliveries::enqueue(
+        &t.db,
+        &settings,
+        "agent-2",
+        "evt_x",
+        "run.failed",
+        &payload,
+        now,
+    )
+    .await
+    .unwrap();
+
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{metrics_port}");
+    let mut worker = spawn_worker(&env, &["--metrics-addr", &addr]);
+    wait_for("two deliveries", Duration::from_secs(20), async || {
+        requests.lock().unwrap().len() >= 2
+    })
+    .await;
+    let wanted = [
+        "agent_webhooks_sent_total 2",
+        "agent_webhooks_failed_total{class=\"connect\"} 1",
+        "agent_webhooks_retried_total 1",
+        "agent_webhooks_in_flight 0",
+        "agent_webhooks_claim_lag_seconds_count 3",
+    ];
+    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !wanted.iter().all(|w| last.lines().any(|l| l == *w)) {
+        assert!(Instant::now() < deadline, "missing {wanted:?} in:\n{last}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        last = http_get(metrics_port, "/metrics").await.unwrap_or_default();
+    }
+    assert!(last.contains("# HELP agent_webhooks_sent_total"), "{last}");
+    let term = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    wait_exit(&mut worker, Duration::from_secs(20)).await;
+}
+
 backend_tests!(
     config_commands,
     deliveries_commands,
     events_emit_then_worker_once,
-    signing_commands
+    signing_commands,
+    killed_worker_loses_no_delivery
 );

@@ -453,6 +453,12 @@ pub async fn enqueue<C: ConnectionTrait>(
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("delivery of {event_id} for {agent_id}")))?;
     let created = stored.id == id;
+    if created && settings.worker.listen && db.get_database_backend() == DbBackend::Postgres {
+        // Delivered to listening workers when the caller's transaction commits (at once
+        // outside one); they send it without waiting for their next poll.
+        db.execute_unprepared(&format!("NOTIFY {NOTIFY_CHANNEL}"))
+            .await?;
+    }
     let delivery = WebhookDelivery::from_model(stored, now);
     Ok(if created {
         Enqueued::Created(delivery)
@@ -460,6 +466,10 @@ pub async fn enqueue<C: ConnectionTrait>(
         Enqueued::Existing(delivery)
     })
 }
+
+/// The PostgreSQL channel [`enqueue`] notifies when it creates a delivery and idle workers
+/// listen on (see the settings' `listen`).
+pub const NOTIFY_CHANNEL: &str = "agent_webhooks_deliveries";
 
 /// Leases up to `limit` due deliveries (earliest `next_retry_at` first) to the caller for the
 /// settings' `claim_lease`.
@@ -778,6 +788,7 @@ async fn record_health<C: ConnectionTrait>(
         .exec(db)
         .await?;
     if disabled.rows_affected > 0 {
+        metrics::counter!(crate::dispatch::metric::AUTO_DISABLED).increment(1);
         tracing::warn!(agent = %agent_id, %reason, "webhook disabled automatically");
     }
     Ok(())
@@ -880,6 +891,30 @@ pub async fn abandon<C: ConnectionTrait>(db: &C, claim: &Claim, reason: &str) ->
         return Err(stale(claim));
     }
     tracing::info!(delivery = %claim.delivery.id, attempt = claim.attempt, reason, "abandoned delivery");
+    Ok(())
+}
+
+/// Gives a claim back unsent: the delivery is due again at `due` and the attempt the claim
+/// counted is uncounted, as if it had never been claimed. For a worker that cannot start the
+/// attempt while the lease still covers it (its host is busy, see [`crate::dispatch`]): letting
+/// the lease run out instead would delay the delivery by the lease and use up an attempt.
+///
+/// Guarded by the claim like [`record_outcome`]: fails with [`Error::StaleClaim`], changing
+/// nothing, when the delivery was claimed again since or this attempt was already reported.
+pub async fn release<C: ConnectionTrait>(db: &C, claim: &Claim, due: DateTime<Utc>) -> Result<()> {
+    let update = claimed(claim)
+        .col_expr(
+            wd::Column::NextRetryAt,
+            Expr::value(stamp(db.get_database_backend(), due)),
+        )
+        .col_expr(wd::Column::AttemptCount, Expr::value(claim.attempt - 1));
+    if retry_transient(|| update.clone().exec(db))
+        .await?
+        .rows_affected
+        == 0
+    {
+        return Err(stale(claim));
+    }
     Ok(())
 }
 

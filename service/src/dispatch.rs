@@ -6,6 +6,35 @@
 //! is due now (tests, cron-style use); [`Dispatcher::run`] polls until told to stop, and lets
 //! the sends in flight finish first.
 //!
+//! # Concurrency
+//!
+//! A drain keeps up to `concurrency` claimed deliveries in flight and claims again as soon as
+//! half of them are done (one claim statement per several deliveries, and no slot waits for the
+//! slowest request of a batch). At most `per_host` of them send to one host (the URL's host
+//! name, any port) at once; the others wait for that host. A delivery that cannot get its
+//! host's turn while its lease still covers a whole attempt is released, due again after the
+//! poll interval, so it is never sent by two workers (see [`deliveries::release`]). Claims are oldest first, so a
+//! host with a long backlog can hold every slot with sends and waits while newer deliveries to
+//! other hosts wait in the database.
+//!
+//! # Metrics
+//!
+//! Through the [`metrics`] facade, so the library picks no exporter (the `agent-webhooks`
+//! binary serves them for Prometheus with `worker --metrics-addr`); [`describe_metrics`] names
+//! and explains them:
+//!
+//! | metric | kind | what |
+//! |---|---|---|
+//! | `agent_webhooks_sent_total` | counter | attempts that delivered (2xx) |
+//! | `agent_webhooks_failed_total{class}` | counter | attempts that did not deliver, by [`ErrorClass`] |
+//! | `agent_webhooks_retried_total` | counter | failed attempts scheduled again |
+//! | `agent_webhooks_exhausted_total` | counter | deliveries given up (attempts used up or a final answer) |
+//! | `agent_webhooks_auto_disabled_total` | counter | webhooks disabled by the failure-run rule |
+//! | `agent_webhooks_released_total` | counter | claims given back unsent (their host was busy too long) |
+//! | `agent_webhooks_claim_lag_seconds` | histogram | from enqueue to claim, first attempts |
+//! | `agent_webhooks_attempt_duration_seconds` | histogram | one attempt, sign to answer |
+//! | `agent_webhooks_in_flight` | gauge | requests being sent now by this process |
+//!
 //! # The HTTP client
 //!
 //! `reqwest` with rustls (never OpenSSL), `POST` with `content-type: application/json`, the
@@ -43,19 +72,22 @@
 //! Refusals are retryable like connection errors: the owner may fix the URL or the secret, and
 //! DNS answers change; the retry schedule bounds them.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{DatabaseConnection, TransactionTrait};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::deliveries::{self, AttemptRecord, Claim, ErrorClass, RESPONSE_PREFIX_LEN};
 use crate::error::{Error, Result};
@@ -70,12 +102,76 @@ pub const USER_AGENT: &str = concat!("agent-webhooks/", env!("CARGO_PKG_VERSION"
 /// How much longer than one attempt's timeout a stopping worker waits for its sends in flight.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 
+/// How much of a lease must be left, beyond one attempt's timeout, for a delivery that waited
+/// for its host to be sent at all (the recording after the answer needs time too).
+const LEASE_MARGIN: Duration = Duration::from_secs(1);
+
+/// Metric names (see the [module documentation](self#metrics)).
+pub mod metric {
+    /// Attempts that delivered.
+    pub const SENT: &str = "agent_webhooks_sent_total";
+    /// Attempts that did not deliver, labelled `class`.
+    pub const FAILED: &str = "agent_webhooks_failed_total";
+    /// Failed attempts scheduled again.
+    pub const RETRIED: &str = "agent_webhooks_retried_total";
+    /// Deliveries given up.
+    pub const EXHAUSTED: &str = "agent_webhooks_exhausted_total";
+    /// Webhooks disabled by the failure-run rule.
+    pub const AUTO_DISABLED: &str = "agent_webhooks_auto_disabled_total";
+    /// Claims given back unsent.
+    pub const RELEASED: &str = "agent_webhooks_released_total";
+    /// Seconds from enqueue to claim of first attempts.
+    pub const CLAIM_LAG: &str = "agent_webhooks_claim_lag_seconds";
+    /// Seconds one attempt took.
+    pub const ATTEMPT_DURATION: &str = "agent_webhooks_attempt_duration_seconds";
+    /// Requests being sent now.
+    pub const IN_FLIGHT: &str = "agent_webhooks_in_flight";
+}
+
+/// Registers the units and descriptions of the worker's metrics with the installed recorder,
+/// so an exporter can show them (call once, after installing it).
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(metric::SENT, "attempts that delivered (2xx)");
+    describe_counter!(
+        metric::FAILED,
+        "attempts that did not deliver, by error class"
+    );
+    describe_counter!(metric::RETRIED, "failed attempts scheduled again");
+    describe_counter!(metric::EXHAUSTED, "deliveries given up");
+    describe_counter!(
+        metric::AUTO_DISABLED,
+        "webhooks disabled after a run of failures"
+    );
+    describe_counter!(
+        metric::RELEASED,
+        "claims given back unsent because their host stayed busy"
+    );
+    describe_histogram!(
+        metric::CLAIM_LAG,
+        Unit::Seconds,
+        "from enqueue to claim, first attempts"
+    );
+    describe_histogram!(
+        metric::ATTEMPT_DURATION,
+        Unit::Seconds,
+        "one attempt, sign to answer"
+    );
+    describe_gauge!(metric::IN_FLIGHT, "requests being sent now");
+}
+
 /// The worker's context: settings, database and HTTP client, shared by every attempt.
 #[derive(Clone, Debug)]
 pub struct Dispatcher {
     settings: Arc<WebhookSettings>,
     db: DatabaseConnection,
     http: reqwest::Client,
+    hosts: Arc<HostLimits>,
+    /// On SQLite, which has one writer at a time, this process's writes take turns here:
+    /// writers queued in SQLite's busy handler sleep in growing steps (up to 100 ms) and give
+    /// up after the busy timeout, so sixteen concurrent recordings were both slow and could
+    /// fail with "database is locked". `None` on the other backends.
+    sqlite_writes: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// What a drain did, for logs and tests.
@@ -91,6 +187,9 @@ pub struct DrainReport {
     pub given_up: u64,
     /// Attempts whose claim had been taken over before the report (the outcome was not stored).
     pub stale: u64,
+    /// Claims given back unsent: their host stayed busy while the lease could still cover an
+    /// attempt. They are due again after the poll interval and were not counted as attempts.
+    pub released: u64,
 }
 
 impl DrainReport {
@@ -100,6 +199,21 @@ impl DrainReport {
         self.retrying += other.retrying;
         self.given_up += other.given_up;
         self.stale += other.stale;
+        self.released += other.released;
+    }
+
+    fn count(&mut self, recorded: Recorded) {
+        match recorded {
+            Recorded::Released => {
+                self.released += 1;
+                return;
+            }
+            Recorded::Decided(Decision::Delivered) => self.delivered += 1,
+            Recorded::Decided(Decision::RetryAt(_)) => self.retrying += 1,
+            Recorded::Decided(Decision::GiveUp(_)) => self.given_up += 1,
+            Recorded::Stale => self.stale += 1,
+        }
+        self.attempts += 1;
     }
 }
 
@@ -133,7 +247,10 @@ impl Dispatcher {
             .dns_resolver(Arc::new(vetting))
             .build()
             .map_err(Error::HttpClient)?;
+        let sqlite = db.get_database_backend() == sea_orm::DbBackend::Sqlite;
         Ok(Dispatcher {
+            sqlite_writes: sqlite.then(Arc::default),
+            hosts: Arc::new(HostLimits::new(settings.worker.per_host)),
             settings: Arc::new(settings),
             db,
             http,
@@ -151,7 +268,8 @@ impl Dispatcher {
         self.drain(&AtomicBool::new(false)).await
     }
 
-    /// Drains, waits the poll interval, drains again, until `shutdown` completes. Then it
+    /// Drains, waits the poll interval (on PostgreSQL with `listen`, or until a delivery is
+    /// enqueued), drains again, until `shutdown` completes. Then it
     /// claims nothing more and waits for the sends in flight (up to the attempt timeout plus a
     /// margin), records what finished and returns; anything unfinished is left to its lease.
     /// A database error is logged and the loop goes on after the poll interval.
@@ -160,6 +278,9 @@ impl Dispatcher {
         let stop = AtomicBool::new(false);
         let grace = self.settings.worker.request_timeout + SHUTDOWN_MARGIN;
         let mut total = DrainReport::default();
+        // Dropping the set stops the listening task.
+        let mut listener = tokio::task::JoinSet::new();
+        let wake = self.listen(&mut listener).await;
         loop {
             let mut drain = pin!(self.drain(&stop));
             let result = tokio::select! {
@@ -183,37 +304,144 @@ impl Dispatcher {
             }
             tokio::select! {
                 () = tokio::time::sleep(self.settings.worker.poll_interval) => {}
+                () = notified(wake.as_deref()) => {}
                 () = &mut shutdown => return total,
             }
         }
     }
 
+    /// On PostgreSQL with `listen` set: a task on its own connection that `LISTEN`s on
+    /// [`deliveries::NOTIFY_CHANNEL`] and wakes the worker on each notification. `None` (the
+    /// worker polls only) elsewhere, or when listening fails; a lost connection is reconnected
+    /// by the listener, and the poll finds what was enqueued meanwhile.
+    async fn listen(&self, tasks: &mut tokio::task::JoinSet<()>) -> Option<Arc<Notify>> {
+        if !self.settings.worker.listen
+            || self.db.get_database_backend() != sea_orm::DbBackend::Postgres
+        {
+            return None;
+        }
+        let pool = self.db.get_postgres_connection_pool();
+        let listener = async {
+            let mut listener = PgListener::connect_with(pool).await?;
+            listener.listen(deliveries::NOTIFY_CHANNEL).await?;
+            Ok::<_, sea_orm::sqlx::Error>(listener)
+        };
+        let listener = match listener.await {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!(%err, "delivery worker: cannot LISTEN; polling only");
+                return None;
+            }
+        };
+        let wake = Arc::new(Notify::new());
+        let waker = Arc::clone(&wake);
+        tasks.spawn(async move {
+            let mut notifications = listener.into_stream();
+            while let Some(notification) = notifications.next().await {
+                match notification {
+                    // Several notifications before the worker looks make one wake-up.
+                    Ok(_) => waker.notify_one(),
+                    Err(err) => {
+                        tracing::warn!(%err, "delivery worker: LISTEN connection failed; reconnecting");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Some(wake)
+    }
+
+    /// Keeps up to `concurrency` claims in flight until nothing is due (or `stop` is set), then
+    /// waits for the sends in flight. A database error stops the claiming; it is returned once
+    /// the sends in flight are recorded.
     async fn drain(&self, stop: &AtomicBool) -> Result<DrainReport> {
         let mut report = DrainReport::default();
         let concurrency = self.settings.worker.concurrency.max(1);
-        while !stop.load(Ordering::SeqCst) {
-            let claims =
-                deliveries::claim_due(&self.db, &self.settings, Utc::now(), concurrency as u64)
-                    .await?;
-            if claims.is_empty() {
-                break;
-            }
-            let results: Vec<Result<Recorded>> = futures::stream::iter(claims)
-                .map(|claim| async move { self.deliver(&claim).await })
-                .buffer_unordered(concurrency)
-                .collect()
-                .await;
-            for result in results {
-                report.attempts += 1;
-                match result? {
-                    Recorded::Decided(Decision::Delivered) => report.delivered += 1,
-                    Recorded::Decided(Decision::RetryAt(_)) => report.retrying += 1,
-                    Recorded::Decided(Decision::GiveUp(_)) => report.given_up += 1,
-                    Recorded::Stale => report.stale += 1,
+        // Tasks, not futures polled by this loop: while it waits for a claim, the sends in flight
+        // still make progress (and a send holding the SQLite write turn can release it).
+        let mut in_flight = tokio::task::JoinSet::new();
+        // Set when a claim found nothing: claim again only once the sends in flight are done
+        // (their retries may be due by then), not after each of them.
+        let mut nothing_due = false;
+        let mut failure = None;
+        loop {
+            let free = concurrency - in_flight.len();
+            let refill = in_flight.is_empty() || (!nothing_due && free * 2 >= concurrency);
+            if failure.is_none() && refill && !stop.load(Ordering::SeqCst) {
+                let claimed = {
+                    let _turn = self.write_turn().await;
+                    deliveries::claim_due(&self.db, &self.settings, Utc::now(), free as u64).await
+                };
+                match claimed {
+                    Ok(claims) => {
+                        nothing_due = claims.is_empty();
+                        let now = Utc::now();
+                        for claim in claims {
+                            if claim.attempt == 1 {
+                                let lag = (now - claim.delivery.created_at).to_std();
+                                metrics::histogram!(metric::CLAIM_LAG)
+                                    .record(lag.unwrap_or_default().as_secs_f64());
+                            }
+                            let this = self.clone();
+                            in_flight.spawn(async move { this.send_claimed(claim).await });
+                        }
+                    }
+                    Err(err) => failure = Some(err),
                 }
             }
+            match in_flight.join_next().await {
+                Some(Ok(Ok(recorded))) => report.count(recorded),
+                Some(Ok(Err(err))) => {
+                    failure.get_or_insert(err);
+                }
+                // A send that panicked: its claim is left to its lease.
+                Some(Err(panicked)) => {
+                    tracing::error!(%panicked, "delivery worker: a send failed");
+                }
+                None => break,
+            }
         }
-        Ok(report)
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(report),
+        }
+    }
+
+    /// Waits for the delivery's host to have a free slot, then makes the attempt; gives the
+    /// claim back unsent when the wait would leave the lease too short for an attempt.
+    async fn send_claimed(&self, claim: Claim) -> Result<Recorded> {
+        let host = host_key(&claim.delivery.webhook_url);
+        let budget = (claim.lease_until - Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .saturating_sub(self.settings.worker.request_timeout + LEASE_MARGIN);
+        let Some(_permit) = self.hosts.acquire(&host, budget).await else {
+            tracing::info!(delivery = %claim.delivery.id, host, "host busy: claim released");
+            metrics::counter!(metric::RELEASED).increment(1);
+            // Due again after a poll interval, so that a host busy for longer than the leases
+            // allow does not make the worker claim and release in a loop.
+            let due = Utc::now()
+                + chrono::TimeDelta::from_std(self.settings.worker.poll_interval)
+                    .unwrap_or_default();
+            let _turn = self.write_turn().await;
+            return match deliveries::release(&self.db, &claim, due).await {
+                Ok(()) | Err(Error::StaleClaim { .. }) => Ok(Recorded::Released),
+                Err(err) => Err(err),
+            };
+        };
+        let in_flight = metrics::gauge!(metric::IN_FLIGHT);
+        in_flight.increment(1.0);
+        let recorded = self.deliver(&claim).await;
+        in_flight.decrement(1.0);
+        recorded
+    }
+
+    /// This process's turn to write, on SQLite (see `sqlite_writes`); nothing elsewhere.
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.sqlite_writes {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        }
     }
 
     /// Makes one attempt of a claimed delivery and records it: the outcome on the delivery
@@ -234,15 +462,18 @@ impl Dispatcher {
             remote_addr: attempt.remote_addr.map(|addr| addr.to_string()),
         };
         let delivery = &claim.delivery;
+        let took = clock.elapsed();
+        metrics::histogram!(metric::ATTEMPT_DURATION).record(took.as_secs_f64());
         tracing::info!(
             delivery = %delivery.id,
             agent = %delivery.agent_id,
             attempt = claim.attempt,
             status = ?attempt.status,
             class = record.error_class.map(ErrorClass::as_str),
-            duration_ms = clock.elapsed().as_millis() as u64,
+            duration_ms = took.as_millis() as u64,
             "delivery attempt",
         );
+        let _turn = self.write_turn().await;
         let txn = self.db.begin().await?;
         match deliveries::record_outcome(&txn, &self.settings, claim, &attempt.outcome, finished_at)
             .await
@@ -250,6 +481,7 @@ impl Dispatcher {
             Ok(decision) => {
                 deliveries::record_attempt(&txn, &delivery.id, &record).await?;
                 txn.commit().await?;
+                count_outcome(&decision, record.error_class);
                 Ok(Recorded::Decided(decision))
             }
             Err(Error::StaleClaim { .. }) => {
@@ -379,6 +611,109 @@ pub enum Recorded {
     /// The claim had been taken over (its lease ran out): the attempt is in the log, the
     /// outcome was not stored.
     Stale,
+    /// Nothing was sent: the delivery's host stayed busy, and the claim was given back.
+    Released,
+}
+
+/// Completes when `wake` is notified; never without one.
+async fn notified(wake: Option<&Notify>) {
+    match wake {
+        Some(wake) => wake.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Counts a stored outcome in the worker's metrics.
+fn count_outcome(decision: &Decision, class: Option<ErrorClass>) {
+    if matches!(decision, Decision::Delivered) {
+        metrics::counter!(metric::SENT).increment(1);
+        return;
+    }
+    let class = class.map_or("unknown", ErrorClass::as_str);
+    metrics::counter!(metric::FAILED, "class" => class).increment(1);
+    match decision {
+        Decision::RetryAt(_) => metrics::counter!(metric::RETRIED).increment(1),
+        _ => metrics::counter!(metric::EXHAUSTED).increment(1),
+    }
+}
+
+/// The per-host limit: one semaphore per host with sends in flight or waiting, dropped when
+/// the host has none, so the map holds only the hosts being sent to.
+#[derive(Debug)]
+struct HostLimits {
+    per_host: usize,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// A turn to send to one host; gives it back (and forgets an idle host) when dropped.
+struct HostPermit<'a> {
+    limits: &'a HostLimits,
+    host: &'a str,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl HostLimits {
+    fn new(per_host: usize) -> HostLimits {
+        HostLimits {
+            per_host: per_host.max(1),
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A turn to send to `host`, or `None` when none came free within `wait`.
+    async fn acquire<'a>(&'a self, host: &'a str, wait: Duration) -> Option<HostPermit<'a>> {
+        let semaphore = {
+            let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = hosts
+                .entry(host.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)));
+            Arc::clone(entry)
+        };
+        let permit = match semaphore.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => tokio::time::timeout(wait, semaphore.acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
+        match permit {
+            Some(permit) => Some(HostPermit {
+                limits: self,
+                host,
+                permit: Some(permit),
+            }),
+            None => {
+                self.forget_if_idle(host);
+                None
+            }
+        }
+    }
+
+    /// Drops `host`'s semaphore when nobody holds or waits for it (only the map refers to it).
+    fn forget_if_idle(&self, host: &str) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        if hosts.get(host).is_some_and(|s| Arc::strong_count(s) == 1) {
+            hosts.remove(host);
+        }
+    }
+}
+
+impl Drop for HostPermit<'_> {
+    fn drop(&mut self) {
+        // The permit holds the semaphore too: give it back before counting who refers to it.
+        drop(self.permit.take());
+        self.limits.forget_if_idle(self.host);
+    }
+}
+
+/// The per-host limit's key: the URL's host, lowercase, without the port (one machine behind
+/// several ports is one receiver to spare). A URL that does not parse keys by itself; sending
+/// it fails anyway.
+fn host_key(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+        .unwrap_or_else(|| url.to_owned())
 }
 
 /// One attempt's result before it is stored.
@@ -564,6 +899,29 @@ mod tests {
         assert_eq!(
             vet(UrlPolicy::Development, &["127.0.0.1"]).await.unwrap(),
             vec!["127.0.0.1:443".parse::<SocketAddr>().unwrap()]
+        );
+    }
+
+    #[tokio::test]
+    async fn host_limits_bound_one_host_and_forget_idle_ones() {
+        let limits = HostLimits::new(2);
+        let a1 = limits.acquire("a", Duration::ZERO).await.unwrap();
+        let _a2 = limits.acquire("a", Duration::ZERO).await.unwrap();
+        // A third turn at host a is refused; host b is not affected.
+        assert!(
+            limits
+                .acquire("a", Duration::from_millis(20))
+                .await
+                .is_none()
+        );
+        let b = limits.acquire("b", Duration::ZERO).await.unwrap();
+        drop(b);
+        assert!(!limits.hosts.lock().unwrap().contains_key("b"));
+        drop(a1);
+        assert!(limits.acquire("a", Duration::ZERO).await.is_some());
+        assert_eq!(
+            host_key("https://Hooks.Example.com:8443/x"),
+            "hooks.example.com"
         );
     }
 

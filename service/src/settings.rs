@@ -13,11 +13,13 @@
 //! | `WEBHOOK_SIGNATURE_TOLERANCE_SECS` | accepted clock skew when the ops CLI verifies signatures ([`SIGNATURE_TOLERANCE_SECS`]) | 300 ([`DEFAULT_TOLERANCE`]) |
 //! | `WEBHOOK_MAX_PAYLOAD_BYTES` | largest event payload [`enqueue`](crate::deliveries::enqueue) accepts, in bytes of compact JSON ([`MAX_PAYLOAD_BYTES`]) | 262144 (256 KiB) |
 //! | `WEBHOOK_WORKER_CONCURRENCY` | requests one worker process sends at once, and its claim batch ([`WORKER_CONCURRENCY`]) | 16 |
+//! | `WEBHOOK_WORKER_PER_HOST` | requests one worker process sends at once to one receiving host (the URL's host name, any port), so a slow receiver holds at most this many of the worker's slots in requests ([`WORKER_PER_HOST`]) | 8 |
 //! | `WEBHOOK_CONNECT_TIMEOUT_SECS` | how long connecting (DNS, TCP, TLS) to a receiver may take ([`CONNECT_TIMEOUT_SECS`]) | 10 |
 //! | `WEBHOOK_REQUEST_TIMEOUT_SECS` | how long one attempt may take in all, response body included; must be shorter than the claim lease ([`REQUEST_TIMEOUT_SECS`]) | 30 |
 //! | `WEBHOOK_MAX_RESPONSE_BYTES` | how much of a response body the worker reads before it stops and closes the connection ([`MAX_RESPONSE_BYTES`]) | 65536 (64 KiB) |
 //! | `WEBHOOK_POLL_INTERVAL_MS` | how long an idle worker waits before it looks for due deliveries again ([`POLL_INTERVAL_MS`]) | 1000 |
 //! | `WEBHOOK_SIGNING_GRACE_SECS` | how long a previous signing secret keeps signing after [`rotate_signing_secret`](crate::signing_secrets::rotate_signing_secret) when the caller names no grace period ([`SIGNING_GRACE_SECS`]) | 86400 (24 h; [`DEFAULT_SIGNING_GRACE`]) |
+//! | `WEBHOOK_LISTEN` | on PostgreSQL, [`enqueue`](crate::deliveries::enqueue) sends a `NOTIFY` (delivered on commit) and an idle worker `LISTEN`s, so a new delivery is sent at once rather than at the next poll; `false` for connection poolers that do not pass `LISTEN` through (PgBouncer in transaction mode). Set it alike for the app server and the workers. Ignored on other backends | `true` |
 //! | `WEBHOOK_DISABLE_AFTER_SECS` | how long an agent's attempts may fail without a single success before the worker disables its webhook ([`DISABLE_AFTER_SECS`]) | 432000 (5 days, like Svix; [`DEFAULT_DISABLE_AFTER`]) |
 //!
 //! A development policy is never implied: it must be asked for by name.
@@ -47,6 +49,8 @@ pub mod vars {
     /// See the [module documentation](super).
     pub const WORKER_CONCURRENCY: &str = "WEBHOOK_WORKER_CONCURRENCY";
     /// See the [module documentation](super).
+    pub const WORKER_PER_HOST: &str = "WEBHOOK_WORKER_PER_HOST";
+    /// See the [module documentation](super).
     pub const CONNECT_TIMEOUT_SECS: &str = "WEBHOOK_CONNECT_TIMEOUT_SECS";
     /// See the [module documentation](super).
     pub const REQUEST_TIMEOUT_SECS: &str = "WEBHOOK_REQUEST_TIMEOUT_SECS";
@@ -58,6 +62,8 @@ pub mod vars {
     pub const DISABLE_AFTER_SECS: &str = "WEBHOOK_DISABLE_AFTER_SECS";
     /// See the [module documentation](super).
     pub const SIGNING_GRACE_SECS: &str = "WEBHOOK_SIGNING_GRACE_SECS";
+    /// See the [module documentation](super).
+    pub const LISTEN: &str = "WEBHOOK_LISTEN";
 }
 
 /// Accepted attempt budgets: more than 50 attempts is a unit mix-up, not a policy.
@@ -72,6 +78,8 @@ pub const MAX_PAYLOAD_BYTES: RangeInclusive<u32> = 1..=migration::MAX_PAYLOAD_CO
 /// Accepted worker concurrency: one request at a time up to what one process sensibly holds
 /// open (and what a claim batch may lease, [`MAX_PAGE_SIZE`](crate::deliveries::MAX_PAGE_SIZE)).
 pub const WORKER_CONCURRENCY: RangeInclusive<u32> = 1..=1000;
+/// Accepted per-host limits: as for the worker's concurrency (a limit above it never binds).
+pub const WORKER_PER_HOST: RangeInclusive<u32> = 1..=1000;
 /// Accepted connect timeouts in seconds.
 pub const CONNECT_TIMEOUT_SECS: RangeInclusive<u32> = 1..=60;
 /// Accepted attempt timeouts in seconds (also bounded by the claim lease).
@@ -130,6 +138,9 @@ pub struct WebhookSettings {
 pub struct WorkerSettings {
     /// Requests in flight at once per worker process; also the claim batch size.
     pub concurrency: usize,
+    /// Requests in flight at once to one host (by name, any port): one slow or flooded
+    /// receiver cannot have every connection of the worker.
+    pub per_host: usize,
     /// Limit on DNS resolution, TCP connect and TLS handshake together.
     pub connect_timeout: Duration,
     /// Limit on a whole attempt, response body included; shorter than the claim lease, so a
@@ -139,16 +150,21 @@ pub struct WorkerSettings {
     pub max_response_bytes: usize,
     /// Idle wait between looks for due deliveries.
     pub poll_interval: Duration,
+    /// PostgreSQL only: enqueue notifies and idle workers listen, so a new delivery does not
+    /// wait for the next poll (retries still do).
+    pub listen: bool,
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
             concurrency: 16,
+            per_host: 8,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_response_bytes: 64 * 1024,
             poll_interval: Duration::from_secs(1),
+            listen: true,
         }
     }
 }
@@ -181,6 +197,12 @@ pub enum SettingProblem {
         lease_secs: u64,
         /// The attempt timeout in seconds.
         got_secs: u64,
+    },
+    /// Not `true` or `false` (or `1`/`0`, `on`/`off`, `yes`/`no`).
+    #[error("expected true or false, got `{got}`")]
+    NotABool {
+        /// The value as given.
+        got: String,
     },
     /// Not a whole number in the accepted range.
     #[error("expected a whole number from {} to {}, got `{got}`", range.start(), range.end())]
@@ -237,6 +259,10 @@ impl WebhookSettings {
             let n = in_range(&value, WORKER_CONCURRENCY).map_err(fail(vars::WORKER_CONCURRENCY))?;
             worker.concurrency = n as usize;
         }
+        if let Some(value) = get(vars::WORKER_PER_HOST) {
+            let n = in_range(&value, WORKER_PER_HOST).map_err(fail(vars::WORKER_PER_HOST))?;
+            worker.per_host = n as usize;
+        }
         if let Some(value) = get(vars::CONNECT_TIMEOUT_SECS) {
             let secs =
                 in_range(&value, CONNECT_TIMEOUT_SECS).map_err(fail(vars::CONNECT_TIMEOUT_SECS))?;
@@ -254,6 +280,20 @@ impl WebhookSettings {
         if let Some(value) = get(vars::POLL_INTERVAL_MS) {
             let ms = in_range(&value, POLL_INTERVAL_MS).map_err(fail(vars::POLL_INTERVAL_MS))?;
             worker.poll_interval = Duration::from_millis(ms.into());
+        }
+        if let Some(value) = get(vars::LISTEN) {
+            settings.worker.listen = match value.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "on" | "yes" => true,
+                "false" | "0" | "off" | "no" => false,
+                _ => {
+                    return Err(SettingsError {
+                        var: vars::LISTEN,
+                        problem: SettingProblem::NotABool {
+                            got: value.trim().to_owned(),
+                        },
+                    });
+                }
+            };
         }
         if let Some(value) = get(vars::DISABLE_AFTER_SECS) {
             let secs =
@@ -343,12 +383,14 @@ mod tests {
             (vars::SIGNATURE_TOLERANCE_SECS, "60"),
             (vars::MAX_PAYLOAD_BYTES, "1024"),
             (vars::WORKER_CONCURRENCY, "4"),
+            (vars::WORKER_PER_HOST, "3"),
             (vars::CONNECT_TIMEOUT_SECS, "2"),
             (vars::REQUEST_TIMEOUT_SECS, "5"),
             (vars::MAX_RESPONSE_BYTES, "2048"),
             (vars::POLL_INTERVAL_MS, "250"),
             (vars::DISABLE_AFTER_SECS, "60"),
             (vars::SIGNING_GRACE_SECS, "0"),
+            (vars::LISTEN, "off"),
         ])
         .unwrap();
         assert_eq!(s.signing_grace, Duration::ZERO);
@@ -358,10 +400,12 @@ mod tests {
             s.worker,
             WorkerSettings {
                 concurrency: 4,
+                per_host: 3,
                 connect_timeout: Duration::from_secs(2),
                 request_timeout: Duration::from_secs(5),
                 max_response_bytes: 2048,
                 poll_interval: Duration::from_millis(250),
+                listen: false,
             }
         );
         assert_eq!(s.url_policy, UrlPolicy::Development);
@@ -386,11 +430,13 @@ mod tests {
             (vars::MAX_PAYLOAD_BYTES, "0"),
             (vars::MAX_PAYLOAD_BYTES, "16777216"),
             (vars::WORKER_CONCURRENCY, "1001"),
+            (vars::WORKER_PER_HOST, "0"),
             (vars::CONNECT_TIMEOUT_SECS, "0"),
             (vars::REQUEST_TIMEOUT_SECS, "601"),
             (vars::MAX_RESPONSE_BYTES, "1023"),
             (vars::POLL_INTERVAL_MS, "9"),
             (vars::DISABLE_AFTER_SECS, "59"),
+            (vars::LISTEN, "maybe"),
             (vars::DISABLE_AFTER_SECS, "31536001"),
             (vars::SIGNING_GRACE_SECS, "604801"),
             (vars::SIGNING_GRACE_SECS, "-1"),
@@ -422,6 +468,7 @@ mod tests {
         let s = settings(&[]).unwrap();
         assert_eq!(s.max_payload_bytes, 256 * 1024);
         assert_eq!(s.worker.concurrency, 16);
+        assert_eq!(s.worker.per_host, 8);
         assert_eq!(s.worker.request_timeout, Duration::from_secs(30));
         assert_eq!(s.disable_after, Duration::from_secs(432_000));
         assert_eq!(s.signing_grace, Duration::from_secs(86_400));

@@ -44,6 +44,8 @@ enum Reply {
 /// One request as the receiver got it.
 #[derive(Clone, Debug)]
 struct Seen {
+    /// When it arrived.
+    at: Instant,
     path: String,
     headers: HeaderMap,
     body: Bytes,
@@ -87,6 +89,7 @@ impl Receiver {
 
     async fn answer(&self, path: String, headers: HeaderMap, body: Bytes) -> Response {
         self.seen.lock().unwrap().push(Seen {
+            at: Instant::now(),
             path,
             headers,
             body,
@@ -164,10 +167,12 @@ fn settings() -> WebhookSettings {
         },
         worker: WorkerSettings {
             concurrency: 4,
+            per_host: 4,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
             max_response_bytes: 64 * 1024,
             poll_interval: Duration::from_millis(50),
+            listen: true,
         },
         ..WebhookSettings::default()
     }
@@ -566,7 +571,176 @@ async fn concurrency_is_bounded(backend: Backend) {
     assert_eq!(receiver.max_in_flight.load(Ordering::SeqCst), 2);
 }
 
+/// Resolves every name to 127.0.0.1: several "hosts" on loopback for the per-host limit.
+struct AllLoopback;
+
+impl Resolver for AllLoopback {
+    async fn resolve(&self, _host: &str, _port: u16) -> io::Result<Vec<IpAddr>> {
+        Ok(vec![IpAddr::from([127, 0, 0, 1])])
+    }
+}
+
+/// At most `per_host` requests go to one host at once, and another host's deliveries are sent
+/// meanwhile, not after the busy host's backlog.
+async fn per_host_limit_bounds_one_host_while_another_proceeds(backend: Backend) {
+    let slow = Reply::Slow(Duration::from_millis(400));
+    let (busy, busy_addr) = Receiver::start(vec![slow; 6]).await;
+    let (other, other_addr) = Receiver::start([]).await;
+    let mut settings = settings();
+    settings.worker.concurrency = 8;
+    settings.worker.per_host = 2;
+    let busy_url = format!("http://busy.test:{}/hook", busy_addr.port());
+    let s = setup(backend, &busy_url, settings).await;
+    for i in 2..=6 {
+        integration_tests::enqueue_event(
+            &s.t.db,
+            "agent-1",
+            &format!("evt_{i}"),
+            "run.completed",
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    }
+    seed_agent(&s.t, "agent-2", &[]).await;
+    let config = WebhookConfig {
+        webhook_url: format!("http://other.test:{}/hook", other_addr.port()),
+        webhook_secret: Some(SecretString::from(s.secret.expose().to_owned())),
+        webhook_events: vec![],
+        webhook_enabled: true,
+    };
+    webhook::configure(&s.t.db, &s.settings, "agent-2", &config)
+        .await
+        .unwrap();
+    for i in 1..=2 {
+        integration_tests::enqueue_event(
+            &s.t.db,
+            "agent-2",
+            &format!("evt_o{i}"),
+            "run.completed",
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    }
+    let dispatcher =
+        Dispatcher::with_resolver(s.settings.clone(), s.t.db.clone(), AllLoopback).unwrap();
+    let report = dispatcher.run_once().await.unwrap();
+    assert_eq!((report.attempts, report.delivered), (8, 8), "{report:?}");
+    assert_eq!(busy.max_in_flight.load(Ordering::SeqCst), 2);
+    let busy_seen = busy.seen();
+    let other_seen = other.seen();
+    assert_eq!((busy_seen.len(), other_seen.len()), (6, 2));
+    // The busy host's third pair starts after two 400 ms rounds; the other host was served
+    // long before that.
+    let third_round = busy_seen.iter().map(|r| r.at).max().unwrap();
+    assert!(
+        other_seen.iter().all(|r| r.at < third_round),
+        "the other host waited for the busy one"
+    );
+}
+
+/// On PostgreSQL an idle worker hears of a new delivery at once (LISTEN/NOTIFY), not at its
+/// next poll (a minute away here); with `listen` off it waits for the poll.
+async fn idle_worker_wakes_on_enqueue(listen: bool) {
+    let (receiver, addr) = Receiver::start([]).await;
+    let mut settings = settings();
+    settings.worker.poll_interval = Duration::from_secs(60);
+    settings.worker.listen = listen;
+    let s = setup(Backend::Postgres, &url(addr), settings).await;
+    let dispatcher = s.dispatcher();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(async move {
+        dispatcher
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let arrived = async |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while receiver.seen().len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        receiver.seen().len() >= n
+    };
+    assert!(arrived(1).await, "the first drain sends what is due");
+    // The worker is idle now, waiting up to a minute.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let enqueued = Instant::now();
+    let mut settings = s.settings.clone();
+    settings.worker.listen = listen;
+    deliveries::enqueue(
+        &s.t.db,
+        &settings,
+        "agent-1",
+        "evt_2",
+        "run.completed",
+        &payload(),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(arrived(2).await, listen, "listen: {listen}");
+    if listen {
+        let latency = receiver.seen()[1].at - enqueued;
+        assert!(latency < Duration::from_secs(1), "{latency:?}");
+    }
+    stop.send(()).unwrap();
+    worker.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_worker_wakes_on_enqueue_postgres() {
+    idle_worker_wakes_on_enqueue(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_worker_without_listen_waits_for_the_poll_postgres() {
+    idle_worker_wakes_on_enqueue(false).await;
+}
+
+/// A claim whose host is busy for longer than its lease can wait is given back unsent, with
+/// its attempt uncounted, and sent later in the same drain.
+async fn busy_host_claims_are_released_unsent(backend: Backend) {
+    let slow = Reply::Slow(Duration::from_millis(500));
+    let (receiver, addr) = Receiver::start(vec![slow; 2]).await;
+    let mut settings = settings();
+    settings.worker.concurrency = 2;
+    settings.worker.per_host = 1;
+    // A 2 s lease leaves no time to wait beyond the 1 s attempt and its 1 s margin.
+    settings.claim_lease = Duration::from_secs(2);
+    let s = setup(backend, &url(addr), settings).await;
+    let second = deliveries::enqueue(
+        &s.t.db,
+        &s.settings,
+        "agent-1",
+        "evt_2",
+        "run.completed",
+        &payload(),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let Enqueued::Created(second) = second else {
+        panic!("{second:?}");
+    };
+    let report = s.run_once().await;
+    assert_eq!((report.attempts, report.delivered), (2, 2), "{report:?}");
+    // Released at least once (again if it came due while the host was still busy).
+    assert!(report.released >= 1, "{report:?}");
+    assert_eq!(receiver.seen().len(), 2);
+    assert_eq!(receiver.max_in_flight.load(Ordering::SeqCst), 1);
+    for id in [&s.delivery_id, &second.id] {
+        let attempts = deliveries::attempts(&s.t.db, id).await.unwrap();
+        let numbers: Vec<_> = attempts.iter().map(|a| a.attempt).collect();
+        assert_eq!(numbers, [1], "{id}: the release uncounted its claim");
+    }
+}
+
 backend_tests!(
+    busy_host_claims_are_released_unsent,
+    per_host_limit_bounds_one_host_while_another_proceeds,
     shutdown_waits_for_the_send_in_flight,
     concurrency_is_bounded,
     delivers_signed_exact_bytes,

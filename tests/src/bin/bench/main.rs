@@ -1,6 +1,6 @@
 //! Benchmarks of agent-webhooks against the physical floor: the same SQL sent without the ORM.
 //!
-//! `cargo run --release -p integration-tests --bin bench -- [--quick] [--json] [--backends sqlite,postgres,mysql]`
+//! `cargo run --release -p integration-tests --bin bench -- [--quick] [--json] [--backends sqlite,postgres,mysql] [--only worker,...]`
 //!
 //! Every figure that matters is a ratio measured within one run (large/empty, service/raw,
 //! 1M/10k, deep/first page), because absolute times on a shared 2-core machine drift from run
@@ -39,6 +39,10 @@ struct Args {
     /// Backends to run, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres,mysql")]
     backends: Vec<String>,
+    /// Sections to run, comma separated (migration, throughput, claim, history, worker, cpu);
+    /// all when not given.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 /// One measured figure.
@@ -106,6 +110,8 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[index.min(samples.len() - 1)]
 }
 
+mod worker;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let backends: Vec<Backend> = args
@@ -171,39 +177,53 @@ async fn run_then_clean_up(args: Args, backends: Vec<Backend>) -> ExitCode {
 async fn run(args: Args, backends: Vec<Backend>) {
     let mut report = Report(Vec::new());
     let q = args.quick;
+    let on = |section: &str| args.only.is_empty() || args.only.iter().any(|s| s == section);
     for &backend in &backends {
         eprintln!("== {} {}", label(backend), server_version(backend).await);
-        migration_on_existing_tables(
-            &mut report,
-            backend,
-            if q {
-                &[0, 20_000]
-            } else {
-                &[0, 100_000, 1_000_000]
-            },
-        )
-        .await;
-        throughput(&mut report, backend, if q { 500 } else { 5_000 }).await;
-        claim_latency(
-            &mut report,
-            backend,
-            if q {
-                &[10_000, 50_000]
-            } else {
-                &[10_000, 1_000_000]
-            },
-            if q { 30 } else { 200 },
-        )
-        .await;
-        history_paging(
-            &mut report,
-            backend,
-            if q { 10_000 } else { 100_000 },
-            if q { 100 } else { 1_000 },
-        )
-        .await;
+        if on("migration") {
+            migration_on_existing_tables(
+                &mut report,
+                backend,
+                if q {
+                    &[0, 20_000]
+                } else {
+                    &[0, 100_000, 1_000_000]
+                },
+            )
+            .await;
+        }
+        if on("throughput") {
+            throughput(&mut report, backend, if q { 500 } else { 5_000 }).await;
+        }
+        if on("claim") {
+            claim_latency(
+                &mut report,
+                backend,
+                if q {
+                    &[10_000, 50_000]
+                } else {
+                    &[10_000, 1_000_000]
+                },
+                if q { 30 } else { 200 },
+            )
+            .await;
+        }
+        if on("history") {
+            history_paging(
+                &mut report,
+                backend,
+                if q { 10_000 } else { 100_000 },
+                if q { 100 } else { 1_000 },
+            )
+            .await;
+        }
+        if on("worker") {
+            worker::figures(&mut report, backend, q).await;
+        }
     }
-    cpu_bound(&mut report, if q { 2_000 } else { 20_000 });
+    if on("cpu") {
+        cpu_bound(&mut report, if q { 2_000 } else { 20_000 });
+    }
     if args.json {
         println!(
             "{}",
