@@ -4,6 +4,7 @@
 //! Run a part with a filter on the module path, e.g.
 //! `scripts/test -p integration-tests schema::` or `cargo test -p integration-tests --test it explain`.
 
+mod batch;
 mod deliveries;
 mod entities;
 mod explain;
