@@ -1219,9 +1219,10 @@ async fn scale(report: &mut Report, rows: usize, pruned: usize, samples: usize) 
             during.extend(claim_samples(t.db.clone(), 10).await);
         }
         let (deleted, prune_time) = prune.await.expect("prune task");
-        assert_eq!(
-            deleted as usize, pruned,
-            "prune deleted the finished old rows"
+        // The seed's `now()` and this clock differ by the seeding time: a few rows either way.
+        assert!(
+            (deleted as usize).abs_diff(pruned) <= pruned / 100 + 10,
+            "prune deleted {deleted} rows, expected about {pruned}"
         );
         let during_p99 = percentile(&mut during, 0.99);
         report.add(
