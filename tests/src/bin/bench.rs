@@ -1185,9 +1185,9 @@ async fn scale(report: &mut Report, rows: usize, pruned: usize, samples: usize) 
         t.exec("ALTER TABLE scratch_plain ADD PRIMARY KEY (id)")
             .await;
         t.exec("CREATE INDEX ON scratch_plain (created_at)").await;
-        t.exec(&format!(
-            "CREATE TABLE scratch_part (LIKE webhook_deliveries) PARTITION BY RANGE (created_at)"
-        ))
+        t.exec(
+            "CREATE TABLE scratch_part (LIKE webhook_deliveries) PARTITION BY RANGE (created_at)",
+        )
         .await;
         t.exec(&format!(
             "CREATE TABLE scratch_part_old PARTITION OF scratch_part FOR VALUES FROM (MINVALUE) TO ('{cutoff}')"
