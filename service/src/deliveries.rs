@@ -7,6 +7,10 @@
 //! * [`enqueue`] inserts a delivery with its payload bytes, due at once, if the agent's webhook
 //!   is enabled and wants the event; the unique `(agent_id, event_id)` index makes it
 //!   idempotent, also under races.
+//! * [`enqueue_for_agent`] is `enqueue` for an agent row the caller holds (the transactional
+//!   outbox: one statement for a new delivery); [`enqueue_many`] enqueues a batch (fan-out or
+//!   bulk) in one statement per batch; [`record_outcomes`] records a finished batch of claims in
+//!   one guarded statement. Their statement counts are in `docs/benchmarks.md`.
 //! * [`claim_due`] leases due deliveries to one worker in one atomic step and counts the
 //!   attempt as started (a delivery that crashes its worker still runs out of attempts). It
 //!   does not look at the agent (the claim stays a scan of one index of one table): a delivery
