@@ -314,6 +314,11 @@ async fn record_outcomes_is_guarded_per_row(backend: Backend) {
     let next = deliveries::claim_due(&t.db, &s, later, 10).await.unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].attempt, 2);
+    // The first attempt's late report does not touch the second attempt's lease.
+    let late = deliveries::record_outcomes(&t.db, &s, [(&claims[1], &ok)], later)
+        .await
+        .unwrap();
+    assert!(matches!(late[0], Err(Error::StaleClaim { attempt: 1, .. })));
     let results =
         deliveries::record_outcomes(&t.db, &s, [(&next[0], &ok), (&claims[1], &ok)], later)
             .await
