@@ -217,11 +217,11 @@ async fn run(args: Args, backends: Vec<Backend>) {
             .await;
         }
         if !args.skip_batched {
-            batched_writes(&mut report, backend, if q { 1_000 } else { 10_000 }).await;
+            batched_writes(&mut report, backend, if q { 400 } else { 10_000 }).await;
         }
         if backend == Backend::Postgres && !args.skip_scale {
             if q {
-                scale(&mut report, 50_000, 5_000, 30).await;
+                scale(&mut report, 20_000, 2_000, 30).await;
             } else {
                 scale(&mut report, args.scale_rows, args.scale_rows / 10, 200).await;
             }
