@@ -7,6 +7,10 @@
 //! * [`enqueue`] inserts a delivery with its payload bytes, due at once, if the agent's webhook
 //!   is enabled and wants the event; the unique `(agent_id, event_id)` index makes it
 //!   idempotent, also under races.
+//! * [`enqueue_for_agent`] is `enqueue` for an agent row the caller holds (the transactional
+//!   outbox: one statement for a new delivery); [`enqueue_many`] enqueues a batch (fan-out or
+//!   bulk) in one statement per batch; [`record_outcomes`] records a finished batch of claims in
+//!   one guarded statement. Their statement counts are in `docs/benchmarks.md`.
 //! * [`claim_due`] leases due deliveries to one worker in one atomic step and counts the
 //!   attempt as started (a delivery that crashes its worker still runs out of attempts). It
 //!   does not look at the agent (the claim stays a scan of one index of one table): a delivery
@@ -46,6 +50,11 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::retry::{AttemptOutcome, Decision};
 use crate::settings::WebhookSettings;
+use crate::webhook::AgentWebhook;
+
+mod batch;
+
+pub use batch::{EnqueueItem, enqueue_for_agent, enqueue_many, record_outcomes};
 
 /// Longest error text kept per attempt; a receiver's error page can be large.
 pub const MAX_ERROR_LEN: usize = 2000;
@@ -363,6 +372,23 @@ pub async fn enqueue<C: ConnectionTrait>(
     payload: &serde_json::Value,
     now: DateTime<Utc>,
 ) -> Result<Enqueued> {
+    let payload = checked_event(settings, event_id, event_type, payload)?;
+    let agent = agents::Entity::find_by_id(agent_id)
+        .into_partial_model::<AgentWebhook>()
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::AgentNotFound(agent_id.to_owned()))?;
+    batch::insert_for_agent(db, settings, &agent, event_id, event_type, payload, now).await
+}
+
+/// The payload of an event as the bytes every attempt sends, once the event passed the checks
+/// of [`enqueue`]: payload cap, `event_id` and `event_type` rules.
+fn checked_event(
+    settings: &WebhookSettings,
+    event_id: &str,
+    event_type: &str,
+    payload: &serde_json::Value,
+) -> Result<Vec<u8>> {
     let payload = serde_json::to_vec(payload).map_err(PayloadError::NotJson)?;
     if payload.len() > settings.max_payload_bytes {
         return Err(PayloadError::TooLarge {
@@ -379,92 +405,26 @@ pub async fn enqueue<C: ConnectionTrait>(
         rule: "it is the webhook-id header: visible ASCII only, without `.`",
     })?;
     check_event_field("event_type", event_type)?;
-    let agent = agents::Entity::find_by_id(agent_id)
-        .into_partial_model::<crate::webhook::AgentWebhook>()
-        .one(db)
-        .await?
-        .ok_or_else(|| Error::AgentNotFound(agent_id.to_owned()))?;
+    Ok(payload)
+}
+
+/// Where a delivery of `event_type` to `agent` goes: its webhook URL, or why it is skipped.
+fn destination(agent: &AgentWebhook, event_type: &str) -> Result<Result<String, SkipReason>> {
     if agent.is_deleted == Some(true) {
-        return Ok(Enqueued::Skipped(SkipReason::AgentDeleted));
+        return Ok(Err(SkipReason::AgentDeleted));
     }
     if !agent.webhook_enabled {
-        return Ok(Enqueued::Skipped(SkipReason::Disabled));
+        return Ok(Err(SkipReason::Disabled));
     }
     let Some(url) = agent.webhook_url.clone() else {
-        return Ok(Enqueued::Skipped(SkipReason::NoUrl));
+        return Ok(Err(SkipReason::NoUrl));
     };
     if event_type != crate::events::TEST_EVENT
-        && !crate::webhook::stored_events(&agent)?.wants(event_type)
+        && !crate::webhook::stored_events(agent)?.wants(event_type)
     {
-        return Ok(Enqueued::Skipped(SkipReason::NotWanted));
+        return Ok(Err(SkipReason::NotWanted));
     }
-
-    let id = format!("dlv-{}", uuid::Uuid::now_v7());
-    let stamped = stamp(db.get_database_backend(), now);
-    // Built by hand rather than from an `ActiveModel`, whose instants sqlx would encode in its
-    // own format on SQLite (see `stamp`).
-    let mut insert = Query::insert();
-    insert
-        .into_table(wd::Entity)
-        .columns([
-            wd::Column::Id,
-            wd::Column::OrganizationId,
-            wd::Column::AgentId,
-            wd::Column::EventId,
-            wd::Column::EventType,
-            wd::Column::WebhookUrl,
-            wd::Column::AttemptCount,
-            wd::Column::CreatedAt,
-            wd::Column::NextRetryAt,
-            wd::Column::Payload,
-        ])
-        .values([
-            Expr::value(id.as_str()),
-            Expr::value(agent.organization_id.as_str()),
-            Expr::value(agent.id.as_str()),
-            Expr::value(event_id),
-            Expr::value(event_type),
-            Expr::value(url),
-            Expr::value(0),
-            Expr::value(stamped.clone()),
-            Expr::value(stamped),
-            Expr::value(payload),
-        ])
-        .map_err(|e| DbErr::Custom(e.to_string()))?
-        .on_conflict(
-            OnConflict::columns([wd::Column::AgentId, wd::Column::EventId])
-                .do_nothing_on([wd::Column::Id])
-                .to_owned(),
-        );
-    db.execute(&insert).await?;
-    // Whose row won tells whether this call created it; affected-row counts cannot (MySQL
-    // reports found rows for the no-op `ON DUPLICATE KEY UPDATE`).
-    let mut read_back = wd::Entity::find()
-        .filter(wd::Column::AgentId.eq(agent_id))
-        .filter(wd::Column::EventId.eq(event_id));
-    if db.get_database_backend() == DbBackend::MySql {
-        // A locking read sees the latest committed row: inside a caller's repeatable-read
-        // transaction a plain read would use the snapshot taken before another worker's row
-        // was committed, and find nothing. The insert above holds this row's lock already.
-        read_back = read_back.lock_exclusive();
-    }
-    let stored = read_back
-        .one(db)
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("delivery of {event_id} for {agent_id}")))?;
-    let created = stored.id == id;
-    if created && settings.worker.listen && db.get_database_backend() == DbBackend::Postgres {
-        // Delivered to listening workers when the caller's transaction commits (at once
-        // outside one); they send it without waiting for their next poll.
-        db.execute_unprepared(&format!("NOTIFY {NOTIFY_CHANNEL}"))
-            .await?;
-    }
-    let delivery = WebhookDelivery::from_model(stored, now);
-    Ok(if created {
-        Enqueued::Created(delivery)
-    } else {
-        Enqueued::Existing(delivery)
-    })
+    Ok(Ok(url))
 }
 
 /// The PostgreSQL channel [`enqueue`] notifies when it creates a delivery and idle workers
@@ -737,6 +697,28 @@ async fn record_health<C: ConnectionTrait>(
     else {
         return Ok(());
     };
+    apply_health(
+        db,
+        settings,
+        agent_id,
+        (enabled, failing_since),
+        delivered,
+        now,
+    )
+    .await
+}
+
+/// The writes of [`record_health`] for an agent whose health columns (`webhook_enabled`,
+/// `webhook_failing_since`) were read as `health`: shared with the batched
+/// [`record_outcomes`], which reads every agent of a batch in one statement.
+async fn apply_health<C: ConnectionTrait>(
+    db: &C,
+    settings: &WebhookSettings,
+    agent_id: &str,
+    (enabled, failing_since): (bool, Option<DateTimeWithTimeZone>),
+    delivered: bool,
+    now: DateTime<Utc>,
+) -> Result<()> {
     let backend = db.get_database_backend();
     let agent = || agents::Entity::update_many().filter(agents::Column::Id.eq(agent_id));
     if delivered {

@@ -556,6 +556,25 @@ pub(crate) struct AgentWebhook {
     pub webhook_ed25519_public_key: Option<String>,
 }
 
+impl From<&agents::Model> for AgentWebhook {
+    fn from(agent: &agents::Model) -> Self {
+        AgentWebhook {
+            id: agent.id.clone(),
+            organization_id: agent.organization_id.clone(),
+            is_deleted: Some(agent.is_deleted),
+            webhook_url: agent.webhook_url.clone(),
+            webhook_secret: agent.webhook_secret.clone(),
+            webhook_events: agent.webhook_events.clone(),
+            webhook_enabled: agent.webhook_enabled,
+            webhook_failing_since: agent.webhook_failing_since,
+            webhook_disabled_at: agent.webhook_disabled_at,
+            webhook_disabled_reason: agent.webhook_disabled_reason.clone(),
+            webhook_ed25519_secret_key: agent.webhook_ed25519_secret_key.clone(),
+            webhook_ed25519_public_key: agent.webhook_ed25519_public_key.clone(),
+        }
+    }
+}
+
 /// The host's columns [`AgentState`] shows, read tolerantly: NULL where the host allows it, and
 /// timestamps aware or naive ([`HostTime`]).
 #[derive(Clone, Debug, DerivePartialModel)]

@@ -23,7 +23,7 @@ use clap::Parser;
 use integration_tests::{Backend, TestDb, seed_agent};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::{self, Row};
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use secrecy::SecretString;
 use serde::Serialize;
 
@@ -39,10 +39,13 @@ struct Args {
     /// Backends to run, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres,mysql")]
     backends: Vec<String>,
-    /// Sections to run, comma separated (migration, throughput, claim, history, worker, cpu);
-    /// all when not given.
+    /// Sections to run, comma separated (migration, throughput, claim, history, worker,
+    /// batched, scale, cpu); all when not given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Deliveries in the scale section (PostgreSQL only; a tenth of them is pruned).
+    #[arg(long, default_value_t = 10_000_000)]
+    scale_rows: usize,
 }
 
 /// One measured figure.
@@ -219,6 +222,16 @@ async fn run(args: Args, backends: Vec<Backend>) {
         }
         if on("worker") {
             worker::figures(&mut report, backend, q).await;
+        }
+        if on("batched") {
+            batched_writes(&mut report, backend, if q { 400 } else { 10_000 }).await;
+        }
+        if backend == Backend::Postgres && on("scale") {
+            if q {
+                scale(&mut report, 20_000, 2_000, 30).await;
+            } else {
+                scale(&mut report, args.scale_rows, args.scale_rows / 10, 200).await;
+            }
         }
     }
     if on("cpu") {
@@ -940,4 +953,362 @@ fn cpu_bound(report: &mut Report, n: usize) {
         "ops/s",
     );
     report.push("-", "cpu", "sign 1 KiB body".to_owned(), sign_rate, "ops/s");
+}
+
+// ---- Issue 14, items 1, 2 and 6: batched writes and scale (kept apart from the sections above).
+
+/// 6. Enqueue rows/s one at a time vs `enqueue_many` in batches of 100, and claim+record
+///    deliveries/s with 1 and 4 workers recording one outcome at a time vs one batch at a time.
+async fn batched_writes(report: &mut Report, backend: Backend, n: usize) {
+    let settings = WebhookSettings::default();
+    let payload = json!({"n": 1});
+    let events: Vec<String> = (0..n).map(|i| format!("evt-{i}")).collect();
+    let agent_of = |i: usize| format!("agent-{}", i % 10);
+    let agents: Vec<String> = (0..n).map(agent_of).collect();
+    let new_db = || async {
+        let t = TestDb::migrated_with(backend, 4).await;
+        for a in 0..10 {
+            seed_agent(&t, &format!("agent-{a}"), &[]).await;
+        }
+        t
+    };
+    // Enqueue: the two paths alternate in two rounds, on fresh databases.
+    let mut enqueue = [Duration::ZERO; 2];
+    for _round in 0..2 {
+        for (path, time) in enqueue.iter_mut().enumerate() {
+            let t = new_db().await;
+            let now = Utc::now();
+            let start = Instant::now();
+            if path == 0 {
+                for i in 0..n {
+                    deliveries::enqueue(
+                        &t.db,
+                        &settings,
+                        &agents[i],
+                        &events[i],
+                        "run.completed",
+                        &payload,
+                        now,
+                    )
+                    .await
+                    .expect("enqueue");
+                }
+            } else {
+                let items: Vec<deliveries::EnqueueItem<'_>> = (0..n)
+                    .map(|i| deliveries::EnqueueItem {
+                        agent_id: &agents[i],
+                        event_id: &events[i],
+                        event_type: "run.completed",
+                        payload: &payload,
+                    })
+                    .collect();
+                for chunk in items.chunks(100) {
+                    deliveries::enqueue_many(&t.db, &settings, chunk, now)
+                        .await
+                        .expect("enqueue_many");
+                }
+            }
+            *time += start.elapsed();
+        }
+    }
+    let single = (2 * n) as f64 / enqueue[0].as_secs_f64();
+    let many = (2 * n) as f64 / enqueue[1].as_secs_f64();
+    report.add(
+        backend,
+        "batched",
+        "enqueue, one at a time",
+        single,
+        "rows/s",
+    );
+    report.add(
+        backend,
+        "batched",
+        "enqueue_many, batch of 100",
+        many,
+        "rows/s",
+    );
+    report.add(
+        backend,
+        "batched",
+        "enqueue_many/enqueue",
+        many / single,
+        "ratio",
+    );
+
+    // Claim + record, with the deliveries enqueued beforehand.
+    for workers in [1usize, 4] {
+        let mut rates = [0.0; 2];
+        for (batched, rate) in rates.iter_mut().enumerate() {
+            let t = new_db().await;
+            let now = Utc::now();
+            let items: Vec<deliveries::EnqueueItem<'_>> = (0..n)
+                .map(|i| deliveries::EnqueueItem {
+                    agent_id: &agents[i],
+                    event_id: &events[i],
+                    event_type: "run.completed",
+                    payload: &payload,
+                })
+                .collect();
+            for chunk in items.chunks(500) {
+                deliveries::enqueue_many(&t.db, &settings, chunk, now)
+                    .await
+                    .expect("seed");
+            }
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..workers)
+                .map(|_| {
+                    let db = t.db.clone();
+                    tokio::spawn(claim_and_record(db, batched == 1))
+                })
+                .collect();
+            let mut done = 0;
+            for task in tasks {
+                done += task.await.expect("worker");
+            }
+            assert_eq!(done, n, "every delivery recorded once");
+            *rate = n as f64 / start.elapsed().as_secs_f64();
+        }
+        report.add(
+            backend,
+            "batched",
+            format!("claim+record, {workers} worker(s), one at a time"),
+            rates[0],
+            "deliveries/s",
+        );
+        report.add(
+            backend,
+            "batched",
+            format!("claim+record, {workers} worker(s), batched"),
+            rates[1],
+            "deliveries/s",
+        );
+        report.add(
+            backend,
+            "batched",
+            format!("claim+record, {workers} worker(s), batched/one"),
+            rates[1] / rates[0],
+            "ratio",
+        );
+    }
+}
+
+/// A worker without HTTP: claims batches of 100 and records each as delivered, until nothing
+/// is due; returns how many it recorded.
+async fn claim_and_record(db: DatabaseConnection, batched: bool) -> usize {
+    let settings = WebhookSettings::default();
+    let success = AttemptOutcome::Status {
+        code: 200,
+        retry_after: None,
+    };
+    let mut done = 0;
+    loop {
+        let now = Utc::now();
+        let claims = deliveries::claim_due(&db, &settings, now, 100)
+            .await
+            .expect("claim");
+        if claims.is_empty() {
+            return done;
+        }
+        if batched {
+            let results = deliveries::record_outcomes(
+                &db,
+                &settings,
+                claims.iter().map(|c| (c, &success)),
+                now,
+            )
+            .await
+            .expect("record_outcomes");
+            assert!(results.iter().all(Result::is_ok), "no stale claim");
+        } else {
+            for claim in &claims {
+                deliveries::record_outcome(&db, &settings, claim, &success, now)
+                    .await
+                    .expect("record");
+            }
+        }
+        done += claims.len();
+    }
+}
+
+/// 7. Scale on PostgreSQL: `claim_due` p50 with `rows` deliveries vs 10k, `prune` of `pruned`
+///    finished rows in batches of 1,000 while claims run (claim p99 during vs without), and the
+///    next step, a partition dropped vs the same rows deleted in batches, on scratch copies.
+async fn scale(report: &mut Report, rows: usize, pruned: usize, samples: usize) {
+    let backend = Backend::Postgres;
+    let claim_samples = |db: DatabaseConnection, samples: usize| async move {
+        let mut times = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let txn = db.begin().await.expect("begin");
+            let start = Instant::now();
+            let claims = deliveries::claim_due(&txn, &WebhookSettings::default(), Utc::now(), 100)
+                .await
+                .expect("claim");
+            times.push(start.elapsed());
+            assert_eq!(claims.len(), 100);
+            txn.rollback().await.expect("rollback");
+        }
+        times
+    };
+    let mut p50 = Vec::new();
+    for size in [10_000, rows] {
+        let t = TestDb::migrated_with(backend, 4).await;
+        org(&t).await;
+        for a in 0..10 {
+            seed_agent_quiet(&t, a).await;
+        }
+        let seeded = Instant::now();
+        seed_deliveries(&t, size, 10).await;
+        let seed_time = seeded.elapsed();
+        let mut times = claim_samples(t.db.clone(), samples).await;
+        p50.push(percentile(&mut times, 0.5));
+        report.add(
+            backend,
+            "scale",
+            format!("claim p50, {size} rows"),
+            ms(percentile(&mut times, 0.5)),
+            "ms",
+        );
+        if size != rows {
+            continue;
+        }
+        report.add(
+            backend,
+            "scale",
+            format!("seed {size} rows (one INSERT + ANALYZE)"),
+            seed_time.as_secs_f64(),
+            "s",
+        );
+        // Rows are one second apart going back from now, 99 % finished: the oldest
+        // `pruned * 100 / 99` rows hold `pruned` finished ones.
+        let span = (pruned * 100).div_ceil(99);
+        let older_than = Utc::now() - chrono::Duration::seconds((size - span) as i64);
+        let cutoff = older_than.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string();
+        // Scratch copies of the rows to prune, for partition drop vs batched DELETE.
+        t.exec(&format!(
+            "CREATE TABLE scratch_plain AS SELECT * FROM webhook_deliveries \
+             WHERE created_at < '{cutoff}' AND next_retry_at IS NULL"
+        ))
+        .await;
+        t.exec("ALTER TABLE scratch_plain ADD PRIMARY KEY (id)")
+            .await;
+        t.exec("CREATE INDEX ON scratch_plain (created_at)").await;
+        t.exec(
+            "CREATE TABLE scratch_part (LIKE webhook_deliveries) PARTITION BY RANGE (created_at)",
+        )
+        .await;
+        t.exec(&format!(
+            "CREATE TABLE scratch_part_old PARTITION OF scratch_part FOR VALUES FROM (MINVALUE) TO ('{cutoff}')"
+        ))
+        .await;
+        t.exec(&format!(
+            "CREATE TABLE scratch_part_new PARTITION OF scratch_part FOR VALUES FROM ('{cutoff}') TO (MAXVALUE)"
+        ))
+        .await;
+        t.exec("INSERT INTO scratch_part SELECT * FROM scratch_plain")
+            .await;
+        t.exec("CREATE INDEX ON scratch_part (id)").await;
+        t.exec("ANALYZE scratch_plain").await;
+        t.exec("ANALYZE scratch_part").await;
+
+        // Claim p99 without, then during, a prune.
+        let mut quiet = claim_samples(t.db.clone(), samples).await;
+        let quiet_p99 = percentile(&mut quiet, 0.99);
+        let db = t.db.clone();
+        let start = Instant::now();
+        let prune = tokio::spawn(async move {
+            let deleted = deliveries::prune(&db, older_than, 1_000, |_| {})
+                .await
+                .expect("prune");
+            (deleted, start.elapsed())
+        });
+        let mut during = Vec::new();
+        while !prune.is_finished() {
+            during.extend(claim_samples(t.db.clone(), 10).await);
+        }
+        let (deleted, prune_time) = prune.await.expect("prune task");
+        // The seed's `now()` and this clock differ by the seeding time: a few rows either way.
+        assert!(
+            (deleted as usize).abs_diff(pruned) <= pruned / 100 + 10,
+            "prune deleted {deleted} rows, expected about {pruned}"
+        );
+        let during_p99 = percentile(&mut during, 0.99);
+        report.add(
+            backend,
+            "scale",
+            format!("prune {deleted} rows, batches of 1000"),
+            prune_time.as_secs_f64(),
+            "s",
+        );
+        report.add(
+            backend,
+            "scale",
+            "claim p99 without prune",
+            ms(quiet_p99),
+            "ms",
+        );
+        report.add(
+            backend,
+            "scale",
+            format!("claim p99 during prune ({} samples)", during.len()),
+            ms(during_p99),
+            "ms",
+        );
+        report.add(
+            backend,
+            "scale",
+            "claim p99 during/without prune",
+            during_p99.as_secs_f64() / quiet_p99.as_secs_f64(),
+            "ratio",
+        );
+
+        // The same rows: batched DELETE on the plain copy vs dropping the partition.
+        let start = Instant::now();
+        loop {
+            let deleted = t
+                .db
+                .execute_unprepared(
+                    "DELETE FROM scratch_plain WHERE id IN (SELECT id FROM scratch_plain LIMIT 1000)",
+                )
+                .await
+                .expect("delete batch")
+                .rows_affected();
+            if deleted < 1000 {
+                break;
+            }
+        }
+        let delete_time = start.elapsed();
+        let start = Instant::now();
+        t.exec("DROP TABLE scratch_part_old").await;
+        let drop_time = start.elapsed();
+        report.add(
+            backend,
+            "scale",
+            format!("batched DELETE of {deleted} rows (copy)"),
+            ms(delete_time),
+            "ms",
+        );
+        report.add(
+            backend,
+            "scale",
+            "DROP of the partition holding them",
+            ms(drop_time),
+            "ms",
+        );
+        report.add(
+            backend,
+            "scale",
+            "batched DELETE/DROP",
+            delete_time.as_secs_f64() / drop_time.as_secs_f64(),
+            "ratio",
+        );
+    }
+    if let [small, large] = p50.as_slice() {
+        report.add(
+            backend,
+            "scale",
+            format!("claim p50 ratio {rows}/10000"),
+            large.as_secs_f64() / small.as_secs_f64(),
+            "x",
+        );
+    }
 }

@@ -1,0 +1,627 @@
+//! The lean write paths: enqueue with the agent row the caller already holds (the
+//! transactional outbox), enqueue many deliveries in one statement, and record the outcomes of
+//! a finished batch in one statement.
+//!
+//! Each statement costs a round trip and a share of the database's CPU that the statement's own
+//! work does not: parse/bind, executor start-up, commit. These paths send fewer of them; the
+//! figures are in `docs/benchmarks.md`.
+
+use std::collections::{HashMap, HashSet};
+
+use sea_orm::FromQueryResult;
+
+use super::*;
+
+/// Rows per `INSERT` of [`enqueue_many`]: well inside every backend's limit of bound
+/// parameters (10 a row).
+const INSERT_ROWS: usize = MAX_PAGE_SIZE as usize;
+/// Payload bytes per `INSERT` of [`enqueue_many`]: keeps one statement well under MariaDB's
+/// default `max_allowed_packet` (16 MiB) whatever `max_payload_bytes` is.
+const INSERT_BYTES: usize = 4 << 20;
+
+/// One delivery for [`enqueue_many`]: what [`enqueue`] takes, per item.
+#[derive(Clone, Copy, Debug)]
+pub struct EnqueueItem<'a> {
+    /// The agent whose webhook gets the event.
+    pub agent_id: &'a str,
+    /// The event's id, the `webhook-id`; `(agent_id, event_id)` is unique.
+    pub event_id: &'a str,
+    /// The event's type, e.g. `run.completed`.
+    pub event_type: &'a str,
+    /// The JSON body, serialized once and stored as bytes.
+    pub payload: &'a serde_json::Value,
+}
+
+/// [`enqueue`] for an agent row the caller already read, e.g. in the transaction that changed
+/// the agent's state and now records the event (the transactional outbox): the same checks,
+/// skip rules and idempotency, without reading the agent again.
+///
+/// One statement when the delivery is new: an `INSERT … ON CONFLICT DO NOTHING RETURNING id` on
+/// PostgreSQL and SQLite, an `INSERT … ON DUPLICATE KEY UPDATE id = id RETURNING …` on MariaDB
+/// (≥ 10.5), which returns the stored row, new or not. On PostgreSQL and SQLite an existing
+/// delivery costs a second statement that reads it back; on MySQL, which has no `RETURNING`,
+/// the insert is followed by a locking read. `agent` should be current: a row read before the
+/// webhook was disabled still enqueues.
+pub async fn enqueue_for_agent<C: ConnectionTrait>(
+    db: &C,
+    settings: &WebhookSettings,
+    agent: &agents::Model,
+    event_id: &str,
+    event_type: &str,
+    payload: &serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<Enqueued> {
+    let payload = checked_event(settings, event_id, event_type, payload)?;
+    insert_for_agent(
+        db,
+        settings,
+        &AgentWebhook::from(agent),
+        event_id,
+        event_type,
+        payload,
+        now,
+    )
+    .await
+}
+
+/// The write half of [`enqueue`] and [`enqueue_for_agent`]: skip rules, then the insert.
+pub(super) async fn insert_for_agent<C: ConnectionTrait>(
+    db: &C,
+    settings: &WebhookSettings,
+    agent: &AgentWebhook,
+    event_id: &str,
+    event_type: &str,
+    payload: Vec<u8>,
+    now: DateTime<Utc>,
+) -> Result<Enqueued> {
+    let url = match destination(agent, event_type)? {
+        Ok(url) => url,
+        Err(reason) => return Ok(Enqueued::Skipped(reason)),
+    };
+    let row = NewRow {
+        id: new_id(),
+        organization_id: &agent.organization_id,
+        agent_id: &agent.id,
+        event_id,
+        event_type,
+        url,
+        payload,
+    };
+    let mut done = insert_rows(db, settings, std::slice::from_ref(&row), now).await?;
+    done.pop()
+        .ok_or_else(|| DbErr::RecordNotFound(format!("delivery of {event_id}")).into())
+}
+
+/// Enqueues many deliveries, e.g. one event to many agents (fan-out) or many events to one
+/// agent (bulk), in one `INSERT` per batch of up to [`MAX_PAGE_SIZE`] rows (and 4 MiB of
+/// payload), with the rules of [`enqueue`] per item: the result has one [`Enqueued`] per item,
+/// in order, and `(agent_id, event_id)` stays idempotent, also when it repeats within `items`
+/// (the first payload stays; later repeats are [`Enqueued::Existing`]).
+///
+/// All agents are read in one statement. Every item is checked before anything is written: an
+/// item that [`enqueue`] would refuse (payload cap, event fields, unknown agent) fails the
+/// whole call with that error and writes nothing. Statements: one read of the agents, one
+/// insert per batch, and on PostgreSQL and SQLite one read per batch for the items that
+/// already existed (on MariaDB the insert returns them; on MySQL a locking read follows).
+pub async fn enqueue_many<C: ConnectionTrait>(
+    db: &C,
+    settings: &WebhookSettings,
+    items: &[EnqueueItem<'_>],
+    now: DateTime<Utc>,
+) -> Result<Vec<Enqueued>> {
+    let payloads = items
+        .iter()
+        .map(|item| checked_event(settings, item.event_id, item.event_type, item.payload))
+        .collect::<Result<Vec<_>>>()?;
+    let mut agent_ids: Vec<&str> = items.iter().map(|item| item.agent_id).collect();
+    agent_ids.sort_unstable();
+    agent_ids.dedup();
+    let mut agents_by_id = HashMap::with_capacity(agent_ids.len());
+    for chunk in agent_ids.chunks(INSERT_ROWS) {
+        for agent in agents::Entity::find()
+            .filter(agents::Column::Id.is_in(chunk.iter().copied()))
+            .into_partial_model::<AgentWebhook>()
+            .all(db)
+            .await?
+        {
+            agents_by_id.insert(agent.id.clone(), agent);
+        }
+    }
+
+    let mut results: Vec<Option<Enqueued>> = Vec::with_capacity(items.len());
+    let mut rows = Vec::new();
+    for (index, (item, payload)) in items.iter().zip(payloads).enumerate() {
+        let agent = agents_by_id
+            .get(item.agent_id)
+            .ok_or_else(|| Error::AgentNotFound(item.agent_id.to_owned()))?;
+        match destination(agent, item.event_type)? {
+            Err(reason) => results.push(Some(Enqueued::Skipped(reason))),
+            Ok(url) => {
+                results.push(None);
+                rows.push((
+                    index,
+                    NewRow {
+                        id: new_id(),
+                        organization_id: &agent.organization_id,
+                        agent_id: &agent.id,
+                        event_id: item.event_id,
+                        event_type: item.event_type,
+                        url,
+                        payload,
+                    },
+                ));
+            }
+        }
+    }
+
+    let mut start = 0;
+    while start < rows.len() {
+        let (mut end, mut bytes) = (start, 0);
+        while end < rows.len()
+            && end - start < INSERT_ROWS
+            && (end == start || bytes + rows[end].1.payload.len() <= INSERT_BYTES)
+        {
+            bytes += rows[end].1.payload.len();
+            end += 1;
+        }
+        let batch: Vec<NewRow<'_>> = rows[start..end]
+            .iter()
+            .map(|(_, row)| row.clone())
+            .collect();
+        let done = insert_rows(db, settings, &batch, now).await?;
+        for ((index, _), enqueued) in rows[start..end].iter().zip(done) {
+            results[*index] = Some(enqueued);
+        }
+        start = end;
+    }
+    results
+        .into_iter()
+        .map(|result| {
+            result.ok_or_else(|| DbErr::Custom("an enqueued item has no result".to_owned()).into())
+        })
+        .collect()
+}
+
+/// A delivery about to be inserted.
+#[derive(Clone)]
+struct NewRow<'a> {
+    id: String,
+    organization_id: &'a str,
+    agent_id: &'a str,
+    event_id: &'a str,
+    event_type: &'a str,
+    url: String,
+    payload: Vec<u8>,
+}
+
+impl NewRow<'_> {
+    /// The delivery as this insert stores it, without reading it back.
+    fn delivery(&self, now: DateTime<Utc>) -> WebhookDelivery {
+        let created = at(now).to_utc();
+        WebhookDelivery {
+            id: self.id.clone(),
+            agent_id: self.agent_id.to_owned(),
+            organization_id: self.organization_id.to_owned(),
+            event_id: self.event_id.to_owned(),
+            event_type: self.event_type.to_owned(),
+            webhook_url: self.url.clone(),
+            status_code: None,
+            error_message: None,
+            attempt_count: 0,
+            created_at: created,
+            delivered_at: None,
+            next_retry_at: Some(created),
+            state: DeliveryState::Pending,
+        }
+    }
+}
+
+fn new_id() -> String {
+    format!("dlv-{}", uuid::Uuid::now_v7())
+}
+
+/// MySQL's "You have an error in your SQL syntax": MySQL (unlike MariaDB) has no
+/// `INSERT … RETURNING`.
+const MYSQL_PARSE_ERROR: &str = "42000";
+
+/// Inserts `rows` in one statement, each unless its `(agent_id, event_id)` exists, and says per
+/// row (in order) whether it was created or which delivery already was.
+///
+/// On PostgreSQL, when a row was created and the settings' `listen` is on, it also sends a
+/// `NOTIFY` on [`NOTIFY_CHANNEL`]: delivered to listening workers when the caller's
+/// transaction commits (at once outside one), so they send without waiting for their next poll.
+async fn insert_rows<C: ConnectionTrait>(
+    db: &C,
+    settings: &WebhookSettings,
+    rows: &[NewRow<'_>],
+    now: DateTime<Utc>,
+) -> Result<Vec<Enqueued>> {
+    let done = insert_rows_quietly(db, rows, now).await?;
+    if settings.worker.listen
+        && db.get_database_backend() == DbBackend::Postgres
+        && done.iter().any(|e| matches!(e, Enqueued::Created(_)))
+    {
+        db.execute_unprepared(&format!("NOTIFY {NOTIFY_CHANNEL}"))
+            .await?;
+    }
+    Ok(done)
+}
+
+async fn insert_rows_quietly<C: ConnectionTrait>(
+    db: &C,
+    rows: &[NewRow<'_>],
+    now: DateTime<Utc>,
+) -> Result<Vec<Enqueued>> {
+    let backend = db.get_database_backend();
+    let stamped = stamp(backend, now);
+    // Built by hand rather than from an `ActiveModel`, whose instants sqlx would encode in its
+    // own format on SQLite (see `stamp`).
+    let mut insert = Query::insert();
+    insert.into_table(wd::Entity).columns([
+        wd::Column::Id,
+        wd::Column::OrganizationId,
+        wd::Column::AgentId,
+        wd::Column::EventId,
+        wd::Column::EventType,
+        wd::Column::WebhookUrl,
+        wd::Column::AttemptCount,
+        wd::Column::CreatedAt,
+        wd::Column::NextRetryAt,
+        wd::Column::Payload,
+    ]);
+    for row in rows {
+        insert
+            .values([
+                Expr::value(row.id.as_str()),
+                Expr::value(row.organization_id),
+                Expr::value(row.agent_id),
+                Expr::value(row.event_id),
+                Expr::value(row.event_type),
+                Expr::value(row.url.as_str()),
+                Expr::value(0),
+                Expr::value(stamped.clone()),
+                Expr::value(stamped.clone()),
+                Expr::value(row.payload.clone()),
+            ])
+            .map_err(|e| DbErr::Custom(e.to_string()))?;
+    }
+    insert.on_conflict(
+        OnConflict::columns([wd::Column::AgentId, wd::Column::EventId])
+            .do_nothing_on([wd::Column::Id])
+            .to_owned(),
+    );
+    // The ids this statement created, and the stored row of each `(agent_id, event_id)` it
+    // did not create.
+    let (created, stored): (HashSet<String>, HashMap<(String, String), wd::Model>) = match backend {
+        DbBackend::MySql => {
+            // `ON DUPLICATE KEY UPDATE id = id RETURNING` returns the stored row for every
+            // input row, new or not, read under the row lock (the latest committed version, also
+            // inside a caller's repeatable-read transaction). sea-query writes no `RETURNING`
+            // for MySQL, so it is appended.
+            let mut statement = backend.build(&insert);
+            statement.sql.push_str(" RETURNING ");
+            statement.sql.push_str(&returned_columns());
+            let stored = match db.query_all_raw(statement).await {
+                Ok(found) => by_key(found)?,
+                Err(err) if sql_state(&err).as_deref() == Some(MYSQL_PARSE_ERROR) => {
+                    // MySQL: insert, then a locking read (the insert holds the locks already).
+                    db.execute(&insert).await?;
+                    let mut read = stored_rows(rows);
+                    read = read.lock_exclusive();
+                    index_models(read.all(db).await?)
+                }
+                Err(err) => return Err(err.into()),
+            };
+            let created = rows
+                .iter()
+                .filter(|row| {
+                    stored
+                        .get(&(row.agent_id.to_owned(), row.event_id.to_owned()))
+                        .is_some_and(|model| model.id == row.id)
+                })
+                .map(|row| row.id.clone())
+                .collect();
+            (created, stored)
+        }
+        _ => {
+            insert.returning_col(wd::Column::Id);
+            let created: HashSet<String> = db
+                .query_all(&insert)
+                .await?
+                .iter()
+                .map(|row| row.try_get_by_index::<String>(0))
+                .collect::<Result<_, _>>()?;
+            let existing: Vec<&NewRow<'_>> = rows
+                .iter()
+                .filter(|row| !created.contains(&row.id))
+                .collect();
+            let stored = if existing.is_empty() {
+                HashMap::new()
+            } else {
+                let rows: Vec<NewRow<'_>> = existing.into_iter().cloned().collect();
+                index_models(stored_rows(&rows).all(db).await?)
+            };
+            (created, stored)
+        }
+    };
+    rows.iter()
+        .map(|row| {
+            if created.contains(&row.id) {
+                return Ok(Enqueued::Created(row.delivery(now)));
+            }
+            let key = (row.agent_id.to_owned(), row.event_id.to_owned());
+            let model = stored.get(&key).ok_or_else(|| {
+                DbErr::RecordNotFound(format!("delivery of {} for {}", row.event_id, row.agent_id))
+            })?;
+            Ok(Enqueued::Existing(WebhookDelivery::from_model(
+                model.clone(),
+                now,
+            )))
+        })
+        .collect()
+}
+
+/// Every column of a delivery but the payload (read as NULL, so the row still decodes as the
+/// entity's model), for a `RETURNING` or `SELECT` list.
+fn returned_columns() -> String {
+    use sea_orm::Iterable;
+    let mut columns: Vec<String> = wd::Column::iter()
+        .filter(|c| !matches!(c, wd::Column::Payload))
+        .map(|c| sea_orm::IdenStatic::as_str(&c).to_owned())
+        .collect();
+    columns.push("NULL AS payload".to_owned());
+    columns.join(", ")
+}
+
+/// The stored deliveries of the `(agent_id, event_id)` pairs of `rows`, without payloads.
+fn stored_rows(rows: &[NewRow<'_>]) -> Select<wd::Entity> {
+    let mut pairs = Condition::any();
+    for row in rows {
+        pairs = pairs.add(
+            Condition::all()
+                .add(wd::Column::AgentId.eq(row.agent_id))
+                .add(wd::Column::EventId.eq(row.event_id)),
+        );
+    }
+    wd::Entity::find()
+        .select_only()
+        .columns(
+            <wd::Column as sea_orm::Iterable>::iter().filter(|c| !matches!(c, wd::Column::Payload)),
+        )
+        .column_as(Expr::cust("NULL"), "payload")
+        .filter(pairs)
+}
+
+fn by_key(found: Vec<sea_orm::QueryResult>) -> Result<HashMap<(String, String), wd::Model>> {
+    let models = found
+        .iter()
+        .map(|row| wd::Model::from_query_result(row, ""))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(index_models(models))
+}
+
+fn index_models(models: Vec<wd::Model>) -> HashMap<(String, String), wd::Model> {
+    models
+        .into_iter()
+        .map(|model| ((model.agent_id.clone(), model.event_id.clone()), model))
+        .collect()
+}
+
+fn sql_state(err: &DbErr) -> Option<String> {
+    let (DbErr::Query(RuntimeErr::SqlxError(e))
+    | DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
+    else {
+        return None;
+    };
+    e.as_database_error()
+        .and_then(|db| db.code())
+        .map(|code| code.into_owned())
+}
+
+/// Records the outcomes of a finished batch of claims in one guarded `UPDATE` per call, with
+/// the rules of [`record_outcome`] per row: each outcome applies only while its claim is
+/// current (same attempt, no result yet), and its result (in order) is the [`Decision`] or
+/// [`Error::StaleClaim`]. A claim repeated within `outcomes` is stale after its first entry.
+///
+/// PostgreSQL and SQLite run one `UPDATE … SET col = CASE id WHEN … END … WHERE id IN (…) AND
+/// attempt_count = CASE id WHEN … END AND <no result yet> RETURNING id`; MySQL/MariaDB, which
+/// have no `UPDATE … RETURNING`, lock the current rows with a `SELECT … FOR UPDATE` first, in a
+/// transaction. Endpoint health then costs one read of the batch's agents, and a write only for
+/// an agent whose health changes: per agent, the outcomes of the batch count in their order in
+/// `outcomes` (the last one decides; a success followed by failures restarts the failure run
+/// at `now`).
+///
+/// Up to [`MAX_PAGE_SIZE`] outcomes per call ([`Error::InvalidLimit`] beyond).
+pub async fn record_outcomes<'a, C, I>(
+    db: &C,
+    settings: &WebhookSettings,
+    outcomes: I,
+    now: DateTime<Utc>,
+) -> Result<Vec<Result<Decision>>>
+where
+    C: ConnectionTrait + TransactionTrait,
+    I: IntoIterator<Item = (&'a Claim, &'a AttemptOutcome)>,
+{
+    let outcomes: Vec<(&Claim, &AttemptOutcome)> = outcomes.into_iter().collect();
+    if outcomes.is_empty() {
+        return Ok(Vec::new());
+    }
+    check_limit(outcomes.len() as u64)?;
+    let backend = db.get_database_backend();
+    // Decided before the first await: the thread-local generator is not `Send`.
+    let decisions: Vec<Decision> = {
+        let mut rng = rand::rng();
+        outcomes
+            .iter()
+            .map(|(claim, outcome)| {
+                let attempts = u32::try_from(claim.attempt).unwrap_or(0);
+                settings
+                    .retry
+                    .next_attempt(attempts, outcome, now, &mut rng)
+            })
+            .collect()
+    };
+    let mut seen = HashSet::new();
+    let first: Vec<bool> = outcomes
+        .iter()
+        .map(|(claim, _)| seen.insert(claim.delivery.id.as_str()))
+        .collect();
+
+    let case = |column: wd::Column, value: &dyn Fn(usize) -> sea_orm::Value| {
+        let mut expr: Option<sea_orm::sea_query::CaseStatement> = None;
+        for (i, (claim, _)) in outcomes.iter().enumerate().filter(|(i, _)| first[*i]) {
+            let when = Expr::col(wd::Column::Id).eq(claim.delivery.id.as_str());
+            expr = Some(match expr {
+                None => Expr::case(when, Expr::value(value(i))),
+                Some(case) => case.case(when, Expr::value(value(i))),
+            });
+        }
+        expr.map(|case| case.finally(Expr::col(column)))
+    };
+    let no_stamp = || sea_orm::Value::from(None::<DateTimeWithTimeZone>);
+    let ids: Vec<&str> = outcomes
+        .iter()
+        .zip(&first)
+        .filter(|(_, first)| **first)
+        .map(|((claim, _), _)| claim.delivery.id.as_str())
+        .collect();
+    let (Some(attempt), Some(status), Some(error), Some(delivered_at), Some(next_retry_at)) = (
+        case(wd::Column::AttemptCount, &|i| outcomes[i].0.attempt.into()),
+        case(wd::Column::StatusCode, &|i| match outcomes[i].1 {
+            AttemptOutcome::Status { code, .. } => Some(i32::from(*code)).into(),
+            _ => None::<i32>.into(),
+        }),
+        case(wd::Column::ErrorMessage, &|i| match decisions[i] {
+            Decision::Delivered => None::<String>.into(),
+            _ => Some(error_text(outcomes[i].1)).into(),
+        }),
+        case(wd::Column::DeliveredAt, &|i| match decisions[i] {
+            Decision::Delivered => stamp(backend, now),
+            _ => no_stamp(),
+        }),
+        case(wd::Column::NextRetryAt, &|i| match decisions[i] {
+            Decision::RetryAt(next) => stamp(backend, next),
+            _ => no_stamp(),
+        }),
+    ) else {
+        return Err(DbErr::Custom("an empty batch of outcomes".to_owned()).into());
+    };
+    let current = Condition::all()
+        .add(wd::Column::Id.is_in(ids.iter().copied()))
+        .add(Expr::col(wd::Column::AttemptCount).eq(attempt))
+        .add(wd::Column::DeliveredAt.is_null())
+        .add(wd::Column::StatusCode.is_null())
+        .add(wd::Column::ErrorMessage.is_null());
+    let mut update = Query::update();
+    update
+        .table(wd::Entity)
+        .value(wd::Column::StatusCode, status)
+        .value(wd::Column::ErrorMessage, error)
+        .value(wd::Column::DeliveredAt, delivered_at)
+        .value(wd::Column::NextRetryAt, next_retry_at)
+        .cond_where(current.clone());
+    let applied: HashSet<String> = match backend {
+        DbBackend::MySql => {
+            let mut lock = Query::select();
+            lock.column(wd::Column::Id)
+                .from(wd::Entity)
+                .cond_where(current)
+                .lock(LockType::Update);
+            retry_transient(|| record_in_transaction(db, &lock, &update)).await?
+        }
+        _ => {
+            update.returning_col(wd::Column::Id);
+            retry_transient(|| async {
+                db.query_all(&update)
+                    .await?
+                    .iter()
+                    .map(|row| row.try_get_by_index::<String>(0))
+                    .collect::<Result<HashSet<_>, _>>()
+            })
+            .await?
+        }
+    };
+
+    // Endpoint health, per agent, from the outcomes that applied, in order.
+    let mut health: Vec<(&str, bool, bool)> = Vec::new(); // (agent, last delivered, success before)
+    let mut results = Vec::with_capacity(outcomes.len());
+    for (i, (claim, _)) in outcomes.iter().enumerate() {
+        if !first[i] || !applied.contains(&claim.delivery.id) {
+            results.push(Err(stale(claim)));
+            continue;
+        }
+        let decision = match decisions[i] {
+            Decision::RetryAt(next) => Decision::RetryAt(at(next).to_utc()),
+            decision => decision,
+        };
+        let delivered = matches!(decision, Decision::Delivered);
+        match health
+            .iter_mut()
+            .find(|(agent, _, _)| *agent == claim.delivery.agent_id)
+        {
+            Some(entry) => {
+                entry.2 |= entry.1;
+                entry.1 = delivered;
+            }
+            None => health.push((&claim.delivery.agent_id, delivered, false)),
+        }
+        tracing::debug!(delivery = %claim.delivery.id, attempt = claim.attempt, ?decision, "recorded attempt");
+        results.push(Ok(decision));
+    }
+    if !health.is_empty() {
+        let current: HashMap<String, (bool, Option<DateTimeWithTimeZone>)> = agents::Entity::find()
+            .select_only()
+            .column(agents::Column::Id)
+            .column(agents::Column::WebhookEnabled)
+            .column(agents::Column::WebhookFailingSince)
+            .filter(agents::Column::Id.is_in(health.iter().map(|(agent, _, _)| *agent)))
+            .into_tuple::<(String, bool, Option<DateTimeWithTimeZone>)>()
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|(id, enabled, since)| (id, (enabled, since)))
+            .collect();
+        for (agent_id, delivered, success_before) in health {
+            let Some(&state) = current.get(agent_id) else {
+                continue;
+            };
+            if !delivered && success_before {
+                // A success ended the run, the failures after it start a new one now.
+                agents::Entity::update_many()
+                    .col_expr(
+                        agents::Column::WebhookFailingSince,
+                        Expr::value(stamp(backend, now)),
+                    )
+                    .filter(agents::Column::Id.eq(agent_id))
+                    .exec(db)
+                    .await?;
+            } else {
+                apply_health(db, settings, agent_id, state, delivered, now).await?;
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// MySQL's batched record: lock the rows whose claims are current, update exactly those.
+async fn record_in_transaction<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    lock: &SelectStatement,
+    update: &UpdateStatement,
+) -> Result<HashSet<String>, DbErr> {
+    let txn = db.begin().await?;
+    let ids: Vec<String> = txn
+        .query_all(lock)
+        .await?
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0))
+        .collect::<Result<_, _>>()?;
+    if !ids.is_empty() {
+        let mut update = update.clone();
+        update.and_where(wd::Column::Id.is_in(ids.clone()));
+        txn.execute(&update).await?;
+    }
+    txn.commit().await?;
+    Ok(ids.into_iter().collect())
+}
