@@ -602,16 +602,22 @@ where
     }
 }
 
+/// Serialization failure or deadlock: the statement may succeed when sent again.
 fn is_transient(err: &DbErr) -> bool {
+    sql_state(err).is_some_and(|code| code == "40001" || code == "40P01")
+}
+
+/// The SQLSTATE of a database error, when the server sent one.
+fn sql_state(err: &DbErr) -> Option<String> {
     let (DbErr::Query(RuntimeErr::SqlxError(e))
     | DbErr::Exec(RuntimeErr::SqlxError(e))
     | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
     else {
-        return false;
+        return None;
     };
     e.as_database_error()
         .and_then(|db| db.code())
-        .is_some_and(|code| code == "40001" || code == "40P01")
+        .map(|code| code.into_owned())
 }
 
 /// Stores the outcome of the claimed attempt and decides, by the settings' retry policy, what

@@ -296,44 +296,18 @@ pub fn verify(
     if secrets.is_empty() {
         return Err(VerifyError::NoSecret);
     }
-    let msg_id = required(HEADER_ID, headers.id)?;
-    let timestamp = parse_timestamp(required(HEADER_TIMESTAMP, headers.timestamp)?)?;
-    let signatures = required(HEADER_SIGNATURE, headers.signature)?;
-
-    check_freshness(timestamp, now, tolerance)?;
-
+    let (msg_id, timestamp, signatures) = fresh_headers(headers, now, tolerance)?;
     let timestamp = timestamp.to_string();
     let expected: Vec<[u8; TAG_LEN]> = secrets
         .iter()
         .filter_map(|secret| tag(secret, msg_id, &timestamp, body))
         .collect();
-    let mut well_formed = false;
-    let mut matched = false;
-    for entry in signatures.split_ascii_whitespace() {
-        let Some((version, value)) = entry.split_once(',') else {
-            continue;
-        };
-        if version.is_empty() || value.is_empty() {
-            continue;
-        }
-        if version != SIGNATURE_VERSION {
-            well_formed = true;
-            continue;
-        }
-        let Some(given) = decode_tag(value) else {
-            continue;
-        };
-        well_formed = true;
-        for want in &expected {
-            // Every candidate is compared, so the time taken does not depend on which matched.
-            matched |= bool::from(want.ct_eq(&given));
-        }
-    }
-    match (matched, well_formed) {
-        (true, _) => Ok(()),
-        (false, true) => Err(VerifyError::NoMatchingSignature),
-        (false, false) => Err(VerifyError::MalformedSignature),
-    }
+    match_signatures(signatures, SIGNATURE_VERSION, decode_tag, |given| {
+        // Every candidate is compared, so the time taken does not depend on which matched.
+        expected.iter().fold(false, |matched, want| {
+            matched | bool::from(want.ct_eq(given))
+        })
+    })
 }
 
 /// Verifies a received message against Ed25519 public keys: [`verify`] for receivers that
@@ -352,37 +326,63 @@ pub fn verify_v1a(
     if public_keys.is_empty() {
         return Err(VerifyError::NoSecret);
     }
-    let msg_id = required(HEADER_ID, headers.id)?;
-    let timestamp = parse_timestamp(required(HEADER_TIMESTAMP, headers.timestamp)?)?;
-    let signatures = required(HEADER_SIGNATURE, headers.signature)?;
-
-    check_freshness(timestamp, now, tolerance)?;
-
+    let (msg_id, timestamp, signatures) = fresh_headers(headers, now, tolerance)?;
     let content = signed_content(msg_id, &timestamp.to_string(), body);
-    let mut well_formed = false;
-    let mut matched = false;
-    for entry in signatures.split_ascii_whitespace() {
-        let Some((version, value)) = entry.split_once(',') else {
-            continue;
-        };
-        if version.is_empty() || value.is_empty() {
-            continue;
-        }
-        if version != ed25519::SIGNATURE_VERSION {
-            well_formed = true;
-            continue;
-        }
+    let decode = |value: &str| {
         let mut buf = [0u8; 64 + 3];
-        let Some(given) = STANDARD_PAD_INDIFFERENT
+        STANDARD_PAD_INDIFFERENT
             .decode_slice(value, &mut buf)
             .ok()
             .and_then(|len| <[u8; 64]>::try_from(buf.get(..len)?).ok())
-        else {
+    };
+    // Signatures are public values: no constant-time concern in which key matched.
+    match_signatures(signatures, ed25519::SIGNATURE_VERSION, decode, |given| {
+        public_keys.iter().any(|key| key.verifies(&content, given))
+    })
+}
+
+/// Steps 1 and 2 of [`verify`], shared by both signature versions: the id, the fresh timestamp
+/// and the signature list.
+fn fresh_headers<'h>(
+    headers: ReceivedHeaders<'h>,
+    now: i64,
+    tolerance: Duration,
+) -> Result<(&'h str, i64, &'h str), VerifyError> {
+    let msg_id = required(HEADER_ID, headers.id)?;
+    let timestamp = parse_timestamp(required(HEADER_TIMESTAMP, headers.timestamp)?)?;
+    let signatures = required(HEADER_SIGNATURE, headers.signature)?;
+    check_freshness(timestamp, now, tolerance)?;
+    Ok((msg_id, timestamp, signatures))
+}
+
+/// Scans the white-space separated `version,value` entries for one of `version` that decodes
+/// and `matches`. Entries of other versions are skipped but make the list well formed, so the
+/// error says whether nothing matched or nothing could be read.
+fn match_signatures<T>(
+    signatures: &str,
+    version: &str,
+    decode: impl Fn(&str) -> Option<T>,
+    matches: impl Fn(&T) -> bool,
+) -> Result<(), VerifyError> {
+    let mut well_formed = false;
+    let mut matched = false;
+    for entry in signatures.split_ascii_whitespace() {
+        let Some((given_version, value)) = entry.split_once(',') else {
+            continue;
+        };
+        if given_version.is_empty() || value.is_empty() {
+            continue;
+        }
+        if given_version != version {
+            well_formed = true;
+            continue;
+        }
+        let Some(given) = decode(value) else {
             continue;
         };
         well_formed = true;
-        // Signatures are public values: no constant-time concern in which key matched.
-        matched |= public_keys.iter().any(|key| key.verifies(&content, &given));
+        // Every entry is checked, so the time taken does not depend on which one matched.
+        matched |= matches(&given);
     }
     match (matched, well_formed) {
         (true, _) => Ok(()),

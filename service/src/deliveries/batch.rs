@@ -407,18 +407,6 @@ fn index_models(models: Vec<wd::Model>) -> HashMap<(String, String), wd::Model> 
         .collect()
 }
 
-fn sql_state(err: &DbErr) -> Option<String> {
-    let (DbErr::Query(RuntimeErr::SqlxError(e))
-    | DbErr::Exec(RuntimeErr::SqlxError(e))
-    | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
-    else {
-        return None;
-    };
-    e.as_database_error()
-        .and_then(|db| db.code())
-        .map(|code| code.into_owned())
-}
-
 /// Records the outcomes of a finished batch of claims in one guarded `UPDATE` per call, with
 /// the rules of [`record_outcome`] per row: each outcome applies only while its claim is
 /// current (same attempt, no result yet), and its result (in order) is the [`Decision`] or
