@@ -64,16 +64,12 @@ impl MigratorTrait for Migrator {
         .await
     }
 
-    /// Roll back every applied migration, then apply them all again; refuses up front when the
-    /// rollback would destroy data.
+    /// The same as [`Migrator::fresh`] (the standard CLI has both names).
     async fn refresh<'c, C>(db: C) -> Result<(), DbErr>
     where
         C: IntoSchemaManagerConnection<'c>,
     {
-        on_executor(db, |conn| {
-            Box::pin(rollback_on(conn, AfterRollback::ApplyAll))
-        })
-        .await
+        Self::fresh(db).await
     }
 
     /// Roll back every applied migration and remove the migration table; refuses up front when
