@@ -802,27 +802,42 @@ pub async fn record_attempt<C: ConnectionTrait>(
     delivery_id: &str,
     record: &AttemptRecord,
 ) -> Result<()> {
+    record_attempts(db, [(delivery_id, record)]).await
+}
+
+/// [`record_attempt`] for many attempts, in one `INSERT` per [`MAX_PAGE_SIZE`] rows (the
+/// worker appends a finished batch at once).
+pub async fn record_attempts<'a, C, I>(db: &C, attempts: I) -> Result<()>
+where
+    C: ConnectionTrait,
+    I: IntoIterator<Item = (&'a str, &'a AttemptRecord)>,
+{
     use entity::webhook_delivery_attempts as wa;
     let bounded = |text: &Option<String>, max: usize| text.as_deref().map(|t| truncate(t, max));
-    let row = wa::ActiveModel {
-        id: sea_orm::NotSet,
-        delivery_id: sea_orm::Set(delivery_id.to_owned()),
-        attempt: sea_orm::Set(record.attempt),
-        started_at: sea_orm::Set(at(record.started_at)),
-        finished_at: sea_orm::Set(at(record.finished_at)),
-        status_code: sea_orm::Set(record.status_code),
-        error_class: sea_orm::Set(record.error_class.map(|c| c.as_str().to_owned())),
-        message: sea_orm::Set(bounded(&record.message, MAX_ERROR_LEN)),
-        response_body_prefix: sea_orm::Set(bounded(
-            &record.response_body_prefix,
-            RESPONSE_PREFIX_LEN * 4,
-        )),
-        remote_addr: sea_orm::Set(record.remote_addr.clone()),
-    };
-    wa::Entity::insert(row)
-        .on_conflict_do_nothing_on([wa::Column::DeliveryId, wa::Column::Attempt])
-        .exec_without_returning(db)
-        .await?;
+    let rows: Vec<wa::ActiveModel> = attempts
+        .into_iter()
+        .map(|(delivery_id, record)| wa::ActiveModel {
+            id: sea_orm::NotSet,
+            delivery_id: sea_orm::Set(delivery_id.to_owned()),
+            attempt: sea_orm::Set(record.attempt),
+            started_at: sea_orm::Set(at(record.started_at)),
+            finished_at: sea_orm::Set(at(record.finished_at)),
+            status_code: sea_orm::Set(record.status_code),
+            error_class: sea_orm::Set(record.error_class.map(|c| c.as_str().to_owned())),
+            message: sea_orm::Set(bounded(&record.message, MAX_ERROR_LEN)),
+            response_body_prefix: sea_orm::Set(bounded(
+                &record.response_body_prefix,
+                RESPONSE_PREFIX_LEN * 4,
+            )),
+            remote_addr: sea_orm::Set(record.remote_addr.clone()),
+        })
+        .collect();
+    for chunk in rows.chunks(MAX_PAGE_SIZE as usize) {
+        wa::Entity::insert_many(chunk.to_vec())
+            .on_conflict_do_nothing_on([wa::Column::DeliveryId, wa::Column::Attempt])
+            .exec_without_returning(db)
+            .await?;
+    }
     Ok(())
 }
 

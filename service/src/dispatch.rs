@@ -1,5 +1,5 @@
 //! The delivery worker: claim due deliveries, sign them, send them over an SSRF-safe HTTP
-//! client, record each outcome and its attempt row.
+//! client, record the outcomes and attempt rows of finished sends in batches.
 //!
 //! One [`Dispatcher`] holds what every attempt needs (the settings, the database, the HTTP
 //! client), as svix-server hands its workers one context. [`Dispatcher::run_once`] drains what
@@ -16,6 +16,18 @@
 //! poll interval, so it is never sent by two workers (see [`deliveries::release`]). Claims are oldest first, so a
 //! host with a long backlog can hold every slot with sends and waits while newer deliveries to
 //! other hosts wait in the database.
+//!
+//! # Statements per delivery
+//!
+//! A claim is one statement for the batch ([`deliveries::claim_due`]), followed by one read of
+//! the batch's agents and one of their live previous secrets (the signing keys, opened once
+//! per agent and batch). Finished attempts are recorded together in one transaction:
+//! [`deliveries::record_outcomes`] (one guarded `UPDATE`, one read of the agents' health) and
+//! [`deliveries::record_attempts`] (one `INSERT`). What counts as a batch is whatever has
+//! finished when the drain loop looks, so a busy worker records many attempts per transaction
+//! and an idle one records each as soon as it ends. A worker killed between a send and its
+//! recording leaves the claim to its lease: the delivery is sent again, with the same
+//! `webhook-id`, and the receiver can drop the duplicate.
 //!
 //! # Metrics
 //!
@@ -94,6 +106,7 @@ use crate::error::{Error, Result};
 use crate::retry::{AttemptOutcome, Decision, RetryAfter};
 use crate::sender;
 use crate::settings::WebhookSettings;
+use crate::signing_secrets::{self, LiveKeys};
 use crate::url_policy::{Resolver, SystemResolver, UrlPolicy, UrlPolicyError};
 
 /// The `user-agent` of every request, so receivers can tell our deliveries apart in their logs.
@@ -352,54 +365,66 @@ impl Dispatcher {
     }
 
     /// Keeps up to `concurrency` claims in flight until nothing is due (or `stop` is set), then
-    /// waits for the sends in flight. A database error stops the claiming; it is returned once
-    /// the sends in flight are recorded.
+    /// waits for the sends in flight. Attempts are recorded in batches: whatever has finished
+    /// by the time the loop looks is recorded at once ([`Dispatcher::record`]), so the busier
+    /// the worker, the fewer statements per delivery, and an idle worker records each attempt
+    /// as soon as it ends. A database error stops the claiming; it is returned once the sends
+    /// in flight are recorded.
     async fn drain(&self, stop: &AtomicBool) -> Result<DrainReport> {
         let mut report = DrainReport::default();
         let concurrency = self.settings.worker.concurrency.max(1);
-        // Tasks, not futures polled by this loop: while it waits for a claim, the sends in flight
-        // still make progress (and a send holding the SQLite write turn can release it).
+        // Tasks, not futures polled by this loop: while it waits for a claim or a recording, the
+        // sends in flight still make progress.
         let mut in_flight = tokio::task::JoinSet::new();
         // Set when a claim found nothing: claim again only once the sends in flight are done
         // (their retries may be due by then), not after each of them.
         let mut nothing_due = false;
         let mut failure = None;
+        let mut finished = Vec::new();
         loop {
             let free = concurrency - in_flight.len();
             let refill = in_flight.is_empty() || (!nothing_due && free * 2 >= concurrency);
             if failure.is_none() && refill && !stop.load(Ordering::SeqCst) {
-                let claimed = {
-                    let _turn = self.write_turn().await;
-                    deliveries::claim_due(&self.db, &self.settings, Utc::now(), free as u64).await
-                };
-                match claimed {
-                    Ok(claims) => {
+                match self.claim(free).await {
+                    Ok((claims, keys)) => {
                         nothing_due = claims.is_empty();
-                        let now = Utc::now();
                         for claim in claims {
-                            if claim.attempt == 1 {
-                                let lag = (now - claim.delivery.created_at).to_std();
-                                metrics::histogram!(metric::CLAIM_LAG)
-                                    .record(lag.unwrap_or_default().as_secs_f64());
-                            }
                             let this = self.clone();
-                            in_flight.spawn(async move { this.send_claimed(claim).await });
+                            let keys = Arc::clone(&keys);
+                            in_flight.spawn(async move { this.send_claimed(claim, &keys).await });
                         }
                     }
                     Err(err) => failure = Some(err),
                 }
             }
-            match in_flight.join_next().await {
-                Some(Ok(Ok(recorded))) => report.count(recorded),
-                Some(Ok(Err(err))) => {
+            // Wait for one send, then take every other one that has finished meanwhile.
+            let mut joined = in_flight.join_next().await;
+            if joined.is_none() {
+                break;
+            }
+            while let Some(result) = joined {
+                match result {
+                    Ok(Ok(Sent::Finished(done))) => finished.push(*done),
+                    Ok(Ok(Sent::Released)) => report.count(Recorded::Released),
+                    Ok(Err(err)) => {
+                        failure.get_or_insert(err);
+                    }
+                    // A send that panicked: its claim is left to its lease.
+                    Err(panicked) => {
+                        tracing::error!(%panicked, "delivery worker: a send failed");
+                    }
+                }
+                joined = in_flight.try_join_next();
+            }
+            // Unrecorded attempts whose recording failed are left to their leases (sent again,
+            // with the same `webhook-id`, once the lease runs out).
+            match self.record(&finished).await {
+                Ok(recorded) => recorded.into_iter().for_each(|r| report.count(r)),
+                Err(err) => {
                     failure.get_or_insert(err);
                 }
-                // A send that panicked: its claim is left to its lease.
-                Some(Err(panicked)) => {
-                    tracing::error!(%panicked, "delivery worker: a send failed");
-                }
-                None => break,
             }
+            finished.clear();
         }
         match failure {
             Some(err) => Err(err),
@@ -407,9 +432,35 @@ impl Dispatcher {
         }
     }
 
+    /// Claims up to `limit` due deliveries and reads the signing keys of their agents, in two
+    /// statements for the batch rather than two per delivery. The keys are read at the claim,
+    /// so a send uses the keys that were live then (a rotation or revocation in between takes
+    /// effect from the next claim, within one lease).
+    async fn claim(&self, limit: usize) -> Result<(Vec<Claim>, Arc<AgentKeys>)> {
+        let claims = {
+            let _turn = self.write_turn().await;
+            deliveries::claim_due(&self.db, &self.settings, Utc::now(), limit as u64).await?
+        };
+        let now = Utc::now();
+        for claim in claims.iter().filter(|claim| claim.attempt == 1) {
+            let lag = (now - claim.delivery.created_at).to_std();
+            metrics::histogram!(metric::CLAIM_LAG).record(lag.unwrap_or_default().as_secs_f64());
+        }
+        let agents: Vec<&str> = claims
+            .iter()
+            .map(|c| c.delivery.agent_id.as_str())
+            .collect();
+        let keys = if agents.is_empty() {
+            AgentKeys::new()
+        } else {
+            signing_secrets::live_keys(&self.db, &self.settings, &agents, now).await?
+        };
+        Ok((claims, Arc::new(keys)))
+    }
+
     /// Waits for the delivery's host to have a free slot, then makes the attempt; gives the
     /// claim back unsent when the wait would leave the lease too short for an attempt.
-    async fn send_claimed(&self, claim: Claim) -> Result<Recorded> {
+    async fn send_claimed(&self, claim: Claim, keys: &AgentKeys) -> Result<Sent> {
         let host = host_key(&claim.delivery.webhook_url);
         let budget = (claim.lease_until - Utc::now())
             .to_std()
@@ -425,15 +476,15 @@ impl Dispatcher {
                     .unwrap_or_default();
             let _turn = self.write_turn().await;
             return match deliveries::release(&self.db, &claim, due).await {
-                Ok(()) | Err(Error::StaleClaim { .. }) => Ok(Recorded::Released),
+                Ok(()) | Err(Error::StaleClaim { .. }) => Ok(Sent::Released),
                 Err(err) => Err(err),
             };
         };
         let in_flight = metrics::gauge!(metric::IN_FLIGHT);
         in_flight.increment(1.0);
-        let recorded = self.deliver(&claim).await;
+        let done = self.attempt(claim, keys).await;
         in_flight.decrement(1.0);
-        recorded
+        Ok(Sent::Finished(Box::new(done)))
     }
 
     /// This process's turn to write, on SQLite (see `sqlite_writes`); nothing elsewhere.
@@ -445,73 +496,114 @@ impl Dispatcher {
     }
 
     /// Makes one attempt of a claimed delivery and records it: the outcome on the delivery
-    /// (guarded by the claim) and a row in the attempt log, in one transaction.
+    /// (guarded by the claim) and a row in the attempt log, in one transaction, as the worker
+    /// records its batches.
     pub async fn deliver(&self, claim: &Claim) -> Result<Recorded> {
+        let agent = claim.delivery.agent_id.as_str();
+        let keys =
+            signing_secrets::live_keys(&self.db, &self.settings, &[agent], Utc::now()).await?;
+        let done = self.attempt(claim.clone(), &keys).await;
+        let mut recorded = self.record(std::slice::from_ref(&done)).await?;
+        Ok(recorded.remove(0))
+    }
+
+    /// Records finished attempts: their outcomes (each guarded by its claim) and their rows in
+    /// the attempt log, in one transaction per [`deliveries::MAX_PAGE_SIZE`] attempts, with
+    /// [`deliveries::record_outcomes`] and [`deliveries::record_attempts`]. An attempt whose
+    /// claim was taken over meanwhile is [`Recorded::Stale`]: it stays in the log, its outcome
+    /// is not stored.
+    async fn record(&self, finished: &[FinishedAttempt]) -> Result<Vec<Recorded>> {
+        let mut recorded = Vec::with_capacity(finished.len());
+        for batch in finished.chunks(deliveries::MAX_PAGE_SIZE as usize) {
+            let _turn = self.write_turn().await;
+            let txn = self.db.begin().await?;
+            let outcomes = deliveries::record_outcomes(
+                &txn,
+                &self.settings,
+                batch
+                    .iter()
+                    .map(|done| (&done.claim, &done.outcome, done.record.finished_at)),
+            )
+            .await?;
+            deliveries::record_attempts(
+                &txn,
+                batch
+                    .iter()
+                    .map(|done| (done.claim.delivery.id.as_str(), &done.record)),
+            )
+            .await?;
+            txn.commit().await?;
+            for (outcome, done) in outcomes.into_iter().zip(batch) {
+                recorded.push(match outcome {
+                    Ok(decision) => {
+                        count_outcome(&decision, done.record.error_class);
+                        Recorded::Decided(decision)
+                    }
+                    Err(Error::StaleClaim { .. }) => {
+                        tracing::warn!(delivery = %done.claim.delivery.id, attempt = done.claim.attempt, "stale claim: outcome not stored");
+                        Recorded::Stale
+                    }
+                    Err(err) => return Err(err),
+                });
+            }
+        }
+        Ok(recorded)
+    }
+
+    /// Signs and sends one claimed delivery with its agent's keys from `keys`.
+    async fn attempt(&self, claim: Claim, keys: &AgentKeys) -> FinishedAttempt {
         let started_at = Utc::now();
         let clock = Instant::now();
-        let attempt = self.attempt(claim, started_at).await?;
-        let finished_at = Utc::now();
+        let attempt = self.send(&claim, keys, started_at).await;
+        let took = clock.elapsed();
+        metrics::histogram!(metric::ATTEMPT_DURATION).record(took.as_secs_f64());
         let record = AttemptRecord {
             attempt: claim.attempt,
             started_at,
-            finished_at,
+            finished_at: Utc::now(),
             status_code: attempt.status.map(i32::from),
             error_class: attempt.class,
             message: attempt.message,
             response_body_prefix: attempt.body_prefix,
             remote_addr: attempt.remote_addr.map(|addr| addr.to_string()),
         };
-        let delivery = &claim.delivery;
-        let took = clock.elapsed();
-        metrics::histogram!(metric::ATTEMPT_DURATION).record(took.as_secs_f64());
         tracing::info!(
-            delivery = %delivery.id,
-            agent = %delivery.agent_id,
+            delivery = %claim.delivery.id,
+            agent = %claim.delivery.agent_id,
             attempt = claim.attempt,
             status = ?attempt.status,
             class = record.error_class.map(ErrorClass::as_str),
             duration_ms = took.as_millis() as u64,
             "delivery attempt",
         );
-        let _turn = self.write_turn().await;
-        let txn = self.db.begin().await?;
-        match deliveries::record_outcome(&txn, &self.settings, claim, &attempt.outcome, finished_at)
-            .await
-        {
-            Ok(decision) => {
-                deliveries::record_attempt(&txn, &delivery.id, &record).await?;
-                txn.commit().await?;
-                count_outcome(&decision, record.error_class);
-                Ok(Recorded::Decided(decision))
-            }
-            Err(Error::StaleClaim { .. }) => {
-                txn.rollback().await?;
-                // The attempt happened all the same: keep it in the log.
-                deliveries::record_attempt(&self.db, &delivery.id, &record).await?;
-                tracing::warn!(delivery = %delivery.id, attempt = claim.attempt, "stale claim: outcome not stored");
-                Ok(Recorded::Stale)
-            }
-            Err(err) => Err(err),
+        FinishedAttempt {
+            claim,
+            outcome: attempt.outcome,
+            record,
         }
     }
 
-    /// Signs and sends; fails only on database errors (left to the lease).
-    async fn attempt(&self, claim: &Claim, now: DateTime<Utc>) -> Result<Attempt> {
+    /// Signs and sends; every failure becomes the attempt's outcome.
+    async fn send(&self, claim: &Claim, keys: &AgentKeys, now: DateTime<Utc>) -> Attempt {
         let Some(payload) = claim.payload.clone() else {
-            return Ok(Attempt::refused(
+            return Attempt::refused(
                 ErrorClass::NotSendable,
                 "no payload stored (enqueued before payloads were kept)".to_owned(),
-            ));
+            );
         };
-        let request =
-            match sender::prepare_request(&self.db, &self.settings, claim, payload, now).await {
-                Ok(request) => request,
-                Err(Error::Url(err)) => {
-                    return Ok(Attempt::refused(ErrorClass::SsrfBlocked, err.to_string()));
-                }
-                Err(err @ Error::Db(_)) => return Err(err),
-                Err(err) => return Ok(Attempt::refused(ErrorClass::NotSendable, err.to_string())),
-            };
+        let url = match self.settings.url_policy.check(&claim.delivery.webhook_url) {
+            Ok(url) => url,
+            Err(err) => return Attempt::refused(ErrorClass::SsrfBlocked, err.to_string()),
+        };
+        let signed = match keys.get(&claim.delivery.agent_id) {
+            Some(Ok(keys)) => sender::sign_request(url, claim, keys, payload, now),
+            Some(Err(err)) => return Attempt::refused(ErrorClass::NotSendable, err.to_string()),
+            None => Err(Error::AgentNotFound(claim.delivery.agent_id.clone())),
+        };
+        let request = match signed {
+            Ok(request) => request,
+            Err(err) => return Attempt::refused(ErrorClass::NotSendable, err.to_string()),
+        };
         let mut builder = self
             .http
             .post(request.url)
@@ -520,8 +612,8 @@ impl Dispatcher {
             builder = builder.header(name, value);
         }
         match builder.body(request.body).send().await {
-            Ok(response) => Ok(self.read_response(response).await),
-            Err(err) => Ok(Attempt::failed(&err)),
+            Ok(response) => self.read_response(response).await,
+            Err(err) => Attempt::failed(&err),
         }
     }
 
@@ -601,6 +693,27 @@ impl Dispatcher {
             remote_addr,
         }
     }
+}
+
+/// The signing keys of a claimed batch's agents, by agent id (see [`Dispatcher::claim`]).
+type AgentKeys = HashMap<String, Result<LiveKeys>>;
+
+/// One attempt that has its outcome and waits to be recorded ([`Dispatcher::record`]).
+struct FinishedAttempt {
+    /// The claim the attempt was made under (its guard).
+    claim: Claim,
+    /// What the attempt came to, for the retry decision.
+    outcome: AttemptOutcome,
+    /// Its row in the attempt log.
+    record: AttemptRecord,
+}
+
+/// What a send task came to.
+enum Sent {
+    /// An attempt was made; it waits to be recorded.
+    Finished(Box<FinishedAttempt>),
+    /// Nothing was sent: the delivery's host stayed busy, and the claim was given back.
+    Released,
 }
 
 /// What recording an attempt came to.

@@ -26,7 +26,7 @@ use crate::deliveries::Claim;
 use crate::error::{Error, Result};
 use crate::settings::WebhookSettings;
 use crate::signing::{self, SignedHeaders};
-use crate::signing_secrets;
+use crate::signing_secrets::{self, LiveKeys};
 use crate::webhook_secret::WebhookSecret;
 
 /// An HTTP request ready to send: POST `body` to `url` with `headers` and
@@ -50,9 +50,25 @@ pub async fn prepare_request<C: ConnectionTrait>(
     body: Vec<u8>,
     now: DateTime<Utc>,
 ) -> Result<OutgoingRequest> {
+    let agent_id = claim.delivery.agent_id.as_str();
+    let url = settings.url_policy.check(&claim.delivery.webhook_url)?;
+    let keys = signing_secrets::live_keys(db, settings, &[agent_id], now)
+        .await?
+        .remove(agent_id)
+        .unwrap_or_else(|| Err(Error::AgentNotFound(agent_id.to_owned())))?;
+    sign_request(url, claim, &keys, body, now)
+}
+
+/// [`prepare_request`] for a checked `url` and keys already read (the worker reads the keys of
+/// a claimed batch at once, [`signing_secrets::live_keys`]).
+pub(crate) fn sign_request(
+    url: url::Url,
+    claim: &Claim,
+    keys: &LiveKeys,
+    body: Vec<u8>,
+    now: DateTime<Utc>,
+) -> Result<OutgoingRequest> {
     let delivery = &claim.delivery;
-    let url = settings.url_policy.check(&delivery.webhook_url)?;
-    let keys = signing_secrets::live_keys(db, settings, &delivery.agent_id, now).await?;
     if keys.secrets.is_empty() && keys.ed25519.is_none() {
         return Err(Error::NoSecret(delivery.agent_id.clone()));
     }

@@ -46,6 +46,7 @@
 //! read, so two concurrent rotations cannot both keep a "previous" secret that was never
 //! delivered: the second fails with [`Error::SecretChanged`].
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -62,7 +63,7 @@ use crate::error::{Error, Result};
 use crate::secret_box::KeyRing;
 use crate::settings::{SIGNING_GRACE_SECS, WebhookSettings};
 use crate::signing;
-use crate::webhook::{find_agent, open_secret, seal_text};
+use crate::webhook::{AgentWebhook, find_agent, open_secret, seal_text};
 use crate::webhook_secret::WebhookSecret;
 
 /// How many previous secrets an agent keeps at most (as svix-server), so that repeated
@@ -263,7 +264,8 @@ pub async fn signing_keys<C: ConnectionTrait>(
             public_key: None,
         });
     }
-    for row in live_previous(db, agent_id, now).await? {
+    let previous = live_previous(db, &[agent_id], now).await?;
+    for row in previous.into_values().flatten() {
         keys.push(SigningKeyView {
             key_id: row.key_id,
             algorithm: SigningAlgorithm::HmacSha256,
@@ -315,18 +317,55 @@ pub async fn prune_expired<C: ConnectionTrait>(db: &C, now: DateTime<Utc>) -> Re
         .rows_affected)
 }
 
-/// What the sender signs an agent's delivery with at `now`.
+/// What the sender signs each of `agent_ids`' deliveries with at `now`, by agent id, in two
+/// statements whatever the number of agents (the agents' rows, then their live previous
+/// secrets), so a worker reads the keys of a claimed batch once. An agent that does not exist
+/// or is soft-deleted maps to [`Error::AgentNotFound`], one whose keys do not open to that
+/// error: neither stops the others.
 pub(crate) async fn live_keys<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
-    agent_id: &str,
+    agent_ids: &[&str],
     now: DateTime<Utc>,
+) -> Result<HashMap<String, Result<LiveKeys>>> {
+    let mut agent_ids = agent_ids.to_vec();
+    agent_ids.sort_unstable();
+    agent_ids.dedup();
+    let agents = crate::webhook::agents_by_id(db, &agent_ids).await?;
+    let live = |id: &str| {
+        agents
+            .get(id)
+            .filter(|agent| agent.is_deleted != Some(true))
+    };
+    let with_primary: Vec<&str> = agent_ids
+        .iter()
+        .copied()
+        .filter(|id| live(id).is_some_and(|agent| agent.webhook_secret.is_some()))
+        .collect();
+    let mut previous = live_previous(db, &with_primary, now).await?;
+    Ok(agent_ids
+        .iter()
+        .map(|&id| {
+            let keys = match live(id) {
+                Some(agent) => open_live_keys(settings, agent, previous.remove(id)),
+                None => Err(Error::AgentNotFound(id.to_owned())),
+            };
+            (id.to_owned(), keys)
+        })
+        .collect())
+}
+
+/// Opens the agent's primary secret, its live `previous` secrets and its Ed25519 key.
+fn open_live_keys(
+    settings: &WebhookSettings,
+    agent: &AgentWebhook,
+    previous: Option<Vec<previous::Model>>,
 ) -> Result<LiveKeys> {
-    let agent = find_agent(db, agent_id).await?;
+    let agent_id = agent.id.as_str();
     let mut secrets = Vec::new();
-    if let Some(primary) = open_secret(settings.keys.as_ref(), &agent)? {
+    if let Some(primary) = open_secret(settings.keys.as_ref(), agent)? {
         secrets.push(primary);
-        let rows = live_previous(db, agent_id, now).await?;
+        let rows = previous.unwrap_or_default();
         if !rows.is_empty() {
             let keys = settings.keys.as_ref().ok_or(Error::NoEncryptionKey)?;
             for row in rows {
@@ -366,21 +405,31 @@ pub fn open_previous(keys: &KeyRing, agent_id: &str, sealed: &str) -> Result<Web
     WebhookSecret::parse(plain).map_err(Error::SecretFormat)
 }
 
-/// The agent's previous secrets that have not expired at `now`, newest first.
+/// The previous secrets of `agent_ids` that have not expired at `now`, by agent, newest first,
+/// at most [`MAX_PREVIOUS_SECRETS`] each; agents without any are absent.
 async fn live_previous<C: ConnectionTrait>(
     db: &C,
-    agent_id: &str,
+    agent_ids: &[&str],
     now: DateTime<Utc>,
-) -> Result<Vec<previous::Model>> {
+) -> Result<HashMap<String, Vec<previous::Model>>> {
     let backend = db.get_database_backend();
-    Ok(previous::Entity::find()
-        .filter(previous::Column::AgentId.eq(agent_id))
-        .filter(previous::Column::ExpiresAt.gt(stamp(backend, now)))
-        .order_by_desc(previous::Column::ExpiresAt)
-        .order_by_desc(previous::Column::Id)
-        .limit(MAX_PREVIOUS_SECRETS as u64)
-        .all(db)
-        .await?)
+    let mut by_agent: HashMap<String, Vec<previous::Model>> = HashMap::new();
+    for chunk in agent_ids.chunks(crate::deliveries::MAX_PAGE_SIZE as usize) {
+        let rows = previous::Entity::find()
+            .filter(previous::Column::AgentId.is_in(chunk.iter().copied()))
+            .filter(previous::Column::ExpiresAt.gt(stamp(backend, now)))
+            .order_by_desc(previous::Column::ExpiresAt)
+            .order_by_desc(previous::Column::Id)
+            .all(db)
+            .await?;
+        for row in rows {
+            let rows = by_agent.entry(row.agent_id.clone()).or_default();
+            if rows.len() < MAX_PREVIOUS_SECRETS {
+                rows.push(row);
+            }
+        }
+    }
+    Ok(by_agent)
 }
 
 /// Deletes the agent's expired previous secrets and all but the [`MAX_PREVIOUS_SECRETS`] that

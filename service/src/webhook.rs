@@ -633,6 +633,30 @@ fn parse_host_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
 }
 
 /// The live (not soft-deleted) agent with this id.
+/// The webhook columns of the agents among `ids` that exist, soft-deleted or not, by id: one
+/// `SELECT` per [`MAX_PAGE_SIZE`](crate::deliveries::MAX_PAGE_SIZE) ids, for the batched paths
+/// (fan-out enqueue, the worker's signing keys) that would otherwise read one agent at a time.
+pub(crate) async fn agents_by_id<C: ConnectionTrait>(
+    db: &C,
+    ids: &[&str],
+) -> Result<std::collections::HashMap<String, AgentWebhook>> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut found = std::collections::HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(crate::deliveries::MAX_PAGE_SIZE as usize) {
+        for agent in agents::Entity::find()
+            .filter(agents::Column::Id.is_in(chunk.iter().copied()))
+            .into_partial_model::<AgentWebhook>()
+            .all(db)
+            .await?
+        {
+            found.insert(agent.id.clone(), agent);
+        }
+    }
+    Ok(found)
+}
+
 pub(crate) async fn find_agent<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<AgentWebhook> {
     agents::Entity::find_by_id(agent_id)
         .filter(

@@ -113,20 +113,8 @@ pub async fn enqueue_many<C: ConnectionTrait>(
         .iter()
         .map(|item| checked_event(settings, item.event_id, item.event_type, item.payload))
         .collect::<Result<Vec<_>>>()?;
-    let mut agent_ids: Vec<&str> = items.iter().map(|item| item.agent_id).collect();
-    agent_ids.sort_unstable();
-    agent_ids.dedup();
-    let mut agents_by_id = HashMap::with_capacity(agent_ids.len());
-    for chunk in agent_ids.chunks(INSERT_ROWS) {
-        for agent in agents::Entity::find()
-            .filter(agents::Column::Id.is_in(chunk.iter().copied()))
-            .into_partial_model::<AgentWebhook>()
-            .all(db)
-            .await?
-        {
-            agents_by_id.insert(agent.id.clone(), agent);
-        }
-    }
+    let agent_ids: Vec<&str> = items.iter().map(|item| item.agent_id).collect();
+    let agents_by_id = crate::webhook::agents_by_id(db, &agent_ids).await?;
 
     let mut results: Vec<Option<Enqueued>> = Vec::with_capacity(items.len());
     let mut rows = Vec::new();
@@ -411,42 +399,45 @@ fn index_models(models: Vec<wd::Model>) -> HashMap<(String, String), wd::Model> 
 /// the rules of [`record_outcome`] per row: each outcome applies only while its claim is
 /// current (same attempt, no result yet), and its result (in order) is the [`Decision`] or
 /// [`Error::StaleClaim`]. A claim repeated within `outcomes` is stale after its first entry.
+/// Each outcome comes with the instant it was had, as `now` of [`record_outcome`]: its retry
+/// is scheduled from there (a `Retry-After` counts from the answer, not from the recording)
+/// and a delivered one is stamped delivered then.
 ///
 /// PostgreSQL and SQLite run one `UPDATE … SET col = CASE id WHEN … END … WHERE id IN (…) AND
 /// attempt_count = CASE id WHEN … END AND <no result yet> RETURNING id`; MySQL/MariaDB, which
 /// have no `UPDATE … RETURNING`, lock the current rows with a `SELECT … FOR UPDATE` first, in a
 /// transaction. Endpoint health then costs one read of the batch's agents, and a write only for
 /// an agent whose health changes: per agent, the outcomes of the batch count in their order in
-/// `outcomes` (the last one decides; a success followed by failures restarts the failure run
-/// at `now`).
+/// `outcomes` (the last one decides; a success followed by failures restarts the failure run),
+/// judged at the latest instant of the batch.
 ///
 /// Up to [`MAX_PAGE_SIZE`] outcomes per call ([`Error::InvalidLimit`] beyond).
 pub async fn record_outcomes<'a, C, I>(
     db: &C,
     settings: &WebhookSettings,
     outcomes: I,
-    now: DateTime<Utc>,
 ) -> Result<Vec<Result<Decision>>>
 where
     C: ConnectionTrait + TransactionTrait,
-    I: IntoIterator<Item = (&'a Claim, &'a AttemptOutcome)>,
+    I: IntoIterator<Item = (&'a Claim, &'a AttemptOutcome, DateTime<Utc>)>,
 {
-    let outcomes: Vec<(&Claim, &AttemptOutcome)> = outcomes.into_iter().collect();
-    if outcomes.is_empty() {
+    let timed: Vec<(&Claim, &AttemptOutcome, DateTime<Utc>)> = outcomes.into_iter().collect();
+    let Some(now) = timed.iter().map(|(_, _, at)| *at).max() else {
         return Ok(Vec::new());
-    }
+    };
+    let outcomes: Vec<(&Claim, &AttemptOutcome)> = timed.iter().map(|(c, o, _)| (*c, *o)).collect();
     check_limit(outcomes.len() as u64)?;
     let backend = db.get_database_backend();
     // Decided before the first await: the thread-local generator is not `Send`.
     let decisions: Vec<Decision> = {
         let mut rng = rand::rng();
-        outcomes
+        timed
             .iter()
-            .map(|(claim, outcome)| {
+            .map(|(claim, outcome, at)| {
                 let attempts = u32::try_from(claim.attempt).unwrap_or(0);
                 settings
                     .retry
-                    .next_attempt(attempts, outcome, now, &mut rng)
+                    .next_attempt(attempts, outcome, *at, &mut rng)
             })
             .collect()
     };
@@ -485,7 +476,7 @@ where
             _ => Some(error_text(outcomes[i].1)).into(),
         }),
         case(wd::Column::DeliveredAt, &|i| match decisions[i] {
-            Decision::Delivered => stamp(backend, now),
+            Decision::Delivered => stamp(backend, timed[i].2),
             _ => no_stamp(),
         }),
         case(wd::Column::NextRetryAt, &|i| match decisions[i] {

@@ -263,6 +263,19 @@ async fn enqueue_and_claim(
     claims
 }
 
+/// `record_outcomes` with every outcome had at `at`.
+async fn record_at(
+    t: &TestDb,
+    s: &WebhookSettings,
+    outcomes: &[(&Claim, &AttemptOutcome)],
+    at: DateTime<Utc>,
+) -> Vec<Result<Decision, Error>> {
+    let timed = outcomes
+        .iter()
+        .map(|(claim, outcome)| (*claim, *outcome, at));
+    deliveries::record_outcomes(&t.db, s, timed).await.unwrap()
+}
+
 async fn record_outcomes_is_guarded_per_row(backend: Backend) {
     let t = TestDb::migrated(backend).await;
     let s = settings();
@@ -275,9 +288,7 @@ async fn record_outcomes_is_guarded_per_row(backend: Backend) {
         (&claims[0], &fail),
         (&claims[2], &ok),
     ];
-    let results = deliveries::record_outcomes(&t.db, &s, outcomes, t0())
-        .await
-        .unwrap();
+    let results = record_at(&t, &s, &outcomes, t0()).await;
     assert!(
         matches!(results[0], Ok(Decision::Delivered)),
         "{:?}",
@@ -304,9 +315,7 @@ async fn record_outcomes_is_guarded_per_row(backend: Backend) {
     assert_eq!(retried.error_message.as_deref(), Some("HTTP 500"));
     assert_eq!(retried.next_retry_at, Some(t0() + TimeDelta::hours(1)));
     // Reported already: every row is stale now, and nothing changes.
-    let again = deliveries::record_outcomes(&t.db, &s, [(&claims[1], &ok)], t0())
-        .await
-        .unwrap();
+    let again = record_at(&t, &s, &[(&claims[1], &ok)], t0()).await;
     assert!(matches!(again[0], Err(Error::StaleClaim { .. })));
     assert_eq!(state(1).await, retried);
     // Its next attempt is current again.
@@ -315,14 +324,9 @@ async fn record_outcomes_is_guarded_per_row(backend: Backend) {
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].attempt, 2);
     // The first attempt's late report does not touch the second attempt's lease.
-    let late = deliveries::record_outcomes(&t.db, &s, [(&claims[1], &ok)], later)
-        .await
-        .unwrap();
+    let late = record_at(&t, &s, &[(&claims[1], &ok)], later).await;
     assert!(matches!(late[0], Err(Error::StaleClaim { attempt: 1, .. })));
-    let results =
-        deliveries::record_outcomes(&t.db, &s, [(&next[0], &ok), (&claims[1], &ok)], later)
-            .await
-            .unwrap();
+    let results = record_at(&t, &s, &[(&next[0], &ok), (&claims[1], &ok)], later).await;
     assert!(matches!(results[0], Ok(Decision::Delivered)));
     assert!(matches!(
         results[1],
@@ -351,24 +355,18 @@ async fn record_outcomes_keeps_endpoint_health_per_agent(backend: Backend) {
     };
     // Failures only: the run starts at the first.
     let c1 = enqueue_and_claim(&t, &s, "a1", 2, t0()).await;
-    let results = deliveries::record_outcomes(&t.db, &s, [(&c1[0], &fail), (&c1[1], &fail)], t0())
-        .await
-        .unwrap();
+    let results = record_at(&t, &s, &[(&c1[0], &fail), (&c1[1], &fail)], t0()).await;
     assert!(results.iter().all(Result::is_ok));
     assert_eq!(view("a1").await.failing_since, Some(t0()));
     assert_eq!(view("a2").await.failing_since, None);
     let c2 = enqueue_and_claim(&t, &s, "a2", 1, t0()).await;
-    deliveries::record_outcomes(&t.db, &s, [(&c2[0], &fail)], t0())
-        .await
-        .unwrap();
+    record_at(&t, &s, &[(&c2[0], &fail)], t0()).await;
     assert_eq!(view("a2").await.failing_since, Some(t0()));
 
     // A failure after a success within the batch restarts the run at now.
     let t1 = t0() + TimeDelta::days(1);
     let c3 = enqueue_and_claim(&t, &s, "a2", 2, t1).await;
-    deliveries::record_outcomes(&t.db, &s, [(&c3[0], &ok), (&c3[1], &fail)], t1)
-        .await
-        .unwrap();
+    record_at(&t, &s, &[(&c3[0], &ok), (&c3[1], &fail)], t1).await;
     assert_eq!(view("a2").await.failing_since, Some(t1));
     assert_eq!(
         view("a1").await.failing_since,
@@ -379,9 +377,7 @@ async fn record_outcomes_keeps_endpoint_health_per_agent(backend: Backend) {
     // a1 fails on past the disable period: disabled, once, with a reason.
     let t6 = t0() + TimeDelta::days(6);
     let c4 = enqueue_and_claim(&t, &s, "a1", 1, t6).await;
-    deliveries::record_outcomes(&t.db, &s, [(&c4[0], &fail)], t6)
-        .await
-        .unwrap();
+    record_at(&t, &s, &[(&c4[0], &fail)], t6).await;
     let a1 = view("a1").await;
     assert!(!a1.webhook_enabled);
     assert_eq!(a1.disabled_at, Some(t6));
@@ -390,9 +386,7 @@ async fn record_outcomes_keeps_endpoint_health_per_agent(backend: Backend) {
     // A success last ends a2's run.
     let t7 = t0() + TimeDelta::days(7);
     let c5 = enqueue_and_claim(&t, &s, "a2", 2, t7).await;
-    deliveries::record_outcomes(&t.db, &s, [(&c5[0], &fail), (&c5[1], &ok)], t7)
-        .await
-        .unwrap();
+    record_at(&t, &s, &[(&c5[0], &fail), (&c5[1], &ok)], t7).await;
     let a2 = view("a2").await;
     assert_eq!(a2.failing_since, None);
     assert!(a2.webhook_enabled);

@@ -16,6 +16,7 @@ use agent_webhooks::retry::RetryPolicy;
 use agent_webhooks::secret_box::KeyRing;
 use agent_webhooks::settings::{WebhookSettings, WorkerSettings};
 use agent_webhooks::signing::{self, ReceivedHeaders};
+use agent_webhooks::signing_secrets;
 use agent_webhooks::url_policy::{Resolver, UrlPolicy};
 use agent_webhooks::webhook::{self, WebhookConfig};
 use agent_webhooks::webhook_secret::WebhookSecret;
@@ -23,7 +24,9 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{TimeDelta, Utc};
+use entity::agents;
 use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use secrecy::SecretString;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -738,7 +741,127 @@ async fn busy_host_claims_are_released_unsent(backend: Backend) {
     }
 }
 
+/// One drain claims the deliveries of several agents in one batch and records them in one
+/// transaction: each request is signed with its own agent's keys and no other's (the keys are
+/// read per batch), a soft-deleted agent's delivery is not sent, and every attempt is in the
+/// log exactly once.
+async fn a_batch_of_agents_is_signed_per_agent_and_recorded_once(backend: Backend) {
+    let (receiver, addr) = Receiver::start([]).await;
+    let mut settings = settings();
+    settings.worker.concurrency = 16;
+    settings.worker.per_host = 16;
+    let s = setup(backend, &format!("http://{addr}/agent-1"), settings).await;
+    let mut secrets = vec![("agent-1".to_owned(), s.secret.clone())];
+    for n in 2..=4 {
+        let agent = format!("agent-{n}");
+        seed_agent(&s.t, &agent, &[]).await;
+        let secret = WebhookSecret::generate().unwrap();
+        let config = WebhookConfig {
+            webhook_url: format!("http://{addr}/{agent}"),
+            webhook_secret: Some(SecretString::from(secret.expose().to_owned())),
+            webhook_events: vec![],
+            webhook_enabled: true,
+        };
+        webhook::configure(&s.t.db, &s.settings, &agent, &config)
+            .await
+            .unwrap();
+        secrets.push((agent, secret));
+    }
+    // agent-3 signs with a new secret and, during its grace period, the old one too.
+    let rotated =
+        signing_secrets::rotate_signing_secret(&s.t.db, &s.settings, "agent-3", None, Utc::now())
+            .await
+            .unwrap();
+    let old_3 = std::mem::replace(&mut secrets[2].1, rotated.secret);
+    for (agent, _) in &secrets {
+        for i in 2..=4 {
+            deliveries::enqueue(
+                &s.t.db,
+                &s.settings,
+                agent,
+                &format!("evt_{i}"),
+                "run.completed",
+                &payload(),
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    // agent-4 is soft-deleted after its events were enqueued.
+    agents::Entity::update_many()
+        .col_expr(
+            agents::Column::IsDeleted,
+            sea_orm::sea_query::Expr::value(true),
+        )
+        .filter(agents::Column::Id.eq("agent-4"))
+        .exec(&s.t.db)
+        .await
+        .unwrap();
+
+    let report = s.run_once().await;
+    assert_eq!(
+        (
+            report.attempts,
+            report.delivered,
+            report.retrying,
+            report.stale
+        ),
+        (13, 10, 3, 0),
+        "{report:?}"
+    );
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 10, "agent-4 was not sent to");
+    let verifies = |secret: &WebhookSecret, seen: &Seen| {
+        signing::verify(
+            &[secret],
+            ReceivedHeaders {
+                id: seen.header("webhook-id"),
+                timestamp: seen.header("webhook-timestamp"),
+                signature: seen.header("webhook-signature"),
+            },
+            &seen.body,
+            Utc::now().timestamp(),
+            signing::DEFAULT_TOLERANCE,
+        )
+        .is_ok()
+    };
+    for request in &seen {
+        let agent = request.path.trim_start_matches('/');
+        for (other, secret) in &secrets {
+            assert_eq!(
+                verifies(secret, request),
+                other == agent,
+                "{agent} checked with {other}'s secret"
+            );
+        }
+        assert_eq!(verifies(&old_3, request), agent == "agent-3", "{agent}");
+    }
+    // Every delivery has exactly one attempt row; agent-4's say why nothing was sent.
+    for (agent, _) in &secrets {
+        let page = deliveries::history(&s.t.db, agent, &Default::default(), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            page.items.len(),
+            if agent == "agent-1" { 4 } else { 3 },
+            "{agent}"
+        );
+        for delivery in &page.items {
+            let attempts = deliveries::attempts(&s.t.db, &delivery.id).await.unwrap();
+            assert_eq!(attempts.len(), 1, "{agent} {}", delivery.event_id);
+            let (status, class) = (attempts[0].status_code, attempts[0].error_class);
+            if agent == "agent-4" {
+                assert_eq!((status, class), (None, Some(ErrorClass::NotSendable)));
+            } else {
+                assert_eq!((status, class), (Some(200), None), "{agent}");
+            }
+        }
+    }
+}
+
 backend_tests!(
+    a_batch_of_agents_is_signed_per_agent_and_recorded_once,
     busy_host_claims_are_released_unsent,
     per_host_limit_bounds_one_host_while_another_proceeds,
     shutdown_waits_for_the_send_in_flight,

@@ -1113,8 +1113,7 @@ async fn claim_and_record(db: DatabaseConnection, batched: bool) -> usize {
             let results = deliveries::record_outcomes(
                 &db,
                 &settings,
-                claims.iter().map(|c| (c, &success)),
-                now,
+                claims.iter().map(|c| (c, &success, now)),
             )
             .await
             .expect("record_outcomes");
