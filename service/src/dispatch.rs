@@ -23,9 +23,10 @@
 //! the batch's agents and one of their live previous secrets (the signing keys, opened once
 //! per agent and batch). Finished attempts are recorded together in one transaction:
 //! [`deliveries::record_outcomes`] (one guarded `UPDATE`, one read of the agents' health) and
-//! [`deliveries::record_attempts`] (one `INSERT`). What counts as a batch is whatever has
-//! finished when the drain loop looks, so a busy worker records many attempts per transaction
-//! and an idle one records each as soon as it ends. A worker killed between a send and its
+//! [`deliveries::record_attempts`] (one `INSERT`). One recording runs at a time, beside the
+//! sends and the next claim (on another pooled connection); what finishes meanwhile is the
+//! next batch, so a busy worker records many attempts per transaction and an idle one records
+//! each as soon as it ends. A worker killed between a send and its
 //! recording leaves the claim to its lease: the delivery is sent again, with the same
 //! `webhook-id`, and the receiver can drop the duplicate.
 //!
@@ -365,25 +366,32 @@ impl Dispatcher {
     }
 
     /// Keeps up to `concurrency` claims in flight until nothing is due (or `stop` is set), then
-    /// waits for the sends in flight. Attempts are recorded in batches: whatever has finished
-    /// by the time the loop looks is recorded at once ([`Dispatcher::record`]), so the busier
-    /// the worker, the fewer statements per delivery, and an idle worker records each attempt
-    /// as soon as it ends. A database error stops the claiming; it is returned once the sends
-    /// in flight are recorded.
+    /// waits for the sends in flight. Attempts are recorded in batches by one recording task at
+    /// a time, alongside the sends and the next claim: whatever has finished when the previous
+    /// recording ends is the next batch ([`Dispatcher::record`]), so the busier the worker, the
+    /// fewer statements per delivery, and an idle worker records each attempt as soon as it
+    /// ends. A database error stops the claiming; it is returned once the sends in flight are
+    /// recorded.
     async fn drain(&self, stop: &AtomicBool) -> Result<DrainReport> {
         let mut report = DrainReport::default();
         let concurrency = self.settings.worker.concurrency.max(1);
-        // Tasks, not futures polled by this loop: while it waits for a claim or a recording, the
-        // sends in flight still make progress.
-        let mut in_flight = tokio::task::JoinSet::new();
+        // Tasks, not futures polled by this loop: while it waits for a claim, the sends in
+        // flight and the recording still make progress. The recording is one of them.
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut recording: Option<tokio::task::Id> = None;
         // Set when a claim found nothing: claim again only once the sends in flight are done
-        // (their retries may be due by then), not after each of them.
+        // and recorded (their retries may be due by then), not after each of them.
         let mut nothing_due = false;
         let mut failure = None;
         let mut finished = Vec::new();
         loop {
-            let free = concurrency - in_flight.len();
-            let refill = in_flight.is_empty() || (!nothing_due && free * 2 >= concurrency);
+            let sends = tasks.len() - usize::from(recording.is_some());
+            let free = concurrency - sends;
+            let refill = if sends == 0 {
+                !(nothing_due && recording.is_some())
+            } else {
+                !nothing_due && free * 2 >= concurrency
+            };
             if failure.is_none() && refill && !stop.load(Ordering::SeqCst) {
                 match self.claim(free).await {
                     Ok((claims, keys)) => {
@@ -391,40 +399,50 @@ impl Dispatcher {
                         for claim in claims {
                             let this = self.clone();
                             let keys = Arc::clone(&keys);
-                            in_flight.spawn(async move { this.send_claimed(claim, &keys).await });
+                            tasks.spawn(async move { this.send_claimed(claim, &keys).await });
                         }
                     }
                     Err(err) => failure = Some(err),
                 }
             }
-            // Wait for one send, then take every other one that has finished meanwhile.
-            let mut joined = in_flight.join_next().await;
+            // Wait for one task, then take every other one that has finished meanwhile.
+            let mut joined = tasks.join_next_with_id().await;
             if joined.is_none() {
                 break;
             }
             while let Some(result) = joined {
                 match result {
-                    Ok(Ok(Sent::Finished(done))) => finished.push(*done),
-                    Ok(Ok(Sent::Released)) => report.count(Recorded::Released),
-                    Ok(Err(err)) => {
+                    Ok((_, Ok(Step::Sent(done)))) => finished.push(*done),
+                    Ok((_, Ok(Step::Released))) => report.count(Recorded::Released),
+                    Ok((_, Ok(Step::Recorded(recorded)))) => {
+                        recording = None;
+                        recorded.into_iter().for_each(|r| report.count(r));
+                    }
+                    Ok((id, Err(err))) => {
+                        if recording == Some(id) {
+                            // Those attempts are left to their leases: sent again, with the
+                            // same `webhook-id`, once the lease runs out.
+                            recording = None;
+                        }
                         failure.get_or_insert(err);
                     }
-                    // A send that panicked: its claim is left to its lease.
+                    // A task that panicked: its claims are left to their leases.
                     Err(panicked) => {
-                        tracing::error!(%panicked, "delivery worker: a send failed");
+                        if recording == Some(panicked.id()) {
+                            recording = None;
+                        }
+                        tracing::error!(%panicked, "delivery worker: a task failed");
                     }
                 }
-                joined = in_flight.try_join_next();
+                joined = tasks.try_join_next_with_id();
             }
-            // Unrecorded attempts whose recording failed are left to their leases (sent again,
-            // with the same `webhook-id`, once the lease runs out).
-            match self.record(&finished).await {
-                Ok(recorded) => recorded.into_iter().for_each(|r| report.count(r)),
-                Err(err) => {
-                    failure.get_or_insert(err);
-                }
+            if recording.is_none() && !finished.is_empty() {
+                let this = self.clone();
+                let batch = std::mem::take(&mut finished);
+                let task =
+                    tasks.spawn(async move { this.record(&batch).await.map(Step::Recorded) });
+                recording = Some(task.id());
             }
-            finished.clear();
         }
         match failure {
             Some(err) => Err(err),
@@ -460,7 +478,7 @@ impl Dispatcher {
 
     /// Waits for the delivery's host to have a free slot, then makes the attempt; gives the
     /// claim back unsent when the wait would leave the lease too short for an attempt.
-    async fn send_claimed(&self, claim: Claim, keys: &AgentKeys) -> Result<Sent> {
+    async fn send_claimed(&self, claim: Claim, keys: &AgentKeys) -> Result<Step> {
         let host = host_key(&claim.delivery.webhook_url);
         let budget = (claim.lease_until - Utc::now())
             .to_std()
@@ -476,7 +494,7 @@ impl Dispatcher {
                     .unwrap_or_default();
             let _turn = self.write_turn().await;
             return match deliveries::release(&self.db, &claim, due).await {
-                Ok(()) | Err(Error::StaleClaim { .. }) => Ok(Sent::Released),
+                Ok(()) | Err(Error::StaleClaim { .. }) => Ok(Step::Released),
                 Err(err) => Err(err),
             };
         };
@@ -484,7 +502,7 @@ impl Dispatcher {
         in_flight.increment(1.0);
         let done = self.attempt(claim, keys).await;
         in_flight.decrement(1.0);
-        Ok(Sent::Finished(Box::new(done)))
+        Ok(Step::Sent(Box::new(done)))
     }
 
     /// This process's turn to write, on SQLite (see `sqlite_writes`); nothing elsewhere.
@@ -708,12 +726,14 @@ struct FinishedAttempt {
     record: AttemptRecord,
 }
 
-/// What a send task came to.
-enum Sent {
+/// What one of a drain's tasks came to.
+enum Step {
     /// An attempt was made; it waits to be recorded.
-    Finished(Box<FinishedAttempt>),
+    Sent(Box<FinishedAttempt>),
     /// Nothing was sent: the delivery's host stayed busy, and the claim was given back.
     Released,
+    /// A batch of attempts was recorded.
+    Recorded(Vec<Recorded>),
 }
 
 /// What recording an attempt came to.
