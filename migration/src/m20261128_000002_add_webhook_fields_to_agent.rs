@@ -26,9 +26,9 @@ use sea_orm_migration::schema::{
 use crate::columns::{
     add_missing_columns, drop_present_columns, utc_timestamp, utc_timestamp_default_now,
 };
-use crate::existing_index::{drop_index_if_present, ensure_index};
+use crate::existing_index::ensure_index;
 use crate::indexes;
-use crate::ownership::{Strictness, drop_table_if_ours, ensure_table, is_adopted};
+use crate::ownership::{Strictness, drop_our_table, ensure_table};
 use crate::tables::{Agents, Organizations, WebhookDeliveries};
 
 #[derive(DeriveMigrationName)]
@@ -107,16 +107,10 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        // Our indexes go with our table, but must go by name from an adopted one.
-        if is_adopted(manager, &WebhookDeliveries::Table.to_string()).await? {
-            for name in [indexes::DELIVERIES_EVENT_ID, indexes::DELIVERIES_AGENT_ID] {
-                drop_index_if_present(manager, WebhookDeliveries::Table, name).await?;
-            }
-        }
-        drop_table_if_ours(
+        drop_our_table(
             manager,
-            &WebhookDeliveries::Table.to_string(),
-            &crate::owned::all_tables(),
+            WebhookDeliveries::Table,
+            &[indexes::DELIVERIES_EVENT_ID, indexes::DELIVERIES_AGENT_ID],
         )
         .await?;
 

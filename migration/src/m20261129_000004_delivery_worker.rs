@@ -28,7 +28,7 @@ use sea_orm_migration::sea_orm::DbBackend;
 use crate::columns::{add_missing_columns, drop_present_columns, utc_timestamp};
 use crate::existing_index::{drop_index_if_present, ensure_index};
 use crate::indexes;
-use crate::ownership::{Strictness, drop_table_if_ours, ensure_table, is_adopted};
+use crate::ownership::{Strictness, drop_our_table, ensure_table};
 use crate::tables::{Agents, WebhookDeliveries, WebhookDeliveryAttempts as Attempts};
 
 #[derive(DeriveMigrationName)]
@@ -137,15 +137,10 @@ impl MigrationTrait for Migration {
             .await?;
         }
 
-        // Our index goes with our table, but must go by name from an adopted one.
-        if is_adopted(manager, &Attempts::Table.to_string()).await? {
-            drop_index_if_present(manager, Attempts::Table, indexes::ATTEMPTS_DELIVERY_ATTEMPT)
-                .await?;
-        }
-        drop_table_if_ours(
+        drop_our_table(
             manager,
-            &Attempts::Table.to_string(),
-            &crate::owned::all_tables(),
+            Attempts::Table,
+            &[indexes::ATTEMPTS_DELIVERY_ATTEMPT],
         )
         .await?;
 

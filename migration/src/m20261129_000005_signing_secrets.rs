@@ -17,9 +17,9 @@ use sea_orm_migration::schema::{big_pk_auto, string, text, text_null};
 use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::columns::{add_missing_columns, drop_present_columns, utc_timestamp};
-use crate::existing_index::{drop_index_if_present, ensure_index};
+use crate::existing_index::ensure_index;
 use crate::indexes;
-use crate::ownership::{Strictness, drop_table_if_ours, ensure_table, is_adopted};
+use crate::ownership::{Strictness, drop_our_table, ensure_table};
 use crate::tables::{Agents, WebhookPreviousSecrets as Previous};
 
 #[derive(DeriveMigrationName)]
@@ -88,17 +88,12 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        // Our index goes with our table, but must go by name from an adopted one.
-        let previous = Previous::Table.to_string();
-        if is_adopted(manager, &previous).await? {
-            drop_index_if_present(
-                manager,
-                Previous::Table,
-                indexes::PREVIOUS_SECRETS_AGENT_EXPIRES,
-            )
-            .await?;
-        }
-        drop_table_if_ours(manager, &previous, &crate::owned::all_tables()).await?;
+        drop_our_table(
+            manager,
+            Previous::Table,
+            &[indexes::PREVIOUS_SECRETS_AGENT_EXPIRES],
+        )
+        .await?;
         if manager.has_table(Agents::Table.to_string()).await? {
             drop_present_columns(manager, Agents::Table, &agent_columns()).await?;
         }

@@ -745,9 +745,25 @@ pub(crate) async fn drop_table_if_ours(
     forget(manager, Kind::Table, table, None).await
 }
 
+/// The `down` of a table a migration created with the indexes `indexes`: the table goes when
+/// it is ours (its indexes with it); an adopted one stays and loses only our indexes, by name.
+pub(crate) async fn drop_our_table<T: IntoIden + Copy + 'static>(
+    manager: &SchemaManager<'_>,
+    table: T,
+    indexes: &[&str],
+) -> Result<(), DbErr> {
+    let name = table.into_iden().to_string();
+    if is_adopted(manager, &name).await? {
+        for index in indexes {
+            crate::existing_index::drop_index_if_present(manager, table, index).await?;
+        }
+    }
+    drop_table_if_ours(manager, &name, &crate::owned::all_tables()).await
+}
+
 /// Whether `table` exists and is recorded as adopted: then our indexes on it must be dropped
 /// by name, where on our own table they go with it.
-pub(crate) async fn is_adopted(manager: &SchemaManager<'_>, table: &str) -> Result<bool, DbErr> {
+async fn is_adopted(manager: &SchemaManager<'_>, table: &str) -> Result<bool, DbErr> {
     Ok(manager.has_table(table).await?
         && origin(manager, Kind::Table, table, "").await? == Some(Origin::Adopted))
 }
