@@ -251,6 +251,72 @@ pub struct Problem {
     pub rule: Option<String>,
 }
 
+/// The problems of every route under an agent, for the OpenAPI document (never constructed).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum AgentProblems {
+    #[response(
+        status = 401,
+        description = "Not authenticated",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    #[response(
+        status = 404,
+        description = "No such agent",
+        content_type = "application/problem+json"
+    )]
+    NotFound(Problem),
+}
+
+/// The problems of a route under a delivery, for the OpenAPI document (never constructed).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum DeliveryProblems {
+    #[response(
+        status = 401,
+        description = "Not authenticated",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    #[response(
+        status = 404,
+        description = "No such delivery",
+        content_type = "application/problem+json"
+    )]
+    NotFound(Problem),
+}
+
+/// The problems of a JSON request body, for the OpenAPI document (never constructed).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum JsonBodyProblems {
+    #[response(
+        status = 400,
+        description = "Not JSON",
+        content_type = "application/problem+json"
+    )]
+    Malformed(Problem),
+    #[response(
+        status = 413,
+        description = "Body too large",
+        content_type = "application/problem+json"
+    )]
+    TooLarge(Problem),
+    #[response(
+        status = 415,
+        description = "Not JSON",
+        content_type = "application/problem+json"
+    )]
+    NotJson(Problem),
+    #[response(
+        status = 422,
+        description = "A field breaks a rule",
+        content_type = "application/problem+json"
+    )]
+    Invalid(Problem),
+}
+
 /// Why a request failed; [`IntoResponse`] maps each case to its [`Problem`], in this one place.
 #[derive(Debug)]
 pub enum ApiError {
@@ -676,8 +742,7 @@ async fn own_delivery(
     params(("agent_id" = String, Path, description = "The agent")),
     responses(
         (status = 200, description = "The configuration", body = WebhookConfigView),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
+        AgentProblems,
     )
 )]
 async fn get_webhook(
@@ -698,12 +763,8 @@ async fn get_webhook(
     request_body = WebhookConfig,
     responses(
         (status = 200, description = "The configuration as stored", body = WebhookConfigView),
-        (status = 400, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field breaks a rule", body = Problem, content_type = "application/problem+json"),
+        AgentProblems,
+        JsonBodyProblems,
     )
 )]
 async fn put_webhook(
@@ -727,12 +788,8 @@ async fn put_webhook(
     request_body = WebhookConfigPatch,
     responses(
         (status = 200, description = "The configuration as stored", body = WebhookConfigView),
-        (status = 400, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field breaks a rule", body = Problem, content_type = "application/problem+json"),
+        AgentProblems,
+        JsonBodyProblems,
     )
 )]
 async fn patch_webhook(
@@ -755,8 +812,7 @@ async fn patch_webhook(
     params(("agent_id" = String, Path, description = "The agent")),
     responses(
         (status = 204, description = "Cleared"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
+        AgentProblems,
     )
 )]
 async fn delete_webhook(
@@ -794,8 +850,7 @@ pub struct RotatedSecret {
     params(("agent_id" = String, Path, description = "The agent")),
     responses(
         (status = 200, description = "The new secret (not shown again)", body = RotatedSecret),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
+        AgentProblems,
         (status = 409, description = "The secret changed meanwhile; nothing was changed", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No encryption key configured", body = Problem, content_type = "application/problem+json"),
     )
@@ -831,8 +886,7 @@ async fn rotate_secret(
     params(("agent_id" = String, Path, description = "The agent")),
     responses(
         (status = 202, description = "The test delivery, queued", body = WebhookDelivery),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
+        AgentProblems,
         (status = 409, description = "Disabled, or no URL or secret", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -915,8 +969,7 @@ struct HistoryParams {
     responses(
         (status = 200, description = "One page", body = HistoryPage),
         (status = 400, description = "An invalid parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
+        AgentProblems,
     )
 )]
 async fn list_deliveries(
@@ -987,12 +1040,8 @@ pub struct RecoverRequest {
     request_body = RecoverRequest,
     responses(
         (status = 200, description = "How many were requeued", body = RecoverReport),
-        (status = 400, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field breaks a rule", body = Problem, content_type = "application/problem+json"),
+        AgentProblems,
+        JsonBodyProblems,
     )
 )]
 async fn recover(
@@ -1015,8 +1064,7 @@ async fn recover(
     params(("agent_id" = String, Path, description = "The agent")),
     responses(
         (status = 200, description = "The figures now", body = DeliveryStats),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
+        AgentProblems,
     )
 )]
 async fn get_stats(
@@ -1048,8 +1096,7 @@ pub struct DeliveryDetail {
     params(("delivery_id" = String, Path, description = "The delivery")),
     responses(
         (status = 200, description = "The delivery", body = DeliveryDetail),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such delivery", body = Problem, content_type = "application/problem+json"),
+        DeliveryProblems,
     )
 )]
 async fn get_delivery(
@@ -1070,8 +1117,7 @@ async fn get_delivery(
     params(("delivery_id" = String, Path, description = "The delivery")),
     responses(
         (status = 200, description = "The delivery, due now", body = WebhookDelivery),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such delivery", body = Problem, content_type = "application/problem+json"),
+        DeliveryProblems,
         (status = 409, description = "Not failed", body = Problem, content_type = "application/problem+json"),
     )
 )]
