@@ -18,6 +18,7 @@ mod schema;
 mod sender;
 mod settings;
 mod signing_secrets;
+mod socket;
 mod soft_delete;
 mod standardwebhooks_compat;
 mod timestamps;
