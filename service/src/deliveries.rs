@@ -1239,8 +1239,9 @@ pub async fn stats<C: ConnectionTrait>(
 /// `pause` is slept between two statements (not after the last). Each statement is a burst of
 /// database CPU, and on a small server that burst is what delays the workers' claims running
 /// beside it (measured on 2 cores: the claims waited longer for a CPU, their own CPU time
-/// unchanged; a pause as long as a batch brought their p99 back to the level without a
-/// prune). `Duration::ZERO` prunes as fast as the server allows, for a quiet database.
+/// unchanged; a pause as long as a batch brought their latency back to its level without a
+/// prune, docs/benchmarks.md section 9). `Duration::ZERO` prunes as fast as the server
+/// allows, for a quiet database.
 ///
 /// `on_batch` is called after each statement with the number deleted so far, so that a long
 /// prune can show progress; pass `|_| {}` when nobody watches.
