@@ -263,6 +263,10 @@ pub enum DeliveriesCommand {
         /// Rows deleted per statement.
         #[arg(long, default_value_t = MAX_PAGE_SIZE, value_parser = limit())]
         batch: u64,
+        /// Sleep between statements (e.g. `50ms`), so that workers claiming beside a long prune
+        /// keep their latency; at most 1 minute.
+        #[arg(long, default_value = "0s", value_parser = parse_pause)]
+        pause: Duration,
     },
 }
 
@@ -320,6 +324,20 @@ fn parse_grace(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(grace)
+}
+
+/// `--pause`: a humantime duration of at most a minute, so that a slip (`--pause 1d`) cannot
+/// turn a prune into one that never ends; anything else is a usage error.
+fn parse_pause(text: &str) -> Result<Duration, String> {
+    let pause = humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (expected e.g. 50ms, 1s or 0s)"))?;
+    if pause > Duration::from_secs(60) {
+        return Err(format!(
+            "{} is longer than the 1 minute a pause may last",
+            humantime::format_duration(pause)
+        ));
+    }
+    Ok(pause)
 }
 
 /// `--older-than`: a humantime duration (`30d`, `12h`, `15m`, `90s`, `1h 30m`) whose cut-off
@@ -491,13 +509,14 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::test_runner::Config::with_cases(512))]
 
-        /// The parser never panics on `--older-than`, `--batch` or `--limit`: a value is
+        /// The parser never panics on `--older-than`, `--batch`, `--pause` or `--limit`: a value is
         /// accepted within its bounds or refused as a usage error (exit 2).
         #[test]
         fn the_parser_never_panics_on_numbers_and_durations(value in hostile_value()) {
-            let command_lines: [&[&str]; 5] = [
+            let command_lines: [&[&str]; 6] = [
                 &["deliveries", "prune", "--older-than"],
                 &["deliveries", "prune", "--older-than", "30d", "--batch"],
+                &["deliveries", "prune", "--older-than", "30d", "--pause"],
                 &["secrets", "rotate", "--batch"],
                 &["signing", "rotate", "--agent", "a", "--grace"],
                 &["deliveries", "list", "--agent", "a", "--limit"],
@@ -508,11 +527,12 @@ mod tests {
                     .chain(std::iter::once(value.as_str()));
                 match Cli::try_parse_from(argv) {
                     Ok(cli) => {
-                        if let Command::Deliveries(DeliveriesCommand::Prune { older_than, batch }) =
+                        if let Command::Deliveries(DeliveriesCommand::Prune { older_than, batch, pause }) =
                             cli.command
                         {
                             proptest::prop_assert!(cutoff(Utc::now(), older_than).is_ok());
                             proptest::prop_assert!((1..=MAX_PAGE_SIZE).contains(&batch));
+                            proptest::prop_assert!(pause <= Duration::from_secs(60));
                         }
                         if let Command::Signing(SigningCommand::Rotate { grace: Some(grace), .. }) =
                             cli.command

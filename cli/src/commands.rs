@@ -471,11 +471,15 @@ async fn run_deliveries(
             let delivery = deliveries::requeue(db, &id, now).await?;
             output::print(json, &delivery, |d| format!("{} requeued", d.id))
         }
-        DeliveriesCommand::Prune { older_than, batch } => {
+        DeliveriesCommand::Prune {
+            older_than,
+            batch,
+            pause,
+        } => {
             // Checked when parsing too; checked again because `now` moved on since.
             let cutoff = crate::args::cutoff(now, older_than).map_err(|e| anyhow!(e))?;
             let progress = Progress::start("pruning deliveries");
-            let deleted = deliveries::prune(db, cutoff, batch, |so_far| {
+            let deleted = deliveries::prune(db, cutoff, batch, pause, |so_far| {
                 progress.update(|| format!("pruning deliveries: deleted {so_far}"))
             })
             .await?;

@@ -712,6 +712,27 @@ async fn deliveries_commands(backend: Backend) {
         let out = run(&["deliveries", "prune", "--older-than", bad], &env, None);
         assert_eq!(out.code, Some(2), "{bad}: {}", out.stderr);
     }
+    let paced = run(
+        &[
+            "deliveries",
+            "prune",
+            "--older-than",
+            "30d",
+            "--pause",
+            "10ms",
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(paced.code, Some(0), "{}", paced.stderr);
+    for bad in ["2m", "1d", "fast"] {
+        let out = run(
+            &["deliveries", "prune", "--older-than", "30d", "--pause", bad],
+            &env,
+            None,
+        );
+        assert_eq!(out.code, Some(2), "{bad}: {}", out.stderr);
+    }
 }
 
 /// One request as the test receiver got it.

@@ -1251,12 +1251,20 @@ pub async fn stats<C: ConnectionTrait>(
 /// statement, and returns how many it deleted. Pending and leased deliveries are never deleted
 /// (they have a `next_retry_at`). Safe to interrupt and to run concurrently with workers.
 ///
+/// `pause` is slept between two statements (not after the last). Each statement is a burst of
+/// database CPU, and on a small server that burst is what delays the workers' claims running
+/// beside it (measured on 2 cores: the claims waited longer for a CPU, their own CPU time
+/// unchanged; a pause as long as a batch brought their latency back to its level without a
+/// prune, docs/benchmarks.md section 9). `Duration::ZERO` prunes as fast as the server
+/// allows, for a quiet database.
+///
 /// `on_batch` is called after each statement with the number deleted so far, so that a long
 /// prune can show progress; pass `|_| {}` when nobody watches.
 pub async fn prune<C: ConnectionTrait>(
     db: &C,
     older_than: DateTime<Utc>,
     batch: u64,
+    pause: std::time::Duration,
     mut on_batch: impl FnMut(u64),
 ) -> Result<u64> {
     let batch = check_limit(batch)?;
@@ -1292,6 +1300,9 @@ pub async fn prune<C: ConnectionTrait>(
         on_batch(total);
         if deleted < batch {
             return Ok(total);
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
         }
     }
 }

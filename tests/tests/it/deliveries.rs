@@ -562,12 +562,22 @@ async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
     .await
     .unwrap();
 
+    // With a pause: every statement after the first starts at least `pause` after the one
+    // before it ended (`on_batch` runs right after each statement).
+    let pause = Duration::from_millis(30);
     let mut progress = Vec::new();
-    let deleted = deliveries::prune(&t.db, old + secs(3_600), 4, |n| progress.push(n))
-        .await
-        .unwrap();
+    let deleted = deliveries::prune(&t.db, old + secs(3_600), 4, pause, |n| {
+        progress.push((n, std::time::Instant::now()))
+    })
+    .await
+    .unwrap();
     assert_eq!(deleted, 20);
-    assert_eq!(progress, [4, 8, 12, 16, 20, 20], "one call per statement");
+    let counts: Vec<u64> = progress.iter().map(|(n, _)| *n).collect();
+    assert_eq!(counts, [4, 8, 12, 16, 20, 20], "one call per statement");
+    for pair in progress.windows(2) {
+        let gap = pair[1].1 - pair[0].1;
+        assert!(gap >= pause, "statements {gap:?} apart, pause {pause:?}");
+    }
     let stats = deliveries::stats(&t.db, "agent-1", old + secs(10))
         .await
         .unwrap();
@@ -576,7 +586,7 @@ async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
         (2, 3, 1, 0)
     );
     assert_eq!(
-        deliveries::prune(&t.db, old + secs(3_600), 4, |_| {})
+        deliveries::prune(&t.db, old + secs(3_600), 4, Duration::ZERO, |_| {})
             .await
             .unwrap(),
         0,

@@ -188,7 +188,9 @@ fn entry_points_never_panic_on_arbitrary_limits() {
                     // A bad cursor is a typed error too; only a panic fails this.
                     let page = deliveries::history(&t.db, "agent-1", &query, instant).await;
                     prop_assert!(in_bounds || limit == 0 || invalid(&page, limit), "{page:?}");
-                    let pruned = deliveries::prune(&t.db, instant, limit, |_| {}).await;
+                    let pruned =
+                        deliveries::prune(&t.db, instant, limit, std::time::Duration::ZERO, |_| {})
+                            .await;
                     prop_assert!(pruned.is_ok() == in_bounds, "{pruned:?}");
                     let resealed = webhook::reseal_secrets(&t.db, &settings, limit, |_| {}).await;
                     prop_assert!(in_bounds || invalid(&resealed, limit), "{resealed:?}");
