@@ -65,8 +65,7 @@ impl TestDb {
                 (format!("sqlite://{}?mode=rwc", path.display()), Some(dir))
             }
             Backend::Postgres | Backend::MySql => {
-                let (var, default) = admin_url(backend);
-                let admin = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+                let (admin, (var, _)) = (admin_url(backend), admin_env(backend));
                 let conn = connect(&admin, 1).await.unwrap_or_else(|e| {
                     panic!(
                         "{backend:?} is not reachable at {admin}: {e}. Start it with \
@@ -183,11 +182,23 @@ fn created() -> MutexGuard<'static, Vec<(Backend, String)>> {
 /// `scripts/test`. SQLite files need nothing: their directory goes with their [`TestDb`].
 /// Databases it could not drop stay listed, so a later call retries them.
 pub async fn drop_created_databases() -> Result<Vec<String>, DbErr> {
-    let pending: Vec<(Backend, String)> = created().drain(..).collect();
+    drop_created_databases_of(&[Backend::Postgres, Backend::MySql]).await
+}
+
+/// [`drop_created_databases`] for the databases of `backends` only, e.g. those of a backend
+/// whose benchmarks are done, dropped while another backend's run: a PostgreSQL `DROP
+/// DATABASE` waits for a checkpoint, a second or more each on a busy server.
+pub async fn drop_created_databases_of(backends: &[Backend]) -> Result<Vec<String>, DbErr> {
+    let pending: Vec<(Backend, String)> = {
+        let mut created = created();
+        let (pending, rest) = created.drain(..).partition(|(b, _)| backends.contains(b));
+        *created = rest;
+        pending
+    };
     let mut dropped = Vec::new();
     let mut failed = Vec::new();
     let mut first_error = None;
-    for backend in [Backend::Postgres, Backend::MySql] {
+    for &backend in backends {
         let names: Vec<&String> = pending
             .iter()
             .filter(|(b, _)| *b == backend)
@@ -232,8 +243,7 @@ fn database_prefix() -> String {
 /// Drops `names` (all made by [`TestDb::fresh_with`]: the prefix and hex digits) on `backend`; on
 /// failure, how many were dropped before it.
 async fn drop_on(backend: Backend, names: &[&String]) -> Result<(), (usize, DbErr)> {
-    let (var, default) = admin_url(backend);
-    let admin = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    let admin = admin_url(backend);
     let conn = connect(&admin, 1).await.map_err(|e| (0, e))?;
     if backend == Backend::MySql {
         // A session that survived `end_sessions` makes the DROP fail after this long rather
@@ -282,11 +292,29 @@ async fn end_sessions(conn: &DatabaseConnection, backend: Backend, name: &str) {
     }
 }
 
-fn admin_url(backend: Backend) -> (&'static str, &'static str) {
+/// The environment variable naming a server backend's administrative URL, and its default.
+fn admin_env(backend: Backend) -> (&'static str, &'static str) {
     match backend {
         Backend::Postgres => ("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
         Backend::MySql => ("TEST_MYSQL_URL", DEFAULT_MYSQL_URL),
         Backend::Sqlite => ("", ""),
+    }
+}
+
+/// The administrative URL of a server backend: its environment variable, else the default.
+fn admin_url(backend: Backend) -> String {
+    let (var, default) = admin_env(backend);
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// A connection for questions about the server rather than about one test database (such as
+/// its version): the administrative URL of PostgreSQL and MariaDB (`TEST_POSTGRES_URL`,
+/// `TEST_MYSQL_URL`), an in-memory database for SQLite. It creates no database, so it costs
+/// no migration and nothing to drop.
+pub async fn admin_connection(backend: Backend) -> Result<DatabaseConnection, DbErr> {
+    match backend {
+        Backend::Sqlite => connect("sqlite::memory:", 1).await,
+        _ => connect(&admin_url(backend), 1).await,
     }
 }
 
@@ -395,8 +423,7 @@ mod tests {
 
     /// Whether `name` exists on `backend`'s server, asked on a connection of its own.
     async fn exists(backend: Backend, name: &str) -> bool {
-        let (var, default) = admin_url(backend);
-        let admin = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+        let admin = admin_url(backend);
         let conn = connect(&admin, 1).await.expect("admin connection");
         let sql = match backend {
             Backend::Postgres => {

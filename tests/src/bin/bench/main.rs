@@ -4,8 +4,10 @@
 //!
 //! Every figure that matters is a ratio measured within one run (large/empty, service/raw,
 //! 1M/10k, deep/first page), because absolute times on a shared 2-core machine drift from run
-//! to run. `--quick` shrinks every size so the whole run takes well under two minutes; CI runs
-//! it to keep the harness from rotting and asserts nothing about speed.
+//! to run. `--quick` shrinks every size, sample count and cycle count, aiming at under a minute
+//! in the debug build CI runs (docs/benchmarks.md section 10 has the measured times and the
+//! load they were measured at); CI runs it to keep the harness from rotting and asserts
+//! nothing about speed.
 
 use serde_json::json;
 use std::process::ExitCode;
@@ -30,7 +32,7 @@ use serde::Serialize;
 #[derive(Parser)]
 #[command(about = "agent-webhooks benchmarks")]
 struct Args {
-    /// Small sizes, for a smoke run (< 2 minutes).
+    /// Small sizes, for a smoke run (aimed at under a minute in a debug build).
     #[arg(long)]
     quick: bool,
     /// Print JSON instead of a table.
@@ -113,6 +115,7 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[index.min(samples.len() - 1)]
 }
 
+mod procstat;
 mod worker;
 
 fn main() -> ExitCode {
@@ -180,6 +183,10 @@ async fn run_then_clean_up(args: Args, backends: Vec<Backend>) -> ExitCode {
 async fn run(args: Args, backends: Vec<Backend>) {
     let mut report = Report(Vec::new());
     let q = args.quick;
+    // The quick run drops a server backend's databases while the next backend runs (a
+    // PostgreSQL drop waits for a checkpoint); the full run drops them at the end, so that no
+    // drop competes with a measurement.
+    let mut drops = Vec::new();
     let on = |section: &str| args.only.is_empty() || args.only.iter().any(|s| s == section);
     for &backend in &backends {
         eprintln!("== {} {}", label(backend), server_version(backend).await);
@@ -188,26 +195,34 @@ async fn run(args: Args, backends: Vec<Backend>) {
                 &mut report,
                 backend,
                 if q {
-                    &[0, 20_000]
+                    &[0, 5_000]
                 } else {
                     &[0, 100_000, 1_000_000]
                 },
+                if q { 1 } else { 3 },
             )
             .await;
         }
         if on("throughput") {
-            throughput(&mut report, backend, if q { 500 } else { 5_000 }).await;
+            // One round in the quick run: every round costs three fresh databases.
+            throughput(
+                &mut report,
+                backend,
+                if q { 100 } else { 5_000 },
+                if q { 1 } else { 2 },
+            )
+            .await;
         }
         if on("claim") {
             claim_latency(
                 &mut report,
                 backend,
                 if q {
-                    &[10_000, 50_000]
+                    &[2_000, 10_000]
                 } else {
                     &[10_000, 1_000_000]
                 },
-                if q { 30 } else { 200 },
+                if q { 20 } else { 200 },
             )
             .await;
         }
@@ -215,8 +230,8 @@ async fn run(args: Args, backends: Vec<Backend>) {
             history_paging(
                 &mut report,
                 backend,
-                if q { 10_000 } else { 100_000 },
-                if q { 100 } else { 1_000 },
+                if q { 5_000 } else { 100_000 },
+                if q { 50 } else { 1_000 },
             )
             .await;
         }
@@ -224,14 +239,33 @@ async fn run(args: Args, backends: Vec<Backend>) {
             worker::figures(&mut report, backend, q).await;
         }
         if on("batched") {
-            batched_writes(&mut report, backend, if q { 400 } else { 10_000 }).await;
+            batched_writes(
+                &mut report,
+                backend,
+                if q { 100 } else { 10_000 },
+                if q { 1 } else { 2 },
+            )
+            .await;
         }
         if backend == Backend::Postgres && on("scale") {
             if q {
-                scale(&mut report, 20_000, 2_000, 30).await;
+                scale(&mut report, 20_000, 2_000, 20).await;
             } else {
                 scale(&mut report, args.scale_rows, args.scale_rows / 10, 200).await;
             }
+        }
+        if q && backend != Backend::Sqlite {
+            drops.push(tokio::spawn(async move {
+                integration_tests::drop_created_databases_of(&[backend]).await
+            }));
+        }
+    }
+    for drop in drops {
+        // What failed here stays listed, for the final clean-up to retry.
+        match drop.await {
+            Ok(Ok(names)) => eprintln!("dropped {} databases during the run", names.len()),
+            Ok(Err(e)) => eprintln!("cannot drop some databases during the run: {e}"),
+            Err(e) => eprintln!("the drop task failed: {e}"),
         }
     }
     if on("cpu") {
@@ -256,15 +290,26 @@ async fn run(args: Args, backends: Vec<Backend>) {
     }
 }
 
-/// The server's version string, for the record.
+/// The server's version string, for the record; asked on the administrative connection, so
+/// that it costs no database of its own.
 async fn server_version(backend: Backend) -> String {
-    let t = TestDb::fresh(backend).await;
     let query = match backend {
         Backend::Sqlite => "SELECT 'SQLite ' || sqlite_version()",
         Backend::Postgres => "SELECT version()",
         Backend::MySql => "SELECT CONCAT('MariaDB/MySQL ', version())",
     };
-    t.strings(query).await.join(" ")
+    let admin = integration_tests::admin_connection(backend)
+        .await
+        .expect("administrative connection");
+    let row = admin
+        .query_one_raw(sea_orm::Statement::from_string(
+            admin.get_database_backend(),
+            query,
+        ))
+        .await
+        .expect("server version")
+        .expect("one row");
+    row.try_get_by_index::<String>(0).expect("version string")
 }
 
 /// Inserts `n` agents of `org-1` with one SQL statement (no round trip per row).
@@ -386,18 +431,24 @@ async fn org(t: &TestDb) {
         .await;
 }
 
-/// 1. `up` and `down` of the webhook migration on `agents` tables of growing size.
-async fn migration_on_existing_tables(report: &mut Report, backend: Backend, sizes: &[usize]) {
+/// 1. `up` and `down` of the webhook migration on `agents` tables of growing size, the median
+///    of `cycles` up/down cycles per size.
+async fn migration_on_existing_tables(
+    report: &mut Report,
+    backend: Backend,
+    sizes: &[usize],
+    cycles: usize,
+) {
     let mut empty = (Duration::ZERO, Duration::ZERO);
     for &rows in sizes {
         let t = TestDb::fresh(backend).await;
         Migrator::up(&t.db, Some(1)).await.expect("baseline");
         org(&t).await;
         seed_agents(&t, rows).await;
-        // Median of three up/down cycles on the same table: one sample is at the mercy of a
-        // checkpoint or autovacuum on a shared machine.
+        // The median of several up/down cycles on the same table (three in the full run): one
+        // sample is at the mercy of a checkpoint or autovacuum on a shared machine.
         let (mut ups, mut downs) = (Vec::new(), Vec::new());
-        for _ in 0..3 {
+        for _ in 0..cycles {
             let start = Instant::now();
             Migrator::up(&t.db, Some(1))
                 .await
@@ -710,73 +761,133 @@ async fn raw_record(
     })
 }
 
-/// 2. Deliveries per second through the service API and as raw SQL, one connection, in turn.
-async fn throughput(report: &mut Report, backend: Backend, n: usize) {
+/// Wall time, backend CPU and operations of one measured operation, summed over rounds.
+#[derive(Clone, Copy, Default)]
+struct Tally {
+    time: Duration,
+    server: Duration,
+    ops: usize,
+}
+
+impl Tally {
+    /// Adds one run of `ops` operations as [`procstat::measured`] returned it.
+    fn add(&mut self, ops: usize, (time, _own, server): (Duration, Duration, Duration)) {
+        self.time += time;
+        self.server += server;
+        self.ops += ops;
+    }
+
+    fn per_second(&self) -> f64 {
+        self.ops as f64 / self.time.as_secs_f64()
+    }
+
+    /// Backend CPU per operation, in microseconds.
+    fn cpu_us(&self) -> f64 {
+        self.server.as_secs_f64() * 1e6 / self.ops as f64
+    }
+}
+
+/// The three paths of the throughput section. `Service` and `Raw` send the same statements
+/// (enqueue, claim, record one outcome); `Lean` is the service's cheaper calls for the same
+/// work: `enqueue_for_agent`, `enqueue_many` and `record_outcomes`.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Service,
+    Raw,
+    Lean,
+}
+
+/// 2. Deliveries per second through the service API and as raw SQL, one connection, in turn;
+///    on PostgreSQL also the backend's CPU per operation (`/proc/<pid>/stat` of the
+///    connection's backend), which tells what a statement costs the server apart from the
+///    round trip. The lean path's operations are measured the same way: `enqueue_for_agent`,
+///    `enqueue_many` and `record_outcomes` (batches of 100, per row). `n` deliveries per path
+///    per round.
+async fn throughput(report: &mut Report, backend: Backend, n: usize, rounds: usize) {
     let settings = WebhookSettings::default();
     let success = AttemptOutcome::Status {
         code: 200,
         retry_after: None,
     };
-    // Service and raw paths alternate in rounds on separate databases, so drift on a shared
-    // machine hits both alike.
-    let mut totals = [[Duration::ZERO; 3]; 2];
-    for round in 0..2 {
-        for (path, raw) in [(0, false), (1, true)] {
+    let payload = json!({"n": 1});
+    // tallies[path][op]: Service and Raw enqueue, claim, record; Lean enqueue_for_agent,
+    // enqueue_many, record_outcomes.
+    let mut tallies = [[Tally::default(); 3]; 3];
+    // The paths alternate in rounds on separate databases, so drift on a shared machine hits
+    // them alike.
+    for round in 0..rounds {
+        for (p, path) in [Path::Service, Path::Raw, Path::Lean]
+            .into_iter()
+            .enumerate()
+        {
             let t = TestDb::migrated_with(backend, 1).await;
             for a in 0..10 {
                 seed_agent(&t, &format!("agent-{a}"), &[]).await;
             }
+            let tally = &mut tallies[p];
             let now = Utc::now();
-            let start = Instant::now();
-            for i in 0..n {
-                let (agent, event) = (format!("agent-{}", i % 10), format!("evt-{round}-{i}"));
-                if raw {
-                    raw_enqueue(&t.db, backend, &agent, &event, now).await;
-                } else {
-                    deliveries::enqueue(
-                        &t.db,
-                        &WebhookSettings::default(),
-                        &agent,
-                        &event,
-                        "run.completed",
-                        &json!({"n": 1}),
-                        now,
-                    )
-                    .await
-                    .expect("enqueue");
-                }
+            let event = |i: usize| (format!("agent-{}", i % 10), format!("evt-{round}-{i}"));
+            if path == Path::Lean {
+                lean_path(&t, &mut *tally, n, round, now).await;
+                continue;
             }
-            totals[path][0] += start.elapsed();
-            let (mut claimed, mut claim_time, mut record_time) =
-                (Vec::new(), Duration::ZERO, Duration::ZERO);
-            loop {
-                let start = Instant::now();
-                let batch: Vec<(String, i32, Option<deliveries::Claim>)> = if raw {
-                    raw_claim(
-                        &t.db,
-                        backend,
-                        now,
-                        100,
-                        now + chrono::Duration::seconds(60),
-                    )
-                    .await
-                    .into_iter()
-                    .map(|(id, attempt)| (id, attempt, None))
-                    .collect()
-                } else {
-                    deliveries::claim_due(&t.db, &settings, now, 100)
+            let raw = path == Path::Raw;
+            let enqueue = procstat::measured(&t, async {
+                for i in 0..n {
+                    let (agent, event) = event(i);
+                    if raw {
+                        raw_enqueue(&t.db, backend, &agent, &event, now).await;
+                    } else {
+                        deliveries::enqueue(
+                            &t.db,
+                            &settings,
+                            &agent,
+                            &event,
+                            "run.completed",
+                            &payload,
+                            now,
+                        )
                         .await
-                        .expect("claim")
-                        .into_iter()
-                        .map(|c| (c.delivery.id.clone(), c.attempt, Some(c)))
-                        .collect()
-                };
-                claim_time += start.elapsed();
-                if batch.is_empty() {
-                    break;
+                        .expect("enqueue");
+                    }
                 }
-                let start = Instant::now();
-                for (id, attempt, claim) in &batch {
+            })
+            .await;
+            tally[0].add(n, enqueue);
+            let mut claimed: Vec<(String, i32, Option<deliveries::Claim>)> = Vec::new();
+            let claim = procstat::measured(&t, async {
+                loop {
+                    let batch: Vec<_> = if raw {
+                        raw_claim(
+                            &t.db,
+                            backend,
+                            now,
+                            100,
+                            now + chrono::Duration::seconds(60),
+                        )
+                        .await
+                        .into_iter()
+                        .map(|(id, attempt)| (id, attempt, None))
+                        .collect()
+                    } else {
+                        deliveries::claim_due(&t.db, &settings, now, 100)
+                            .await
+                            .expect("claim")
+                            .into_iter()
+                            .map(|c| (c.delivery.id.clone(), c.attempt, Some(c)))
+                            .collect()
+                    };
+                    if batch.is_empty() {
+                        break;
+                    }
+                    claimed.extend(batch);
+                }
+            })
+            .await;
+            assert_eq!(claimed.len(), n, "every delivery claimed once");
+            tally[1].add(n, claim);
+            let record = procstat::measured(&t, async {
+                for (id, attempt, claim) in &claimed {
                     match claim {
                         Some(claim) => {
                             deliveries::record_outcome(&t.db, &settings, claim, &success, now)
@@ -786,42 +897,169 @@ async fn throughput(report: &mut Report, backend: Backend, n: usize) {
                         None => raw_record(&t.db, backend, id, *attempt, now).await,
                     }
                 }
-                record_time += start.elapsed();
-                claimed.extend(batch.into_iter().map(|(id, _, _)| id));
-            }
-            assert_eq!(claimed.len(), n, "every delivery claimed once");
-            totals[path][1] += claim_time;
-            totals[path][2] += record_time;
+            })
+            .await;
+            tally[2].add(n, record);
         }
     }
+    // Backend CPU only where the server's processes are this database's alone: SQLite runs
+    // in this process, and MariaDB's threads are not attributed to databases.
+    let with_cpu = backend == Backend::Postgres;
+    let [service, raw, lean] = &tallies;
     for (i, op) in ["enqueue", "claim (batches of 100)", "record success"]
         .into_iter()
         .enumerate()
     {
-        let service = (2 * n) as f64 / totals[0][i].as_secs_f64();
-        let raw = (2 * n) as f64 / totals[1][i].as_secs_f64();
-        report.add(
-            backend,
-            "throughput",
-            format!("{op}: service"),
-            service,
-            "deliveries/s",
-        );
-        report.add(
-            backend,
-            "throughput",
-            format!("{op}: raw sqlx"),
-            raw,
-            "deliveries/s",
-        );
+        for (path, tally) in [("service", &service[i]), ("raw sqlx", &raw[i])] {
+            report.add(
+                backend,
+                "throughput",
+                format!("{op}: {path}"),
+                tally.per_second(),
+                "deliveries/s",
+            );
+            if with_cpu {
+                report.add(
+                    backend,
+                    "throughput",
+                    format!("{op}: {path}, backend CPU"),
+                    tally.cpu_us(),
+                    "µs/op",
+                );
+            }
+        }
         report.add(
             backend,
             "throughput",
             format!("{op}: service/raw"),
-            service / raw,
+            service[i].per_second() / raw[i].per_second(),
             "ratio",
         );
+        if with_cpu {
+            report.add(
+                backend,
+                "throughput",
+                format!("{op}: backend CPU service/raw"),
+                service[i].cpu_us() / raw[i].cpu_us(),
+                "ratio",
+            );
+        }
     }
+    // Each lean operation against the service call it replaces: enqueue, enqueue, record.
+    for (i, (op, replaces)) in [
+        ("enqueue_for_agent", 0),
+        ("enqueue_many (batches of 100), per row", 0),
+        ("record_outcomes (batches of 100), per row", 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        report.add(
+            backend,
+            "throughput",
+            op,
+            lean[i].per_second(),
+            "deliveries/s",
+        );
+        if with_cpu {
+            report.add(
+                backend,
+                "throughput",
+                format!("{op}, backend CPU"),
+                lean[i].cpu_us(),
+                "µs/op",
+            );
+            report.add(
+                backend,
+                "throughput",
+                format!("{op}: backend CPU lean/service"),
+                lean[i].cpu_us() / service[replaces].cpu_us(),
+                "ratio",
+            );
+        }
+    }
+}
+
+/// The lean path of [`throughput`] on a fresh database `t` with agents `agent-0`…`agent-9`:
+/// `n` deliveries through `enqueue_for_agent` (tally 0), `n` more through `enqueue_many` in
+/// batches of 100 (tally 1), then all `2 n` claimed (not measured) and recorded with
+/// `record_outcomes` in batches of 100 (tally 2).
+async fn lean_path(t: &TestDb, tally: &mut [Tally; 3], n: usize, round: usize, now: DateTime<Utc>) {
+    use sea_orm::{EntityTrait, QueryOrder};
+    let settings = WebhookSettings::default();
+    let payload = json!({"n": 1});
+    let success = AttemptOutcome::Status {
+        code: 200,
+        retry_after: None,
+    };
+    let agents = entity::agents::Entity::find()
+        .order_by_asc(entity::agents::Column::Id)
+        .all(&t.db)
+        .await
+        .expect("agents");
+    assert_eq!(agents.len(), 10);
+    let events: Vec<String> = (0..2 * n).map(|i| format!("evt-{round}-{i}")).collect();
+    let for_agent = procstat::measured(t, async {
+        for (i, event) in events[..n].iter().enumerate() {
+            deliveries::enqueue_for_agent(
+                &t.db,
+                &settings,
+                &agents[i % 10],
+                event,
+                "run.completed",
+                &payload,
+                now,
+            )
+            .await
+            .expect("enqueue_for_agent");
+        }
+    })
+    .await;
+    tally[0].add(n, for_agent);
+    let items: Vec<deliveries::EnqueueItem<'_>> = events[n..]
+        .iter()
+        .enumerate()
+        .map(|(i, event)| deliveries::EnqueueItem {
+            agent_id: &agents[i % 10].id,
+            event_id: event,
+            event_type: "run.completed",
+            payload: &payload,
+        })
+        .collect();
+    let many = procstat::measured(t, async {
+        for chunk in items.chunks(100) {
+            deliveries::enqueue_many(&t.db, &settings, chunk, now)
+                .await
+                .expect("enqueue_many");
+        }
+    })
+    .await;
+    tally[1].add(n, many);
+    let mut claims = Vec::new();
+    loop {
+        let batch = deliveries::claim_due(&t.db, &settings, now, 100)
+            .await
+            .expect("claim");
+        if batch.is_empty() {
+            break;
+        }
+        claims.extend(batch);
+    }
+    assert_eq!(claims.len(), 2 * n, "every delivery claimed once");
+    let record = procstat::measured(t, async {
+        for chunk in claims.chunks(100) {
+            let results = deliveries::record_outcomes(
+                &t.db,
+                &settings,
+                chunk.iter().map(|c| (c, &success, now)),
+            )
+            .await
+            .expect("record_outcomes");
+            assert!(results.iter().all(Result::is_ok), "no stale claim");
+        }
+    })
+    .await;
+    tally[2].add(2 * n, record);
 }
 
 /// 3. `claim_due` latency for a batch of 100 with 1 % of the table due; each claim runs in a
@@ -1003,8 +1241,9 @@ fn cpu_bound(report: &mut Report, n: usize) {
 // ---- Issue 14, items 1, 2 and 6: batched writes and scale (kept apart from the sections above).
 
 /// 6. Enqueue rows/s one at a time vs `enqueue_many` in batches of 100, and claim+record
-///    deliveries/s with 1 and 4 workers recording one outcome at a time vs one batch at a time.
-async fn batched_writes(report: &mut Report, backend: Backend, n: usize) {
+///    deliveries/s with 1 and 4 workers recording one outcome at a time vs one batch at a time;
+///    `n` deliveries per path, enqueue in `rounds` rounds.
+async fn batched_writes(report: &mut Report, backend: Backend, n: usize, rounds: usize) {
     let settings = WebhookSettings::default();
     let payload = json!({"n": 1});
     let events: Vec<String> = (0..n).map(|i| format!("evt-{i}")).collect();
@@ -1017,9 +1256,13 @@ async fn batched_writes(report: &mut Report, backend: Backend, n: usize) {
         }
         t
     };
-    // Enqueue: the two paths alternate in two rounds, on fresh databases.
+    let items = enqueue_items(&agents, &events, &payload);
+    // Enqueue: the two paths alternate in rounds, on fresh databases. Both paths leave the same
+    // `n` due deliveries behind: the claim+record runs below start from these databases
+    // (fresh databases cost a migration and, on PostgreSQL, a checkpoint at their drop).
+    let mut enqueued = Vec::new();
     let mut enqueue = [Duration::ZERO; 2];
-    for _round in 0..2 {
+    for _round in 0..rounds {
         for (path, time) in enqueue.iter_mut().enumerate() {
             let t = new_db().await;
             let now = Utc::now();
@@ -1039,14 +1282,6 @@ async fn batched_writes(report: &mut Report, backend: Backend, n: usize) {
                     .expect("enqueue");
                 }
             } else {
-                let items: Vec<deliveries::EnqueueItem<'_>> = (0..n)
-                    .map(|i| deliveries::EnqueueItem {
-                        agent_id: &agents[i],
-                        event_id: &events[i],
-                        event_type: "run.completed",
-                        payload: &payload,
-                    })
-                    .collect();
                 for chunk in items.chunks(100) {
                     deliveries::enqueue_many(&t.db, &settings, chunk, now)
                         .await
@@ -1054,10 +1289,11 @@ async fn batched_writes(report: &mut Report, backend: Backend, n: usize) {
                 }
             }
             *time += start.elapsed();
+            enqueued.push(t);
         }
     }
-    let single = (2 * n) as f64 / enqueue[0].as_secs_f64();
-    let many = (2 * n) as f64 / enqueue[1].as_secs_f64();
+    let single = (rounds * n) as f64 / enqueue[0].as_secs_f64();
+    let many = (rounds * n) as f64 / enqueue[1].as_secs_f64();
     report.add(
         backend,
         "batched",
@@ -1080,25 +1316,32 @@ async fn batched_writes(report: &mut Report, backend: Backend, n: usize) {
         "ratio",
     );
 
-    // Claim + record, with the deliveries enqueued beforehand.
+    // Claim + record, with the deliveries enqueued beforehand: by the enqueue runs above, else
+    // (fewer rounds than runs) `n` more events enqueued in the previous run's database, whose
+    // deliveries are all recorded by then.
+    let mut previous: Option<TestDb> = None;
+    let mut refills = 0;
     for workers in [1usize, 4] {
         let mut rates = [0.0; 2];
         for (batched, rate) in rates.iter_mut().enumerate() {
-            let t = new_db().await;
-            let now = Utc::now();
-            let items: Vec<deliveries::EnqueueItem<'_>> = (0..n)
-                .map(|i| deliveries::EnqueueItem {
-                    agent_id: &agents[i],
-                    event_id: &events[i],
-                    event_type: "run.completed",
-                    payload: &payload,
-                })
-                .collect();
-            for chunk in items.chunks(500) {
-                deliveries::enqueue_many(&t.db, &settings, chunk, now)
-                    .await
-                    .expect("seed");
-            }
+            let t = match enqueued.pop() {
+                Some(t) => t,
+                None => {
+                    let t = match previous.take() {
+                        Some(t) => t,
+                        None => new_db().await,
+                    };
+                    refills += 1;
+                    let again: Vec<String> =
+                        (0..n).map(|i| format!("evt-again{refills}-{i}")).collect();
+                    for chunk in enqueue_items(&agents, &again, &payload).chunks(500) {
+                        deliveries::enqueue_many(&t.db, &settings, chunk, Utc::now())
+                            .await
+                            .expect("seed");
+                    }
+                    t
+                }
+            };
             let start = Instant::now();
             let tasks: Vec<_> = (0..workers)
                 .map(|_| {
@@ -1112,6 +1355,7 @@ async fn batched_writes(report: &mut Report, backend: Backend, n: usize) {
             }
             assert_eq!(done, n, "every delivery recorded once");
             *rate = n as f64 / start.elapsed().as_secs_f64();
+            previous = Some(t);
         }
         report.add(
             backend,
@@ -1135,6 +1379,24 @@ async fn batched_writes(report: &mut Report, backend: Backend, n: usize) {
             "ratio",
         );
     }
+}
+
+/// One `run.completed` item per event, for the agent at the same index.
+fn enqueue_items<'a>(
+    agents: &'a [String],
+    events: &'a [String],
+    payload: &'a serde_json::Value,
+) -> Vec<deliveries::EnqueueItem<'a>> {
+    agents
+        .iter()
+        .zip(events)
+        .map(|(agent_id, event_id)| deliveries::EnqueueItem {
+            agent_id,
+            event_id,
+            event_type: "run.completed",
+            payload,
+        })
+        .collect()
 }
 
 /// A worker without HTTP: claims batches of 100 and records each as delivered, until nothing

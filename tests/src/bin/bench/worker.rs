@@ -23,11 +23,11 @@ use agent_webhooks::webhook_secret::WebhookSecret;
 use chrono::Utc;
 use futures::StreamExt;
 use integration_tests::{Backend, TestDb, seed_agent};
-use sea_orm::ConnectionTrait;
 use secrecy::SecretString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::procstat::{cpu, measured};
 use super::{Report, ms, percentile};
 
 /// What the receiver saw: when each `webhook-id` first arrived, and how many requests came.
@@ -96,78 +96,6 @@ fn complete_request(buf: &[u8]) -> Option<(usize, String)> {
     (buf.len() >= total).then_some((total, id))
 }
 
-/// CPU time (user + system) of process `pid` ("self" for this one), from `/proc`; zero where
-/// it cannot be read. Linux reports it in clock ticks of 10 ms.
-fn cpu(pid: &str) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
-    };
-    // The command name may hold spaces; the fields after it are plain.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-        return Duration::ZERO;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
-/// The pids of the database server doing this database's work: PostgreSQL's backends of this
-/// database, MariaDB's whole server (its threads are not attributed to databases without the
-/// performance schema), none for SQLite (it runs in this process).
-async fn backend_pids(t: &TestDb) -> Vec<String> {
-    match t.backend {
-        Backend::Sqlite => Vec::new(),
-        Backend::Postgres => {
-            let sql = "SELECT pid::text FROM pg_stat_activity WHERE datname = current_database()";
-            let rows =
-                t.db.query_all_raw(sea_orm::Statement::from_string(
-                    t.db.get_database_backend(),
-                    sql,
-                ))
-                .await
-                .unwrap();
-            rows.iter()
-                .filter_map(|r| r.try_get_by_index::<String>(0).ok())
-                .collect()
-        }
-        Backend::MySql => std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| {
-                std::fs::read_to_string(e.path().join("comm"))
-                    .is_ok_and(|c| matches!(c.trim(), "mariadbd" | "mysqld"))
-            })
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
-    }
-}
-
-/// CPU of this process and of the database server's pids, per `work` run; the pids are taken
-/// after the run (connections opened during it count from zero).
-async fn measured<F: Future<Output = ()>>(t: &TestDb, work: F) -> (Duration, Duration, Duration) {
-    let before_pids = backend_pids(t).await;
-    let before: HashMap<String, Duration> =
-        before_pids.iter().map(|p| (p.clone(), cpu(p))).collect();
-    let own = cpu("self");
-    let start = Instant::now();
-    work.await;
-    let took = start.elapsed();
-    let own = cpu("self").saturating_sub(own);
-    let server = backend_pids(t)
-        .await
-        .iter()
-        .map(|p| cpu(p).saturating_sub(before.get(p).copied().unwrap_or_default()))
-        .sum();
-    (took, own, server)
-}
-
 /// Resets this process's peak RSS (Linux `clear_refs` 5), so a later read covers one section.
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -221,15 +149,15 @@ fn payload(i: usize) -> serde_json::Value {
 
 pub async fn figures(report: &mut Report, backend: Backend, quick: bool) {
     let keys = KeyRing::generate_key_entry("k1").unwrap();
-    let n = if quick { 100 } else { 4_000 };
+    let n = if quick { 50 } else { 4_000 };
     // 64: batches of finished attempts grow with the sends in flight (see `dispatch`).
     let levels: &[usize] = if quick { &[1, 16] } else { &[1, 16, 64] };
     for &concurrency in levels {
         throughput(report, backend, &keys, n, concurrency).await;
     }
-    latency(report, backend, &keys, if quick { 10 } else { 50 }, false).await;
+    latency(report, backend, &keys, if quick { 5 } else { 50 }, false).await;
     if backend == Backend::Postgres {
-        latency(report, backend, &keys, if quick { 10 } else { 50 }, true).await;
+        latency(report, backend, &keys, if quick { 5 } else { 50 }, true).await;
     }
 }
 
