@@ -781,9 +781,11 @@ impl Tally {
         self.ops as f64 / self.time.as_secs_f64()
     }
 
-    /// Backend CPU per operation, in microseconds.
-    fn cpu_us(&self) -> f64 {
-        self.server.as_secs_f64() * 1e6 / self.ops as f64
+    /// Backend CPU per operation, in microseconds; `None` below ten clock ticks (100 ms), where
+    /// the figure would be mostly rounding (the `--quick` sizes).
+    fn cpu_us(&self) -> Option<f64> {
+        (self.server >= Duration::from_millis(100))
+            .then(|| self.server.as_secs_f64() * 1e6 / self.ops as f64)
     }
 }
 
@@ -918,12 +920,12 @@ async fn throughput(report: &mut Report, backend: Backend, n: usize, rounds: usi
                 tally.per_second(),
                 "deliveries/s",
             );
-            if with_cpu {
+            if let (true, Some(cpu)) = (with_cpu, tally.cpu_us()) {
                 report.add(
                     backend,
                     "throughput",
                     format!("{op}: {path}, backend CPU"),
-                    tally.cpu_us(),
+                    cpu,
                     "µs/op",
                 );
             }
@@ -935,12 +937,12 @@ async fn throughput(report: &mut Report, backend: Backend, n: usize, rounds: usi
             service[i].per_second() / raw[i].per_second(),
             "ratio",
         );
-        if with_cpu {
+        if let (true, Some(service), Some(raw)) = (with_cpu, service[i].cpu_us(), raw[i].cpu_us()) {
             report.add(
                 backend,
                 "throughput",
                 format!("{op}: backend CPU service/raw"),
-                service[i].cpu_us() / raw[i].cpu_us(),
+                service / raw,
                 "ratio",
             );
         }
@@ -961,21 +963,23 @@ async fn throughput(report: &mut Report, backend: Backend, n: usize, rounds: usi
             lean[i].per_second(),
             "deliveries/s",
         );
-        if with_cpu {
+        if let (true, Some(cpu)) = (with_cpu, lean[i].cpu_us()) {
             report.add(
                 backend,
                 "throughput",
                 format!("{op}, backend CPU"),
-                lean[i].cpu_us(),
+                cpu,
                 "µs/op",
             );
-            report.add(
-                backend,
-                "throughput",
-                format!("{op}: backend CPU lean/service"),
-                lean[i].cpu_us() / service[replaces].cpu_us(),
-                "ratio",
-            );
+            if let Some(replaced) = service[replaces].cpu_us() {
+                report.add(
+                    backend,
+                    "throughput",
+                    format!("{op}: backend CPU lean/service"),
+                    cpu / replaced,
+                    "ratio",
+                );
+            }
         }
     }
 }
