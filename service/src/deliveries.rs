@@ -579,9 +579,6 @@ async fn claim_in_transaction<C: ConnectionTrait + TransactionTrait>(
     Ok(rows)
 }
 
-/// How often a statement chosen as a deadlock victim is tried again.
-const TRANSIENT_RETRIES: usize = 5;
-
 /// Runs `step` again when the database aborted it as a deadlock victim or a serialization
 /// failure (SQLSTATE 40001, PostgreSQL 40P01): the step was rolled back whole, so repeating it
 /// is safe, and callers should not see what is a normal event under concurrency.
@@ -601,6 +598,17 @@ where
         }
     }
 }
+
+/// Whether `err` is a deadlock or serialization failure, after which a whole transaction may
+/// be run again (the worker's batched recording does; [`retry_transient`] cannot inside it,
+/// since the failed statement took the transaction with it).
+pub(crate) fn is_transient_error(err: &Error) -> bool {
+    matches!(err, Error::Db(db) if is_transient(db))
+}
+
+/// How often a statement (or the worker's recording transaction) chosen as a deadlock victim
+/// is tried again.
+pub(crate) const TRANSIENT_RETRIES: usize = 5;
 
 /// Serialization failure or deadlock: the statement may succeed when sent again.
 fn is_transient(err: &DbErr) -> bool {

@@ -51,7 +51,7 @@
 //! # The HTTP client
 //!
 //! `reqwest` with rustls (never OpenSSL), `POST` with `content-type: application/json`, the
-//! Standard Webhooks headers from [`sender::prepare_request`] and a user agent naming the
+//! Standard Webhooks headers (signed as [`sender::prepare_request`] signs) and a user agent naming the
 //! product. It follows **no redirects** (a 3xx is the final answer, see [`crate::retry`]), uses
 //! no proxy (a proxy would connect for us, past the address check), and reads at most
 //! `max_response_bytes` of a response body; the connect and total timeouts come from
@@ -64,7 +64,7 @@
 //! that resolves to one public and one private address is refused, and a name that changes its
 //! answer between configuration and sending (DNS rebinding) is judged by the answer the socket
 //! would use. IP-literal hosts, which the connector does not resolve, are judged by the same
-//! policy in [`sender::prepare_request`] before anything is sent. A refusal is recorded with
+//! policy ([`UrlPolicy::check`]) before anything is signed or sent. A refusal is recorded with
 //! [`ErrorClass::SsrfBlocked`]; nothing is sent. The development policy allows every address.
 //!
 //! # Outcomes
@@ -117,8 +117,9 @@ pub const USER_AGENT: &str = concat!("agent-webhooks/", env!("CARGO_PKG_VERSION"
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 
 /// How much of a lease must be left, beyond one attempt's timeout, for a delivery that waited
-/// for its host to be sent at all (the recording after the answer needs time too).
-const LEASE_MARGIN: Duration = Duration::from_secs(1);
+/// for its host to be sent at all: after the answer, its recording may wait for the recording
+/// in progress and then record its own batch (on SQLite behind this process's other writes).
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// Metric names (see the [module documentation](self#metrics)).
 pub mod metric {
@@ -468,12 +469,23 @@ impl Dispatcher {
             .iter()
             .map(|c| c.delivery.agent_id.as_str())
             .collect();
-        let keys = if agents.is_empty() {
-            AgentKeys::new()
-        } else {
-            signing_secrets::live_keys(&self.db, &self.settings, &agents, now).await?
-        };
-        Ok((claims, Arc::new(keys)))
+        if agents.is_empty() {
+            return Ok((claims, Arc::default()));
+        }
+        match signing_secrets::live_keys(&self.db, &self.settings, &agents, now).await {
+            Ok(keys) => Ok((claims, Arc::new(keys))),
+            Err(err) => {
+                // Nothing was sent: give the claims back (due now) rather than leave them to
+                // their leases; if the database is gone, the leases run out all the same.
+                let _turn = self.write_turn().await;
+                for claim in &claims {
+                    if let Err(release) = deliveries::release(&self.db, claim, now).await {
+                        tracing::warn!(%release, delivery = %claim.delivery.id, "claim not released");
+                    }
+                }
+                Err(err)
+            }
+        }
     }
 
     /// Waits for the delivery's host to have a free slot, then makes the attempt; gives the
@@ -533,24 +545,22 @@ impl Dispatcher {
     async fn record(&self, finished: &[FinishedAttempt]) -> Result<Vec<Recorded>> {
         let mut recorded = Vec::with_capacity(finished.len());
         for batch in finished.chunks(deliveries::MAX_PAGE_SIZE as usize) {
-            let _turn = self.write_turn().await;
-            let txn = self.db.begin().await?;
-            let outcomes = deliveries::record_outcomes(
-                &txn,
-                &self.settings,
-                batch
-                    .iter()
-                    .map(|done| (&done.claim, &done.outcome, done.record.finished_at)),
-            )
-            .await?;
-            deliveries::record_attempts(
-                &txn,
-                batch
-                    .iter()
-                    .map(|done| (done.claim.delivery.id.as_str(), &done.record)),
-            )
-            .await?;
-            txn.commit().await?;
+            let mut tries = 0;
+            let outcomes = loop {
+                match self.record_batch(batch).await {
+                    // A deadlock victim was rolled back whole: run it again. Outcomes are
+                    // guarded by their claims and attempt rows kept once, so a repeat cannot
+                    // double anything.
+                    Err(err)
+                        if tries < deliveries::TRANSIENT_RETRIES
+                            && deliveries::is_transient_error(&err) =>
+                    {
+                        tries += 1;
+                        tracing::debug!(%err, tries, "recording again after a transient error");
+                    }
+                    result => break result?,
+                }
+            };
             for (outcome, done) in outcomes.into_iter().zip(batch) {
                 recorded.push(match outcome {
                     Ok(decision) => {
@@ -566,6 +576,29 @@ impl Dispatcher {
             }
         }
         Ok(recorded)
+    }
+
+    /// One transaction of [`Dispatcher::record`]: the outcomes, then the attempt rows.
+    async fn record_batch(&self, batch: &[FinishedAttempt]) -> Result<Vec<Result<Decision>>> {
+        let _turn = self.write_turn().await;
+        let txn = self.db.begin().await?;
+        let outcomes = deliveries::record_outcomes(
+            &txn,
+            &self.settings,
+            batch
+                .iter()
+                .map(|done| (&done.claim, &done.outcome, done.record.finished_at)),
+        )
+        .await?;
+        deliveries::record_attempts(
+            &txn,
+            batch
+                .iter()
+                .map(|done| (done.claim.delivery.id.as_str(), &done.record)),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(outcomes)
     }
 
     /// Signs and sends one claimed delivery with its agent's keys from `keys`.

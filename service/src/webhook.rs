@@ -632,7 +632,6 @@ fn parse_host_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
         })
 }
 
-/// The live (not soft-deleted) agent with this id.
 /// The webhook columns of the agents among `ids` that exist, soft-deleted or not, by id: one
 /// `SELECT` per [`MAX_PAGE_SIZE`](crate::deliveries::MAX_PAGE_SIZE) ids, for the batched paths
 /// (fan-out enqueue, the worker's signing keys) that would otherwise read one agent at a time.
@@ -657,6 +656,7 @@ pub(crate) async fn agents_by_id<C: ConnectionTrait>(
     Ok(found)
 }
 
+/// The live (not soft-deleted) agent with this id.
 pub(crate) async fn find_agent<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<AgentWebhook> {
     agents::Entity::find_by_id(agent_id)
         .filter(

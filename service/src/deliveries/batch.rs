@@ -549,6 +549,9 @@ where
         results.push(Ok(decision));
     }
     if !health.is_empty() {
+        // Agent rows are written in one order by every worker, so two batches that share
+        // agents cannot deadlock on them.
+        health.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let current: HashMap<String, (bool, Option<DateTimeWithTimeZone>)> = agents::Entity::find()
             .select_only()
             .column(agents::Column::Id)
