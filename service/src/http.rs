@@ -251,43 +251,39 @@ pub struct Problem {
     pub rule: Option<String>,
 }
 
-/// The problems of every route under an agent, for the OpenAPI document (never constructed).
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)]
-enum AgentProblems {
-    #[response(
-        status = 401,
-        description = "Not authenticated",
-        content_type = "application/problem+json"
-    )]
-    Unauthorized(Problem),
-    #[response(
-        status = 404,
-        description = "No such agent",
-        content_type = "application/problem+json"
-    )]
-    NotFound(Problem),
-}
+// The problem responses the routes share, for the OpenAPI document only (never constructed).
 
-/// The problems of a route under a delivery, for the OpenAPI document (never constructed).
+/// 401 on every route.
 #[derive(utoipa::IntoResponses)]
+#[response(
+    status = 401,
+    description = "Not authenticated",
+    content_type = "application/problem+json"
+)]
 #[allow(dead_code)]
-enum DeliveryProblems {
-    #[response(
-        status = 401,
-        description = "Not authenticated",
-        content_type = "application/problem+json"
-    )]
-    Unauthorized(Problem),
-    #[response(
-        status = 404,
-        description = "No such delivery",
-        content_type = "application/problem+json"
-    )]
-    NotFound(Problem),
-}
+struct Unauthorized(Problem);
 
-/// The problems of a JSON request body, for the OpenAPI document (never constructed).
+/// 404 on every route under an agent (also another organization's agent).
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 404,
+    description = "No such agent",
+    content_type = "application/problem+json"
+)]
+#[allow(dead_code)]
+struct AgentNotFound(Problem);
+
+/// 404 on every route under a delivery (also another organization's delivery).
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 404,
+    description = "No such delivery",
+    content_type = "application/problem+json"
+)]
+#[allow(dead_code)]
+struct DeliveryNotFound(Problem);
+
+/// The problems of a JSON request body.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
 enum JsonBodyProblems {
@@ -742,7 +738,8 @@ async fn own_delivery(
     params(("agent_id" = String, Path, description = "The agent")),
     responses(
         (status = 200, description = "The configuration", body = WebhookConfigView),
-        AgentProblems,
+        Unauthorized,
+        AgentNotFound,
     )
 )]
 async fn get_webhook(
@@ -763,7 +760,8 @@ async fn get_webhook(
     request_body = WebhookConfig,
     responses(
         (status = 200, description = "The configuration as stored", body = WebhookConfigView),
-        AgentProblems,
+        Unauthorized,
+        AgentNotFound,
         JsonBodyProblems,
     )
 )]
@@ -788,7 +786,8 @@ async fn put_webhook(
     request_body = WebhookConfigPatch,
     responses(
         (status = 200, description = "The configuration as stored", body = WebhookConfigView),
-        AgentProblems,
+        Unauthorized,
+        AgentNotFound,
         JsonBodyProblems,
     )
 )]
@@ -812,7 +811,8 @@ async fn patch_webhook(
     params(("agent_id" = String, Path, description = "The agent")),
     responses(
         (status = 204, description = "Cleared"),
-        AgentProblems,
+        Unauthorized,
+        AgentNotFound,
     )
 )]
 async fn delete_webhook(
@@ -850,7 +850,8 @@ pub struct RotatedSecret {
     params(("agent_id" = String, Path, description = "The agent")),
     responses(
         (status = 200, description = "The new secret (not shown again)", body = RotatedSecret),
-        AgentProblems,
+        Unauthorized,
+        AgentNotFound,
         (status = 409, description = "The secret changed meanwhile; nothing was changed", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No encryption key configured", body = Problem, content_type = "application/problem+json"),
     )
@@ -886,7 +887,8 @@ async fn rotate_secret(
     params(("agent_id" = String, Path, description = "The agent")),
     responses(
         (status = 202, description = "The test delivery, queued", body = WebhookDelivery),
-        AgentProblems,
+        Unauthorized,
+        AgentNotFound,
         (status = 409, description = "Disabled, or no URL or secret", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -969,7 +971,8 @@ struct HistoryParams {
     responses(
         (status = 200, description = "One page", body = HistoryPage),
         (status = 400, description = "An invalid parameter", body = Problem, content_type = "application/problem+json"),
-        AgentProblems,
+        Unauthorized,
+        AgentNotFound,
     )
 )]
 async fn list_deliveries(
@@ -1040,7 +1043,8 @@ pub struct RecoverRequest {
     request_body = RecoverRequest,
     responses(
         (status = 200, description = "How many were requeued", body = RecoverReport),
-        AgentProblems,
+        Unauthorized,
+        AgentNotFound,
         JsonBodyProblems,
     )
 )]
@@ -1064,7 +1068,8 @@ async fn recover(
     params(("agent_id" = String, Path, description = "The agent")),
     responses(
         (status = 200, description = "The figures now", body = DeliveryStats),
-        AgentProblems,
+        Unauthorized,
+        AgentNotFound,
     )
 )]
 async fn get_stats(
@@ -1096,7 +1101,8 @@ pub struct DeliveryDetail {
     params(("delivery_id" = String, Path, description = "The delivery")),
     responses(
         (status = 200, description = "The delivery", body = DeliveryDetail),
-        DeliveryProblems,
+        Unauthorized,
+        DeliveryNotFound,
     )
 )]
 async fn get_delivery(
@@ -1117,7 +1123,8 @@ async fn get_delivery(
     params(("delivery_id" = String, Path, description = "The delivery")),
     responses(
         (status = 200, description = "The delivery, due now", body = WebhookDelivery),
-        DeliveryProblems,
+        Unauthorized,
+        DeliveryNotFound,
         (status = 409, description = "Not failed", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -229,6 +229,21 @@ async fn setup(backend: Backend, url: &str, settings: WebhookSettings) -> Setup 
 }
 
 impl Setup {
+    /// Enqueues `event_id` for `agent` now.
+    async fn enqueue(&self, agent: &str, event_id: &str) -> Enqueued {
+        deliveries::enqueue(
+            &self.t.db,
+            &self.settings,
+            agent,
+            event_id,
+            "run.completed",
+            &payload(),
+            Utc::now(),
+        )
+        .await
+        .unwrap()
+    }
+
     fn dispatcher(&self) -> Dispatcher {
         Dispatcher::new(self.settings.clone(), self.t.db.clone()).unwrap()
     }
@@ -256,18 +271,28 @@ impl Setup {
         assert_eq!(seen.header("content-type"), "application/json");
         assert!(seen.header("user-agent").starts_with("agent-webhooks/"));
         assert_eq!(seen.header("webhook-id"), "evt_1");
+        assert!(
+            seen.verifies(&self.secret),
+            "signed with the agent's secret"
+        );
+    }
+}
+
+impl Seen {
+    /// The request's signature checks out with `secret`.
+    fn verifies(&self, secret: &WebhookSecret) -> bool {
         signing::verify(
-            &[&self.secret],
+            &[secret],
             ReceivedHeaders {
-                id: seen.header("webhook-id"),
-                timestamp: seen.header("webhook-timestamp"),
-                signature: seen.header("webhook-signature"),
+                id: self.header("webhook-id"),
+                timestamp: self.header("webhook-timestamp"),
+                signature: self.header("webhook-signature"),
             },
-            &seen.body,
+            &self.body,
             Utc::now().timestamp(),
             signing::DEFAULT_TOLERANCE,
         )
-        .unwrap();
+        .is_ok()
     }
 }
 
@@ -556,17 +581,7 @@ async fn concurrency_is_bounded(backend: Backend) {
     settings.worker.concurrency = 2;
     let s = setup(backend, &url(addr), settings).await;
     for i in 2..=6 {
-        deliveries::enqueue(
-            &s.t.db,
-            &s.settings,
-            "agent-1",
-            &format!("evt_{i}"),
-            "run.completed",
-            &payload(),
-            Utc::now(),
-        )
-        .await
-        .unwrap();
+        s.enqueue("agent-1", &format!("evt_{i}")).await;
     }
     let report = s.run_once().await;
     assert_eq!((report.attempts, report.delivered), (6, 6), "{report:?}");
@@ -714,17 +729,7 @@ async fn busy_host_claims_are_released_unsent(backend: Backend) {
     // A 2 s lease leaves no time to wait beyond the 1 s attempt and its 1 s margin.
     settings.claim_lease = Duration::from_secs(2);
     let s = setup(backend, &url(addr), settings).await;
-    let second = deliveries::enqueue(
-        &s.t.db,
-        &s.settings,
-        "agent-1",
-        "evt_2",
-        "run.completed",
-        &payload(),
-        Utc::now(),
-    )
-    .await
-    .unwrap();
+    let second = s.enqueue("agent-1", "evt_2").await;
     let Enqueued::Created(second) = second else {
         panic!("{second:?}");
     };
@@ -775,17 +780,7 @@ async fn a_batch_of_agents_is_signed_per_agent_and_recorded_once(backend: Backen
     let old_3 = std::mem::replace(&mut secrets[2].1, rotated.secret);
     for (agent, _) in &secrets {
         for i in 2..=4 {
-            deliveries::enqueue(
-                &s.t.db,
-                &s.settings,
-                agent,
-                &format!("evt_{i}"),
-                "run.completed",
-                &payload(),
-                Utc::now(),
-            )
-            .await
-            .unwrap();
+            s.enqueue(agent, &format!("evt_{i}")).await;
         }
     }
     // agent-4 is soft-deleted after its events were enqueued.
@@ -812,30 +807,16 @@ async fn a_batch_of_agents_is_signed_per_agent_and_recorded_once(backend: Backen
     );
     let seen = receiver.seen();
     assert_eq!(seen.len(), 10, "agent-4 was not sent to");
-    let verifies = |secret: &WebhookSecret, seen: &Seen| {
-        signing::verify(
-            &[secret],
-            ReceivedHeaders {
-                id: seen.header("webhook-id"),
-                timestamp: seen.header("webhook-timestamp"),
-                signature: seen.header("webhook-signature"),
-            },
-            &seen.body,
-            Utc::now().timestamp(),
-            signing::DEFAULT_TOLERANCE,
-        )
-        .is_ok()
-    };
     for request in &seen {
         let agent = request.path.trim_start_matches('/');
         for (other, secret) in &secrets {
             assert_eq!(
-                verifies(secret, request),
+                request.verifies(secret),
                 other == agent,
                 "{agent} checked with {other}'s secret"
             );
         }
-        assert_eq!(verifies(&old_3, request), agent == "agent-3", "{agent}");
+        assert_eq!(request.verifies(&old_3), agent == "agent-3", "{agent}");
     }
     // Every delivery has exactly one attempt row; agent-4's say why nothing was sent.
     for (agent, _) in &secrets {
