@@ -550,6 +550,28 @@ impl ClaimPlan {
 const LOST_FINAL_ATTEMPT: &str =
     "no result was reported for the final attempt before its lease ran out";
 
+/// MySQL's stand-in for `UPDATE … RETURNING id`, in the caller's transaction: locks the rows
+/// `lock` selects (its first column is their id) and applies `update` to exactly those; returns
+/// their ids. Shared by the claim and the batched record.
+async fn update_locked<C: ConnectionTrait>(
+    txn: &C,
+    lock: &SelectStatement,
+    update: &UpdateStatement,
+) -> Result<Vec<String>, DbErr> {
+    let ids: Vec<String> = txn
+        .query_all(lock)
+        .await?
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0))
+        .collect::<Result<_, _>>()?;
+    if !ids.is_empty() {
+        let mut update = update.clone();
+        update.and_where(wd::Column::Id.is_in(ids.clone()));
+        txn.execute(&update).await?;
+    }
+    Ok(ids)
+}
+
 /// MySQL's claim: lock the due rows, lease them, read them. InnoDB may pick this transaction
 /// as a deadlock victim under concurrency; the caller retries it ([`retry_transient`]).
 async fn claim_in_transaction<C: ConnectionTrait + TransactionTrait>(
@@ -558,19 +580,11 @@ async fn claim_in_transaction<C: ConnectionTrait + TransactionTrait>(
     lease_update: &UpdateStatement,
 ) -> Result<Vec<wd::Model>, DbErr> {
     let txn = db.begin().await?;
-    let ids: Vec<String> = txn
-        .query_all(due)
-        .await?
-        .iter()
-        .map(|row| row.try_get_by_index::<String>(0))
-        .collect::<Result<_, _>>()?;
+    let ids = update_locked(&txn, due, lease_update).await?;
     if ids.is_empty() {
         txn.commit().await?;
         return Ok(Vec::new());
     }
-    let mut lease_update = lease_update.clone();
-    lease_update.and_where(wd::Column::Id.is_in(ids.clone()));
-    txn.execute(&lease_update).await?;
     let rows = wd::Entity::find()
         .filter(wd::Column::Id.is_in(ids))
         .all(&txn)

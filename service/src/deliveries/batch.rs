@@ -593,17 +593,7 @@ async fn record_in_transaction<C: ConnectionTrait + TransactionTrait>(
     update: &UpdateStatement,
 ) -> Result<HashSet<String>, DbErr> {
     let txn = db.begin().await?;
-    let ids: Vec<String> = txn
-        .query_all(lock)
-        .await?
-        .iter()
-        .map(|row| row.try_get_by_index::<String>(0))
-        .collect::<Result<_, _>>()?;
-    if !ids.is_empty() {
-        let mut update = update.clone();
-        update.and_where(wd::Column::Id.is_in(ids.clone()));
-        txn.execute(&update).await?;
-    }
+    let ids = update_locked(&txn, lock, update).await?;
     txn.commit().await?;
     Ok(ids.into_iter().collect())
 }
