@@ -416,6 +416,34 @@ pub async fn enqueue_event<C: sea_orm::ConnectionTrait>(
     .await
 }
 
+/// A worker running [`Dispatcher::run`](agent_webhooks::dispatch::Dispatcher::run) in a task
+/// until [`RunningWorker::stop`], for the tests and the bench that watch it work meanwhile.
+pub struct RunningWorker {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<agent_webhooks::dispatch::DrainReport>,
+}
+
+impl RunningWorker {
+    /// Starts `dispatcher` polling (and listening, where set) until stopped.
+    pub fn start(dispatcher: agent_webhooks::dispatch::Dispatcher) -> RunningWorker {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            dispatcher
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        RunningWorker { stop, task }
+    }
+
+    /// Signals the shutdown and waits for the worker's report.
+    pub async fn stop(self) -> agent_webhooks::dispatch::DrainReport {
+        let _ = self.stop.send(());
+        self.task.await.expect("the worker task panicked")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{TimeDelta, Utc};
 use entity::agents;
-use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
+use integration_tests::{Backend, RunningWorker, TestDb, backend_tests, seed_agent};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use secrecy::SecretString;
 use serde_json::json;
@@ -667,14 +667,7 @@ async fn idle_worker_wakes_on_enqueue(listen: bool) {
     settings.worker.listen = listen;
     let s = setup(Backend::Postgres, &url(addr), settings).await;
     let dispatcher = s.dispatcher();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(async move {
-        dispatcher
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let worker = RunningWorker::start(dispatcher);
     let arrived = async |n: usize| {
         let deadline = Instant::now() + Duration::from_secs(3);
         while receiver.seen().len() < n && Instant::now() < deadline {
@@ -686,26 +679,13 @@ async fn idle_worker_wakes_on_enqueue(listen: bool) {
     // The worker is idle now, waiting up to a minute.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let enqueued = Instant::now();
-    let mut settings = s.settings.clone();
-    settings.worker.listen = listen;
-    deliveries::enqueue(
-        &s.t.db,
-        &settings,
-        "agent-1",
-        "evt_2",
-        "run.completed",
-        &payload(),
-        Utc::now(),
-    )
-    .await
-    .unwrap();
+    s.enqueue("agent-1", "evt_2").await;
     assert_eq!(arrived(2).await, listen, "listen: {listen}");
     if listen {
         let latency = receiver.seen()[1].at - enqueued;
         assert!(latency < Duration::from_secs(1), "{latency:?}");
     }
-    stop.send(()).unwrap();
-    worker.await.unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,9 +20,9 @@ use agent_webhooks::signing;
 use agent_webhooks::url_policy::UrlPolicy;
 use agent_webhooks::webhook::{self, WebhookConfig};
 use agent_webhooks::webhook_secret::WebhookSecret;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use integration_tests::{Backend, TestDb, seed_agent};
+use integration_tests::{Backend, RunningWorker, TestDb, seed_agent};
 use secrecy::SecretString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -143,6 +143,21 @@ async fn setup(backend: Backend, settings: &WebhookSettings, port: u16) -> (Test
     (t, secret)
 }
 
+/// Enqueues event `evt_{i}` for `agent-1` at `now`.
+async fn enqueue(t: &TestDb, settings: &WebhookSettings, i: usize, now: DateTime<Utc>) {
+    deliveries::enqueue(
+        &t.db,
+        settings,
+        "agent-1",
+        &format!("evt_{i}"),
+        "run.completed",
+        &payload(i),
+        now,
+    )
+    .await
+    .unwrap();
+}
+
 fn payload(i: usize) -> serde_json::Value {
     serde_json::json!({"type": "run.completed", "data": {"run_id": format!("run-{i}"), "text": "x".repeat(400)}})
 }
@@ -175,18 +190,7 @@ async fn throughput(
     let (t, secret) = setup(backend, &settings, port).await;
     let now = Utc::now();
     for i in 0..n {
-        let event = format!("evt_{i}");
-        deliveries::enqueue(
-            &t.db,
-            &settings,
-            "agent-1",
-            &event,
-            "run.completed",
-            &payload(i),
-            now,
-        )
-        .await
-        .unwrap();
+        enqueue(&t, &settings, i, now).await;
     }
     let dispatcher = Dispatcher::new(settings.clone(), t.db.clone()).unwrap();
     reset_peak_rss();
@@ -304,31 +308,14 @@ async fn latency(report: &mut Report, backend: Backend, keys: &str, events: usiz
     let settings = settings(keys, 16, listen);
     let (t, _secret) = setup(backend, &settings, port).await;
     let dispatcher = Dispatcher::new(settings.clone(), t.db.clone()).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(async move {
-        dispatcher
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let worker = RunningWorker::start(dispatcher);
     // Let the worker start listening (or polling) before the first event.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut enqueued = HashMap::new();
     for i in 0..events {
         let event = format!("evt_{i}");
         enqueued.insert(event.clone(), Instant::now());
-        deliveries::enqueue(
-            &t.db,
-            &settings,
-            "agent-1",
-            &event,
-            "run.completed",
-            &payload(i),
-            Utc::now(),
-        )
-        .await
-        .unwrap();
+        enqueue(&t, &settings, i, Utc::now()).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -336,8 +323,7 @@ async fn latency(report: &mut Report, backend: Backend, keys: &str, events: usiz
         assert!(Instant::now() < deadline, "not every event arrived");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    stop.send(()).unwrap();
-    worker.await.unwrap();
+    worker.stop().await;
     let at = arrivals.at.lock().unwrap();
     let mut samples: Vec<Duration> = enqueued
         .iter()
