@@ -602,10 +602,12 @@ impl Dispatcher {
     }
 
     /// Signs and sends one claimed delivery with its agent's keys from `keys`.
-    async fn attempt(&self, claim: Claim, keys: &AgentKeys) -> FinishedAttempt {
+    async fn attempt(&self, mut claim: Claim, keys: &AgentKeys) -> FinishedAttempt {
         let started_at = Utc::now();
         let clock = Instant::now();
-        let attempt = self.send(&claim, keys, started_at).await;
+        // The body moves into the request; the recording needs only the claim's guard.
+        let payload = claim.payload.take();
+        let attempt = self.send(&claim, payload, keys, started_at).await;
         let took = clock.elapsed();
         metrics::histogram!(metric::ATTEMPT_DURATION).record(took.as_secs_f64());
         let record = AttemptRecord {
@@ -635,8 +637,14 @@ impl Dispatcher {
     }
 
     /// Signs and sends; every failure becomes the attempt's outcome.
-    async fn send(&self, claim: &Claim, keys: &AgentKeys, now: DateTime<Utc>) -> Attempt {
-        let Some(payload) = claim.payload.clone() else {
+    async fn send(
+        &self,
+        claim: &Claim,
+        payload: Option<Vec<u8>>,
+        keys: &AgentKeys,
+        now: DateTime<Utc>,
+    ) -> Attempt {
+        let Some(payload) = payload else {
             return Attempt::refused(
                 ErrorClass::NotSendable,
                 "no payload stored (enqueued before payloads were kept)".to_owned(),
