@@ -26,6 +26,13 @@
 //! * [`requeue`] lets an operator send an exhausted delivery again, [`recover`] every exhausted
 //!   delivery of an agent since an instant (after an outage); [`prune`] keeps the table
 //!   small (the attempt log goes with its deliveries).
+//!
+//! Every function takes any connection, so it can run inside the caller's transaction. Under
+//! concurrency PostgreSQL and MySQL pick deadlock victims; a function that owns its
+//! transaction (it was handed a pool, not a transaction) runs the victim again itself. Inside
+//! the caller's transaction it cannot: MySQL rolled back all of the caller's work with the
+//! victim and PostgreSQL aborted it, so the error goes back, [`Error::is_transient`] says so,
+//! and the caller runs its whole transaction again.
 
 use std::fmt;
 use std::future::Future;
@@ -51,6 +58,22 @@ use crate::error::{Error, Result};
 use crate::retry::{AttemptOutcome, Decision};
 use crate::settings::WebhookSettings;
 use crate::webhook::AgentWebhook;
+
+/// Runs `$step`, an expression over `$txn`, in a transaction of its own begun on `$db` until
+/// [`settle`] ends it with a value (after at most [`TRANSIENT_RETRIES`] repeats), and evaluates
+/// to that value; returns the error otherwise.
+macro_rules! in_own_transaction {
+    ($db:expr, |$txn:ident| $step:expr) => {{
+        let mut tries = 0;
+        loop {
+            let $txn = $db.begin().await?;
+            let result = $step.await;
+            if let Some(value) = settle($txn, result, &mut tries).await? {
+                break value;
+            }
+        }
+    }};
+}
 
 mod batch;
 
@@ -454,11 +477,11 @@ pub async fn claim_due<C: ConnectionTrait + TransactionTrait>(
     let lease_until = plan.lease_until.to_utc();
     let rows = match backend {
         DbBackend::MySql => {
-            retry_transient(|| claim_in_transaction(db, &plan.due, &plan.lease)).await?
+            in_own_transaction!(db, |txn| claim_locked(&txn, &plan.due, &plan.lease))
         }
         _ => {
             let statement = plan.single_statement(backend);
-            retry_transient(|| wd::Entity::find().from_raw_sql(statement.clone()).all(db)).await?
+            retry_statement(|| wd::Entity::find().from_raw_sql(statement.clone()).all(db)).await?
         }
     };
     Ok(rows
@@ -572,52 +595,96 @@ async fn update_locked<C: ConnectionTrait>(
     Ok(ids)
 }
 
-/// MySQL's claim: lock the due rows, lease them, read them. InnoDB may pick this transaction
-/// as a deadlock victim under concurrency; the caller retries it ([`retry_transient`]).
-async fn claim_in_transaction<C: ConnectionTrait + TransactionTrait>(
-    db: &C,
+/// MySQL's claim, run [`in_own_transaction`]: lock the due rows, lease them, read them.
+async fn claim_locked<C: ConnectionTrait>(
+    txn: &C,
     due: &SelectStatement,
     lease_update: &UpdateStatement,
 ) -> Result<Vec<wd::Model>, DbErr> {
-    let txn = db.begin().await?;
-    let ids = update_locked(&txn, due, lease_update).await?;
+    let ids = update_locked(txn, due, lease_update).await?;
     if ids.is_empty() {
-        txn.commit().await?;
         return Ok(Vec::new());
     }
-    let rows = wd::Entity::find()
+    wd::Entity::find()
         .filter(wd::Column::Id.is_in(ids))
-        .all(&txn)
-        .await?;
-    txn.commit().await?;
-    Ok(rows)
+        .all(txn)
+        .await
 }
 
-/// Runs `step` again when the database aborted it as a deadlock victim or a serialization
-/// failure (SQLSTATE 40001, PostgreSQL 40P01): the step was rolled back whole, so repeating it
-/// is safe, and callers should not see what is a normal event under concurrency.
-async fn retry_transient<T, F, Fut>(mut step: F) -> Result<T, DbErr>
+/// Runs one statement again when the database chose it as a deadlock victim or failed it for
+/// serialization (SQLSTATE 40001, PostgreSQL 40P01): callers should not see what is a normal
+/// event under concurrency. For PostgreSQL and SQLite only, where a failed statement cannot
+/// take a caller's earlier work with it: in autocommit it was rolled back alone, so repeating
+/// it is safe; inside a caller's transaction PostgreSQL refuses the repeat (25P02, the
+/// transaction is aborted) and the original error goes back, for the caller to run its whole
+/// transaction again ([`Error::is_transient`]). MySQL rolls back the caller's whole
+/// transaction with the victim, so there the step runs [`in_own_transaction`].
+async fn retry_statement<T, F, Fut>(mut step: F) -> Result<T, DbErr>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, DbErr>>,
 {
     let mut tries = 0;
+    let mut victim: Option<DbErr> = None;
     loop {
         match step().await {
             Err(err) if tries < TRANSIENT_RETRIES && is_transient(&err) => {
                 tries += 1;
                 tracing::debug!(%err, tries, "retrying after a transient database error");
+                victim = Some(err);
+            }
+            Err(err) if sql_state(&err).as_deref() == Some(IN_FAILED_TRANSACTION) => {
+                return Err(victim.unwrap_or(err));
             }
             result => return result,
         }
     }
 }
 
-/// Whether `err` is a deadlock or serialization failure, after which a whole transaction may
-/// be run again (the worker's batched recording does; [`retry_transient`] cannot inside it,
-/// since the failed statement took the transaction with it).
-pub(crate) fn is_transient_error(err: &Error) -> bool {
-    matches!(err, Error::Db(db) if is_transient(db))
+/// PostgreSQL's "current transaction is aborted, commands ignored until end of transaction
+/// block".
+const IN_FAILED_TRANSACTION: &str = "25P02";
+
+/// Ends one try of a step that runs in a transaction of its own (`txn`, see
+/// [`in_own_transaction`]): commits it after success; after a deadlock or serialization failure rolls it back and
+/// answers `None`, "run the step again", as long as that transaction was the whole one. Inside
+/// a caller's transaction ours is a savepoint, and MySQL rolls back the caller's work with the
+/// victim: the savepoint is gone, its rollback fails, and repeating the step would run it
+/// outside any transaction, so the original error goes back for the caller to run its whole
+/// transaction again ([`Error::is_transient`]).
+async fn settle<X: TransactionSession, T>(
+    txn: X,
+    result: Result<T, DbErr>,
+    tries: &mut usize,
+) -> Result<Option<T>, DbErr> {
+    match result {
+        Ok(value) => {
+            txn.commit().await?;
+            Ok(Some(value))
+        }
+        Err(err) if *tries < TRANSIENT_RETRIES && is_transient(&err) => {
+            if txn.rollback().await.is_err() {
+                return Err(err);
+            }
+            *tries += 1;
+            tracing::debug!(%err, tries, "retrying after a transient database error");
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Sends a guarded single-row update (see [`claimed`]) with the retry its backend allows:
+/// [`in_own_transaction`] on MySQL, [`retry_statement`] elsewhere.
+async fn exec_claimed<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    update: &sea_orm::UpdateMany<wd::Entity>,
+) -> Result<u64, DbErr> {
+    let result = match db.get_database_backend() {
+        DbBackend::MySql => in_own_transaction!(db, |txn| update.clone().exec(&txn)),
+        _ => retry_statement(|| update.clone().exec(db)).await?,
+    };
+    Ok(result.rows_affected)
 }
 
 /// How often a statement (or the worker's recording transaction) chosen as a deadlock victim
@@ -625,7 +692,7 @@ pub(crate) fn is_transient_error(err: &Error) -> bool {
 pub(crate) const TRANSIENT_RETRIES: usize = 5;
 
 /// Serialization failure or deadlock: the statement may succeed when sent again.
-fn is_transient(err: &DbErr) -> bool {
+pub(crate) fn is_transient(err: &DbErr) -> bool {
     sql_state(err).is_some_and(|code| code == "40001" || code == "40P01")
 }
 
@@ -648,7 +715,7 @@ fn sql_state(err: &DbErr) -> Option<String> {
 ///
 /// Fails with [`Error::StaleClaim`], changing nothing, when the delivery was claimed again
 /// since (the lease ran out) or this attempt was already reported.
-pub async fn record_outcome<C: ConnectionTrait>(
+pub async fn record_outcome<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     settings: &WebhookSettings,
     claim: &Claim,
@@ -687,11 +754,7 @@ pub async fn record_outcome<C: ConnectionTrait>(
             decision
         }
     };
-    if retry_transient(|| update.clone().exec(db))
-        .await?
-        .rows_affected
-        == 0
-    {
+    if exec_claimed(db, &update).await? == 0 {
         return Err(stale(claim));
     }
     tracing::debug!(delivery = %claim.delivery.id, attempt = claim.attempt, ?decision, "recorded attempt");
@@ -901,18 +964,18 @@ pub async fn attempts<C: ConnectionTrait>(db: &C, delivery_id: &str) -> Result<V
 ///
 /// Guarded by the claim like [`record_outcome`]: fails with [`Error::StaleClaim`], changing
 /// nothing, when the delivery was claimed again since or this attempt was already reported.
-pub async fn abandon<C: ConnectionTrait>(db: &C, claim: &Claim, reason: &str) -> Result<()> {
+pub async fn abandon<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    claim: &Claim,
+    reason: &str,
+) -> Result<()> {
     let update = claimed(claim)
         .col_expr(wd::Column::ErrorMessage, Expr::value(bounded(reason)))
         .col_expr(
             wd::Column::NextRetryAt,
             Expr::value(None::<DateTimeWithTimeZone>),
         );
-    if retry_transient(|| update.clone().exec(db))
-        .await?
-        .rows_affected
-        == 0
-    {
+    if exec_claimed(db, &update).await? == 0 {
         return Err(stale(claim));
     }
     tracing::info!(delivery = %claim.delivery.id, attempt = claim.attempt, reason, "abandoned delivery");
@@ -926,18 +989,18 @@ pub async fn abandon<C: ConnectionTrait>(db: &C, claim: &Claim, reason: &str) ->
 ///
 /// Guarded by the claim like [`record_outcome`]: fails with [`Error::StaleClaim`], changing
 /// nothing, when the delivery was claimed again since or this attempt was already reported.
-pub async fn release<C: ConnectionTrait>(db: &C, claim: &Claim, due: DateTime<Utc>) -> Result<()> {
+pub async fn release<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    claim: &Claim,
+    due: DateTime<Utc>,
+) -> Result<()> {
     let update = claimed(claim)
         .col_expr(
             wd::Column::NextRetryAt,
             Expr::value(stamp(db.get_database_backend(), due)),
         )
         .col_expr(wd::Column::AttemptCount, Expr::value(claim.attempt - 1));
-    if retry_transient(|| update.clone().exec(db))
-        .await?
-        .rows_affected
-        == 0
-    {
+    if exec_claimed(db, &update).await? == 0 {
         return Err(stale(claim));
     }
     Ok(())

@@ -551,10 +551,7 @@ impl Dispatcher {
                     // A deadlock victim was rolled back whole: run it again. Outcomes are
                     // guarded by their claims and attempt rows kept once, so a repeat cannot
                     // double anything.
-                    Err(err)
-                        if tries < deliveries::TRANSIENT_RETRIES
-                            && deliveries::is_transient_error(&err) =>
-                    {
+                    Err(err) if tries < deliveries::TRANSIENT_RETRIES && err.is_transient() => {
                         tries += 1;
                         tracing::debug!(%err, tries, "recording again after a transient error");
                     }

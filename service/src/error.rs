@@ -120,3 +120,13 @@ pub enum Error {
     #[error(transparent)]
     Db(#[from] DbErr),
 }
+
+impl Error {
+    /// Whether the database chose this operation as a deadlock victim or failed it for
+    /// serialization. Outside a transaction the library has already tried again; inside one
+    /// (yours) the whole transaction was rolled back (MySQL) or aborted (PostgreSQL) with it,
+    /// so roll it back and run all of it again.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Db(db) if crate::deliveries::is_transient(db))
+    }
+}

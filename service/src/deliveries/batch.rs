@@ -507,11 +507,13 @@ where
                 .from(wd::Entity)
                 .cond_where(current)
                 .lock(LockType::Update);
-            retry_transient(|| record_in_transaction(db, &lock, &update)).await?
+            in_own_transaction!(db, |txn| update_locked(&txn, &lock, &update))
+                .into_iter()
+                .collect()
         }
         _ => {
             update.returning_col(wd::Column::Id);
-            retry_transient(|| async {
+            retry_statement(|| async {
                 db.query_all(&update)
                     .await?
                     .iter()
@@ -584,16 +586,4 @@ where
         }
     }
     Ok(results)
-}
-
-/// MySQL's batched record: lock the rows whose claims are current, update exactly those.
-async fn record_in_transaction<C: ConnectionTrait + TransactionTrait>(
-    db: &C,
-    lock: &SelectStatement,
-    update: &UpdateStatement,
-) -> Result<HashSet<String>, DbErr> {
-    let txn = db.begin().await?;
-    let ids = update_locked(&txn, lock, update).await?;
-    txn.commit().await?;
-    Ok(ids.into_iter().collect())
 }

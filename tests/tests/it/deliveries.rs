@@ -16,8 +16,10 @@ use entity::{agents, webhook_deliveries};
 use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use sea_orm::sea_query::{Expr, LockType, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    TransactionTrait,
 };
 
 fn t0() -> DateTime<Utc> {
@@ -44,7 +46,7 @@ fn policy(max_attempts: u32) -> WebhookSettings {
 
 /// Records an HTTP response; a 2xx is delivered under any policy.
 async fn record_status(
-    db: &impl ConnectionTrait,
+    db: &(impl ConnectionTrait + TransactionTrait),
     claim: &Claim,
     code: u16,
     now: DateTime<Utc>,
@@ -786,3 +788,91 @@ backend_tests!(
     prune_deletes_only_finished_old_deliveries,
     eight_workers_drain_five_thousand_deliveries,
 );
+
+/// A library call inside the caller's transaction that the database picks as a deadlock
+/// victim reports it ([`Error::is_transient`]) instead of running again: on MySQL the victim's
+/// whole transaction, the caller's earlier write included, is gone, and a repeat would store
+/// the outcome outside it while the caller goes on as if nothing happened; on PostgreSQL a
+/// repeat only meets the aborted transaction and would hide the deadlock behind 25P02.
+///
+/// The cycle: `other` holds the delivery row and then wants the caller's agent row; the caller
+/// holds that agent row and records an outcome, which wants the delivery row. `other` wrote
+/// more rows, so InnoDB rolls back the caller (it picks the smaller transaction); PostgreSQL
+/// aborts the caller, whose wait reaches `deadlock_timeout` first.
+async fn deadlock_victim_inside_a_callers_transaction_is_reported(backend: Backend) {
+    let t = TestDb::migrated(backend).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    seed_agent(&t, "agent-2", &[]).await;
+    let now = t0();
+    let id = created(&t, "agent-1", "evt-1", "run.completed", now).await;
+    let claim = claim_one(&t, &policy(5), now).await;
+    let rename = |name: &str| {
+        agents::Entity::update_many()
+            .col_expr(agents::Column::Name, Expr::value(name))
+            .filter(agents::Column::Id.eq("agent-2"))
+    };
+
+    let other = t.db.begin().await.unwrap();
+    for i in 0..20 {
+        agents::Entity::update_many()
+            .col_expr(agents::Column::Name, Expr::value(format!("ballast {i}")))
+            .filter(agents::Column::Id.eq("agent-1"))
+            .exec(&other)
+            .await
+            .unwrap();
+    }
+    let mut lock = Query::select();
+    lock.column(webhook_deliveries::Column::Id)
+        .from(webhook_deliveries::Entity)
+        .and_where(webhook_deliveries::Column::Id.eq(id.as_str()))
+        .lock(LockType::Update);
+    other.query_all(&lock).await.unwrap();
+
+    let ours = t.db.begin().await.unwrap();
+    rename("caller").exec(&ours).await.unwrap();
+    let again = claim.clone();
+    let recording = tokio::spawn(async move {
+        let result = record_status(&ours, &claim, 200, now).await;
+        (ours, result)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let closing = tokio::spawn(async move {
+        rename("other").exec(&other).await.unwrap();
+        other.commit().await.unwrap();
+    });
+
+    let (ours, result) = tokio::time::timeout(Duration::from_secs(20), recording)
+        .await
+        .expect("the outcome is reported, not repeated outside the caller's transaction")
+        .unwrap();
+    match result {
+        Err(err) => assert!(err.is_transient(), "{err}"),
+        Ok(decision) => panic!("recorded {decision:?} after the caller's transaction was lost"),
+    }
+    // MySQL took sqlx's savepoint with the transaction, so this rollback may report it gone.
+    let _ = ours.rollback().await;
+    closing.await.unwrap();
+
+    let agent = agents::Entity::find_by_id("agent-2").one(&t.db).await;
+    assert_eq!(agent.unwrap().unwrap().name, "other");
+    assert_eq!(state(&t, &id, now).await, DeliveryState::Leased);
+    // The claim still holds: the outcome is stored when the caller runs again.
+    assert_eq!(
+        record_status(&t.db, &again, 200, now).await.unwrap(),
+        Decision::Delivered
+    );
+}
+
+/// SQLite has no deadlocks to pick a victim of: it serializes writers.
+mod deadlock_victim_inside_a_callers_transaction_is_reported {
+    use integration_tests::Backend;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::deadlock_victim_inside_a_callers_transaction_is_reported(Backend::Postgres).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql() {
+        super::deadlock_victim_inside_a_callers_transaction_is_reported(Backend::MySql).await
+    }
+}
