@@ -77,6 +77,7 @@ macro_rules! in_own_transaction {
 
 mod batch;
 
+pub(crate) use batch::record_outcomes_in;
 pub use batch::{EnqueueItem, enqueue_for_agent, enqueue_many, record_outcomes};
 
 /// Longest error text kept per attempt; a receiver's error page can be large.
@@ -481,7 +482,10 @@ pub async fn claim_due<C: ConnectionTrait + TransactionTrait>(
         }
         _ => {
             let statement = plan.single_statement(backend);
-            retry_statement(|| wd::Entity::find().from_raw_sql(statement.clone()).all(db)).await?
+            retry_statement(db, || {
+                wd::Entity::find().from_raw_sql(statement.clone()).all(db)
+            })
+            .await?
         }
     };
     Ok(rows
@@ -612,38 +616,41 @@ async fn claim_locked<C: ConnectionTrait>(
 }
 
 /// Runs one statement again when the database chose it as a deadlock victim or failed it for
-/// serialization (SQLSTATE 40001, PostgreSQL 40P01): callers should not see what is a normal
-/// event under concurrency. For PostgreSQL and SQLite only, where a failed statement cannot
-/// take a caller's earlier work with it: in autocommit it was rolled back alone, so repeating
-/// it is safe; inside a caller's transaction PostgreSQL refuses the repeat (25P02, the
-/// transaction is aborted) and the original error goes back, for the caller to run its whole
-/// transaction again ([`Error::is_transient`]). MySQL rolls back the caller's whole
-/// transaction with the victim, so there the step runs [`in_own_transaction`].
-async fn retry_statement<T, F, Fut>(mut step: F) -> Result<T, DbErr>
+/// serialization (SQLSTATE 40001, PostgreSQL 40P01), as long as it ran on its own
+/// ([`ran_alone`]): callers should not see what is a normal event under concurrency, but
+/// inside a caller's transaction the failure took the caller's work with it (MySQL rolled it
+/// back, PostgreSQL aborted it), so the error goes back for the caller to run its whole
+/// transaction again ([`Error::is_transient`]).
+async fn retry_statement<C, T, F, Fut>(db: &C, mut step: F) -> Result<T, DbErr>
 where
+    C: TransactionTrait,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, DbErr>>,
 {
     let mut tries = 0;
-    let mut victim: Option<DbErr> = None;
     loop {
         match step().await {
-            Err(err) if tries < TRANSIENT_RETRIES && is_transient(&err) => {
+            Err(err) if tries < TRANSIENT_RETRIES && is_transient(&err) && ran_alone(db).await => {
                 tries += 1;
                 tracing::debug!(%err, tries, "retrying after a transient database error");
-                victim = Some(err);
-            }
-            Err(err) if sql_state(&err).as_deref() == Some(IN_FAILED_TRANSACTION) => {
-                return Err(victim.unwrap_or(err));
             }
             result => return result,
         }
     }
 }
 
-/// PostgreSQL's "current transaction is aborted, commands ignored until end of transaction
-/// block".
-const IN_FAILED_TRANSACTION: &str = "25P02";
+/// Whether `db`, on which a statement was just chosen as a deadlock victim, is a connection
+/// of its own rather than a caller's transaction. Asked only after such a failure, when a
+/// transaction can begin on `db` only at the top level: inside a caller's transaction
+/// PostgreSQL refuses the savepoint (the transaction is aborted), and MySQL, which rolled the
+/// caller's transaction back, makes it outside any transaction, which sqlx reports as a failed
+/// begin. Costs nothing when nothing fails.
+async fn ran_alone<C: TransactionTrait>(db: &C) -> bool {
+    match db.begin().await {
+        Ok(probe) => probe.rollback().await.is_ok(),
+        Err(_) => false,
+    }
+}
 
 /// Ends one try of a step that runs in a transaction of its own (`txn`, see
 /// [`in_own_transaction`]): commits it after success; after a deadlock or serialization failure rolls it back and
@@ -674,16 +681,13 @@ async fn settle<X: TransactionSession, T>(
     }
 }
 
-/// Sends a guarded single-row update (see [`claimed`]) with the retry its backend allows:
-/// [`in_own_transaction`] on MySQL, [`retry_statement`] elsewhere.
+/// Sends a guarded single-row update (see [`claimed`]) with [`retry_statement`]; answers how
+/// many rows it changed.
 async fn exec_claimed<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     update: &sea_orm::UpdateMany<wd::Entity>,
 ) -> Result<u64, DbErr> {
-    let result = match db.get_database_backend() {
-        DbBackend::MySql => in_own_transaction!(db, |txn| update.clone().exec(&txn)),
-        _ => retry_statement(|| update.clone().exec(db)).await?,
-    };
+    let result = retry_statement(db, || update.clone().exec(db)).await?;
     Ok(result.rows_affected)
 }
 

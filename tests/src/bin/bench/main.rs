@@ -735,9 +735,7 @@ async fn raw_claim(
     }
 }
 
-/// The statement `deliveries::record_outcome` sends for a success, without the ORM; on MySQL in
-/// a transaction of its own, as the service sends it (a deadlock victim there takes the whole
-/// transaction, so only one the statement owns may be run again).
+/// The statement `deliveries::record_outcome` sends for a success, without the ORM.
 async fn raw_record(
     db: &DatabaseConnection,
     backend: Backend,
@@ -751,19 +749,14 @@ async fn raw_record(
         WHERE id = $3 AND attempt_count = $4 AND delivered_at IS NULL AND status_code IS NULL AND error_message IS NULL",
     );
     with_pool!(db, |pool| {
-        let query = sqlx::query(safe(&text))
+        let done = sqlx::query(safe(&text))
             .bind(200)
             .bind(now)
             .bind(id)
-            .bind(attempt);
-        let done = if backend == Backend::MySql {
-            let mut txn = pool.begin().await.expect("begin");
-            let done = query.execute(&mut *txn).await.expect("record");
-            txn.commit().await.expect("commit");
-            done
-        } else {
-            query.execute(pool).await.expect("record")
-        };
+            .bind(attempt)
+            .execute(pool)
+            .await
+            .expect("record");
         assert_eq!(done.rows_affected(), 1, "raw record of {id}");
     })
 }
