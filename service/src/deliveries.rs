@@ -32,7 +32,10 @@
 //! transaction (it was handed a pool, not a transaction) runs the victim again itself. Inside
 //! the caller's transaction it cannot: MySQL rolled back all of the caller's work with the
 //! victim and PostgreSQL aborted it, so the error goes back, [`Error::is_transient`] says so,
-//! and the caller runs its whole transaction again.
+//! and the caller runs its whole transaction again. (On MySQL, after [`claim_due`] or
+//! [`record_outcomes`] failed so, the rollback of the caller's transaction may report that the
+//! savepoint they began is gone: it went with the transaction. The pool resets the connection
+//! before it is used again.)
 
 use std::fmt;
 use std::future::Future;
@@ -653,12 +656,12 @@ async fn ran_alone<C: TransactionTrait>(db: &C) -> bool {
 }
 
 /// Ends one try of a step that runs in a transaction of its own (`txn`, see
-/// [`in_own_transaction`]): commits it after success; after a deadlock or serialization failure rolls it back and
-/// answers `None`, "run the step again", as long as that transaction was the whole one. Inside
-/// a caller's transaction ours is a savepoint, and MySQL rolls back the caller's work with the
-/// victim: the savepoint is gone, its rollback fails, and repeating the step would run it
-/// outside any transaction, so the original error goes back for the caller to run its whole
-/// transaction again ([`Error::is_transient`]).
+/// [`in_own_transaction`]): commits it after success; after a deadlock or serialization
+/// failure rolls it back and answers `None`, "run the step again", as long as that transaction
+/// was the whole one. Inside a caller's transaction ours is a savepoint, and MySQL rolls back
+/// the caller's work with the victim: the savepoint is gone, its rollback fails, and repeating
+/// the step would run it outside any transaction, so the original error goes back for the
+/// caller to run its whole transaction again ([`Error::is_transient`]).
 async fn settle<X: TransactionSession, T>(
     txn: X,
     result: Result<T, DbErr>,
