@@ -27,15 +27,15 @@
 //!   delivery of an agent since an instant (after an outage); [`prune`] keeps the table
 //!   small (the attempt log goes with its deliveries).
 //!
-//! Every function takes any connection, so it can run inside the caller's transaction. Under
-//! concurrency PostgreSQL and MySQL pick deadlock victims; a function that owns its
-//! transaction (it was handed a pool, not a transaction) runs the victim again itself. Inside
-//! the caller's transaction it cannot: MySQL rolled back all of the caller's work with the
+//! Every function can run inside the caller's transaction. Under concurrency PostgreSQL and
+//! MySQL pick deadlock victims, so the functions that can be one ([`claim_due`],
+//! [`record_outcome`], [`record_outcomes`], [`release`], [`abandon`]) take a
+//! [`IntoDatabaseExecutor`] (a pool, a transaction, or SeaORM's [`DatabaseExecutor`]), which
+//! tells them which they were handed. Handed a pool, they run a victim again themselves.
+//! Handed a transaction, they cannot: MySQL rolled back all of the caller's work with the
 //! victim and PostgreSQL aborted it, so the error goes back, [`Error::is_transient`] says so,
-//! and the caller runs its whole transaction again. (On MySQL, after [`claim_due`] or
-//! [`record_outcomes`] failed so, the rollback of the caller's transaction may report that the
-//! savepoint they began is gone: it went with the transaction. The pool resets the connection
-//! before it is used again.)
+//! and the caller runs its whole transaction again. They begin no savepoint in the caller's
+//! transaction.
 
 use std::fmt;
 use std::future::Future;
@@ -51,9 +51,9 @@ use sea_orm::sea_query::{
     UpdateStatement,
 };
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, Order, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, RuntimeErr, Select, Statement, TransactionSession,
-    TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseExecutor, DbBackend, DbErr, EntityTrait,
+    IntoDatabaseExecutor, Order, QueryFilter, QueryOrder, QuerySelect, QueryTrait, RuntimeErr,
+    Select, Statement, TransactionSession, TransactionTrait,
 };
 use serde::Serialize;
 
@@ -62,17 +62,26 @@ use crate::retry::{AttemptOutcome, Decision};
 use crate::settings::WebhookSettings;
 use crate::webhook::AgentWebhook;
 
-/// Runs `$step`, an expression over `$txn`, in a transaction of its own begun on `$db` until
-/// [`settle`] ends it with a value (after at most [`TRANSIENT_RETRIES`] repeats), and evaluates
-/// to that value; returns the error otherwise.
-macro_rules! in_own_transaction {
+/// Runs `$step`, an expression over `$txn`, in a transaction: a transaction of its own begun
+/// on `$db` (a [`DatabaseExecutor`]) until [`settle`] ends it with a value, after at most
+/// [`TRANSIENT_RETRIES`] repeats, when `$db` is a connection; the caller's transaction itself,
+/// without a savepoint and without a repeat, when `$db` is one ([`Error::is_transient`] says
+/// why). Evaluates to the step's value; returns its error.
+macro_rules! in_transaction {
     ($db:expr, |$txn:ident| $step:expr) => {{
-        let mut tries = 0;
-        loop {
-            let $txn = $db.begin().await?;
-            let result = $step.await;
-            if let Some(value) = settle($txn, result, &mut tries).await? {
-                break value;
+        let db: &DatabaseExecutor<'_> = $db;
+        if db.is_transaction() {
+            let $txn = db;
+            $step.await?
+        } else {
+            let mut tries = 0;
+            loop {
+                let own = db.begin().await?;
+                let $txn = &own;
+                let result = $step.await;
+                if let Some(value) = settle(own, result, &mut tries).await? {
+                    break value;
+                }
             }
         }
     }};
@@ -80,7 +89,6 @@ macro_rules! in_own_transaction {
 
 mod batch;
 
-pub(crate) use batch::record_outcomes_in;
 pub use batch::{EnqueueItem, enqueue_for_agent, enqueue_many, record_outcomes};
 
 /// Longest error text kept per attempt; a receiver's error page can be large.
@@ -469,19 +477,20 @@ pub const NOTIFY_CHANNEL: &str = "agent_webhooks_deliveries";
 /// A due delivery whose final attempt (by the settings' `retry.max_attempts`) ran out of lease
 /// without a report is marked exhausted by the same statement and not returned, so a call may
 /// return fewer than `limit` claims while more are due; call again until it returns none.
-pub async fn claim_due<C: ConnectionTrait + TransactionTrait>(
-    db: &C,
+pub async fn claim_due(
+    db: impl IntoDatabaseExecutor<'_>,
     settings: &WebhookSettings,
     now: DateTime<Utc>,
     limit: u64,
 ) -> Result<Vec<Claim>> {
+    let db = &db.into_database_executor();
     let limit = check_limit(limit)?;
     let backend = db.get_database_backend();
     let plan = ClaimPlan::new(backend, settings, now, limit);
     let lease_until = plan.lease_until.to_utc();
     let rows = match backend {
         DbBackend::MySql => {
-            in_own_transaction!(db, |txn| claim_locked(&txn, &plan.due, &plan.lease))
+            in_transaction!(db, |txn| claim_locked(txn, &plan.due, &plan.lease))
         }
         _ => {
             let statement = plan.single_statement(backend);
@@ -602,7 +611,7 @@ async fn update_locked<C: ConnectionTrait>(
     Ok(ids)
 }
 
-/// MySQL's claim, run [`in_own_transaction`]: lock the due rows, lease them, read them.
+/// MySQL's claim, run [`in_transaction`]: lock the due rows, lease them, read them.
 async fn claim_locked<C: ConnectionTrait>(
     txn: &C,
     due: &SelectStatement,
@@ -618,22 +627,21 @@ async fn claim_locked<C: ConnectionTrait>(
         .await
 }
 
-/// Runs one statement again when the database chose it as a deadlock victim or failed it for
-/// serialization (SQLSTATE 40001, PostgreSQL 40P01), as long as it ran on its own
-/// ([`ran_alone`]): callers should not see what is a normal event under concurrency, but
-/// inside a caller's transaction the failure took the caller's work with it (MySQL rolled it
-/// back, PostgreSQL aborted it), so the error goes back for the caller to run its whole
-/// transaction again ([`Error::is_transient`]).
-async fn retry_statement<C, T, F, Fut>(db: &C, mut step: F) -> Result<T, DbErr>
+/// Sends one statement on `db`, and again when the database chose it as a deadlock victim or
+/// failed it for serialization (SQLSTATE 40001, PostgreSQL 40P01) while it ran on its own:
+/// callers should not see what is a normal event under concurrency. Inside the caller's
+/// transaction the failure took the caller's work with it (MySQL rolled it back, PostgreSQL
+/// aborted it), so the error goes back for the caller to run its whole transaction again
+/// ([`Error::is_transient`]).
+async fn retry_statement<T, F, Fut>(db: &DatabaseExecutor<'_>, mut step: F) -> Result<T, DbErr>
 where
-    C: TransactionTrait,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, DbErr>>,
 {
     let mut tries = 0;
     loop {
         match step().await {
-            Err(err) if tries < TRANSIENT_RETRIES && is_transient(&err) && ran_alone(db).await => {
+            Err(err) if tries < TRANSIENT_RETRIES && is_transient(&err) && !db.is_transaction() => {
                 tries += 1;
                 tracing::debug!(%err, tries, "retrying after a transient database error");
             }
@@ -642,26 +650,10 @@ where
     }
 }
 
-/// Whether `db`, on which a statement was just chosen as a deadlock victim, is a connection
-/// of its own rather than a caller's transaction. Asked only after such a failure, when a
-/// transaction can begin on `db` only at the top level: inside a caller's transaction
-/// PostgreSQL refuses the savepoint (the transaction is aborted), and MySQL, which rolled the
-/// caller's transaction back, makes it outside any transaction, which sqlx reports as a failed
-/// begin. Costs nothing when nothing fails.
-async fn ran_alone<C: TransactionTrait>(db: &C) -> bool {
-    match db.begin().await {
-        Ok(probe) => probe.rollback().await.is_ok(),
-        Err(_) => false,
-    }
-}
-
-/// Ends one try of a step that runs in a transaction of its own (`txn`, see
-/// [`in_own_transaction`]): commits it after success; after a deadlock or serialization
-/// failure rolls it back and answers `None`, "run the step again", as long as that transaction
-/// was the whole one. Inside a caller's transaction ours is a savepoint, and MySQL rolls back
-/// the caller's work with the victim: the savepoint is gone, its rollback fails, and repeating
-/// the step would run it outside any transaction, so the original error goes back for the
-/// caller to run its whole transaction again ([`Error::is_transient`]).
+/// Ends one try of a step that ran in a transaction of its own (see [`in_transaction`]):
+/// commits it after success; after a deadlock or serialization failure rolls it back and
+/// answers `None`, "run the step again". A rollback that fails (the connection is gone) ends
+/// the tries with the step's error.
 async fn settle<X: TransactionSession, T>(
     txn: X,
     result: Result<T, DbErr>,
@@ -686,8 +678,8 @@ async fn settle<X: TransactionSession, T>(
 
 /// Sends a guarded single-row update (see [`claimed`]) with [`retry_statement`]; answers how
 /// many rows it changed.
-async fn exec_claimed<C: ConnectionTrait + TransactionTrait>(
-    db: &C,
+async fn exec_claimed(
+    db: &DatabaseExecutor<'_>,
     update: &sea_orm::UpdateMany<wd::Entity>,
 ) -> Result<u64, DbErr> {
     let result = retry_statement(db, || update.clone().exec(db)).await?;
@@ -722,13 +714,14 @@ fn sql_state(err: &DbErr) -> Option<String> {
 ///
 /// Fails with [`Error::StaleClaim`], changing nothing, when the delivery was claimed again
 /// since (the lease ran out) or this attempt was already reported.
-pub async fn record_outcome<C: ConnectionTrait + TransactionTrait>(
-    db: &C,
+pub async fn record_outcome(
+    db: impl IntoDatabaseExecutor<'_>,
     settings: &WebhookSettings,
     claim: &Claim,
     outcome: &AttemptOutcome,
     now: DateTime<Utc>,
 ) -> Result<Decision> {
+    let db = &db.into_database_executor();
     let attempts = u32::try_from(claim.attempt).unwrap_or(0);
     // The thread-local generator is not `Send`: it is used and dropped before the first await.
     let decision = settings
@@ -971,11 +964,8 @@ pub async fn attempts<C: ConnectionTrait>(db: &C, delivery_id: &str) -> Result<V
 ///
 /// Guarded by the claim like [`record_outcome`]: fails with [`Error::StaleClaim`], changing
 /// nothing, when the delivery was claimed again since or this attempt was already reported.
-pub async fn abandon<C: ConnectionTrait + TransactionTrait>(
-    db: &C,
-    claim: &Claim,
-    reason: &str,
-) -> Result<()> {
+pub async fn abandon(db: impl IntoDatabaseExecutor<'_>, claim: &Claim, reason: &str) -> Result<()> {
+    let db = &db.into_database_executor();
     let update = claimed(claim)
         .col_expr(wd::Column::ErrorMessage, Expr::value(bounded(reason)))
         .col_expr(
@@ -996,11 +986,12 @@ pub async fn abandon<C: ConnectionTrait + TransactionTrait>(
 ///
 /// Guarded by the claim like [`record_outcome`]: fails with [`Error::StaleClaim`], changing
 /// nothing, when the delivery was claimed again since or this attempt was already reported.
-pub async fn release<C: ConnectionTrait + TransactionTrait>(
-    db: &C,
+pub async fn release(
+    db: impl IntoDatabaseExecutor<'_>,
     claim: &Claim,
     due: DateTime<Utc>,
 ) -> Result<()> {
+    let db = &db.into_database_executor();
     let update = claimed(claim)
         .col_expr(
             wd::Column::NextRetryAt,

@@ -579,7 +579,7 @@ impl Dispatcher {
     async fn record_batch(&self, batch: &[FinishedAttempt]) -> Result<Vec<Result<Decision>>> {
         let _turn = self.write_turn().await;
         let txn = self.db.begin().await?;
-        let outcomes = deliveries::record_outcomes_in(
+        let outcomes = deliveries::record_outcomes(
             &txn,
             &self.settings,
             batch

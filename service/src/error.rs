@@ -123,9 +123,10 @@ pub enum Error {
 
 impl Error {
     /// Whether the database chose this operation as a deadlock victim or failed it for
-    /// serialization. Outside a transaction the library has already tried again; inside one
-    /// (yours) the whole transaction was rolled back (MySQL) or aborted (PostgreSQL) with it,
-    /// so roll it back and run all of it again.
+    /// serialization. Handed a pool, the deliveries functions retry their claim and outcome
+    /// statements themselves before this reaches you; handed your transaction, they cannot,
+    /// since the whole transaction was rolled back (MySQL) or aborted (PostgreSQL) with it:
+    /// roll it back and run all of it again.
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Db(db) if crate::deliveries::is_transient(db))
     }

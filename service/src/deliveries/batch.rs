@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sea_orm::{DatabaseTransaction, FromQueryResult};
+use sea_orm::FromQueryResult;
 
 use super::*;
 
@@ -412,44 +412,15 @@ fn index_models(models: Vec<wd::Model>) -> HashMap<(String, String), wd::Model> 
 /// judged at the latest instant of the batch.
 ///
 /// Up to [`MAX_PAGE_SIZE`] outcomes per call ([`Error::InvalidLimit`] beyond).
-pub async fn record_outcomes<'a, C, I>(
-    db: &C,
-    settings: &WebhookSettings,
-    outcomes: I,
-) -> Result<Vec<Result<Decision>>>
-where
-    C: ConnectionTrait + TransactionTrait,
-    I: IntoIterator<Item = (&'a Claim, &'a AttemptOutcome, DateTime<Utc>)>,
-{
-    record_outcomes_with(db, settings, outcomes, true).await
-}
-
-/// [`record_outcomes`] inside a transaction the caller began for it (the worker's recording,
-/// with the attempt log): MySQL's lock and update run in `txn` itself rather than in a
-/// savepoint of their own, two round trips fewer, and a deadlock victim leaves no savepoint
-/// behind whose rollback would fail.
-pub(crate) async fn record_outcomes_in<'a, I>(
-    txn: &DatabaseTransaction,
+pub async fn record_outcomes<'a, I>(
+    db: impl IntoDatabaseExecutor<'_>,
     settings: &WebhookSettings,
     outcomes: I,
 ) -> Result<Vec<Result<Decision>>>
 where
     I: IntoIterator<Item = (&'a Claim, &'a AttemptOutcome, DateTime<Utc>)>,
 {
-    record_outcomes_with(txn, settings, outcomes, false).await
-}
-
-/// [`record_outcomes`]; MySQL's lock and update [`in_own_transaction`] when `own_transaction`.
-async fn record_outcomes_with<'a, C, I>(
-    db: &C,
-    settings: &WebhookSettings,
-    outcomes: I,
-    own_transaction: bool,
-) -> Result<Vec<Result<Decision>>>
-where
-    C: ConnectionTrait + TransactionTrait,
-    I: IntoIterator<Item = (&'a Claim, &'a AttemptOutcome, DateTime<Utc>)>,
-{
+    let db = &db.into_database_executor();
     let timed: Vec<(&Claim, &AttemptOutcome, DateTime<Utc>)> = outcomes.into_iter().collect();
     let Some(now) = timed.iter().map(|(_, _, at)| *at).max() else {
         return Ok(Vec::new());
@@ -536,12 +507,9 @@ where
                 .from(wd::Entity)
                 .cond_where(current)
                 .lock(LockType::Update);
-            let ids = if own_transaction {
-                in_own_transaction!(db, |txn| update_locked(&txn, &lock, &update))
-            } else {
-                update_locked(db, &lock, &update).await?
-            };
-            ids.into_iter().collect()
+            in_transaction!(db, |txn| update_locked(txn, &lock, &update))
+                .into_iter()
+                .collect()
         }
         _ => {
             update.returning_col(wd::Column::Id);

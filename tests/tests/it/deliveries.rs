@@ -18,8 +18,8 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use sea_orm::sea_query::{Expr, LockType, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, IntoDatabaseExecutor,
+    PaginatorTrait, QueryFilter, TransactionTrait,
 };
 
 fn t0() -> DateTime<Utc> {
@@ -46,7 +46,7 @@ fn policy(max_attempts: u32) -> WebhookSettings {
 
 /// Records an HTTP response; a 2xx is delivered under any policy.
 async fn record_status(
-    db: &(impl ConnectionTrait + TransactionTrait),
+    db: impl IntoDatabaseExecutor<'_>,
     claim: &Claim,
     code: u16,
     now: DateTime<Utc>,
@@ -793,30 +793,44 @@ backend_tests!(
 /// victim reports it ([`Error::is_transient`]) instead of running again: on MySQL the victim's
 /// whole transaction, the caller's earlier write included, is gone, and a repeat would store
 /// the outcome outside it while the caller goes on as if nothing happened; on PostgreSQL a
-/// repeat only meets the aborted transaction and would hide the deadlock behind 25P02.
+/// repeat only meets the aborted transaction and would hide the deadlock behind 25P02. With
+/// `savepoint` (PostgreSQL) the caller handed a savepoint of its transaction: rolling that back
+/// must leave the outer transaction and its earlier write whole.
 ///
 /// The cycle: `other` holds the delivery row and then wants the caller's agent row; the caller
 /// holds that agent row and records an outcome, which wants the delivery row. `other` wrote
 /// more rows, so InnoDB rolls back the caller (it picks the smaller transaction); PostgreSQL
-/// aborts the caller, whose wait reaches `deadlock_timeout` first.
-async fn deadlock_victim_inside_a_callers_transaction_is_reported(backend: Backend) {
+/// aborts the caller, whose `deadlock_timeout` (1 s) runs out long before `other`'s (10 s).
+async fn deadlock_victim_inside_a_callers_transaction_is_reported(
+    backend: Backend,
+    savepoint: bool,
+) {
     let t = TestDb::migrated(backend).await;
-    seed_agent(&t, "agent-1", &[]).await;
-    seed_agent(&t, "agent-2", &[]).await;
+    for agent in ["agent-1", "agent-2", "agent-3"] {
+        seed_agent(&t, agent, &[]).await;
+    }
     let now = t0();
     let id = created(&t, "agent-1", "evt-1", "run.completed", now).await;
     let claim = claim_one(&t, &policy(5), now).await;
-    let rename = |name: &str| {
+    let rename = |agent: &str, name: &str| {
         agents::Entity::update_many()
             .col_expr(agents::Column::Name, Expr::value(name))
-            .filter(agents::Column::Id.eq("agent-2"))
+            .filter(agents::Column::Id.eq(agent))
+    };
+    let name = async |agent: &str| {
+        let row = agents::Entity::find_by_id(agent).one(&t.db).await.unwrap();
+        row.unwrap().name
     };
 
     let other = t.db.begin().await.unwrap();
+    if backend == Backend::Postgres {
+        other
+            .execute_unprepared("SET LOCAL deadlock_timeout = '10s'")
+            .await
+            .unwrap();
+    }
     for i in 0..20 {
-        agents::Entity::update_many()
-            .col_expr(agents::Column::Name, Expr::value(format!("ballast {i}")))
-            .filter(agents::Column::Id.eq("agent-1"))
+        rename("agent-1", &format!("ballast {i}"))
             .exec(&other)
             .await
             .unwrap();
@@ -828,20 +842,32 @@ async fn deadlock_victim_inside_a_callers_transaction_is_reported(backend: Backe
         .lock(LockType::Update);
     other.query_all(&lock).await.unwrap();
 
-    let ours = t.db.begin().await.unwrap();
-    rename("caller").exec(&ours).await.unwrap();
+    let outer = t.db.begin().await.unwrap();
+    rename("agent-3", "outer").exec(&outer).await.unwrap();
+    let nested = match savepoint {
+        true => Some(outer.begin().await.unwrap()),
+        false => None,
+    };
+    rename("agent-2", "caller")
+        .exec(nested.as_ref().unwrap_or(&outer))
+        .await
+        .unwrap();
     let again = claim.clone();
     let recording = tokio::spawn(async move {
-        let result = record_status(&ours, &claim, 200, now).await;
-        (ours, result)
+        let ours = nested.as_ref().unwrap_or(&outer);
+        let result = record_status(ours, &claim, 200, now).await;
+        (outer, nested, result)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Either order of the two waits closes the cycle with the caller as the victim: InnoDB
+    // picks by size whenever the cycle forms, and PostgreSQL's check of `other` comes 9 s after
+    // the caller's. The pause only makes the caller wait first, as a worker would.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let closing = tokio::spawn(async move {
-        rename("other").exec(&other).await.unwrap();
+        rename("agent-2", "other").exec(&other).await.unwrap();
         other.commit().await.unwrap();
     });
 
-    let (ours, result) = tokio::time::timeout(Duration::from_secs(20), recording)
+    let (outer, nested, result) = tokio::time::timeout(Duration::from_secs(20), recording)
         .await
         .expect("the outcome is reported, not repeated outside the caller's transaction")
         .unwrap();
@@ -849,11 +875,21 @@ async fn deadlock_victim_inside_a_callers_transaction_is_reported(backend: Backe
         Err(err) => assert!(err.is_transient(), "{err}"),
         Ok(decision) => panic!("recorded {decision:?} after the caller's transaction was lost"),
     }
-    ours.rollback().await.unwrap();
+    let kept = match nested {
+        Some(nested) => {
+            // Rolling back to the savepoint keeps the outer transaction, which goes on.
+            nested.rollback().await.unwrap();
+            outer.commit().await.unwrap();
+            "outer"
+        }
+        None => {
+            outer.rollback().await.unwrap();
+            "agent-3"
+        }
+    };
     closing.await.unwrap();
-
-    let agent = agents::Entity::find_by_id("agent-2").one(&t.db).await;
-    assert_eq!(agent.unwrap().unwrap().name, "other");
+    assert_eq!(name("agent-3").await, kept);
+    assert_eq!(name("agent-2").await, "other");
     assert_eq!(state(&t, &id, now).await, DeliveryState::Leased);
     // The claim still holds: the outcome is stored when the caller runs again.
     assert_eq!(
@@ -862,16 +898,23 @@ async fn deadlock_victim_inside_a_callers_transaction_is_reported(backend: Backe
     );
 }
 
-/// SQLite has no deadlocks to pick a victim of: it serializes writers.
+/// SQLite has no deadlocks to pick a victim of: it serializes writers. MySQL rolls back the
+/// whole transaction of a victim, savepoints and all, so only PostgreSQL has the savepoint case.
 mod deadlock_victim_inside_a_callers_transaction_is_reported {
     use integration_tests::Backend;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres() {
-        super::deadlock_victim_inside_a_callers_transaction_is_reported(Backend::Postgres).await
+        super::deadlock_victim_inside_a_callers_transaction_is_reported(Backend::Postgres, false)
+            .await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_savepoint() {
+        super::deadlock_victim_inside_a_callers_transaction_is_reported(Backend::Postgres, true)
+            .await
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn mysql() {
-        super::deadlock_victim_inside_a_callers_transaction_is_reported(Backend::MySql).await
+        super::deadlock_victim_inside_a_callers_transaction_is_reported(Backend::MySql, false).await
     }
 }
