@@ -28,14 +28,16 @@
 //!   small (the attempt log goes with its deliveries).
 //!
 //! Every function can run inside the caller's transaction. Under concurrency PostgreSQL and
-//! MySQL pick deadlock victims, so the functions that can be one ([`claim_due`],
-//! [`record_outcome`], [`record_outcomes`], [`release`], [`abandon`]) take a
-//! [`IntoDatabaseExecutor`] (a pool, a transaction, or SeaORM's [`DatabaseExecutor`]), which
-//! tells them which they were handed. Handed a pool, they run a victim again themselves.
-//! Handed a transaction, they cannot: MySQL rolled back all of the caller's work with the
-//! victim and PostgreSQL aborted it, so the error goes back, [`Error::is_transient`] says so,
-//! and the caller runs its whole transaction again. They begin no savepoint in the caller's
-//! transaction.
+//! MySQL pick deadlock victims. The functions that retry a victim themselves ([`claim_due`],
+//! [`record_outcome`], [`record_outcomes`], [`release`], [`abandon`]) take an
+//! [`IntoDatabaseExecutor`]: `&DatabaseConnection`, `&DatabaseTransaction` or a
+//! [`DatabaseExecutor`], which tells them which they were handed. (Pass a transaction by
+//! reference: an owned one would be rolled back when the call drops it.) Handed a pool, they
+//! run the victim statement again, a few times. Handed a transaction, they cannot: MySQL
+//! rolled back all of the caller's work with the victim and PostgreSQL aborted it, so the
+//! error goes back, [`Error::is_transient`] says so, and the caller runs its whole transaction
+//! again; they begin no savepoint in it. The other functions take any `&C: ConnectionTrait`
+//! and never retry, so a victim among them is reported the same way.
 
 use std::fmt;
 use std::future::Future;

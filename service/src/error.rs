@@ -123,10 +123,15 @@ pub enum Error {
 
 impl Error {
     /// Whether the database chose this operation as a deadlock victim or failed it for
-    /// serialization. Handed a pool, the deliveries functions retry their claim and outcome
-    /// statements themselves before this reaches you; handed your transaction, they cannot,
-    /// since the whole transaction was rolled back (MySQL) or aborted (PostgreSQL) with it:
-    /// roll it back and run all of it again.
+    /// serialization: running it again may succeed. Handed a pool, the deliveries functions
+    /// that retry (see [`crate::deliveries`]) have already run their claim or outcome
+    /// statement again a few times; what failed after that, or in another statement, is run
+    /// again by calling the function again (a repeated outcome is refused as
+    /// [`Error::StaleClaim`] if the first one was stored). Handed your transaction, they do not
+    /// retry: the whole transaction was rolled back (MySQL) or aborted (PostgreSQL) with the
+    /// victim, so roll it back and run all of it again. On PostgreSQL a savepoint you handed
+    /// them can be rolled back alone; on MySQL the savepoint went with the transaction, so
+    /// rolling it back fails (error 1305) and the transaction is to be dropped.
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Db(db) if crate::deliveries::is_transient(db))
     }

@@ -795,7 +795,12 @@ backend_tests!(
 /// the outcome outside it while the caller goes on as if nothing happened; on PostgreSQL a
 /// repeat only meets the aborted transaction and would hide the deadlock behind 25P02. With
 /// `savepoint` (PostgreSQL) the caller handed a savepoint of its transaction: rolling that back
-/// must leave the outer transaction and its earlier write whole.
+/// must leave the outer transaction and its earlier write whole. With `batched` the outcome
+/// goes through `record_outcomes`, whose MySQL lock-then-update ran in a savepoint of its own
+/// before (the CI failure "SAVEPOINT _sqlx_savepoint_1 does not exist").
+///
+/// PostgreSQL: the other transaction sets its own `deadlock_timeout`, which takes a superuser
+/// (the tests' `postgres`).
 ///
 /// The cycle: `other` holds the delivery row and then wants the caller's agent row; the caller
 /// holds that agent row and records an outcome, which wants the delivery row. `other` wrote
@@ -804,6 +809,7 @@ backend_tests!(
 async fn deadlock_victim_inside_a_callers_transaction_is_reported(
     backend: Backend,
     savepoint: bool,
+    batched: bool,
 ) {
     let t = TestDb::migrated(backend).await;
     for agent in ["agent-1", "agent-2", "agent-3"] {
@@ -855,7 +861,14 @@ async fn deadlock_victim_inside_a_callers_transaction_is_reported(
     let again = claim.clone();
     let recording = tokio::spawn(async move {
         let ours = nested.as_ref().unwrap_or(&outer);
-        let result = record_status(ours, &claim, 200, now).await;
+        let result = if batched {
+            let settings = WebhookSettings::default();
+            deliveries::record_outcomes(ours, &settings, [(&claim, &status(200), now)])
+                .await
+                .and_then(|mut one| one.remove(0))
+        } else {
+            record_status(ours, &claim, 200, now).await
+        };
         (outer, nested, result)
     });
     // Either order of the two waits closes the cycle with the caller as the victim: InnoDB
@@ -903,18 +916,26 @@ async fn deadlock_victim_inside_a_callers_transaction_is_reported(
 mod deadlock_victim_inside_a_callers_transaction_is_reported {
     use integration_tests::Backend;
 
+    use super::deadlock_victim_inside_a_callers_transaction_is_reported as run;
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres() {
-        super::deadlock_victim_inside_a_callers_transaction_is_reported(Backend::Postgres, false)
-            .await
+        run(Backend::Postgres, false, false).await
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_savepoint() {
-        super::deadlock_victim_inside_a_callers_transaction_is_reported(Backend::Postgres, true)
-            .await
+        run(Backend::Postgres, true, false).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_batched() {
+        run(Backend::Postgres, false, true).await
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn mysql() {
-        super::deadlock_victim_inside_a_callers_transaction_is_reported(Backend::MySql, false).await
+        run(Backend::MySql, false, false).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql_batched() {
+        run(Backend::MySql, false, true).await
     }
 }
