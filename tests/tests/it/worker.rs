@@ -726,6 +726,29 @@ async fn busy_host_claims_are_released_unsent(backend: Backend) {
     }
 }
 
+/// A claimed batch whose signing keys cannot be read is given back unsent, due at once with
+/// its attempt uncounted, rather than left to its lease: the read fails here because the
+/// previous secrets' table is renamed away between the enqueue and the drain.
+async fn claims_are_given_back_when_keys_cannot_be_read(backend: Backend) {
+    let (receiver, addr) = Receiver::start([]).await;
+    let s = setup(backend, &url(addr), settings()).await;
+    s.t.exec("ALTER TABLE webhook_previous_secrets RENAME TO previous_secrets_away")
+        .await;
+    let failed = s.dispatcher().run_once().await;
+    assert!(
+        matches!(failed, Err(agent_webhooks::Error::Db(_))),
+        "{failed:?}"
+    );
+    assert!(receiver.seen().is_empty());
+    assert_eq!(s.state().await, DeliveryState::Pending);
+    s.t.exec("ALTER TABLE previous_secrets_away RENAME TO webhook_previous_secrets")
+        .await;
+    let report = s.run_once().await;
+    assert_eq!((report.attempts, report.delivered), (1, 1), "{report:?}");
+    let numbers: Vec<_> = s.attempts().await.iter().map(|a| a.attempt).collect();
+    assert_eq!(numbers, [1], "the release uncounted its claim");
+}
+
 /// One drain claims the deliveries of several agents in one batch and records them in one
 /// transaction: each request is signed with its own agent's keys and no other's (the keys are
 /// read per batch), a soft-deleted agent's delivery is not sent, and every attempt is in the
@@ -823,6 +846,7 @@ async fn a_batch_of_agents_is_signed_per_agent_and_recorded_once(backend: Backen
 
 backend_tests!(
     a_batch_of_agents_is_signed_per_agent_and_recorded_once,
+    claims_are_given_back_when_keys_cannot_be_read,
     busy_host_claims_are_released_unsent,
     per_host_limit_bounds_one_host_while_another_proceeds,
     shutdown_waits_for_the_send_in_flight,
