@@ -55,7 +55,7 @@ use sea_orm::sea_query::{
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseExecutor, DbBackend, DbErr, EntityTrait,
     IntoDatabaseExecutor, Order, QueryFilter, QueryOrder, QuerySelect, QueryTrait, RuntimeErr,
-    Select, Statement, TransactionSession, TransactionTrait,
+    Select, Statement, TransactionSession,
 };
 use serde::Serialize;
 
@@ -64,11 +64,29 @@ use crate::retry::{AttemptOutcome, Decision};
 use crate::settings::WebhookSettings;
 use crate::webhook::AgentWebhook;
 
-/// Runs `$step`, an expression over `$txn`, in a transaction: a transaction of its own begun
-/// on `$db` (a [`DatabaseExecutor`]) until [`settle`] ends it with a value, after at most
-/// [`TRANSIENT_RETRIES`] repeats, when `$db` is a connection; the caller's transaction itself,
-/// without a savepoint and without a repeat, when `$db` is one ([`Error::is_transient`] says
-/// why). Evaluates to the step's value; returns its error.
+/// Runs `$step`, an expression over `$txn`, in a transaction of its own begun on `$db` (a
+/// connection), again after a deadlock or serialization failure until [`settle`] ends it with a
+/// value, after at most [`TRANSIENT_RETRIES`] repeats. Evaluates to the step's value; returns
+/// its error as an [`Error`]. For the worker's recording too, which owns its transactions.
+macro_rules! retry_in_own_transaction {
+    ($db:expr, |$txn:ident| $step:expr) => {{
+        let mut tries = 0;
+        loop {
+            let own = ::sea_orm::TransactionTrait::begin($db).await?;
+            let $txn = &own;
+            let result = $step.await.map_err($crate::error::Error::from);
+            if let Some(value) = $crate::deliveries::settle(own, result, &mut tries).await? {
+                break value;
+            }
+        }
+    }};
+}
+pub(crate) use retry_in_own_transaction;
+
+/// Runs `$step`, an expression over `$txn`, in a transaction: its own
+/// ([`retry_in_own_transaction`]) when `$db` (a [`DatabaseExecutor`]) is a connection; the
+/// caller's transaction itself, without a savepoint and without a repeat, when `$db` is one
+/// ([`Error::is_transient`] says why). Evaluates to the step's value; returns its error.
 macro_rules! in_transaction {
     ($db:expr, |$txn:ident| $step:expr) => {{
         let db: &DatabaseExecutor<'_> = $db;
@@ -76,15 +94,7 @@ macro_rules! in_transaction {
             let $txn = db;
             $step.await?
         } else {
-            let mut tries = 0;
-            loop {
-                let own = db.begin().await?;
-                let $txn = &own;
-                let result = $step.await;
-                if let Some(value) = settle(own, result, &mut tries).await? {
-                    break value;
-                }
-            }
+            retry_in_own_transaction!(db, |$txn| $step)
         }
     }};
 }
@@ -652,21 +662,21 @@ where
     }
 }
 
-/// Ends one try of a step that ran in a transaction of its own (see [`in_transaction`]):
-/// commits it after success; after a deadlock or serialization failure rolls it back and
-/// answers `None`, "run the step again". A rollback that fails (the connection is gone) ends
-/// the tries with the step's error.
-async fn settle<X: TransactionSession, T>(
+/// Ends one try of a step that ran in a transaction of its own (see
+/// [`retry_in_own_transaction`]): commits it after success; after a deadlock or serialization
+/// failure rolls it back and answers `None`, "run the step again". A rollback that fails (the
+/// connection is gone) ends the tries with the step's error.
+pub(crate) async fn settle<X: TransactionSession, T>(
     txn: X,
-    result: Result<T, DbErr>,
+    result: Result<T>,
     tries: &mut usize,
-) -> Result<Option<T>, DbErr> {
+) -> Result<Option<T>> {
     match result {
         Ok(value) => {
             txn.commit().await?;
             Ok(Some(value))
         }
-        Err(err) if *tries < TRANSIENT_RETRIES && is_transient(&err) => {
+        Err(err) if *tries < TRANSIENT_RETRIES && err.is_transient() => {
             if txn.rollback().await.is_err() {
                 return Err(err);
             }
@@ -690,7 +700,7 @@ async fn exec_claimed(
 
 /// How often a statement (or the worker's recording transaction) chosen as a deadlock victim
 /// is tried again.
-pub(crate) const TRANSIENT_RETRIES: usize = 5;
+const TRANSIENT_RETRIES: usize = 5;
 
 /// Serialization failure or deadlock: the statement may succeed when sent again.
 pub(crate) fn is_transient(err: &DbErr) -> bool {

@@ -99,7 +99,7 @@ use futures::StreamExt;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use sea_orm::sqlx::postgres::PgListener;
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::{DatabaseConnection, DatabaseTransaction};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::deliveries::{self, AttemptRecord, Claim, ErrorClass, RESPONSE_PREFIX_LEN};
@@ -545,18 +545,11 @@ impl Dispatcher {
     async fn record(&self, finished: &[FinishedAttempt]) -> Result<Vec<Recorded>> {
         let mut recorded = Vec::with_capacity(finished.len());
         for batch in finished.chunks(deliveries::MAX_PAGE_SIZE as usize) {
-            let mut tries = 0;
-            let outcomes = loop {
-                match self.record_batch(batch).await {
-                    // A deadlock victim was rolled back whole: run it again. Outcomes are
-                    // guarded by their claims and attempt rows kept once, so a repeat cannot
-                    // double anything.
-                    Err(err) if tries < deliveries::TRANSIENT_RETRIES && err.is_transient() => {
-                        tries += 1;
-                        tracing::debug!(%err, tries, "recording again after a transient error");
-                    }
-                    result => break result?,
-                }
+            // A deadlock victim was rolled back whole and runs again. Outcomes are guarded by
+            // their claims and attempt rows kept once, so a repeat cannot double anything.
+            let outcomes = {
+                let _turn = self.write_turn().await;
+                deliveries::retry_in_own_transaction!(&self.db, |txn| self.record_batch(txn, batch))
             };
             for (outcome, done) in outcomes.into_iter().zip(batch) {
                 recorded.push(match outcome {
@@ -576,11 +569,13 @@ impl Dispatcher {
     }
 
     /// One transaction of [`Dispatcher::record`]: the outcomes, then the attempt rows.
-    async fn record_batch(&self, batch: &[FinishedAttempt]) -> Result<Vec<Result<Decision>>> {
-        let _turn = self.write_turn().await;
-        let txn = self.db.begin().await?;
+    async fn record_batch(
+        &self,
+        txn: &DatabaseTransaction,
+        batch: &[FinishedAttempt],
+    ) -> Result<Vec<Result<Decision>>> {
         let outcomes = deliveries::record_outcomes(
-            &txn,
+            txn,
             &self.settings,
             batch
                 .iter()
@@ -588,13 +583,12 @@ impl Dispatcher {
         )
         .await?;
         deliveries::record_attempts(
-            &txn,
+            txn,
             batch
                 .iter()
                 .map(|done| (done.claim.delivery.id.as_str(), &done.record)),
         )
         .await?;
-        txn.commit().await?;
         Ok(outcomes)
     }
 
