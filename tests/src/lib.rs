@@ -394,6 +394,31 @@ pub async fn seed_agent(t: &TestDb, agent_id: &str, events: &[&str]) {
     .expect("insert agent");
 }
 
+/// Seeds `agent_id` (see [`seed_agent`]) with an enabled webhook to `url`, wanting every
+/// event, and a generated secret, configured through the library under `settings`; returns
+/// the secret.
+pub async fn seed_webhook(
+    t: &TestDb,
+    settings: &agent_webhooks::settings::WebhookSettings,
+    agent_id: &str,
+    url: &str,
+) -> agent_webhooks::webhook_secret::WebhookSecret {
+    use agent_webhooks::webhook::{self, WebhookConfig};
+    use agent_webhooks::webhook_secret::WebhookSecret;
+    seed_agent(t, agent_id, &[]).await;
+    let secret = WebhookSecret::generate().expect("generate a secret");
+    let config = WebhookConfig {
+        webhook_url: url.to_owned(),
+        webhook_secret: Some(secrecy::SecretString::from(secret.expose().to_owned())),
+        webhook_events: vec![],
+        webhook_enabled: true,
+    };
+    webhook::configure(&t.db, settings, agent_id, &config)
+        .await
+        .expect("configure the webhook");
+    secret
+}
+
 /// Enqueues `event_id` of `event_type` for `agent_id` with an empty JSON object as payload and
 /// the default settings, for tests where neither matters.
 pub async fn enqueue_event<C: sea_orm::ConnectionTrait>(

@@ -15,11 +15,11 @@ use agent_webhooks::sender::{self, OutgoingRequest};
 use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::signing::{self, DEFAULT_TOLERANCE, VerifyError};
 use agent_webhooks::signing_secrets::{self, KeyRole, MAX_PREVIOUS_SECRETS, SigningAlgorithm};
-use agent_webhooks::webhook::{self, ResealReport, WebhookConfig};
+use agent_webhooks::webhook::{self, ResealReport};
 use agent_webhooks::webhook_secret::WebhookSecret;
 use chrono::{DateTime, TimeDelta, Utc};
-use integration_tests::{Backend, TestDb, backend_tests, enqueue_event, seed_agent};
-use secrecy::{ExposeSecret, SecretString};
+use integration_tests::{Backend, TestDb, backend_tests, enqueue_event, seed_webhook};
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use crate::standardwebhooks_compat::run_python_script;
@@ -43,18 +43,8 @@ async fn agent_with_secret(
     settings: &WebhookSettings,
     agent_id: &str,
 ) -> WebhookSecret {
-    seed_agent(t, agent_id, &[]).await;
-    let secret = WebhookSecret::generate().unwrap();
-    let config = WebhookConfig {
-        webhook_url: format!("https://hooks.example.com/{agent_id}"),
-        webhook_secret: Some(SecretString::from(secret.expose().to_owned())),
-        webhook_events: vec![],
-        webhook_enabled: true,
-    };
-    webhook::configure(&t.db, settings, agent_id, &config)
-        .await
-        .unwrap();
-    secret
+    let url = format!("https://hooks.example.com/{agent_id}");
+    seed_webhook(t, settings, agent_id, &url).await
 }
 
 /// Enqueues one event for `agent_id` and claims it.

@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{TimeDelta, Utc};
 use entity::agents;
-use integration_tests::{Backend, RunningWorker, TestDb, backend_tests, seed_agent};
+use integration_tests::{Backend, RunningWorker, TestDb, backend_tests, seed_agent, seed_webhook};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use secrecy::SecretString;
 use serde_json::json;
@@ -195,17 +195,7 @@ struct Setup {
 
 async fn setup(backend: Backend, url: &str, settings: WebhookSettings) -> Setup {
     let t = TestDb::migrated(backend).await;
-    seed_agent(&t, "agent-1", &[]).await;
-    let secret = WebhookSecret::generate().unwrap();
-    let config = WebhookConfig {
-        webhook_url: url.to_owned(),
-        webhook_secret: Some(SecretString::from(secret.expose().to_owned())),
-        webhook_events: vec![],
-        webhook_enabled: true,
-    };
-    webhook::configure(&t.db, &settings, "agent-1", &config)
-        .await
-        .unwrap();
+    let secret = seed_webhook(&t, &settings, "agent-1", url).await;
     let enqueued = deliveries::enqueue(
         &t.db,
         &settings,
@@ -762,17 +752,8 @@ async fn a_batch_of_agents_is_signed_per_agent_and_recorded_once(backend: Backen
     let mut secrets = vec![("agent-1".to_owned(), s.secret.clone())];
     for n in 2..=4 {
         let agent = format!("agent-{n}");
-        seed_agent(&s.t, &agent, &[]).await;
-        let secret = WebhookSecret::generate().unwrap();
-        let config = WebhookConfig {
-            webhook_url: format!("http://{addr}/{agent}"),
-            webhook_secret: Some(SecretString::from(secret.expose().to_owned())),
-            webhook_events: vec![],
-            webhook_enabled: true,
-        };
-        webhook::configure(&s.t.db, &s.settings, &agent, &config)
-            .await
-            .unwrap();
+        let url = format!("http://{addr}/{agent}");
+        let secret = seed_webhook(&s.t, &s.settings, &agent, &url).await;
         secrets.push((agent, secret));
     }
     // agent-3 signs with a new secret and, during its grace period, the old one too.

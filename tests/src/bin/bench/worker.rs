@@ -18,12 +18,10 @@ use agent_webhooks::secret_box::KeyRing;
 use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::signing;
 use agent_webhooks::url_policy::UrlPolicy;
-use agent_webhooks::webhook::{self, WebhookConfig};
 use agent_webhooks::webhook_secret::WebhookSecret;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use integration_tests::{Backend, RunningWorker, TestDb, seed_agent};
-use secrecy::SecretString;
+use integration_tests::{Backend, RunningWorker, TestDb, seed_webhook};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -129,17 +127,8 @@ fn settings(keys: &str, concurrency: usize, listen: bool) -> WebhookSettings {
 /// A database with agent `agent-1` posting to the receiver on `port`, and its secret.
 async fn setup(backend: Backend, settings: &WebhookSettings, port: u16) -> (TestDb, WebhookSecret) {
     let t = TestDb::migrated_with(backend, settings.worker.concurrency as u32 + 2).await;
-    seed_agent(&t, "agent-1", &[]).await;
-    let secret = WebhookSecret::generate().unwrap();
-    let config = WebhookConfig {
-        webhook_url: format!("http://127.0.0.1:{port}/hook"),
-        webhook_secret: Some(SecretString::from(secret.expose().to_owned())),
-        webhook_events: vec![],
-        webhook_enabled: true,
-    };
-    webhook::configure(&t.db, settings, "agent-1", &config)
-        .await
-        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let secret = seed_webhook(&t, settings, "agent-1", &url).await;
     (t, secret)
 }
 
