@@ -59,10 +59,10 @@ use sea_orm::{
 };
 use serde::Serialize;
 
+use crate::agent::AgentWebhook;
 use crate::error::{Error, Result};
 use crate::retry::{AttemptOutcome, Decision};
 use crate::settings::WebhookSettings;
-use crate::webhook::AgentWebhook;
 
 /// Runs `$step`, an expression over `$txn`, in a transaction of its own begun on `$db` (a
 /// connection), again after a deadlock or serialization failure until [`settle`] ends it with a
@@ -457,7 +457,7 @@ fn checked_event(
 
 /// Where a delivery of `event_type` to `agent` goes: its webhook URL, or why it is skipped.
 fn destination(agent: &AgentWebhook, event_type: &str) -> Result<Result<String, SkipReason>> {
-    if agent.is_deleted == Some(true) {
+    if !agent.is_live() {
         return Ok(Err(SkipReason::AgentDeleted));
     }
     if !agent.webhook_enabled {

@@ -27,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+mod agent;
 pub mod db;
 pub mod deliveries;
 pub mod dispatch;

@@ -57,13 +57,14 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
+use crate::agent::{AgentWebhook, agents_by_id, find_agent, live};
 use crate::deliveries::stamp;
 use crate::ed25519::{PublicKey, SecretKey};
 use crate::error::{Error, Result};
 use crate::secret_box::KeyRing;
 use crate::settings::{SIGNING_GRACE_SECS, WebhookSettings};
 use crate::signing;
-use crate::webhook::{AgentWebhook, find_agent, open_secret, seal_text};
+use crate::webhook::{open_secret, seal_text};
 use crate::webhook_secret::WebhookSecret;
 
 /// How many previous secrets an agent keeps at most (as svix-server), so that repeated
@@ -181,7 +182,7 @@ pub async fn rotate_signing_secret<C: ConnectionTrait>(
     let mut update = agents::Entity::update_many()
         .col_expr(agents::Column::WebhookSecret, Expr::value(Some(sealed)))
         .filter(agents::Column::Id.eq(agent_id))
-        .filter(agents::Column::IsDeleted.eq(false));
+        .filter(live());
     update = match &agent.webhook_secret {
         Some(old_sealed) => update.filter(agents::Column::WebhookSecret.eq(old_sealed.as_str())),
         None => update.filter(agents::Column::WebhookSecret.is_null()),
@@ -331,12 +332,8 @@ pub(crate) async fn live_keys<C: ConnectionTrait>(
     let mut agent_ids = agent_ids.to_vec();
     agent_ids.sort_unstable();
     agent_ids.dedup();
-    let agents = crate::webhook::agents_by_id(db, &agent_ids).await?;
-    let live = |id: &str| {
-        agents
-            .get(id)
-            .filter(|agent| agent.is_deleted != Some(true))
-    };
+    let agents = agents_by_id(db, &agent_ids).await?;
+    let live = |id: &str| agents.get(id).filter(|agent| agent.is_live());
     let with_primary: Vec<&str> = agent_ids
         .iter()
         .copied()
@@ -471,7 +468,7 @@ async fn set_ed25519_columns<C: ConnectionTrait>(
         .col_expr(agents::Column::WebhookEd25519SecretKey, Expr::value(sealed))
         .col_expr(agents::Column::WebhookEd25519PublicKey, Expr::value(public))
         .filter(agents::Column::Id.eq(agent_id))
-        .filter(agents::Column::IsDeleted.eq(false))
+        .filter(live())
         .exec(db)
         .await?;
     if updated.rows_affected == 0 {

@@ -19,12 +19,14 @@
 use entity::{agents, webhook_previous_secrets};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DerivePartialModel, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, DerivePartialModel, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+use crate::agent::live;
+pub(crate) use crate::agent::{AgentWebhook, find_agent};
 use crate::error::{Error, Result};
 use crate::events::EventFilter;
 use crate::secret_box::{KeyRing, SecretBoxError};
@@ -532,49 +534,6 @@ pub(crate) fn seal_text(keys: &KeyRing, agent_id: &str, plaintext: &str) -> Resu
         })
 }
 
-/// The columns of `agents` the webhook functions read: the id, the soft-delete flag and our
-/// webhook columns, never the host's other columns. A host column of a type we do not use (a
-/// naive `created_at`, a NULL `name`, extra columns) therefore cannot break them.
-#[derive(Clone, Debug, DerivePartialModel)]
-#[sea_orm(entity = "agents::Entity")]
-pub(crate) struct AgentWebhook {
-    pub id: String,
-    /// Copied onto each delivery.
-    pub organization_id: String,
-    /// NULL (a host row that never set it) reads as live.
-    pub is_deleted: Option<bool>,
-    pub webhook_url: Option<String>,
-    pub webhook_secret: Option<String>,
-    pub webhook_events: Option<serde_json::Value>,
-    pub webhook_enabled: bool,
-    pub webhook_failing_since: Option<sea_orm::prelude::DateTimeWithTimeZone>,
-    pub webhook_disabled_at: Option<sea_orm::prelude::DateTimeWithTimeZone>,
-    pub webhook_disabled_reason: Option<String>,
-    /// The sealed `whsk_` key, when the agent signs with Ed25519 too.
-    pub webhook_ed25519_secret_key: Option<String>,
-    /// The `whpk_` public key of that pair.
-    pub webhook_ed25519_public_key: Option<String>,
-}
-
-impl From<&agents::Model> for AgentWebhook {
-    fn from(agent: &agents::Model) -> Self {
-        AgentWebhook {
-            id: agent.id.clone(),
-            organization_id: agent.organization_id.clone(),
-            is_deleted: Some(agent.is_deleted),
-            webhook_url: agent.webhook_url.clone(),
-            webhook_secret: agent.webhook_secret.clone(),
-            webhook_events: agent.webhook_events.clone(),
-            webhook_enabled: agent.webhook_enabled,
-            webhook_failing_since: agent.webhook_failing_since,
-            webhook_disabled_at: agent.webhook_disabled_at,
-            webhook_disabled_reason: agent.webhook_disabled_reason.clone(),
-            webhook_ed25519_secret_key: agent.webhook_ed25519_secret_key.clone(),
-            webhook_ed25519_public_key: agent.webhook_ed25519_public_key.clone(),
-        }
-    }
-}
-
 /// The host's columns [`AgentState`] shows, read tolerantly: NULL where the host allows it, and
 /// timestamps aware or naive ([`HostTime`]).
 #[derive(Clone, Debug, DerivePartialModel)]
@@ -632,44 +591,6 @@ fn parse_host_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
         })
 }
 
-/// The webhook columns of the agents among `ids` that exist, soft-deleted or not, by id: one
-/// `SELECT` per [`MAX_PAGE_SIZE`](crate::deliveries::MAX_PAGE_SIZE) ids, for the batched paths
-/// (fan-out enqueue, the worker's signing keys) that would otherwise read one agent at a time.
-pub(crate) async fn agents_by_id<C: ConnectionTrait>(
-    db: &C,
-    ids: &[&str],
-) -> Result<std::collections::HashMap<String, AgentWebhook>> {
-    let mut ids = ids.to_vec();
-    ids.sort_unstable();
-    ids.dedup();
-    let mut found = std::collections::HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(crate::deliveries::MAX_PAGE_SIZE as usize) {
-        for agent in agents::Entity::find()
-            .filter(agents::Column::Id.is_in(chunk.iter().copied()))
-            .into_partial_model::<AgentWebhook>()
-            .all(db)
-            .await?
-        {
-            found.insert(agent.id.clone(), agent);
-        }
-    }
-    Ok(found)
-}
-
-/// The live (not soft-deleted) agent with this id.
-pub(crate) async fn find_agent<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<AgentWebhook> {
-    agents::Entity::find_by_id(agent_id)
-        .filter(
-            Condition::any()
-                .add(agents::Column::IsDeleted.eq(false))
-                .add(agents::Column::IsDeleted.is_null()),
-        )
-        .into_partial_model::<AgentWebhook>()
-        .one(db)
-        .await?
-        .ok_or_else(|| Error::AgentNotFound(agent_id.to_owned()))
-}
-
 async fn update_columns<C: ConnectionTrait>(
     db: &C,
     agent_id: &str,
@@ -677,11 +598,7 @@ async fn update_columns<C: ConnectionTrait>(
 ) -> Result<WebhookConfigView> {
     let mut update = agents::Entity::update_many()
         .filter(agents::Column::Id.eq(agent_id))
-        .filter(
-            Condition::any()
-                .add(agents::Column::IsDeleted.eq(false))
-                .add(agents::Column::IsDeleted.is_null()),
-        );
+        .filter(live());
     for (column, value) in columns {
         update = update.col_expr(column, value);
     }

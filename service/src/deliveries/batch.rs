@@ -114,7 +114,7 @@ pub async fn enqueue_many<C: ConnectionTrait>(
         .map(|item| checked_event(settings, item.event_id, item.event_type, item.payload))
         .collect::<Result<Vec<_>>>()?;
     let agent_ids: Vec<&str> = items.iter().map(|item| item.agent_id).collect();
-    let agents_by_id = crate::webhook::agents_by_id(db, &agent_ids).await?;
+    let agents_by_id = crate::agent::agents_by_id(db, &agent_ids).await?;
 
     let mut results: Vec<Option<Enqueued>> = Vec::with_capacity(items.len());
     let mut rows = Vec::new();

@@ -110,3 +110,64 @@ async fn soft_deleted_agents_are_gone(backend: Backend) {
 }
 
 backend_tests!(soft_deleted_agents_are_gone);
+
+/// A host table adopted from another tool may leave `is_deleted` NULL: such an agent is live
+/// for every function, configuration, signing-secret rotation and Ed25519 keys alike.
+async fn null_is_deleted_is_live(backend: Backend) {
+    use agent_webhooks::signing_secrets;
+    use migration::{Migrator, MigratorTrait};
+    let t = TestDb::fresh(backend).await;
+    let id = "varchar(64)";
+    let ts = match backend {
+        Backend::Postgres => "timestamptz",
+        Backend::MySql => "datetime(6)",
+        Backend::Sqlite => "text",
+    };
+    t.exec(&format!(
+        "CREATE TABLE organizations (id {id} NOT NULL, name varchar(255) NOT NULL, \
+         created_at {ts}, updated_at {ts}, is_deleted boolean NOT NULL DEFAULT false, \
+         PRIMARY KEY (id))"
+    ))
+    .await;
+    t.exec(&format!(
+        "CREATE TABLE agents (id {id} NOT NULL, organization_id {id} NOT NULL, \
+         name varchar(255), description text, created_at {ts}, updated_at {ts}, \
+         is_deleted boolean NULL, PRIMARY KEY (id), \
+         FOREIGN KEY (organization_id) REFERENCES organizations (id))"
+    ))
+    .await;
+    t.exec("INSERT INTO organizations (id, name) VALUES ('org-1', 'Acme')")
+        .await;
+    t.exec("INSERT INTO agents (id, organization_id, name) VALUES ('agent-1', 'org-1', 'one')")
+        .await;
+    Migrator::up(&t.db, None).await.unwrap();
+    assert_eq!(
+        t.count("SELECT COUNT(*) FROM agents WHERE is_deleted IS NULL")
+            .await,
+        1
+    );
+    let settings = WebhookSettings {
+        keys: Some(KeyRing::parse(&KeyRing::generate_key_entry("k1").unwrap()).unwrap()),
+        ..WebhookSettings::default()
+    };
+    webhook::configure(&t.db, &settings, "agent-1", &config())
+        .await
+        .unwrap();
+    let now = Utc::now();
+    signing_secrets::rotate_signing_secret(&t.db, &settings, "agent-1", None, now)
+        .await
+        .expect("rotation of a live agent with a NULL is_deleted");
+    signing_secrets::generate_ed25519_key(&t.db, &settings, "agent-1")
+        .await
+        .expect("an Ed25519 key for a live agent with a NULL is_deleted");
+    let keys = signing_secrets::signing_keys(&t.db, &settings, "agent-1", now)
+        .await
+        .unwrap();
+    assert_eq!(keys.keys.len(), 3, "{keys:?}");
+    let created = enqueue_event(&t.db, "agent-1", "evt_1", "run.completed", now)
+        .await
+        .unwrap();
+    assert!(matches!(created, Enqueued::Created(_)), "{created:?}");
+}
+
+backend_tests!(null_is_deleted_is_live);

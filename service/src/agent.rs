@@ -1,0 +1,105 @@
+//! The host platform's `agents` row, as far as this service reads it: the webhook columns, the
+//! organization and the soft-delete flag, and the one rule for which agents are live.
+//!
+//! The platform soft-deletes an agent by setting `is_deleted`; a host table adopted from
+//! another tool may leave the column NULL, which counts as live. [`live`] is that rule as a
+//! condition and [`AgentWebhook::is_live`] the same rule on a loaded row: every query and
+//! check of this crate uses one of them.
+
+use entity::agents;
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DerivePartialModel, EntityTrait, QueryFilter,
+};
+
+use crate::error::{Error, Result};
+
+/// Agents that are not soft-deleted: `is_deleted` false or NULL.
+pub(crate) fn live() -> Condition {
+    Condition::any()
+        .add(agents::Column::IsDeleted.eq(false))
+        .add(agents::Column::IsDeleted.is_null())
+}
+
+/// The columns of `agents` the webhook functions read: the id, the soft-delete flag and our
+/// webhook columns, never the host's other columns. A host column of a type we do not use (a
+/// naive `created_at`, a NULL `name`, extra columns) therefore cannot break them.
+#[derive(Clone, Debug, DerivePartialModel)]
+#[sea_orm(entity = "agents::Entity")]
+pub(crate) struct AgentWebhook {
+    pub id: String,
+    /// Copied onto each delivery.
+    pub organization_id: String,
+    /// NULL (a host row that never set it) reads as live.
+    pub is_deleted: Option<bool>,
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub webhook_events: Option<serde_json::Value>,
+    pub webhook_enabled: bool,
+    pub webhook_failing_since: Option<sea_orm::prelude::DateTimeWithTimeZone>,
+    pub webhook_disabled_at: Option<sea_orm::prelude::DateTimeWithTimeZone>,
+    pub webhook_disabled_reason: Option<String>,
+    /// The sealed `whsk_` key, when the agent signs with Ed25519 too.
+    pub webhook_ed25519_secret_key: Option<String>,
+    /// The `whpk_` public key of that pair.
+    pub webhook_ed25519_public_key: Option<String>,
+}
+
+impl AgentWebhook {
+    /// The rule of [`live`] on a loaded row.
+    pub(crate) fn is_live(&self) -> bool {
+        self.is_deleted != Some(true)
+    }
+}
+
+impl From<&agents::Model> for AgentWebhook {
+    fn from(agent: &agents::Model) -> Self {
+        AgentWebhook {
+            id: agent.id.clone(),
+            organization_id: agent.organization_id.clone(),
+            is_deleted: Some(agent.is_deleted),
+            webhook_url: agent.webhook_url.clone(),
+            webhook_secret: agent.webhook_secret.clone(),
+            webhook_events: agent.webhook_events.clone(),
+            webhook_enabled: agent.webhook_enabled,
+            webhook_failing_since: agent.webhook_failing_since,
+            webhook_disabled_at: agent.webhook_disabled_at,
+            webhook_disabled_reason: agent.webhook_disabled_reason.clone(),
+            webhook_ed25519_secret_key: agent.webhook_ed25519_secret_key.clone(),
+            webhook_ed25519_public_key: agent.webhook_ed25519_public_key.clone(),
+        }
+    }
+}
+
+/// The webhook columns of the agents among `ids` that exist, soft-deleted or not, by id: one
+/// `SELECT` per [`MAX_PAGE_SIZE`](crate::deliveries::MAX_PAGE_SIZE) ids, for the batched paths
+/// (fan-out enqueue, the worker's signing keys) that would otherwise read one agent at a time.
+pub(crate) async fn agents_by_id<C: ConnectionTrait>(
+    db: &C,
+    ids: &[&str],
+) -> Result<std::collections::HashMap<String, AgentWebhook>> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut found = std::collections::HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(crate::deliveries::MAX_PAGE_SIZE as usize) {
+        for agent in agents::Entity::find()
+            .filter(agents::Column::Id.is_in(chunk.iter().copied()))
+            .into_partial_model::<AgentWebhook>()
+            .all(db)
+            .await?
+        {
+            found.insert(agent.id.clone(), agent);
+        }
+    }
+    Ok(found)
+}
+
+/// The live (not soft-deleted) agent with this id.
+pub(crate) async fn find_agent<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<AgentWebhook> {
+    agents::Entity::find_by_id(agent_id)
+        .filter(live())
+        .into_partial_model::<AgentWebhook>()
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::AgentNotFound(agent_id.to_owned()))
+}
