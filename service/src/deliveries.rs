@@ -375,7 +375,8 @@ pub struct AttemptRecord {
     pub error_class: Option<ErrorClass>,
     /// A short description (bounded by [`MAX_ERROR_LEN`]); never the payload or a secret.
     pub message: Option<String>,
-    /// The first [`RESPONSE_PREFIX_LEN`] bytes of the response body, as lossy UTF-8.
+    /// The start of the response body, as [`body_excerpt`] keeps it: text, or `base64:…` for a
+    /// body that is not UTF-8 text (compressed, binary, holding a NUL byte).
     pub response_body_prefix: Option<String>,
     /// The socket address actually connected to, when a connection was made.
     pub remote_addr: Option<String>,
@@ -701,6 +702,46 @@ async fn exec_claimed(
 /// How often a statement (or the worker's recording transaction) chosen as a deadlock victim
 /// is tried again.
 const TRANSIENT_RETRIES: usize = 5;
+
+/// The ids among `ids` of deliveries that exist, in one statement (none for no ids).
+pub(crate) async fn existing_ids<C: ConnectionTrait>(
+    db: &C,
+    ids: &[&str],
+) -> Result<std::collections::HashSet<String>> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    Ok(wd::Entity::find()
+        .select_only()
+        .column(wd::Column::Id)
+        .filter(wd::Column::Id.is_in(ids.iter().copied()))
+        .into_tuple::<String>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect())
+}
+
+/// Whether `err` says the database could not be reached or the connection broke, rather than
+/// that it refused a statement: what one row of a batch cannot cause.
+pub(crate) fn is_connection_error(err: &Error) -> bool {
+    use sea_orm::sqlx::Error as Sqlx;
+    match err {
+        Error::Db(DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) => true,
+        Error::Db(
+            DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e)),
+        ) => matches!(
+            e.as_ref(),
+            Sqlx::Io(_)
+                | Sqlx::Tls(_)
+                | Sqlx::PoolTimedOut
+                | Sqlx::PoolClosed
+                | Sqlx::WorkerCrashed
+                | Sqlx::Protocol(_)
+        ),
+        _ => false,
+    }
+}
 
 /// Serialization failure or deadlock: the statement may succeed when sent again.
 pub(crate) fn is_transient(err: &DbErr) -> bool {
@@ -1480,6 +1521,7 @@ fn error_text(outcome: &AttemptOutcome) -> String {
         AttemptOutcome::Status { code, .. } => format!("HTTP {code}"),
         AttemptOutcome::Timeout => "timed out".to_owned(),
         AttemptOutcome::Connection(message) => format!("connection failed: {message}"),
+        AttemptOutcome::AgentDeleted(message) => message.clone(),
     };
     truncate(&text, MAX_ERROR_LEN)
 }
@@ -1489,13 +1531,48 @@ fn bounded(text: &str) -> String {
     truncate(text, MAX_ERROR_LEN)
 }
 
-/// `text` cut to at most `max` bytes, on a character boundary.
+/// `text` as every backend's text column can hold it, cut to at most `max` bytes on a
+/// character boundary. PostgreSQL refuses a NUL character in text (and so fails the whole
+/// statement, with every other row of a batch), so each NUL becomes U+FFFD; Rust strings are
+/// valid UTF-8 already, which is all MySQL (utf8mb4) and SQLite ask.
 fn truncate(text: &str, max: usize) -> String {
+    let text: std::borrow::Cow<'_, str> = if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}").into()
+    } else {
+        text.into()
+    };
     let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     text[..end].to_owned()
+}
+
+/// How a response body is kept in the attempt log ([`AttemptRecord::response_body_prefix`]):
+/// its first [`RESPONSE_PREFIX_LEN`] bytes as text when they are UTF-8 without a NUL byte (a
+/// character cut by the limit is left out), otherwise `base64:` followed by the standard
+/// base64 of those bytes, so a compressed or binary answer is stored exactly and can be
+/// decoded. `None` for an empty body.
+pub fn body_excerpt(body: &[u8]) -> Option<String> {
+    let kept = &body[..body.len().min(RESPONSE_PREFIX_LEN)];
+    if kept.is_empty() {
+        return None;
+    }
+    let text = match std::str::from_utf8(kept) {
+        Ok(text) => Some(text),
+        // Only a character cut short by the limit: the text before it is whole.
+        Err(e) if e.error_len().is_none() && kept.len() < body.len() => {
+            std::str::from_utf8(&kept[..e.valid_up_to()]).ok()
+        }
+        Err(_) => None,
+    };
+    Some(match text {
+        Some(text) if !text.contains('\0') => text.to_owned(),
+        _ => format!(
+            "base64:{}",
+            base64::engine::general_purpose::STANDARD.encode(kept)
+        ),
+    })
 }
 
 fn encode_cursor(created_at: DateTime<Utc>, id: &str) -> String {

@@ -47,6 +47,8 @@
 //! | `agent_webhooks_claim_lag_seconds` | histogram | from enqueue to claim, first attempts |
 //! | `agent_webhooks_attempt_duration_seconds` | histogram | one attempt, sign to answer |
 //! | `agent_webhooks_in_flight` | gauge | requests being sent now by this process |
+//! | `agent_webhooks_key_faults_total` | counter | claims given back unsent: the key ring does not open their agent's keys |
+//! | `agent_webhooks_unrecorded_total{part}` | counter | attempt rows or outcomes the database refused to store |
 //!
 //! # The HTTP client
 //!
@@ -72,6 +74,7 @@
 //! | what happened | [`ErrorClass`] | [`AttemptOutcome`] (decides the retry) |
 //! |---|---|---|
 //! | 2xx, body within the cap | none | status |
+//! | 2xx, then reading the body failed or timed out | `timeout` or `connect` | status: delivered (the receiver accepted it; the class says the rest of its answer was lost) |
 //! | 3xx | `redirect` | status (final) |
 //! | other status | `http_status` | status |
 //! | body larger than the cap | `body_too_large` | status: the answer counts, the rest is not read |
@@ -81,6 +84,8 @@
 //! | no answer within the total timeout | `timeout` | timeout |
 //! | refused by the URL policy | `ssrf_blocked` | connection error (nothing sent) |
 //! | no payload stored, no secret | `not_sendable` | connection error (nothing sent) |
+//! | the agent was deleted after the enqueue | `not_sendable` | agent deleted: given up at once (nothing sent) |
+//! | the key ring does not open the agent's keys | none: no attempt | the claim is given back unsent and uncounted, logged as an error, counted in `agent_webhooks_key_faults_total` |
 //!
 //! Refusals are retryable like connection errors: the owner may fix the URL or the secret, and
 //! DNS answers change; the retry schedule bounds them.
@@ -102,7 +107,7 @@ use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::deliveries::{self, AttemptRecord, Claim, ErrorClass, RESPONSE_PREFIX_LEN};
+use crate::deliveries::{self, AttemptRecord, Claim, ErrorClass};
 use crate::error::{Error, Result};
 use crate::retry::{AttemptOutcome, Decision, RetryAfter};
 use crate::sender;
@@ -141,6 +146,10 @@ pub mod metric {
     pub const ATTEMPT_DURATION: &str = "agent_webhooks_attempt_duration_seconds";
     /// Requests being sent now.
     pub const IN_FLIGHT: &str = "agent_webhooks_in_flight";
+    /// Claims given back because their agent's keys do not open with the key ring.
+    pub const KEY_FAULTS: &str = "agent_webhooks_key_faults_total";
+    /// Attempt rows or outcomes the database refused to store, labelled `part`.
+    pub const UNRECORDED: &str = "agent_webhooks_unrecorded_total";
 }
 
 /// Registers the units and descriptions of the worker's metrics with the installed recorder,
@@ -173,6 +182,14 @@ pub fn describe_metrics() {
         "one attempt, sign to answer"
     );
     describe_gauge!(metric::IN_FLIGHT, "requests being sent now");
+    describe_counter!(
+        metric::KEY_FAULTS,
+        "claims given back unsent because the key ring does not open their agent's keys"
+    );
+    describe_counter!(
+        metric::UNRECORDED,
+        "attempt rows (part=attempt) or outcomes (part=outcome) the database refused to store"
+    );
 }
 
 /// The worker's context: settings, database and HTTP client, shared by every attempt.
@@ -205,6 +222,11 @@ pub struct DrainReport {
     /// Claims given back unsent: their host stayed busy while the lease could still cover an
     /// attempt. They are due again after the poll interval and were not counted as attempts.
     pub released: u64,
+    /// Attempts whose outcome the database refused to store (see [`Recorded::Unrecorded`]).
+    pub unrecorded: u64,
+    /// Claims given back unsent because their agent's keys do not open with the key ring (see
+    /// [`Recorded::KeyFault`]); due again after one lease, not counted as attempts.
+    pub key_faults: u64,
 }
 
 impl DrainReport {
@@ -215,6 +237,8 @@ impl DrainReport {
         self.given_up += other.given_up;
         self.stale += other.stale;
         self.released += other.released;
+        self.unrecorded += other.unrecorded;
+        self.key_faults += other.key_faults;
     }
 
     fn count(&mut self, recorded: Recorded) {
@@ -223,10 +247,15 @@ impl DrainReport {
                 self.released += 1;
                 return;
             }
+            Recorded::KeyFault => {
+                self.key_faults += 1;
+                return;
+            }
             Recorded::Decided(Decision::Delivered) => self.delivered += 1,
             Recorded::Decided(Decision::RetryAt(_)) => self.retrying += 1,
             Recorded::Decided(Decision::GiveUp(_)) => self.given_up += 1,
             Recorded::Stale => self.stale += 1,
+            Recorded::Unrecorded => self.unrecorded += 1,
         }
         self.attempts += 1;
     }
@@ -415,6 +444,7 @@ impl Dispatcher {
                 match result {
                     Ok((_, Ok(Step::Sent(done)))) => finished.push(*done),
                     Ok((_, Ok(Step::Released))) => report.count(Recorded::Released),
+                    Ok((_, Ok(Step::KeyFault))) => report.count(Recorded::KeyFault),
                     Ok((_, Ok(Step::Recorded(recorded)))) => {
                         recording = None;
                         recorded.into_iter().for_each(|r| report.count(r));
@@ -491,6 +521,11 @@ impl Dispatcher {
     /// Waits for the delivery's host to have a free slot, then makes the attempt; gives the
     /// claim back unsent when the wait would leave the lease too short for an attempt.
     async fn send_claimed(&self, claim: Claim, keys: &AgentKeys) -> Result<Step> {
+        if let Some(Err(err)) = keys.get(&claim.delivery.agent_id)
+            && !matches!(err, Error::AgentNotFound(_))
+        {
+            return self.release_key_fault(&claim, err).await;
+        }
         let host = host_key(&claim.delivery.webhook_url);
         let budget = (claim.lease_until - Utc::now())
             .to_std()
@@ -517,6 +552,27 @@ impl Dispatcher {
         Ok(Step::Sent(Box::new(done)))
     }
 
+    /// Gives back, unsent and uncounted, a claim whose agent's keys do not open with this
+    /// worker's key ring: the operator's fault (a missing or wrong `WEBHOOK_SECRET_KEYS` entry),
+    /// not the receiver's, so no attempt is recorded and endpoint health is untouched. Due
+    /// again after one lease, so a worker that cannot open a secret does not spin on it.
+    async fn release_key_fault(&self, claim: &Claim, err: &Error) -> Result<Step> {
+        tracing::error!(
+            %err,
+            delivery = %claim.delivery.id,
+            agent = %claim.delivery.agent_id,
+            "cannot open the agent's signing keys with WEBHOOK_SECRET_KEYS: claim released unsent; fix the key ring",
+        );
+        metrics::counter!(metric::KEY_FAULTS).increment(1);
+        let due =
+            Utc::now() + chrono::TimeDelta::from_std(self.settings.claim_lease).unwrap_or_default();
+        let _turn = self.write_turn().await;
+        match deliveries::release(&self.db, claim, due).await {
+            Ok(()) | Err(Error::StaleClaim { .. }) => Ok(Step::KeyFault),
+            Err(err) => Err(err),
+        }
+    }
+
     /// This process's turn to write, on SQLite (see `sqlite_writes`); nothing elsewhere.
     async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         match &self.sqlite_writes {
@@ -525,31 +581,30 @@ impl Dispatcher {
         }
     }
 
-    /// Makes one attempt of a claimed delivery and records it: the outcome on the delivery
-    /// (guarded by the claim) and a row in the attempt log, in one transaction, as the worker
-    /// records its batches.
-    pub async fn deliver(&self, claim: &Claim) -> Result<Recorded> {
-        let agent = claim.delivery.agent_id.as_str();
-        let keys =
-            signing_secrets::live_keys(&self.db, &self.settings, &[agent], Utc::now()).await?;
-        let done = self.attempt(claim.clone(), &keys).await;
-        let mut recorded = self.record(std::slice::from_ref(&done)).await?;
-        Ok(recorded.remove(0))
-    }
-
     /// Records finished attempts: their outcomes (each guarded by its claim) and their rows in
     /// the attempt log, in one transaction per [`deliveries::MAX_PAGE_SIZE`] attempts, with
     /// [`deliveries::record_outcomes`] and [`deliveries::record_attempts`]. An attempt whose
     /// claim was taken over meanwhile is [`Recorded::Stale`]: it stays in the log, its outcome
-    /// is not stored.
+    /// is not stored; one whose delivery was deleted meanwhile is stale too, and not logged.
+    ///
+    /// A batch the database refuses (a row it cannot store) is recorded again one attempt at a
+    /// time, so that one row's failure costs only that row: an attempt whose log row is refused
+    /// still has its outcome stored, and one whose outcome is refused too is left to its lease
+    /// ([`Recorded::Unrecorded`]). A lost connection fails the whole recording as before.
     async fn record(&self, finished: &[FinishedAttempt]) -> Result<Vec<Recorded>> {
         let mut recorded = Vec::with_capacity(finished.len());
         for batch in finished.chunks(deliveries::MAX_PAGE_SIZE as usize) {
-            // A deadlock victim was rolled back whole and runs again. Outcomes are guarded by
-            // their claims and attempt rows kept once, so a repeat cannot double anything.
-            let outcomes = {
-                let _turn = self.write_turn().await;
-                deliveries::retry_in_own_transaction!(&self.db, |txn| self.record_batch(txn, batch))
+            let outcomes = match self.record_in_transaction(batch, true).await {
+                Ok(outcomes) => outcomes,
+                Err(err) if !deliveries::is_connection_error(&err) => {
+                    tracing::warn!(%err, attempts = batch.len(), "recording a batch failed; recording its attempts one by one");
+                    let mut outcomes = Vec::with_capacity(batch.len());
+                    for done in batch {
+                        outcomes.push(self.record_alone(done).await?);
+                    }
+                    outcomes
+                }
+                Err(err) => return Err(err),
             };
             for (outcome, done) in outcomes.into_iter().zip(batch) {
                 recorded.push(match outcome {
@@ -561,18 +616,54 @@ impl Dispatcher {
                         tracing::warn!(delivery = %done.claim.delivery.id, attempt = done.claim.attempt, "stale claim: outcome not stored");
                         Recorded::Stale
                     }
-                    Err(err) => return Err(err),
+                    Err(_) => Recorded::Unrecorded,
                 });
             }
         }
         Ok(recorded)
     }
 
-    /// One transaction of [`Dispatcher::record`]: the outcomes, then the attempt rows.
+    /// One attempt of a refused batch: outcome and log row, else the outcome alone.
+    async fn record_alone(&self, done: &FinishedAttempt) -> Result<Result<Decision>> {
+        let one = std::slice::from_ref(done);
+        let err = match self.record_in_transaction(one, true).await {
+            Ok(mut outcome) => return Ok(outcome.remove(0)),
+            Err(err) if deliveries::is_connection_error(&err) => return Err(err),
+            Err(err) => err,
+        };
+        tracing::error!(%err, delivery = %done.claim.delivery.id, attempt = done.claim.attempt, "the attempt log refused this attempt; storing its outcome without it");
+        metrics::counter!(metric::UNRECORDED, "part" => "attempt").increment(1);
+        match self.record_in_transaction(one, false).await {
+            Ok(mut outcome) => Ok(outcome.remove(0)),
+            Err(err) if deliveries::is_connection_error(&err) => Err(err),
+            Err(err) => {
+                tracing::error!(%err, delivery = %done.claim.delivery.id, attempt = done.claim.attempt, "the database refused this outcome; the delivery is left to its lease");
+                metrics::counter!(metric::UNRECORDED, "part" => "outcome").increment(1);
+                Ok(Err(err))
+            }
+        }
+    }
+
+    /// Records `batch` in one transaction of its own, run again if chosen as a deadlock
+    /// victim: outcomes are guarded by their claims and attempt rows kept once, so a repeat
+    /// cannot double anything. `with_log`: the attempt rows too.
+    async fn record_in_transaction(
+        &self,
+        batch: &[FinishedAttempt],
+        with_log: bool,
+    ) -> Result<Vec<Result<Decision>>> {
+        let _turn = self.write_turn().await;
+        Ok(deliveries::retry_in_own_transaction!(&self.db, |txn| self
+            .record_batch(txn, batch, with_log)))
+    }
+
+    /// One transaction of [`Dispatcher::record`]: the outcomes, then the attempt rows of the
+    /// deliveries that still exist.
     async fn record_batch(
         &self,
         txn: &DatabaseTransaction,
         batch: &[FinishedAttempt],
+        with_log: bool,
     ) -> Result<Vec<Result<Decision>>> {
         let outcomes = deliveries::record_outcomes(
             txn,
@@ -582,11 +673,28 @@ impl Dispatcher {
                 .map(|done| (&done.claim, &done.outcome, done.record.finished_at)),
         )
         .await?;
+        if !with_log {
+            return Ok(outcomes);
+        }
+        // An applied outcome's row is locked by this transaction, so its delivery exists until
+        // the commit. A stale claim's delivery may have been deleted meanwhile (a hard-deleted
+        // agent takes its deliveries with it): its attempt has nowhere to go.
+        let stale: Vec<&str> = batch
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| outcome.is_err())
+            .map(|(done, _)| done.claim.delivery.id.as_str())
+            .collect();
+        let existing = deliveries::existing_ids(txn, &stale).await?;
         deliveries::record_attempts(
             txn,
             batch
                 .iter()
-                .map(|done| (done.claim.delivery.id.as_str(), &done.record)),
+                .zip(&outcomes)
+                .filter(|(done, outcome)| {
+                    outcome.is_ok() || existing.contains(done.claim.delivery.id.as_str())
+                })
+                .map(|(done, _)| (done.claim.delivery.id.as_str(), &done.record)),
         )
         .await?;
         Ok(outcomes)
@@ -647,8 +755,13 @@ impl Dispatcher {
         };
         let signed = match keys.get(&claim.delivery.agent_id) {
             Some(Ok(keys)) => sender::sign_request(url, claim, keys, payload, now),
-            Some(Err(err)) => return Attempt::refused(ErrorClass::NotSendable, err.to_string()),
-            None => Err(Error::AgentNotFound(claim.delivery.agent_id.clone())),
+            // Key faults were released before the send (`release_key_fault`): what is left is
+            // an agent deleted since the enqueue, for which nothing will ever be sent.
+            Some(Err(err)) => return Attempt::agent_deleted(err.to_string()),
+            None => {
+                let gone = Error::AgentNotFound(claim.delivery.agent_id.clone());
+                return Attempt::agent_deleted(gone.to_string());
+            }
         };
         let request = match signed {
             Ok(request) => request,
@@ -733,13 +846,12 @@ impl Dispatcher {
         } else {
             (None, None)
         };
-        body.truncate(RESPONSE_PREFIX_LEN);
         Attempt {
             outcome: AttemptOutcome::Status { code, retry_after },
             status: Some(code),
             class,
             message,
-            body_prefix: (!body.is_empty()).then(|| String::from_utf8_lossy(&body).into_owned()),
+            body_prefix: deliveries::body_excerpt(&body),
             remote_addr,
         }
     }
@@ -764,6 +876,9 @@ enum Step {
     Sent(Box<FinishedAttempt>),
     /// Nothing was sent: the delivery's host stayed busy, and the claim was given back.
     Released,
+    /// Nothing was sent: the agent's keys do not open with the key ring, and the claim was
+    /// given back.
+    KeyFault,
     /// A batch of attempts was recorded.
     Recorded(Vec<Recorded>),
 }
@@ -778,6 +893,12 @@ pub enum Recorded {
     Stale,
     /// Nothing was sent: the delivery's host stayed busy, and the claim was given back.
     Released,
+    /// Nothing was sent: the agent's keys do not open with this worker's key ring (the
+    /// operator's fault), and the claim was given back uncounted.
+    KeyFault,
+    /// The attempt was made but the database refused its outcome: the delivery is left to its
+    /// lease and sent again once it runs out.
+    Unrecorded,
 }
 
 /// Completes when `wake` is notified; never without one.
@@ -901,6 +1022,14 @@ impl Attempt {
             message: Some(message),
             body_prefix: None,
             remote_addr: None,
+        }
+    }
+
+    /// Nothing was sent, and nothing will be: the agent was deleted.
+    fn agent_deleted(message: String) -> Attempt {
+        Attempt {
+            outcome: AttemptOutcome::AgentDeleted(message.clone()),
+            ..Attempt::refused(ErrorClass::NotSendable, message)
         }
     }
 

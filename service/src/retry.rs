@@ -110,6 +110,9 @@ pub enum AttemptOutcome {
     Timeout,
     /// DNS, connect or TLS failure, with its description for the delivery record.
     Connection(String),
+    /// Nothing was sent and nothing ever will be: the delivery's agent was deleted after the
+    /// event was enqueued. With its description for the delivery record.
+    AgentDeleted(String),
 }
 
 /// A `Retry-After` header value as a delay from the moment the response arrived, so that a
@@ -162,6 +165,7 @@ pub fn classify(outcome: &AttemptOutcome) -> Classification {
             _ => Classification::Final,
         },
         AttemptOutcome::Timeout | AttemptOutcome::Connection(_) => Classification::Retryable,
+        AttemptOutcome::AgentDeleted(_) => Classification::Final,
     }
 }
 
@@ -183,6 +187,8 @@ pub enum GiveUpReason {
     FinalStatus(u16),
     /// This many attempts were made, all the policy allows, the last one retryable.
     MaxAttempts(u32),
+    /// The delivery's agent was deleted ([`AttemptOutcome::AgentDeleted`]).
+    AgentDeleted,
 }
 
 /// How a delivery is retried: the schedule, the attempt budget, jitter and the `Retry-After`
@@ -347,6 +353,9 @@ impl RetryPolicy {
             (Classification::Success, _) => return Decision::Delivered,
             (Classification::Final, AttemptOutcome::Status { code, .. }) => {
                 return Decision::GiveUp(GiveUpReason::FinalStatus(*code));
+            }
+            (_, AttemptOutcome::AgentDeleted(_)) => {
+                return Decision::GiveUp(GiveUpReason::AgentDeleted);
             }
             (_, AttemptOutcome::Status { retry_after, .. }) => *retry_after,
             (_, AttemptOutcome::Timeout | AttemptOutcome::Connection(_)) => None,

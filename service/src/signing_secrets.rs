@@ -53,7 +53,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use entity::agents;
 use entity::webhook_previous_secrets as previous;
 use sea_orm::sea_query::{Expr, Query};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
@@ -61,7 +63,7 @@ use crate::agent::{AgentWebhook, agents_by_id, find_agent, live};
 use crate::deliveries::stamp;
 use crate::ed25519::{PublicKey, SecretKey};
 use crate::error::{Error, Result};
-use crate::secret_box::KeyRing;
+use crate::secret_box::{KeyRing, SecretBoxError};
 use crate::settings::{SIGNING_GRACE_SECS, WebhookSettings};
 use crate::signing;
 use crate::webhook::{open_secret, seal_text};
@@ -389,6 +391,70 @@ fn open_live_keys(
         None => None,
     };
     Ok(LiveKeys { secrets, ed25519 })
+}
+
+/// Checks, before a worker starts, that the settings' key ring opens the sealed secrets it will
+/// need: there is a ring, every key id named by a stored envelope (primary secrets, Ed25519
+/// keys, previous secrets) is in it, and one envelope per key id opens. A worker that could
+/// not open them would otherwise send nothing and blame every receiver. Returns how many key
+/// ids were checked.
+///
+/// One grouped scan per envelope column, then one read per key id: a few seconds on millions
+/// of agents, once per start.
+pub async fn check_key_ring<C: ConnectionTrait>(
+    db: &C,
+    settings: &WebhookSettings,
+) -> Result<usize> {
+    let keys = settings.keys.as_ref().ok_or(Error::NoEncryptionKey)?;
+    let backend = db.get_database_backend();
+    // The `<key id>` of `v1.<key id>.<payload>` (see `secret_box`), in SQL.
+    let key_id = |column: &str| match backend {
+        DbBackend::Postgres => format!("split_part({column}, '.', 2)"),
+        DbBackend::MySql => format!("SUBSTRING_INDEX(SUBSTRING_INDEX({column}, '.', 2), '.', -1)"),
+        _ => format!("substr({column}, 4, instr(substr({column}, 4), '.') - 1)"),
+    };
+    let mut checked = std::collections::HashSet::new();
+    for (table, id, context, column) in [
+        ("agents", "id", "id", "webhook_secret"),
+        ("agents", "id", "id", "webhook_ed25519_secret_key"),
+        (
+            "webhook_previous_secrets",
+            "id",
+            "agent_id",
+            "sealed_secret",
+        ),
+    ] {
+        // One envelope per key id: the row with the smallest id, read whole below.
+        let sql = format!(
+            "SELECT {context}, {column} FROM {table} WHERE {id} IN \
+             (SELECT MIN({id}) FROM {table} WHERE {column} IS NOT NULL GROUP BY {kid})",
+            kid = key_id(column)
+        );
+        let rows = db
+            .query_all_raw(sea_orm::Statement::from_string(backend, sql))
+            .await?;
+        for row in rows {
+            let agent_id: String = row.try_get_by_index(0)?;
+            let sealed: String = row.try_get_by_index(1)?;
+            let sealed_err = |source| Error::Sealed {
+                agent_id: agent_id.clone(),
+                source,
+            };
+            let key = KeyRing::key_id_of(&sealed).map_err(sealed_err)?.to_owned();
+            match keys.open(&sealed, &agent_id) {
+                Ok(_) => {}
+                Err(SecretBoxError::Decrypt) => {
+                    return Err(Error::WrongKey {
+                        key_id: key,
+                        agent_id,
+                    });
+                }
+                Err(source) => return Err(sealed_err(source)),
+            }
+            checked.insert(key);
+        }
+    }
+    Ok(checked.len())
 }
 
 /// Opens a previous secret sealed for `agent_id`; a copy from another agent's row fails.

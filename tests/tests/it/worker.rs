@@ -42,6 +42,8 @@ enum Reply {
     Huge(usize),
     /// 200 after this long.
     Slow(Duration),
+    /// This status and body after this long.
+    Body(u16, &'static [u8], Duration),
 }
 
 /// One request as the receiver got it.
@@ -124,6 +126,13 @@ impl Receiver {
                 tokio::time::sleep(delay).await;
                 self.in_flight.fetch_sub(1, Ordering::SeqCst);
                 Response::new(Body::from("slow ok"))
+            }
+            Reply::Body(code, body, delay) => {
+                tokio::time::sleep(delay).await;
+                Response::builder()
+                    .status(status(code))
+                    .body(Body::from(body))
+                    .unwrap()
             }
             Reply::Huge(len) => {
                 static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
@@ -786,8 +795,12 @@ async fn a_batch_of_agents_is_signed_per_agent_and_recorded_once(backend: Backen
             report.retrying,
             report.stale
         ),
-        (13, 10, 3, 0),
+        (13, 10, 0, 0),
         "{report:?}"
+    );
+    assert_eq!(
+        report.given_up, 3,
+        "agent-4's deliveries are given up at once"
     );
     let seen = receiver.seen();
     assert_eq!(seen.len(), 10, "agent-4 was not sent to");
@@ -818,6 +831,11 @@ async fn a_batch_of_agents_is_signed_per_agent_and_recorded_once(backend: Backen
             let (status, class) = (attempts[0].status_code, attempts[0].error_class);
             if agent == "agent-4" {
                 assert_eq!((status, class), (None, Some(ErrorClass::NotSendable)));
+                assert_eq!(delivery.state, DeliveryState::Failed);
+                assert_eq!(
+                    delivery.error_message.as_deref(),
+                    Some("agent `agent-4` not found")
+                );
             } else {
                 assert_eq!((status, class), (Some(200), None), "{agent}");
             }
@@ -825,7 +843,254 @@ async fn a_batch_of_agents_is_signed_per_agent_and_recorded_once(backend: Backen
     }
 }
 
+/// Two agents of two organizations behind two receivers, `events` deliveries each, sent by a
+/// running worker whose batches mix both; waits until nothing is pending or leased.
+struct TwoTenants {
+    s: Setup,
+    bad: Receiver,
+    good: Receiver,
+}
+
+async fn two_tenants(backend: Backend, bad_reply: Reply, events: usize) -> TwoTenants {
+    let delay = Duration::from_millis(300);
+    let (bad, bad_addr) = Receiver::start(vec![bad_reply; events]).await;
+    let (good, good_addr) = Receiver::start(vec![Reply::Slow(delay); events]).await;
+    let mut settings = settings();
+    settings.worker.concurrency = 32;
+    settings.worker.per_host = 32;
+    let s = setup(backend, &url(bad_addr), settings).await;
+    s.t.exec("INSERT INTO organizations (id, name) VALUES ('org-2', 'Other')")
+        .await;
+    seed_webhook(&s.t, &s.settings, "agent-2", &url(good_addr)).await;
+    s.t.exec("UPDATE agents SET organization_id = 'org-2' WHERE id = 'agent-2'")
+        .await;
+    // Interleaved, so that every claim and every recorded batch holds both tenants.
+    s.enqueue("agent-2", "evt_1").await;
+    for i in 2..=events {
+        s.enqueue("agent-1", &format!("evt_{i}")).await;
+        s.enqueue("agent-2", &format!("evt_{i}")).await;
+    }
+    TwoTenants { s, bad, good }
+}
+
+impl TwoTenants {
+    /// Runs a worker until `done` holds (at most 20 s) and stops it.
+    async fn run_until(&self, done: impl AsyncFn() -> bool) -> DrainReport {
+        let worker = RunningWorker::start(self.s.dispatcher());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done().await && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        worker.stop().await
+    }
+
+    /// The healthy agent's deliveries: every one delivered by its first and only attempt.
+    async fn assert_good_delivered_once(&self, events: usize) {
+        let page = deliveries::history(
+            &self.s.t.db,
+            "agent-2",
+            &deliveries::HistoryQuery {
+                limit: 1000,
+                ..Default::default()
+            },
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(page.items.len(), events);
+        for d in &page.items {
+            assert_eq!(
+                (d.state, d.attempt_count),
+                (DeliveryState::Delivered, 1),
+                "{} of the healthy agent",
+                d.event_id
+            );
+            let attempts = deliveries::attempts(&self.s.t.db, &d.id).await.unwrap();
+            assert_eq!(attempts.len(), 1, "{}", d.event_id);
+        }
+        assert_eq!(self.good.seen().len(), events, "nothing was sent twice");
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        self.s.t.count(sql).await
+    }
+}
+
+/// A receiver answering 200 with a NUL byte in its body (as any compressed answer has) is
+/// recorded as delivered, its body kept as base64, and the other tenant's deliveries recorded
+/// in the same batches are untouched.
+async fn a_nul_in_a_body_costs_no_other_delivery(backend: Backend) {
+    const EVENTS: usize = 40;
+    let reply = Reply::Body(200, b"bad\0body", Duration::from_millis(300));
+    let tt = two_tenants(backend, reply, EVENTS).await;
+    let finished = "SELECT COUNT(*) FROM webhook_deliveries WHERE delivered_at IS NOT NULL";
+    let report = tt
+        .run_until(async || tt.count(finished).await == 2 * EVENTS as i64)
+        .await;
+    assert_eq!(report.unrecorded, 0, "{report:?}");
+    tt.assert_good_delivered_once(EVENTS).await;
+    assert_eq!(tt.bad.seen().len(), EVENTS, "nothing was sent twice");
+    let attempts = deliveries::attempts(&tt.s.t.db, &tt.s.delivery_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        attempts[0].response_body_prefix.as_deref(),
+        Some("base64:YmFkAGJvZHk=")
+    );
+    assert_eq!(tt.s.state().await, DeliveryState::Delivered);
+}
+
+/// Hard-deleting an agent while its deliveries are in flight takes its deliveries with it
+/// (the cascade); their attempts are skipped, and the other agent's deliveries recorded in the
+/// same batches are untouched.
+async fn a_hard_deleted_agent_costs_no_other_delivery(backend: Backend) {
+    const EVENTS: usize = 40;
+    let reply = Reply::Slow(Duration::from_millis(300));
+    let tt = two_tenants(backend, reply, EVENTS).await;
+    let worker = RunningWorker::start(tt.s.dispatcher());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tt.bad.in_flight.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tt.s.t.exec("DELETE FROM agents WHERE id = 'agent-1'").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let delivered = "SELECT COUNT(*) FROM webhook_deliveries WHERE delivered_at IS NOT NULL";
+    while tt.count(delivered).await < EVENTS as i64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report = worker.stop().await;
+    assert_eq!(report.unrecorded, 0, "{report:?}");
+    assert_eq!(
+        tt.count("SELECT COUNT(*) FROM webhook_deliveries WHERE agent_id = 'agent-1'")
+            .await,
+        0
+    );
+    tt.assert_good_delivered_once(EVENTS).await;
+}
+
+/// A row the database refuses (here a trigger refuses attempt rows whose body says `poison`)
+/// makes the worker record that batch one attempt at a time: the refused attempt still has
+/// its outcome stored, and every other delivery is recorded whole.
+async fn a_refused_attempt_row_costs_only_that_row(backend: Backend) {
+    const EVENTS: usize = 20;
+    let reply = Reply::Body(200, b"poison", Duration::from_millis(300));
+    let tt = two_tenants(backend, reply, EVENTS).await;
+    let trigger = match backend {
+        Backend::Postgres => vec![
+            "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN \
+             IF NEW.response_body_prefix LIKE '%poison%' THEN RAISE EXCEPTION 'refused'; \
+             END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON webhook_delivery_attempts \
+             FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+        ],
+        Backend::MySql => vec![
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON webhook_delivery_attempts \
+             FOR EACH ROW BEGIN IF NEW.response_body_prefix LIKE '%poison%' THEN \
+             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused'; END IF; END",
+        ],
+        Backend::Sqlite => vec![
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON webhook_delivery_attempts \
+             WHEN NEW.response_body_prefix LIKE '%poison%' \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        ],
+    };
+    for sql in trigger {
+        tt.s.t.exec(sql).await;
+    }
+    let finished = "SELECT COUNT(*) FROM webhook_deliveries WHERE delivered_at IS NOT NULL";
+    let report = tt
+        .run_until(async || tt.count(finished).await == 2 * EVENTS as i64)
+        .await;
+    assert_eq!(
+        (report.delivered, report.unrecorded),
+        (2 * EVENTS as u64, 0),
+        "{report:?}"
+    );
+    tt.assert_good_delivered_once(EVENTS).await;
+    assert_eq!(tt.bad.seen().len(), EVENTS, "nothing was sent twice");
+    assert_eq!(
+        tt.count(
+            "SELECT COUNT(*) FROM webhook_delivery_attempts a JOIN webhook_deliveries d \
+             ON d.id = a.delivery_id WHERE d.agent_id = 'agent-1'"
+        )
+        .await,
+        0,
+        "the refused rows are not in the log"
+    );
+}
+
+/// A worker whose key ring does not open an agent's secret (the right key id with other
+/// bytes, as after a failed secret mount) sends nothing, records no attempt, leaves endpoint
+/// health alone and gives the claim back uncounted; the start-up check refuses such a ring,
+/// one without the key id, and no ring at all.
+async fn a_key_ring_fault_is_the_operators_not_the_receivers(backend: Backend) {
+    let (receiver, addr) = Receiver::start([]).await;
+    let s = setup(backend, &url(addr), settings()).await;
+    assert_eq!(
+        signing_secrets::check_key_ring(&s.t.db, &s.settings)
+            .await
+            .unwrap(),
+        1
+    );
+    let ring = |entry: &str| WebhookSettings {
+        keys: Some(KeyRing::parse(entry).unwrap()),
+        ..s.settings.clone()
+    };
+    let wrong_bytes = ring(&KeyRing::generate_key_entry("k1").unwrap());
+    let other_id = ring(&KeyRing::generate_key_entry("k2").unwrap());
+    let no_ring = WebhookSettings {
+        keys: None,
+        ..s.settings.clone()
+    };
+    let checked = signing_secrets::check_key_ring(&s.t.db, &wrong_bytes).await;
+    assert!(
+        matches!(&checked, Err(agent_webhooks::Error::WrongKey { key_id, .. }) if key_id == "k1"),
+        "{checked:?}"
+    );
+    let checked = signing_secrets::check_key_ring(&s.t.db, &other_id).await;
+    assert!(
+        matches!(&checked, Err(agent_webhooks::Error::Sealed { .. })),
+        "{checked:?}"
+    );
+    assert!(checked.unwrap_err().to_string().contains("`k1`"));
+    let checked = signing_secrets::check_key_ring(&s.t.db, &no_ring).await;
+    assert!(
+        matches!(checked, Err(agent_webhooks::Error::NoEncryptionKey)),
+        "{checked:?}"
+    );
+
+    for settings in [wrong_bytes, other_id] {
+        let dispatcher = Dispatcher::new(settings, s.t.db.clone()).unwrap();
+        let report = dispatcher.run_once().await.unwrap();
+        assert_eq!((report.attempts, report.key_faults), (0, 1), "{report:?}");
+        assert!(receiver.seen().is_empty());
+        assert!(
+            s.attempts().await.is_empty(),
+            "no attempt is blamed on the receiver"
+        );
+        let stored = deliveries::get(&s.t.db, &s.delivery_id, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!((stored.attempt_count, stored.error_message), (0, None));
+        assert_eq!(
+            s.t.count("SELECT COUNT(*) FROM agents WHERE webhook_failing_since IS NOT NULL")
+                .await,
+            0,
+            "endpoint health untouched"
+        );
+        // Given back for one lease: make it due again for the next ring.
+        s.t.exec("UPDATE webhook_deliveries SET next_retry_at = created_at")
+            .await;
+    }
+    let report = s.run_once().await;
+    assert_eq!((report.attempts, report.delivered), (1, 1), "{report:?}");
+}
+
 backend_tests!(
+    a_nul_in_a_body_costs_no_other_delivery,
+    a_hard_deleted_agent_costs_no_other_delivery,
+    a_refused_attempt_row_costs_only_that_row,
+    a_key_ring_fault_is_the_operators_not_the_receivers,
     a_batch_of_agents_is_signed_per_agent_and_recorded_once,
     claims_are_given_back_when_keys_cannot_be_read,
     busy_host_claims_are_released_unsent,
