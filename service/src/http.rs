@@ -76,7 +76,7 @@
 //! | `webhook-not-sendable` | 409 | a test event for a webhook that is disabled, has no URL or no secret (`field`, `rule`) |
 //! | `body-too-large` | 413 | the body is over [`MAX_BODY_BYTES`]; refused before it is parsed |
 //! | `unsupported-media-type` | 415 | a body that is not `application/json` |
-//! | `invalid-body` | 422 | JSON of the wrong shape: an unknown field (`rule: unknown-field`), a missing one (`required`), a wrong type (`type`) |
+//! | `invalid-body` | 422 | JSON of the wrong shape: an unknown field (`rule: unknown-field`), a missing one (`required`), a wrong type (`type`; also a body that is not an object) |
 //! | `invalid-webhook-url` | 422 | the URL breaks a rule of the URL policy |
 //! | `invalid-event-filter` | 422 | `webhook_events` holds an unknown name, an empty entry or too many |
 //! | `invalid-secret` | 422 | `webhook_secret` is not an accepted form |
@@ -638,10 +638,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // Syntax first, over the whole body, so that a body that is not JSON is always a 400.
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-        return Err(ApiError::MalformedJson(format!(
-            "the body is not JSON: {e}"
-        )));
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::MalformedJson(format!("the body is not JSON: {e}")))?;
+    // serde reads a struct from an array too, its fields in declared order, so
+    // `["https://…"]` would pass as a configuration: only an object is a body.
+    let not_an_object = match value {
+        serde_json::Value::Object(_) => None,
+        serde_json::Value::Array(_) => Some("an array"),
+        serde_json::Value::String(_) => Some("a string"),
+        serde_json::Value::Number(_) => Some("a number"),
+        serde_json::Value::Bool(_) => Some("a boolean"),
+        serde_json::Value::Null => Some("null"),
+    };
+    if let Some(kind) = not_an_object {
+        return Err(ApiError::InvalidBody {
+            field: None,
+            rule: "type",
+            detail: format!("the body must be a JSON object, not {kind}"),
+        });
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -1174,6 +1188,18 @@ mod tests {
         );
         assert_eq!(shape(r#"{}"#), (Some("name".to_owned()), "required"));
         assert_eq!(shape(r#"{"name":1}"#), (Some("name".to_owned()), "type"));
+        // A struct's fields in an array are not a body; nor is any JSON but an object.
+        for not_an_object in [
+            r#"["a", null]"#,
+            r#"["a"]"#,
+            "[]",
+            r#""a""#,
+            "1",
+            "true",
+            "null",
+        ] {
+            assert_eq!(shape(not_an_object), (None, "type"), "{not_an_object}");
+        }
         match parse_json::<Body>(br#"{"name":"a","inner":{"n":"whsec_notshown"}}"#) {
             Err(ApiError::InvalidBody { detail, .. }) => {
                 assert!(!detail.contains("whsec_notshown"), "{detail}");

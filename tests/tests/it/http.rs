@@ -555,27 +555,34 @@ async fn bad_requests_get_their_problem_and_change_nothing(backend: Backend) {
             (
                 json!({"webhook_url": url, "webhook_evnts": ["run.*"]}),
                 "invalid-body",
-                "webhook_evnts",
+                Some("webhook_evnts"),
                 "unknown-field",
             ),
             (
                 json!({"webhook_url": url, "webhook_enabled": "yes"}),
                 "invalid-body",
-                "webhook_enabled",
+                Some("webhook_enabled"),
                 "type",
             ),
             (
                 json!({"webhook_url": url, "webhook_events": ["run.exploded"]}),
                 "invalid-event-filter",
-                "webhook_events",
+                Some("webhook_events"),
                 "known-event",
             ),
             (
                 json!({"webhook_url": url, "webhook_secret": "short"}),
                 "invalid-secret",
-                "webhook_secret",
+                Some("webhook_secret"),
                 "min-length",
             ),
+            // Only an object is a body: serde would read a struct's fields from an array in
+            // their declared order.
+            (json!([url]), "invalid-body", None, "type"),
+            (json!([url, SECRET, [], true]), "invalid-body", None, "type"),
+            (json!([]), "invalid-body", None, "type"),
+            (json!(url), "invalid-body", None, "type"),
+            (Value::Null, "invalid-body", None, "type"),
         ];
         // Hostile URLs.
         for (url, rule) in [
@@ -590,7 +597,7 @@ async fn bad_requests_get_their_problem_and_change_nothing(backend: Backend) {
             refused.push((
                 json!({"webhook_url": url}),
                 "invalid-webhook-url",
-                "webhook_url",
+                Some("webhook_url"),
                 rule,
             ));
         }
@@ -629,6 +636,17 @@ async fn bad_requests_get_their_problem_and_change_nothing(backend: Backend) {
         .await
         .problem(422, "invalid-body");
     assert_eq!(p["field"], "since");
+    for body in [json!(["2000-01-01T00:00:00Z"]), json!([])] {
+        let p = api
+            .call("org-1", "POST", &agent_path("/recover"), Some(body.clone()))
+            .await
+            .problem(422, "invalid-body");
+        assert_eq!(
+            (p["field"].clone(), p["rule"].clone()),
+            (Value::Null, json!("type")),
+            "{body}"
+        );
+    }
 
     // Query parameters of the history.
     for (query, field) in [
