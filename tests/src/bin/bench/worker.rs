@@ -151,7 +151,9 @@ fn payload(i: usize) -> serde_json::Value {
     serde_json::json!({"type": "run.completed", "data": {"run_id": format!("run-{i}"), "text": "x".repeat(400)}})
 }
 
-pub async fn figures(report: &mut Report, backend: Backend, quick: bool) {
+/// Throughput at concurrency 1, 16 and 64 (1 and 16 when `quick`), then enqueue-to-arrival
+/// latency, polling and, on PostgreSQL, with LISTEN/NOTIFY.
+pub(super) async fn figures(report: &mut Report, backend: Backend, quick: bool) {
     let keys = KeyRing::generate_key_entry("k1").unwrap();
     let n = if quick { 50 } else { 4_000 };
     // 64: batches of finished attempts grow with the sends in flight (see `dispatch`).
