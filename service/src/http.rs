@@ -71,17 +71,22 @@
 //! | `invalid-parameter` | 400 | a query parameter is unknown or invalid (`state`, `limit`, `cursor`) |
 //! | `agent-not-found` | 404 | no such agent in the caller's organization |
 //! | `delivery-not-found` | 404 | no such delivery in the caller's organization |
+//! | `not-found` | 404 | no route matches the path ([`router`]'s fallback) |
+//! | `method-not-allowed` | 405 | the path does not take this method; `allow` lists those it takes |
 //! | `not-requeueable` | 409 | retry of a delivery that is not failed |
 //! | `secret-changed` | 409 | the signing secret changed while it was being rotated; nothing was changed, retry |
 //! | `webhook-not-sendable` | 409 | a test event for a webhook that is disabled, has no URL or no secret (`field`, `rule`) |
 //! | `body-too-large` | 413 | the body is over [`MAX_BODY_BYTES`]; refused before it is parsed |
 //! | `unsupported-media-type` | 415 | a body that is not `application/json` |
-//! | `invalid-body` | 422 | JSON of the wrong shape: an unknown field (`rule: unknown-field`), a missing one (`required`), a wrong type (`type`) |
+//! | `invalid-body` | 422 | JSON of the wrong shape: an unknown field (`rule: unknown-field`), a missing one (`required`), a wrong type (`type`; also a body that is not an object) |
 //! | `invalid-webhook-url` | 422 | the URL breaks a rule of the URL policy |
 //! | `invalid-event-filter` | 422 | `webhook_events` holds an unknown name, an empty entry or too many |
 //! | `invalid-secret` | 422 | `webhook_secret` is not an accepted form |
 //! | `secrets-unavailable` | 503 | the server has no `WEBHOOK_SECRET_KEYS`, so it cannot store a secret |
 //! | `internal` | 500 | anything else; the cause is logged, never sent |
+//!
+//! A request line longer than hyper's limit (a URI over 65,534 bytes) is answered 414 by hyper
+//! itself, with no body, before any router sees the request.
 //!
 //! Bodies never carry a secret: the configuration views say `has_secret`, and only the rotate
 //! answer holds the new secret (with `cache-control: no-store`).
@@ -107,7 +112,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -173,12 +178,26 @@ impl HttpState {
 }
 
 /// The API's routes (see the [module documentation](self)), ready to merge into the app's
-/// router (and to put behind its layers).
+/// router (and to put behind its layers). Its fallback answers every path it does not know with
+/// a 404 problem; an app with a fallback of its own calls
+/// [`reset_fallback`](axum::Router::reset_fallback) on it first, as axum merges only one.
 pub fn router(state: HttpState) -> axum::Router {
     let (router, _) = routes().split_for_parts();
     router
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(route_not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// The fallback of [`router`], so that an unknown path is a problem document like any error.
+async fn route_not_found() -> ApiError {
+    ApiError::RouteNotFound
+}
+
+/// The answer to a method a path does not take: axum adds the `allow` header, this the body.
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed(method)
 }
 
 /// The OpenAPI 3.1 document of the routes of [`router`].
@@ -190,13 +209,15 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// behind what) it wants.
 pub fn openapi_router() -> axum::Router {
     let doc = Arc::new(openapi());
-    axum::Router::new().route(
-        OPENAPI_PATH,
-        axum::routing::get(move || {
-            let doc = doc.clone();
-            async move { Json(doc) }
-        }),
-    )
+    axum::Router::new()
+        .route(
+            OPENAPI_PATH,
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { Json(doc) }
+            }),
+        )
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 #[derive(OpenApi)]
@@ -320,6 +341,10 @@ pub enum ApiError {
     Service(Error),
     /// No caller organization.
     Unauthenticated,
+    /// No route matches the path.
+    RouteNotFound,
+    /// The path has routes, none for this method.
+    MethodNotAllowed(Method),
     /// A body that is not declared as JSON.
     UnsupportedMediaType,
     /// A body over [`MAX_BODY_BYTES`].
@@ -382,6 +407,18 @@ impl ApiError {
                 "unauthenticated",
                 "Unauthenticated",
                 "the request does not say which organization it acts for".to_owned(),
+            ),
+            ApiError::RouteNotFound => problem(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                "no route of this API matches the path".to_owned(),
+            ),
+            ApiError::MethodNotAllowed(method) => problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                format!("this path does not take {method}; the allow header lists what it takes"),
             ),
             ApiError::UnsupportedMediaType => problem(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -638,10 +675,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // Syntax first, over the whole body, so that a body that is not JSON is always a 400.
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-        return Err(ApiError::MalformedJson(format!(
-            "the body is not JSON: {e}"
-        )));
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::MalformedJson(format!("the body is not JSON: {e}")))?;
+    // serde reads a struct from an array too, its fields in declared order, so
+    // `["https://…"]` would pass as a configuration: only an object is a body.
+    let not_an_object = match value {
+        serde_json::Value::Object(_) => None,
+        serde_json::Value::Array(_) => Some("an array"),
+        serde_json::Value::String(_) => Some("a string"),
+        serde_json::Value::Number(_) => Some("a number"),
+        serde_json::Value::Bool(_) => Some("a boolean"),
+        serde_json::Value::Null => Some("null"),
+    };
+    if let Some(kind) = not_an_object {
+        return Err(ApiError::InvalidBody {
+            field: None,
+            rule: "type",
+            detail: format!("the body must be a JSON object, not {kind}"),
+        });
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -1174,6 +1225,18 @@ mod tests {
         );
         assert_eq!(shape(r#"{}"#), (Some("name".to_owned()), "required"));
         assert_eq!(shape(r#"{"name":1}"#), (Some("name".to_owned()), "type"));
+        // A struct's fields in an array are not a body; nor is any JSON but an object.
+        for not_an_object in [
+            r#"["a", null]"#,
+            r#"["a"]"#,
+            "[]",
+            r#""a""#,
+            "1",
+            "true",
+            "null",
+        ] {
+            assert_eq!(shape(not_an_object), (None, "type"), "{not_an_object}");
+        }
         match parse_json::<Body>(br#"{"name":"a","inner":{"n":"whsec_notshown"}}"#) {
             Err(ApiError::InvalidBody { detail, .. }) => {
                 assert!(!detail.contains("whsec_notshown"), "{detail}");

@@ -1,7 +1,7 @@
-//! Strict adoption and ownership-aware rollback (issue 10 items 1–3, issue 15 items 1 and 5) on
-//! SQLite, PostgreSQL and MariaDB: what `up` cannot adopt it refuses before the first change,
-//! what it adopts it records and `down` never drops, what we created `down` drops only when no
-//! data would go or the caller allows it, and the service reads host columns tolerantly.
+//! Strict adoption and ownership-aware rollback on SQLite, PostgreSQL and MariaDB: what `up`
+//! cannot adopt it refuses before the first change, what it adopts it records and `down` never
+//! drops, what we created `down` drops only when no data would go or the caller allows it, and
+//! the service reads host columns tolerantly.
 
 use agent_webhooks::deliveries::Enqueued;
 use agent_webhooks::settings::WebhookSettings;
@@ -237,7 +237,7 @@ async fn without_a_record_the_baseline_tables_count_as_adopted(backend: Backend)
     assert!(!snapshot_of(&t, "organizations").await.is_empty());
 }
 
-/// Issue 15.1: a table of ours that another tool's table references is not dropped, and the
+/// A table of ours that another tool's table references is not dropped, and the
 /// refusal comes before the first change (PostgreSQL used to fail half way, after rolling back
 /// the webhook migrations).
 async fn a_referenced_table_of_ours_is_refused_before_any_change(backend: Backend) {

@@ -1,4 +1,4 @@
-//! Bad input and races of issue 10 on SQLite, PostgreSQL and MariaDB: key rotation with a
+//! Bad input and races on SQLite, PostgreSQL and MariaDB: key rotation with a
 //! wrong key, enqueue racing inside a caller's transaction, library entry points over arbitrary
 //! limits.
 

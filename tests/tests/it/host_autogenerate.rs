@@ -115,7 +115,7 @@ async fn host_autogenerate_leaves_our_objects_alone(backend: Backend) {
     assert_eq!(host_change, expected);
 }
 
-/// Issue 15 items 1 and 5 on the platform's SQLAlchemy schema (naive `DateTime` columns, a
+/// Adoption and rollback on the platform's SQLAlchemy schema (naive `DateTime` columns, a
 /// nullable `name`, `runs` referencing `agents`), empty and populated: adoption is recorded
 /// either way, so `up` then `fresh`, `down` past the baseline and `reset` keep the platform's
 /// tables and rows and never stop half way; the platform can still write through its ORM, and

@@ -56,6 +56,7 @@ struct Answer {
     status: u16,
     content_type: String,
     cache_control: String,
+    allow: String,
     body: String,
 }
 
@@ -86,6 +87,7 @@ impl Answer {
 
 /// A client of the API served on a loopback port; remembers every body it received.
 struct Api {
+    addr: SocketAddr,
     base: String,
     client: reqwest::Client,
     bodies: Vec<(String, String)>,
@@ -99,6 +101,7 @@ impl Api {
         let addr: SocketAddr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         Api {
+            addr,
             base: format!("http://{addr}"),
             client: reqwest::Client::builder()
                 .no_proxy()
@@ -145,10 +148,11 @@ impl Api {
                 .unwrap_or("")
                 .to_owned()
         };
-        let (status, content_type, cache_control) = (
+        let (status, content_type, cache_control, allow) = (
             response.status().as_u16(),
             header("content-type"),
             header("cache-control"),
+            header("allow"),
         );
         let body = response.text().await.unwrap();
         self.bodies.push((format!("{method} {path}"), body.clone()));
@@ -156,6 +160,7 @@ impl Api {
             status,
             content_type,
             cache_control,
+            allow,
             body,
         }
     }
@@ -555,27 +560,34 @@ async fn bad_requests_get_their_problem_and_change_nothing(backend: Backend) {
             (
                 json!({"webhook_url": url, "webhook_evnts": ["run.*"]}),
                 "invalid-body",
-                "webhook_evnts",
+                Some("webhook_evnts"),
                 "unknown-field",
             ),
             (
                 json!({"webhook_url": url, "webhook_enabled": "yes"}),
                 "invalid-body",
-                "webhook_enabled",
+                Some("webhook_enabled"),
                 "type",
             ),
             (
                 json!({"webhook_url": url, "webhook_events": ["run.exploded"]}),
                 "invalid-event-filter",
-                "webhook_events",
+                Some("webhook_events"),
                 "known-event",
             ),
             (
                 json!({"webhook_url": url, "webhook_secret": "short"}),
                 "invalid-secret",
-                "webhook_secret",
+                Some("webhook_secret"),
                 "min-length",
             ),
+            // Only an object is a body: serde would read a struct's fields from an array in
+            // their declared order.
+            (json!([url]), "invalid-body", None, "type"),
+            (json!([url, SECRET, [], true]), "invalid-body", None, "type"),
+            (json!([]), "invalid-body", None, "type"),
+            (json!(url), "invalid-body", None, "type"),
+            (Value::Null, "invalid-body", None, "type"),
         ];
         // Hostile URLs.
         for (url, rule) in [
@@ -590,7 +602,7 @@ async fn bad_requests_get_their_problem_and_change_nothing(backend: Backend) {
             refused.push((
                 json!({"webhook_url": url}),
                 "invalid-webhook-url",
-                "webhook_url",
+                Some("webhook_url"),
                 rule,
             ));
         }
@@ -629,6 +641,17 @@ async fn bad_requests_get_their_problem_and_change_nothing(backend: Backend) {
         .await
         .problem(422, "invalid-body");
     assert_eq!(p["field"], "since");
+    for body in [json!(["2000-01-01T00:00:00Z"]), json!([])] {
+        let p = api
+            .call("org-1", "POST", &agent_path("/recover"), Some(body.clone()))
+            .await
+            .problem(422, "invalid-body");
+        assert_eq!(
+            (p["field"].clone(), p["rule"].clone()),
+            (Value::Null, json!("type")),
+            "{body}"
+        );
+    }
 
     // Query parameters of the history.
     for (query, field) in [
@@ -658,6 +681,73 @@ async fn bad_requests_get_their_problem_and_change_nothing(backend: Backend) {
         "a refused request changed something"
     );
     api.assert_never_sent(SECRET, "");
+}
+
+/// What the router answers outside the handlers is a problem document too: an unknown path
+/// (404) and a method a path does not take (405, with `allow`), up to the longest URI hyper
+/// passes on; a longer one hyper refuses itself (414) before the router sees it.
+#[tokio::test]
+async fn unknown_routes_and_methods_get_problems() {
+    let t = TestDb::migrated(Backend::Sqlite).await;
+    seed(&t).await;
+    let mut api = Api::start(&t).await;
+
+    let long = format!("/v1/{}", "a".repeat(65_000));
+    for path in [
+        "/",
+        "/v1/nothing-here",
+        "/v1/agents/agent-1/webhook/nope",
+        "/v1/agents/agent-1",
+        long.as_str(),
+    ] {
+        for org in [Some("org-1"), None] {
+            let p = api
+                .raw(org, "GET", path, None, "application/json")
+                .await
+                .problem(404, "not-found");
+            assert!(p["title"].is_string() && p["detail"].is_string(), "{p}");
+        }
+    }
+
+    for (method, path, allowed) in [
+        ("POST", agent_path(""), "GET,HEAD,PUT,PATCH,DELETE"),
+        ("GET", agent_path("/recover"), "POST"),
+        ("DELETE", agent_path("/secret/rotate"), "POST"),
+        ("PUT", "/v1/webhook-deliveries/dlv-1".to_owned(), "GET,HEAD"),
+        ("OPTIONS", agent_path("/stats"), "GET,HEAD"),
+        ("POST", http::OPENAPI_PATH.to_owned(), "GET,HEAD"),
+    ] {
+        let answer = api
+            .raw(Some("org-1"), method, &path, None, "application/json")
+            .await;
+        let p = answer.problem(405, "method-not-allowed");
+        assert!(p["title"].is_string() && p["detail"].is_string(), "{p}");
+        let mut allow: Vec<&str> = answer.allow.split(',').map(str::trim).collect();
+        allow.sort_unstable();
+        let mut expected: Vec<&str> = allowed.split(',').collect();
+        expected.sort_unstable();
+        assert_eq!(allow, expected, "{method} {path}");
+    }
+
+    // Over 65,534 bytes hyper answers 414 itself (with no body) and never calls the router;
+    // reqwest cannot even build such a URI, so the request is written by hand.
+    let addr = api.addr;
+    let head = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        let path = "a".repeat(70_000);
+        write!(
+            stream,
+            "GET /{path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(head.starts_with("HTTP/1.1 414 "), "{head}");
 }
 
 /// Recovery walks past one batch (1000) and requeues only what failed since the instant.

@@ -1,8 +1,8 @@
-//! The delivery worker against its limit (issue 14 item 5): deliveries per second to a local
-//! receiver against a bare loop posting the same signed bodies with the same concurrency and no
-//! database; enqueue-to-arrival latency at light load, with LISTEN/NOTIFY (PostgreSQL) and with
-//! polling only; CPU seconds per 1,000 deliveries of this process and of the database server;
-//! peak RSS.
+//! The delivery worker against its limit (docs/benchmarks.md section 6): deliveries per second
+//! to a local receiver against a bare loop posting the same signed bodies with the same
+//! concurrency and no database; enqueue-to-arrival latency at light load, with LISTEN/NOTIFY
+//! (PostgreSQL) and with polling only; CPU seconds per 1,000 deliveries of this process and of
+//! the database server; peak RSS.
 //!
 //! The receiver runs in this process (a minimal HTTP/1.1 server with keep-alive, answering
 //! 204), so this process's CPU figures include it, for the worker and the bare loop alike.
@@ -151,7 +151,9 @@ fn payload(i: usize) -> serde_json::Value {
     serde_json::json!({"type": "run.completed", "data": {"run_id": format!("run-{i}"), "text": "x".repeat(400)}})
 }
 
-pub async fn figures(report: &mut Report, backend: Backend, quick: bool) {
+/// Throughput at concurrency 1, 16 and 64 (1 and 16 when `quick`), then enqueue-to-arrival
+/// latency, polling and, on PostgreSQL, with LISTEN/NOTIFY.
+pub(super) async fn figures(report: &mut Report, backend: Backend, quick: bool) {
     let keys = KeyRing::generate_key_entry("k1").unwrap();
     let n = if quick { 50 } else { 4_000 };
     // 64: batches of finished attempts grow with the sends in flight (see `dispatch`).
