@@ -382,28 +382,89 @@ pub struct AttemptRecord {
     pub remote_addr: Option<String>,
 }
 
+/// An event's JSON body as the app hands it to [`enqueue`]: what the receiver gets.
+#[derive(Clone, Copy, Debug)]
+pub struct Payload<'a>(PayloadSource<'a>);
+
+#[derive(Clone, Copy, Debug)]
+enum PayloadSource<'a> {
+    Json(&'a [u8]),
+    Value(&'a serde_json::Value),
+}
+
+impl<'a> Payload<'a> {
+    /// JSON text, stored and sent byte for byte; [`enqueue`] refuses it with
+    /// [`PayloadError::NotJson`] unless it is one JSON value in UTF-8.
+    pub fn json(text: &'a [u8]) -> Payload<'a> {
+        Payload(PayloadSource::Json(text))
+    }
+
+    /// The bytes to store: the app's own, checked, or `serde_json`'s compact writing of a
+    /// value; refused beyond `max` bytes.
+    fn bytes(self, max: usize) -> Result<Vec<u8>, PayloadError> {
+        let bytes = match self.0 {
+            PayloadSource::Json(text) => {
+                if text.len() <= max {
+                    let text = std::str::from_utf8(text).map_err(|e| {
+                        PayloadError::NotJson(serde::de::Error::custom(format_args!(
+                            "not UTF-8 at byte {}",
+                            e.valid_up_to()
+                        )))
+                    })?;
+                    serde_json::from_str::<serde::de::IgnoredAny>(text)
+                        .map_err(PayloadError::NotJson)?;
+                }
+                text.to_vec()
+            }
+            PayloadSource::Value(value) => {
+                serde_json::to_vec(value).map_err(PayloadError::NotJson)?
+            }
+        };
+        if bytes.len() > max {
+            return Err(PayloadError::TooLarge {
+                size: bytes.len(),
+                max,
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+impl<'a> From<&'a serde_json::Value> for Payload<'a> {
+    fn from(value: &'a serde_json::Value) -> Self {
+        Payload(PayloadSource::Value(value))
+    }
+}
+
+impl<'a> From<&'a serde_json::value::RawValue> for Payload<'a> {
+    fn from(raw: &'a serde_json::value::RawValue) -> Self {
+        Payload::json(raw.get().as_bytes())
+    }
+}
+
 /// Why a payload cannot be enqueued.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
     /// Larger than the `WEBHOOK_MAX_PAYLOAD_BYTES` setting.
     #[error("payload is {size} bytes, more than the {max}-byte limit (WEBHOOK_MAX_PAYLOAD_BYTES)")]
     TooLarge {
-        /// Its size as compact JSON.
+        /// Its size as stored.
         size: usize,
         /// The limit.
         max: usize,
     },
-    /// The value cannot be written as JSON (a map with non-string keys).
-    #[error("payload cannot be serialized as JSON: {0}")]
+    /// The text is not one JSON value in UTF-8, or the value cannot be written as JSON.
+    #[error("payload is not JSON: {0}")]
     NotJson(#[source] serde_json::Error),
 }
 
 /// Enqueues `event_id` of `event_type` with `payload` for the agent's webhook, if it is enabled
 /// and wants it and the agent is not soft-deleted ([`SkipReason`] says which rule skipped it).
 ///
-/// The payload is a JSON value, serialized here once (compact, as `serde_json::to_vec` writes
-/// it) and stored as bytes: every attempt signs and sends exactly those bytes, and the
-/// `content-type: application/json` the worker sends is always true. A payload larger than the
+/// The payload is stored as bytes and every attempt signs and sends exactly those bytes: JSON
+/// text the app hands over ([`Payload::json`], a `&RawValue`) is checked to be JSON and kept
+/// byte for byte (key order, duplicate keys, number spelling, escapes), and a
+/// `&serde_json::Value` is written once by `serde_json`, compact. A payload larger than the
 /// settings' `max_payload_bytes` is refused with [`PayloadError::TooLarge`], before the agent
 /// is read.
 ///
@@ -417,10 +478,10 @@ pub async fn enqueue<C: ConnectionTrait>(
     agent_id: &str,
     event_id: &str,
     event_type: &str,
-    payload: &serde_json::Value,
+    payload: impl Into<Payload<'_>>,
     now: DateTime<Utc>,
 ) -> Result<Enqueued> {
-    let payload = checked_event(settings, event_id, event_type, payload)?;
+    let payload = checked_event(settings, event_id, event_type, payload.into())?;
     let agent = agents::Entity::find_by_id(agent_id)
         .into_partial_model::<AgentWebhook>()
         .one(db)
@@ -435,16 +496,9 @@ fn checked_event(
     settings: &WebhookSettings,
     event_id: &str,
     event_type: &str,
-    payload: &serde_json::Value,
+    payload: Payload<'_>,
 ) -> Result<Vec<u8>> {
-    let payload = serde_json::to_vec(payload).map_err(PayloadError::NotJson)?;
-    if payload.len() > settings.max_payload_bytes {
-        return Err(PayloadError::TooLarge {
-            size: payload.len(),
-            max: settings.max_payload_bytes,
-        }
-        .into());
-    }
+    let payload = payload.bytes(settings.max_payload_bytes)?;
     check_event_field("event_id", event_id)?;
     // The event id is the `webhook-id` every attempt is signed with: refuse now what could
     // never be signed, rather than fail every attempt later.

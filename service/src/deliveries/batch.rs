@@ -28,8 +28,8 @@ pub struct EnqueueItem<'a> {
     pub event_id: &'a str,
     /// The event's type, e.g. `run.completed`.
     pub event_type: &'a str,
-    /// The JSON body, serialized once and stored as bytes.
-    pub payload: &'a serde_json::Value,
+    /// The JSON body, stored as [`enqueue`] stores it.
+    pub payload: Payload<'a>,
 }
 
 /// [`enqueue`] for an agent row the caller already read, e.g. in the transaction that changed
@@ -48,10 +48,10 @@ pub async fn enqueue_for_agent<C: ConnectionTrait>(
     agent: &agents::Model,
     event_id: &str,
     event_type: &str,
-    payload: &serde_json::Value,
+    payload: impl Into<Payload<'_>>,
     now: DateTime<Utc>,
 ) -> Result<Enqueued> {
-    let payload = checked_event(settings, event_id, event_type, payload)?;
+    let payload = checked_event(settings, event_id, event_type, payload.into())?;
     insert_for_agent(
         db,
         settings,

@@ -40,7 +40,7 @@ fn item<'a>(
         agent_id,
         event_id,
         event_type: "run.completed",
-        payload,
+        payload: payload.into(),
     }
 }
 

@@ -243,6 +243,22 @@ impl Setup {
         .unwrap()
     }
 
+    /// Enqueues `event_id` for agent-1 with `payload` now.
+    async fn enqueue_with<'p>(&self, event_id: &str, payload: impl Into<deliveries::Payload<'p>>) {
+        let enqueued = deliveries::enqueue(
+            &self.t.db,
+            &self.settings,
+            "agent-1",
+            event_id,
+            "run.completed",
+            payload,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(enqueued, Enqueued::Created(_)), "{enqueued:?}");
+    }
+
     fn dispatcher(&self) -> Dispatcher {
         Dispatcher::new(self.settings.clone(), self.t.db.clone()).unwrap()
     }
@@ -843,6 +859,53 @@ async fn a_batch_of_agents_is_signed_per_agent_and_recorded_once(backend: Backen
     }
 }
 
+/// What the app hands over is what the receiver gets, byte for byte: a 30-digit integer is
+/// not rounded, keys keep their order (and a repeated key stays), escapes and whitespace stay.
+async fn the_payload_is_the_apps_bytes(backend: Backend) {
+    const TEXT: &str = "{ \"z\": 1, \"big\":123456789012345678901234567890, \"a\": \"\\u00e9\\n\\/\", \
+                        \"z\": 2.50, \"e\": 1E400 }";
+    let (receiver, addr) = Receiver::start([]).await;
+    let s = setup(backend, &url(addr), settings()).await;
+    let enqueued = deliveries::enqueue(
+        &s.t.db,
+        &s.settings,
+        "agent-1",
+        "evt_raw",
+        "run.completed",
+        deliveries::Payload::json(TEXT.as_bytes()),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(enqueued, Enqueued::Created(_)), "{enqueued:?}");
+    let raw: Box<serde_json::value::RawValue> = serde_json::from_str(TEXT).unwrap();
+    s.enqueue_with("evt_raw_value", &*raw).await;
+    let report = s.run_once().await;
+    assert_eq!(report.delivered, 3, "{report:?}");
+    let seen = receiver.seen();
+    for id in ["evt_raw", "evt_raw_value"] {
+        let request = seen.iter().find(|r| r.header("webhook-id") == id).unwrap();
+        assert_eq!(std::str::from_utf8(&request.body).unwrap(), TEXT, "{id}");
+        assert!(request.verifies(&s.secret));
+    }
+    for bad in [&b"{\"a\": 1"[..], b"", b"{} {}", b"\"\xff\""] {
+        let refused = deliveries::enqueue(
+            &s.t.db,
+            &s.settings,
+            "agent-1",
+            "evt_bad",
+            "run.completed",
+            deliveries::Payload::json(bad),
+            Utc::now(),
+        )
+        .await;
+        assert!(
+            matches!(refused, Err(agent_webhooks::Error::Payload(_))),
+            "{bad:?}: {refused:?}"
+        );
+    }
+}
+
 /// Two agents of two organizations behind two receivers, `events` deliveries each, sent by a
 /// running worker whose batches mix both; waits until nothing is pending or leased.
 struct TwoTenants {
@@ -1087,6 +1150,7 @@ async fn a_key_ring_fault_is_the_operators_not_the_receivers(backend: Backend) {
 }
 
 backend_tests!(
+    the_payload_is_the_apps_bytes,
     a_nul_in_a_body_costs_no_other_delivery,
     a_hard_deleted_agent_costs_no_other_delivery,
     a_refused_attempt_row_costs_only_that_row,

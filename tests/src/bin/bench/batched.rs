@@ -167,7 +167,7 @@ fn enqueue_items<'a>(
             agent_id,
             event_id,
             event_type: "run.completed",
-            payload,
+            payload: payload.into(),
         })
         .collect()
 }

@@ -534,7 +534,7 @@ async fn lean_path(t: &TestDb, tally: &mut [Tally; 3], n: usize, round: usize, n
             agent_id: &agents[i % 10].id,
             event_id: event,
             event_type: "run.completed",
-            payload: &payload,
+            payload: (&payload).into(),
         })
         .collect();
     let many = procstat::measured(t, async {
