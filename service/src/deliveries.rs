@@ -547,14 +547,13 @@ pub const NOTIFY_CHANNEL: &str = "agent_webhooks_deliveries";
 pub async fn claim_due(
     db: impl IntoDatabaseExecutor<'_>,
     settings: &WebhookSettings,
-    now: DateTime<Utc>,
+    now: impl Into<Now>,
     limit: u64,
 ) -> Result<Vec<Claim>> {
     let db = &db.into_database_executor();
     let limit = check_limit(limit)?;
     let backend = db.get_database_backend();
-    let plan = ClaimPlan::new(backend, settings, now, limit);
-    let lease_until = plan.lease_until.to_utc();
+    let plan = ClaimPlan::new(backend, settings, now.into(), limit);
     let rows = match backend {
         DbBackend::MySql => {
             in_transaction!(db, |txn| claim_locked(txn, &plan.due, &plan.lease))
@@ -567,17 +566,65 @@ pub async fn claim_due(
             .await?
         }
     };
+    let lease = chrono::Duration::from_std(settings.claim_lease).unwrap_or(chrono::Duration::MAX);
     Ok(rows
         .into_iter()
-        // Rows marked exhausted by this claim are not leased to the caller.
-        .filter(|row| row.next_retry_at.is_some())
-        .map(|mut row| Claim {
-            attempt: row.attempt_count,
-            lease_until,
-            payload: row.payload.take(),
-            delivery: WebhookDelivery::from_model(row, now),
+        .filter_map(|mut row| {
+            // Rows marked exhausted by this claim are not leased to the caller. A leased row's
+            // `next_retry_at` is its lease, on the clock the claim was decided by.
+            let lease_until = row.next_retry_at?.to_utc();
+            let now = lease_until.checked_sub_signed(lease).unwrap_or(lease_until);
+            Some(Claim {
+                attempt: row.attempt_count,
+                lease_until,
+                payload: row.payload.take(),
+                delivery: WebhookDelivery::from_model(row, now),
+            })
         })
         .collect())
+}
+
+/// Whose clock a claim is decided by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Now {
+    /// The database server's clock, read by the claim statement itself: what the worker uses,
+    /// so that a worker host whose clock is off neither takes over live leases nor sends early.
+    Database,
+    /// This instant: for tests, tools and callers that keep their own clock.
+    At(DateTime<Utc>),
+}
+
+impl From<DateTime<Utc>> for Now {
+    fn from(t: DateTime<Utc>) -> Now {
+        Now::At(t)
+    }
+}
+
+/// `now`, or `now + ahead`, as an SQL value in the backend's stored format: the database's
+/// clock for [`Now::Database`] (microseconds; milliseconds on SQLite), else [`stamp`].
+fn instant_expr(backend: DbBackend, now: Now, ahead: chrono::Duration) -> Expr {
+    match now {
+        Now::At(t) => Expr::value(stamp(
+            backend,
+            t.checked_add_signed(ahead)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        )),
+        Now::Database => {
+            let micros = ahead.num_microseconds().unwrap_or(i64::MAX);
+            Expr::cust(match backend {
+                DbBackend::Postgres => {
+                    format!("(statement_timestamp() + INTERVAL '{micros} microseconds')")
+                }
+                DbBackend::MySql => format!("(UTC_TIMESTAMP(6) + INTERVAL {micros} MICROSECOND)"),
+                // SQLite's clock has milliseconds; padded to SQLITE_TIMESTAMP_FORMAT's six digits.
+                _ => format!(
+                    "(strftime('%Y-%m-%d %H:%M:%f', 'now', '{:+}.{:03} seconds') || '000+00:00')",
+                    micros / 1_000_000,
+                    (micros % 1_000_000).abs() / 1_000
+                ),
+            })
+        }
+    }
 }
 
 /// The two halves of a claim: the due rows (locked, skipping rows other workers hold, where
@@ -585,22 +632,22 @@ pub async fn claim_due(
 struct ClaimPlan {
     due: SelectStatement,
     lease: UpdateStatement,
-    lease_until: DateTimeWithTimeZone,
 }
 
 impl ClaimPlan {
-    fn new(backend: DbBackend, settings: &WebhookSettings, now: DateTime<Utc>, limit: u64) -> Self {
+    fn new(backend: DbBackend, settings: &WebhookSettings, now: Now, limit: u64) -> Self {
         let max_attempts = i32::try_from(settings.retry.max_attempts).unwrap_or(i32::MAX);
-        let lease =
+        let lease_for =
             chrono::Duration::from_std(settings.claim_lease).unwrap_or(chrono::Duration::MAX);
-        let lease_until = at(now
-            .checked_add_signed(lease)
-            .unwrap_or(DateTime::<Utc>::MAX_UTC));
 
         let mut due = Query::select();
         due.column(wd::Column::Id)
             .from(wd::Entity)
-            .and_where(wd::Column::NextRetryAt.lte(stamp(backend, now)))
+            .and_where(Expr::col(wd::Column::NextRetryAt).lte(instant_expr(
+                backend,
+                now,
+                chrono::Duration::zero(),
+            )))
             .and_where(wd::Column::DeliveredAt.is_null())
             .order_by(wd::Column::NextRetryAt, Order::Asc)
             .limit(limit);
@@ -618,7 +665,7 @@ impl ClaimPlan {
             .value(
                 wd::Column::NextRetryAt,
                 Expr::case(used_up(), Expr::value(None::<DateTimeWithTimeZone>))
-                    .finally(Expr::value(stamp(backend, lease_until.to_utc()))),
+                    .finally(instant_expr(backend, now, lease_for)),
             )
             .value(
                 wd::Column::ErrorMessage,
@@ -635,11 +682,7 @@ impl ClaimPlan {
                 Expr::case(used_up(), Expr::col(wd::Column::AttemptCount))
                     .finally(Expr::col(wd::Column::AttemptCount).add(1)),
             );
-        ClaimPlan {
-            due,
-            lease,
-            lease_until,
-        }
+        ClaimPlan { due, lease }
     }
 
     /// The whole claim as one `UPDATE … WHERE id IN (due) RETURNING` (PostgreSQL, SQLite).
@@ -1507,10 +1550,10 @@ pub mod testing {
     pub fn claim_statement(
         backend: DbBackend,
         settings: &WebhookSettings,
-        now: DateTime<Utc>,
+        now: impl Into<Now>,
         limit: u64,
     ) -> Statement {
-        let plan = ClaimPlan::new(backend, settings, now, limit);
+        let plan = ClaimPlan::new(backend, settings, now.into(), limit);
         match backend {
             DbBackend::MySql => backend.build(&plan.due),
             _ => plan.single_statement(backend),

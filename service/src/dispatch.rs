@@ -107,7 +107,7 @@ use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::deliveries::{self, AttemptRecord, Claim, ErrorClass};
+use crate::deliveries::{self, AttemptRecord, Claim, ErrorClass, Now};
 use crate::error::{Error, Result};
 use crate::retry::{AttemptOutcome, Decision, RetryAfter};
 use crate::sender;
@@ -204,6 +204,41 @@ pub struct Dispatcher {
     /// up after the busy timeout, so sixteen concurrent recordings were both slow and could
     /// fail with "database is locked". `None` on the other backends.
     sqlite_writes: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// This host's clock (`Utc::now` but in tests that skew it).
+    clock: fn() -> DateTime<Utc>,
+    /// How far the database's clock is ahead of `clock`, as last measured by a claim.
+    clock_offset: Arc<ClockOffset>,
+}
+
+/// The database's clock minus this host's, in microseconds: every claim is decided by the
+/// database's clock in its statement, and the lease it returns tells the worker that clock's
+/// reading, so the instants the worker records (attempt times, `Retry-After`, releases) and
+/// signs are on the database's clock too, not on a host clock that may be off.
+#[derive(Debug, Default)]
+struct ClockOffset(std::sync::atomic::AtomicI64);
+
+impl ClockOffset {
+    /// Takes the offset from a claim sent at `before` and answered at `after` (host clock):
+    /// the database read its clock in between, taken as the middle.
+    fn measure(
+        &self,
+        claims: &[Claim],
+        settings: &WebhookSettings,
+        before: DateTime<Utc>,
+        after: DateTime<Utc>,
+    ) {
+        let Some(claim) = claims.first() else { return };
+        let lease = chrono::TimeDelta::from_std(settings.claim_lease).unwrap_or_default();
+        let database = claim.lease_until - lease;
+        let host = before + (after - before) / 2;
+        if let Some(micros) = (database - host).num_microseconds() {
+            self.0.store(micros, Ordering::Relaxed);
+        }
+    }
+
+    fn get(&self) -> chrono::TimeDelta {
+        chrono::TimeDelta::microseconds(self.0.load(Ordering::Relaxed))
+    }
 }
 
 /// What a drain did, for logs and tests.
@@ -294,11 +329,26 @@ impl Dispatcher {
         let sqlite = db.get_database_backend() == sea_orm::DbBackend::Sqlite;
         Ok(Dispatcher {
             sqlite_writes: sqlite.then(Arc::default),
+            clock: Utc::now,
+            clock_offset: Arc::default(),
             hosts: Arc::new(HostLimits::new(settings.worker.per_host)),
             settings: Arc::new(settings),
             db,
             http,
         })
+    }
+
+    /// This dispatcher with `clock` as its host's clock instead of `Utc::now`, for tests that
+    /// run a worker on a skewed clock. Due-ness and leases are decided by the database's clock
+    /// either way, and the worker's other instants follow it (see [`Now::Database`]).
+    pub fn with_clock(mut self, clock: fn() -> DateTime<Utc>) -> Dispatcher {
+        self.clock = clock;
+        self
+    }
+
+    /// Now on the database's clock, as far as the last claim measured it.
+    fn now(&self) -> DateTime<Utc> {
+        (self.clock)() + self.clock_offset.get()
     }
 
     /// The settings this dispatcher works with.
@@ -488,9 +538,15 @@ impl Dispatcher {
     async fn claim(&self, limit: usize) -> Result<(Vec<Claim>, Arc<AgentKeys>)> {
         let claims = {
             let _turn = self.write_turn().await;
-            deliveries::claim_due(&self.db, &self.settings, Utc::now(), limit as u64).await?
+            let before = (self.clock)();
+            let claims =
+                deliveries::claim_due(&self.db, &self.settings, Now::Database, limit as u64)
+                    .await?;
+            self.clock_offset
+                .measure(&claims, &self.settings, before, (self.clock)());
+            claims
         };
-        let now = Utc::now();
+        let now = self.now();
         for claim in claims.iter().filter(|claim| claim.attempt == 1) {
             let lag = (now - claim.delivery.created_at).to_std();
             metrics::histogram!(metric::CLAIM_LAG).record(lag.unwrap_or_default().as_secs_f64());
@@ -527,7 +583,7 @@ impl Dispatcher {
             return self.release_key_fault(&claim, err).await;
         }
         let host = host_key(&claim.delivery.webhook_url);
-        let budget = (claim.lease_until - Utc::now())
+        let budget = (claim.lease_until - self.now())
             .to_std()
             .unwrap_or_default()
             .saturating_sub(self.settings.worker.request_timeout + LEASE_MARGIN);
@@ -536,7 +592,7 @@ impl Dispatcher {
             metrics::counter!(metric::RELEASED).increment(1);
             // Due again after a poll interval, so that a host busy for longer than the leases
             // allow does not make the worker claim and release in a loop.
-            let due = Utc::now()
+            let due = self.now()
                 + chrono::TimeDelta::from_std(self.settings.worker.poll_interval)
                     .unwrap_or_default();
             let _turn = self.write_turn().await;
@@ -565,7 +621,7 @@ impl Dispatcher {
         );
         metrics::counter!(metric::KEY_FAULTS).increment(1);
         let due =
-            Utc::now() + chrono::TimeDelta::from_std(self.settings.claim_lease).unwrap_or_default();
+            self.now() + chrono::TimeDelta::from_std(self.settings.claim_lease).unwrap_or_default();
         let _turn = self.write_turn().await;
         match deliveries::release(&self.db, claim, due).await {
             Ok(()) | Err(Error::StaleClaim { .. }) => Ok(Step::KeyFault),
@@ -702,7 +758,7 @@ impl Dispatcher {
 
     /// Signs and sends one claimed delivery with its agent's keys from `keys`.
     async fn attempt(&self, mut claim: Claim, keys: &AgentKeys) -> FinishedAttempt {
-        let started_at = Utc::now();
+        let started_at = self.now();
         let clock = Instant::now();
         // The body moves into the request; the recording needs only the claim's guard.
         let payload = claim.payload.take();
@@ -712,7 +768,7 @@ impl Dispatcher {
         let record = AttemptRecord {
             attempt: claim.attempt,
             started_at,
-            finished_at: Utc::now(),
+            finished_at: self.now(),
             status_code: attempt.status.map(i32::from),
             error_class: attempt.class,
             message: attempt.message,
@@ -790,7 +846,7 @@ impl Dispatcher {
                 .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let retry_after = header(RETRY_AFTER).and_then(|v| RetryAfter::parse(&v, Utc::now()));
+        let retry_after = header(RETRY_AFTER).and_then(|v| RetryAfter::parse(&v, self.now()));
         let location = header(LOCATION);
         let cap = self.settings.worker.max_response_bytes;
         let mut body = Vec::new();

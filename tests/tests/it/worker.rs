@@ -906,6 +906,57 @@ async fn the_payload_is_the_apps_bytes(backend: Backend) {
     }
 }
 
+/// A worker whose host clock runs a minute ahead takes over no live lease (claims are decided
+/// by the database's clock), and one a minute behind schedules a `Retry-After` on the
+/// database's clock rather than a minute early.
+async fn a_skewed_worker_clock_steals_no_lease(backend: Backend) {
+    let (receiver, addr) = Receiver::start([
+        Reply::Slow(Duration::from_millis(1500)),
+        Reply::WithHeader(503, "retry-after", "30".to_owned()),
+    ])
+    .await;
+    let mut settings = settings();
+    settings.claim_lease = Duration::from_secs(10);
+    settings.worker.request_timeout = Duration::from_secs(3);
+    let s = setup(backend, &url(addr), settings).await;
+    let on_time = s.dispatcher();
+    let sending = tokio::spawn(async move { on_time.run_once().await.unwrap() });
+    while receiver.seen().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ahead = s
+        .dispatcher()
+        .with_clock(|| Utc::now() + TimeDelta::seconds(60));
+    let report = ahead.run_once().await.unwrap();
+    assert_eq!(
+        report.attempts, 0,
+        "a live lease was taken over: {report:?}"
+    );
+    let report = sending.await.unwrap();
+    assert_eq!(report.delivered, 1, "{report:?}");
+    assert_eq!(receiver.seen().len(), 1, "sent once");
+
+    s.enqueue("agent-1", "evt_2").await;
+    let behind = s
+        .dispatcher()
+        .with_clock(|| Utc::now() - TimeDelta::seconds(60));
+    let report = behind.run_once().await.unwrap();
+    assert_eq!(report.retrying, 1, "{report:?}");
+    let page = deliveries::history(&s.t.db, "agent-1", &Default::default(), Utc::now())
+        .await
+        .unwrap();
+    let retry = page.items.iter().find(|d| d.event_id == "evt_2").unwrap();
+    let due = retry.next_retry_at.unwrap();
+    assert!(
+        due > Utc::now() + TimeDelta::seconds(25),
+        "Retry-After: 30 scheduled on the worker's skewed clock: due {due}"
+    );
+    assert!(
+        behind.run_once().await.unwrap().attempts == 0,
+        "sent before Retry-After allows"
+    );
+}
+
 /// Two agents of two organizations behind two receivers, `events` deliveries each, sent by a
 /// running worker whose batches mix both; waits until nothing is pending or leased.
 struct TwoTenants {
@@ -1150,6 +1201,7 @@ async fn a_key_ring_fault_is_the_operators_not_the_receivers(backend: Backend) {
 }
 
 backend_tests!(
+    a_skewed_worker_clock_steals_no_lease,
     the_payload_is_the_apps_bytes,
     a_nul_in_a_body_costs_no_other_delivery,
     a_hard_deleted_agent_costs_no_other_delivery,
