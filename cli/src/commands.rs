@@ -183,7 +183,7 @@ fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
         .with_http_listener(addr)
         .install()
         .with_context(|| format!("cannot serve metrics on {addr}"))?;
-    agent_webhooks::dispatch::describe_metrics();
+    agent_webhooks::metrics::describe();
     Ok(())
 }
 

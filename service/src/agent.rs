@@ -71,7 +71,7 @@ impl From<&agents::Model> for AgentWebhook {
 }
 
 /// The webhook columns of the agents among `ids` that exist, soft-deleted or not, by id: one
-/// `SELECT` per [`MAX_PAGE_SIZE`](crate::deliveries::MAX_PAGE_SIZE) ids, for the batched paths
+/// `SELECT` per [`MAX_PAGE_SIZE`](crate::db::MAX_PAGE_SIZE) ids, for the batched paths
 /// (fan-out enqueue, the worker's signing keys) that would otherwise read one agent at a time.
 pub(crate) async fn agents_by_id<C: ConnectionTrait>(
     db: &C,
@@ -81,7 +81,7 @@ pub(crate) async fn agents_by_id<C: ConnectionTrait>(
     ids.sort_unstable();
     ids.dedup();
     let mut found = std::collections::HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(crate::deliveries::MAX_PAGE_SIZE as usize) {
+    for chunk in ids.chunks(crate::db::MAX_PAGE_SIZE as usize) {
         for agent in agents::Entity::find()
             .filter(agents::Column::Id.is_in(chunk.iter().copied()))
             .into_partial_model::<AgentWebhook>()

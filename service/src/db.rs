@@ -1,7 +1,19 @@
-//! Connecting to the database the way the service expects.
+//! The database plumbing every module shares: connecting, instants in the stored format,
+//! limits, and running a statement or a transaction again after a deadlock.
 
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{DateTime, Timelike, Utc};
 use migration::CONNECT_TIMEOUT;
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::prelude::DateTimeWithTimeZone;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseExecutor,
+    DatabaseTransaction, DbBackend, DbErr, IntoDatabaseExecutor, TransactionTrait,
+};
+
+use crate::error::{Error, Result};
 
 /// Opens a pool on `url` with settings fit for concurrent workers.
 ///
@@ -23,4 +35,201 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         db.execute_unprepared("PRAGMA journal_mode = WAL").await?;
     }
     Ok(db)
+}
+
+/// Largest history page, claim or delete batch: bounds the memory and lock time of one call.
+pub const MAX_PAGE_SIZE: u64 = 1000;
+/// Whose clock a claim is decided by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Now {
+    /// The database server's clock, read by the claim statement itself: what the worker uses,
+    /// so that a worker host whose clock is off neither takes over live leases nor sends early.
+    Database,
+    /// This instant: for tests, tools and callers that keep their own clock.
+    At(DateTime<Utc>),
+}
+
+impl From<DateTime<Utc>> for Now {
+    fn from(t: DateTime<Utc>) -> Now {
+        Now::At(t)
+    }
+}
+
+/// `now`, or `now + ahead`, as an SQL value in the backend's stored format: the database's
+/// clock for [`Now::Database`] (microseconds; milliseconds on SQLite), else [`stamp`].
+pub(crate) fn instant_expr(backend: DbBackend, now: Now, ahead: chrono::Duration) -> Expr {
+    match now {
+        Now::At(t) => Expr::value(stamp(
+            backend,
+            t.checked_add_signed(ahead)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        )),
+        Now::Database => {
+            let micros = ahead.num_microseconds().unwrap_or(i64::MAX);
+            Expr::cust(match backend {
+                DbBackend::Postgres => {
+                    format!("(statement_timestamp() + INTERVAL '{micros} microseconds')")
+                }
+                DbBackend::MySql => format!("(UTC_TIMESTAMP(6) + INTERVAL {micros} MICROSECOND)"),
+                // SQLite's clock has milliseconds; padded to SQLITE_TIMESTAMP_FORMAT's six digits.
+                _ => format!(
+                    "(strftime('%Y-%m-%d %H:%M:%f', 'now', '{:+}.{:03} seconds') || '000+00:00')",
+                    micros / 1_000_000,
+                    (micros % 1_000_000).abs() / 1_000
+                ),
+            })
+        }
+    }
+}
+
+/// An instant bound in the one stored format of the backend, for every write and comparison
+/// of a timestamp column: [`at`], and on SQLite the text of
+/// [`migration::SQLITE_TIMESTAMP_FORMAT`] (which the server default writes too), since sqlx
+/// would encode it as `…T…` with 0 to 9 digits and text order would no longer be time order.
+pub(crate) fn stamp(backend: DbBackend, t: DateTime<Utc>) -> sea_orm::Value {
+    let t = at(t);
+    match backend {
+        DbBackend::Sqlite => t
+            .format(migration::SQLITE_TIMESTAMP_FORMAT)
+            .to_string()
+            .into(),
+        _ => t.into(),
+    }
+}
+
+/// An instant as stored: UTC, truncated to microseconds (the precision of PostgreSQL and
+/// MariaDB), so that what is written compares equal to what is read back.
+pub(crate) fn at(t: DateTime<Utc>) -> DateTimeWithTimeZone {
+    let micros = t
+        .with_nanosecond(t.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(t);
+    micros.fixed_offset()
+}
+
+/// `limit` if it is within 1..=[`MAX_PAGE_SIZE`].
+pub(crate) fn check_limit(limit: u64) -> Result<u64> {
+    if (1..=MAX_PAGE_SIZE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(Error::InvalidLimit {
+            limit,
+            max: MAX_PAGE_SIZE,
+        })
+    }
+}
+
+/// Sends one statement on `db`, and again when the database chose it as a deadlock victim or
+/// failed it for serialization (SQLSTATE 40001, PostgreSQL 40P01) while it ran on its own:
+/// callers should not see what is a normal event under concurrency. Inside the caller's
+/// transaction the failure took the caller's work with it (MySQL rolled it back, PostgreSQL
+/// aborted it), so the error goes back for the caller to run its whole transaction again
+/// ([`Error::is_transient`]).
+pub(crate) async fn retry_statement<T, F, Fut>(
+    db: &DatabaseExecutor<'_>,
+    mut step: F,
+) -> Result<T, DbErr>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, DbErr>>,
+{
+    let mut tries = 0;
+    loop {
+        match step().await {
+            Err(err)
+                if tries < TRANSIENT_RETRIES
+                    && crate::error::is_transient(&err)
+                    && !db.is_transaction() =>
+            {
+                tries += 1;
+                tracing::debug!(%err, tries, "retrying after a transient database error");
+            }
+            result => return result,
+        }
+    }
+}
+
+/// How often a statement or a transaction of our own chosen as a deadlock victim is tried
+/// again.
+const TRANSIENT_RETRIES: usize = 5;
+
+/// A boxed future borrowing a transaction, as SeaORM's `TransactionTrait::transaction` takes.
+pub(crate) type TxnFuture<'c, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'c>>;
+
+/// Runs `step` in a transaction of its own begun on `db` and commits it, in the shape of
+/// SeaORM's `TransactionTrait::transaction`; after a deadlock or serialization failure
+/// ([`Error::is_transient`]) the transaction is rolled back and `step` runs again in a new one,
+/// at most [`TRANSIENT_RETRIES`] times. `step` owns what it needs (clone it in), because its
+/// future may only borrow the transaction.
+pub(crate) async fn transaction<C, T, F>(db: &C, mut step: F) -> Result<T>
+where
+    C: TransactionTrait<Transaction = DatabaseTransaction>,
+    F: for<'c> FnMut(&'c DatabaseTransaction) -> TxnFuture<'c, T>,
+{
+    let mut tries = 0;
+    loop {
+        let txn = db.begin().await?;
+        let result = step(&txn).await;
+        if let Some(value) = settle(txn, result, &mut tries).await? {
+            return Ok(value);
+        }
+    }
+}
+
+/// Runs `step` in the caller's transaction when `db` is one, without a savepoint and without
+/// a repeat ([`Error::is_transient`] says why), else as [`transaction`] does.
+pub(crate) async fn in_transaction<T, F>(db: &DatabaseExecutor<'_>, mut step: F) -> Result<T>
+where
+    F: for<'c> FnMut(&'c DatabaseExecutor<'c>) -> TxnFuture<'c, T>,
+{
+    if db.is_transaction() {
+        return step(db).await;
+    }
+    let mut tries = 0;
+    loop {
+        let txn = db.begin().await?;
+        let result = step(&IntoDatabaseExecutor::into_database_executor(&txn)).await;
+        if let Some(value) = settle(txn, result, &mut tries).await? {
+            return Ok(value);
+        }
+    }
+}
+
+/// Ends one try of a transaction of our own: commits it after success; after a deadlock or
+/// serialization failure rolls it back and answers `None`, "run the step again". A rollback
+/// that fails (the connection is gone) ends the tries with the step's error.
+async fn settle<T>(
+    txn: DatabaseTransaction,
+    result: Result<T>,
+    tries: &mut usize,
+) -> Result<Option<T>> {
+    match result {
+        Ok(value) => {
+            txn.commit().await?;
+            Ok(Some(value))
+        }
+        Err(err) if *tries < TRANSIENT_RETRIES && err.is_transient() => {
+            if txn.rollback().await.is_err() {
+                return Err(err);
+            }
+            *tries += 1;
+            tracing::debug!(%err, tries, "retrying after a transient database error");
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_outside_one_to_max_are_refused_not_wrapped() {
+        for bad in [0, MAX_PAGE_SIZE + 1, u64::MAX] {
+            assert!(
+                matches!(check_limit(bad), Err(Error::InvalidLimit { limit, .. }) if limit == bad)
+            );
+        }
+        assert_eq!(check_limit(MAX_PAGE_SIZE).unwrap(), MAX_PAGE_SIZE);
+    }
 }

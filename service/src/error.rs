@@ -1,18 +1,18 @@
 //! The one error type of the database-facing operations ([`crate::webhook`],
-//! [`crate::deliveries`], [`crate::sender`]), so an app maps every failure to a response in one
+//! [`crate::delivery`], [`crate::dispatch::sign`]), so an app maps every failure to a response in one
 //! `match`. The small value errors it wraps ([`UrlPolicyError`], [`EventFilterError`],
 //! [`SecretFormatError`], [`SignError`]) stay their own types: callers that validate input
 //! without a database match on them directly.
 
-use sea_orm::DbErr;
+use sea_orm::{DbErr, RuntimeErr};
 
-use crate::deliveries::{DeliveryState, MAX_PAGE_SIZE, PayloadError};
-use crate::ed25519::KeyFormatError;
-use crate::events::EventFilterError;
-use crate::secret_box::SecretBoxError;
-use crate::signing::SignError;
-use crate::url_policy::UrlPolicyError;
-use crate::webhook_secret::{RngError, SecretFormatError};
+use crate::delivery::{DeliveryState, PayloadError};
+use crate::secrets::ed25519::KeyFormatError;
+use crate::secrets::secret_box::SecretBoxError;
+use crate::secrets::signing::SignError;
+use crate::secrets::webhook_secret::{RngError, SecretFormatError};
+use crate::webhook::events::EventFilterError;
+use crate::webhook::url_policy::UrlPolicyError;
 
 /// `Result` with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -70,9 +70,10 @@ pub enum Error {
         field: &'static str,
         rule: &'static str,
     },
-    /// A page size, claim limit or batch size outside 1..=[`MAX_PAGE_SIZE`].
-    #[error("invalid limit {0}: must be from 1 to {MAX_PAGE_SIZE}")]
-    InvalidLimit(u64),
+    /// A page size, claim limit or batch size outside 1..=`max`
+    /// ([`MAX_PAGE_SIZE`](crate::db::MAX_PAGE_SIZE)).
+    #[error("invalid limit {limit}: must be from 1 to {max}")]
+    InvalidLimit { limit: u64, max: u64 },
     /// A history cursor that this service did not make.
     #[error("invalid cursor")]
     BadCursor,
@@ -102,7 +103,7 @@ pub enum Error {
     #[error("invalid grace period of {got_secs} s: must be from 0 to {max_secs} s (7 days)")]
     InvalidGrace { got_secs: u64, max_secs: u64 },
     /// The agent's signing secret changed (a concurrent rotation or configuration) between the
-    /// read and the update of [`crate::signing_secrets::rotate_signing_secret`]; nothing was
+    /// read and the update of [`crate::webhook::signing_secrets::rotate_signing_secret`]; nothing was
     /// changed, try again.
     #[error("the signing secret of agent `{0}` changed meanwhile; nothing was rotated, try again")]
     SecretChanged(String),
@@ -124,7 +125,7 @@ pub enum Error {
 impl Error {
     /// Whether the database chose this operation as a deadlock victim or failed it for
     /// serialization: running it again may succeed. Handed a pool, the deliveries functions
-    /// that retry (see [`crate::deliveries`]) have already run their claim or outcome
+    /// that retry (see [`crate::delivery`]) have already run their claim or outcome
     /// statement again a few times; what failed after that, or in another statement, is run
     /// again by calling the function again (a repeated outcome is refused as
     /// [`Error::StaleClaim`] if the first one was stored). Handed your transaction, they do not
@@ -133,6 +134,45 @@ impl Error {
     /// them can be rolled back alone; on MySQL the savepoint went with the transaction, so
     /// rolling it back fails (error 1305) and the transaction is to be dropped.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Db(db) if crate::deliveries::is_transient(db))
+        matches!(self, Error::Db(db) if is_transient(db))
     }
+
+    /// Whether the database could not be reached or the connection broke, rather than that it
+    /// refused a statement: what one row of a batch cannot cause.
+    pub(crate) fn is_connection(&self) -> bool {
+        use sea_orm::sqlx::Error as Sqlx;
+        match self {
+            Error::Db(DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) => true,
+            Error::Db(
+                DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e)),
+            ) => matches!(
+                e.as_ref(),
+                Sqlx::Io(_)
+                    | Sqlx::Tls(_)
+                    | Sqlx::PoolTimedOut
+                    | Sqlx::PoolClosed
+                    | Sqlx::WorkerCrashed
+                    | Sqlx::Protocol(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Serialization failure or deadlock: the statement may succeed when sent again.
+pub(crate) fn is_transient(err: &DbErr) -> bool {
+    sql_state(err).is_some_and(|code| code == "40001" || code == "40P01")
+}
+
+/// The SQLSTATE of a database error, when the server sent one.
+pub(crate) fn sql_state(err: &DbErr) -> Option<String> {
+    let (DbErr::Query(RuntimeErr::SqlxError(e))
+    | DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
+    else {
+        return None;
+    };
+    e.as_database_error()
+        .and_then(|db| db.code())
+        .map(|code| code.into_owned())
 }

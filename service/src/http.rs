@@ -1,6 +1,6 @@
 //! The HTTP API an app server mounts (feature `axum`): an agent's webhook configuration, test
 //! events, delivery history, retries and recovery, built on [`crate::webhook`] and
-//! [`crate::deliveries`], so every app server does not write the same routes, validation, error
+//! [`crate::delivery`], so every app server does not write the same routes, validation, error
 //! mapping and tenant checks by hand.
 //!
 //! ```no_run
@@ -38,7 +38,7 @@
 //! | POST | `/v1/agents/{agent_id}/webhook/secret/rotate` | a new `whsec_` secret, in this answer only | 200 |
 //! | POST | `/v1/agents/{agent_id}/webhook/test` | enqueues a [`TEST_EVENT`] delivery | 202 |
 //! | GET | `/v1/agents/{agent_id}/webhook/deliveries` | history, newest first (`state`, `event_type`, `cursor`, `limit`) | 200 |
-//! | POST | `/v1/agents/{agent_id}/webhook/recover` | requeues every failed delivery since `since` ([`deliveries::recover`]) | 200 |
+//! | POST | `/v1/agents/{agent_id}/webhook/recover` | requeues every failed delivery since `since` ([`delivery::recover`]) | 200 |
 //! | GET | `/v1/agents/{agent_id}/webhook/stats` | [`DeliveryStats`] | 200 |
 //! | GET | `/v1/webhook-deliveries/{delivery_id}` | one delivery with its attempt log | 200 |
 //! | POST | `/v1/webhook-deliveries/{delivery_id}/retry` | requeues one failed delivery | 200 |
@@ -62,7 +62,7 @@
 //! ([`ApiError`]): `type` is `urn:agent-webhooks:problem:<slug>` (stable; match on it, not on
 //! `title` or `detail`), `status`, `title`, `detail`, and where one field is at fault `field`
 //! (the JSON field or query parameter) and `rule` (the rule it broke; for a URL the
-//! [`UrlPolicyError::rule`](crate::url_policy::UrlPolicyError::rule) name, e.g. `loopback`).
+//! [`UrlPolicyError::rule`](crate::webhook::url_policy::UrlPolicyError::rule) name, e.g. `loopback`).
 //!
 //! | slug | status | when |
 //! |---|---|---|
@@ -103,7 +103,7 @@
 //!   settings' grace period (`WEBHOOK_SIGNING_GRACE_SECS`, default 24 h). The route takes no
 //!   body: another grace (or none) is `agent-webhooks signing rotate --grace`, and a leaked
 //!   secret is cut off at once with `signing revoke-previous`.
-//! * Recovery runs within the request, in bounded batches ([`deliveries::recover`]), and
+//! * Recovery runs within the request, in bounded batches ([`delivery::recover`]), and
 //!   answers how many deliveries it requeued.
 
 use std::sync::Arc;
@@ -123,13 +123,13 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::deliveries::{
+use crate::delivery::{
     self, AttemptRecord, DeliveryState, DeliveryStats, Enqueued, HistoryPage, HistoryQuery,
     MAX_PAGE_SIZE, RecoverReport, SkipReason, WebhookDelivery,
 };
 use crate::error::Error;
-use crate::events::TEST_EVENT;
 use crate::settings::WebhookSettings;
+use crate::webhook::events::TEST_EVENT;
 use crate::webhook::{self, WebhookConfig, WebhookConfigPatch, WebhookConfigView};
 
 /// Largest request body the API reads, in bytes; larger bodies are refused (413) before they
@@ -370,7 +370,7 @@ pub enum ApiError {
         detail: String,
     },
     /// No secret could be generated.
-    Rng(crate::webhook_secret::RngError),
+    Rng(crate::secrets::webhook_secret::RngError),
     /// A test event cannot be sent to this webhook.
     NotSendable {
         /// The missing piece.
@@ -504,8 +504,8 @@ fn service_problem(error: &Error) -> Problem {
         p.rule = Some(rule.to_owned());
         p
     };
-    use crate::events::EventFilterError;
-    use crate::webhook_secret::SecretFormatError;
+    use crate::secrets::webhook_secret::SecretFormatError;
+    use crate::webhook::events::EventFilterError;
     match error {
         Error::AgentNotFound(_) => {
             problem(StatusCode::NOT_FOUND, "agent-not-found", "Agent not found")
@@ -552,7 +552,7 @@ fn service_problem(error: &Error) -> Problem {
                 SecretFormatError::NotPrintable => "printable-ascii",
             },
         ),
-        Error::InvalidLimit(_) => at(
+        Error::InvalidLimit { .. } => at(
             problem(
                 StatusCode::BAD_REQUEST,
                 "invalid-parameter",
@@ -771,7 +771,7 @@ async fn own_delivery(
     delivery_id: &str,
     now: DateTime<Utc>,
 ) -> Result<WebhookDelivery, ApiError> {
-    let delivery = deliveries::get(&state.db, delivery_id, now).await?;
+    let delivery = delivery::get(&state.db, delivery_id, now).await?;
     if delivery.organization_id != caller.organization_id {
         return Err(Error::DeliveryNotFound(delivery_id.to_owned()).into());
     }
@@ -892,7 +892,7 @@ pub struct RotatedSecret {
 
 /// Replaces the agent's signing secret with a new one and returns it, once. The replaced
 /// secret keeps signing alongside it for the configured grace period
-/// ([`signing_secrets::rotate_signing_secret`](crate::signing_secrets::rotate_signing_secret)),
+/// ([`signing_secrets::rotate_signing_secret`](crate::webhook::signing_secrets::rotate_signing_secret)),
 /// so receivers can switch without missing a delivery.
 #[utoipa::path(
     post,
@@ -913,7 +913,7 @@ async fn rotate_secret(
     Id(agent_id): Id,
 ) -> Result<Response, ApiError> {
     own_agent(&state, &caller, &agent_id).await?;
-    let rotated = crate::signing_secrets::rotate_signing_secret(
+    let rotated = crate::webhook::signing_secrets::rotate_signing_secret(
         &state.db,
         &state.settings,
         &agent_id,
@@ -962,7 +962,7 @@ async fn send_test(
         "timestamp": now,
         "data": { "agent_id": agent_id },
     });
-    let enqueued = deliveries::enqueue(
+    let enqueued = delivery::enqueue(
         &state.db,
         &state.settings,
         &agent_id,
@@ -1072,7 +1072,7 @@ async fn list_deliveries(
         limit,
     };
     Ok(Json(
-        deliveries::history(&state.db, &agent_id, &query, Utc::now()).await?,
+        delivery::history(&state.db, &agent_id, &query, Utc::now()).await?,
     ))
 }
 
@@ -1107,7 +1107,7 @@ async fn recover(
 ) -> Result<Json<RecoverReport>, ApiError> {
     own_agent(&state, &caller, &agent_id).await?;
     Ok(Json(
-        deliveries::recover(&state.db, &agent_id, request.since, Utc::now()).await?,
+        delivery::recover(&state.db, &agent_id, request.since, Utc::now()).await?,
     ))
 }
 
@@ -1130,7 +1130,7 @@ async fn get_stats(
 ) -> Result<Json<DeliveryStats>, ApiError> {
     own_agent(&state, &caller, &agent_id).await?;
     Ok(Json(
-        deliveries::stats(&state.db, &agent_id, Utc::now()).await?,
+        delivery::stats(&state.db, &agent_id, Utc::now()).await?,
     ))
 }
 
@@ -1162,7 +1162,7 @@ async fn get_delivery(
     Id(delivery_id): Id,
 ) -> Result<Json<DeliveryDetail>, ApiError> {
     let delivery = own_delivery(&state, &caller, &delivery_id, Utc::now()).await?;
-    let attempts = deliveries::attempts(&state.db, &delivery_id).await?;
+    let attempts = delivery::attempts(&state.db, &delivery_id).await?;
     Ok(Json(DeliveryDetail { delivery, attempts }))
 }
 
@@ -1186,9 +1186,7 @@ async fn retry_delivery(
 ) -> Result<Json<WebhookDelivery>, ApiError> {
     let now = Utc::now();
     own_delivery(&state, &caller, &delivery_id, now).await?;
-    Ok(Json(
-        deliveries::requeue(&state.db, &delivery_id, now).await?,
-    ))
+    Ok(Json(delivery::requeue(&state.db, &delivery_id, now).await?))
 }
 
 #[cfg(test)]

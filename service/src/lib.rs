@@ -29,21 +29,26 @@
 
 mod agent;
 pub mod db;
-pub mod deliveries;
+pub mod delivery;
 pub mod dispatch;
-pub mod ed25519;
 mod error;
-pub mod events;
 #[cfg(feature = "axum")]
 pub mod http;
-pub mod retry;
-pub mod secret_box;
-pub mod sender;
+pub mod metrics;
+pub mod secrets;
 pub mod settings;
-pub mod signing;
-pub mod signing_secrets;
-pub mod url_policy;
 pub mod webhook;
-pub mod webhook_secret;
 
 pub use error::{Error, Result};
+
+// The paths of the flat layout, kept for one release (see CHANGELOG.md).
+#[doc(hidden)]
+pub use delivery as deliveries;
+#[doc(hidden)]
+pub use delivery::retry;
+#[doc(hidden)]
+pub use dispatch::sign as sender;
+#[doc(hidden)]
+pub use secrets::{ed25519, secret_box, signing, webhook_secret};
+#[doc(hidden)]
+pub use webhook::{events, signing_secrets, url_policy};

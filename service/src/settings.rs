@@ -7,19 +7,19 @@
 //! | variable | meaning | default |
 //! |---|---|---|
 //! | `WEBHOOK_URL_POLICY` | `production` (https, public targets only) or `development` (also http, loopback and private targets) | `production` |
-//! | `WEBHOOK_SECRET_KEYS` | `id:<base64 32 bytes>,…`; the first key seals, all keys open (see [`crate::secret_box`]) | none: secrets cannot be written |
+//! | `WEBHOOK_SECRET_KEYS` | `id:<base64 32 bytes>,…`; the first key seals, all keys open (see [`crate::secrets::secret_box`]) | none: secrets cannot be written |
 //! | `WEBHOOK_MAX_ATTEMPTS` | attempts per delivery before it is exhausted ([`MAX_ATTEMPTS`]) | 8 ([`RetryPolicy::default`]) |
-//! | `WEBHOOK_CLAIM_LEASE_SECS` | how long [`claim_due`](crate::deliveries::claim_due) leases a delivery to its worker ([`CLAIM_LEASE_SECS`]) | 60 ([`DEFAULT_CLAIM_LEASE`]) |
+//! | `WEBHOOK_CLAIM_LEASE_SECS` | how long [`claim_due`](crate::delivery::claim_due) leases a delivery to its worker ([`CLAIM_LEASE_SECS`]) | 60 ([`DEFAULT_CLAIM_LEASE`]) |
 //! | `WEBHOOK_SIGNATURE_TOLERANCE_SECS` | accepted clock skew when the ops CLI verifies signatures ([`SIGNATURE_TOLERANCE_SECS`]) | 300 ([`DEFAULT_TOLERANCE`]) |
-//! | `WEBHOOK_MAX_PAYLOAD_BYTES` | largest event payload [`enqueue`](crate::deliveries::enqueue) accepts, in bytes of compact JSON ([`MAX_PAYLOAD_BYTES`]) | 262144 (256 KiB) |
+//! | `WEBHOOK_MAX_PAYLOAD_BYTES` | largest event payload [`enqueue`](crate::delivery::enqueue) accepts, in bytes of compact JSON ([`MAX_PAYLOAD_BYTES`]) | 262144 (256 KiB) |
 //! | `WEBHOOK_WORKER_CONCURRENCY` | requests one worker process sends at once, and its claim batch ([`WORKER_CONCURRENCY`]) | 16 |
 //! | `WEBHOOK_WORKER_PER_HOST` | requests one worker process sends at once to one receiving host (the URL's host name, any port), so a slow receiver holds at most this many of the worker's slots in requests ([`WORKER_PER_HOST`]) | 8 |
 //! | `WEBHOOK_CONNECT_TIMEOUT_SECS` | how long connecting (DNS, TCP, TLS) to a receiver may take ([`CONNECT_TIMEOUT_SECS`]) | 10 |
 //! | `WEBHOOK_REQUEST_TIMEOUT_SECS` | how long one attempt may take in all, response body included; must be shorter than the claim lease ([`REQUEST_TIMEOUT_SECS`]) | 30 |
 //! | `WEBHOOK_MAX_RESPONSE_BYTES` | how much of a response body the worker reads before it stops and closes the connection ([`MAX_RESPONSE_BYTES`]) | 65536 (64 KiB) |
 //! | `WEBHOOK_POLL_INTERVAL_MS` | how long an idle worker waits before it looks for due deliveries again ([`POLL_INTERVAL_MS`]) | 1000 |
-//! | `WEBHOOK_SIGNING_GRACE_SECS` | how long a previous signing secret keeps signing after [`rotate_signing_secret`](crate::signing_secrets::rotate_signing_secret) when the caller names no grace period ([`SIGNING_GRACE_SECS`]) | 86400 (24 h; [`DEFAULT_SIGNING_GRACE`]) |
-//! | `WEBHOOK_LISTEN` | on PostgreSQL, [`enqueue`](crate::deliveries::enqueue) sends a `NOTIFY` (delivered on commit) and an idle worker `LISTEN`s, so a new delivery is sent at once rather than at the next poll; `false` for connection poolers that do not pass `LISTEN` through (PgBouncer in transaction mode). Set it alike for the app server and the workers. Ignored on other backends | `true` |
+//! | `WEBHOOK_SIGNING_GRACE_SECS` | how long a previous signing secret keeps signing after [`rotate_signing_secret`](crate::webhook::signing_secrets::rotate_signing_secret) when the caller names no grace period ([`SIGNING_GRACE_SECS`]) | 86400 (24 h; [`DEFAULT_SIGNING_GRACE`]) |
+//! | `WEBHOOK_LISTEN` | on PostgreSQL, [`enqueue`](crate::delivery::enqueue) sends a `NOTIFY` (delivered on commit) and an idle worker `LISTEN`s, so a new delivery is sent at once rather than at the next poll; `false` for connection poolers that do not pass `LISTEN` through (PgBouncer in transaction mode). Set it alike for the app server and the workers. Ignored on other backends | `true` |
 //! | `WEBHOOK_DISABLE_AFTER_SECS` | how long an agent's attempts may fail without a single success before the worker disables its webhook ([`DISABLE_AFTER_SECS`]) | 432000 (5 days, like Svix; [`DEFAULT_DISABLE_AFTER`]) |
 //!
 //! A development policy is never implied: it must be asked for by name.
@@ -27,10 +27,10 @@
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use crate::retry::RetryPolicy;
-use crate::secret_box::{KeyRing, KeyRingError};
-use crate::signing::DEFAULT_TOLERANCE;
-use crate::url_policy::{ParseUrlPolicyError, UrlPolicy};
+use crate::delivery::retry::RetryPolicy;
+use crate::secrets::secret_box::{KeyRing, KeyRingError};
+use crate::secrets::signing::DEFAULT_TOLERANCE;
+use crate::webhook::url_policy::{ParseUrlPolicyError, UrlPolicy};
 
 /// The environment variable names, in one place.
 pub mod vars {
@@ -76,7 +76,7 @@ pub const SIGNATURE_TOLERANCE_SECS: RangeInclusive<u32> = 1..=3600;
 /// Accepted payload caps in bytes: up to what the payload column holds on every backend.
 pub const MAX_PAYLOAD_BYTES: RangeInclusive<u32> = 1..=migration::MAX_PAYLOAD_COLUMN_BYTES;
 /// Accepted worker concurrency: one request at a time up to what one process sensibly holds
-/// open (and what a claim batch may lease, [`MAX_PAGE_SIZE`](crate::deliveries::MAX_PAGE_SIZE)).
+/// open (and what a claim batch may lease, [`MAX_PAGE_SIZE`](crate::db::MAX_PAGE_SIZE)).
 pub const WORKER_CONCURRENCY: RangeInclusive<u32> = 1..=1000;
 /// Accepted per-host limits: as for the worker's concurrency (a limit above it never binds).
 pub const WORKER_PER_HOST: RangeInclusive<u32> = 1..=1000;
@@ -120,15 +120,15 @@ pub struct WebhookSettings {
     pub claim_lease: Duration,
     /// Accepted clock skew when verifying signatures.
     pub signature_tolerance: Duration,
-    /// Largest payload [`enqueue`](crate::deliveries::enqueue) stores, in bytes.
+    /// Largest payload [`enqueue`](crate::delivery::enqueue) stores, in bytes.
     pub max_payload_bytes: usize,
     /// How the delivery worker sends (see [`crate::dispatch`]).
     pub worker: WorkerSettings,
     /// How long an agent's attempts may fail without a single success before
-    /// [`record_outcome`](crate::deliveries::record_outcome) disables its webhook.
+    /// [`record_outcome`](crate::delivery::record_outcome) disables its webhook.
     pub disable_after: Duration,
     /// How long a previous signing secret keeps signing after a rotation that names no grace
-    /// period (see [`crate::signing_secrets`]); within [`SIGNING_GRACE_SECS`].
+    /// period (see [`crate::webhook::signing_secrets`]); within [`SIGNING_GRACE_SECS`].
     pub signing_grace: Duration,
 }
 

@@ -505,7 +505,7 @@ async fn pages_yield_every_row_once_in_order_while_rows_arrive(backend: Backend)
     };
     assert!(matches!(
         deliveries::history(&t.db, "agent-1", &too_big, t0()).await,
-        Err(Error::InvalidLimit(1001))
+        Err(Error::InvalidLimit { limit: 1001, .. })
     ));
 }
 

@@ -203,5 +203,5 @@ fn entry_points_never_panic_on_arbitrary_limits() {
 
 /// Whether `result` is the typed refusal of `limit`.
 fn invalid<T>(result: &agent_webhooks::Result<T>, limit: u64) -> bool {
-    matches!(result, Err(Error::InvalidLimit(n)) if *n == limit)
+    matches!(result, Err(Error::InvalidLimit { limit: n, .. }) if *n == limit)
 }

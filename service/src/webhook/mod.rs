@@ -4,7 +4,7 @@
 //! Decisions:
 //! * `webhook_secret` absent in [`WebhookConfig`] keeps the stored secret; [`clear`]
 //!   removes it. A configuration without any secret is allowed, but the sender refuses to send
-//!   unsigned deliveries (see [`crate::sender`]).
+//!   unsigned deliveries (see [`crate::dispatch::sign`]).
 //! * An empty event list means **all events**, and is stored as `[]`. A NULL list (rows from
 //!   before the webhook migration) means the same.
 //! * An agent the platform soft-deleted (`is_deleted = true`) is gone: every function here
@@ -28,11 +28,15 @@ use serde::{Deserialize, Serialize};
 use crate::agent::live;
 pub(crate) use crate::agent::{AgentWebhook, find_agent};
 use crate::error::{Error, Result};
-use crate::events::EventFilter;
-use crate::secret_box::{KeyRing, SecretBoxError};
+use crate::secrets::secret_box::{KeyRing, SecretBoxError};
+use crate::secrets::webhook_secret::WebhookSecret;
 use crate::settings::WebhookSettings;
-use crate::url_policy::UrlPolicy;
-use crate::webhook_secret::WebhookSecret;
+use crate::webhook::events::EventFilter;
+use crate::webhook::url_policy::UrlPolicy;
+
+pub mod events;
+pub mod signing_secrets;
+pub mod url_policy;
 
 /// The request body that configures an agent's webhook (the specification's `WebhookConfig`).
 ///
@@ -360,7 +364,7 @@ pub struct ResealReport {
 
 /// Re-seals every stored envelope that is not under the current key, `batch` rows at a time:
 /// the agents' secrets, their Ed25519 private keys, then their previous signing secrets (see
-/// [`crate::signing_secrets`]). This is *sealing-key* (master-key) rotation: what receivers
+/// [`crate::webhook::signing_secrets`]). This is *sealing-key* (master-key) rotation: what receivers
 /// verify does not change.
 ///
 /// Every envelope is opened before it is counted as current or rewritten, so a key whose id
@@ -380,7 +384,7 @@ pub async fn reseal_secrets<C: ConnectionTrait>(
     mut on_batch: impl FnMut(&ResealReport),
 ) -> Result<ResealReport> {
     let keys = settings.keys.as_ref().ok_or(Error::NoEncryptionKey)?;
-    let batch = crate::deliveries::check_limit(batch)?;
+    let batch = crate::db::check_limit(batch)?;
     let mut report = ResealReport::default();
     for column in [
         agents::Column::WebhookSecret,

@@ -13,17 +13,17 @@
 //! slowest request of a batch). At most `per_host` of them send to one host (the URL's host
 //! name, any port) at once; the others wait for that host. A delivery that cannot get its
 //! host's turn while its lease still covers a whole attempt is released, due again after the
-//! poll interval, so it is never sent by two workers (see [`deliveries::release`]). Claims are oldest first, so a
+//! poll interval, so it is never sent by two workers (see [`delivery::release`]). Claims are oldest first, so a
 //! host with a long backlog can hold every slot with sends and waits while newer deliveries to
 //! other hosts wait in the database.
 //!
 //! # Statements per delivery
 //!
-//! A claim is one statement for the batch ([`deliveries::claim_due`]), followed by one read of
+//! A claim is one statement for the batch ([`delivery::claim_due`]), followed by one read of
 //! the batch's agents and one of their live previous secrets (the signing keys, opened once
 //! per agent and batch). Finished attempts are recorded together in one transaction:
-//! [`deliveries::record_outcomes`] (one guarded `UPDATE`, one read of the agents' health) and
-//! [`deliveries::record_attempts`] (one `INSERT`). One recording runs at a time, beside the
+//! [`delivery::record_outcomes`] (one guarded `UPDATE`, one read of the agents' health) and
+//! [`delivery::record_attempts`] (one `INSERT`). One recording runs at a time, beside the
 //! sends and the next claim (on another pooled connection); what finishes meanwhile is the
 //! next batch, so a busy worker records many attempts per transaction and an idle one records
 //! each as soon as it ends. A worker killed between a send and its
@@ -33,28 +33,14 @@
 //! # Metrics
 //!
 //! Through the [`metrics`] facade, so the library picks no exporter (the `agent-webhooks`
-//! binary serves them for Prometheus with `worker --metrics-addr`); [`describe_metrics`] names
-//! and explains them:
-//!
-//! | metric | kind | what |
-//! |---|---|---|
-//! | `agent_webhooks_sent_total` | counter | attempts that delivered (2xx) |
-//! | `agent_webhooks_failed_total{class}` | counter | attempts that did not deliver, by [`ErrorClass`] |
-//! | `agent_webhooks_retried_total` | counter | failed attempts scheduled again |
-//! | `agent_webhooks_exhausted_total` | counter | deliveries given up (attempts used up or a final answer) |
-//! | `agent_webhooks_auto_disabled_total` | counter | webhooks disabled by the failure-run rule |
-//! | `agent_webhooks_released_total` | counter | claims given back unsent (their host was busy too long) |
-//! | `agent_webhooks_claim_lag_seconds` | histogram | from enqueue to claim, first attempts |
-//! | `agent_webhooks_attempt_duration_seconds` | histogram | one attempt, sign to answer |
-//! | `agent_webhooks_in_flight` | gauge | requests being sent now by this process |
-//! | `agent_webhooks_key_faults_total` | counter | claims given back unsent: the key ring does not open their agent's keys |
-//! | `agent_webhooks_unrecorded_total{part}` | counter | attempt rows or outcomes the database refused to store |
+//! binary serves them for Prometheus with `worker --metrics-addr`); [`crate::metrics`] names
+//! and describes them.
 //!
 //! # The HTTP client
 //!
 //! `reqwest` with rustls (never OpenSSL), `POST` with `content-type: application/json`, the
-//! Standard Webhooks headers (signed as [`sender::prepare_request`] signs) and a user agent naming the
-//! product. It follows **no redirects** (a 3xx is the final answer, see [`crate::retry`]), uses
+//! Standard Webhooks headers (signed as [`sign::prepare_request`] signs) and a user agent naming the
+//! product. It follows **no redirects** (a 3xx is the final answer, see [`crate::delivery::retry`]), uses
 //! no proxy (a proxy would connect for us, past the address check), and reads at most
 //! `max_response_bytes` of a response body; the connect and total timeouts come from
 //! [`WorkerSettings`](crate::settings::WorkerSettings).
@@ -107,13 +93,14 @@ use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::deliveries::{self, AttemptRecord, Claim, ErrorClass, Now};
+use crate::delivery::retry::{AttemptOutcome, Decision, RetryAfter};
+use crate::delivery::{self, AttemptRecord, Claim, ErrorClass, Now};
 use crate::error::{Error, Result};
-use crate::retry::{AttemptOutcome, Decision, RetryAfter};
-use crate::sender;
 use crate::settings::WebhookSettings;
-use crate::signing_secrets::{self, LiveKeys};
-use crate::url_policy::{Resolver, SystemResolver, UrlPolicy, UrlPolicyError};
+use crate::webhook::signing_secrets::{self, LiveKeys};
+use crate::webhook::url_policy::{Resolver, SystemResolver, UrlPolicy, UrlPolicyError};
+
+pub mod sign;
 
 /// The `user-agent` of every request, so receivers can tell our deliveries apart in their logs.
 pub const USER_AGENT: &str = concat!("agent-webhooks/", env!("CARGO_PKG_VERSION"));
@@ -125,72 +112,6 @@ const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 /// for its host to be sent at all: after the answer, its recording may wait for the recording
 /// in progress and then record its own batch (on SQLite behind this process's other writes).
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
-
-/// Metric names (see the [module documentation](self#metrics)).
-pub mod metric {
-    /// Attempts that delivered.
-    pub const SENT: &str = "agent_webhooks_sent_total";
-    /// Attempts that did not deliver, labelled `class`.
-    pub const FAILED: &str = "agent_webhooks_failed_total";
-    /// Failed attempts scheduled again.
-    pub const RETRIED: &str = "agent_webhooks_retried_total";
-    /// Deliveries given up.
-    pub const EXHAUSTED: &str = "agent_webhooks_exhausted_total";
-    /// Webhooks disabled by the failure-run rule.
-    pub const AUTO_DISABLED: &str = "agent_webhooks_auto_disabled_total";
-    /// Claims given back unsent.
-    pub const RELEASED: &str = "agent_webhooks_released_total";
-    /// Seconds from enqueue to claim of first attempts.
-    pub const CLAIM_LAG: &str = "agent_webhooks_claim_lag_seconds";
-    /// Seconds one attempt took.
-    pub const ATTEMPT_DURATION: &str = "agent_webhooks_attempt_duration_seconds";
-    /// Requests being sent now.
-    pub const IN_FLIGHT: &str = "agent_webhooks_in_flight";
-    /// Claims given back because their agent's keys do not open with the key ring.
-    pub const KEY_FAULTS: &str = "agent_webhooks_key_faults_total";
-    /// Attempt rows or outcomes the database refused to store, labelled `part`.
-    pub const UNRECORDED: &str = "agent_webhooks_unrecorded_total";
-}
-
-/// Registers the units and descriptions of the worker's metrics with the installed recorder,
-/// so an exporter can show them (call once, after installing it).
-pub fn describe_metrics() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(metric::SENT, "attempts that delivered (2xx)");
-    describe_counter!(
-        metric::FAILED,
-        "attempts that did not deliver, by error class"
-    );
-    describe_counter!(metric::RETRIED, "failed attempts scheduled again");
-    describe_counter!(metric::EXHAUSTED, "deliveries given up");
-    describe_counter!(
-        metric::AUTO_DISABLED,
-        "webhooks disabled after a run of failures"
-    );
-    describe_counter!(
-        metric::RELEASED,
-        "claims given back unsent because their host stayed busy"
-    );
-    describe_histogram!(
-        metric::CLAIM_LAG,
-        Unit::Seconds,
-        "from enqueue to claim, first attempts"
-    );
-    describe_histogram!(
-        metric::ATTEMPT_DURATION,
-        Unit::Seconds,
-        "one attempt, sign to answer"
-    );
-    describe_gauge!(metric::IN_FLIGHT, "requests being sent now");
-    describe_counter!(
-        metric::KEY_FAULTS,
-        "claims given back unsent because the key ring does not open their agent's keys"
-    );
-    describe_counter!(
-        metric::UNRECORDED,
-        "attempt rows (part=attempt) or outcomes (part=outcome) the database refused to store"
-    );
-}
 
 /// The worker's context: settings, database and HTTP client, shared by every attempt.
 #[derive(Clone, Debug)]
@@ -405,7 +326,7 @@ impl Dispatcher {
     }
 
     /// On PostgreSQL with `listen` set: a task on its own connection that `LISTEN`s on
-    /// [`deliveries::NOTIFY_CHANNEL`] and wakes the worker on each notification. `None` (the
+    /// [`delivery::NOTIFY_CHANNEL`] and wakes the worker on each notification. `None` (the
     /// worker polls only) elsewhere, or when listening fails; a lost connection is reconnected
     /// by the listener, and the poll finds what was enqueued meanwhile.
     async fn listen(&self, tasks: &mut tokio::task::JoinSet<()>) -> Option<Arc<Notify>> {
@@ -417,7 +338,7 @@ impl Dispatcher {
         let pool = self.db.get_postgres_connection_pool();
         let listener = async {
             let mut listener = PgListener::connect_with(pool).await?;
-            listener.listen(deliveries::NOTIFY_CHANNEL).await?;
+            listener.listen(delivery::NOTIFY_CHANNEL).await?;
             Ok::<_, sea_orm::sqlx::Error>(listener)
         };
         let listener = match listener.await {
@@ -520,8 +441,7 @@ impl Dispatcher {
             if recording.is_none() && !finished.is_empty() {
                 let this = self.clone();
                 let batch = std::mem::take(&mut finished);
-                let task =
-                    tasks.spawn(async move { this.record(&batch).await.map(Step::Recorded) });
+                let task = tasks.spawn(async move { this.record(batch).await.map(Step::Recorded) });
                 recording = Some(task.id());
             }
         }
@@ -540,8 +460,7 @@ impl Dispatcher {
             let _turn = self.write_turn().await;
             let before = (self.clock)();
             let claims =
-                deliveries::claim_due(&self.db, &self.settings, Now::Database, limit as u64)
-                    .await?;
+                delivery::claim_due(&self.db, &self.settings, Now::Database, limit as u64).await?;
             self.clock_offset
                 .measure(&claims, &self.settings, before, (self.clock)());
             claims
@@ -549,7 +468,8 @@ impl Dispatcher {
         let now = self.now();
         for claim in claims.iter().filter(|claim| claim.attempt == 1) {
             let lag = (now - claim.delivery.created_at).to_std();
-            metrics::histogram!(metric::CLAIM_LAG).record(lag.unwrap_or_default().as_secs_f64());
+            metrics::histogram!(crate::metrics::CLAIM_LAG)
+                .record(lag.unwrap_or_default().as_secs_f64());
         }
         let agents: Vec<&str> = claims
             .iter()
@@ -565,7 +485,7 @@ impl Dispatcher {
                 // their leases; if the database is gone, the leases run out all the same.
                 let _turn = self.write_turn().await;
                 for claim in &claims {
-                    if let Err(release) = deliveries::release(&self.db, claim, now).await {
+                    if let Err(release) = delivery::release(&self.db, claim, now).await {
                         tracing::warn!(%release, delivery = %claim.delivery.id, "claim not released");
                     }
                 }
@@ -589,19 +509,19 @@ impl Dispatcher {
             .saturating_sub(self.settings.worker.request_timeout + LEASE_MARGIN);
         let Some(_permit) = self.hosts.acquire(&host, budget).await else {
             tracing::info!(delivery = %claim.delivery.id, host, "host busy: claim released");
-            metrics::counter!(metric::RELEASED).increment(1);
+            metrics::counter!(crate::metrics::RELEASED).increment(1);
             // Due again after a poll interval, so that a host busy for longer than the leases
             // allow does not make the worker claim and release in a loop.
             let due = self.now()
                 + chrono::TimeDelta::from_std(self.settings.worker.poll_interval)
                     .unwrap_or_default();
             let _turn = self.write_turn().await;
-            return match deliveries::release(&self.db, &claim, due).await {
+            return match delivery::release(&self.db, &claim, due).await {
                 Ok(()) | Err(Error::StaleClaim { .. }) => Ok(Step::Released),
                 Err(err) => Err(err),
             };
         };
-        let in_flight = metrics::gauge!(metric::IN_FLIGHT);
+        let in_flight = metrics::gauge!(crate::metrics::IN_FLIGHT);
         in_flight.increment(1.0);
         let done = self.attempt(claim, keys).await;
         in_flight.decrement(1.0);
@@ -619,11 +539,11 @@ impl Dispatcher {
             agent = %claim.delivery.agent_id,
             "cannot open the agent's signing keys with WEBHOOK_SECRET_KEYS: claim released unsent; fix the key ring",
         );
-        metrics::counter!(metric::KEY_FAULTS).increment(1);
+        metrics::counter!(crate::metrics::KEY_FAULTS).increment(1);
         let due =
             self.now() + chrono::TimeDelta::from_std(self.settings.claim_lease).unwrap_or_default();
         let _turn = self.write_turn().await;
-        match deliveries::release(&self.db, claim, due).await {
+        match delivery::release(&self.db, claim, due).await {
             Ok(()) | Err(Error::StaleClaim { .. }) => Ok(Step::KeyFault),
             Err(err) => Err(err),
         }
@@ -638,8 +558,8 @@ impl Dispatcher {
     }
 
     /// Records finished attempts: their outcomes (each guarded by its claim) and their rows in
-    /// the attempt log, in one transaction per [`deliveries::MAX_PAGE_SIZE`] attempts, with
-    /// [`deliveries::record_outcomes`] and [`deliveries::record_attempts`]. An attempt whose
+    /// the attempt log, in one transaction per [`crate::db::MAX_PAGE_SIZE`] attempts, with
+    /// [`delivery::record_outcomes`] and [`delivery::record_attempts`]. An attempt whose
     /// claim was taken over meanwhile is [`Recorded::Stale`]: it stays in the log, its outcome
     /// is not stored; one whose delivery was deleted meanwhile is stale too, and not logged.
     ///
@@ -647,22 +567,27 @@ impl Dispatcher {
     /// time, so that one row's failure costs only that row: an attempt whose log row is refused
     /// still has its outcome stored, and one whose outcome is refused too is left to its lease
     /// ([`Recorded::Unrecorded`]). A lost connection fails the whole recording as before.
-    async fn record(&self, finished: &[FinishedAttempt]) -> Result<Vec<Recorded>> {
+    async fn record(&self, finished: Vec<FinishedAttempt>) -> Result<Vec<Recorded>> {
         let mut recorded = Vec::with_capacity(finished.len());
-        for batch in finished.chunks(deliveries::MAX_PAGE_SIZE as usize) {
-            let outcomes = match self.record_in_transaction(batch, true).await {
+        let mut finished = finished.into_iter().peekable();
+        while finished.peek().is_some() {
+            let batch: Arc<[FinishedAttempt]> = finished
+                .by_ref()
+                .take(crate::db::MAX_PAGE_SIZE as usize)
+                .collect();
+            let outcomes = match self.record_in_transaction(Arc::clone(&batch), true).await {
                 Ok(outcomes) => outcomes,
-                Err(err) if !deliveries::is_connection_error(&err) => {
+                Err(err) if !err.is_connection() => {
                     tracing::warn!(%err, attempts = batch.len(), "recording a batch failed; recording its attempts one by one");
                     let mut outcomes = Vec::with_capacity(batch.len());
-                    for done in batch {
+                    for done in batch.iter() {
                         outcomes.push(self.record_alone(done).await?);
                     }
                     outcomes
                 }
                 Err(err) => return Err(err),
             };
-            for (outcome, done) in outcomes.into_iter().zip(batch) {
+            for (outcome, done) in outcomes.into_iter().zip(batch.iter()) {
                 recorded.push(match outcome {
                     Ok(decision) => {
                         count_outcome(&decision, done.record.error_class);
@@ -681,20 +606,20 @@ impl Dispatcher {
 
     /// One attempt of a refused batch: outcome and log row, else the outcome alone.
     async fn record_alone(&self, done: &FinishedAttempt) -> Result<Result<Decision>> {
-        let one = std::slice::from_ref(done);
-        let err = match self.record_in_transaction(one, true).await {
+        let one: Arc<[FinishedAttempt]> = Arc::new([done.clone()]);
+        let err = match self.record_in_transaction(Arc::clone(&one), true).await {
             Ok(mut outcome) => return Ok(outcome.remove(0)),
-            Err(err) if deliveries::is_connection_error(&err) => return Err(err),
+            Err(err) if err.is_connection() => return Err(err),
             Err(err) => err,
         };
         tracing::error!(%err, delivery = %done.claim.delivery.id, attempt = done.claim.attempt, "the attempt log refused this attempt; storing its outcome without it");
-        metrics::counter!(metric::UNRECORDED, "part" => "attempt").increment(1);
+        metrics::counter!(crate::metrics::UNRECORDED, "part" => "attempt").increment(1);
         match self.record_in_transaction(one, false).await {
             Ok(mut outcome) => Ok(outcome.remove(0)),
-            Err(err) if deliveries::is_connection_error(&err) => Err(err),
+            Err(err) if err.is_connection() => Err(err),
             Err(err) => {
                 tracing::error!(%err, delivery = %done.claim.delivery.id, attempt = done.claim.attempt, "the database refused this outcome; the delivery is left to its lease");
-                metrics::counter!(metric::UNRECORDED, "part" => "outcome").increment(1);
+                metrics::counter!(crate::metrics::UNRECORDED, "part" => "outcome").increment(1);
                 Ok(Err(err))
             }
         }
@@ -705,12 +630,16 @@ impl Dispatcher {
     /// cannot double anything. `with_log`: the attempt rows too.
     async fn record_in_transaction(
         &self,
-        batch: &[FinishedAttempt],
+        batch: Arc<[FinishedAttempt]>,
         with_log: bool,
     ) -> Result<Vec<Result<Decision>>> {
         let _turn = self.write_turn().await;
-        Ok(deliveries::retry_in_own_transaction!(&self.db, |txn| self
-            .record_batch(txn, batch, with_log)))
+        let this = self.clone();
+        crate::db::transaction(&self.db, |txn| {
+            let (this, batch) = (this.clone(), Arc::clone(&batch));
+            Box::pin(async move { this.record_batch(txn, &batch, with_log).await })
+        })
+        .await
     }
 
     /// One transaction of [`Dispatcher::record`]: the outcomes, then the attempt rows of the
@@ -721,7 +650,7 @@ impl Dispatcher {
         batch: &[FinishedAttempt],
         with_log: bool,
     ) -> Result<Vec<Result<Decision>>> {
-        let outcomes = deliveries::record_outcomes(
+        let outcomes = delivery::record_outcomes(
             txn,
             &self.settings,
             batch
@@ -741,8 +670,8 @@ impl Dispatcher {
             .filter(|(_, outcome)| outcome.is_err())
             .map(|(done, _)| done.claim.delivery.id.as_str())
             .collect();
-        let existing = deliveries::existing_ids(txn, &stale).await?;
-        deliveries::record_attempts(
+        let existing = delivery::existing_ids(txn, &stale).await?;
+        delivery::record_attempts(
             txn,
             batch
                 .iter()
@@ -764,7 +693,7 @@ impl Dispatcher {
         let payload = claim.payload.take();
         let attempt = self.send(&claim, payload, keys, started_at).await;
         let took = clock.elapsed();
-        metrics::histogram!(metric::ATTEMPT_DURATION).record(took.as_secs_f64());
+        metrics::histogram!(crate::metrics::ATTEMPT_DURATION).record(took.as_secs_f64());
         let record = AttemptRecord {
             attempt: claim.attempt,
             started_at,
@@ -810,7 +739,7 @@ impl Dispatcher {
             Err(err) => return Attempt::refused(ErrorClass::SsrfBlocked, err.to_string()),
         };
         let signed = match keys.get(&claim.delivery.agent_id) {
-            Some(Ok(keys)) => sender::sign_request(url, claim, keys, payload, now),
+            Some(Ok(keys)) => sign::sign_request(url, claim, keys, payload, now),
             // Key faults were released before the send (`release_key_fault`): what is left is
             // an agent deleted since the enqueue, for which nothing will ever be sent.
             Some(Err(err)) => return Attempt::agent_deleted(err.to_string()),
@@ -907,7 +836,7 @@ impl Dispatcher {
             status: Some(code),
             class,
             message,
-            body_prefix: deliveries::body_excerpt(&body),
+            body_prefix: delivery::body_excerpt(&body),
             remote_addr,
         }
     }
@@ -917,6 +846,7 @@ impl Dispatcher {
 type AgentKeys = HashMap<String, Result<LiveKeys>>;
 
 /// One attempt that has its outcome and waits to be recorded ([`Dispatcher::record`]).
+#[derive(Clone)]
 struct FinishedAttempt {
     /// The claim the attempt was made under (its guard).
     claim: Claim,
@@ -968,14 +898,14 @@ async fn notified(wake: Option<&Notify>) {
 /// Counts a stored outcome in the worker's metrics.
 fn count_outcome(decision: &Decision, class: Option<ErrorClass>) {
     if matches!(decision, Decision::Delivered) {
-        metrics::counter!(metric::SENT).increment(1);
+        metrics::counter!(crate::metrics::SENT).increment(1);
         return;
     }
     let class = class.map_or("unknown", ErrorClass::as_str);
-    metrics::counter!(metric::FAILED, "class" => class).increment(1);
+    metrics::counter!(crate::metrics::FAILED, "class" => class).increment(1);
     match decision {
-        Decision::RetryAt(_) => metrics::counter!(metric::RETRIED).increment(1),
-        _ => metrics::counter!(metric::EXHAUSTED).increment(1),
+        Decision::RetryAt(_) => metrics::counter!(crate::metrics::RETRIED).increment(1),
+        _ => metrics::counter!(crate::metrics::EXHAUSTED).increment(1),
     }
 }
 

@@ -34,7 +34,7 @@
 //!   with the primary.
 //! * Ed25519: [`generate_ed25519_key`] gives the agent a key pair; from then on every delivery
 //!   also carries a `v1a` signature that receivers verify with the `whpk_` public key (readable
-//!   in [`signing_keys`]) and [`crate::signing::verify_v1a`]. The `whsk_` private key is sealed
+//!   in [`signing_keys`]) and [`crate::secrets::signing::verify_v1a`]. The `whsk_` private key is sealed
 //!   like a secret (`agents.webhook_ed25519_secret_key`). A new key pair replaces the old one at
 //!   once (no grace period); [`remove_ed25519_key`] stops `v1a` signatures.
 //! * Key ids: `hs_…` for secrets ([`signing::secret_key_id`]), `ed_…` for Ed25519 public keys
@@ -60,14 +60,14 @@ use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use crate::agent::{AgentWebhook, agents_by_id, find_agent, live};
-use crate::deliveries::stamp;
-use crate::ed25519::{PublicKey, SecretKey};
+use crate::db::{at, stamp};
 use crate::error::{Error, Result};
-use crate::secret_box::{KeyRing, SecretBoxError};
+use crate::secrets::ed25519::{PublicKey, SecretKey};
+use crate::secrets::secret_box::{KeyRing, SecretBoxError};
+use crate::secrets::signing;
+use crate::secrets::webhook_secret::WebhookSecret;
 use crate::settings::{SIGNING_GRACE_SECS, WebhookSettings};
-use crate::signing;
 use crate::webhook::{open_secret, seal_text};
-use crate::webhook_secret::WebhookSecret;
 
 /// How many previous secrets an agent keeps at most (as svix-server), so that repeated
 /// rotations cannot make every delivery carry an unbounded signature header.
@@ -221,7 +221,7 @@ pub async fn rotate_signing_secret<C: ConnectionTrait>(
             key_id,
             algorithm: SigningAlgorithm::HmacSha256,
             role: KeyRole::Previous,
-            expires_at: Some(crate::deliveries::at(expires_at).to_utc()),
+            expires_at: Some(at(expires_at).to_utc()),
             public_key: None,
         });
     }
@@ -477,7 +477,7 @@ async fn live_previous<C: ConnectionTrait>(
 ) -> Result<HashMap<String, Vec<previous::Model>>> {
     let backend = db.get_database_backend();
     let mut by_agent: HashMap<String, Vec<previous::Model>> = HashMap::new();
-    for chunk in agent_ids.chunks(crate::deliveries::MAX_PAGE_SIZE as usize) {
+    for chunk in agent_ids.chunks(crate::db::MAX_PAGE_SIZE as usize) {
         let rows = previous::Entity::find()
             .filter(previous::Column::AgentId.is_in(chunk.iter().copied()))
             .filter(previous::Column::ExpiresAt.gt(stamp(backend, now)))

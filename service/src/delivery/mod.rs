@@ -15,9 +15,9 @@
 //!   attempt as started (a delivery that crashes its worker still runs out of attempts). It
 //!   does not look at the agent (the claim stays a scan of one index of one table): a delivery
 //!   whose agent was soft-deleted after enqueue is claimed, refused by
-//!   [`crate::sender::prepare_request`] with [`Error::AgentNotFound`], and the worker records
+//!   [`crate::dispatch::sign::prepare_request`] with [`Error::AgentNotFound`], and the worker records
 //!   it as failed with that reason through [`abandon`].
-//! * [`record_outcome`] stores the result and asks the [`RetryPolicy`](crate::retry::RetryPolicy)
+//! * [`record_outcome`] stores the result and asks the [`RetryPolicy`](crate::delivery::retry::RetryPolicy)
 //!   of the settings what comes next, guarded by the claim so a late report cannot overwrite a
 //!   newer attempt. It also keeps the agent's endpoint health: a run of failures that lasts
 //!   the settings' `disable_after` disables the webhook (see `docs/deliveries.md`).
@@ -40,11 +40,10 @@
 //! and never retry, so a victim among them is reported the same way.
 
 use std::fmt;
-use std::future::Future;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Timelike, Utc};
+use chrono::{DateTime, Utc};
 use entity::{agents, webhook_deliveries as wd};
 use sea_orm::prelude::DateTimeWithTimeZone;
 use sea_orm::sea_query::extension::mysql::{IndexHintScope, MySqlSelectStatementExt};
@@ -54,59 +53,26 @@ use sea_orm::sea_query::{
 };
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseExecutor, DbBackend, DbErr, EntityTrait,
-    IntoDatabaseExecutor, Order, QueryFilter, QueryOrder, QuerySelect, QueryTrait, RuntimeErr,
-    Select, Statement, TransactionSession,
+    IntoDatabaseExecutor, Order, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select,
+    Statement,
 };
 use serde::Serialize;
 
 use crate::agent::AgentWebhook;
+pub use crate::db::{MAX_PAGE_SIZE, Now};
+use crate::db::{at, check_limit, in_transaction, instant_expr, retry_statement, stamp};
+use crate::delivery::retry::{AttemptOutcome, Decision};
+use crate::error::sql_state;
 use crate::error::{Error, Result};
-use crate::retry::{AttemptOutcome, Decision};
 use crate::settings::WebhookSettings;
 
-/// Runs `$step`, an expression over `$txn`, in a transaction of its own begun on `$db` (a
-/// connection), again after a deadlock or serialization failure until [`settle`] ends it with a
-/// value, after at most [`TRANSIENT_RETRIES`] repeats. Evaluates to the step's value; returns
-/// its error as an [`Error`]. For the worker's recording too, which owns its transactions.
-macro_rules! retry_in_own_transaction {
-    ($db:expr, |$txn:ident| $step:expr) => {{
-        let mut tries = 0;
-        loop {
-            let own = ::sea_orm::TransactionTrait::begin($db).await?;
-            let $txn = &own;
-            let result = $step.await.map_err($crate::error::Error::from);
-            if let Some(value) = $crate::deliveries::settle(own, result, &mut tries).await? {
-                break value;
-            }
-        }
-    }};
-}
-pub(crate) use retry_in_own_transaction;
-
-/// Runs `$step`, an expression over `$txn`, in a transaction: its own
-/// ([`retry_in_own_transaction`]) when `$db` (a [`DatabaseExecutor`]) is a connection; the
-/// caller's transaction itself, without a savepoint and without a repeat, when `$db` is one
-/// ([`Error::is_transient`] says why). Evaluates to the step's value; returns its error.
-macro_rules! in_transaction {
-    ($db:expr, |$txn:ident| $step:expr) => {{
-        let db: &DatabaseExecutor<'_> = $db;
-        if db.is_transaction() {
-            let $txn = db;
-            $step.await?
-        } else {
-            retry_in_own_transaction!(db, |$txn| $step)
-        }
-    }};
-}
-
 mod batch;
+pub mod retry;
 
 pub use batch::{EnqueueItem, enqueue_for_agent, enqueue_many, record_outcomes};
 
 /// Longest error text kept per attempt; a receiver's error page can be large.
 pub const MAX_ERROR_LEN: usize = 2000;
-/// Largest history page, claim or delete batch: bounds the memory and lock time of one call.
-pub const MAX_PAGE_SIZE: u64 = 1000;
 /// The history page size when the caller does not choose one.
 pub const DEFAULT_PAGE_SIZE: u64 = 50;
 
@@ -502,7 +468,7 @@ fn checked_event(
     check_event_field("event_id", event_id)?;
     // The event id is the `webhook-id` every attempt is signed with: refuse now what could
     // never be signed, rather than fail every attempt later.
-    crate::signing::check_message_id(event_id).map_err(|_| Error::InvalidEvent {
+    crate::secrets::signing::check_message_id(event_id).map_err(|_| Error::InvalidEvent {
         field: "event_id",
         rule: "it is the webhook-id header: visible ASCII only, without `.`",
     })?;
@@ -521,7 +487,7 @@ fn destination(agent: &AgentWebhook, event_type: &str) -> Result<Result<String, 
     let Some(url) = agent.webhook_url.clone() else {
         return Ok(Err(SkipReason::NoUrl));
     };
-    if event_type != crate::events::TEST_EVENT
+    if event_type != crate::webhook::events::TEST_EVENT
         && !crate::webhook::stored_events(agent)?.wants(event_type)
     {
         return Ok(Err(SkipReason::NotWanted));
@@ -556,7 +522,12 @@ pub async fn claim_due(
     let plan = ClaimPlan::new(backend, settings, now.into(), limit);
     let rows = match backend {
         DbBackend::MySql => {
-            in_transaction!(db, |txn| claim_locked(txn, &plan.due, &plan.lease))
+            let (due, lease) = (plan.due, plan.lease);
+            in_transaction(db, |txn| {
+                let (due, lease) = (due.clone(), lease.clone());
+                Box::pin(async move { Ok(claim_locked(txn, &due, &lease).await?) })
+            })
+            .await?
         }
         _ => {
             let statement = plan.single_statement(backend);
@@ -582,49 +553,6 @@ pub async fn claim_due(
             })
         })
         .collect())
-}
-
-/// Whose clock a claim is decided by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Now {
-    /// The database server's clock, read by the claim statement itself: what the worker uses,
-    /// so that a worker host whose clock is off neither takes over live leases nor sends early.
-    Database,
-    /// This instant: for tests, tools and callers that keep their own clock.
-    At(DateTime<Utc>),
-}
-
-impl From<DateTime<Utc>> for Now {
-    fn from(t: DateTime<Utc>) -> Now {
-        Now::At(t)
-    }
-}
-
-/// `now`, or `now + ahead`, as an SQL value in the backend's stored format: the database's
-/// clock for [`Now::Database`] (microseconds; milliseconds on SQLite), else [`stamp`].
-fn instant_expr(backend: DbBackend, now: Now, ahead: chrono::Duration) -> Expr {
-    match now {
-        Now::At(t) => Expr::value(stamp(
-            backend,
-            t.checked_add_signed(ahead)
-                .unwrap_or(DateTime::<Utc>::MAX_UTC),
-        )),
-        Now::Database => {
-            let micros = ahead.num_microseconds().unwrap_or(i64::MAX);
-            Expr::cust(match backend {
-                DbBackend::Postgres => {
-                    format!("(statement_timestamp() + INTERVAL '{micros} microseconds')")
-                }
-                DbBackend::MySql => format!("(UTC_TIMESTAMP(6) + INTERVAL {micros} MICROSECOND)"),
-                // SQLite's clock has milliseconds; padded to SQLITE_TIMESTAMP_FORMAT's six digits.
-                _ => format!(
-                    "(strftime('%Y-%m-%d %H:%M:%f', 'now', '{:+}.{:03} seconds') || '000+00:00')",
-                    micros / 1_000_000,
-                    (micros % 1_000_000).abs() / 1_000
-                ),
-            })
-        }
-    }
 }
 
 /// The two halves of a claim: the due rows (locked, skipping rows other workers hold, where
@@ -737,55 +665,6 @@ async fn claim_locked<C: ConnectionTrait>(
         .await
 }
 
-/// Sends one statement on `db`, and again when the database chose it as a deadlock victim or
-/// failed it for serialization (SQLSTATE 40001, PostgreSQL 40P01) while it ran on its own:
-/// callers should not see what is a normal event under concurrency. Inside the caller's
-/// transaction the failure took the caller's work with it (MySQL rolled it back, PostgreSQL
-/// aborted it), so the error goes back for the caller to run its whole transaction again
-/// ([`Error::is_transient`]).
-async fn retry_statement<T, F, Fut>(db: &DatabaseExecutor<'_>, mut step: F) -> Result<T, DbErr>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, DbErr>>,
-{
-    let mut tries = 0;
-    loop {
-        match step().await {
-            Err(err) if tries < TRANSIENT_RETRIES && is_transient(&err) && !db.is_transaction() => {
-                tries += 1;
-                tracing::debug!(%err, tries, "retrying after a transient database error");
-            }
-            result => return result,
-        }
-    }
-}
-
-/// Ends one try of a step that ran in a transaction of its own (see
-/// [`retry_in_own_transaction`]): commits it after success; after a deadlock or serialization
-/// failure rolls it back and answers `None`, "run the step again". A rollback that fails (the
-/// connection is gone) ends the tries with the step's error.
-pub(crate) async fn settle<X: TransactionSession, T>(
-    txn: X,
-    result: Result<T>,
-    tries: &mut usize,
-) -> Result<Option<T>> {
-    match result {
-        Ok(value) => {
-            txn.commit().await?;
-            Ok(Some(value))
-        }
-        Err(err) if *tries < TRANSIENT_RETRIES && err.is_transient() => {
-            if txn.rollback().await.is_err() {
-                return Err(err);
-            }
-            *tries += 1;
-            tracing::debug!(%err, tries, "retrying after a transient database error");
-            Ok(None)
-        }
-        Err(err) => Err(err),
-    }
-}
-
 /// Sends a guarded single-row update (see [`claimed`]) with [`retry_statement`]; answers how
 /// many rows it changed.
 async fn exec_claimed(
@@ -795,10 +674,6 @@ async fn exec_claimed(
     let result = retry_statement(db, || update.clone().exec(db)).await?;
     Ok(result.rows_affected)
 }
-
-/// How often a statement (or the worker's recording transaction) chosen as a deadlock victim
-/// is tried again.
-const TRANSIENT_RETRIES: usize = 5;
 
 /// The ids among `ids` of deliveries that exist, in one statement (none for no ids).
 pub(crate) async fn existing_ids<C: ConnectionTrait>(
@@ -817,45 +692,6 @@ pub(crate) async fn existing_ids<C: ConnectionTrait>(
         .await?
         .into_iter()
         .collect())
-}
-
-/// Whether `err` says the database could not be reached or the connection broke, rather than
-/// that it refused a statement: what one row of a batch cannot cause.
-pub(crate) fn is_connection_error(err: &Error) -> bool {
-    use sea_orm::sqlx::Error as Sqlx;
-    match err {
-        Error::Db(DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) => true,
-        Error::Db(
-            DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e)),
-        ) => matches!(
-            e.as_ref(),
-            Sqlx::Io(_)
-                | Sqlx::Tls(_)
-                | Sqlx::PoolTimedOut
-                | Sqlx::PoolClosed
-                | Sqlx::WorkerCrashed
-                | Sqlx::Protocol(_)
-        ),
-        _ => false,
-    }
-}
-
-/// Serialization failure or deadlock: the statement may succeed when sent again.
-pub(crate) fn is_transient(err: &DbErr) -> bool {
-    sql_state(err).is_some_and(|code| code == "40001" || code == "40P01")
-}
-
-/// The SQLSTATE of a database error, when the server sent one.
-fn sql_state(err: &DbErr) -> Option<String> {
-    let (DbErr::Query(RuntimeErr::SqlxError(e))
-    | DbErr::Exec(RuntimeErr::SqlxError(e))
-    | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
-    else {
-        return None;
-    };
-    e.as_database_error()
-        .and_then(|db| db.code())
-        .map(|code| code.into_owned())
 }
 
 /// Stores the outcome of the claimed attempt and decides, by the settings' retry policy, what
@@ -1011,7 +847,7 @@ async fn apply_health<C: ConnectionTrait>(
         .exec(db)
         .await?;
     if disabled.rows_affected > 0 {
-        metrics::counter!(crate::dispatch::metric::AUTO_DISABLED).increment(1);
+        metrics::counter!(crate::metrics::AUTO_DISABLED).increment(1);
         tracing::warn!(agent = %agent_id, %reason, "webhook disabled automatically");
     }
     Ok(())
@@ -1108,7 +944,7 @@ pub async fn attempts<C: ConnectionTrait>(db: &C, delivery_id: &str) -> Result<V
 
 /// Marks the claimed delivery failed (exhausted) without sending it, with `reason` as its
 /// error: for a delivery that can never be sent, such as one whose agent was soft-deleted after
-/// it was enqueued ([`crate::sender::prepare_request`] then fails with
+/// it was enqueued ([`crate::dispatch::sign::prepare_request`] then fails with
 /// [`Error::AgentNotFound`]). Retrying would only repeat the refusal; an operator can still
 /// [`requeue`] it.
 ///
@@ -1571,38 +1407,6 @@ pub mod testing {
     }
 }
 
-/// An instant bound in the one stored format of the backend, for every write and comparison
-/// of a timestamp column: [`at`], and on SQLite the text of
-/// [`migration::SQLITE_TIMESTAMP_FORMAT`] (which the server default writes too), since sqlx
-/// would encode it as `…T…` with 0 to 9 digits and text order would no longer be time order.
-pub(crate) fn stamp(backend: DbBackend, t: DateTime<Utc>) -> sea_orm::Value {
-    let t = at(t);
-    match backend {
-        DbBackend::Sqlite => t
-            .format(migration::SQLITE_TIMESTAMP_FORMAT)
-            .to_string()
-            .into(),
-        _ => t.into(),
-    }
-}
-
-/// An instant as stored: UTC, truncated to microseconds (the precision of PostgreSQL and
-/// MariaDB), so that what is written compares equal to what is read back.
-pub(crate) fn at(t: DateTime<Utc>) -> DateTimeWithTimeZone {
-    let micros = t
-        .with_nanosecond(t.nanosecond() / 1_000 * 1_000)
-        .unwrap_or(t);
-    micros.fixed_offset()
-}
-
-pub(crate) fn check_limit(limit: u64) -> Result<u64> {
-    if (1..=MAX_PAGE_SIZE).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(Error::InvalidLimit(limit))
-    }
-}
-
 fn check_event_field(field: &'static str, value: &str) -> Result<()> {
     if value.trim().is_empty() || value.len() > 255 {
         return Err(Error::InvalidEvent {
@@ -1718,14 +1522,6 @@ mod tests {
         ] {
             assert!(matches!(decode_cursor(bad), Err(Error::BadCursor)), "{bad}");
         }
-    }
-
-    #[test]
-    fn limits_outside_one_to_max_are_refused_not_wrapped() {
-        for bad in [0, MAX_PAGE_SIZE + 1, u64::MAX] {
-            assert!(matches!(check_limit(bad), Err(Error::InvalidLimit(n)) if n == bad));
-        }
-        assert_eq!(check_limit(MAX_PAGE_SIZE).unwrap(), MAX_PAGE_SIZE);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! * `webhook-timestamp`: unix seconds when it was signed (each attempt is signed afresh);
 //! * `webhook-signature`: space-separated `v1,<base64 HMAC-SHA256>` signatures over
 //!   `"{id}.{timestamp}.{body}"`, one per live secret (the primary and every previous secret
-//!   still in its grace period, see [`crate::signing_secrets`]), so that a receiver keeps
+//!   still in its grace period, see [`crate::webhook::signing_secrets`]), so that a receiver keeps
 //!   accepting deliveries while a secret is rotated; and, for an agent with an Ed25519 key, one
 //!   `v1a,<base64 Ed25519 signature>` over the same content ([`sign_with_keys`], checked by
 //!   [`verify_v1a`] with the `whpk_` public key).
@@ -17,7 +17,7 @@
 //! timestamp tolerance in both directions ([`DEFAULT_TOLERANCE`]) against replays.
 //!
 //! The signing is our own, not a Standard Webhooks crate's, because it must accept both secret
-//! forms of [`crate::webhook_secret`] and sign with several secrets at once during rotation.
+//! forms of [`crate::secrets::webhook_secret`] and sign with several secrets at once during rotation.
 //! HMAC-SHA256 comes from `hmac` + `sha2`: they are in the build anyway (SQLx's PostgreSQL and
 //! MySQL authentication), and `sha2` uses the CPU's SHA extensions where there are any.
 //!
@@ -50,8 +50,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::ed25519;
-use crate::webhook_secret::WebhookSecret;
+use crate::secrets::ed25519;
+use crate::secrets::webhook_secret::WebhookSecret;
 
 /// Name of the message id header, as [`VerifyError::MissingHeader`] reports it.
 pub const HEADER_ID: &str = "webhook-id";

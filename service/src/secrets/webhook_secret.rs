@@ -325,7 +325,7 @@ mod tests {
 
     #[test]
     fn random_number_failures_are_one_error_that_keeps_its_source() {
-        use crate::secret_box::{KeyRingError, SecretBoxError};
+        use crate::secrets::secret_box::{KeyRingError, SecretBoxError};
         use std::error::Error;
         let rng = RngError(getrandom::Error::UNSUPPORTED);
         let reported: [&dyn Error; 3] =

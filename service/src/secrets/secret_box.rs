@@ -49,7 +49,7 @@ use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use crate::webhook_secret::{RngError, fill_random};
+use crate::secrets::webhook_secret::{RngError, fill_random};
 
 /// The envelope version this code writes, and the only one it reads.
 const VERSION: &str = "v1";

@@ -1,5 +1,5 @@
 //! Ed25519 key pairs in the Standard Webhooks forms, so that a receiver can verify deliveries
-//! (`v1a` signatures, see [`crate::signing`]) with a public key that cannot forge them.
+//! (`v1a` signatures, see [`crate::secrets::signing`]) with a public key that cannot forge them.
 //!
 //! The specification serializes an Ed25519 key pair as base64 with a prefix: `whsk_` for the
 //! secret key, `whpk_` for the public key. What is encoded is taken from the reference
@@ -9,7 +9,7 @@
 //! also accepts the 64-byte `seed || public key` form some libraries write (Go's
 //! `ed25519.PrivateKey`, libsodium), and refuses it when the two halves do not belong together.
 //!
-//! [`SecretKey`] follows [`WebhookSecret`](crate::webhook_secret::WebhookSecret): `Debug`
+//! [`SecretKey`] follows [`WebhookSecret`](crate::secrets::webhook_secret::WebhookSecret): `Debug`
 //! redacted, no `Serialize`, zeroized on drop (ed25519-dalek's `zeroize` feature).
 //!
 //! ```
@@ -32,7 +32,7 @@ use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::webhook_secret::{RngError, fill_random};
+use crate::secrets::webhook_secret::{RngError, fill_random};
 
 /// The prefix of a serialized Ed25519 secret key.
 pub const WHSK_PREFIX: &str = "whsk_";

@@ -507,9 +507,13 @@ where
                 .from(wd::Entity)
                 .cond_where(current)
                 .lock(LockType::Update);
-            in_transaction!(db, |txn| update_locked(txn, &lock, &update))
-                .into_iter()
-                .collect()
+            in_transaction(db, |txn| {
+                let (lock, update) = (lock.clone(), update.clone());
+                Box::pin(async move { Ok(update_locked(txn, &lock, &update).await?) })
+            })
+            .await?
+            .into_iter()
+            .collect()
         }
         _ => {
             update.returning_col(wd::Column::Id);

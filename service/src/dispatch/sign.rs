@@ -2,19 +2,19 @@
 //! Standard Webhooks headers and the body bytes to send unchanged.
 //!
 //! The secrets are opened from the agent's rows (see [`crate::webhook`] and
-//! [`crate::signing_secrets`]) and used only to sign: one `v1` signature with the primary secret
+//! [`crate::webhook::signing_secrets`]) and used only to sign: one `v1` signature with the primary secret
 //! and one with every previous secret still in its grace period at `now`, and a `v1a` signature
 //! when the agent has an Ed25519 key. [`OutgoingRequest`] holds none of them. A delivery whose
 //! agent has neither a secret nor an Ed25519 key is not sent unsigned: [`prepare_request`]
 //! fails with [`Error::NoSecret`]. A delivery whose agent was
 //! soft-deleted after it was enqueued is not sent either: [`prepare_request`] fails with
 //! [`Error::AgentNotFound`], and the worker should record it as failed with
-//! [`crate::deliveries::abandon`] (retrying would only repeat the refusal).
+//! [`crate::delivery::abandon`] (retrying would only repeat the refusal).
 //!
 //! The URL was checked when it was configured; it is checked again here against the current
 //! policy (which also judges IP-literal hosts), and a sender must still vet the addresses it
 //! connects to with
-//! [`UrlPolicy::check_resolved`](crate::url_policy::UrlPolicy::check_resolved) (a DNS name may
+//! [`UrlPolicy::check_resolved`](crate::webhook::url_policy::UrlPolicy::check_resolved) (a DNS name may
 //! point inside the network, or change between check and use) and connect to exactly the
 //! addresses that check returns. The worker in [`crate::dispatch`] does so in its HTTP client's
 //! resolver.
@@ -22,12 +22,12 @@
 use chrono::{DateTime, Utc};
 use sea_orm::ConnectionTrait;
 
-use crate::deliveries::Claim;
+use crate::delivery::Claim;
 use crate::error::{Error, Result};
+use crate::secrets::signing::{self, SignedHeaders};
+use crate::secrets::webhook_secret::WebhookSecret;
 use crate::settings::WebhookSettings;
-use crate::signing::{self, SignedHeaders};
-use crate::signing_secrets::{self, LiveKeys};
-use crate::webhook_secret::WebhookSecret;
+use crate::webhook::signing_secrets::{self, LiveKeys};
 
 /// An HTTP request ready to send: POST `body` to `url` with `headers` and
 /// `content-type: application/json`.
