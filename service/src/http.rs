@@ -1041,10 +1041,8 @@ async fn list_deliveries(
         .state
         .as_deref()
         .map(|s| {
-            DeliveryState::ALL
-                .into_iter()
-                .find(|st| st.as_str() == s)
-                .ok_or_else(|| ApiError::InvalidParameter {
+            s.parse::<DeliveryState>()
+                .map_err(|_| ApiError::InvalidParameter {
                     field: Some("state".to_owned()),
                     rule: "one-of",
                     detail: "state must be one of pending, leased, delivered, failed".to_owned(),

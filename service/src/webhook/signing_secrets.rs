@@ -73,30 +73,30 @@ use crate::webhook::{open_secret, seal_text};
 /// rotations cannot make every delivery carry an unbounded signature header.
 pub const MAX_PREVIOUS_SECRETS: usize = 10;
 
-/// Which algorithm a key signs with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// Which algorithm a key signs with; named in views and the CLI as serialized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, strum::Display, strum::IntoStaticStr)]
 pub enum SigningAlgorithm {
     /// HMAC-SHA256 with a shared secret: `v1` signatures.
     #[serde(rename = "hmac-sha256")]
+    #[strum(serialize = "hmac-sha256")]
     HmacSha256,
     /// Ed25519 with a key pair: `v1a` signatures.
     #[serde(rename = "ed25519")]
+    #[strum(serialize = "ed25519")]
     Ed25519,
 }
 
 impl SigningAlgorithm {
     /// The name used in views and the CLI.
     pub fn as_str(self) -> &'static str {
-        match self {
-            SigningAlgorithm::HmacSha256 => "hmac-sha256",
-            SigningAlgorithm::Ed25519 => "ed25519",
-        }
+        self.into()
     }
 }
 
 /// Whether a key is the one new receivers should use, or one kept for a grace period.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, strum::Display, strum::IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum KeyRole {
     /// The current secret or key pair.
     Primary,

@@ -29,7 +29,19 @@ pub const MAX_URL_LEN: usize = 2048;
 
 /// Which webhook targets are acceptable; chosen explicitly per deployment so
 /// that relaxing the rules is never implied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum UrlPolicy {
     /// Public `https` targets only. The default, so a missing setting fails safe.
     #[default]
@@ -43,11 +55,8 @@ pub enum UrlPolicy {
 impl UrlPolicy {
     /// The configuration spelling (`"production"`/`"development"`), shared
     /// by [`fmt::Display`] and [`FromStr`] so they round-trip.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Production => "production",
-            Self::Development => "development",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 
     /// Parses and validates a webhook URL when it is configured, returning
@@ -189,18 +198,13 @@ impl UrlPolicy {
     }
 }
 
-impl fmt::Display for UrlPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl FromStr for UrlPolicy {
     type Err = ParseUrlPolicyError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [Self::Production, Self::Development]
-            .into_iter()
+        <Self as strum::VariantArray>::VARIANTS
+            .iter()
+            .copied()
             .find(|policy| s.eq_ignore_ascii_case(policy.as_str()))
             .ok_or_else(|| ParseUrlPolicyError {
                 input: s.to_owned(),

@@ -1,23 +1,102 @@
-//! The lean write paths: enqueue with the agent row the caller already holds (the
-//! transactional outbox), enqueue many deliveries in one statement, and record the outcomes of
-//! a finished batch in one statement.
-//!
-//! Each statement costs a round trip and a share of the database's CPU that the statement's own
-//! work does not: parse/bind, executor start-up, commit. These paths send fewer of them; the
-//! figures are in `docs/benchmarks.md`.
-
-use std::collections::{HashMap, HashSet};
-
-use sea_orm::FromQueryResult;
+//! Enqueueing: one event for one agent, for an agent row the caller holds (the transactional
+//! outbox), or many at once (fan-out, bulk), each in as few statements as the backend allows.
 
 use super::*;
 
+/// Enqueues `event_id` of `event_type` with `payload` for the agent's webhook, if it is enabled
+/// and wants it and the agent is not soft-deleted ([`SkipReason`] says which rule skipped it).
+///
+/// The payload is stored as bytes and every attempt signs and sends exactly those bytes: JSON
+/// text the app hands over ([`Payload::json`], a `&RawValue`) is checked to be JSON and kept
+/// byte for byte (key order, duplicate keys, number spelling, escapes), and a
+/// `&serde_json::Value` is written once by `serde_json`, compact. A payload larger than the
+/// settings' `max_payload_bytes` is refused with [`PayloadError::TooLarge`], before the agent
+/// is read.
+///
+/// Idempotent: the same `(agent, event_id)` yields the same delivery, also when callers race
+/// (the unique index decides, not a read-then-write), and also inside a caller's transaction
+/// (the transactional outbox) on every backend: the loser gets [`Enqueued::Existing`], and the
+/// first payload stays.
+pub async fn enqueue<C: ConnectionTrait>(
+    db: &C,
+    settings: &WebhookSettings,
+    agent_id: &str,
+    event_id: &str,
+    event_type: &str,
+    payload: impl Into<Payload<'_>>,
+    now: DateTime<Utc>,
+) -> Result<Enqueued> {
+    let payload = checked_event(settings, event_id, event_type, payload.into())?;
+    let agent = agents::Entity::find_by_id(agent_id)
+        .into_partial_model::<AgentWebhook>()
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::AgentNotFound(agent_id.to_owned()))?;
+    insert_for_agent(db, settings, &agent, event_id, event_type, payload, now).await
+}
+
+/// The payload of an event as the bytes every attempt sends, once the event passed the checks
+/// of [`enqueue`]: payload cap, `event_id` and `event_type` rules.
+pub(super) fn checked_event(
+    settings: &WebhookSettings,
+    event_id: &str,
+    event_type: &str,
+    payload: Payload<'_>,
+) -> Result<Vec<u8>> {
+    let payload = payload.bytes(settings.max_payload_bytes)?;
+    check_event_field("event_id", event_id)?;
+    // The event id is the `webhook-id` every attempt is signed with: refuse now what could
+    // never be signed, rather than fail every attempt later.
+    crate::secrets::signing::check_message_id(event_id).map_err(|_| Error::InvalidEvent {
+        field: "event_id",
+        rule: "it is the webhook-id header: visible ASCII only, without `.`",
+    })?;
+    check_event_field("event_type", event_type)?;
+    Ok(payload)
+}
+
+/// Where a delivery of `event_type` to `agent` goes: its webhook URL, or why it is skipped.
+pub(super) fn destination(
+    agent: &AgentWebhook,
+    event_type: &str,
+) -> Result<Result<String, SkipReason>> {
+    if !agent.is_live() {
+        return Ok(Err(SkipReason::AgentDeleted));
+    }
+    if !agent.webhook_enabled {
+        return Ok(Err(SkipReason::Disabled));
+    }
+    let Some(url) = agent.webhook_url.clone() else {
+        return Ok(Err(SkipReason::NoUrl));
+    };
+    if event_type != crate::webhook::events::TEST_EVENT
+        && !crate::webhook::stored_events(agent)?.wants(event_type)
+    {
+        return Ok(Err(SkipReason::NotWanted));
+    }
+    Ok(Ok(url))
+}
+
+/// The PostgreSQL channel [`enqueue`] notifies when it creates a delivery and idle workers
+/// listen on (see the settings' `listen`).
+pub const NOTIFY_CHANNEL: &str = "agent_webhooks_deliveries";
+
+pub(super) fn check_event_field(field: &'static str, value: &str) -> Result<()> {
+    if value.trim().is_empty() || value.len() > 255 {
+        return Err(Error::InvalidEvent {
+            field,
+            rule: "must be 1 to 255 characters",
+        });
+    }
+    Ok(())
+}
+
 /// Rows per `INSERT` of [`enqueue_many`]: well inside every backend's limit of bound
 /// parameters (10 a row).
-const INSERT_ROWS: usize = MAX_PAGE_SIZE as usize;
+pub(super) const INSERT_ROWS: usize = MAX_PAGE_SIZE as usize;
 /// Payload bytes per `INSERT` of [`enqueue_many`]: keeps one statement well under MariaDB's
 /// default `max_allowed_packet` (16 MiB) whatever `max_payload_bytes` is.
-const INSERT_BYTES: usize = 4 << 20;
+pub(super) const INSERT_BYTES: usize = 4 << 20;
 
 /// One delivery for [`enqueue_many`]: what [`enqueue`] takes, per item.
 #[derive(Clone, Copy, Debug)]
@@ -172,7 +251,7 @@ pub async fn enqueue_many<C: ConnectionTrait>(
 
 /// A delivery about to be inserted.
 #[derive(Clone)]
-struct NewRow<'a> {
+pub(super) struct NewRow<'a> {
     id: String,
     organization_id: &'a str,
     agent_id: &'a str,
@@ -204,13 +283,13 @@ impl NewRow<'_> {
     }
 }
 
-fn new_id() -> String {
+pub(super) fn new_id() -> String {
     format!("dlv-{}", uuid::Uuid::now_v7())
 }
 
 /// MySQL's "You have an error in your SQL syntax": MySQL (unlike MariaDB) has no
 /// `INSERT … RETURNING`.
-const MYSQL_PARSE_ERROR: &str = "42000";
+pub(super) const MYSQL_PARSE_ERROR: &str = "42000";
 
 /// Inserts `rows` in one statement, each unless its `(agent_id, event_id)` exists, and says per
 /// row (in order) whether it was created or which delivery already was.
@@ -218,7 +297,7 @@ const MYSQL_PARSE_ERROR: &str = "42000";
 /// On PostgreSQL, when a row was created and the settings' `listen` is on, it also sends a
 /// `NOTIFY` on [`NOTIFY_CHANNEL`]: delivered to listening workers when the caller's
 /// transaction commits (at once outside one), so they send without waiting for their next poll.
-async fn insert_rows<C: ConnectionTrait>(
+pub(super) async fn insert_rows<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
     rows: &[NewRow<'_>],
@@ -235,7 +314,7 @@ async fn insert_rows<C: ConnectionTrait>(
     Ok(done)
 }
 
-async fn insert_rows_quietly<C: ConnectionTrait>(
+pub(super) async fn insert_rows_quietly<C: ConnectionTrait>(
     db: &C,
     rows: &[NewRow<'_>],
     now: DateTime<Utc>,
@@ -351,7 +430,7 @@ async fn insert_rows_quietly<C: ConnectionTrait>(
 
 /// Every column of a delivery but the payload (read as NULL, so the row still decodes as the
 /// entity's model), for a `RETURNING` or `SELECT` list.
-fn returned_columns() -> String {
+pub(super) fn returned_columns() -> String {
     use sea_orm::Iterable;
     let mut columns: Vec<String> = wd::Column::iter()
         .filter(|c| !matches!(c, wd::Column::Payload))
@@ -362,7 +441,7 @@ fn returned_columns() -> String {
 }
 
 /// The stored deliveries of the `(agent_id, event_id)` pairs of `rows`, without payloads.
-fn stored_rows(rows: &[NewRow<'_>]) -> Select<wd::Entity> {
+pub(super) fn stored_rows(rows: &[NewRow<'_>]) -> Select<wd::Entity> {
     let mut pairs = Condition::any();
     for row in rows {
         pairs = pairs.add(
@@ -380,7 +459,9 @@ fn stored_rows(rows: &[NewRow<'_>]) -> Select<wd::Entity> {
         .filter(pairs)
 }
 
-fn by_key(found: Vec<sea_orm::QueryResult>) -> Result<HashMap<(String, String), wd::Model>> {
+pub(super) fn by_key(
+    found: Vec<sea_orm::QueryResult>,
+) -> Result<HashMap<(String, String), wd::Model>> {
     let models = found
         .iter()
         .map(|row| wd::Model::from_query_result(row, ""))
@@ -388,206 +469,9 @@ fn by_key(found: Vec<sea_orm::QueryResult>) -> Result<HashMap<(String, String), 
     Ok(index_models(models))
 }
 
-fn index_models(models: Vec<wd::Model>) -> HashMap<(String, String), wd::Model> {
+pub(super) fn index_models(models: Vec<wd::Model>) -> HashMap<(String, String), wd::Model> {
     models
         .into_iter()
         .map(|model| ((model.agent_id.clone(), model.event_id.clone()), model))
         .collect()
-}
-
-/// Records the outcomes of a finished batch of claims in one guarded `UPDATE` per call, with
-/// the rules of [`record_outcome`] per row: each outcome applies only while its claim is
-/// current (same attempt, no result yet), and its result (in order) is the [`Decision`] or
-/// [`Error::StaleClaim`]. A claim repeated within `outcomes` is stale after its first entry.
-/// Each outcome comes with the instant it was had, as `now` of [`record_outcome`]: its retry
-/// is scheduled from there (a `Retry-After` counts from the answer, not from the recording)
-/// and a delivered one is stamped delivered then.
-///
-/// PostgreSQL and SQLite run one `UPDATE … SET col = CASE id WHEN … END … WHERE id IN (…) AND
-/// attempt_count = CASE id WHEN … END AND <no result yet> RETURNING id`; MySQL/MariaDB, which
-/// have no `UPDATE … RETURNING`, lock the current rows with a `SELECT … FOR UPDATE` first, in a
-/// transaction. Endpoint health then costs one read of the batch's agents, and a write only for
-/// an agent whose health changes: per agent, the outcomes of the batch count in their order in
-/// `outcomes` (the last one decides; a success followed by failures restarts the failure run),
-/// judged at the latest instant of the batch.
-///
-/// Up to [`MAX_PAGE_SIZE`] outcomes per call ([`Error::InvalidLimit`] beyond).
-pub async fn record_outcomes<'a, I>(
-    db: impl IntoDatabaseExecutor<'_>,
-    settings: &WebhookSettings,
-    outcomes: I,
-) -> Result<Vec<Result<Decision>>>
-where
-    I: IntoIterator<Item = (&'a Claim, &'a AttemptOutcome, DateTime<Utc>)>,
-{
-    let db = &db.into_database_executor();
-    let timed: Vec<(&Claim, &AttemptOutcome, DateTime<Utc>)> = outcomes.into_iter().collect();
-    let Some(now) = timed.iter().map(|(_, _, at)| *at).max() else {
-        return Ok(Vec::new());
-    };
-    let outcomes: Vec<(&Claim, &AttemptOutcome)> = timed.iter().map(|(c, o, _)| (*c, *o)).collect();
-    check_limit(outcomes.len() as u64)?;
-    let backend = db.get_database_backend();
-    // Decided before the first await: the thread-local generator is not `Send`.
-    let decisions: Vec<Decision> = {
-        let mut rng = rand::rng();
-        timed
-            .iter()
-            .map(|(claim, outcome, at)| {
-                let attempts = u32::try_from(claim.attempt).unwrap_or(0);
-                settings
-                    .retry
-                    .next_attempt(attempts, outcome, *at, &mut rng)
-            })
-            .collect()
-    };
-    let mut seen = HashSet::new();
-    let first: Vec<bool> = outcomes
-        .iter()
-        .map(|(claim, _)| seen.insert(claim.delivery.id.as_str()))
-        .collect();
-
-    let case = |column: wd::Column, value: &dyn Fn(usize) -> sea_orm::Value| {
-        let mut expr: Option<sea_orm::sea_query::CaseStatement> = None;
-        for (i, (claim, _)) in outcomes.iter().enumerate().filter(|(i, _)| first[*i]) {
-            let when = Expr::col(wd::Column::Id).eq(claim.delivery.id.as_str());
-            expr = Some(match expr {
-                None => Expr::case(when, Expr::value(value(i))),
-                Some(case) => case.case(when, Expr::value(value(i))),
-            });
-        }
-        expr.map(|case| case.finally(Expr::col(column)))
-    };
-    let no_stamp = || sea_orm::Value::from(None::<DateTimeWithTimeZone>);
-    let ids: Vec<&str> = outcomes
-        .iter()
-        .zip(&first)
-        .filter(|(_, first)| **first)
-        .map(|((claim, _), _)| claim.delivery.id.as_str())
-        .collect();
-    let (Some(attempt), Some(status), Some(error), Some(delivered_at), Some(next_retry_at)) = (
-        case(wd::Column::AttemptCount, &|i| outcomes[i].0.attempt.into()),
-        case(wd::Column::StatusCode, &|i| match outcomes[i].1 {
-            AttemptOutcome::Status { code, .. } => Some(i32::from(*code)).into(),
-            _ => None::<i32>.into(),
-        }),
-        case(wd::Column::ErrorMessage, &|i| match decisions[i] {
-            Decision::Delivered => None::<String>.into(),
-            _ => Some(error_text(outcomes[i].1)).into(),
-        }),
-        case(wd::Column::DeliveredAt, &|i| match decisions[i] {
-            Decision::Delivered => stamp(backend, timed[i].2),
-            _ => no_stamp(),
-        }),
-        case(wd::Column::NextRetryAt, &|i| match decisions[i] {
-            Decision::RetryAt(next) => stamp(backend, next),
-            _ => no_stamp(),
-        }),
-    ) else {
-        return Err(DbErr::Custom("an empty batch of outcomes".to_owned()).into());
-    };
-    let current = Condition::all()
-        .add(wd::Column::Id.is_in(ids.iter().copied()))
-        .add(Expr::col(wd::Column::AttemptCount).eq(attempt))
-        .add(wd::Column::DeliveredAt.is_null())
-        .add(wd::Column::StatusCode.is_null())
-        .add(wd::Column::ErrorMessage.is_null());
-    let mut update = Query::update();
-    update
-        .table(wd::Entity)
-        .value(wd::Column::StatusCode, status)
-        .value(wd::Column::ErrorMessage, error)
-        .value(wd::Column::DeliveredAt, delivered_at)
-        .value(wd::Column::NextRetryAt, next_retry_at)
-        .cond_where(current.clone());
-    let applied: HashSet<String> = match backend {
-        DbBackend::MySql => {
-            let mut lock = Query::select();
-            lock.column(wd::Column::Id)
-                .from(wd::Entity)
-                .cond_where(current)
-                .lock(LockType::Update);
-            in_transaction(db, |txn| {
-                let (lock, update) = (lock.clone(), update.clone());
-                Box::pin(async move { Ok(update_locked(txn, &lock, &update).await?) })
-            })
-            .await?
-            .into_iter()
-            .collect()
-        }
-        _ => {
-            update.returning_col(wd::Column::Id);
-            retry_statement(db, || async {
-                db.query_all(&update)
-                    .await?
-                    .iter()
-                    .map(|row| row.try_get_by_index::<String>(0))
-                    .collect::<Result<HashSet<_>, _>>()
-            })
-            .await?
-        }
-    };
-
-    // Endpoint health, per agent, from the outcomes that applied, in order.
-    let mut health: Vec<(&str, bool, bool)> = Vec::new(); // (agent, last delivered, success before)
-    let mut results = Vec::with_capacity(outcomes.len());
-    for (i, (claim, _)) in outcomes.iter().enumerate() {
-        if !first[i] || !applied.contains(&claim.delivery.id) {
-            results.push(Err(stale(claim)));
-            continue;
-        }
-        let decision = match decisions[i] {
-            Decision::RetryAt(next) => Decision::RetryAt(at(next).to_utc()),
-            decision => decision,
-        };
-        let delivered = matches!(decision, Decision::Delivered);
-        match health
-            .iter_mut()
-            .find(|(agent, _, _)| *agent == claim.delivery.agent_id)
-        {
-            Some(entry) => {
-                entry.2 |= entry.1;
-                entry.1 = delivered;
-            }
-            None => health.push((&claim.delivery.agent_id, delivered, false)),
-        }
-        tracing::debug!(delivery = %claim.delivery.id, attempt = claim.attempt, ?decision, "recorded attempt");
-        results.push(Ok(decision));
-    }
-    if !health.is_empty() {
-        // Agent rows are written in one order by every worker, so two batches that share
-        // agents cannot deadlock on them.
-        health.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let current: HashMap<String, (bool, Option<DateTimeWithTimeZone>)> = agents::Entity::find()
-            .select_only()
-            .column(agents::Column::Id)
-            .column(agents::Column::WebhookEnabled)
-            .column(agents::Column::WebhookFailingSince)
-            .filter(agents::Column::Id.is_in(health.iter().map(|(agent, _, _)| *agent)))
-            .into_tuple::<(String, bool, Option<DateTimeWithTimeZone>)>()
-            .all(db)
-            .await?
-            .into_iter()
-            .map(|(id, enabled, since)| (id, (enabled, since)))
-            .collect();
-        for (agent_id, delivered, success_before) in health {
-            let Some(&state) = current.get(agent_id) else {
-                continue;
-            };
-            if !delivered && success_before {
-                // A success ended the run, the failures after it start a new one now.
-                agents::Entity::update_many()
-                    .col_expr(
-                        agents::Column::WebhookFailingSince,
-                        Expr::value(stamp(backend, now)),
-                    )
-                    .filter(agents::Column::Id.eq(agent_id))
-                    .exec(db)
-                    .await?;
-            } else {
-                apply_health(db, settings, agent_id, state, delivered, now).await?;
-            }
-        }
-    }
-    Ok(results)
 }

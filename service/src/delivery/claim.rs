@@ -1,0 +1,228 @@
+//! Claiming: leasing due deliveries to one worker in one atomic step, and giving a claim back
+//! unsent.
+
+use super::*;
+
+/// Leases up to `limit` due deliveries (earliest `next_retry_at` first) to the caller for the
+/// settings' `claim_lease`.
+///
+/// One atomic step per backend, so concurrent workers never get the same delivery:
+/// PostgreSQL runs one `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`;
+/// SQLite, which serialises writers, one `UPDATE … RETURNING`; MariaDB/MySQL, which have no
+/// `UPDATE … RETURNING`, a transaction of `SELECT … FOR UPDATE SKIP LOCKED`, `UPDATE`, `SELECT`.
+///
+/// A due delivery whose final attempt (by the settings' `retry.max_attempts`) ran out of lease
+/// without a report is marked exhausted by the same statement and not returned, so a call may
+/// return fewer than `limit` claims while more are due; call again until it returns none.
+pub async fn claim_due(
+    db: impl IntoDatabaseExecutor<'_>,
+    settings: &WebhookSettings,
+    now: impl Into<Now>,
+    limit: u64,
+) -> Result<Vec<Claim>> {
+    let db = &db.into_database_executor();
+    let limit = check_limit(limit)?;
+    let backend = db.get_database_backend();
+    let plan = ClaimPlan::new(backend, settings, now.into(), limit);
+    let rows = match backend {
+        DbBackend::MySql => {
+            let (due, lease) = (plan.due, plan.lease);
+            in_transaction(db, |txn| {
+                let (due, lease) = (due.clone(), lease.clone());
+                Box::pin(async move { Ok(claim_locked(txn, &due, &lease).await?) })
+            })
+            .await?
+        }
+        _ => {
+            let statement = plan.single_statement(backend);
+            retry_statement(db, || {
+                wd::Entity::find().from_raw_sql(statement.clone()).all(db)
+            })
+            .await?
+        }
+    };
+    let lease = chrono::Duration::from_std(settings.claim_lease).unwrap_or(chrono::Duration::MAX);
+    Ok(rows
+        .into_iter()
+        .filter_map(|mut row| {
+            // Rows marked exhausted by this claim are not leased to the caller. A leased row's
+            // `next_retry_at` is its lease, on the clock the claim was decided by.
+            let lease_until = row.next_retry_at?.to_utc();
+            let now = lease_until.checked_sub_signed(lease).unwrap_or(lease_until);
+            Some(Claim {
+                attempt: row.attempt_count,
+                lease_until,
+                payload: row.payload.take(),
+                delivery: WebhookDelivery::from_model(row, now),
+            })
+        })
+        .collect())
+}
+
+/// The two halves of a claim: the due rows (locked, skipping rows other workers hold, where
+/// the backend can) and the update that leases them.
+pub(super) struct ClaimPlan {
+    pub(super) due: SelectStatement,
+    pub(super) lease: UpdateStatement,
+}
+
+impl ClaimPlan {
+    pub(super) fn new(
+        backend: DbBackend,
+        settings: &WebhookSettings,
+        now: Now,
+        limit: u64,
+    ) -> Self {
+        let max_attempts = i32::try_from(settings.retry.max_attempts).unwrap_or(i32::MAX);
+        let lease_for =
+            chrono::Duration::from_std(settings.claim_lease).unwrap_or(chrono::Duration::MAX);
+
+        let mut due = Query::select();
+        due.column(wd::Column::Id)
+            .from(wd::Entity)
+            .and_where(Expr::col(wd::Column::NextRetryAt).lte(instant_expr(
+                backend,
+                now,
+                chrono::Duration::zero(),
+            )))
+            .and_where(wd::Column::DeliveredAt.is_null())
+            .order_by(wd::Column::NextRetryAt, Order::Asc)
+            .limit(limit);
+        if backend != DbBackend::Sqlite {
+            due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        }
+        // A due row whose attempts are used up (its final attempt's lease ran out without a
+        // report) is marked exhausted instead of leased, in the same statement, so the claim
+        // never has to scan the due range for such rows separately. `attempt_count` is
+        // assigned last: MySQL evaluates assignments left to right.
+        let used_up = || Expr::col(wd::Column::AttemptCount).gte(max_attempts);
+        let mut lease = Query::update();
+        lease
+            .table(wd::Entity)
+            .value(
+                wd::Column::NextRetryAt,
+                Expr::case(used_up(), Expr::value(None::<DateTimeWithTimeZone>))
+                    .finally(instant_expr(backend, now, lease_for)),
+            )
+            .value(
+                wd::Column::ErrorMessage,
+                Expr::case(used_up(), Expr::value(LOST_FINAL_ATTEMPT))
+                    .finally(Expr::value(None::<String>)),
+            )
+            .value(
+                wd::Column::StatusCode,
+                Expr::case(used_up(), Expr::col(wd::Column::StatusCode))
+                    .finally(Expr::value(None::<i32>)),
+            )
+            .value(
+                wd::Column::AttemptCount,
+                Expr::case(used_up(), Expr::col(wd::Column::AttemptCount))
+                    .finally(Expr::col(wd::Column::AttemptCount).add(1)),
+            );
+        ClaimPlan { due, lease }
+    }
+
+    /// The whole claim as one `UPDATE … WHERE id IN (due) RETURNING` (PostgreSQL, SQLite).
+    pub(super) fn single_statement(mut self, backend: DbBackend) -> Statement {
+        backend.build(
+            self.lease
+                .and_where(Expr::col(wd::Column::Id).in_subquery(self.due))
+                .returning_all(),
+        )
+    }
+}
+
+/// The error of a delivery whose final attempt's lease ran out without a report.
+pub(super) const LOST_FINAL_ATTEMPT: &str =
+    "no result was reported for the final attempt before its lease ran out";
+
+/// MySQL's stand-in for `UPDATE … RETURNING id`, in the caller's transaction: locks the rows
+/// `lock` selects (its first column is their id) and applies `update` to exactly those; returns
+/// their ids. Shared by the claim and the batched record.
+pub(super) async fn update_locked<C: ConnectionTrait>(
+    txn: &C,
+    lock: &SelectStatement,
+    update: &UpdateStatement,
+) -> Result<Vec<String>, DbErr> {
+    let ids: Vec<String> = txn
+        .query_all(lock)
+        .await?
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0))
+        .collect::<Result<_, _>>()?;
+    if !ids.is_empty() {
+        let mut update = update.clone();
+        update.and_where(wd::Column::Id.is_in(ids.clone()));
+        txn.execute(&update).await?;
+    }
+    Ok(ids)
+}
+
+/// MySQL's claim, run [`in_transaction`]: lock the due rows, lease them, read them.
+pub(super) async fn claim_locked<C: ConnectionTrait>(
+    txn: &C,
+    due: &SelectStatement,
+    lease_update: &UpdateStatement,
+) -> Result<Vec<wd::Model>, DbErr> {
+    let ids = update_locked(txn, due, lease_update).await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    wd::Entity::find()
+        .filter(wd::Column::Id.is_in(ids))
+        .all(txn)
+        .await
+}
+
+/// Sends a guarded single-row update (see [`claimed`]) with [`retry_statement`]; answers how
+/// many rows it changed.
+pub(super) async fn exec_claimed(
+    db: &DatabaseExecutor<'_>,
+    update: &sea_orm::UpdateMany<wd::Entity>,
+) -> Result<u64, DbErr> {
+    let result = retry_statement(db, || update.clone().exec(db)).await?;
+    Ok(result.rows_affected)
+}
+
+/// Gives a claim back unsent: the delivery is due again at `due` and the attempt the claim
+/// counted is uncounted, as if it had never been claimed. For a worker that cannot start the
+/// attempt while the lease still covers it (its host is busy, see [`crate::dispatch`]): letting
+/// the lease run out instead would delay the delivery by the lease and use up an attempt.
+///
+/// Guarded by the claim like [`record_outcome`]: fails with [`Error::StaleClaim`], changing
+/// nothing, when the delivery was claimed again since or this attempt was already reported.
+pub async fn release(
+    db: impl IntoDatabaseExecutor<'_>,
+    claim: &Claim,
+    due: DateTime<Utc>,
+) -> Result<()> {
+    let db = &db.into_database_executor();
+    let update = claimed(claim)
+        .col_expr(
+            wd::Column::NextRetryAt,
+            Expr::value(stamp(db.get_database_backend(), due)),
+        )
+        .col_expr(wd::Column::AttemptCount, Expr::value(claim.attempt - 1));
+    if exec_claimed(db, &update).await? == 0 {
+        return Err(stale(claim));
+    }
+    Ok(())
+}
+
+/// The update of a claimed delivery, applying only while the claim is current: same attempt,
+/// no result recorded yet.
+pub(super) fn claimed(claim: &Claim) -> sea_orm::UpdateMany<wd::Entity> {
+    wd::Entity::update_many()
+        .filter(wd::Column::Id.eq(claim.delivery.id.as_str()))
+        .filter(wd::Column::AttemptCount.eq(claim.attempt))
+        .filter(wd::Column::DeliveredAt.is_null())
+        .filter(wd::Column::StatusCode.is_null())
+        .filter(wd::Column::ErrorMessage.is_null())
+}
+
+pub(super) fn stale(claim: &Claim) -> Error {
+    Error::StaleClaim {
+        id: claim.delivery.id.clone(),
+        attempt: claim.attempt,
+    }
+}
