@@ -2,45 +2,13 @@
 
 use super::*;
 
-/// Keeps the agent's endpoint health after an outcome: a failure starts the streak
-/// (`webhook_failing_since`) if none is running, a success ends it, and a failure once the
-/// streak is `settings.disable_after` old disables the webhook with a reason. Its pending
-/// deliveries are left as they are.
-///
-/// The agent is read first without a lock and written only when something changes, so the
-/// usual outcome (success of a healthy webhook) locks no agent row. Every write is guarded by
-/// the state it changes, so concurrent workers start a streak once and disable once.
-pub(super) async fn record_health<C: ConnectionTrait>(
-    db: &C,
-    settings: &WebhookSettings,
-    agent_id: &str,
-    delivered: bool,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let Some((enabled, failing_since)) = agents::Entity::find_by_id(agent_id)
-        .select_only()
-        .column(agents::Column::WebhookEnabled)
-        .column(agents::Column::WebhookFailingSince)
-        .into_tuple::<(bool, Option<DateTimeWithTimeZone>)>()
-        .one(db)
-        .await?
-    else {
-        return Ok(());
-    };
-    apply_health(
-        db,
-        settings,
-        agent_id,
-        (enabled, failing_since),
-        delivered,
-        now,
-    )
-    .await
-}
-
-/// The writes of [`record_health`] for an agent whose health columns (`webhook_enabled`,
-/// `webhook_failing_since`) were read as `health`: shared with the batched
-/// [`record_outcomes`], which reads every agent of a batch in one statement.
+/// Keeps the agent's endpoint health after an outcome, its health columns (`webhook_enabled`,
+/// `webhook_failing_since`) read as `health` by [`record_outcomes`] (one read for every agent
+/// of a batch): a failure starts the run of failures (`webhook_failing_since`) if none is
+/// running, a success ends it, and a failure once the run is `settings.disable_after` old
+/// disables the webhook with a reason. Its pending deliveries are left as they are. Written
+/// only when something changes, each write guarded by the state it changes, so concurrent
+/// workers start a run once and disable once.
 pub(super) async fn apply_health<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,

@@ -24,7 +24,7 @@ pub(crate) async fn existing_ids<C: ConnectionTrait>(
 
 /// Stores the outcome of the claimed attempt and decides, by the settings' retry policy, what
 /// comes next: [`Decision::Delivered`], a retry at an instant (as stored, to the microsecond),
-/// or [`Decision::GiveUp`].
+/// or [`Decision::GiveUp`]: [`record_outcomes`] for one claim.
 ///
 /// Fails with [`Error::StaleClaim`], changing nothing, when the delivery was claimed again
 /// since (the lease ran out) or this attempt was already reported.
@@ -35,50 +35,17 @@ pub async fn record_outcome(
     outcome: &AttemptOutcome,
     now: DateTime<Utc>,
 ) -> Result<Decision> {
-    let db = &db.into_database_executor();
-    let attempts = u32::try_from(claim.attempt).unwrap_or(0);
-    // The thread-local generator is not `Send`: it is used and dropped before the first await.
-    let decision = settings
-        .retry
-        .next_attempt(attempts, outcome, now, &mut rand::rng());
-    let status = match outcome {
-        AttemptOutcome::Status { code, .. } => Some(i32::from(*code)),
-        _ => None,
-    };
-    let no_retry = || Expr::value(None::<DateTimeWithTimeZone>);
-    let backend = db.get_database_backend();
-    let mut update = claimed(claim).col_expr(wd::Column::StatusCode, Expr::value(status));
-    let decision = match decision {
-        Decision::Delivered => {
-            update = update
-                .col_expr(wd::Column::DeliveredAt, Expr::value(stamp(backend, now)))
-                .col_expr(wd::Column::NextRetryAt, no_retry());
-            decision
-        }
-        Decision::RetryAt(next) => {
-            update = update
-                .col_expr(wd::Column::ErrorMessage, Expr::value(error_text(outcome)))
-                .col_expr(wd::Column::NextRetryAt, Expr::value(stamp(backend, next)));
-            Decision::RetryAt(at(next).to_utc())
-        }
-        Decision::GiveUp(_) => {
-            update = update
-                .col_expr(wd::Column::ErrorMessage, Expr::value(error_text(outcome)))
-                .col_expr(wd::Column::NextRetryAt, no_retry());
-            decision
-        }
-    };
-    if exec_claimed(db, &update).await? == 0 {
-        return Err(stale(claim));
-    }
-    tracing::debug!(delivery = %claim.delivery.id, attempt = claim.attempt, ?decision, "recorded attempt");
-    let delivered = matches!(decision, Decision::Delivered);
-    record_health(db, settings, &claim.delivery.agent_id, delivered, now).await?;
-    Ok(decision)
+    record_outcomes(db, settings, [(claim, outcome, now)])
+        .await?
+        .pop()
+        .unwrap_or_else(|| Err(stale(claim)))
 }
 
-/// [`record_attempt`] for many attempts, in one `INSERT` per [`MAX_PAGE_SIZE`] rows (the
-/// worker appends a finished batch at once).
+/// Appends attempts to the attempt log, in one `INSERT` per [`MAX_PAGE_SIZE`] rows (the worker
+/// appends a finished batch at once). Recording the same attempt twice keeps the first row
+/// (the unique `(delivery_id, attempt)` decides), so a retried report cannot duplicate it.
+/// Text is stored as the columns can hold it (see `truncate`); an attempt of a delivery that
+/// does not exist fails the statement on the foreign key.
 pub async fn record_attempts<'a, C, I>(db: &C, attempts: I) -> Result<()>
 where
     C: ConnectionTrait,
