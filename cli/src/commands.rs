@@ -27,9 +27,11 @@ use crate::args::{
     Cli, Command, ConfigCommand, DeliveriesCommand, EventsCommand, SecretsCommand, SigningCommand,
 };
 use crate::output::{self, Progress};
+use crate::stop::StopSignals;
 
-/// Runs the parsed command line; an error is what the operator reads (exit 1).
-pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+/// Runs the parsed command line; an error is what the operator reads (exit 1). `stop`: the
+/// worker's stop signals, caught by `main` before anything else.
+pub async fn execute(cli: Cli, stop: Option<StopSignals>) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
         Command::CheckUrl { url, development } => {
@@ -158,22 +160,57 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Worker { once, metrics_addr } => {
-            let settings = WebhookSettings::from_env()?;
-            if let Some(addr) = metrics_addr {
-                serve_metrics(addr)?;
-            }
-            // One connection per request in flight, one to claim with, one to LISTEN on.
-            let pool = u32::try_from(settings.worker.concurrency + 2).unwrap_or(u32::MAX);
-            let db = connect_with(cli.database_url, pool).await?;
-            let dispatcher = Dispatcher::new(settings, db)?;
-            let report = if once {
-                dispatcher.run_once().await?
-            } else {
-                dispatcher.run(shutdown_signal()).await
+            let stop = match stop {
+                Some(stop) => stop,
+                None => StopSignals::catch().context("cannot catch SIGTERM and SIGINT")?,
             };
-            output::print(json, &report, report_text)
+            run_worker(cli.database_url, once, metrics_addr, stop, json).await
         }
     }
+}
+
+/// `worker`. SIGTERM or SIGINT stops it at any moment, also during start-up (settings,
+/// metrics endpoint, database): the long-running worker then finishes the sends in flight,
+/// prints its report and exits 0 (an empty report when it had not started yet); `--once`,
+/// whose pass cannot be finished early, stops at once and exits 1, leaving the deliveries it
+/// had claimed to their leases, as a kill would.
+async fn run_worker(
+    database_url: Option<String>,
+    once: bool,
+    metrics_addr: Option<std::net::SocketAddr>,
+    mut stop: StopSignals,
+    json: bool,
+) -> anyhow::Result<()> {
+    const INTERRUPTED: &str = "stopped by a signal before the pass finished; the deliveries it \
+                               had claimed are left to their leases";
+    let start = async {
+        let settings = WebhookSettings::from_env()?;
+        if let Some(addr) = metrics_addr {
+            serve_metrics(addr)?;
+        }
+        // One connection per request in flight, one to claim with, one to LISTEN on.
+        let pool = u32::try_from(settings.worker.concurrency + 2).unwrap_or(u32::MAX);
+        let db = connect_with(database_url, pool).await?;
+        anyhow::Ok(Dispatcher::new(settings, db)?)
+    };
+    let dispatcher = tokio::select! {
+        dispatcher = start => dispatcher?,
+        () = stop.recv() => {
+            if once {
+                bail!(INTERRUPTED);
+            }
+            return output::print(json, &DrainReport::default(), report_text);
+        }
+    };
+    let report = if once {
+        tokio::select! {
+            report = dispatcher.run_once() => report?,
+            () = stop.recv() => bail!(INTERRUPTED),
+        }
+    } else {
+        dispatcher.run(stop.recv()).await
+    };
+    output::print(json, &report, report_text)
 }
 
 /// Installs the Prometheus recorder and its scrape endpoint on `addr` (any path answers; the
@@ -185,29 +222,6 @@ fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
         .with_context(|| format!("cannot serve metrics on {addr}"))?;
     agent_webhooks::metrics::describe();
     Ok(())
-}
-
-/// Completes on SIGTERM or SIGINT (Ctrl-C), whichever comes first.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 fn report_text(r: &DrainReport) -> String {
@@ -271,7 +285,7 @@ async fn run_config(
             let view = webhook::configure(db, &settings, &agent, &request).await?;
             if let (true, Some(secret)) = (generated, &secret) {
                 // Shown once, on purpose: the operator hands it to the receiver.
-                eprintln!("generated signing secret (shown once, store it now):");
+                output::note("generated signing secret (shown once, store it now):");
                 output::line(secret.expose())?;
             }
             view
@@ -307,9 +321,9 @@ async fn run_signing(
             if json {
                 return output::print(true, &value, |_| String::new());
             }
-            eprintln!("new signing secret (shown once, store it now):");
+            output::note("new signing secret (shown once, store it now):");
             output::line(rotated.secret.expose())?;
-            eprintln!(
+            output::note(&format!(
                 "key id {}; {}",
                 rotated.key_id,
                 match &rotated.previous {
@@ -320,7 +334,7 @@ async fn run_signing(
                     ),
                     None => "no previous secret keeps signing".to_owned(),
                 }
-            );
+            ));
             Ok(())
         }
         SigningCommand::RevokePrevious { agent } => {
@@ -375,8 +389,10 @@ fn signing_keys_text(view: &SigningKeysView) -> String {
     )
 }
 
+/// The configuration; when the worker disabled the webhook, also when and why, and since when
+/// attempts have been failing (what an operator needs to decide whether to enable it again).
 fn config_text(view: &WebhookConfigView) -> String {
-    format!(
+    let mut text = format!(
         "agent {}\n  url: {}\n  enabled: {}\n  secret: {}\n  events: {}",
         view.agent_id,
         view.webhook_url.as_deref().unwrap_or("(none)"),
@@ -387,7 +403,20 @@ fn config_text(view: &WebhookConfigView) -> String {
         } else {
             view.webhook_events.join(", ")
         },
-    )
+    );
+    if let Some(at) = view.disabled_at {
+        text.push_str(&format!(
+            "\n  disabled by the worker: {} ({})",
+            instant(at),
+            view.disabled_reason
+                .as_deref()
+                .unwrap_or("no reason recorded")
+        ));
+    }
+    if let Some(since) = view.failing_since {
+        text.push_str(&format!("\n  failing since: {}", instant(since)));
+    }
+    text
 }
 
 async fn run_deliveries(
@@ -567,12 +596,16 @@ async fn connect(url: Option<String>) -> anyhow::Result<DatabaseConnection> {
 
 async fn connect_with(url: Option<String>, pool: u32) -> anyhow::Result<DatabaseConnection> {
     let url = url.unwrap_or_else(|| {
-        eprintln!(
+        output::note(&format!(
             "DATABASE_URL is not set: using the embedded SQLite database {}",
             migration::DEFAULT_DATABASE_URL
-        );
+        ));
         migration::DEFAULT_DATABASE_URL.to_owned()
     });
+    // The pool would retry a refused connection for the whole connect timeout, then say only
+    // "pool timed out": one connection of our own first fails at once and names host, port
+    // and cause.
+    migration::check_reachable(&url, migration::CONNECT_TIMEOUT).await?;
     // The URL stays out of the message: it may hold a password.
     agent_webhooks::db::connect(&url, pool)
         .await

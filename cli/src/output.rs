@@ -1,6 +1,8 @@
 //! How results and errors look: JSON with `--json`, otherwise aligned text for a person; an
 //! error is one line on stderr that never carries the database password; progress is drawn only
-//! on a terminal, so that scripts and logs get the one summary line.
+//! on a terminal, so that scripts and logs get the one summary line. A reader that closes
+//! stdout early (`agent-webhooks … | head -1`) ends the command quietly with status 0, as
+//! `head` expects of the commands it reads: see [`StdoutClosed`].
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -10,9 +12,6 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 /// Prints `value` as pretty JSON, or the text `text` makes from it, on stdout.
-///
-/// Writes through `writeln!` rather than `println!`, so that a closed pipe
-/// (`agent-webhooks … | head -1`) is an error (exit 1) rather than a panic.
 pub fn print<T: Serialize>(
     json: bool,
     value: &T,
@@ -26,12 +25,34 @@ pub fn print<T: Serialize>(
     line(&rendered)
 }
 
-/// Prints one line (or several, joined by `\n`) on stdout.
+/// Prints one line (or several, joined by `\n`) on stdout; a closed stdout is
+/// [`StdoutClosed`].
 pub fn line(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}")?;
-    out.flush()?;
-    Ok(())
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        result => Ok(result?),
+    }
+}
+
+/// Stdout's reader went away (`| head -1`): the command stops, and `main` exits 0 without a
+/// word, because the reader has all it asked for. Rust ignores SIGPIPE, so this is an error
+/// to handle rather than the signal that ends C tools; restoring the signal's default instead
+/// would also let a write to a closed socket kill a worker.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// A line on stderr (notes, the error line); a closed stderr is no reason to panic.
+pub fn note(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
 }
 
 /// `name: value` lines with the values aligned in one column.

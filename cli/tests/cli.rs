@@ -878,8 +878,12 @@ async fn events_emit_then_worker_once(backend: Backend) {
     assert_eq!(bad.code, Some(1), "{}", bad.stdout);
     assert!(bad.stderr.contains("does not hold JSON"), "{}", bad.stderr);
 
-    let worker = run(&["worker", "--once", "--json"], &env, None);
+    // With its per-attempt log lines on, into a pipe: no colour codes there.
+    let logged = [&env[..], &[("AGENT_WEBHOOKS_LOG", "info")]].concat();
+    let worker = run(&["worker", "--once", "--json"], &logged, None);
     assert_eq!(worker.code, Some(0), "{}", worker.stderr);
+    assert!(worker.stderr.contains("agent-1"), "{}", worker.stderr);
+    assert!(!worker.stderr.contains('\x1b'), "{:?}", worker.stderr);
     let report = json(&worker.stdout);
     assert_eq!(
         (report["attempts"].as_u64(), report["delivered"].as_u64()),
@@ -1447,5 +1451,253 @@ backend_tests!(
     deliveries_commands,
     events_emit_then_worker_once,
     signing_commands,
-    killed_worker_loses_no_delivery
+    killed_worker_loses_no_delivery,
+    config_show_says_when_and_why_the_worker_disabled_it
 );
+
+/// Runs `agent-webhooks ARGS` with stdout (or, with `stderr_closed`, stderr) a pipe whose
+/// reader is gone before it starts, as after `| head -1` has read its line; its exit status
+/// and the other stream.
+fn run_into_closed_pipe(args: &[&str], env: &[(&str, &str)], stderr_closed: bool) -> Run {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent-webhooks"));
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("WEBHOOK_SECRET_KEYS")
+        .env_remove("WEBHOOK_URL_POLICY")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    if stderr_closed {
+        cmd.stdout(Stdio::piped()).stderr(writer);
+    } else {
+        cmd.stdout(writer).stderr(Stdio::piped());
+    }
+    let out = cmd.output().expect("run agent-webhooks");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    for args in [
+        &["check-url", "https://hooks.example.com/a"][..],
+        &["sealing-keys", "generate-key", "--key-id", "k1"],
+        &["check-url", "https://hooks.example.com/a", "--json"],
+    ] {
+        let out = run_into_closed_pipe(args, &[], false);
+        assert_eq!(out.code, Some(0), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.is_empty(), "{args:?}: {}", out.stderr);
+    }
+    // Nor does a closed stderr turn the error line into a panic (status 101).
+    let failed = run_into_closed_pipe(&["check-url", "http://hooks.example.com/a"], &[], true);
+    assert_eq!(failed.code, Some(1));
+}
+
+/// A port nothing listens on: a listener's, closed again.
+fn refused_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn a_refused_database_fails_at_once_naming_host_port_and_cause() {
+    let port = refused_port();
+    for scheme in ["postgres", "mysql"] {
+        let url = format!("{scheme}://ops:hunter2@127.0.0.1:{port}/webhooks");
+        let started = Instant::now();
+        let out = run(
+            &["deliveries", "stats", "--agent", "a"],
+            &[("DATABASE_URL", &url)],
+            None,
+        );
+        let took = started.elapsed();
+        assert_eq!(out.code, Some(1), "{}", out.stderr);
+        assert!(took < Duration::from_secs(3), "{took:?}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("127.0.0.1:{port}")) && out.stderr.contains("refused"),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+    }
+}
+
+#[test]
+fn passwords_with_url_characters_never_show() {
+    let port = refused_port();
+    for (url, secret) in [
+        // A `?` ends the authority for a URL parser: the driver quotes the URL it cannot parse.
+        (
+            format!("postgres://ops:hun?ter2@127.0.0.1:{port}/db"),
+            "ter2",
+        ),
+        (
+            format!("postgres://ops:a?b#c/hun@ter2@127.0.0.1:{port}/db"),
+            "ter2",
+        ),
+        // sqlx takes the password from the query too.
+        (
+            "postgres://ops@127.0.0.1:99999/db?password=hunter2".to_owned(),
+            "hunter2",
+        ),
+        (
+            "mysql://ops@127.0.0.1:99999/db?sslmode=disable&password=hunter2".to_owned(),
+            "hunter2",
+        ),
+    ] {
+        let out = run(
+            &["deliveries", "stats", "--agent", "a"],
+            &[("DATABASE_URL", &url), ("AGENT_WEBHOOKS_LOG", "trace")],
+            None,
+        );
+        assert_eq!(out.code, Some(1), "{url}");
+        assert!(!out.stderr.contains(secret), "{url}: {}", out.stderr);
+    }
+    // A short password masks itself, not every word that contains it.
+    let url = "postgres://ops:none@127.0.0.1:99999/nonexistent";
+    let out = run(
+        &["deliveries", "stats", "--agent", "a"],
+        &[("DATABASE_URL", url)],
+        None,
+    );
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains("ops:***@127.0.0.1:99999/nonexistent"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// SIGTERM while the worker is still connecting (here to a server that accepts and never
+/// answers) stops it cleanly: exit 0 at once with an empty report, not death by the signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_start_up_stops_the_worker_cleanly() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url = format!("postgres://ops:hunter2@127.0.0.1:{port}/db?sslmode=disable");
+    let env = [("DATABASE_URL".to_owned(), url)];
+    for (args, code) in [(&["--json"][..], 0), (&["--once"], 1)] {
+        let mut worker = spawn_worker(&env, args);
+        // Accepted: the worker is connecting, past its first milliseconds.
+        let (socket, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
+            .await
+            .expect("the worker connects")
+            .unwrap();
+        let term = Command::new("kill")
+            .args(["-TERM", &worker.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = worker.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "the worker ignored SIGTERM while connecting"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        drop(socket);
+        let output = worker.wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        assert_eq!(status.code(), Some(code), "{args:?}: {status:?} {stderr}");
+        if code == 0 {
+            assert_eq!(json(&stdout)["attempts"], 0, "{stdout}");
+            assert!(stderr.is_empty(), "{stderr}");
+        } else {
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(stderr.contains("stopped by a signal"), "{stderr}");
+        }
+    }
+}
+
+/// `config show` says when and why the worker disabled a webhook, and since when its attempts
+/// fail.
+async fn config_show_says_when_and_why_the_worker_disabled_it(backend: Backend) {
+    use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+    let t = TestDb::migrated(backend).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    let k1 = KeyRing::generate_key_entry("k1").unwrap();
+    let env = [
+        ("DATABASE_URL", t.url.as_str()),
+        ("WEBHOOK_SECRET_KEYS", k1.as_str()),
+    ];
+    let set = run(
+        &[
+            "config",
+            "set",
+            "--agent",
+            "agent-1",
+            "--url",
+            "https://hooks.example.com/a",
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(set.code, Some(0), "{}", set.stderr);
+    let healthy = run(&["config", "show", "--agent", "agent-1"], &env, None);
+    assert!(
+        !healthy.stdout.contains("disabled by"),
+        "{}",
+        healthy.stdout
+    );
+
+    // What the worker's health rule writes.
+    let at = |s: &str| -> sea_orm::Value {
+        let t = chrono::DateTime::parse_from_rfc3339(s).unwrap();
+        match backend {
+            Backend::Sqlite => t
+                .format(migration::SQLITE_TIMESTAMP_FORMAT)
+                .to_string()
+                .into(),
+            _ => t.into(),
+        }
+    };
+    let reason = "no successful delivery for 5 days";
+    let update = Query::update()
+        .table(Alias::new("agents"))
+        .values([
+            (Alias::new("webhook_enabled"), Expr::value(false)),
+            (
+                Alias::new("webhook_failing_since"),
+                Expr::value(at("2026-11-15T10:00:00Z")),
+            ),
+            (
+                Alias::new("webhook_disabled_at"),
+                Expr::value(at("2026-11-20T10:00:01Z")),
+            ),
+            (Alias::new("webhook_disabled_reason"), Expr::value(reason)),
+        ])
+        .and_where(Expr::col(Alias::new("id")).eq("agent-1"))
+        .to_owned();
+    t.db.execute_raw(t.db.get_database_backend().build(&update))
+        .await
+        .unwrap();
+
+    let show = run(&["config", "show", "--agent", "agent-1"], &env, None);
+    assert_eq!(show.code, Some(0), "{}", show.stderr);
+    assert!(show.stdout.contains("enabled: false"), "{}", show.stdout);
+    assert!(
+        show.stdout.contains(&format!(
+            "disabled by the worker: 2026-11-20T10:00:01.000Z ({reason})"
+        )),
+        "{}",
+        show.stdout
+    );
+    assert!(
+        show.stdout
+            .contains("failing since: 2026-11-15T10:00:00.000Z"),
+        "{}",
+        show.stdout
+    );
+}

@@ -7,8 +7,12 @@
 //!
 //! Every command but `status` holds the migration lock ([`crate::MigrationLock`]) while it runs,
 //! so concurrent deploys take turns: the second `up` waits, finds nothing pending, exits 0.
-//! No message or log line carries the database password ([`crate::redact_secrets`]).
+//! No message or log line carries the database password ([`crate::redact_secrets`]). An
+//! unreachable server is one line naming host, port and cause, at once on a refusal
+//! ([`crate::check_reachable`]). Output to a closed pipe (`migration owned | head -1`) ends the
+//! command quietly with status 0, as if it had finished; log colours only reach a terminal.
 
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -17,7 +21,7 @@ use sea_orm_migration::sea_orm::{ConnectOptions, Database, DbErr};
 
 use crate::{
     CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, LOCK_TIMEOUT, MigrationLock, Migrator, RedactedStderr,
-    redact_secrets,
+    check_reachable, redact_secrets,
 };
 
 #[derive(Debug, Parser)]
@@ -105,7 +109,7 @@ pub async fn run() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             let message = redact_secrets(&message, &database_url);
-            eprintln!("error: {}", message.replace('\n', " "));
+            note(&format!("error: {}", message.replace('\n', " ")));
             ExitCode::FAILURE
         }
     }
@@ -113,21 +117,26 @@ pub async fn run() -> ExitCode {
 
 async fn execute(cli: Cli) -> Result<(), String> {
     if let Some(Command::Owned { format }) = cli.command {
-        println!(
-            "{}",
-            crate::owned::render(match format {
-                OwnedFormat::Json => crate::owned::Format::Json,
-                OwnedFormat::Alembic => crate::owned::Format::Alembic,
-            })
-        );
-        return Ok(());
+        let text = crate::owned::render(match format {
+            OwnedFormat::Json => crate::owned::Format::Json,
+            OwnedFormat::Alembic => crate::owned::Format::Alembic,
+        });
+        let mut out = std::io::stdout().lock();
+        return match writeln!(out, "{text}").and_then(|()| out.flush()) {
+            // The reader has all it wanted (`| head -1`): nothing went wrong.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            result => result.map_err(|e| format!("cannot write to stdout: {e}")),
+        };
     }
     let url = cli.database_url.unwrap_or_else(|| {
-        eprintln!(
+        note(&format!(
             "DATABASE_URL is not set: using the embedded SQLite database {DEFAULT_DATABASE_URL}"
-        );
+        ));
         DEFAULT_DATABASE_URL.to_owned()
     });
+    check_reachable(&url, CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut options = ConnectOptions::new(url);
     options
         .set_schema_search_path(cli.database_schema)
@@ -186,8 +195,14 @@ fn init_tracing(verbose: bool, database_url: String) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(move || RedactedStderr::new(&database_url))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .with_level(false)
         .without_time()
         .try_init();
+}
+
+/// A line on stderr; a closed stderr is no reason to panic (there is no one left to tell).
+fn note(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

@@ -38,6 +38,7 @@ mod lock;
 mod migrator;
 pub mod owned;
 mod ownership;
+mod reach;
 mod redact;
 mod tables;
 
@@ -46,6 +47,7 @@ pub use defaults::{CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, MAX_PAYLOAD_COLUMN_BYT
 pub use lock::{LOCK_TIMEOUT, MigrationLock};
 pub use migrator::Migrator;
 pub use ownership::allowing_data_loss;
+pub use reach::{Endpoint, Unreachable, check_reachable};
 pub use redact::{RedactedStderr, redact_secrets, redact_url};
 
 // The migrations, oldest first: one module per file, named `m<YYYYMMDD>_<HHMMSS>_<name>`.

@@ -490,3 +490,107 @@ fn the_readme_shows_the_hook_the_command_prints() {
         "README.md must show the output of `migration owned --format alembic` verbatim:\n{hook}"
     );
 }
+
+/// A port nothing listens on: a listener's, closed again.
+fn refused_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn passwords_with_url_characters_never_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = refused_port();
+    for (url, secret) in [
+        // A `?` ends the authority for a URL parser: the driver quotes the URL it cannot parse.
+        (
+            format!("postgres://ops:hun?ter2@127.0.0.1:{port}/db"),
+            "ter2",
+        ),
+        (
+            format!("mysql://ops:a?b#c/hun@ter2@127.0.0.1:{port}/db"),
+            "ter2",
+        ),
+        // sqlx takes the password from the query too.
+        (
+            "postgres://ops@127.0.0.1:99999/db?password=hunter2".to_owned(),
+            "hunter2",
+        ),
+        (
+            "mysql://ops@127.0.0.1:99999/db?ssl-mode=disabled&password=hunter2".to_owned(),
+            "hunter2",
+        ),
+    ] {
+        for args in [&["up"][..], &["-v", "status"]] {
+            let out = migration(dir.path(), Some(&url), args);
+            assert_eq!(out.status.code(), Some(1), "{url}");
+            let err = stderr(&out);
+            assert!(!err.contains(secret), "{url}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{url}: {err}");
+        }
+    }
+    // A short password masks itself, not every word that contains it.
+    let url = "postgres://ops:none@127.0.0.1:99999/nonexistent";
+    let err = stderr(&migration(dir.path(), Some(url), &["status"]));
+    assert!(err.contains("ops:***@127.0.0.1:99999/nonexistent"), "{err}");
+}
+
+#[test]
+fn a_refused_database_fails_at_once_naming_host_port_and_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = refused_port();
+    for scheme in ["postgres", "mysql"] {
+        let url = format!("{scheme}://ops:hunter2@127.0.0.1:{port}/webhooks");
+        let started = std::time::Instant::now();
+        let out = migration(dir.path(), Some(&url), &["up"]);
+        let took = started.elapsed();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(took < std::time::Duration::from_secs(3), "{took:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!("127.0.0.1:{port}")) && err.contains("refused"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}
+
+/// Runs `migration ARGS` in `cwd` with stdout (or, with `stderr_closed`, stderr) a pipe whose
+/// reader is gone before it starts, as after `| head -1` has read its line.
+fn migration_into_closed_pipe(cwd: &Path, args: &[&str], stderr_closed: bool) -> Output {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_migration"));
+    cmd.current_dir(cwd).args(args).env_remove("DATABASE_URL");
+    if stderr_closed {
+        cmd.stdout(Stdio::piped()).stderr(writer);
+    } else {
+        cmd.stdout(writer).stderr(Stdio::piped());
+    }
+    cmd.output().expect("run the migration binary")
+}
+
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["json", "alembic"] {
+        let out = migration_into_closed_pipe(dir.path(), &["owned", "--format", format], false);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(out.stderr.is_empty(), "{}", stderr(&out));
+    }
+    // The note that DATABASE_URL is unset, and the log, into a closed stderr: no panic.
+    let out = migration_into_closed_pipe(dir.path(), &["up"], true);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(dir.path().join("webhooks.db").exists());
+}
+
+#[test]
+fn logs_into_a_pipe_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = migration(dir.path(), None, &["-v", "up"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("Applying migration"), "{err}");
+    assert!(!err.contains('\x1b'), "{err:?}");
+}

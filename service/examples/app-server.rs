@@ -13,8 +13,14 @@
 //! It creates organization `org-demo` with agent `agent-demo` if they are missing, and serves
 //! `POST /demo/receiver`, a local webhook receiver that prints what it gets. Demo only: real
 //! apps authenticate their own way and implement `CallerOrganization` on top of it.
+//!
+//! What a real app server should do too: it logs to stderr (`RUST_LOG`, default `info`; colour
+//! only on a terminal; the database password masked), migrates under the migration lock so
+//! that replicas starting together take turns, and on SIGTERM or SIGINT stops taking
+//! connections, lets requests and the worker's sends in flight finish, and exits 0.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 
 use agent_webhooks::dispatch::Dispatcher;
 use agent_webhooks::http::{self, CallerOrganization, HttpState};
@@ -24,8 +30,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use entity::{agents, organizations};
 use futures::future::BoxFuture;
-use migration::{Migrator, MigratorTrait};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, EntityTrait};
+use migration::{MigrationLock, Migrator, MigratorTrait};
+use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
@@ -48,7 +55,34 @@ impl CallerOrganization for DemoTokens {
 
 #[tokio::main]
 async fn main() -> Result<(), AnyError> {
+    // First of all, so that a stop request during start-up is not the signal's default death.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping: finishing requests and sends in flight");
+        let _ = stop.send(true);
+    });
+    let on_stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
     let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    let database_url = var("DATABASE_URL", "sqlite://app-server.db?mode=rwc");
+    let log_url = database_url.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(move || migration::RedactedStderr::new(&log_url))
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
     let settings = WebhookSettings::from_env()?;
     let tokens = var("DEMO_TOKENS", "demo-token=org-demo")
         .split(',')
@@ -60,24 +94,21 @@ async fn main() -> Result<(), AnyError> {
         })
         .collect::<Result<HashMap<_, _>, AnyError>>()?;
 
-    let db =
-        agent_webhooks::db::connect(&var("DATABASE_URL", "sqlite://app-server.db?mode=rwc"), 8)
-            .await?;
-    Migrator::up(&db, None).await?;
-    seed(&db).await?;
-
-    // One shutdown signal (Ctrl-C) for the server and the worker.
-    let (stop, stopped) = watch::channel(false);
-    let on_stop = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
+    let start = async {
+        migration::check_reachable(&database_url, migration::CONNECT_TIMEOUT).await?;
+        let db = agent_webhooks::db::connect(&database_url, 8).await?;
+        migrate(&db).await?;
+        seed(&db).await?;
+        Ok::<_, AnyError>(db)
     };
+    let db = tokio::select! {
+        db = start => db.map_err(|e| migration::redact_secrets(&e.to_string(), &database_url))?,
+        () = on_stop(stopped.clone()) => return Ok(()),
+    };
+
     let worker = Dispatcher::new(settings.clone(), db.clone())?;
     let shutdown = on_stop(stopped.clone());
     let worker = tokio::spawn(async move { worker.run(shutdown).await });
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        let _ = stop.send(true);
-    });
 
     let app = http::router(HttpState::new(db, settings, DemoTokens(tokens)))
         .merge(http::openapi_router())
@@ -88,7 +119,22 @@ async fn main() -> Result<(), AnyError> {
         .with_graceful_shutdown(on_stop(stopped))
         .await?;
     let report = worker.await?;
-    println!("worker stopped: {report:?}");
+    tracing::info!(
+        attempts = report.attempts,
+        delivered = report.delivered,
+        "stopped"
+    );
+    Ok(())
+}
+
+/// Applies pending migrations under the migration lock, as the `migration` binary does: two
+/// replicas starting at once take turns instead of failing half way.
+async fn migrate(db: &DatabaseConnection) -> Result<(), AnyError> {
+    let lock = MigrationLock::acquire(db).await?;
+    let result = Migrator::up(lock.executor(), None).await;
+    lock.release(result.is_ok()).await?;
+    result?;
+    tracing::info!("database schema up to date");
     Ok(())
 }
 
@@ -103,35 +149,26 @@ async fn receive(headers: HeaderMap, body: Bytes) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-/// `org-demo` and its agent `agent-demo`, the platform's rows the demo needs.
+/// `org-demo` and its agent `agent-demo`, the platform's rows the demo needs; inserted unless
+/// present, in one statement each, so that replicas starting together do not collide.
 async fn seed(db: &DatabaseConnection) -> Result<(), AnyError> {
-    if organizations::Entity::find_by_id("org-demo")
-        .one(db)
-        .await?
-        .is_none()
-    {
-        organizations::ActiveModel {
-            id: Set("org-demo".into()),
-            name: Set("Demo".into()),
-            ..Default::default()
-        }
-        .insert(db)
-        .await?;
-    }
-    if agents::Entity::find_by_id("agent-demo")
-        .one(db)
-        .await?
-        .is_none()
-    {
-        agents::ActiveModel {
-            id: Set("agent-demo".into()),
-            organization_id: Set("org-demo".into()),
-            name: Set("Demo agent".into()),
-            webhook_enabled: Set(false),
-            ..Default::default()
-        }
-        .insert(db)
-        .await?;
-    }
+    organizations::Entity::insert(organizations::ActiveModel {
+        id: Set("org-demo".into()),
+        name: Set("Demo".into()),
+        ..Default::default()
+    })
+    .on_conflict_do_nothing()
+    .exec_without_returning(db)
+    .await?;
+    agents::Entity::insert(agents::ActiveModel {
+        id: Set("agent-demo".into()),
+        organization_id: Set("org-demo".into()),
+        name: Set("Demo agent".into()),
+        webhook_enabled: Set(false),
+        ..Default::default()
+    })
+    .on_conflict_do_nothing()
+    .exec_without_returning(db)
+    .await?;
     Ok(())
 }

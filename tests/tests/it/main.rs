@@ -14,6 +14,7 @@ mod health;
 mod host_autogenerate;
 mod host_schema;
 mod http;
+mod recording;
 mod schema;
 mod sender;
 mod settings;

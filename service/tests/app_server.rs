@@ -1,0 +1,133 @@
+//! The example app server (`service/examples/app-server.rs`) as a deploy runs it: replicas
+//! starting together on one database, and SIGTERM.
+//!
+//! `cargo test -p agent-webhooks` builds the example beside this test (cargo builds every
+//! example of a package it tests); a run limited to this test (`--test app_server`) needs
+//! `cargo build -p agent-webhooks --example app-server` first.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::{Backend, TestDb, backend_tests};
+
+/// `target/<profile>/examples/app-server`, beside this test's `deps/` directory.
+fn app_server() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    let profile = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<test>");
+    let path = profile.join("examples").join("app-server");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p agent-webhooks --example app-server`",
+        path.display()
+    );
+    path
+}
+
+/// Starts the app server on `database_url`, serving on a free loopback port.
+fn start(database_url: &str) -> Child {
+    Command::new(app_server())
+        .env("DATABASE_URL", database_url)
+        .env("LISTEN", "127.0.0.1:0")
+        .env("WEBHOOK_URL_POLICY", "development")
+        .env("WEBHOOK_POLL_INTERVAL_MS", "50")
+        .env_remove("RUST_LOG")
+        .env_remove("WEBHOOK_SECRET_KEYS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the example app server")
+}
+
+/// Reads `child`'s stdout until it says where it listens; `Err` with what it printed when it
+/// exits first.
+fn listening(child: &mut Child) -> Result<String, String> {
+    let stdout = child.stdout.as_mut().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    while let Some(Ok(line)) = lines.next() {
+        if let Some(addr) = line.strip_prefix("listening on http://") {
+            return Ok(addr.to_owned());
+        }
+    }
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err);
+    Err(format!(
+        "exited before listening: {:?}\n{err}",
+        child.wait()
+    ))
+}
+
+/// Sends SIGTERM and waits (at most 15 s) for the exit: its status code and stderr.
+fn terminate(mut child: Child) -> (Option<i32>, String) {
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the app server did not stop within 15 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// SIGTERM: it stops serving, stops its worker and exits 0, having logged (without colour
+/// codes into a pipe) what it did.
+#[test]
+fn sigterm_stops_it_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
+    let mut server = start(&url);
+    let addr = listening(&mut server).unwrap();
+    let mut socket = std::net::TcpStream::connect(&addr).expect("it serves");
+    std::io::Write::write_all(
+        &mut socket,
+        b"GET /v1/webhooks/openapi.json HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut socket, &mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    let (code, stderr) = terminate(server);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("schema up to date"), "{stderr}");
+    assert!(stderr.contains("stopping"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+}
+
+/// Replicas starting together on an empty database take turns at the migrations (the
+/// migration lock): every one comes up.
+async fn replicas_starting_together_all_come_up(backend: Backend) {
+    const REPLICAS: usize = 8;
+    let t = TestDb::fresh(backend).await;
+    let mut servers: Vec<Child> = (0..REPLICAS).map(|_| start(&t.url)).collect();
+    let mut failures = Vec::new();
+    let mut running = Vec::new();
+    for mut server in servers.drain(..) {
+        match listening(&mut server) {
+            Ok(_) => running.push(server),
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(failures.is_empty(), "{backend:?}: {failures:#?}");
+    for server in running {
+        let (code, stderr) = terminate(server);
+        assert_eq!(code, Some(0), "{stderr}");
+    }
+}
+
+backend_tests!(replicas_starting_together_all_come_up);
