@@ -455,7 +455,7 @@ mod tests {
             .map(|v| v.get_name().to_owned())
             .collect();
         assert_eq!(names.len(), DeliveryState::ALL.len());
-        for state in DeliveryState::ALL {
+        for &state in DeliveryState::ALL {
             let arg = StateArg::from_str(state.as_str(), false)
                 .unwrap_or_else(|e| panic!("{state} is not a --state value: {e}"));
             assert_eq!(DeliveryState::from(arg), state);

@@ -138,10 +138,11 @@ pub async fn execute(cli: Cli, stop: Option<StopSignals>) -> anyhow::Result<()> 
                 &agent,
                 &event_id,
                 &event_type,
-                &payload,
+                deliveries::Payload::json(&payload),
                 Utc::now(),
             )
-            .await?;
+            .await
+            .with_context(|| format!("{} was not enqueued", payload_file.display()))?;
             let (status, delivery_id, reason) = match &enqueued {
                 Enqueued::Created(d) => ("created", Some(d.id.as_str()), None),
                 Enqueued::Existing(d) => ("existing", Some(d.id.as_str()), None),
@@ -191,6 +192,12 @@ async fn run_worker(
         // One connection per request in flight, one to claim with, one to LISTEN on.
         let pool = u32::try_from(settings.worker.concurrency + 2).unwrap_or(u32::MAX);
         let db = connect_with(database_url, pool).await?;
+        // A worker that cannot open the stored secrets would send nothing and blame every
+        // receiver: refuse to start instead, before anything is claimed.
+        let key_ids = agent_webhooks::webhook::signing_secrets::check_key_ring(&db, &settings)
+            .await
+            .context("the worker cannot open the stored signing secrets")?;
+        tracing::info!(key_ids, "WEBHOOK_SECRET_KEYS opens every stored key id");
         anyhow::Ok(Dispatcher::new(settings, db)?)
     };
     let dispatcher = tokio::select! {
@@ -240,14 +247,14 @@ fn skip_text(reason: SkipReason) -> &'static str {
     }
 }
 
-/// The JSON payload of `events emit`, from a file or stdin (`-`).
-fn read_payload(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
-    let bytes = if path.as_os_str() == "-" {
-        read_stdin()?
+/// The JSON payload of `events emit`, from a file or stdin (`-`), as bytes: stored and sent
+/// unchanged, checked to be JSON by the enqueue.
+fn read_payload(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        read_stdin()
     } else {
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
-    };
-    serde_json::from_slice(&bytes).with_context(|| format!("{} does not hold JSON", path.display()))
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    }
 }
 
 async fn run_config(
@@ -378,7 +385,7 @@ fn signing_keys_text(view: &SigningKeysView) -> String {
         vec![
             key.key_id.clone(),
             key.algorithm.as_str().to_owned(),
-            format!("{:?}", key.role).to_lowercase(),
+            key.role.to_string(),
             optional(key.expires_at.map(instant)),
             optional(key.public_key.as_ref()),
         ]

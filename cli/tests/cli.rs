@@ -876,7 +876,7 @@ async fn events_emit_then_worker_once(backend: Backend) {
     );
     let bad = emit(b"not json");
     assert_eq!(bad.code, Some(1), "{}", bad.stdout);
-    assert!(bad.stderr.contains("does not hold JSON"), "{}", bad.stderr);
+    assert!(bad.stderr.contains("payload is not JSON"), "{}", bad.stderr);
 
     // With its per-attempt log lines on, into a pipe: no colour codes there.
     let logged = [&env[..], &[("AGENT_WEBHOOKS_LOG", "info")]].concat();
@@ -889,8 +889,8 @@ async fn events_emit_then_worker_once(backend: Backend) {
         (report["attempts"].as_u64(), report["delivered"].as_u64()),
         (Some(1), Some(1))
     );
-    // The body is the payload as stored: compact JSON of what was emitted first.
-    assert_eq!(bodies(&requests), vec![br#"{"run":"r-1"}"#.to_vec()]);
+    // The body is the payload as emitted first, byte for byte.
+    assert_eq!(bodies(&requests), vec![br#"{ "run": "r-1" }"#.to_vec()]);
 
     let show = run(&["deliveries", "show", &id, "--json"], &env, None);
     let show = json(&show.stdout);
@@ -1446,7 +1446,41 @@ async fn worker_serves_metrics_for_prometheus() {
     wait_exit(&mut worker, Duration::from_secs(20)).await;
 }
 
+/// A worker whose key ring cannot open the stored secrets (none at all, or the right key id
+/// with other bytes) does not start: one line, exit 1, nothing claimed or sent.
+async fn worker_without_usable_keys_does_not_start(backend: Backend) {
+    let t = TestDb::migrated(backend).await;
+    let (requests, port) = receiver().await;
+    let (env, ids) = queue(&t, port, 1).await;
+    let wrong_bytes = KeyRing::generate_key_entry("k1").unwrap();
+    for keys in [None, Some(wrong_bytes.as_str())] {
+        let mut env: Vec<(&str, &str)> = env
+            .iter()
+            .filter(|(k, _)| k != "WEBHOOK_SECRET_KEYS")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        env.extend(keys.map(|keys| ("WEBHOOK_SECRET_KEYS", keys)));
+        let worker = run(&["worker", "--once"], &env, None);
+        assert_eq!(worker.code, Some(1), "{keys:?}: {}", worker.stderr);
+        assert_eq!(worker.stderr.trim().lines().count(), 1, "{}", worker.stderr);
+        assert!(
+            worker.stderr.contains("WEBHOOK_SECRET_KEYS"),
+            "{}",
+            worker.stderr
+        );
+    }
+    assert!(bodies(&requests).is_empty(), "nothing was sent");
+    let attempts = t
+        .count(&format!(
+            "SELECT COUNT(*) FROM webhook_deliveries WHERE id = '{}' AND attempt_count = 0",
+            ids[0]
+        ))
+        .await;
+    assert_eq!(attempts, 1, "nothing was claimed");
+}
+
 backend_tests!(
+    worker_without_usable_keys_does_not_start,
     config_commands,
     deliveries_commands,
     events_emit_then_worker_once,

@@ -359,6 +359,9 @@ mod tests {
             let redacted = format!("postgres://{user}:***@{host}:{port}/{db}{query}");
             prop_assert_eq!(redact_url(&url), redacted.clone());
             let message = format!("The connection string '{url}' cannot be parsed.");
+            // A password that is also text of the message around the URL masks that text too
+            // (a message may lose a word, never show the password): not this property.
+            prop_assume!(!"The connection string '' cannot be parsed.".contains(pw.as_str()));
             prop_assert_eq!(
                 redact_secrets(&message, &url),
                 format!("The connection string '{redacted}' cannot be parsed.")

@@ -25,6 +25,7 @@ use std::io::IsTerminal;
 use agent_webhooks::dispatch::Dispatcher;
 use agent_webhooks::http::{self, CallerOrganization, HttpState};
 use agent_webhooks::settings::WebhookSettings;
+use agent_webhooks::webhook::signing_secrets;
 use axum::body::Bytes;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -106,6 +107,11 @@ async fn main() -> Result<(), AnyError> {
         () = on_stop(stopped.clone()) => return Ok(()),
     };
 
+    // The in-process worker must be able to open the stored secrets, or it would send nothing
+    // and blame every receiver: refuse to start without a key ring that opens them.
+    signing_secrets::check_key_ring(&db, &settings)
+        .await
+        .map_err(|e| format!("the worker cannot open the stored signing secrets: {e}"))?;
     let worker = Dispatcher::new(settings.clone(), db.clone())?;
     let shutdown = on_stop(stopped.clone());
     let worker = tokio::spawn(async move { worker.run(shutdown).await });

@@ -5,6 +5,7 @@
 //! `scripts/test -p integration-tests schema::` or `cargo test -p integration-tests --test it explain`.
 
 mod adoption;
+mod app_server;
 mod batch;
 mod deliveries;
 mod entities;

@@ -321,7 +321,9 @@ async fn arbitrary_text_is_stored_as_documented(backend: Backend) {
         let batch = rows.clone().map(|(i, r)| (ids[i].as_str(), r));
         if let Err(err) = deliveries::record_attempts(&t.db, batch).await {
             for (i, record) in rows {
-                if let Err(e) = deliveries::record_attempt(&t.db, &ids[i], record).await {
+                if let Err(e) =
+                    deliveries::record_attempts(&t.db, [(ids[i].as_str(), record)]).await
+                {
                     panic!(
                         "{backend:?}: attempt {} refused ({e}); {} / {}",
                         record.attempt,

@@ -1,8 +1,8 @@
 //! The example app server (`service/examples/app-server.rs`) as a deploy runs it: replicas
 //! starting together on one database, and SIGTERM.
 //!
-//! `cargo test -p agent-webhooks` builds the example beside this test (cargo builds every
-//! example of a package it tests); a run limited to this test (`--test app_server`) needs
+//! `cargo test --workspace` (the README's test command) builds the example beside this test
+//! (cargo builds every example of a package it tests); a run limited to this package needs
 //! `cargo build -p agent-webhooks --example app-server` first.
 
 use std::io::{BufRead, BufReader};
@@ -28,15 +28,24 @@ fn app_server() -> PathBuf {
     path
 }
 
-/// Starts the app server on `database_url`, serving on a free loopback port.
+/// Starts the app server on `database_url` with a key ring, serving on a free loopback port.
 fn start(database_url: &str) -> Child {
-    Command::new(app_server())
+    let keys = agent_webhooks::secrets::secret_box::KeyRing::generate_key_entry("k1").unwrap();
+    start_with_keys(database_url, Some(&keys))
+}
+
+fn start_with_keys(database_url: &str, keys: Option<&str>) -> Child {
+    let mut command = Command::new(app_server());
+    match keys {
+        Some(keys) => command.env("WEBHOOK_SECRET_KEYS", keys),
+        None => command.env_remove("WEBHOOK_SECRET_KEYS"),
+    };
+    command
         .env("DATABASE_URL", database_url)
         .env("LISTEN", "127.0.0.1:0")
         .env("WEBHOOK_URL_POLICY", "development")
         .env("WEBHOOK_POLL_INTERVAL_MS", "50")
         .env_remove("RUST_LOG")
-        .env_remove("WEBHOOK_SECRET_KEYS")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -107,6 +116,17 @@ fn sigterm_stops_it_gracefully() {
     assert!(stderr.contains("schema up to date"), "{stderr}");
     assert!(stderr.contains("stopping"), "{stderr}");
     assert!(!stderr.contains('\x1b'), "{stderr:?}");
+}
+
+/// Without a key ring its worker could open no secret and would blame every receiver: it does
+/// not start, and says why in one line.
+#[test]
+fn refuses_to_start_without_a_key_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
+    let mut server = start_with_keys(&url, None);
+    let refused = listening(&mut server).expect_err("it started without WEBHOOK_SECRET_KEYS");
+    assert!(refused.contains("WEBHOOK_SECRET_KEYS"), "{refused}");
 }
 
 /// Replicas starting together on an empty database take turns at the migrations (the
