@@ -151,8 +151,9 @@ async fn execute(cli: Cli) -> Result<(), String> {
 
     let command = cli.command.unwrap_or(Command::Up { num: None });
     if let Command::Status = command {
-        // Read-only: it neither needs nor waits for the lock.
-        return Migrator::status(&db).await.map_err(|e| describe(&e));
+        // Read-only: it neither needs nor waits for the lock. It also names what an applied
+        // migration lacks (an interrupted rollback on MariaDB).
+        return crate::migrator::status(&db).await.map_err(|e| describe(&e));
     }
     let lock = MigrationLock::acquire(&db)
         .await

@@ -10,7 +10,7 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, Statement};
 
-use crate::ownership::{Kind, Origin, dry_run, forget, origin, record};
+use crate::ownership::{Kind, Origin, dry_run, expect, forget, origin, record};
 
 /// An index as found in the catalog: whether it is unique, and its columns in order.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,7 +36,9 @@ pub(crate) async fn ensure_index(
         unique: index.is_unique_key(),
         columns: index.get_index_spec().get_column_names(),
     };
-    if let Some(found) = find(manager, table, &name).await? {
+    let existing = find(manager, table, &name).await?;
+    expect(Kind::Index, table, &name, existing.is_some(), true);
+    if let Some(found) = existing {
         compare(table, &name, &wanted, &found)?;
         if origin(manager, Kind::Index, table, &name).await?.is_none() {
             record(manager, Kind::Index, table, &name, Origin::Adopted).await?;
@@ -143,11 +145,15 @@ pub(crate) async fn drop_index_if_present<T: IntoIden + Copy + 'static>(
 ) -> Result<(), DbErr> {
     let table_name = table.into_iden().to_string();
     if !manager.has_table(&table_name).await? || !manager.has_index(&table_name, name).await? {
+        expect(Kind::Index, &table_name, name, false, false);
         return forget(manager, Kind::Index, &table_name, Some(name)).await;
     }
-    if origin(manager, Kind::Index, &table_name, name).await? == Some(Origin::Adopted) || dry_run()
-    {
+    if origin(manager, Kind::Index, &table_name, name).await? == Some(Origin::Adopted) {
         return forget(manager, Kind::Index, &table_name, Some(name)).await;
+    }
+    if dry_run() {
+        expect(Kind::Index, &table_name, name, true, false);
+        return Ok(());
     }
     manager
         .drop_index(Index::drop().name(name).table(table).to_owned())

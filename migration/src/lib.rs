@@ -15,6 +15,8 @@
 //! Each migration runs in a transaction ([`MigrationTrait::use_transaction`] is `Some(true)`).
 //! MariaDB/MySQL commit DDL implicitly, so there each step also checks whether it is already
 //! done: `up` after an interrupted `up` completes it, `down` after an interrupted `down` too.
+//! And `up` after an interrupted `down` (which leaves the migration recorded as applied with
+//! part of its objects gone) finds what is missing and completes it: see `migrator.rs`.
 //!
 //! This file is edited by `sea-orm-cli migrate generate <name> -d migration`: it adds a module
 //! line after the last migration module below, then replaces the text from the start of the

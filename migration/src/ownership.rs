@@ -15,6 +15,15 @@
 //! * **Refusals come before the first change.** [`crate::Migrator`]'s `up` and `down` first run
 //!   every migration they are about to run in a *dry run*, in which these helpers only check,
 //!   and the refusals (all losses at once) come out of that.
+//! * **A dry run also says what is not in place.** Each helper notes whether its object is there
+//!   and whether the migration leaves it there ([`Findings::gaps`]). A dry run of the `up` of
+//!   every *applied* migration, in order, therefore lists what an applied migration lacks (or
+//!   what it removes that is still there): how `up` and `status` find a migration whose `down`
+//!   was interrupted on MariaDB, where DDL is not transactional.
+//! * **A rollback in progress is recorded** in the same table (kind `rollback`, the migration's
+//!   name), written before a migration's `down` starts and removed once its `seaql_migrations`
+//!   row is gone, so that an interrupted rollback is known even when it had dropped nothing yet,
+//!   or only forgot records.
 //!
 //! Databases migrated before the record existed have no `agent_webhooks_schema_objects`: there,
 //! `organizations` and `agents` count as adopted (in production they are the host's), and every
@@ -36,10 +45,52 @@ tokio::task_local! {
     static DRY_RUN: DryRun;
 }
 
-/// The losses a dry run of `down` found.
+/// What a dry run found so far.
 #[derive(Default)]
 pub(crate) struct DryRun {
     losses: Mutex<Vec<String>>,
+    expected: Mutex<Expected>,
+}
+
+/// The objects the dry run's migrations leave in place or remove, and whether each is there.
+#[derive(Default)]
+struct Expected {
+    /// The migration running now, which the next notes are charged to.
+    migration: String,
+    objects: Vec<Gap>,
+}
+
+/// An object a migration leaves in place (`wanted`) or removes, and whether it `is_there`; a gap
+/// in the schema when the two differ.
+#[derive(Clone, Debug)]
+pub(crate) struct Gap {
+    /// The migration that last said whether the object should be there.
+    pub migration: String,
+    pub kind: Kind,
+    pub table: String,
+    pub name: String,
+    pub wanted: bool,
+    pub is_there: bool,
+}
+
+impl Gap {
+    /// The object as messages name it: table `x`, column `t.c`, index `t.i`.
+    pub(crate) fn object(&self) -> String {
+        if self.kind == Kind::Table {
+            format!("table `{}`", self.table)
+        } else {
+            format!("{} `{}.{}`", self.kind.as_str(), self.table, self.name)
+        }
+    }
+}
+
+/// What a dry run found: the data a rollback would destroy, and the objects that are not as the
+/// migrations it ran leave them.
+pub(crate) struct Findings {
+    pub losses: Vec<String>,
+    /// Objects wanted and missing, or removed and still there; a column or index of a missing
+    /// table is left out (the table says it all).
+    pub gaps: Vec<Gap>,
 }
 
 /// Runs `f` (a [`crate::Migrator`] call: `down`, `fresh`, `refresh`, `reset`) allowing it to
@@ -67,18 +118,72 @@ pub(crate) fn dry_run() -> bool {
     DRY_RUN.try_with(|_| ()).is_ok()
 }
 
-/// Runs `f` as a dry run and returns its result with the data losses it found.
-pub(crate) async fn in_dry_run<F, T>(f: F) -> (T, Vec<String>)
+/// Runs `f` as a dry run and returns its result with what it found.
+pub(crate) async fn in_dry_run<F, T>(f: F) -> (T, Findings)
 where
     F: Future<Output = T>,
 {
     DRY_RUN
         .scope(DryRun::default(), async {
             let out = f.await;
-            let losses = DRY_RUN.with(|d| std::mem::take(&mut *d.losses.lock().expect("poisoned")));
-            (out, losses)
+            let findings = DRY_RUN.with(|d| {
+                let losses = std::mem::take(&mut *d.losses.lock().expect("poisoned"));
+                let objects = std::mem::take(&mut d.expected.lock().expect("poisoned").objects);
+                Findings {
+                    losses,
+                    gaps: gaps(objects),
+                }
+            });
+            (out, findings)
         })
         .await
+}
+
+/// The objects not as wanted, tables first, without those of a missing table.
+fn gaps(objects: Vec<Gap>) -> Vec<Gap> {
+    let missing_table = |table: &str| {
+        objects
+            .iter()
+            .any(|o| o.kind == Kind::Table && o.table == table && !o.is_there)
+    };
+    let mut gaps: Vec<Gap> = objects
+        .iter()
+        .filter(|o| o.wanted != o.is_there)
+        .filter(|o| o.kind == Kind::Table || !missing_table(&o.table))
+        .cloned()
+        .collect();
+    gaps.sort_by_key(|o| match o.kind {
+        Kind::Table => 0,
+        Kind::Column => 1,
+        _ => 2,
+    });
+    gaps
+}
+
+/// Charges the notes that follow (in this dry run) to `migration`.
+pub(crate) fn dry_run_migration(migration: &str) {
+    let _ = DRY_RUN.try_with(|d| {
+        migration.clone_into(&mut d.expected.lock().expect("poisoned").migration);
+    });
+}
+
+/// Notes, in a dry run, whether an object is there and whether the running migration leaves it
+/// there (`wanted`); a later note on the same object replaces an earlier one.
+pub(crate) fn expect(kind: Kind, table: &str, name: &str, is_there: bool, wanted: bool) {
+    let _ = DRY_RUN.try_with(|d| {
+        let mut expected = d.expected.lock().expect("poisoned");
+        let migration = expected.migration.clone();
+        let same = |o: &Gap| o.kind == kind && o.table == table && o.name == name;
+        expected.objects.retain(|o| !same(o));
+        expected.objects.push(Gap {
+            migration,
+            kind,
+            table: table.to_owned(),
+            name: name.to_owned(),
+            wanted,
+            is_there,
+        });
+    });
 }
 
 /// The refusal for `losses`, unless the caller allowed data loss.
@@ -127,12 +232,13 @@ async fn guard_loss(
     refuse_losses(&[loss])
 }
 
-/// A table, a column or an index.
+/// A table, a column or an index; or a rollback in progress (not an object: a marker).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
     Table,
     Column,
     Index,
+    Rollback,
 }
 
 impl Kind {
@@ -141,6 +247,7 @@ impl Kind {
             Kind::Table => "table",
             Kind::Column => "column",
             Kind::Index => "index",
+            Kind::Rollback => "rollback",
         }
     }
 }
@@ -271,7 +378,7 @@ async fn ensure_record_table(manager: &SchemaManager<'_>) -> Result<(), DbErr> {
         .await?;
     if legacy {
         for table in [Organizations::Table.to_string(), Agents::Table.to_string()] {
-            insert_record(manager, Kind::Table, &table, "", Origin::Adopted).await?;
+            insert_record(manager, Kind::Table, &table, "", "adopted").await?;
         }
     }
     Ok(())
@@ -282,12 +389,8 @@ async fn insert_record(
     kind: Kind,
     table: &str,
     name: &str,
-    origin: Origin,
+    origin: &str,
 ) -> Result<(), DbErr> {
-    let origin = match origin {
-        Origin::Created => "created",
-        Origin::Adopted => "adopted",
-    };
     manager
         .exec_stmt(
             Query::insert()
@@ -322,7 +425,57 @@ pub(crate) async fn record(
     }
     ensure_record_table(manager).await?;
     forget(manager, kind, table, Some(name)).await?;
+    let origin = match origin {
+        Origin::Created => "created",
+        Origin::Adopted => "adopted",
+    };
     insert_record(manager, kind, table, name, origin).await
+}
+
+/// Records that the rollback of `migration` starts (committed at once on MariaDB, before its
+/// first `DROP`); [`end_rollback`] removes the marker once the migration is recorded as pending.
+pub(crate) async fn begin_rollback(
+    manager: &SchemaManager<'_>,
+    migration: &str,
+) -> Result<(), DbErr> {
+    ensure_record_table(manager).await?;
+    forget(manager, Kind::Rollback, "", Some(migration)).await?;
+    insert_record(manager, Kind::Rollback, "", migration, "in progress").await
+}
+
+/// Removes the marker of [`begin_rollback`].
+pub(crate) async fn end_rollback(
+    manager: &SchemaManager<'_>,
+    migration: &str,
+) -> Result<(), DbErr> {
+    forget(manager, Kind::Rollback, "", Some(migration)).await
+}
+
+/// The migrations whose rollback began and did not end (a process killed during `down`).
+pub(crate) async fn interrupted_rollbacks(
+    manager: &SchemaManager<'_>,
+) -> Result<Vec<String>, DbErr> {
+    if !manager.has_table(RECORD_TABLE).await? {
+        return Ok(Vec::new());
+    }
+    let backend = manager.get_database_backend();
+    let p1 = if backend == DbBackend::Postgres {
+        "$1"
+    } else {
+        "?"
+    };
+    let sql = format!("SELECT object_name FROM {RECORD_TABLE} WHERE kind = {p1}");
+    let rows = manager
+        .get_connection()
+        .query_all_raw(Statement::from_sql_and_values(
+            backend,
+            &sql,
+            [Kind::Rollback.as_str().into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| row.try_get_by_index::<String>(0))
+        .collect()
 }
 
 /// Forgets the record of an object (of every object of `table` when `name` is `None`).
@@ -347,7 +500,8 @@ pub(crate) async fn forget(
     manager.exec_stmt(delete.to_owned()).await
 }
 
-/// Drops the record table once it records nothing (the end of the baseline's `down`).
+/// Drops the record table once it records nothing (the end of the baseline's `down`, and of a
+/// rollback of every migration: the baseline's own marker kept it until then).
 pub(crate) async fn drop_record_table_if_empty(manager: &SchemaManager<'_>) -> Result<(), DbErr> {
     if dry_run() || !manager.has_table(RECORD_TABLE).await? {
         return Ok(());
@@ -605,7 +759,9 @@ pub(crate) async fn ensure_table<T: Iden>(
     strictness: Strictness,
 ) -> Result<(), DbErr> {
     let table = table.to_string();
-    if manager.has_table(&table).await? {
+    let exists = manager.has_table(&table).await?;
+    expect(Kind::Table, &table, "", exists, true);
+    if exists {
         let backend = manager.get_database_backend();
         let found = columns_of(manager, &table).await?;
         for def in create.get_columns() {
@@ -638,7 +794,9 @@ pub(crate) async fn ensure_column(
 ) -> Result<(), DbErr> {
     let name = def.get_column_name();
     let found = columns_of(manager, table).await?;
-    if let Some(column) = found.iter().find(|c| c.name.eq_ignore_ascii_case(&name)) {
+    let column = found.iter().find(|c| c.name.eq_ignore_ascii_case(&name));
+    expect(Kind::Column, table, &name, column.is_some(), true);
+    if let Some(column) = column {
         check_column(
             manager.get_database_backend(),
             table,
@@ -674,11 +832,13 @@ pub(crate) async fn drop_column_if_ours(
 ) -> Result<(), DbErr> {
     let name = def.get_column_name();
     if !manager.has_table(table).await? || !manager.has_column(table, &name).await? {
+        expect(Kind::Column, table, &name, false, false);
         return forget(manager, Kind::Column, table, Some(&name)).await;
     }
     if origin(manager, Kind::Column, table, &name).await? == Some(Origin::Adopted) {
         return forget(manager, Kind::Column, table, Some(&name)).await;
     }
+    expect(Kind::Column, table, &name, true, false);
     let backend = manager.get_database_backend();
     let mut held = Expr::col(Alias::new(&name)).is_not_null();
     if let Some(Expr::Value(value)) = &def.get_column_spec().default {
@@ -718,11 +878,13 @@ pub(crate) async fn drop_table_if_ours(
     ours: &[String],
 ) -> Result<(), DbErr> {
     if !manager.has_table(table).await? {
+        expect(Kind::Table, table, "", false, false);
         return forget(manager, Kind::Table, table, None).await;
     }
     if origin(manager, Kind::Table, table, "").await? == Some(Origin::Adopted) {
         return forget(manager, Kind::Table, table, Some("")).await;
     }
+    expect(Kind::Table, table, "", true, false);
     if let Some(other) = referenced_by(manager, table)
         .await?
         .into_iter()

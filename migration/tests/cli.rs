@@ -310,6 +310,13 @@ async fn baseline_with_agents(backend: Backend) -> TestDb {
     let dir = tempfile::tempdir().unwrap();
     let out = migration(dir.path(), Some(&t.url), &["up", "-n", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    seed_agents(&t).await;
+    t
+}
+
+/// Inserts organization `org-1` and [`CRASH_AGENTS`] agents into empty tables.
+async fn seed_agents(t: &TestDb) {
+    let backend = t.backend;
     t.exec("INSERT INTO organizations (id, name) VALUES ('org-1', 'Acme')")
         .await;
     // 0..99999 from five digit tables: portable where recursive CTE limits are not.
@@ -332,7 +339,6 @@ async fn baseline_with_agents(backend: Backend) -> TestDb {
     ))
     .await;
     assert_eq!(t.count("SELECT COUNT(*) FROM agents").await, CRASH_AGENTS);
-    t
 }
 
 /// Runs the migration binary with `args` and SIGKILLs it after `after`; whether it was still
@@ -433,6 +439,261 @@ async fn killed_migrations_recover_on_rerun(backend: Backend) {
 }
 
 backend_tests!(killed_migrations_recover_on_rerun);
+
+/// `down` and `fresh` killed (SIGKILL) at random points, followed by `up` rather than by the
+/// killed command. On MariaDB, which commits DDL as it goes, the kill can leave a migration
+/// recorded as applied with part of its objects already dropped; `up` must complete the schema
+/// (it equals a clean run's) and leave the agents' data as it was. `fresh --allow-data-loss`
+/// rolls back the baseline too, taking our `agents` with it: after those rounds only the schema
+/// is compared, and the agents are seeded again. The seed is printed for replays.
+async fn killed_rollbacks_are_completed_by_up(backend: Backend) {
+    use rand::{RngExt, SeedableRng};
+
+    let agent_columns = ["id", "organization_id", "name", "description", "created_at"];
+    let clean = baseline_with_agents(backend).await;
+    timed(&clean.url, &["up"]);
+    let up_schema = schema::snapshot(&clean).await;
+    let down_n = (Migrator::migrations().len() - 1).to_string();
+    let down_time = timed(&clean.url, &["down", "-n", &down_n]);
+    timed(&clean.url, &["up"]);
+    let fresh_time = timed(&clean.url, &["fresh", "--allow-data-loss"]);
+    assert_eq!(schema::snapshot(&clean).await, up_schema);
+
+    let t = baseline_with_agents(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let up = |round: &str| {
+        let out = migration(dir.path(), Some(&t.url), &["up"]);
+        assert!(
+            out.status.success(),
+            "{backend:?} {round}: up after the kill: {}",
+            stderr(&out)
+        );
+    };
+    up("start");
+    let data = schema::checksum(&schema::fingerprints(&t, "agents", &agent_columns).await);
+    let seed: u64 = rand::rng().random();
+    println!(
+        "{backend:?}: rollback crash seed {seed}, clean down {down_time:?}, fresh {fresh_time:?}"
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut interrupted = 0;
+    for round in 0..3 {
+        let at = down_time.mul_f64(rng.random_range(0.0..1.0));
+        interrupted += u32::from(killed_after(&t.url, &["down", "-n", &down_n], at));
+        up(&format!("seed {seed} down round {round}"));
+        assert_eq!(
+            schema::snapshot(&t).await,
+            up_schema,
+            "seed {seed} down round {round}: schema after up"
+        );
+        let now = schema::checksum(&schema::fingerprints(&t, "agents", &agent_columns).await);
+        assert_eq!(
+            now, data,
+            "seed {seed} down round {round}: the agents' data changed"
+        );
+    }
+    for round in 0..3 {
+        let at = fresh_time.mul_f64(rng.random_range(0.0..1.0));
+        interrupted += u32::from(killed_after(&t.url, &["fresh", "--allow-data-loss"], at));
+        up(&format!("seed {seed} fresh round {round}"));
+        assert_eq!(
+            schema::snapshot(&t).await,
+            up_schema,
+            "seed {seed} fresh round {round}: schema after up"
+        );
+        // The kill may have come after `agents` went and before `organizations` did.
+        if t.count("SELECT COUNT(*) FROM agents").await == 0 {
+            t.exec("DELETE FROM organizations").await;
+            seed_agents(&t).await;
+        }
+    }
+    let status = migration(dir.path(), Some(&t.url), &["status"]);
+    assert!(
+        !stderr(&status).contains("incomplete") && !stderr(&status).contains("Pending"),
+        "{}",
+        stderr(&status)
+    );
+    println!("{backend:?}: {interrupted} of 6 rollbacks were killed while running");
+}
+
+backend_tests!(killed_rollbacks_are_completed_by_up);
+
+/// What an interrupted `down` of the newest migration leaves on MariaDB, made by hand on every
+/// backend: the migration is recorded as applied, its table and one of its columns are gone.
+/// `status` names the migration and what is missing; `up` restores exactly the clean schema.
+async fn status_names_what_an_applied_migration_lacks_and_up_restores_it(backend: Backend) {
+    let t = TestDb::fresh(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = migration(dir.path(), Some(&t.url), &["up"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let clean = schema::snapshot(&t).await;
+    t.exec("DROP TABLE webhook_previous_secrets").await;
+    t.exec("ALTER TABLE agents DROP COLUMN webhook_ed25519_public_key")
+        .await;
+
+    let status = migration(dir.path(), Some(&t.url), &["status"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let text = stderr(&status);
+    let last = last_migration();
+    assert!(
+        text.contains(&format!(
+            "Migration '{last}'... Applied, incomplete: missing table `webhook_previous_secrets`, \
+             column `agents.webhook_ed25519_public_key`"
+        )),
+        "{backend:?}: {text}"
+    );
+    assert_eq!(
+        text.matches("incomplete").count(),
+        1,
+        "{backend:?}: only the newest migration lacks objects: {text}"
+    );
+
+    let out = migration(dir.path(), Some(&t.url), &["up"]);
+    assert!(out.status.success(), "{backend:?}: {}", stderr(&out));
+    assert_eq!(schema::snapshot(&t).await, clean, "{backend:?}");
+    let text = stderr(&migration(dir.path(), Some(&t.url), &["status"]));
+    assert!(!text.contains("incomplete"), "{backend:?}: {text}");
+
+    // The first step of the worker migration's `down` restores the index its `up` dropped; a
+    // rollback interrupted right after it leaves the index behind.
+    t.exec("CREATE INDEX ix_webhook_deliveries_agent_id ON webhook_deliveries (agent_id)")
+        .await;
+    let text = stderr(&migration(dir.path(), Some(&t.url), &["status"]));
+    assert!(
+        text.contains(
+            "Migration 'm20261129_000004_delivery_worker'... Applied, incomplete: left over \
+             index `webhook_deliveries.ix_webhook_deliveries_agent_id`"
+        ),
+        "{backend:?}: {text}"
+    );
+    let out = migration(dir.path(), Some(&t.url), &["up"]);
+    assert!(out.status.success(), "{backend:?}: {}", stderr(&out));
+    assert_eq!(schema::snapshot(&t).await, clean, "{backend:?}");
+}
+
+backend_tests!(status_names_what_an_applied_migration_lacks_and_up_restores_it);
+
+/// MariaDB: `down` killed for real half way. A reader's open transaction on `agents` holds its
+/// metadata lock, so the `down` of the newest migration drops its table, then waits to drop the
+/// first column; it is killed there, and the server finishes that orphaned `ALTER` once the
+/// reader commits. The migration stays recorded as applied: `status` shows what is missing and
+/// `up` completes the schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_killed_half_way_is_shown_by_status_and_completed_by_up_mysql() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+
+    let t = TestDb::fresh(Backend::MySql).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = migration(dir.path(), Some(&t.url), &["up"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let clean = schema::snapshot(&t).await;
+
+    let reader = TestDb::reconnect(&t).await;
+    let txn = reader.db.begin().await.unwrap();
+    txn.execute_unprepared("SELECT COUNT(*) FROM agents")
+        .await
+        .unwrap();
+    let mut down = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .current_dir(dir.path())
+        .arg("down")
+        .env("DATABASE_URL", &t.url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the migration binary");
+    let waiting = "SELECT COUNT(*) FROM information_schema.processlist WHERE db = DATABASE() \
+                   AND state = 'Waiting for table metadata lock' AND info LIKE 'ALTER TABLE%'";
+    wait_for(&t, waiting, 1).await;
+    down.kill().unwrap();
+    down.wait().unwrap();
+    txn.commit().await.unwrap();
+    let altering = "SELECT COUNT(*) FROM information_schema.processlist WHERE db = DATABASE() \
+                    AND info LIKE 'ALTER TABLE%'";
+    for _ in 0..400 {
+        if t.count(altering).await == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let all = i64::try_from(Migrator::migrations().len()).unwrap();
+    assert_eq!(
+        t.count("SELECT COUNT(*) FROM seaql_migrations").await,
+        all,
+        "the killed down left its migration recorded as applied"
+    );
+
+    let text = stderr(&migration(dir.path(), Some(&t.url), &["status"]));
+    let last = last_migration();
+    assert!(
+        text.contains(&format!(
+            "Migration '{last}'... Applied, incomplete: missing table `webhook_previous_secrets`, \
+             column `agents.webhook_ed25519_public_key`"
+        )),
+        "{text}"
+    );
+    let out = migration(dir.path(), Some(&t.url), &["up"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(schema::snapshot(&t).await, clean);
+}
+
+/// MariaDB: `down` killed before its first `DROP` took effect (it waits for a reader's metadata
+/// lock on the table, and the server ends its connection). Nothing is missing, but the rollback
+/// began: it may already have forgotten records. `status` says so and `up` clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_killed_before_its_first_drop_is_shown_by_status_mysql() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+
+    let t = TestDb::fresh(Backend::MySql).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = migration(dir.path(), Some(&t.url), &["up"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let clean = schema::snapshot(&t).await;
+
+    let reader = TestDb::reconnect(&t).await;
+    let txn = reader.db.begin().await.unwrap();
+    txn.execute_unprepared("SELECT COUNT(*) FROM webhook_previous_secrets")
+        .await
+        .unwrap();
+    let mut down = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .current_dir(dir.path())
+        .arg("down")
+        .env("DATABASE_URL", &t.url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the migration binary");
+    let waiting = "SELECT COUNT(*) FROM information_schema.processlist WHERE db = DATABASE() \
+                   AND state = 'Waiting for table metadata lock' AND info LIKE 'DROP TABLE%'";
+    wait_for(&t, waiting, 1).await;
+    down.kill().unwrap();
+    down.wait().unwrap();
+    let ids = t
+        .strings(
+            "SELECT CAST(id AS CHAR) FROM information_schema.processlist \
+             WHERE db = DATABASE() AND info LIKE 'DROP TABLE%'",
+        )
+        .await;
+    for id in ids {
+        t.exec(&format!("KILL {id}")).await;
+    }
+    txn.commit().await.unwrap();
+    assert_eq!(schema::snapshot(&t).await, clean, "nothing was dropped");
+
+    let text = stderr(&migration(dir.path(), Some(&t.url), &["status"]));
+    let last = last_migration();
+    assert!(
+        text.contains(&format!(
+            "Migration '{last}'... Applied, incomplete: its rollback was interrupted; \
+             `migration up` completes it"
+        )),
+        "{text}"
+    );
+    let out = migration(dir.path(), Some(&t.url), &["up"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(schema::snapshot(&t).await, clean);
+    let text = stderr(&migration(dir.path(), Some(&t.url), &["status"]));
+    assert!(!text.contains("incomplete"), "{text}");
+}
 
 // `migration owned`: the objects we own, for the host's schema tool; the README's copy of the
 // Alembic hook is kept identical to what it prints.
