@@ -270,6 +270,7 @@ fn describe(err: &DbErr) -> String {
 /// Logs each migration's status as sea-orm-migration's `status` does (`Migration 'name'...
 /// Applied`), adding what an applied migration lacks: `Applied, incomplete: missing table `x`;
 /// `migration up` completes it`. Read-only: it creates no table and takes no lock.
+#[cfg(feature = "cli")]
 pub(crate) async fn status<'c, C>(db: C) -> Result<(), DbErr>
 where
     C: IntoSchemaManagerConnection<'c>,

@@ -77,33 +77,34 @@
 //! DNS answers change; the retry schedule bounds them.
 
 use std::collections::HashMap;
-use std::error::Error as StdError;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use sea_orm::DatabaseConnection;
 use sea_orm::sqlx::postgres::PgListener;
-use sea_orm::{DatabaseConnection, DatabaseTransaction};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
-use crate::delivery::retry::{AttemptOutcome, Decision, RetryAfter};
+use crate::delivery::retry::Decision;
 use crate::delivery::{self, AttemptRecord, Claim, ErrorClass, Now};
 use crate::error::{Error, Result};
 use crate::settings::WebhookSettings;
 use crate::webhook::signing_secrets::{self, LiveKeys};
-use crate::webhook::url_policy::{Resolver, SystemResolver, UrlPolicy, UrlPolicyError};
+use crate::webhook::url_policy::{Resolver, SystemResolver};
 
+mod client;
+mod hosts;
+mod record;
 pub mod sign;
 
-/// The `user-agent` of every request, so receivers can tell our deliveries apart in their logs.
-pub const USER_AGENT: &str = concat!("agent-webhooks/", env!("CARGO_PKG_VERSION"));
+use client::Attempt;
+pub use client::USER_AGENT;
+use hosts::{HostLimits, host_key};
+use record::FinishedAttempt;
 
 /// How much longer than one attempt's timeout a stopping worker waits for its sends in flight.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
@@ -233,20 +234,7 @@ impl Dispatcher {
     where
         R: Resolver + Send + Sync + 'static,
     {
-        let vetting = VettingResolver {
-            policy: settings.url_policy,
-            inner: Arc::new(resolver),
-        };
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .user_agent(USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .connect_timeout(settings.worker.connect_timeout)
-            .timeout(settings.worker.request_timeout)
-            .dns_resolver(Arc::new(vetting))
-            .build()
-            .map_err(Error::HttpClient)?;
+        let http = client::build(&settings, resolver)?;
         let sqlite = db.get_database_backend() == sea_orm::DbBackend::Sqlite;
         Ok(Dispatcher {
             sqlite_writes: sqlite.then(Arc::default),
@@ -557,134 +545,6 @@ impl Dispatcher {
         }
     }
 
-    /// Records finished attempts: their outcomes (each guarded by its claim) and their rows in
-    /// the attempt log, in one transaction per [`crate::db::MAX_PAGE_SIZE`] attempts, with
-    /// [`delivery::record_outcomes`] and [`delivery::record_attempts`]. An attempt whose
-    /// claim was taken over meanwhile is [`Recorded::Stale`]: it stays in the log, its outcome
-    /// is not stored; one whose delivery was deleted meanwhile is stale too, and not logged.
-    ///
-    /// A batch the database refuses (a row it cannot store) is recorded again one attempt at a
-    /// time, so that one row's failure costs only that row: an attempt whose log row is refused
-    /// still has its outcome stored, and one whose outcome is refused too is left to its lease
-    /// ([`Recorded::Unrecorded`]). A lost connection fails the whole recording as before.
-    async fn record(&self, finished: Vec<FinishedAttempt>) -> Result<Vec<Recorded>> {
-        let mut recorded = Vec::with_capacity(finished.len());
-        let mut finished = finished.into_iter().peekable();
-        while finished.peek().is_some() {
-            let batch: Arc<[FinishedAttempt]> = finished
-                .by_ref()
-                .take(crate::db::MAX_PAGE_SIZE as usize)
-                .collect();
-            let outcomes = match self.record_in_transaction(Arc::clone(&batch), true).await {
-                Ok(outcomes) => outcomes,
-                Err(err) if !err.is_connection() => {
-                    tracing::warn!(%err, attempts = batch.len(), "recording a batch failed; recording its attempts one by one");
-                    let mut outcomes = Vec::with_capacity(batch.len());
-                    for done in batch.iter() {
-                        outcomes.push(self.record_alone(done).await?);
-                    }
-                    outcomes
-                }
-                Err(err) => return Err(err),
-            };
-            for (outcome, done) in outcomes.into_iter().zip(batch.iter()) {
-                recorded.push(match outcome {
-                    Ok(decision) => {
-                        count_outcome(&decision, done.record.error_class);
-                        Recorded::Decided(decision)
-                    }
-                    Err(Error::StaleClaim { .. }) => {
-                        tracing::warn!(delivery = %done.claim.delivery.id, attempt = done.claim.attempt, "stale claim: outcome not stored");
-                        Recorded::Stale
-                    }
-                    Err(_) => Recorded::Unrecorded,
-                });
-            }
-        }
-        Ok(recorded)
-    }
-
-    /// One attempt of a refused batch: outcome and log row, else the outcome alone.
-    async fn record_alone(&self, done: &FinishedAttempt) -> Result<Result<Decision>> {
-        let one: Arc<[FinishedAttempt]> = Arc::new([done.clone()]);
-        let err = match self.record_in_transaction(Arc::clone(&one), true).await {
-            Ok(mut outcome) => return Ok(outcome.remove(0)),
-            Err(err) if err.is_connection() => return Err(err),
-            Err(err) => err,
-        };
-        tracing::error!(%err, delivery = %done.claim.delivery.id, attempt = done.claim.attempt, "the attempt log refused this attempt; storing its outcome without it");
-        metrics::counter!(crate::metrics::UNRECORDED, "part" => "attempt").increment(1);
-        match self.record_in_transaction(one, false).await {
-            Ok(mut outcome) => Ok(outcome.remove(0)),
-            Err(err) if err.is_connection() => Err(err),
-            Err(err) => {
-                tracing::error!(%err, delivery = %done.claim.delivery.id, attempt = done.claim.attempt, "the database refused this outcome; the delivery is left to its lease");
-                metrics::counter!(crate::metrics::UNRECORDED, "part" => "outcome").increment(1);
-                Ok(Err(err))
-            }
-        }
-    }
-
-    /// Records `batch` in one transaction of its own, run again if chosen as a deadlock
-    /// victim: outcomes are guarded by their claims and attempt rows kept once, so a repeat
-    /// cannot double anything. `with_log`: the attempt rows too.
-    async fn record_in_transaction(
-        &self,
-        batch: Arc<[FinishedAttempt]>,
-        with_log: bool,
-    ) -> Result<Vec<Result<Decision>>> {
-        let _turn = self.write_turn().await;
-        let this = self.clone();
-        crate::db::transaction(&self.db, |txn| {
-            let (this, batch) = (this.clone(), Arc::clone(&batch));
-            Box::pin(async move { this.record_batch(txn, &batch, with_log).await })
-        })
-        .await
-    }
-
-    /// One transaction of [`Dispatcher::record`]: the outcomes, then the attempt rows of the
-    /// deliveries that still exist.
-    async fn record_batch(
-        &self,
-        txn: &DatabaseTransaction,
-        batch: &[FinishedAttempt],
-        with_log: bool,
-    ) -> Result<Vec<Result<Decision>>> {
-        let outcomes = delivery::record_outcomes(
-            txn,
-            &self.settings,
-            batch
-                .iter()
-                .map(|done| (&done.claim, &done.outcome, done.record.finished_at)),
-        )
-        .await?;
-        if !with_log {
-            return Ok(outcomes);
-        }
-        // An applied outcome's row is locked by this transaction, so its delivery exists until
-        // the commit. A stale claim's delivery may have been deleted meanwhile (a hard-deleted
-        // agent takes its deliveries with it): its attempt has nowhere to go.
-        let stale: Vec<&str> = batch
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, outcome)| outcome.is_err())
-            .map(|(done, _)| done.claim.delivery.id.as_str())
-            .collect();
-        let existing = delivery::existing_ids(txn, &stale).await?;
-        delivery::record_attempts(
-            txn,
-            batch
-                .iter()
-                .zip(&outcomes)
-                .filter(|(done, outcome)| {
-                    outcome.is_ok() || existing.contains(done.claim.delivery.id.as_str())
-                })
-                .map(|(done, _)| (done.claim.delivery.id.as_str(), &done.record)),
-        )
-        .await?;
-        Ok(outcomes)
-    }
-
     /// Signs and sends one claimed delivery with its agent's keys from `keys`.
     async fn attempt(&self, mut claim: Claim, keys: &AgentKeys) -> FinishedAttempt {
         let started_at = self.now();
@@ -752,109 +612,18 @@ impl Dispatcher {
             Ok(request) => request,
             Err(err) => return Attempt::refused(ErrorClass::NotSendable, err.to_string()),
         };
-        let mut builder = self
-            .http
-            .post(request.url)
-            .header(CONTENT_TYPE, "application/json");
-        for (name, value) in request.headers.pairs() {
-            builder = builder.header(name, value);
-        }
-        match builder.body(request.body).send().await {
-            Ok(response) => self.read_response(response).await,
-            Err(err) => Attempt::failed(&err),
-        }
-    }
-
-    async fn read_response(&self, mut response: reqwest::Response) -> Attempt {
-        let code = response.status().as_u16();
-        let remote_addr = response.remote_addr();
-        let header = |name| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let retry_after = header(RETRY_AFTER).and_then(|v| RetryAfter::parse(&v, self.now()));
-        let location = header(LOCATION);
-        let cap = self.settings.worker.max_response_bytes;
-        let mut body = Vec::new();
-        let mut too_large = false;
-        let mut read_error = None;
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    let room = cap - body.len();
-                    if chunk.len() > room {
-                        too_large = true;
-                        break;
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(err) => {
-                    read_error = Some(err);
-                    break;
-                }
-            }
-        }
-        // Dropping the response closes the connection without reading the rest.
-        drop(response);
-        let (class, message) = if too_large {
-            (
-                Some(ErrorClass::BodyTooLarge),
-                Some(format!(
-                    "HTTP {code}; response body larger than {cap} bytes, not read further"
-                )),
-            )
-        } else if let Some(err) = read_error {
-            let class = if err.is_timeout() {
-                ErrorClass::Timeout
-            } else {
-                ErrorClass::Connect
-            };
-            (
-                Some(class),
-                Some(format!(
-                    "HTTP {code}; reading the body failed: {}",
-                    chain(&err)
-                )),
-            )
-        } else if (300..400).contains(&code) {
-            let to = location.map_or_else(String::new, |l| format!(" to {l}"));
-            (
-                Some(ErrorClass::Redirect),
-                Some(format!("HTTP {code}: redirect{to} not followed")),
-            )
-        } else if !(200..300).contains(&code) {
-            (Some(ErrorClass::HttpStatus), Some(format!("HTTP {code}")))
-        } else {
-            (None, None)
-        };
-        Attempt {
-            outcome: AttemptOutcome::Status { code, retry_after },
-            status: Some(code),
-            class,
-            message,
-            body_prefix: delivery::body_excerpt(&body),
-            remote_addr,
-        }
+        client::post(
+            &self.http,
+            request,
+            self.settings.worker.max_response_bytes,
+            self.now(),
+        )
+        .await
     }
 }
 
 /// The signing keys of a claimed batch's agents, by agent id (see [`Dispatcher::claim`]).
 type AgentKeys = HashMap<String, Result<LiveKeys>>;
-
-/// One attempt that has its outcome and waits to be recorded ([`Dispatcher::record`]).
-#[derive(Clone)]
-struct FinishedAttempt {
-    /// The claim the attempt was made under (its guard).
-    claim: Claim,
-    /// What the attempt came to, for the retry decision.
-    outcome: AttemptOutcome,
-    /// Its row in the attempt log.
-    record: AttemptRecord,
-}
 
 /// What one of a drain's tasks came to.
 enum Step {
@@ -892,321 +661,5 @@ async fn notified(wake: Option<&Notify>) {
     match wake {
         Some(wake) => wake.notified().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Counts a stored outcome in the worker's metrics.
-fn count_outcome(decision: &Decision, class: Option<ErrorClass>) {
-    if matches!(decision, Decision::Delivered) {
-        metrics::counter!(crate::metrics::SENT).increment(1);
-        return;
-    }
-    let class = class.map_or("unknown", ErrorClass::as_str);
-    metrics::counter!(crate::metrics::FAILED, "class" => class).increment(1);
-    match decision {
-        Decision::RetryAt(_) => metrics::counter!(crate::metrics::RETRIED).increment(1),
-        _ => metrics::counter!(crate::metrics::EXHAUSTED).increment(1),
-    }
-}
-
-/// The per-host limit: one semaphore per host with sends in flight or waiting, dropped when
-/// the host has none, so the map holds only the hosts being sent to.
-#[derive(Debug)]
-struct HostLimits {
-    per_host: usize,
-    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
-}
-
-/// A turn to send to one host; gives it back (and forgets an idle host) when dropped.
-struct HostPermit<'a> {
-    limits: &'a HostLimits,
-    host: &'a str,
-    permit: Option<OwnedSemaphorePermit>,
-}
-
-impl HostLimits {
-    fn new(per_host: usize) -> HostLimits {
-        HostLimits {
-            per_host: per_host.max(1),
-            hosts: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// A turn to send to `host`, or `None` when none came free within `wait`.
-    async fn acquire<'a>(&'a self, host: &'a str, wait: Duration) -> Option<HostPermit<'a>> {
-        let semaphore = {
-            let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = hosts
-                .entry(host.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)));
-            Arc::clone(entry)
-        };
-        let permit = match semaphore.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => tokio::time::timeout(wait, semaphore.acquire_owned())
-                .await
-                .ok()
-                .and_then(Result::ok),
-        };
-        match permit {
-            Some(permit) => Some(HostPermit {
-                limits: self,
-                host,
-                permit: Some(permit),
-            }),
-            None => {
-                self.forget_if_idle(host);
-                None
-            }
-        }
-    }
-
-    /// Drops `host`'s semaphore when nobody holds or waits for it (only the map refers to it).
-    fn forget_if_idle(&self, host: &str) {
-        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        if hosts.get(host).is_some_and(|s| Arc::strong_count(s) == 1) {
-            hosts.remove(host);
-        }
-    }
-}
-
-impl Drop for HostPermit<'_> {
-    fn drop(&mut self) {
-        // The permit holds the semaphore too: give it back before counting who refers to it.
-        drop(self.permit.take());
-        self.limits.forget_if_idle(self.host);
-    }
-}
-
-/// The per-host limit's key: the URL's host, lowercase, without the port (one machine behind
-/// several ports is one receiver to spare). A URL that does not parse keys by itself; sending
-/// it fails anyway.
-fn host_key(url: &str) -> String {
-    url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
-        .unwrap_or_else(|| url.to_owned())
-}
-
-/// One attempt's result before it is stored.
-struct Attempt {
-    outcome: AttemptOutcome,
-    status: Option<u16>,
-    class: Option<ErrorClass>,
-    message: Option<String>,
-    body_prefix: Option<String>,
-    remote_addr: Option<SocketAddr>,
-}
-
-impl Attempt {
-    /// Nothing was sent.
-    fn refused(class: ErrorClass, message: String) -> Attempt {
-        Attempt {
-            outcome: AttemptOutcome::Connection(message.clone()),
-            status: None,
-            class: Some(class),
-            message: Some(message),
-            body_prefix: None,
-            remote_addr: None,
-        }
-    }
-
-    /// Nothing was sent, and nothing will be: the agent was deleted.
-    fn agent_deleted(message: String) -> Attempt {
-        Attempt {
-            outcome: AttemptOutcome::AgentDeleted(message.clone()),
-            ..Attempt::refused(ErrorClass::NotSendable, message)
-        }
-    }
-
-    /// The request failed before a response arrived.
-    fn failed(err: &reqwest::Error) -> Attempt {
-        let message = chain(err);
-        let class = classify_error(err);
-        let outcome = match class {
-            ErrorClass::Timeout => AttemptOutcome::Timeout,
-            _ => AttemptOutcome::Connection(message.clone()),
-        };
-        Attempt {
-            outcome,
-            status: None,
-            class: Some(class),
-            message: Some(message),
-            body_prefix: None,
-            remote_addr: None,
-        }
-    }
-}
-
-/// Which class a transport error belongs to, from the causes it carries.
-fn classify_error(err: &reqwest::Error) -> ErrorClass {
-    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
-    let mut tls = false;
-    while let Some(cause) = source {
-        if let Some(refusal) = find::<UrlPolicyError>(cause) {
-            return match refusal {
-                UrlPolicyError::ResolutionFailed { .. } | UrlPolicyError::NoAddresses { .. } => {
-                    ErrorClass::Dns
-                }
-                _ => ErrorClass::SsrfBlocked,
-            };
-        }
-        tls |= find::<rustls::Error>(cause).is_some();
-        source = cause.source();
-    }
-    if tls {
-        ErrorClass::Tls
-    } else if err.is_connect() {
-        ErrorClass::Connect
-    } else if err.is_timeout() {
-        ErrorClass::Timeout
-    } else {
-        ErrorClass::Connect
-    }
-}
-
-/// `cause` as a `T`, also when it is an `io::Error` wrapping a `T`, however deeply (the
-/// resolver's and the TLS layer's errors arrive that way, and `io::Error::source` skips the
-/// error it wraps).
-fn find<'a, T: StdError + 'static>(cause: &'a (dyn StdError + 'static)) -> Option<&'a T> {
-    if let Some(found) = cause.downcast_ref::<T>() {
-        return Some(found);
-    }
-    let mut current = cause.downcast_ref::<std::io::Error>()?.get_ref()?;
-    loop {
-        if let Some(found) = current.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = current.downcast_ref::<std::io::Error>()?.get_ref()?;
-    }
-}
-
-/// An error and its causes on one line, without the URL (it may hold a token in its query).
-fn chain(err: &reqwest::Error) -> String {
-    let mut text = String::new();
-    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(cause) = source {
-        let part = if text.is_empty() {
-            // reqwest's own message names the URL; say what failed without it.
-            match err.status() {
-                Some(status) => format!("HTTP {status}"),
-                None if err.is_timeout() => "timed out".to_owned(),
-                None if err.is_connect() => "connect failed".to_owned(),
-                None => "request failed".to_owned(),
-            }
-        } else {
-            cause.to_string()
-        };
-        if !text.contains(&part) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// The resolver the HTTP client connects through: every address is vetted by the policy, and
-/// only vetted addresses reach the connector.
-struct VettingResolver<R> {
-    policy: UrlPolicy,
-    inner: Arc<R>,
-}
-
-impl<R: Resolver + Send + Sync + 'static> Resolve for VettingResolver<R> {
-    fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy;
-        let inner = Arc::clone(&self.inner);
-        Box::pin(async move {
-            let host = name.as_str();
-            // The scheme and port do not matter here: the connector keeps the request's own.
-            // Errors are boxed by `?` as they are (not boxed twice), so that the classifier
-            // finds the `UrlPolicyError` among the causes.
-            let url = url::Url::parse(&format!("https://{host}/"))
-                .map_err(UrlPolicyError::Unparseable)?;
-            let addrs = policy.check_resolved(&url, inner.as_ref()).await?;
-            Ok(Box::new(addrs.into_iter()) as Addrs)
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io;
-    use std::net::IpAddr;
-
-    struct Fixed(Vec<IpAddr>);
-
-    impl Resolver for Fixed {
-        async fn resolve(&self, _host: &str, _port: u16) -> io::Result<Vec<IpAddr>> {
-            Ok(self.0.clone())
-        }
-    }
-
-    async fn vet(policy: UrlPolicy, ips: &[&str]) -> Result<Vec<SocketAddr>, String> {
-        let resolver = VettingResolver {
-            policy,
-            inner: Arc::new(Fixed(ips.iter().map(|ip| ip.parse().unwrap()).collect())),
-        };
-        match resolver
-            .resolve(Name::from_str("hooks.example.com").unwrap())
-            .await
-        {
-            Ok(addrs) => Ok(addrs.collect()),
-            Err(err) => Err(err.to_string()),
-        }
-    }
-
-    use std::str::FromStr;
-
-    #[tokio::test]
-    async fn every_resolved_address_is_vetted() {
-        let public = vet(
-            UrlPolicy::Production,
-            &["93.184.216.34", "2606:2800:220:1::"],
-        )
-        .await;
-        assert_eq!(public.unwrap().len(), 2);
-        // One private address among public ones refuses the name.
-        let mixed = vet(UrlPolicy::Production, &["93.184.216.34", "10.0.0.7"]).await;
-        assert!(mixed.unwrap_err().contains("10.0.0.7"));
-        let metadata = vet(UrlPolicy::Production, &["169.254.169.254"]).await;
-        assert!(metadata.is_err());
-        // Development allows loopback for local receivers.
-        assert_eq!(
-            vet(UrlPolicy::Development, &["127.0.0.1"]).await.unwrap(),
-            vec!["127.0.0.1:443".parse::<SocketAddr>().unwrap()]
-        );
-    }
-
-    #[tokio::test]
-    async fn host_limits_bound_one_host_and_forget_idle_ones() {
-        let limits = HostLimits::new(2);
-        let a1 = limits.acquire("a", Duration::ZERO).await.unwrap();
-        let _a2 = limits.acquire("a", Duration::ZERO).await.unwrap();
-        // A third turn at host a is refused; host b is not affected.
-        assert!(
-            limits
-                .acquire("a", Duration::from_millis(20))
-                .await
-                .is_none()
-        );
-        let b = limits.acquire("b", Duration::ZERO).await.unwrap();
-        drop(b);
-        assert!(!limits.hosts.lock().unwrap().contains_key("b"));
-        drop(a1);
-        assert!(limits.acquire("a", Duration::ZERO).await.is_some());
-        assert_eq!(
-            host_key("https://Hooks.Example.com:8443/x"),
-            "hooks.example.com"
-        );
-    }
-
-    #[test]
-    fn user_agent_names_the_product() {
-        assert!(USER_AGENT.starts_with("agent-webhooks/"));
     }
 }
