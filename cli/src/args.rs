@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use agent_webhooks::deliveries::{DeliveryState, MAX_PAGE_SIZE};
-use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::delivery::{DeliveryState, MAX_PAGE_SIZE};
+use agent_webhooks::secrets::secret_box::KeyRing;
 use agent_webhooks::settings::SIGNING_GRACE_SECS;
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};

@@ -7,17 +7,17 @@
 use std::io::Read;
 use std::time::Duration;
 
-use agent_webhooks::deliveries::{
+use agent_webhooks::delivery::{
     self, AttemptRecord, Enqueued, HistoryQuery, SkipReason, WebhookDelivery,
 };
 use agent_webhooks::dispatch::{Dispatcher, DrainReport};
-use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::secrets::secret_box::KeyRing;
+use agent_webhooks::secrets::signing;
+use agent_webhooks::secrets::webhook_secret::WebhookSecret;
 use agent_webhooks::settings::WebhookSettings;
-use agent_webhooks::signing;
-use agent_webhooks::signing_secrets::{self, SigningKeyView, SigningKeysView};
-use agent_webhooks::url_policy::UrlPolicy;
+use agent_webhooks::webhook::signing_secrets::{self, SigningKeyView, SigningKeysView};
+use agent_webhooks::webhook::url_policy::UrlPolicy;
 use agent_webhooks::webhook::{self, WebhookConfig, WebhookConfigView};
-use agent_webhooks::webhook_secret::WebhookSecret;
 use anyhow::{Context, anyhow, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
 use sea_orm::{DatabaseConnection, TransactionTrait};
@@ -132,13 +132,13 @@ pub async fn execute(cli: Cli, stop: Option<StopSignals>) -> anyhow::Result<()> 
             let payload = read_payload(&payload_file)?;
             let event_id = event_id.unwrap_or_else(|| format!("evt_{}", uuid::Uuid::now_v7()));
             let db = connect(cli.database_url).await?;
-            let enqueued = deliveries::enqueue(
+            let enqueued = delivery::enqueue(
                 &db,
                 &settings,
                 &agent,
                 &event_id,
                 &event_type,
-                deliveries::Payload::json(&payload),
+                delivery::Payload::json(&payload),
                 Utc::now(),
             )
             .await
@@ -449,7 +449,7 @@ async fn run_deliveries(
                 // 0 asks for the library's default page size.
                 limit: limit.unwrap_or(0),
             };
-            let page = deliveries::history(db, &agent, &query, now).await?;
+            let page = delivery::history(db, &agent, &query, now).await?;
             output::print(json, &page, |page| {
                 let mut text = output::table(
                     &["ID", "CREATED", "STATE", "EVENT", "ATTEMPTS", "STATUS"],
@@ -471,8 +471,8 @@ async fn run_deliveries(
             })
         }
         DeliveriesCommand::Show { id } => {
-            let delivery = deliveries::get(db, &id, now).await?;
-            let attempts = deliveries::attempts(db, &id).await?;
+            let delivery = delivery::get(db, &id, now).await?;
+            let attempts = delivery::attempts(db, &id).await?;
             let shown = Shown {
                 delivery: &delivery,
                 attempts: &attempts,
@@ -488,7 +488,7 @@ async fn run_deliveries(
         }
         DeliveriesCommand::Stats { agent } => {
             webhook::get_agent(db, &agent).await?;
-            let stats = deliveries::stats(db, &agent, now).await?;
+            let stats = delivery::stats(db, &agent, now).await?;
             output::print(json, &stats, |stats| {
                 format!(
                     "pending {}\nleased {}\ndelivered {}\nfailed {}\nlast success {}\nconsecutive failures {}",
@@ -504,7 +504,7 @@ async fn run_deliveries(
             })
         }
         DeliveriesCommand::Requeue { id } => {
-            let delivery = deliveries::requeue(db, &id, now).await?;
+            let delivery = delivery::requeue(db, &id, now).await?;
             output::print(json, &delivery, |d| format!("{} requeued", d.id))
         }
         DeliveriesCommand::Prune {
@@ -515,7 +515,7 @@ async fn run_deliveries(
             // Checked when parsing too; checked again because `now` moved on since.
             let cutoff = crate::args::cutoff(now, older_than).map_err(|e| anyhow!(e))?;
             let progress = Progress::start("pruning deliveries");
-            let deleted = deliveries::prune(db, cutoff, batch, pause, |so_far| {
+            let deleted = delivery::prune(db, cutoff, batch, pause, |so_far| {
                 progress.update(|| format!("pruning deliveries: deleted {so_far}"))
             })
             .await?;

@@ -7,9 +7,9 @@ use std::process::{Command, Output, Stdio};
 
 use std::time::{Duration, Instant};
 
-use agent_webhooks::deliveries::{self, DeliveryState, Enqueued};
-use agent_webhooks::secret_box::KeyRing;
-use agent_webhooks::url_policy::UrlPolicy;
+use agent_webhooks::delivery::{self, DeliveryState, Enqueued};
+use agent_webhooks::secrets::secret_box::KeyRing;
+use agent_webhooks::webhook::url_policy::UrlPolicy;
 use agent_webhooks::webhook::{self, WebhookConfig};
 use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
 use migration::{Migrator, MigratorTrait};
@@ -511,7 +511,7 @@ async fn deliveries_commands(backend: Backend) {
     let now = chrono::Utc::now();
     let mut ids = Vec::new();
     for i in 0..3 {
-        match deliveries::enqueue(
+        match delivery::enqueue(
             &t.db,
             &WebhookSettings::default(),
             "agent-1",
@@ -1118,7 +1118,7 @@ async fn queue(t: &TestDb, port: u16, n: usize) -> (Vec<(String, String)>, Vec<S
         let event = format!("evt_{i}");
         let payload = json!({"n": i, "text": "héllo"});
         let now = chrono::Utc::now();
-        match deliveries::enqueue(
+        match delivery::enqueue(
             &t.db,
             &settings,
             "agent-1",
@@ -1202,11 +1202,9 @@ async fn delivered_count(t: &TestDb) -> i64 {
 /// The books: every delivery is delivered, with exactly one successful attempt in its log.
 async fn assert_delivered_once_in_the_books(t: &TestDb, ids: &[String]) {
     for id in ids {
-        let delivery = deliveries::get(&t.db, id, chrono::Utc::now())
-            .await
-            .unwrap();
+        let delivery = delivery::get(&t.db, id, chrono::Utc::now()).await.unwrap();
         assert_eq!(delivery.state, DeliveryState::Delivered, "{id}");
-        let attempts = deliveries::attempts(&t.db, id).await.unwrap();
+        let attempts = delivery::attempts(&t.db, id).await.unwrap();
         let successes = attempts
             .iter()
             .filter(|a| a.status_code == Some(204))
@@ -1302,7 +1300,7 @@ async fn four_workers_drain_one_queue(backend: Backend) {
     assert!(seen.values().all(|&n| n == 1), "sent twice: {seen:?}");
     assert_delivered_once_in_the_books(&t, &ids).await;
     for id in &ids {
-        assert_eq!(deliveries::attempts(&t.db, id).await.unwrap().len(), 1);
+        assert_eq!(delivery::attempts(&t.db, id).await.unwrap().len(), 1);
     }
     python_verifies(&requests);
 }
@@ -1400,7 +1398,7 @@ async fn worker_serves_metrics_for_prometheus() {
         .unwrap();
     let payload = json!({});
     let now = chrono::Utc::now();
-    deliveries::enqueue(
+    delivery::enqueue(
         &t.db,
         &settings,
         "agent-2",

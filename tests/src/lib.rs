@@ -402,9 +402,9 @@ pub async fn seed_webhook(
     settings: &agent_webhooks::settings::WebhookSettings,
     agent_id: &str,
     url: &str,
-) -> agent_webhooks::webhook_secret::WebhookSecret {
+) -> agent_webhooks::secrets::webhook_secret::WebhookSecret {
+    use agent_webhooks::secrets::webhook_secret::WebhookSecret;
     use agent_webhooks::webhook::{self, WebhookConfig};
-    use agent_webhooks::webhook_secret::WebhookSecret;
     seed_agent(t, agent_id, &[]).await;
     let secret = WebhookSecret::generate().expect("generate a secret");
     let config = WebhookConfig {
@@ -427,9 +427,9 @@ pub async fn enqueue_event<C: sea_orm::ConnectionTrait>(
     event_id: &str,
     event_type: &str,
     now: chrono::DateTime<chrono::Utc>,
-) -> agent_webhooks::Result<agent_webhooks::deliveries::Enqueued> {
+) -> agent_webhooks::Result<agent_webhooks::delivery::Enqueued> {
     let settings = agent_webhooks::settings::WebhookSettings::default();
-    agent_webhooks::deliveries::enqueue(
+    agent_webhooks::delivery::enqueue(
         db,
         &settings,
         agent_id,

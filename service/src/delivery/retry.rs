@@ -29,7 +29,7 @@
 //! table is checked against the code:
 //!
 //! ```
-//! use agent_webhooks::retry::{AttemptOutcome::Timeout, Decision, GiveUpReason, RetryPolicy};
+//! use agent_webhooks::delivery::retry::{AttemptOutcome::Timeout, Decision, GiveUpReason, RetryPolicy};
 //! use rand::{SeedableRng, rngs::StdRng};
 //! use std::time::Duration;
 //!
@@ -329,7 +329,7 @@ impl RetryPolicy {
     /// [`GiveUpReason::MaxAttempts`] when `attempts_made` reaches `max_attempts`.
     ///
     /// ```
-    /// use agent_webhooks::retry::{AttemptOutcome, Decision, RetryAfter, RetryPolicy};
+    /// use agent_webhooks::delivery::retry::{AttemptOutcome, Decision, RetryAfter, RetryPolicy};
     /// use chrono::{DateTime, TimeDelta};
     ///
     /// let policy = RetryPolicy::default();

@@ -13,7 +13,7 @@
 //! redacted, no `Serialize`, zeroized on drop (ed25519-dalek's `zeroize` feature).
 //!
 //! ```
-//! use agent_webhooks::ed25519::{PublicKey, SecretKey};
+//! use agent_webhooks::secrets::ed25519::{PublicKey, SecretKey};
 //!
 //! let secret = SecretKey::generate()?;
 //! let public = secret.public_key();

@@ -22,8 +22,8 @@
 //! MySQL authentication), and `sha2` uses the CPU's SHA extensions where there are any.
 //!
 //! ```
-//! use agent_webhooks::signing::{self, DEFAULT_TOLERANCE, ReceivedHeaders};
-//! use agent_webhooks::webhook_secret::WebhookSecret;
+//! use agent_webhooks::secrets::signing::{self, DEFAULT_TOLERANCE, ReceivedHeaders};
+//! use agent_webhooks::secrets::webhook_secret::WebhookSecret;
 //! use secrecy::SecretString;
 //!
 //! let secret = WebhookSecret::parse(SecretString::from("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"))?;

@@ -55,7 +55,7 @@ const WILDCARD: &str = "*";
 /// [`EventFilter::parse`], so stored or submitted filters are always valid.
 ///
 /// ```
-/// use agent_webhooks::events::EventFilter;
+/// use agent_webhooks::webhook::events::EventFilter;
 ///
 /// let filter = EventFilter::parse([" Run.* ", "job.failed", "run.*"]).unwrap();
 /// assert_eq!(filter.as_slice(), ["run.*", "job.failed"]);

@@ -66,7 +66,7 @@ impl UrlPolicy {
     /// go through [`UrlPolicy::check_resolved`].
     ///
     /// ```
-    /// use agent_webhooks::url_policy::UrlPolicy;
+    /// use agent_webhooks::webhook::url_policy::UrlPolicy;
     ///
     /// let url = UrlPolicy::Production.check("https://Example.com/hook").unwrap();
     /// assert_eq!(url.as_str(), "https://example.com/hook");

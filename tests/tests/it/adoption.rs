@@ -3,7 +3,7 @@
 //! drops, what we created `down` drops only when no data would go or the caller allows it, and
 //! the service reads host columns tolerantly.
 
-use agent_webhooks::deliveries::Enqueued;
+use agent_webhooks::delivery::Enqueued;
 use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::webhook::{self, WebhookConfig};
 use chrono::Utc;

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use agent_webhooks::Error;
-use agent_webhooks::deliveries::{self, Claim, EnqueueItem, Enqueued, SkipReason};
-use agent_webhooks::retry::{AttemptOutcome, Decision, RetryPolicy};
+use agent_webhooks::delivery::retry::{AttemptOutcome, Decision, RetryPolicy};
+use agent_webhooks::delivery::{self, Claim, EnqueueItem, Enqueued, SkipReason};
 use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::webhook;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -66,7 +66,7 @@ async fn enqueue_many_is_idempotent_and_applies_the_rules_per_item(backend: Back
     let first = json!({"n": 1});
     let second = json!({"n": 2});
     // evt-0 exists before the batch.
-    let before = deliveries::enqueue(&t.db, &s, "a1", "evt-0", "run.completed", &first, t0())
+    let before = delivery::enqueue(&t.db, &s, "a1", "evt-0", "run.completed", &first, t0())
         .await
         .unwrap();
     let items = [
@@ -77,7 +77,7 @@ async fn enqueue_many_is_idempotent_and_applies_the_rules_per_item(backend: Back
         item("picky", "evt-1", &first),
         item("a1", "evt-2", &first),
     ];
-    let done = deliveries::enqueue_many(&t.db, &s, &items, t0())
+    let done = delivery::enqueue_many(&t.db, &s, &items, t0())
         .await
         .unwrap();
     assert_eq!(done.len(), items.len());
@@ -103,11 +103,11 @@ async fn enqueue_many_is_idempotent_and_applies_the_rules_per_item(backend: Back
         unreachable!()
     };
     assert_eq!(
-        &deliveries::get(&t.db, &created.id, t0()).await.unwrap(),
+        &delivery::get(&t.db, &created.id, t0()).await.unwrap(),
         created
     );
     // The first payload stays.
-    let claims = deliveries::claim_due(&t.db, &s, t0(), 10).await.unwrap();
+    let claims = delivery::claim_due(&t.db, &s, t0(), 10).await.unwrap();
     let evt1 = claims
         .iter()
         .find(|c| c.delivery.id == id_of(&done[1]))
@@ -115,7 +115,7 @@ async fn enqueue_many_is_idempotent_and_applies_the_rules_per_item(backend: Back
     assert_eq!(evt1.payload.as_deref(), Some(br#"{"n":1}"#.as_slice()));
 
     // Again: nothing new, the same deliveries.
-    let again = deliveries::enqueue_many(&t.db, &s, &items, t0())
+    let again = delivery::enqueue_many(&t.db, &s, &items, t0())
         .await
         .unwrap();
     for (i, (a, b)) in again.iter().zip(&done).enumerate() {
@@ -138,12 +138,12 @@ async fn enqueue_many_refuses_a_bad_item_and_writes_nothing(backend: Backend) {
     let small = json!({"n": 1});
     let large = json!({"text": "x".repeat(64)});
     let too_large = [item("a1", "evt-1", &small), item("a1", "evt-2", &large)];
-    let err = deliveries::enqueue_many(&t.db, &s, &too_large, t0())
+    let err = delivery::enqueue_many(&t.db, &s, &too_large, t0())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Payload(_)), "{err}");
     let unknown = [item("a1", "evt-1", &small), item("nobody", "evt-1", &small)];
-    let err = deliveries::enqueue_many(&t.db, &s, &unknown, t0())
+    let err = delivery::enqueue_many(&t.db, &s, &unknown, t0())
         .await
         .unwrap_err();
     assert!(
@@ -151,7 +151,7 @@ async fn enqueue_many_refuses_a_bad_item_and_writes_nothing(backend: Backend) {
         "{err}"
     );
     let bad_id = [item("a1", "evt.1", &small)];
-    let err = deliveries::enqueue_many(&t.db, &s, &bad_id, t0())
+    let err = delivery::enqueue_many(&t.db, &s, &bad_id, t0())
         .await
         .unwrap_err();
     assert!(
@@ -166,9 +166,7 @@ async fn enqueue_many_refuses_a_bad_item_and_writes_nothing(backend: Backend) {
     );
     assert_eq!(deliveries_count(&t).await, 0);
     assert_eq!(
-        deliveries::enqueue_many(&t.db, &s, &[], t0())
-            .await
-            .unwrap(),
+        delivery::enqueue_many(&t.db, &s, &[], t0()).await.unwrap(),
         vec![]
     );
 }
@@ -187,7 +185,7 @@ async fn enqueue_many_fans_out_past_one_statement(backend: Backend) {
         .flat_map(|a| events.iter().map(move |e| (a, e)))
         .map(|(a, e)| item(a, e, &payload))
         .collect();
-    let done = deliveries::enqueue_many(&t.db, &s, &items, t0())
+    let done = delivery::enqueue_many(&t.db, &s, &items, t0())
         .await
         .unwrap();
     assert!(done.iter().all(|d| matches!(d, Enqueued::Created(_))));
@@ -206,31 +204,31 @@ async fn enqueue_for_agent_uses_the_callers_row_in_its_transaction(backend: Back
         .unwrap()
         .unwrap();
     let created =
-        deliveries::enqueue_for_agent(&txn, &s, &agent, "evt-1", "run.completed", &payload, t0())
+        delivery::enqueue_for_agent(&txn, &s, &agent, "evt-1", "run.completed", &payload, t0())
             .await
             .unwrap();
     let Enqueued::Created(delivery) = &created else {
         panic!("{created:?}")
     };
     let again =
-        deliveries::enqueue_for_agent(&txn, &s, &agent, "evt-1", "run.completed", &payload, t0())
+        delivery::enqueue_for_agent(&txn, &s, &agent, "evt-1", "run.completed", &payload, t0())
             .await
             .unwrap();
     assert_eq!(again, Enqueued::Existing(delivery.clone()));
     assert_eq!(
-        deliveries::enqueue_for_agent(&txn, &s, &agent, "evt-2", "run.failed", &payload, t0())
+        delivery::enqueue_for_agent(&txn, &s, &agent, "evt-2", "run.failed", &payload, t0())
             .await
             .unwrap(),
         Enqueued::Skipped(SkipReason::NotWanted)
     );
     txn.commit().await.unwrap();
     assert_eq!(
-        &deliveries::get(&t.db, &delivery.id, t0()).await.unwrap(),
+        &delivery::get(&t.db, &delivery.id, t0()).await.unwrap(),
         delivery
     );
     // The same through `enqueue`.
     let through_enqueue =
-        deliveries::enqueue(&t.db, &s, "a1", "evt-1", "run.completed", &payload, t0())
+        delivery::enqueue(&t.db, &s, "a1", "evt-1", "run.completed", &payload, t0())
             .await
             .unwrap();
     assert_eq!(through_enqueue, Enqueued::Existing(delivery.clone()));
@@ -255,10 +253,8 @@ async fn enqueue_and_claim(
         .map(|e| format!("evt-{}-{e}", now.timestamp()))
         .collect();
     let items: Vec<EnqueueItem<'_>> = events.iter().map(|e| item(agent, e, &payload)).collect();
-    deliveries::enqueue_many(&t.db, s, &items, now)
-        .await
-        .unwrap();
-    let claims = deliveries::claim_due(&t.db, s, now, 100).await.unwrap();
+    delivery::enqueue_many(&t.db, s, &items, now).await.unwrap();
+    let claims = delivery::claim_due(&t.db, s, now, 100).await.unwrap();
     assert_eq!(claims.len(), n);
     claims
 }
@@ -273,7 +269,7 @@ async fn record_at(
     let timed = outcomes
         .iter()
         .map(|(claim, outcome)| (*claim, *outcome, at));
-    deliveries::record_outcomes(&t.db, s, timed).await.unwrap()
+    delivery::record_outcomes(&t.db, s, timed).await.unwrap()
 }
 
 async fn record_outcomes_is_guarded_per_row(backend: Backend) {
@@ -305,12 +301,12 @@ async fn record_outcomes_is_guarded_per_row(backend: Backend) {
     let state = |i: usize| {
         let id = claims[i].delivery.id.clone();
         let t = &t;
-        async move { deliveries::get(&t.db, &id, t0()).await.unwrap() }
+        async move { delivery::get(&t.db, &id, t0()).await.unwrap() }
     };
-    assert_eq!(state(0).await.state, deliveries::DeliveryState::Delivered);
+    assert_eq!(state(0).await.state, delivery::DeliveryState::Delivered);
     assert_eq!(state(0).await.status_code, Some(200));
     let retried = state(1).await;
-    assert_eq!(retried.state, deliveries::DeliveryState::Pending);
+    assert_eq!(retried.state, delivery::DeliveryState::Pending);
     assert_eq!(retried.status_code, Some(500));
     assert_eq!(retried.error_message.as_deref(), Some("HTTP 500"));
     assert_eq!(retried.next_retry_at, Some(t0() + TimeDelta::hours(1)));
@@ -320,7 +316,7 @@ async fn record_outcomes_is_guarded_per_row(backend: Backend) {
     assert_eq!(state(1).await, retried);
     // Its next attempt is current again.
     let later = t0() + TimeDelta::hours(2);
-    let next = deliveries::claim_due(&t.db, &s, later, 10).await.unwrap();
+    let next = delivery::claim_due(&t.db, &s, later, 10).await.unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].attempt, 2);
     // The first attempt's late report does not touch the second attempt's lease.

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_webhooks::Error;
-use agent_webhooks::deliveries::{self, Claim, DeliveryState, Enqueued, HistoryQuery, SkipReason};
-use agent_webhooks::retry::{AttemptOutcome, Decision, GiveUpReason, RetryPolicy};
+use agent_webhooks::delivery::retry::{AttemptOutcome, Decision, GiveUpReason, RetryPolicy};
+use agent_webhooks::delivery::{self, Claim, DeliveryState, Enqueued, HistoryQuery, SkipReason};
 use agent_webhooks::settings::WebhookSettings;
 use chrono::{DateTime, TimeDelta, Utc};
 use entity::{agents, webhook_deliveries};
@@ -51,7 +51,7 @@ async fn record_status(
     code: u16,
     now: DateTime<Utc>,
 ) -> Result<Decision, Error> {
-    deliveries::record_outcome(db, &WebhookSettings::default(), claim, &status(code), now).await
+    delivery::record_outcome(db, &WebhookSettings::default(), claim, &status(code), now).await
 }
 
 fn status(code: u16) -> AttemptOutcome {
@@ -70,7 +70,7 @@ async fn created(
     event_type: &str,
     now: DateTime<Utc>,
 ) -> String {
-    match deliveries::enqueue(
+    match delivery::enqueue(
         &t.db,
         &WebhookSettings::default(),
         agent,
@@ -88,7 +88,7 @@ async fn created(
 }
 
 async fn claim_one(t: &TestDb, policy: &WebhookSettings, now: DateTime<Utc>) -> Claim {
-    let mut claims = deliveries::claim_due(&t.db, policy, now, 10).await.unwrap();
+    let mut claims = delivery::claim_due(&t.db, policy, now, 10).await.unwrap();
     assert_eq!(
         claims.len(),
         1,
@@ -98,7 +98,7 @@ async fn claim_one(t: &TestDb, policy: &WebhookSettings, now: DateTime<Utc>) -> 
 }
 
 async fn state(t: &TestDb, id: &str, now: DateTime<Utc>) -> DeliveryState {
-    deliveries::get(&t.db, id, now).await.unwrap().state
+    delivery::get(&t.db, id, now).await.unwrap().state
 }
 
 async fn every_transition_with_an_injected_clock(backend: Backend) {
@@ -109,13 +109,13 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
 
     // Enqueue: due at once, idempotent, filtered.
     let id = created(&t, "agent-1", "evt-1", "run.completed", now).await;
-    let d = deliveries::get(&t.db, &id, now).await.unwrap();
+    let d = delivery::get(&t.db, &id, now).await.unwrap();
     assert_eq!(
         (d.state, d.attempt_count, d.next_retry_at),
         (DeliveryState::Pending, 0, Some(now))
     );
     assert_eq!(d.webhook_url, "https://hooks.example.com/agent-1");
-    match deliveries::enqueue(
+    match delivery::enqueue(
         &t.db,
         &WebhookSettings::default(),
         "agent-1",
@@ -131,7 +131,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        deliveries::enqueue(
+        delivery::enqueue(
             &t.db,
             &WebhookSettings::default(),
             "agent-1",
@@ -145,7 +145,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
         Enqueued::Skipped(SkipReason::NotWanted)
     );
     assert!(matches!(
-        deliveries::enqueue(
+        delivery::enqueue(
             &t.db,
             &WebhookSettings::default(),
             "agent-404",
@@ -163,7 +163,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
         ("", "run.completed"),
         ("evt-5", ""),
     ] {
-        let err = deliveries::enqueue(
+        let err = delivery::enqueue(
             &t.db,
             &WebhookSettings::default(),
             "agent-1",
@@ -186,18 +186,18 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
     assert_eq!(first.delivery.state, DeliveryState::Leased);
     assert_eq!(state(&t, &id, now + secs(1)).await, DeliveryState::Leased);
     assert!(
-        deliveries::claim_due(&t.db, &p, now + secs(1), 10)
+        delivery::claim_due(&t.db, &p, now + secs(1), 10)
             .await
             .unwrap()
             .is_empty()
     );
 
     // A retryable failure: pending again after the schedule's first delay.
-    let recorded = deliveries::record_outcome(&t.db, &p, &first, &status(503), now + secs(2))
+    let recorded = delivery::record_outcome(&t.db, &p, &first, &status(503), now + secs(2))
         .await
         .unwrap();
     assert_eq!(recorded, Decision::RetryAt(now + secs(7)));
-    let d = deliveries::get(&t.db, &id, now + secs(2)).await.unwrap();
+    let d = delivery::get(&t.db, &id, now + secs(2)).await.unwrap();
     assert_eq!(d.state, DeliveryState::Pending);
     assert_eq!(
         (d.status_code, d.error_message.as_deref()),
@@ -209,7 +209,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
         Err(Error::StaleClaim { attempt: 1, .. })
     ));
     assert!(
-        deliveries::claim_due(&t.db, &p, now + secs(6), 10)
+        delivery::claim_due(&t.db, &p, now + secs(6), 10)
             .await
             .unwrap()
             .is_empty()
@@ -241,7 +241,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
             .unwrap(),
         Decision::Delivered
     );
-    let d = deliveries::get(&t.db, &id, now + secs(42)).await.unwrap();
+    let d = delivery::get(&t.db, &id, now + secs(42)).await.unwrap();
     assert_eq!(d.state, DeliveryState::Delivered);
     assert_eq!(
         (
@@ -253,7 +253,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
         (Some(now + secs(42)), None, Some(204), 3)
     );
     assert!(matches!(
-        deliveries::requeue(&t.db, &id, now + secs(43)).await,
+        delivery::requeue(&t.db, &id, now + secs(43)).await,
         Err(Error::NotRequeueable {
             state: DeliveryState::Delivered,
             ..
@@ -266,10 +266,9 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
     for attempt in 1..=3 {
         let claim = claim_one(&t, &p, clock).await;
         assert_eq!(claim.attempt, attempt);
-        let recorded =
-            deliveries::record_outcome(&t.db, &p, &claim, &AttemptOutcome::Timeout, clock)
-                .await
-                .unwrap();
+        let recorded = delivery::record_outcome(&t.db, &p, &claim, &AttemptOutcome::Timeout, clock)
+            .await
+            .unwrap();
         if attempt < 3 {
             let Decision::RetryAt(next) = recorded else {
                 panic!("{recorded:?}")
@@ -279,7 +278,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
             assert_eq!(recorded, Decision::GiveUp(GiveUpReason::MaxAttempts(3)));
         }
     }
-    let d = deliveries::get(&t.db, &id, clock).await.unwrap();
+    let d = delivery::get(&t.db, &id, clock).await.unwrap();
     assert_eq!(
         (d.state, d.next_retry_at, d.delivered_at),
         (DeliveryState::Failed, None, None)
@@ -287,7 +286,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
     assert_eq!(d.error_message.as_deref(), Some("timed out"));
 
     // Requeue: due now, a fresh budget of attempts.
-    let requeued = deliveries::requeue(&t.db, &id, clock + secs(1))
+    let requeued = delivery::requeue(&t.db, &id, clock + secs(1))
         .await
         .unwrap();
     assert_eq!(
@@ -302,7 +301,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
     assert_eq!(claim.attempt, 1);
 
     // A final status exhausts at once.
-    let recorded = deliveries::record_outcome(&t.db, &p, &claim, &status(410), clock + secs(2))
+    let recorded = delivery::record_outcome(&t.db, &p, &claim, &status(410), clock + secs(2))
         .await
         .unwrap();
     assert_eq!(recorded, Decision::GiveUp(GiveUpReason::FinalStatus(410)));
@@ -313,12 +312,12 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
     let id = created(&t, "agent-1", "evt-4", "run.started", now + secs(500)).await;
     let lost = claim_one(&t, &one_shot, now + secs(500)).await;
     assert!(
-        deliveries::claim_due(&t.db, &one_shot, now + secs(531), 10)
+        delivery::claim_due(&t.db, &one_shot, now + secs(531), 10)
             .await
             .unwrap()
             .is_empty()
     );
-    let d = deliveries::get(&t.db, &id, now + secs(531)).await.unwrap();
+    let d = delivery::get(&t.db, &id, now + secs(531)).await.unwrap();
     assert_eq!(d.state, DeliveryState::Failed);
     assert!(d.error_message.unwrap().contains("lease ran out"));
     assert!(
@@ -337,7 +336,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(
-        deliveries::enqueue(
+        delivery::enqueue(
             &t.db,
             &WebhookSettings::default(),
             "agent-1",
@@ -352,7 +351,7 @@ async fn every_transition_with_an_injected_clock(backend: Backend) {
     );
 
     // Stats at the end: one delivered, two failed, nothing pending.
-    let stats = deliveries::stats(&t.db, "agent-1", now + secs(600))
+    let stats = delivery::stats(&t.db, "agent-1", now + secs(600))
         .await
         .unwrap();
     assert_eq!(
@@ -371,7 +370,7 @@ async fn racing_enqueues_make_exactly_one_row(backend: Backend) {
         .map(|_| {
             let db = db.clone();
             tokio::spawn(async move {
-                deliveries::enqueue(
+                delivery::enqueue(
                     db.as_ref(),
                     &WebhookSettings::default(),
                     "agent-1",
@@ -437,7 +436,7 @@ async fn pages_yield_every_row_once_in_order_while_rows_arrive(backend: Backend)
     };
     let mut pages = 0;
     loop {
-        let page = deliveries::history(&t.db, "agent-1", &query, t0())
+        let page = delivery::history(&t.db, "agent-1", &query, t0())
             .await
             .unwrap();
         assert!(page.items.len() <= 37);
@@ -466,7 +465,7 @@ async fn pages_yield_every_row_once_in_order_while_rows_arrive(backend: Backend)
         limit: 1000,
         ..HistoryQuery::default()
     };
-    let page = deliveries::history(&t.db, "agent-1", &failed_kind, t0())
+    let page = delivery::history(&t.db, "agent-1", &failed_kind, t0())
         .await
         .unwrap();
     assert_eq!(page.items.len(), 58);
@@ -477,7 +476,7 @@ async fn pages_yield_every_row_once_in_order_while_rows_arrive(backend: Backend)
         limit: 1000,
         ..HistoryQuery::default()
     };
-    let page = deliveries::history(
+    let page = delivery::history(
         &t.db,
         &claim.delivery.agent_id,
         &leased,
@@ -496,7 +495,7 @@ async fn pages_yield_every_row_once_in_order_while_rows_arrive(backend: Backend)
         ..HistoryQuery::default()
     };
     assert!(matches!(
-        deliveries::history(&t.db, "agent-1", &bad, t0()).await,
+        delivery::history(&t.db, "agent-1", &bad, t0()).await,
         Err(Error::BadCursor)
     ));
     let too_big = HistoryQuery {
@@ -504,13 +503,13 @@ async fn pages_yield_every_row_once_in_order_while_rows_arrive(backend: Backend)
         ..HistoryQuery::default()
     };
     assert!(matches!(
-        deliveries::history(&t.db, "agent-1", &too_big, t0()).await,
+        delivery::history(&t.db, "agent-1", &too_big, t0()).await,
         Err(Error::InvalidLimit { limit: 1001, .. })
     ));
 }
 
 async fn claim_one_of(t: &TestDb, now: DateTime<Utc>) -> Claim {
-    let mut claims = deliveries::claim_due(&t.db, &policy(3), now, 1)
+    let mut claims = delivery::claim_due(&t.db, &policy(3), now, 1)
         .await
         .unwrap();
     claims.pop().expect("a due delivery")
@@ -525,7 +524,7 @@ async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
         created(&t, "agent-1", &format!("evt-{i}"), "run.completed", old).await;
     }
     // 10 delivered, 10 exhausted, 3 leased, 2 pending: all old.
-    for (i, claim) in deliveries::claim_due(&t.db, &p, old, 23)
+    for (i, claim) in delivery::claim_due(&t.db, &p, old, 23)
         .await
         .unwrap()
         .into_iter()
@@ -536,7 +535,7 @@ async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
                 record_status(&t.db, &claim, 200, old).await.unwrap();
             }
             10..20 => {
-                deliveries::record_outcome(&t.db, &p, &claim, &status(500), old)
+                delivery::record_outcome(&t.db, &p, &claim, &status(500), old)
                     .await
                     .unwrap();
             }
@@ -568,7 +567,7 @@ async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
     // before it ended (`on_batch` runs right after each statement).
     let pause = Duration::from_millis(30);
     let mut progress = Vec::new();
-    let deleted = deliveries::prune(&t.db, old + secs(3_600), 4, pause, |n| {
+    let deleted = delivery::prune(&t.db, old + secs(3_600), 4, pause, |n| {
         progress.push((n, std::time::Instant::now()))
     })
     .await
@@ -580,7 +579,7 @@ async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
         let gap = pair[1].1 - pair[0].1;
         assert!(gap >= pause, "statements {gap:?} apart, pause {pause:?}");
     }
-    let stats = deliveries::stats(&t.db, "agent-1", old + secs(10))
+    let stats = delivery::stats(&t.db, "agent-1", old + secs(10))
         .await
         .unwrap();
     assert_eq!(
@@ -588,7 +587,7 @@ async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
         (2, 3, 1, 0)
     );
     assert_eq!(
-        deliveries::prune(&t.db, old + secs(3_600), 4, Duration::ZERO, |_| {})
+        delivery::prune(&t.db, old + secs(3_600), 4, Duration::ZERO, |_| {})
             .await
             .unwrap(),
         0,
@@ -656,7 +655,7 @@ async fn eight_workers_drain_five_thousand_deliveries(backend: Backend) {
             let mut rng = StdRng::seed_from_u64(w);
             let mut crashes = 0u32;
             loop {
-                let claims = deliveries::claim_due(&db, &settings, Utc::now(), 25)
+                let claims = delivery::claim_due(&db, &settings, Utc::now(), 25)
                     .await
                     .expect("claim");
                 if claims.is_empty() {
@@ -678,7 +677,7 @@ async fn eight_workers_drain_five_thousand_deliveries(backend: Backend) {
                         continue;
                     }
                     let result = if roll < 0.30 {
-                        deliveries::record_outcome(&db, &settings, &claim, &status(503), Utc::now())
+                        delivery::record_outcome(&db, &settings, &claim, &status(503), Utc::now())
                             .await
                     } else {
                         record_status(&db, &claim, 200, Utc::now()).await
@@ -748,7 +747,7 @@ async fn payload_is_stored_once_and_capped(backend: Backend) {
     let enqueue = |event_id: &'static str, payload: serde_json::Value| {
         let (db, settings) = (&t.db, &settings);
         async move {
-            deliveries::enqueue(
+            delivery::enqueue(
                 db,
                 settings,
                 "agent-1",
@@ -766,14 +765,14 @@ async fn payload_is_stored_once_and_capped(backend: Backend) {
     ));
     let too_big = json!({"run": "r-1", "text": "héllo", "n": [1, 2, 3]});
     match enqueue("evt-2", too_big).await {
-        Err(Error::Payload(deliveries::PayloadError::TooLarge { size, max })) => {
+        Err(Error::Payload(delivery::PayloadError::TooLarge { size, max })) => {
             assert_eq!((size, max), (bytes.len() + 2, bytes.len()));
         }
         other => panic!("expected TooLarge, got {other:?}"),
     }
     // A second enqueue of the same event keeps the first payload.
     enqueue("evt-1", json!({})).await.unwrap();
-    let claims = deliveries::claim_due(&t.db, &settings, t0(), 10)
+    let claims = delivery::claim_due(&t.db, &settings, t0(), 10)
         .await
         .unwrap();
     assert_eq!(claims.len(), 1);
@@ -863,7 +862,7 @@ async fn deadlock_victim_inside_a_callers_transaction_is_reported(
         let ours = nested.as_ref().unwrap_or(&outer);
         let result = if batched {
             let settings = WebhookSettings::default();
-            deliveries::record_outcomes(ours, &settings, [(&claim, &status(200), now)])
+            delivery::record_outcomes(ours, &settings, [(&claim, &status(200), now)])
                 .await
                 .and_then(|mut one| one.remove(0))
         } else {

@@ -1,7 +1,7 @@
 //! `EXPLAIN` on PostgreSQL: each bookkeeping query uses the index the third migration made
 //! for it. Run with `--nocapture` to see the plans.
 
-use agent_webhooks::deliveries::{self, HistoryQuery};
+use agent_webhooks::delivery::{self, HistoryQuery};
 use agent_webhooks::settings::WebhookSettings;
 use chrono::Utc;
 use entity::webhook_deliveries;
@@ -43,7 +43,7 @@ async fn each_bookkeeping_query_uses_its_index_on_postgres() {
     .await;
     t.exec("ANALYZE webhook_deliveries").await;
 
-    let claim = deliveries::testing::claim_statement(
+    let claim = delivery::testing::claim_statement(
         DbBackend::Postgres,
         &WebhookSettings::default(),
         Utc::now(),
@@ -61,7 +61,7 @@ async fn each_bookkeeping_query_uses_its_index_on_postgres() {
         ..HistoryQuery::default()
     };
     let (select, _) =
-        deliveries::testing::history_select(DbBackend::Postgres, "agent-1", &first, Utc::now())
+        delivery::testing::history_select(DbBackend::Postgres, "agent-1", &first, Utc::now())
             .unwrap();
     let first_plan = plan(&t, select.build(DbBackend::Postgres)).await;
     println!("history, first page:\n{first_plan}\n");
@@ -70,7 +70,7 @@ async fn each_bookkeeping_query_uses_its_index_on_postgres() {
         "{first_plan}"
     );
 
-    let page = deliveries::history(&t.db, "agent-1", &first, Utc::now())
+    let page = delivery::history(&t.db, "agent-1", &first, Utc::now())
         .await
         .unwrap();
     let next = HistoryQuery {
@@ -78,7 +78,7 @@ async fn each_bookkeeping_query_uses_its_index_on_postgres() {
         ..first
     };
     let (select, _) =
-        deliveries::testing::history_select(DbBackend::Postgres, "agent-1", &next, Utc::now())
+        delivery::testing::history_select(DbBackend::Postgres, "agent-1", &next, Utc::now())
             .unwrap();
     let next_plan = plan(&t, select.build(DbBackend::Postgres)).await;
     println!("history, next page:\n{next_plan}\n");

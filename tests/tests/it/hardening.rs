@@ -3,8 +3,8 @@
 //! limits.
 
 use agent_webhooks::Error;
-use agent_webhooks::deliveries::{self, Enqueued};
-use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::delivery::{self, Enqueued};
+use agent_webhooks::secrets::secret_box::KeyRing;
 use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::webhook::{self, ResealReport, WebhookConfig};
 use integration_tests::{Backend, TestDb, backend_tests, enqueue_event, seed_agent};
@@ -174,22 +174,22 @@ fn entry_points_never_panic_on_arbitrary_limits() {
             &(limits, any::<Option<String>>(), instants),
             |(limit, cursor, instant)| {
                 rt.block_on(async {
-                    let in_bounds = (1..=deliveries::MAX_PAGE_SIZE).contains(&limit);
-                    let claimed = deliveries::claim_due(&t.db, &settings, instant, limit).await;
+                    let in_bounds = (1..=delivery::MAX_PAGE_SIZE).contains(&limit);
+                    let claimed = delivery::claim_due(&t.db, &settings, instant, limit).await;
                     prop_assert!(
                         claimed.is_ok() == in_bounds && (in_bounds || invalid(&claimed, limit)),
                         "{claimed:?}"
                     );
-                    let query = deliveries::HistoryQuery {
+                    let query = delivery::HistoryQuery {
                         cursor,
                         limit,
                         ..Default::default()
                     };
                     // A bad cursor is a typed error too; only a panic fails this.
-                    let page = deliveries::history(&t.db, "agent-1", &query, instant).await;
+                    let page = delivery::history(&t.db, "agent-1", &query, instant).await;
                     prop_assert!(in_bounds || limit == 0 || invalid(&page, limit), "{page:?}");
                     let pruned =
-                        deliveries::prune(&t.db, instant, limit, std::time::Duration::ZERO, |_| {})
+                        delivery::prune(&t.db, instant, limit, std::time::Duration::ZERO, |_| {})
                             .await;
                     prop_assert!(pruned.is_ok() == in_bounds, "{pruned:?}");
                     let resealed = webhook::reseal_secrets(&t.db, &settings, limit, |_| {}).await;

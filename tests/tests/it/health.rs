@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use agent_webhooks::deliveries::{self, DeliveryState, Enqueued, SkipReason};
-use agent_webhooks::retry::{AttemptOutcome, Decision, RetryPolicy};
+use agent_webhooks::delivery::retry::{AttemptOutcome, Decision, RetryPolicy};
+use agent_webhooks::delivery::{self, DeliveryState, Enqueued, SkipReason};
 use agent_webhooks::settings::{WebhookSettings, vars};
-use agent_webhooks::url_policy::UrlPolicy;
+use agent_webhooks::webhook::url_policy::UrlPolicy;
 use agent_webhooks::webhook::{self, WebhookConfig, WebhookConfigView};
 use chrono::{DateTime, TimeDelta, Utc};
 use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
@@ -59,7 +59,7 @@ async fn attempt(
     now: DateTime<Utc>,
 ) -> (String, Decision) {
     let event_id = format!("evt-{}", now.timestamp());
-    match deliveries::enqueue(
+    match delivery::enqueue(
         &t.db,
         settings,
         AGENT,
@@ -74,16 +74,14 @@ async fn attempt(
         Enqueued::Created(_) => {}
         other => panic!("expected a new delivery at {now}, got {other:?}"),
     }
-    let claims = deliveries::claim_due(&t.db, settings, now, 10)
-        .await
-        .unwrap();
+    let claims = delivery::claim_due(&t.db, settings, now, 10).await.unwrap();
     assert_eq!(claims.len(), 1, "only the new event is due at {now}");
     let claim = &claims[0];
     let outcome = AttemptOutcome::Status {
         code,
         retry_after: None,
     };
-    let decision = deliveries::record_outcome(&t.db, settings, claim, &outcome, now)
+    let decision = delivery::record_outcome(&t.db, settings, claim, &outcome, now)
         .await
         .unwrap();
     (claim.delivery.id.clone(), decision)
@@ -139,7 +137,7 @@ async fn a_failure_after_the_period_disables_the_webhook(backend: Backend) {
     assert_eq!(disabled.failing_since, Some(t0()));
 
     // New events are no longer enqueued; the failed deliveries are still pending.
-    let skipped = deliveries::enqueue(
+    let skipped = delivery::enqueue(
         &t.db,
         &s,
         AGENT,
@@ -151,21 +149,19 @@ async fn a_failure_after_the_period_disables_the_webhook(backend: Backend) {
     .await
     .unwrap();
     assert_eq!(skipped, Enqueued::Skipped(SkipReason::Disabled));
-    let pending = deliveries::get(&t.db, &first, t0() + days(6))
-        .await
-        .unwrap();
+    let pending = delivery::get(&t.db, &first, t0() + days(6)).await.unwrap();
     assert_eq!(pending.state, DeliveryState::Pending);
 
     // A later failure (the pending delivery's last attempt) disables nothing twice.
     let later = t0() + days(26);
-    let claims = deliveries::claim_due(&t.db, &s, later, 10).await.unwrap();
+    let claims = delivery::claim_due(&t.db, &s, later, 10).await.unwrap();
     assert_eq!(claims.len(), 3, "every failed delivery comes due again");
     for claim in &claims {
         let outcome = AttemptOutcome::Status {
             code: 500,
             retry_after: None,
         };
-        let decision = deliveries::record_outcome(&t.db, &s, claim, &outcome, later)
+        let decision = delivery::record_outcome(&t.db, &s, claim, &outcome, later)
             .await
             .unwrap();
         assert!(matches!(decision, Decision::GiveUp(_)), "{decision:?}");

@@ -2,7 +2,7 @@
 //! the host's (README, "Created or adopted"): the cascade from organizations to agents is ours
 //! only on created tables; the cascade from agents to their delivery history holds in both.
 
-use agent_webhooks::deliveries::Enqueued;
+use agent_webhooks::delivery::Enqueued;
 use chrono::Utc;
 use integration_tests::{Backend, TestDb, backend_tests, enqueue_event, seed_agent};
 use migration::{Migrator, MigratorTrait};

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use agent_webhooks::http::{self, CallerOrganization, HttpState, MAX_BODY_BYTES};
-use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::secrets::secret_box::KeyRing;
 use agent_webhooks::settings::WebhookSettings;
 use axum::http::request::Parts;
 use entity::{agents, organizations, webhook_deliveries as wd};

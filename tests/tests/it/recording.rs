@@ -8,10 +8,10 @@
 
 use std::collections::HashMap;
 
-use agent_webhooks::deliveries::{
+use agent_webhooks::delivery::retry::{AttemptOutcome, RetryPolicy};
+use agent_webhooks::delivery::{
     self, AttemptRecord, EnqueueItem, Enqueued, ErrorClass, MAX_ERROR_LEN, RESPONSE_PREFIX_LEN,
 };
-use agent_webhooks::retry::{AttemptOutcome, RetryPolicy};
 use agent_webhooks::settings::WebhookSettings;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -271,7 +271,7 @@ async fn arbitrary_text_is_stored_as_documented(backend: Backend) {
             payload: (&payload).into(),
         })
         .collect();
-    let ids: Vec<String> = deliveries::enqueue_many(&t.db, &s, &items, t0())
+    let ids: Vec<String> = delivery::enqueue_many(&t.db, &s, &items, t0())
         .await
         .unwrap()
         .into_iter()
@@ -284,10 +284,10 @@ async fn arbitrary_text_is_stored_as_documented(backend: Backend) {
     // Per delivery: an answered attempt with the message and the body's excerpt, and a failed
     // one with the message given as a raw response prefix.
     let excerpts: Vec<Option<String>> = (0..n)
-        .map(|i| deliveries::body_excerpt(&body(i).value))
+        .map(|i| delivery::body_excerpt(&body(i).value))
         .collect();
     for case in &bodies {
-        check_excerpt(case, &deliveries::body_excerpt(&case.value));
+        check_excerpt(case, &delivery::body_excerpt(&case.value));
     }
     let records: Vec<[AttemptRecord; 2]> = (0..n)
         .map(|i| {
@@ -319,10 +319,9 @@ async fn arbitrary_text_is_stored_as_documented(backend: Backend) {
             .iter()
             .flat_map(|&i| records[i].iter().map(move |r| (i, r)));
         let batch = rows.clone().map(|(i, r)| (ids[i].as_str(), r));
-        if let Err(err) = deliveries::record_attempts(&t.db, batch).await {
+        if let Err(err) = delivery::record_attempts(&t.db, batch).await {
             for (i, record) in rows {
-                if let Err(e) =
-                    deliveries::record_attempts(&t.db, [(ids[i].as_str(), record)]).await
+                if let Err(e) = delivery::record_attempts(&t.db, [(ids[i].as_str(), record)]).await
                 {
                     panic!(
                         "{backend:?}: attempt {} refused ({e}); {} / {}",
@@ -337,7 +336,7 @@ async fn arbitrary_text_is_stored_as_documented(backend: Backend) {
     }
 
     // The delivery's own error, from `record_outcomes` in batches.
-    let claims = deliveries::claim_due(&t.db, &s, t0(), n as u64)
+    let claims = delivery::claim_due(&t.db, &s, t0(), n as u64)
         .await
         .unwrap();
     assert_eq!(claims.len(), n);
@@ -358,7 +357,7 @@ async fn arbitrary_text_is_stored_as_documented(backend: Backend) {
             .iter()
             .zip(outcomes)
             .map(|(claim, (_, outcome))| (claim, outcome, t0()));
-        let results = deliveries::record_outcomes(&t.db, &s, batch)
+        let results = delivery::record_outcomes(&t.db, &s, batch)
             .await
             .unwrap_or_else(|e| panic!("{backend:?}: a batch of outcomes was refused: {e}"));
         for (result, (i, _)) in results.iter().zip(outcomes) {
@@ -373,7 +372,7 @@ async fn arbitrary_text_is_stored_as_documented(backend: Backend) {
     for i in 0..n {
         let (body, message) = (body(i), message(i));
         let what = || format!("{backend:?}: {} / {}", describe(body), describe(message));
-        let stored = deliveries::attempts(&t.db, &ids[i]).await.unwrap();
+        let stored = delivery::attempts(&t.db, &ids[i]).await.unwrap();
         let [mut answered, mut failed] = records[i].clone();
         answered.message = Some(storable(&message.value, MAX_ERROR_LEN));
         // The excerpt is storable as it is: at most 1,024 bytes of text without a NUL, or base64.
@@ -387,7 +386,7 @@ async fn arbitrary_text_is_stored_as_documented(backend: Backend) {
         assert_eq!(stored, [answered, failed], "{}", what());
         check_excerpt(body, &stored[0].response_body_prefix);
 
-        let delivery = deliveries::get(&t.db, &ids[i], t0()).await.unwrap();
+        let delivery = delivery::get(&t.db, &ids[i], t0()).await.unwrap();
         let error = format!("connection failed: {}", message.value);
         assert_eq!(
             delivery.error_message,

@@ -2,14 +2,14 @@
 //! the exact body, signed with the agent's decrypted secret. On every backend.
 
 use agent_webhooks::Error;
-use agent_webhooks::deliveries::{self, Enqueued};
-use agent_webhooks::secret_box::KeyRing;
-use agent_webhooks::sender;
+use agent_webhooks::delivery::{self, Enqueued};
+use agent_webhooks::dispatch::sign;
+use agent_webhooks::secrets::secret_box::KeyRing;
+use agent_webhooks::secrets::signing;
+use agent_webhooks::secrets::webhook_secret::WebhookSecret;
 use agent_webhooks::settings::WebhookSettings;
-use agent_webhooks::signing;
-use agent_webhooks::url_policy::UrlPolicy;
+use agent_webhooks::webhook::url_policy::UrlPolicy;
 use agent_webhooks::webhook::{self, WebhookConfig};
-use agent_webhooks::webhook_secret::WebhookSecret;
 use chrono::Utc;
 use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
 use secrecy::SecretString;
@@ -36,7 +36,7 @@ async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
 
     let now = Utc::now();
     for agent in ["agent-1", "agent-2"] {
-        let created = deliveries::enqueue(
+        let created = delivery::enqueue(
             &t.db,
             &WebhookSettings::default(),
             agent,
@@ -49,13 +49,13 @@ async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
         .unwrap();
         assert!(matches!(created, Enqueued::Created(_)));
     }
-    let claims = deliveries::claim_due(&t.db, &settings, now, 10)
+    let claims = delivery::claim_due(&t.db, &settings, now, 10)
         .await
         .unwrap();
     assert_eq!(claims.len(), 2);
     let body = br#"{"type":"run.completed","data":{"run_id":"run-1"}}"#.to_vec();
     for claim in &claims {
-        let result = sender::prepare_request(&t.db, &settings, claim, body.clone(), now).await;
+        let result = sign::prepare_request(&t.db, &settings, claim, body.clone(), now).await;
         if claim.delivery.agent_id == "agent-1" {
             let request = result.unwrap();
             assert_eq!(request.url.as_str(), "https://hooks.example.com/agent-1");
@@ -98,7 +98,7 @@ async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
     webhook::configure(&t.db, &dev, "agent-1", &local)
         .await
         .unwrap();
-    deliveries::enqueue(
+    delivery::enqueue(
         &t.db,
         &WebhookSettings::default(),
         "agent-1",
@@ -109,13 +109,13 @@ async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
     )
     .await
     .unwrap();
-    let claims = deliveries::claim_due(&t.db, &settings, now, 10)
+    let claims = delivery::claim_due(&t.db, &settings, now, 10)
         .await
         .unwrap();
     assert_eq!(claims.len(), 1);
-    let refused = sender::prepare_request(&t.db, &settings, &claims[0], body.clone(), now).await;
+    let refused = sign::prepare_request(&t.db, &settings, &claims[0], body.clone(), now).await;
     assert!(matches!(refused, Err(Error::Url(_))), "{refused:?}");
-    sender::prepare_request(&t.db, &dev, &claims[0], body, now)
+    sign::prepare_request(&t.db, &dev, &claims[0], body, now)
         .await
         .unwrap();
 }

@@ -5,12 +5,12 @@
 use serde_json::json;
 use std::collections::HashMap;
 
-use agent_webhooks::deliveries::{self, Enqueued};
-use agent_webhooks::retry::{AttemptOutcome, Decision, GiveUpReason};
-use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::delivery::retry::{AttemptOutcome, Decision, GiveUpReason};
+use agent_webhooks::delivery::{self, Enqueued};
+use agent_webhooks::secrets::secret_box::KeyRing;
 use agent_webhooks::settings::{WebhookSettings, vars};
 use agent_webhooks::webhook::{self, WebhookConfig};
-use agent_webhooks::{Error, url_policy::UrlPolicyError};
+use agent_webhooks::{Error, webhook::url_policy::UrlPolicyError};
 use chrono::{DateTime, TimeDelta, Utc};
 use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
 use secrecy::SecretString;
@@ -85,7 +85,7 @@ async fn decisions_until_given_up(
 ) -> Vec<Decision> {
     let event = format!("evt-{}", uuid::Uuid::new_v4().simple());
     assert!(matches!(
-        deliveries::enqueue(
+        delivery::enqueue(
             &t.db,
             &WebhookSettings::default(),
             "agent-1",
@@ -105,11 +105,9 @@ async fn decisions_until_given_up(
     let mut now = t0();
     let mut decisions = Vec::new();
     while decisions.len() < limit {
-        let claims = deliveries::claim_due(&t.db, settings, now, 10)
-            .await
-            .unwrap();
+        let claims = delivery::claim_due(&t.db, settings, now, 10).await.unwrap();
         assert_eq!(claims.len(), 1, "one due delivery at {now}");
-        let decision = deliveries::record_outcome(&t.db, settings, &claims[0], &failure, now)
+        let decision = delivery::record_outcome(&t.db, settings, &claims[0], &failure, now)
             .await
             .unwrap();
         decisions.push(decision);
@@ -151,7 +149,7 @@ async fn claim_lease_sets_how_long_a_claim_holds(backend: Backend) {
             15,
         ),
     ] {
-        deliveries::enqueue(
+        delivery::enqueue(
             &t.db,
             &WebhookSettings::default(),
             "agent-1",
@@ -163,23 +161,23 @@ async fn claim_lease_sets_how_long_a_claim_holds(backend: Backend) {
         .await
         .unwrap();
         let s = settings(pairs);
-        let claims = deliveries::claim_due(&t.db, &s, t0(), 10).await.unwrap();
+        let claims = delivery::claim_due(&t.db, &s, t0(), 10).await.unwrap();
         assert_eq!(claims.len(), 1);
         assert_eq!(claims[0].lease_until, t0() + TimeDelta::seconds(lease));
         // Due again exactly when the lease ends, not before.
         let before = t0() + TimeDelta::seconds(lease - 1);
         assert!(
-            deliveries::claim_due(&t.db, &s, before, 10)
+            delivery::claim_due(&t.db, &s, before, 10)
                 .await
                 .unwrap()
                 .is_empty()
         );
-        let again = deliveries::claim_due(&t.db, &s, claims[0].lease_until, 10)
+        let again = delivery::claim_due(&t.db, &s, claims[0].lease_until, 10)
             .await
             .unwrap();
         assert_eq!(again.len(), 1, "lease of {lease} s ran out");
         assert_eq!(again[0].attempt, 2);
-        deliveries::record_outcome(
+        delivery::record_outcome(
             &t.db,
             &s,
             &again[0],

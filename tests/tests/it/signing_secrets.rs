@@ -8,15 +8,17 @@
 use std::time::Duration;
 
 use agent_webhooks::Error;
-use agent_webhooks::deliveries::{self, Claim};
-use agent_webhooks::ed25519::{self, PublicKey};
-use agent_webhooks::secret_box::KeyRing;
-use agent_webhooks::sender::{self, OutgoingRequest};
+use agent_webhooks::delivery::{self, Claim};
+use agent_webhooks::dispatch::sign::{self, OutgoingRequest};
+use agent_webhooks::secrets::ed25519::{self, PublicKey};
+use agent_webhooks::secrets::secret_box::KeyRing;
+use agent_webhooks::secrets::signing::{self, DEFAULT_TOLERANCE, VerifyError};
+use agent_webhooks::secrets::webhook_secret::WebhookSecret;
 use agent_webhooks::settings::WebhookSettings;
-use agent_webhooks::signing::{self, DEFAULT_TOLERANCE, VerifyError};
-use agent_webhooks::signing_secrets::{self, KeyRole, MAX_PREVIOUS_SECRETS, SigningAlgorithm};
+use agent_webhooks::webhook::signing_secrets::{
+    self, KeyRole, MAX_PREVIOUS_SECRETS, SigningAlgorithm,
+};
 use agent_webhooks::webhook::{self, ResealReport};
-use agent_webhooks::webhook_secret::WebhookSecret;
 use chrono::{DateTime, TimeDelta, Utc};
 use integration_tests::{Backend, TestDb, backend_tests, enqueue_event, seed_webhook};
 use secrecy::ExposeSecret;
@@ -59,9 +61,7 @@ async fn claim_one(t: &TestDb, settings: &WebhookSettings, agent_id: &str) -> Cl
     )
     .await
     .unwrap();
-    let mut claims = deliveries::claim_due(&t.db, settings, now, 10)
-        .await
-        .unwrap();
+    let mut claims = delivery::claim_due(&t.db, settings, now, 10).await.unwrap();
     assert_eq!(claims.len(), 1);
     claims.pop().unwrap()
 }
@@ -72,7 +72,7 @@ async fn request_at(
     claim: &Claim,
     at: DateTime<Utc>,
 ) -> OutgoingRequest {
-    sender::prepare_request(&t.db, settings, claim, BODY.to_vec(), at)
+    sign::prepare_request(&t.db, settings, claim, BODY.to_vec(), at)
         .await
         .unwrap()
 }
@@ -398,7 +398,7 @@ async fn a_previous_secret_copied_to_another_agent_does_not_open(backend: Backen
          FROM webhook_previous_secrets WHERE agent_id = 'agent-1'",
     )
     .await;
-    let err = sender::prepare_request(&t.db, &settings, &claim, BODY.to_vec(), now)
+    let err = sign::prepare_request(&t.db, &settings, &claim, BODY.to_vec(), now)
         .await
         .unwrap_err();
     assert!(

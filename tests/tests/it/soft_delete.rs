@@ -3,12 +3,12 @@
 //! deletion is not sent but recorded as failed with the reason. On every backend.
 
 use agent_webhooks::Error;
-use agent_webhooks::deliveries::{self, DeliveryState, Enqueued, SkipReason};
-use agent_webhooks::secret_box::KeyRing;
-use agent_webhooks::sender;
+use agent_webhooks::delivery::{self, DeliveryState, Enqueued, SkipReason};
+use agent_webhooks::dispatch::sign;
+use agent_webhooks::secrets::secret_box::KeyRing;
+use agent_webhooks::secrets::webhook_secret::WebhookSecret;
 use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::webhook::{self, WebhookConfig};
-use agent_webhooks::webhook_secret::WebhookSecret;
 use chrono::Utc;
 use integration_tests::{Backend, TestDb, backend_tests, enqueue_event, seed_agent};
 use secrecy::SecretString;
@@ -83,29 +83,27 @@ async fn soft_deleted_agents_are_gone(backend: Backend) {
 
     // The delivery from before the deletion is claimed like any other, refused by the sender,
     // and recorded as failed with the reason, so it is neither sent nor retried.
-    let claims = deliveries::claim_due(&t.db, &settings, now, 10)
+    let claims = delivery::claim_due(&t.db, &settings, now, 10)
         .await
         .unwrap();
     let claim = claims
         .iter()
         .find(|c| c.delivery.agent_id == "agent-1")
         .expect("the earlier delivery is claimed");
-    let refused = sender::prepare_request(&t.db, &settings, claim, b"{}".to_vec(), now).await;
+    let refused = sign::prepare_request(&t.db, &settings, claim, b"{}".to_vec(), now).await;
     assert!(is_not_found(&refused), "prepare_request: {refused:?}");
     let Err(error) = refused else { unreachable!() };
-    deliveries::abandon(&t.db, claim, &error.to_string())
+    delivery::abandon(&t.db, claim, &error.to_string())
         .await
         .unwrap();
-    let stored = deliveries::get(&t.db, &claim.delivery.id, now)
-        .await
-        .unwrap();
+    let stored = delivery::get(&t.db, &claim.delivery.id, now).await.unwrap();
     assert_eq!(stored.state, DeliveryState::Failed);
     assert_eq!(
         stored.error_message.as_deref(),
         Some("agent `agent-1` not found")
     );
     // The claim is spent: a second report of it is stale.
-    let again = deliveries::abandon(&t.db, claim, "again").await;
+    let again = delivery::abandon(&t.db, claim, "again").await;
     assert!(matches!(again, Err(Error::StaleClaim { .. })), "{again:?}");
 }
 
@@ -114,7 +112,7 @@ backend_tests!(soft_deleted_agents_are_gone);
 /// A host table adopted from another tool may leave `is_deleted` NULL: such an agent is live
 /// for every function, configuration, signing-secret rotation and Ed25519 keys alike.
 async fn null_is_deleted_is_live(backend: Backend) {
-    use agent_webhooks::signing_secrets;
+    use agent_webhooks::webhook::signing_secrets;
     use migration::{Migrator, MigratorTrait};
     let t = TestDb::fresh(backend).await;
     let id = "varchar(64)";

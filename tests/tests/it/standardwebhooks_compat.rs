@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use agent_webhooks::signing::{self, DEFAULT_TOLERANCE};
-use agent_webhooks::webhook_secret::WebhookSecret;
+use agent_webhooks::secrets::signing::{self, DEFAULT_TOLERANCE};
+use agent_webhooks::secrets::webhook_secret::WebhookSecret;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 

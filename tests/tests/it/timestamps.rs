@@ -5,8 +5,8 @@
 //! compare: every writer (the server default, the library's inserts and updates) must write
 //! `YYYY-MM-DD HH:MM:SS.ffffff+00:00`, fixed width, so that text order is time order.
 
-use agent_webhooks::deliveries::{self, Enqueued};
-use agent_webhooks::retry::AttemptOutcome;
+use agent_webhooks::delivery::retry::AttemptOutcome;
+use agent_webhooks::delivery::{self, Enqueued};
 use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::webhook::{self, WebhookConfig};
 use chrono::{Duration, TimeZone, Utc};
@@ -117,7 +117,7 @@ async fn sqlite_timestamps_have_one_format_whoever_writes_them() {
     .await;
 
     let later = now + Duration::seconds(1);
-    let claims = deliveries::claim_due(&t.db, &settings, later, 10)
+    let claims = delivery::claim_due(&t.db, &settings, later, 10)
         .await
         .unwrap();
     assert_eq!(claims.len(), 4);
@@ -132,7 +132,7 @@ async fn sqlite_timestamps_have_one_format_whoever_writes_them() {
             "evt_3" => 400,
             _ => continue, // evt_4 stays leased
         };
-        deliveries::record_outcome(&t.db, &settings, claim, &outcome(code), later)
+        delivery::record_outcome(&t.db, &settings, claim, &outcome(code), later)
             .await
             .unwrap();
     }
@@ -140,7 +140,7 @@ async fn sqlite_timestamps_have_one_format_whoever_writes_them() {
         .iter()
         .find(|c| c.delivery.event_id == "evt_3")
         .unwrap();
-    deliveries::requeue(&t.db, &failed.delivery.id, later)
+    delivery::requeue(&t.db, &failed.delivery.id, later)
         .await
         .unwrap();
 

@@ -5,11 +5,11 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use agent_webhooks::Error;
-use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::secrets::secret_box::KeyRing;
+use agent_webhooks::secrets::webhook_secret::WebhookSecret;
 use agent_webhooks::settings::WebhookSettings;
-use agent_webhooks::url_policy::UrlPolicy;
+use agent_webhooks::webhook::url_policy::UrlPolicy;
 use agent_webhooks::webhook::{self, WebhookConfig};
-use agent_webhooks::webhook_secret::WebhookSecret;
 use integration_tests::{Backend, TestDb, backend_tests, seed_agent};
 use secrecy::SecretString;
 

@@ -10,16 +10,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_webhooks::deliveries::{self, AttemptRecord, DeliveryState, Enqueued, ErrorClass};
+use agent_webhooks::delivery::retry::RetryPolicy;
+use agent_webhooks::delivery::{self, AttemptRecord, DeliveryState, Enqueued, ErrorClass};
 use agent_webhooks::dispatch::{Dispatcher, DrainReport};
-use agent_webhooks::retry::RetryPolicy;
-use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::secrets::secret_box::KeyRing;
+use agent_webhooks::secrets::signing::{self, ReceivedHeaders};
+use agent_webhooks::secrets::webhook_secret::WebhookSecret;
 use agent_webhooks::settings::{WebhookSettings, WorkerSettings};
-use agent_webhooks::signing::{self, ReceivedHeaders};
-use agent_webhooks::signing_secrets;
-use agent_webhooks::url_policy::{Resolver, UrlPolicy};
+use agent_webhooks::webhook::signing_secrets;
+use agent_webhooks::webhook::url_policy::{Resolver, UrlPolicy};
 use agent_webhooks::webhook::{self, WebhookConfig};
-use agent_webhooks::webhook_secret::WebhookSecret;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -205,7 +205,7 @@ struct Setup {
 async fn setup(backend: Backend, url: &str, settings: WebhookSettings) -> Setup {
     let t = TestDb::migrated(backend).await;
     let secret = seed_webhook(&t, &settings, "agent-1", url).await;
-    let enqueued = deliveries::enqueue(
+    let enqueued = delivery::enqueue(
         &t.db,
         &settings,
         "agent-1",
@@ -230,7 +230,7 @@ async fn setup(backend: Backend, url: &str, settings: WebhookSettings) -> Setup 
 impl Setup {
     /// Enqueues `event_id` for `agent` now.
     async fn enqueue(&self, agent: &str, event_id: &str) -> Enqueued {
-        deliveries::enqueue(
+        delivery::enqueue(
             &self.t.db,
             &self.settings,
             agent,
@@ -244,8 +244,8 @@ impl Setup {
     }
 
     /// Enqueues `event_id` for agent-1 with `payload` now.
-    async fn enqueue_with<'p>(&self, event_id: &str, payload: impl Into<deliveries::Payload<'p>>) {
-        let enqueued = deliveries::enqueue(
+    async fn enqueue_with<'p>(&self, event_id: &str, payload: impl Into<delivery::Payload<'p>>) {
+        let enqueued = delivery::enqueue(
             &self.t.db,
             &self.settings,
             "agent-1",
@@ -268,14 +268,14 @@ impl Setup {
     }
 
     async fn state(&self) -> DeliveryState {
-        deliveries::get(&self.t.db, &self.delivery_id, Utc::now())
+        delivery::get(&self.t.db, &self.delivery_id, Utc::now())
             .await
             .unwrap()
             .state
     }
 
     async fn attempts(&self) -> Vec<AttemptRecord> {
-        deliveries::attempts(&self.t.db, &self.delivery_id)
+        delivery::attempts(&self.t.db, &self.delivery_id)
             .await
             .unwrap()
     }
@@ -374,7 +374,7 @@ async fn retry_after_is_honoured(backend: Backend) {
     let report = s.run_once().await;
     assert_eq!(report.retrying, 1, "{report:?}");
     assert_eq!(receiver.seen().len(), 1);
-    let delivery = deliveries::get(&s.t.db, &s.delivery_id, Utc::now())
+    let delivery = delivery::get(&s.t.db, &s.delivery_id, Utc::now())
         .await
         .unwrap();
     let attempt = &s.attempts().await[0];
@@ -433,7 +433,7 @@ async fn huge_response_is_capped(backend: Backend) {
     assert_eq!(attempt.status_code, Some(200));
     assert_eq!(attempt.error_class, Some(ErrorClass::BodyTooLarge));
     let prefix = attempt.response_body_prefix.as_deref().unwrap();
-    assert_eq!(prefix.len(), deliveries::RESPONSE_PREFIX_LEN);
+    assert_eq!(prefix.len(), delivery::RESPONSE_PREFIX_LEN);
     assert!(prefix.bytes().all(|b| b == b'x'));
 }
 
@@ -735,7 +735,7 @@ async fn busy_host_claims_are_released_unsent(backend: Backend) {
     assert_eq!(receiver.seen().len(), 2);
     assert_eq!(receiver.max_in_flight.load(Ordering::SeqCst), 1);
     for id in [&s.delivery_id, &second.id] {
-        let attempts = deliveries::attempts(&s.t.db, id).await.unwrap();
+        let attempts = delivery::attempts(&s.t.db, id).await.unwrap();
         let numbers: Vec<_> = attempts.iter().map(|a| a.attempt).collect();
         assert_eq!(numbers, [1], "{id}: the release uncounted its claim");
     }
@@ -833,7 +833,7 @@ async fn a_batch_of_agents_is_signed_per_agent_and_recorded_once(backend: Backen
     }
     // Every delivery has exactly one attempt row; agent-4's say why nothing was sent.
     for (agent, _) in &secrets {
-        let page = deliveries::history(&s.t.db, agent, &Default::default(), Utc::now())
+        let page = delivery::history(&s.t.db, agent, &Default::default(), Utc::now())
             .await
             .unwrap();
         assert_eq!(
@@ -842,7 +842,7 @@ async fn a_batch_of_agents_is_signed_per_agent_and_recorded_once(backend: Backen
             "{agent}"
         );
         for delivery in &page.items {
-            let attempts = deliveries::attempts(&s.t.db, &delivery.id).await.unwrap();
+            let attempts = delivery::attempts(&s.t.db, &delivery.id).await.unwrap();
             assert_eq!(attempts.len(), 1, "{agent} {}", delivery.event_id);
             let (status, class) = (attempts[0].status_code, attempts[0].error_class);
             if agent == "agent-4" {
@@ -866,13 +866,13 @@ async fn the_payload_is_the_apps_bytes(backend: Backend) {
                         \"z\": 2.50, \"e\": 1E400 }";
     let (receiver, addr) = Receiver::start([]).await;
     let s = setup(backend, &url(addr), settings()).await;
-    let enqueued = deliveries::enqueue(
+    let enqueued = delivery::enqueue(
         &s.t.db,
         &s.settings,
         "agent-1",
         "evt_raw",
         "run.completed",
-        deliveries::Payload::json(TEXT.as_bytes()),
+        delivery::Payload::json(TEXT.as_bytes()),
         Utc::now(),
     )
     .await
@@ -889,13 +889,13 @@ async fn the_payload_is_the_apps_bytes(backend: Backend) {
         assert!(request.verifies(&s.secret));
     }
     for bad in [&b"{\"a\": 1"[..], b"", b"{} {}", b"\"\xff\""] {
-        let refused = deliveries::enqueue(
+        let refused = delivery::enqueue(
             &s.t.db,
             &s.settings,
             "agent-1",
             "evt_bad",
             "run.completed",
-            deliveries::Payload::json(bad),
+            delivery::Payload::json(bad),
             Utc::now(),
         )
         .await;
@@ -942,7 +942,7 @@ async fn a_skewed_worker_clock_steals_no_lease(backend: Backend) {
         .with_clock(|| Utc::now() - TimeDelta::seconds(60));
     let report = behind.run_once().await.unwrap();
     assert_eq!(report.retrying, 1, "{report:?}");
-    let page = deliveries::history(&s.t.db, "agent-1", &Default::default(), Utc::now())
+    let page = delivery::history(&s.t.db, "agent-1", &Default::default(), Utc::now())
         .await
         .unwrap();
     let retry = page.items.iter().find(|d| d.event_id == "evt_2").unwrap();
@@ -1000,10 +1000,10 @@ impl TwoTenants {
 
     /// The healthy agent's deliveries: every one delivered by its first and only attempt.
     async fn assert_good_delivered_once(&self, events: usize) {
-        let page = deliveries::history(
+        let page = delivery::history(
             &self.s.t.db,
             "agent-2",
-            &deliveries::HistoryQuery {
+            &delivery::HistoryQuery {
                 limit: 1000,
                 ..Default::default()
             },
@@ -1019,7 +1019,7 @@ impl TwoTenants {
                 "{} of the healthy agent",
                 d.event_id
             );
-            let attempts = deliveries::attempts(&self.s.t.db, &d.id).await.unwrap();
+            let attempts = delivery::attempts(&self.s.t.db, &d.id).await.unwrap();
             assert_eq!(attempts.len(), 1, "{}", d.event_id);
         }
         assert_eq!(self.good.seen().len(), events, "nothing was sent twice");
@@ -1044,7 +1044,7 @@ async fn a_nul_in_a_body_costs_no_other_delivery(backend: Backend) {
     assert_eq!(report.unrecorded, 0, "{report:?}");
     tt.assert_good_delivered_once(EVENTS).await;
     assert_eq!(tt.bad.seen().len(), EVENTS, "nothing was sent twice");
-    let attempts = deliveries::attempts(&tt.s.t.db, &tt.s.delivery_id)
+    let attempts = delivery::attempts(&tt.s.t.db, &tt.s.delivery_id)
         .await
         .unwrap();
     assert_eq!(
@@ -1182,7 +1182,7 @@ async fn a_key_ring_fault_is_the_operators_not_the_receivers(backend: Backend) {
             s.attempts().await.is_empty(),
             "no attempt is blamed on the receiver"
         );
-        let stored = deliveries::get(&s.t.db, &s.delivery_id, Utc::now())
+        let stored = delivery::get(&s.t.db, &s.delivery_id, Utc::now())
             .await
             .unwrap();
         assert_eq!((stored.attempt_count, stored.error_message), (0, None));

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use agent_webhooks::deliveries;
-use agent_webhooks::retry::AttemptOutcome;
+use agent_webhooks::delivery;
+use agent_webhooks::delivery::retry::AttemptOutcome;
 use agent_webhooks::settings::WebhookSettings;
 use chrono::Utc;
 use integration_tests::{Backend, TestDb, seed_agent};
@@ -42,7 +42,7 @@ pub(super) async fn figures(report: &mut Report, backend: Backend, n: usize, rou
             let start = Instant::now();
             if path == 0 {
                 for i in 0..n {
-                    deliveries::enqueue(
+                    delivery::enqueue(
                         &t.db,
                         &settings,
                         &agents[i],
@@ -56,7 +56,7 @@ pub(super) async fn figures(report: &mut Report, backend: Backend, n: usize, rou
                 }
             } else {
                 for chunk in items.chunks(100) {
-                    deliveries::enqueue_many(&t.db, &settings, chunk, now)
+                    delivery::enqueue_many(&t.db, &settings, chunk, now)
                         .await
                         .expect("enqueue_many");
                 }
@@ -108,7 +108,7 @@ pub(super) async fn figures(report: &mut Report, backend: Backend, n: usize, rou
                     let again: Vec<String> =
                         (0..n).map(|i| format!("evt-again{refills}-{i}")).collect();
                     for chunk in enqueue_items(&agents, &again, &payload).chunks(500) {
-                        deliveries::enqueue_many(&t.db, &settings, chunk, Utc::now())
+                        delivery::enqueue_many(&t.db, &settings, chunk, Utc::now())
                             .await
                             .expect("seed");
                     }
@@ -159,11 +159,11 @@ fn enqueue_items<'a>(
     agents: &'a [String],
     events: &'a [String],
     payload: &'a serde_json::Value,
-) -> Vec<deliveries::EnqueueItem<'a>> {
+) -> Vec<delivery::EnqueueItem<'a>> {
     agents
         .iter()
         .zip(events)
-        .map(|(agent_id, event_id)| deliveries::EnqueueItem {
+        .map(|(agent_id, event_id)| delivery::EnqueueItem {
             agent_id,
             event_id,
             event_type: "run.completed",
@@ -183,14 +183,14 @@ async fn claim_and_record(db: DatabaseConnection, batched: bool) -> usize {
     let mut done = 0;
     loop {
         let now = Utc::now();
-        let claims = deliveries::claim_due(&db, &settings, now, 100)
+        let claims = delivery::claim_due(&db, &settings, now, 100)
             .await
             .expect("claim");
         if claims.is_empty() {
             return done;
         }
         if batched {
-            let results = deliveries::record_outcomes(
+            let results = delivery::record_outcomes(
                 &db,
                 &settings,
                 claims.iter().map(|c| (c, &success, now)),
@@ -200,7 +200,7 @@ async fn claim_and_record(db: DatabaseConnection, batched: bool) -> usize {
             assert!(results.iter().all(Result::is_ok), "no stale claim");
         } else {
             for claim in &claims {
-                deliveries::record_outcome(&db, &settings, claim, &success, now)
+                delivery::record_outcome(&db, &settings, claim, &success, now)
                     .await
                     .expect("record");
             }

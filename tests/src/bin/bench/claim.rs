@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use agent_webhooks::deliveries;
+use agent_webhooks::delivery;
 use agent_webhooks::settings::WebhookSettings;
 use chrono::Utc;
 use integration_tests::{Backend, TestDb};
@@ -33,7 +33,7 @@ pub(super) async fn figures(
         for _ in 0..samples {
             let txn = t.db.begin().await.expect("begin");
             let start = Instant::now();
-            let claims = deliveries::claim_due(&txn, &settings, Utc::now(), 100)
+            let claims = delivery::claim_due(&txn, &settings, Utc::now(), 100)
                 .await
                 .expect("claim");
             times.push(start.elapsed());

@@ -4,10 +4,10 @@
 
 use std::time::Instant;
 
-use agent_webhooks::secret_box::KeyRing;
-use agent_webhooks::signing;
-use agent_webhooks::url_policy::UrlPolicy;
-use agent_webhooks::webhook_secret::WebhookSecret;
+use agent_webhooks::secrets::secret_box::KeyRing;
+use agent_webhooks::secrets::signing;
+use agent_webhooks::secrets::webhook_secret::WebhookSecret;
+use agent_webhooks::webhook::url_policy::UrlPolicy;
 use secrecy::SecretString;
 
 use super::Report;

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use agent_webhooks::deliveries::{self, HistoryQuery};
+use agent_webhooks::delivery::{self, HistoryQuery};
 use chrono::Utc;
 use integration_tests::{Backend, TestDb};
 
@@ -23,7 +23,7 @@ pub(super) async fn figures(report: &mut Report, backend: Backend, rows: usize, 
     };
     let first = query.clone();
     for _ in 1..deep_page {
-        let page = deliveries::history(&t.db, "agent-0", &query, now)
+        let page = delivery::history(&t.db, "agent-0", &query, now)
             .await
             .expect("page");
         query.cursor = page.next_cursor;
@@ -33,7 +33,7 @@ pub(super) async fn figures(report: &mut Report, backend: Backend, rows: usize, 
     for _ in 0..50 {
         for (i, q) in [&first, &query].into_iter().enumerate() {
             let start = Instant::now();
-            let page = deliveries::history(&t.db, "agent-0", q, now)
+            let page = delivery::history(&t.db, "agent-0", q, now)
                 .await
                 .expect("page");
             timings[i].push(start.elapsed());

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use agent_webhooks::deliveries;
+use agent_webhooks::delivery;
 use agent_webhooks::settings::WebhookSettings;
 use chrono::Utc;
 use integration_tests::{Backend, TestDb};
@@ -26,7 +26,7 @@ pub(super) async fn figures(report: &mut Report, rows: usize, pruned: usize, sam
         for _ in 0..samples {
             let txn = db.begin().await.expect("begin");
             let start = Instant::now();
-            let claims = deliveries::claim_due(&txn, &WebhookSettings::default(), Utc::now(), 100)
+            let claims = delivery::claim_due(&txn, &WebhookSettings::default(), Utc::now(), 100)
                 .await
                 .expect("claim");
             times.push(start.elapsed());
@@ -134,7 +134,7 @@ pub(super) async fn figures(report: &mut Report, rows: usize, pruned: usize, sam
         let db = t.db.clone();
         let start = Instant::now();
         let prune = tokio::spawn(async move {
-            let deleted = deliveries::prune(&db, cut, 1_000, pause, |_| {})
+            let deleted = delivery::prune(&db, cut, 1_000, pause, |_| {})
                 .await
                 .expect("prune");
             (deleted, start.elapsed())

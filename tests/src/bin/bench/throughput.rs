@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use agent_webhooks::deliveries;
-use agent_webhooks::retry::AttemptOutcome;
+use agent_webhooks::delivery;
+use agent_webhooks::delivery::retry::AttemptOutcome;
 use agent_webhooks::settings::WebhookSettings;
 use chrono::{DateTime, Utc};
 use integration_tests::{Backend, TestDb, seed_agent};
@@ -95,7 +95,7 @@ macro_rules! with_pool {
     };
 }
 
-/// The statements `deliveries::enqueue` sends, without the ORM.
+/// The statements `delivery::enqueue` sends, without the ORM.
 async fn raw_enqueue(
     db: &DatabaseConnection,
     backend: Backend,
@@ -156,7 +156,7 @@ async fn raw_enqueue(
     })
 }
 
-/// The statements `deliveries::claim_due` sends (minus the exhausted-lease sweep), without the
+/// The statements `delivery::claim_due` sends (minus the exhausted-lease sweep), without the
 /// ORM; returns `(id, attempt)` of each claimed row.
 async fn raw_claim(
     db: &DatabaseConnection,
@@ -245,7 +245,7 @@ async fn raw_claim(
     }
 }
 
-/// The statement `deliveries::record_outcome` sends for a success, without the ORM.
+/// The statement `delivery::record_outcome` sends for a success, without the ORM.
 async fn raw_record(
     db: &DatabaseConnection,
     backend: Backend,
@@ -347,7 +347,7 @@ pub(super) async fn figures(report: &mut Report, backend: Backend, n: usize, rou
                     if raw {
                         raw_enqueue(&t.db, backend, &agent, &event, now).await;
                     } else {
-                        deliveries::enqueue(
+                        delivery::enqueue(
                             &t.db,
                             &settings,
                             &agent,
@@ -363,7 +363,7 @@ pub(super) async fn figures(report: &mut Report, backend: Backend, n: usize, rou
             })
             .await;
             tally[0].add(n, enqueue);
-            let mut claimed: Vec<(String, i32, Option<deliveries::Claim>)> = Vec::new();
+            let mut claimed: Vec<(String, i32, Option<delivery::Claim>)> = Vec::new();
             let claim = procstat::measured(&t, async {
                 loop {
                     let batch: Vec<_> = if raw {
@@ -379,7 +379,7 @@ pub(super) async fn figures(report: &mut Report, backend: Backend, n: usize, rou
                         .map(|(id, attempt)| (id, attempt, None))
                         .collect()
                     } else {
-                        deliveries::claim_due(&t.db, &settings, now, 100)
+                        delivery::claim_due(&t.db, &settings, now, 100)
                             .await
                             .expect("claim")
                             .into_iter()
@@ -399,7 +399,7 @@ pub(super) async fn figures(report: &mut Report, backend: Backend, n: usize, rou
                 for (id, attempt, claim) in &claimed {
                     match claim {
                         Some(claim) => {
-                            deliveries::record_outcome(&t.db, &settings, claim, &success, now)
+                            delivery::record_outcome(&t.db, &settings, claim, &success, now)
                                 .await
                                 .expect("record");
                         }
@@ -512,7 +512,7 @@ async fn lean_path(t: &TestDb, tally: &mut [Tally; 3], n: usize, round: usize, n
     let events: Vec<String> = (0..2 * n).map(|i| format!("evt-{round}-{i}")).collect();
     let for_agent = procstat::measured(t, async {
         for (i, event) in events[..n].iter().enumerate() {
-            deliveries::enqueue_for_agent(
+            delivery::enqueue_for_agent(
                 &t.db,
                 &settings,
                 &agents[i % 10],
@@ -527,10 +527,10 @@ async fn lean_path(t: &TestDb, tally: &mut [Tally; 3], n: usize, round: usize, n
     })
     .await;
     tally[0].add(n, for_agent);
-    let items: Vec<deliveries::EnqueueItem<'_>> = events[n..]
+    let items: Vec<delivery::EnqueueItem<'_>> = events[n..]
         .iter()
         .enumerate()
-        .map(|(i, event)| deliveries::EnqueueItem {
+        .map(|(i, event)| delivery::EnqueueItem {
             agent_id: &agents[i % 10].id,
             event_id: event,
             event_type: "run.completed",
@@ -539,7 +539,7 @@ async fn lean_path(t: &TestDb, tally: &mut [Tally; 3], n: usize, round: usize, n
         .collect();
     let many = procstat::measured(t, async {
         for chunk in items.chunks(100) {
-            deliveries::enqueue_many(&t.db, &settings, chunk, now)
+            delivery::enqueue_many(&t.db, &settings, chunk, now)
                 .await
                 .expect("enqueue_many");
         }
@@ -548,7 +548,7 @@ async fn lean_path(t: &TestDb, tally: &mut [Tally; 3], n: usize, round: usize, n
     tally[1].add(n, many);
     let mut claims = Vec::new();
     loop {
-        let batch = deliveries::claim_due(&t.db, &settings, now, 100)
+        let batch = delivery::claim_due(&t.db, &settings, now, 100)
             .await
             .expect("claim");
         if batch.is_empty() {
@@ -559,7 +559,7 @@ async fn lean_path(t: &TestDb, tally: &mut [Tally; 3], n: usize, round: usize, n
     assert_eq!(claims.len(), 2 * n, "every delivery claimed once");
     let record = procstat::measured(t, async {
         for chunk in claims.chunks(100) {
-            let results = deliveries::record_outcomes(
+            let results = delivery::record_outcomes(
                 &t.db,
                 &settings,
                 chunk.iter().map(|c| (c, &success, now)),

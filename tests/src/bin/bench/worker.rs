@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_webhooks::deliveries;
+use agent_webhooks::delivery;
 use agent_webhooks::dispatch::Dispatcher;
-use agent_webhooks::secret_box::KeyRing;
+use agent_webhooks::secrets::secret_box::KeyRing;
+use agent_webhooks::secrets::signing;
+use agent_webhooks::secrets::webhook_secret::WebhookSecret;
 use agent_webhooks::settings::WebhookSettings;
-use agent_webhooks::signing;
-use agent_webhooks::url_policy::UrlPolicy;
-use agent_webhooks::webhook_secret::WebhookSecret;
+use agent_webhooks::webhook::url_policy::UrlPolicy;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use integration_tests::{Backend, RunningWorker, TestDb, seed_webhook};
@@ -134,7 +134,7 @@ async fn setup(backend: Backend, settings: &WebhookSettings, port: u16) -> (Test
 
 /// Enqueues event `evt_{i}` for `agent-1` at `now`.
 async fn enqueue(t: &TestDb, settings: &WebhookSettings, i: usize, now: DateTime<Utc>) {
-    deliveries::enqueue(
+    delivery::enqueue(
         &t.db,
         settings,
         "agent-1",
