@@ -6,7 +6,8 @@
 
 use sea_orm::{DbErr, RuntimeErr};
 
-use crate::delivery::{DeliveryState, PayloadError};
+use crate::delivery::payload::PayloadError;
+use crate::delivery::state::DeliveryState;
 use crate::secrets::ed25519::KeyFormatError;
 use crate::secrets::secret_box::SecretBoxError;
 use crate::secrets::signing::SignError;

@@ -71,11 +71,11 @@ mod claim;
 mod enqueue;
 mod health;
 mod history;
-mod payload;
+pub(crate) mod payload;
 mod record;
 mod requeue;
 pub mod retry;
-mod state;
+pub(crate) mod state;
 
 pub use claim::*;
 pub use enqueue::*;
