@@ -7,25 +7,24 @@
 //! take the one [`WebhookSettings`](settings::WebhookSettings), and all of them fail with the
 //! one [`Error`].
 //!
+//! The modules, each using only those listed below it (checked by
+//! `scripts/check-import-cycles`):
+//!
 //! | module | holds |
 //! |---|---|
-//! | [`webhook`] | set/get/disable/clear an agent's webhook; read models that never carry the secret |
-//! | [`url_policy`] | which webhook URLs are allowed (SSRF defence), at configuration and at connect time |
-//! | [`events`] | the event catalogue and event filters |
-//! | [`webhook_secret`] | accepted signing-secret forms, generation |
-//! | [`secret_box`] | secrets encrypted at rest under rotating keys |
-//! | [`signing`] | Standard Webhooks signatures (`v1`, `v1a`) and their verification |
-//! | [`signing_secrets`] | signing-secret rotation with a grace period, revocation, Ed25519 key pairs |
-//! | [`ed25519`] | Ed25519 keys in the `whsk_` / `whpk_` forms |
-//! | [`deliveries`] | enqueue, claim, record, requeue, history, stats, retention |
-//! | [`retry`] | the retry schedule and which outcomes are final |
-//! | [`sender`] | one call that gives a worker the URL, signed headers and body |
-//! | [`dispatch`] | the delivery worker: claim, sign, send over an SSRF-safe client, record every attempt |
-//! | [`settings`] | settings from the environment |
-//! | [`db`] | connecting with the settings the service expects |
 //! | `http` | (feature `axum`) the HTTP API an app server mounts: routes, problem responses, OpenAPI |
-
-#![warn(missing_docs)]
+//! | [`dispatch`] | the delivery worker: claim, sign ([`dispatch::sign`]), send over an SSRF-safe client, record every attempt |
+//! | [`delivery`] | the books: enqueue, claim, record, endpoint health, history, requeue, the retry policy |
+//! | [`webhook`] | an agent's webhook: configuration, the URL policy ([`webhook::url_policy`]), event filters ([`webhook::events`]), signing-secret rotation ([`webhook::signing_secrets`]) |
+//! | [`secrets`] | pure values: signing-secret forms, secrets sealed at rest, Standard Webhooks signatures, Ed25519 keys |
+//! | `agent` | the host's `agents` row and the one rule for a live agent |
+//! | [`settings`] | the environment, read once |
+//! | [`db`] | connecting; instants as stored, limits, the database's clock, running again after a deadlock |
+//! | [`metrics`] | the worker's metric names |
+//! | [`Error`] | the one error of database-facing operations |
+//!
+//! The paths of the earlier flat layout (`deliveries`, `retry`, `sender`, `url_policy`, …) are
+//! re-exported for one release; `CHANGELOG.md` lists where each went.
 
 mod agent;
 pub mod db;

@@ -4,7 +4,7 @@
 //! | metric | kind | what |
 //! |---|---|---|
 //! | `agent_webhooks_sent_total` | counter | attempts that delivered (2xx) |
-//! | `agent_webhooks_failed_total{class}` | counter | attempts that did not deliver, by [`ErrorClass`] |
+//! | `agent_webhooks_failed_total{class}` | counter | attempts that did not deliver, by [`ErrorClass`](crate::delivery::ErrorClass) |
 //! | `agent_webhooks_retried_total` | counter | failed attempts scheduled again |
 //! | `agent_webhooks_exhausted_total` | counter | deliveries given up (attempts used up or a final answer) |
 //! | `agent_webhooks_auto_disabled_total` | counter | webhooks disabled by the failure-run rule |

@@ -1,31 +1,18 @@
 //! Delivery bookkeeping: what to send, what happened, what to try again.
 //!
 //! `webhook_deliveries` is the only source of truth; a worker may crash at any point and the
-//! next one carries on. The lifecycle diagram and the decisions behind it are in
-//! `docs/deliveries.md`; the states are defined once, on [`DeliveryState`].
+//! next one carries on. The lifecycle and the decisions behind it are in `docs/deliveries.md`;
+//! the states are defined once, on [`DeliveryState`]. One room per step of a delivery's life:
 //!
-//! * [`enqueue`] inserts a delivery with its payload bytes, due at once, if the agent's webhook
-//!   is enabled and wants the event; the unique `(agent_id, event_id)` index makes it
-//!   idempotent, also under races.
-//! * [`enqueue_for_agent`] is `enqueue` for an agent row the caller holds (the transactional
-//!   outbox: one statement for a new delivery); [`enqueue_many`] enqueues a batch (fan-out or
-//!   bulk) in one statement per batch; [`record_outcomes`] records a finished batch of claims in
-//!   one guarded statement. Their statement counts are in `docs/benchmarks.md`.
-//! * [`claim_due`] leases due deliveries to one worker in one atomic step and counts the
-//!   attempt as started (a delivery that crashes its worker still runs out of attempts). It
-//!   does not look at the agent (the claim stays a scan of one index of one table): a delivery
-//!   whose agent was soft-deleted after enqueue is claimed, refused by
-//!   [`crate::dispatch::sign::prepare_request`] with [`Error::AgentNotFound`], and the worker records
-//!   it as failed with that reason through [`abandon`].
-//! * [`record_outcome`] stores the result and asks the [`RetryPolicy`](crate::delivery::retry::RetryPolicy)
-//!   of the settings what comes next, guarded by the claim so a late report cannot overwrite a
-//!   newer attempt. It also keeps the agent's endpoint health: a run of failures that lasts
-//!   the settings' `disable_after` disables the webhook (see `docs/deliveries.md`).
-//! * [`record_attempt`] appends to the attempt log (`webhook_delivery_attempts`), which
-//!   [`attempts`] reads back.
-//! * [`requeue`] lets an operator send an exhausted delivery again, [`recover`] every exhausted
-//!   delivery of an agent since an instant (after an outage); [`prune`] keeps the table
-//!   small (the attempt log goes with its deliveries).
+//! | file | what |
+//! |---|---|
+//! | `enqueue.rs` | [`enqueue`], [`enqueue_for_agent`] (the transactional outbox), [`enqueue_many`]: idempotent per `(agent_id, event_id)`, the payload kept byte for byte ([`Payload`]) |
+//! | `claim.rs` | [`claim_due`] leases due deliveries in one atomic step, by the database's clock or a given instant ([`Now`]); [`release`] gives a claim back unsent |
+//! | `record.rs` | [`record_outcomes`] (and [`record_outcome`], the same for one claim), guarded by each claim; [`record_attempts`], the attempt log; [`abandon`]; what text the columns can hold ([`body_excerpt`]) |
+//! | `health.rs` | the run of failures an outcome starts or ends, and the automatic disable |
+//! | `history.rs` | [`get`], [`history`] (keyset pages), [`stats`], [`attempts`], [`prune`] |
+//! | `requeue.rs` | [`requeue`] one exhausted delivery, [`recover`] an agent's since an instant |
+//! | `retry.rs` | [`retry::RetryPolicy`]: the schedule and which outcomes are final |
 //!
 //! Every function can run inside the caller's transaction. Under concurrency PostgreSQL and
 //! MySQL pick deadlock victims. The functions that retry a victim themselves ([`claim_due`],

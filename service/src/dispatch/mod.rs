@@ -48,16 +48,16 @@
 //! # Connect-time SSRF defence
 //!
 //! The client resolves host names only through a resolver that vets **every** address with
-//! [`UrlPolicy::check_resolved`] and hands the connector exactly the vetted addresses: a name
+//! [`UrlPolicy::check_resolved`](crate::webhook::url_policy::UrlPolicy::check_resolved) and hands the connector exactly the vetted addresses: a name
 //! that resolves to one public and one private address is refused, and a name that changes its
 //! answer between configuration and sending (DNS rebinding) is judged by the answer the socket
 //! would use. IP-literal hosts, which the connector does not resolve, are judged by the same
-//! policy ([`UrlPolicy::check`]) before anything is signed or sent. A refusal is recorded with
+//! policy ([`UrlPolicy::check`](crate::webhook::url_policy::UrlPolicy::check)) before anything is signed or sent. A refusal is recorded with
 //! [`ErrorClass::SsrfBlocked`]; nothing is sent. The development policy allows every address.
 //!
 //! # Outcomes
 //!
-//! | what happened | [`ErrorClass`] | [`AttemptOutcome`] (decides the retry) |
+//! | what happened | [`ErrorClass`] | [`AttemptOutcome`](crate::delivery::retry::AttemptOutcome) (decides the retry) |
 //! |---|---|---|
 //! | 2xx, body within the cap | none | status |
 //! | 2xx, then reading the body failed or timed out | `timeout` or `connect` | status: delivered (the receiver accepted it; the class says the rest of its answer was lost) |
