@@ -25,6 +25,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{TimeDelta, Utc};
 use entity::agents;
+use futures::StreamExt;
 use integration_tests::{Backend, RunningWorker, TestDb, backend_tests, seed_agent, seed_webhook};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use secrecy::SecretString;
@@ -44,6 +45,8 @@ enum Reply {
     Slow(Duration),
     /// This status and body after this long.
     Body(u16, &'static [u8], Duration),
+    /// 200 and the first bytes of a body whose rest never comes.
+    StalledBody,
 }
 
 /// One request as the receiver got it.
@@ -133,6 +136,15 @@ impl Receiver {
                     .status(status(code))
                     .body(Body::from(body))
                     .unwrap()
+            }
+            Reply::StalledBody => {
+                let first =
+                    futures::stream::once(async { Ok::<_, io::Error>(Bytes::from("accepted")) });
+                let never = futures::stream::once(async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok::<_, io::Error>(Bytes::new())
+                });
+                Response::new(Body::from_stream(first.chain(never)))
             }
             Reply::Huge(len) => {
                 static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
@@ -906,6 +918,24 @@ async fn the_payload_is_the_apps_bytes(backend: Backend) {
     }
 }
 
+/// A 2xx whose body never finishes within the attempt's timeout counts as delivered (the
+/// receiver accepted the delivery), and its attempt row says the rest of the answer was lost.
+async fn a_2xx_whose_body_times_out_is_delivered(backend: Backend) {
+    let (receiver, addr) = Receiver::start([Reply::StalledBody]).await;
+    let s = setup(backend, &url(addr), settings()).await;
+    let report = s.run_once().await;
+    assert_eq!((report.attempts, report.delivered), (1, 1), "{report:?}");
+    assert_eq!(receiver.seen().len(), 1);
+    assert_eq!(s.state().await, DeliveryState::Delivered);
+    let attempts = s.attempts().await;
+    assert_eq!(
+        (attempts[0].status_code, attempts[0].error_class),
+        (Some(200), Some(ErrorClass::Timeout))
+    );
+    let message = attempts[0].message.as_deref().unwrap_or_default();
+    assert!(message.contains("reading the body failed"), "{message}");
+}
+
 /// A worker whose host clock runs a minute ahead takes over no live lease (claims are decided
 /// by the database's clock), and one a minute behind schedules a `Retry-After` on the
 /// database's clock rather than a minute early.
@@ -1201,6 +1231,7 @@ async fn a_key_ring_fault_is_the_operators_not_the_receivers(backend: Backend) {
 }
 
 backend_tests!(
+    a_2xx_whose_body_times_out_is_delivered,
     a_skewed_worker_clock_steals_no_lease,
     the_payload_is_the_apps_bytes,
     a_nul_in_a_body_costs_no_other_delivery,
