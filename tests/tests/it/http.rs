@@ -494,6 +494,24 @@ async fn other_organizations_get_404_on_every_route(backend: Backend) {
         .await
         .problem(401, "unauthenticated");
     }
+    // The tenant check comes before the body and the query: another organization's agent is
+    // 404 whatever the request holds, so a bad request tells nothing about the agent.
+    for (method, path, body, content_type) in [
+        ("PUT", agent_path(""), Some("{"), "application/json"),
+        ("PUT", agent_path(""), Some("{}"), "text/plain"),
+        (
+            "GET",
+            agent_path("/deliveries?limit=0"),
+            None,
+            "application/json",
+        ),
+    ] {
+        for agent_path in [path.clone(), path.replace(AGENT, "agent-missing")] {
+            api.raw(Some("org-2"), method, &agent_path, body, content_type)
+                .await
+                .problem(404, "agent-not-found");
+        }
+    }
     // And org-2's own agent is reachable by org-2 (the 404s above are not a broken route).
     let own = api
         .call(
