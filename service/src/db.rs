@@ -73,9 +73,10 @@ pub(crate) fn instant_expr(backend: DbBackend, now: Now, ahead: chrono::Duration
                 DbBackend::MySql => format!("(UTC_TIMESTAMP(6) + INTERVAL {micros} MICROSECOND)"),
                 // SQLite's clock has milliseconds; padded to SQLITE_TIMESTAMP_FORMAT's six digits.
                 _ => format!(
-                    "(strftime('%Y-%m-%d %H:%M:%f', 'now', '{:+}.{:03} seconds') || '000+00:00')",
-                    micros / 1_000_000,
-                    (micros % 1_000_000).abs() / 1_000
+                    "(strftime('%Y-%m-%d %H:%M:%f', 'now', '{}{}.{:03} seconds') || '000+00:00')",
+                    if micros < 0 { '-' } else { '+' },
+                    micros.unsigned_abs() / 1_000_000,
+                    micros.unsigned_abs() % 1_000_000 / 1_000
                 ),
             })
         }

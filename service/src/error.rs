@@ -138,25 +138,54 @@ impl Error {
         matches!(self, Error::Db(db) if is_transient(db))
     }
 
-    /// Whether the database could not be reached or the connection broke, rather than that it
-    /// refused a statement: what one row of a batch cannot cause.
-    pub(crate) fn is_connection(&self) -> bool {
-        use sea_orm::sqlx::Error as Sqlx;
-        match self {
-            Error::Db(DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) => true,
-            Error::Db(
-                DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e)),
-            ) => matches!(
-                e.as_ref(),
-                Sqlx::Io(_)
-                    | Sqlx::Tls(_)
-                    | Sqlx::PoolTimedOut
-                    | Sqlx::PoolClosed
-                    | Sqlx::WorkerCrashed
-                    | Sqlx::Protocol(_)
-            ),
-            _ => false,
+    /// Whether the key ring cannot open a stored secret: none configured, a key id it lacks,
+    /// or other bytes under the id (which a tampered envelope cannot be told apart from). The
+    /// operator's to fix, never the receiver's fault.
+    pub(crate) fn is_key_ring_fault(&self) -> bool {
+        matches!(
+            self,
+            Error::NoEncryptionKey
+                | Error::WrongKey { .. }
+                | Error::Sealed {
+                    source: SecretBoxError::UnknownKey { .. } | SecretBoxError::Decrypt,
+                    ..
+                }
+        )
+    }
+
+    /// Whether the database refused a statement because of what one row holds (a value it
+    /// cannot store, a constraint, a trigger), rather than because of its own state (locks,
+    /// timeouts, a lost connection): only then can the other rows of a batch be stored alone.
+    pub(crate) fn is_row_refusal(&self) -> bool {
+        let Error::Db(err) = self else { return false };
+        let (DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e))) = err
+        else {
+            return false;
+        };
+        let Some(db) = e.as_database_error() else {
+            return false;
+        };
+        let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+        // SQLite: extended result codes of SQLITE_CONSTRAINT (19), SQLITE_MISMATCH (20),
+        // SQLITE_TOOBIG (18); a trigger's RAISE(ABORT) is SQLITE_CONSTRAINT_TRIGGER.
+        if db
+            .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+            .is_some()
+        {
+            return code
+                .parse::<i64>()
+                .is_ok_and(|n| matches!(n & 0xff, 18..=20));
         }
+        // PostgreSQL and MySQL: data exceptions (22), integrity constraints (23), a raised
+        // exception (PL/pgSQL `RAISE`, MySQL `SIGNAL`); MySQL's general HY000 for a value
+        // refused by the column (incorrect string, too long, bad datetime).
+        code.starts_with("22")
+            || code.starts_with("23")
+            || code == "P0001"
+            || code == "45000"
+            || db
+                .try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
+                .is_some_and(|my| matches!(my.number(), 1292 | 1366 | 1406))
     }
 }
 

@@ -41,7 +41,7 @@ pub async fn claim_due(
             .await?
         }
     };
-    let lease = chrono::Duration::from_std(settings.claim_lease).unwrap_or(chrono::Duration::MAX);
+    let lease = lease(settings);
     Ok(rows
         .into_iter()
         .filter_map(|mut row| {
@@ -74,8 +74,7 @@ impl ClaimPlan {
         limit: u64,
     ) -> Self {
         let max_attempts = i32::try_from(settings.retry.max_attempts).unwrap_or(i32::MAX);
-        let lease_for =
-            chrono::Duration::from_std(settings.claim_lease).unwrap_or(chrono::Duration::MAX);
+        let lease_for = lease(settings);
 
         let mut due = Query::select();
         due.column(wd::Column::Id)
@@ -225,4 +224,12 @@ pub(super) fn stale(claim: &Claim) -> Error {
         id: claim.delivery.id.clone(),
         attempt: claim.attempt,
     }
+}
+
+/// How long a claim leases a delivery: the settings' `claim_lease`, at most the longest the
+/// settings allow ([`CLAIM_LEASE_SECS`](crate::settings::CLAIM_LEASE_SECS)), since a lease
+/// beyond a clock's range would make every backend fail or store no lease at all.
+pub(crate) fn lease(settings: &WebhookSettings) -> chrono::TimeDelta {
+    let longest = std::time::Duration::from_secs((*crate::settings::CLAIM_LEASE_SECS.end()).into());
+    chrono::TimeDelta::from_std(settings.claim_lease.min(longest)).unwrap_or(chrono::TimeDelta::MAX)
 }

@@ -3,7 +3,9 @@
 
 use super::*;
 
-/// The ids among `ids` of deliveries that exist, in one statement (none for no ids).
+/// The ids among `ids` of deliveries that exist, in one statement (none for no ids), locked
+/// against deletion until the caller's transaction ends, so that an attempt row written for
+/// one of them still finds its delivery.
 pub(crate) async fn existing_ids<C: ConnectionTrait>(
     db: &C,
     ids: &[&str],
@@ -11,10 +13,17 @@ pub(crate) async fn existing_ids<C: ConnectionTrait>(
     if ids.is_empty() {
         return Ok(Default::default());
     }
-    Ok(wd::Entity::find()
+    let mut select = wd::Entity::find()
         .select_only()
         .column(wd::Column::Id)
-        .filter(wd::Column::Id.is_in(ids.iter().copied()))
+        .filter(wd::Column::Id.is_in(ids.iter().copied()));
+    select = match db.get_database_backend() {
+        DbBackend::Postgres => select.lock(LockType::KeyShare),
+        DbBackend::MySql => select.lock_shared(),
+        // One writer at a time: nobody deletes meanwhile.
+        _ => select,
+    };
+    Ok(select
         .into_tuple::<String>()
         .all(db)
         .await?

@@ -150,8 +150,7 @@ impl ClockOffset {
         after: DateTime<Utc>,
     ) {
         let Some(claim) = claims.first() else { return };
-        let lease = chrono::TimeDelta::from_std(settings.claim_lease).unwrap_or_default();
-        let database = claim.lease_until - lease;
+        let database = claim.lease_until - crate::delivery::lease(settings);
         let host = before + (after - before) / 2;
         if let Some(micros) = (database - host).num_microseconds() {
             self.0.store(micros, Ordering::Relaxed);
@@ -486,7 +485,7 @@ impl Dispatcher {
     /// claim back unsent when the wait would leave the lease too short for an attempt.
     async fn send_claimed(&self, claim: Claim, keys: &AgentKeys) -> Result<Step> {
         if let Some(Err(err)) = keys.get(&claim.delivery.agent_id)
-            && !matches!(err, Error::AgentNotFound(_))
+            && err.is_key_ring_fault()
         {
             return self.release_key_fault(&claim, err).await;
         }
@@ -600,9 +599,13 @@ impl Dispatcher {
         };
         let signed = match keys.get(&claim.delivery.agent_id) {
             Some(Ok(keys)) => sign::sign_request(url, claim, keys, payload, now),
-            // Key faults were released before the send (`release_key_fault`): what is left is
-            // an agent deleted since the enqueue, for which nothing will ever be sent.
-            Some(Err(err)) => return Attempt::agent_deleted(err.to_string()),
+            // Key-ring faults were released before the send (`release_key_fault`); an agent
+            // deleted since the enqueue will never be sent to; a stored value that is not what
+            // it should be (malformed, not a secret) is the agent's data, retried like one.
+            Some(Err(err @ Error::AgentNotFound(_))) => {
+                return Attempt::agent_deleted(err.to_string());
+            }
+            Some(Err(err)) => return Attempt::refused(ErrorClass::NotSendable, err.to_string()),
             None => {
                 let gone = Error::AgentNotFound(claim.delivery.agent_id.clone());
                 return Attempt::agent_deleted(gone.to_string());

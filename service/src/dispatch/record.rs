@@ -28,10 +28,13 @@ impl Dispatcher {
     /// claim was taken over meanwhile is [`Recorded::Stale`]: it stays in the log, its outcome
     /// is not stored; one whose delivery was deleted meanwhile is stale too, and not logged.
     ///
-    /// A batch the database refuses (a row it cannot store) is recorded again one attempt at a
-    /// time, so that one row's failure costs only that row: an attempt whose log row is refused
-    /// still has its outcome stored, and one whose outcome is refused too is left to its lease
-    /// ([`Recorded::Unrecorded`]). A lost connection fails the whole recording as before.
+    /// A batch the database refuses for what a row holds ([`Error::is_row_refusal`]: a value
+    /// it cannot store, a constraint, a trigger) is recorded again one attempt at a time, so
+    /// that one row's failure costs only that row: an attempt whose log row is refused still
+    /// has its outcome stored, and one whose outcome is refused too is left to its lease
+    /// ([`Recorded::Unrecorded`]). Any other failure (a lost connection, locks, a timeout) is
+    /// the database's state, not a row's: it fails the whole recording, and the claims are left
+    /// to their leases.
     pub(super) async fn record(&self, finished: Vec<FinishedAttempt>) -> Result<Vec<Recorded>> {
         let mut recorded = Vec::with_capacity(finished.len());
         let mut finished = finished.into_iter().peekable();
@@ -42,7 +45,7 @@ impl Dispatcher {
                 .collect();
             let outcomes = match self.record_in_transaction(Arc::clone(&batch), true).await {
                 Ok(outcomes) => outcomes,
-                Err(err) if !err.is_connection() => {
+                Err(err) if err.is_row_refusal() => {
                     tracing::warn!(%err, attempts = batch.len(), "recording a batch failed; recording its attempts one by one");
                     let mut outcomes = Vec::with_capacity(batch.len());
                     for done in batch.iter() {
@@ -74,14 +77,14 @@ impl Dispatcher {
         let one: Arc<[FinishedAttempt]> = Arc::new([done.clone()]);
         let err = match self.record_in_transaction(Arc::clone(&one), true).await {
             Ok(mut outcome) => return Ok(outcome.remove(0)),
-            Err(err) if err.is_connection() => return Err(err),
-            Err(err) => err,
+            Err(err) if err.is_row_refusal() => err,
+            Err(err) => return Err(err),
         };
         tracing::error!(%err, delivery = %done.claim.delivery.id, attempt = done.claim.attempt, "the attempt log refused this attempt; storing its outcome without it");
         metrics::counter!(crate::metrics::UNRECORDED, "part" => "attempt").increment(1);
         match self.record_in_transaction(one, false).await {
             Ok(mut outcome) => Ok(outcome.remove(0)),
-            Err(err) if err.is_connection() => Err(err),
+            Err(err) if !err.is_row_refusal() => Err(err),
             Err(err) => {
                 tracing::error!(%err, delivery = %done.claim.delivery.id, attempt = done.claim.attempt, "the database refused this outcome; the delivery is left to its lease");
                 metrics::counter!(crate::metrics::UNRECORDED, "part" => "outcome").increment(1);

@@ -410,7 +410,10 @@ pub async fn check_key_ring<C: ConnectionTrait>(
     // The `<key id>` of `v1.<key id>.<payload>` (see `secret_box`), in SQL.
     let key_id = |column: &str| match backend {
         DbBackend::Postgres => format!("split_part({column}, '.', 2)"),
-        DbBackend::MySql => format!("SUBSTRING_INDEX(SUBSTRING_INDEX({column}, '.', 2), '.', -1)"),
+        // BINARY: the column's collation may ignore case, and `k1` and `K1` are two keys.
+        DbBackend::MySql => {
+            format!("BINARY SUBSTRING_INDEX(SUBSTRING_INDEX({column}, '.', 2), '.', -1)")
+        }
         _ => format!("substr({column}, 4, instr(substr({column}, 4), '.') - 1)"),
     };
     let mut checked = std::collections::HashSet::new();
@@ -426,7 +429,7 @@ pub async fn check_key_ring<C: ConnectionTrait>(
     ] {
         // One envelope per key id: the row with the smallest id, read whole below.
         let sql = format!(
-            "SELECT {context}, {column} FROM {table} WHERE {id} IN \
+            "SELECT {context}, {column} FROM {table} WHERE {column} IS NOT NULL AND {id} IN \
              (SELECT MIN({id}) FROM {table} WHERE {column} IS NOT NULL GROUP BY {kid})",
             kid = key_id(column)
         );

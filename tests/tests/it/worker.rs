@@ -1230,7 +1230,53 @@ async fn a_key_ring_fault_is_the_operators_not_the_receivers(backend: Backend) {
     assert_eq!((report.attempts, report.delivered), (1, 1), "{report:?}");
 }
 
+/// Key ids that differ only by case are two keys: a ring without `K1` does not pass the
+/// start-up check because an envelope under `k1` opens. A stored secret that is not an
+/// envelope at all is the agent's data, not a key-ring fault: recorded as `not_sendable`.
+async fn key_ids_differ_by_case_and_bad_envelopes_are_data(backend: Backend) {
+    let (receiver, addr) = Receiver::start([]).await;
+    let k1 = KeyRing::generate_key_entry("k1").unwrap();
+    let upper = KeyRing::generate_key_entry("K1").unwrap();
+    let mut sealing = settings();
+    sealing.keys = Some(KeyRing::parse(&k1).unwrap());
+    let s = setup(backend, &url(addr), sealing).await;
+    // agent-2 sealed under `K1` (the first key of a ring is the one that seals).
+    let both = WebhookSettings {
+        keys: Some(KeyRing::parse(&format!("{upper},{k1}")).unwrap()),
+        ..s.settings.clone()
+    };
+    seed_webhook(&s.t, &both, "agent-2", &url(addr)).await;
+    assert_eq!(
+        signing_secrets::check_key_ring(&s.t.db, &both)
+            .await
+            .unwrap(),
+        2
+    );
+    let checked = signing_secrets::check_key_ring(&s.t.db, &s.settings).await;
+    assert!(
+        checked
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("`K1`")),
+        "{checked:?}"
+    );
+
+    s.t.exec("UPDATE agents SET webhook_secret = 'not an envelope' WHERE id = 'agent-1'")
+        .await;
+    s.t.exec("DELETE FROM webhook_deliveries WHERE agent_id <> 'agent-1'")
+        .await;
+    let report = Dispatcher::new(both, s.t.db.clone())
+        .unwrap()
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!((report.attempts, report.key_faults), (1, 0), "{report:?}");
+    let attempts = s.attempts().await;
+    assert_eq!(attempts[0].error_class, Some(ErrorClass::NotSendable));
+    assert!(receiver.seen().is_empty());
+}
+
 backend_tests!(
+    key_ids_differ_by_case_and_bad_envelopes_are_data,
     a_2xx_whose_body_times_out_is_delivered,
     a_skewed_worker_clock_steals_no_lease,
     the_payload_is_the_apps_bytes,
