@@ -13,25 +13,15 @@ use crate::error::{Error, Result};
 /// One attempt that has its outcome and waits to be recorded ([`Dispatcher::record`]).
 #[derive(Clone)]
 pub(super) struct FinishedAttempt {
-    /// The claim the attempt was made under (its guard).
     pub(super) claim: Claim,
-    /// What the attempt came to, for the retry decision.
     pub(super) outcome: AttemptOutcome,
-    /// Its row in the attempt log.
     pub(super) record: AttemptRecord,
 }
 
 impl Dispatcher {
-    /// Records finished attempts: their outcomes (each guarded by its claim) and their rows in
-    /// the attempt log, in one transaction per [`crate::db::MAX_PAGE_SIZE`] attempts, with
-    /// [`delivery::record_outcomes`] and [`delivery::record_attempts`]. An attempt whose
-    /// claim was taken over meanwhile is [`Recorded::Stale`]: it stays in the log, its outcome
-    /// is not stored; one whose delivery was deleted meanwhile is stale too, and not logged.
-    ///
-    /// A batch the database refuses (a row it cannot store) is recorded again one attempt at a
-    /// time, so that one row's failure costs only that row: an attempt whose log row is refused
-    /// still has its outcome stored, and one whose outcome is refused too is left to its lease
-    /// ([`Recorded::Unrecorded`]). A lost connection fails the whole recording as before.
+    /// One transaction per [`crate::db::MAX_PAGE_SIZE`] attempts. A batch the database refuses
+    /// is recorded again one attempt at a time, so one row's failure costs only that row; a
+    /// lost connection fails the whole recording.
     pub(super) async fn record(&self, finished: Vec<FinishedAttempt>) -> Result<Vec<Recorded>> {
         let mut recorded = Vec::with_capacity(finished.len());
         let mut finished = finished.into_iter().peekable();
@@ -90,9 +80,7 @@ impl Dispatcher {
         }
     }
 
-    /// Records `batch` in one transaction of its own, run again if chosen as a deadlock
-    /// victim: outcomes are guarded by their claims and attempt rows kept once, so a repeat
-    /// cannot double anything. `with_log`: the attempt rows too.
+    /// Run again after a deadlock: guarded outcomes and once-kept rows make a repeat harmless.
     async fn record_in_transaction(
         &self,
         batch: Arc<[FinishedAttempt]>,
@@ -107,8 +95,7 @@ impl Dispatcher {
         .await
     }
 
-    /// One transaction of [`Dispatcher::record`]: the outcomes, then the attempt rows of the
-    /// deliveries that still exist.
+    /// A delivery deleted meanwhile is stale, and its attempt is not logged.
     async fn record_batch(
         &self,
         txn: &DatabaseTransaction,
@@ -151,7 +138,6 @@ impl Dispatcher {
     }
 }
 
-/// Counts a stored outcome in the worker's metrics.
 pub(super) fn count_outcome(decision: &Decision, class: Option<ErrorClass>) {
     if matches!(decision, Decision::Delivered) {
         metrics::counter!(crate::metrics::SENT).increment(1);
