@@ -1,10 +1,5 @@
-//! The host platform's `agents` row, as far as this service reads it: the webhook columns, the
-//! organization and the soft-delete flag, and the one rule for which agents are live.
-//!
-//! The platform soft-deletes an agent by setting `is_deleted`; a host table adopted from
-//! another tool may leave the column NULL, which counts as live. [`live`] is that rule as a
-//! condition and [`AgentWebhook::is_live`] the same rule on a loaded row: every query and
-//! check of this crate uses one of them.
+//! The host platform's `agents` row, as far as this service reads it, and the one rule for
+//! which agents are live: [`live`] in queries, [`AgentWebhook::is_live`] on a loaded row.
 
 use entity::agents;
 use sea_orm::{
@@ -13,23 +8,21 @@ use sea_orm::{
 
 use crate::error::{Error, Result};
 
-/// Agents that are not soft-deleted: `is_deleted` false or NULL.
+/// `is_deleted` false or NULL: a host table adopted from another tool may leave it NULL.
 pub(crate) fn live() -> Condition {
     Condition::any()
         .add(agents::Column::IsDeleted.eq(false))
         .add(agents::Column::IsDeleted.is_null())
 }
 
-/// The columns of `agents` the webhook functions read: the id, the soft-delete flag and our
-/// webhook columns, never the host's other columns. A host column of a type we do not use (a
-/// naive `created_at`, a NULL `name`, extra columns) therefore cannot break them.
+/// Only the columns we read, so a host column of a type we do not expect (a naive
+/// `created_at`, a NULL `name`) cannot break us.
 #[derive(Clone, Debug, DerivePartialModel)]
 #[sea_orm(entity = "agents::Entity")]
 pub(crate) struct AgentWebhook {
     pub id: String,
     /// Copied onto each delivery.
     pub organization_id: String,
-    /// NULL (a host row that never set it) reads as live.
     pub is_deleted: Option<bool>,
     pub webhook_url: Option<String>,
     pub webhook_secret: Option<String>,
@@ -70,9 +63,8 @@ impl From<&agents::Model> for AgentWebhook {
     }
 }
 
-/// The webhook columns of the agents among `ids` that exist, soft-deleted or not, by id: one
-/// `SELECT` per [`MAX_PAGE_SIZE`](crate::db::MAX_PAGE_SIZE) ids, for the batched paths
-/// (fan-out enqueue, the worker's signing keys) that would otherwise read one agent at a time.
+/// The agents among `ids`, soft-deleted or not: one `SELECT` per
+/// [`MAX_PAGE_SIZE`](crate::db::MAX_PAGE_SIZE) ids for the batched paths.
 pub(crate) async fn agents_by_id<C: ConnectionTrait>(
     db: &C,
     ids: &[&str],

@@ -1,5 +1,4 @@
-//! The database plumbing every module shares: connecting, instants in the stored format,
-//! limits, and running a statement or a transaction again after a deadlock.
+//! Database plumbing every module shares.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,12 +14,9 @@ use sea_orm::{
 
 use crate::error::{Error, Result};
 
-/// Opens a pool on `url` with settings fit for concurrent workers.
-///
-/// SQLite is switched to write-ahead logging (readers do not block the writer) and keeps sqlx's
-/// 5 s busy timeout, so that concurrent claimers wait for the write lock instead of failing.
-/// Connecting, and waiting for a pooled connection, give up after [`CONNECT_TIMEOUT`], the
-/// migration binary's timeout.
+/// Opens a pool fit for concurrent workers: SQLite in write-ahead logging with sqlx's 5 s busy
+/// timeout, so claimers wait for the write lock instead of failing; connecting and acquiring
+/// give up after the migration binary's [`CONNECT_TIMEOUT`].
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_owned());
     options
@@ -39,13 +35,12 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
 
 /// Largest history page, claim or delete batch: bounds the memory and lock time of one call.
 pub const MAX_PAGE_SIZE: u64 = 1000;
-/// Whose clock a claim is decided by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Now {
-    /// The database server's clock, read by the claim statement itself: what the worker uses,
-    /// so that a worker host whose clock is off neither takes over live leases nor sends early.
+    /// Read by the claim statement itself, so a worker whose clock is off neither takes over
+    /// live leases nor sends early.
     Database,
-    /// This instant: for tests, tools and callers that keep their own clock.
+    /// For tests, tools and callers that keep their own clock.
     At(DateTime<Utc>),
 }
 
@@ -83,10 +78,9 @@ pub(crate) fn instant_expr(backend: DbBackend, now: Now, ahead: chrono::Duration
     }
 }
 
-/// An instant bound in the one stored format of the backend, for every write and comparison
-/// of a timestamp column: [`at`], and on SQLite the text of
-/// [`migration::SQLITE_TIMESTAMP_FORMAT`] (which the server default writes too), since sqlx
-/// would encode it as `…T…` with 0 to 9 digits and text order would no longer be time order.
+/// An instant in the backend's one stored format, for every write and comparison: on SQLite
+/// the text of [`migration::SQLITE_TIMESTAMP_FORMAT`], since sqlx's own encoding (`…T…`, 0 to 9
+/// digits) would not sort in time order.
 pub(crate) fn stamp(backend: DbBackend, t: DateTime<Utc>) -> sea_orm::Value {
     let t = at(t);
     match backend {
@@ -98,8 +92,8 @@ pub(crate) fn stamp(backend: DbBackend, t: DateTime<Utc>) -> sea_orm::Value {
     }
 }
 
-/// An instant as stored: UTC, truncated to microseconds (the precision of PostgreSQL and
-/// MariaDB), so that what is written compares equal to what is read back.
+/// Truncated to microseconds (PostgreSQL's and MariaDB's precision), so what is written
+/// compares equal to what is read back.
 pub(crate) fn at(t: DateTime<Utc>) -> DateTimeWithTimeZone {
     let micros = t
         .with_nanosecond(t.nanosecond() / 1_000 * 1_000)
@@ -107,7 +101,6 @@ pub(crate) fn at(t: DateTime<Utc>) -> DateTimeWithTimeZone {
     micros.fixed_offset()
 }
 
-/// `limit` if it is within 1..=[`MAX_PAGE_SIZE`].
 pub(crate) fn check_limit(limit: u64) -> Result<u64> {
     if (1..=MAX_PAGE_SIZE).contains(&limit) {
         Ok(limit)
@@ -119,11 +112,8 @@ pub(crate) fn check_limit(limit: u64) -> Result<u64> {
     }
 }
 
-/// Sends one statement on `db`, and again when the database chose it as a deadlock victim or
-/// failed it for serialization (SQLSTATE 40001, PostgreSQL 40P01) while it ran on its own:
-/// callers should not see what is a normal event under concurrency. Inside the caller's
-/// transaction the failure took the caller's work with it (MySQL rolled it back, PostgreSQL
-/// aborted it), so the error goes back for the caller to run its whole transaction again
+/// Sends one statement, again after a deadlock or serialization failure when it ran on its
+/// own: a normal event under concurrency. Inside the caller's transaction the error goes back
 /// ([`Error::is_transient`]).
 pub(crate) async fn retry_statement<T, F, Fut>(
     db: &DatabaseExecutor<'_>,
@@ -149,18 +139,12 @@ where
     }
 }
 
-/// How often a statement or a transaction of our own chosen as a deadlock victim is tried
-/// again.
 const TRANSIENT_RETRIES: usize = 5;
 
-/// A boxed future borrowing a transaction, as SeaORM's `TransactionTrait::transaction` takes.
 pub(crate) type TxnFuture<'c, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'c>>;
 
-/// Runs `step` in a transaction of its own begun on `db` and commits it, in the shape of
-/// SeaORM's `TransactionTrait::transaction`; after a deadlock or serialization failure
-/// ([`Error::is_transient`]) the transaction is rolled back and `step` runs again in a new one,
-/// at most [`TRANSIENT_RETRIES`] times. `step` owns what it needs (clone it in), because its
-/// future may only borrow the transaction.
+/// SeaORM's `TransactionTrait::transaction`, run again after a transient failure. `step` owns
+/// what it needs (clone it in), because its future may only borrow the transaction.
 pub(crate) async fn transaction<C, T, F>(db: &C, mut step: F) -> Result<T>
 where
     C: TransactionTrait<Transaction = DatabaseTransaction>,
@@ -176,8 +160,8 @@ where
     }
 }
 
-/// Runs `step` in the caller's transaction when `db` is one, without a savepoint and without
-/// a repeat ([`Error::is_transient`] says why), else as [`transaction`] does.
+/// Runs `step` in the caller's transaction when `db` is one, without a savepoint or a repeat,
+/// else as [`transaction`] does.
 pub(crate) async fn in_transaction<T, F>(db: &DatabaseExecutor<'_>, mut step: F) -> Result<T>
 where
     F: for<'c> FnMut(&'c DatabaseExecutor<'c>) -> TxnFuture<'c, T>,
@@ -195,9 +179,8 @@ where
     }
 }
 
-/// Ends one try of a transaction of our own: commits it after success; after a deadlock or
-/// serialization failure rolls it back and answers `None`, "run the step again". A rollback
-/// that fails (the connection is gone) ends the tries with the step's error.
+/// Commits, or after a transient failure rolls back and answers `None`, "run again". A failed
+/// rollback (the connection is gone) ends the tries.
 async fn settle<T>(
     txn: DatabaseTransaction,
     result: Result<T>,

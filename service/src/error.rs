@@ -1,8 +1,5 @@
-//! The one error type of the database-facing operations ([`crate::webhook`],
-//! [`crate::delivery`], [`crate::dispatch::sign`]), so an app maps every failure to a response in one
-//! `match`. The small value errors it wraps ([`UrlPolicyError`], [`EventFilterError`],
-//! [`SecretFormatError`], [`SignError`]) stay their own types: callers that validate input
-//! without a database match on them directly.
+//! One error for the database-facing operations, so an app maps every failure in one `match`.
+//! The value errors it wraps stay their own types for callers that validate without a database.
 
 use sea_orm::{DbErr, RuntimeErr};
 
@@ -25,23 +22,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 )]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// No agent has this id.
     #[error("agent `{0}` not found")]
     AgentNotFound(String),
-    /// No delivery has this id.
     #[error("delivery `{0}` not found")]
     DeliveryNotFound(String),
-    /// The webhook URL breaks a rule of the policy.
     #[error("webhook_url {0}")]
     Url(#[from] UrlPolicyError),
-    /// The event filter is invalid.
     #[error("invalid webhook_events: {0}")]
     Events(#[from] EventFilterError),
-    /// The secret is not an accepted form.
     #[error("invalid webhook_secret: {0}")]
     SecretFormat(#[from] SecretFormatError),
-    /// A secret was to be written or read but `WEBHOOK_SECRET_KEYS` is not configured; secrets
-    /// are never stored in plaintext.
+    /// Secrets are never stored in plaintext.
     #[error("no encryption key is configured (set WEBHOOK_SECRET_KEYS)")]
     NoEncryptionKey,
     /// A stored secret cannot be sealed or opened (tampered, foreign, or an unknown key).
@@ -50,10 +41,8 @@ pub enum Error {
         agent_id: String,
         source: SecretBoxError,
     },
-    /// A configured key does not open an envelope that names it: `WEBHOOK_SECRET_KEYS` holds
-    /// other bytes under this id (or the stored value was tampered with). Raised by
-    /// [`crate::webhook::reseal_secrets`] before it skips or rewrites that secret, so a wrong key
-    /// never passes for a finished rotation.
+    /// Raised by [`crate::webhook::reseal_secrets`] before it skips or rewrites that secret, so a
+    /// wrong key never passes for a finished rotation.
     #[error(
         "key `{key_id}` does not open the webhook_secret of agent `{agent_id}`: \
          WEBHOOK_SECRET_KEYS holds other bytes under this id, or the stored value was tampered with"
@@ -65,75 +54,56 @@ pub enum Error {
         agent_id: String,
         source: serde_json::Error,
     },
-    /// An event id or type that cannot be stored or signed.
     #[error("invalid {field}: {rule}")]
     InvalidEvent {
         field: &'static str,
         rule: &'static str,
     },
-    /// A page size, claim limit or batch size outside 1..=`max`
-    /// ([`MAX_PAGE_SIZE`](crate::db::MAX_PAGE_SIZE)).
+    /// `max` is [`MAX_PAGE_SIZE`](crate::db::MAX_PAGE_SIZE).
     #[error("invalid limit {limit}: must be from 1 to {max}")]
     InvalidLimit { limit: u64, max: u64 },
     /// A history cursor that this service did not make.
     #[error("invalid cursor")]
     BadCursor,
-    /// The claim was taken over (its lease ran out and another worker claimed the delivery) or
-    /// already reported; the report was not stored.
+    /// The lease ran out and another worker claimed the delivery, or it was already reported.
     #[error(
         "stale claim on delivery `{id}` (attempt {attempt}): the delivery was re-claimed or already reported"
     )]
     StaleClaim { id: String, attempt: i32 },
-    /// Only exhausted deliveries can be requeued.
     #[error("delivery `{id}` is {state}, not failed; only failed deliveries can be requeued")]
     NotRequeueable { id: String, state: DeliveryState },
-    /// The agent has no signing secret; deliveries are never sent unsigned.
     #[error("agent `{0}` has no webhook secret; refusing to send an unsigned delivery")]
     NoSecret(String),
-    /// The event payload cannot be enqueued (too large, or not JSON).
     #[error(transparent)]
     Payload(#[from] PayloadError),
-    /// Signing failed.
     #[error(transparent)]
     Sign(#[from] SignError),
-    /// The delivery worker's HTTP client cannot be built (no TLS roots, bad settings).
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
-    /// A signing-secret grace period longer than
-    /// [`SIGNING_GRACE_SECS`](crate::settings::SIGNING_GRACE_SECS) allows.
+    /// `max_secs` is [`SIGNING_GRACE_SECS`](crate::settings::SIGNING_GRACE_SECS).
     #[error("invalid grace period of {got_secs} s: must be from 0 to {max_secs} s (7 days)")]
     InvalidGrace { got_secs: u64, max_secs: u64 },
-    /// The agent's signing secret changed (a concurrent rotation or configuration) between the
-    /// read and the update of [`crate::webhook::signing_secrets::rotate_signing_secret`]; nothing was
-    /// changed, try again.
+    /// A concurrent rotation or configuration won the race in
+    /// [`rotate_signing_secret`](crate::webhook::signing_secrets::rotate_signing_secret).
     #[error("the signing secret of agent `{0}` changed meanwhile; nothing was rotated, try again")]
     SecretChanged(String),
-    /// A stored Ed25519 key is not in the Standard Webhooks form (written by another tool, or
-    /// the key ring opened something that was never a key).
+    /// Written by another tool, or the key ring opened something that was never a key.
     #[error("stored ed25519 key of agent `{agent_id}` is invalid: {source}")]
     CorruptKey {
         agent_id: String,
         source: KeyFormatError,
     },
-    /// The operating system's random number generator failed; no key was made.
     #[error(transparent)]
     Rng(#[from] RngError),
-    /// The database failed.
     #[error(transparent)]
     Db(#[from] DbErr),
 }
 
 impl Error {
-    /// Whether the database chose this operation as a deadlock victim or failed it for
-    /// serialization: running it again may succeed. Handed a pool, the deliveries functions
-    /// that retry (see [`crate::delivery`]) have already run their claim or outcome
-    /// statement again a few times; what failed after that, or in another statement, is run
-    /// again by calling the function again (a repeated outcome is refused as
-    /// [`Error::StaleClaim`] if the first one was stored). Handed your transaction, they do not
-    /// retry: the whole transaction was rolled back (MySQL) or aborted (PostgreSQL) with the
-    /// victim, so roll it back and run all of it again. On PostgreSQL a savepoint you handed
-    /// them can be rolled back alone; on MySQL the savepoint went with the transaction, so
-    /// rolling it back fails (error 1305) and the transaction is to be dropped.
+    /// A deadlock victim or serialization failure: running it again may succeed. Outside a
+    /// transaction, call the function again (a repeated outcome is [`Error::StaleClaim`] if the
+    /// first was stored); inside yours, run your whole transaction again. A savepoint can be
+    /// rolled back alone on PostgreSQL, not on MySQL (error 1305): drop the transaction.
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Db(db) if is_transient(db))
     }

@@ -15,31 +15,19 @@
 //! | `agent_webhooks_key_faults_total` | counter | claims given back unsent: the key ring does not open their agent's keys |
 //! | `agent_webhooks_unrecorded_total{part}` | counter | attempt rows or outcomes the database refused to store |
 
-/// Attempts that delivered.
 pub const SENT: &str = "agent_webhooks_sent_total";
-/// Attempts that did not deliver, labelled `class`.
 pub const FAILED: &str = "agent_webhooks_failed_total";
-/// Failed attempts scheduled again.
 pub const RETRIED: &str = "agent_webhooks_retried_total";
-/// Deliveries given up.
 pub const EXHAUSTED: &str = "agent_webhooks_exhausted_total";
-/// Webhooks disabled by the failure-run rule.
 pub const AUTO_DISABLED: &str = "agent_webhooks_auto_disabled_total";
-/// Claims given back unsent.
 pub const RELEASED: &str = "agent_webhooks_released_total";
-/// Seconds from enqueue to claim of first attempts.
 pub const CLAIM_LAG: &str = "agent_webhooks_claim_lag_seconds";
-/// Seconds one attempt took.
 pub const ATTEMPT_DURATION: &str = "agent_webhooks_attempt_duration_seconds";
-/// Requests being sent now.
 pub const IN_FLIGHT: &str = "agent_webhooks_in_flight";
-/// Claims given back because their agent's keys do not open with the key ring.
 pub const KEY_FAULTS: &str = "agent_webhooks_key_faults_total";
-/// Attempt rows or outcomes the database refused to store, labelled `part`.
 pub const UNRECORDED: &str = "agent_webhooks_unrecorded_total";
 
-/// Registers the units and descriptions of the worker's metrics with the installed recorder,
-/// so an exporter can show them (call once, after installing it).
+/// Registers units and descriptions with the installed recorder (call once, after installing).
 pub fn describe() {
     use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(SENT, "attempts that delivered (2xx)");

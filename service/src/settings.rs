@@ -1,8 +1,8 @@
 //! Settings of the webhook service, read from the environment.
 //!
-//! Every database-facing operation that depends on a setting takes the one
-//! [`WebhookSettings`] (as svix-server hands its workers one configuration), so a variable that
-//! is set is a variable that is read.
+//! Every operation that depends on a setting takes the one [`WebhookSettings`], so a variable
+//! that is set is a variable that is read. This table is the home of each variable's meaning
+//! and default; the range constants below say why they stop where they do.
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
@@ -32,126 +32,87 @@ use crate::secrets::secret_box::{KeyRing, KeyRingError};
 use crate::secrets::signing::DEFAULT_TOLERANCE;
 use crate::webhook::url_policy::{ParseUrlPolicyError, UrlPolicy};
 
-/// The environment variable names, in one place.
+/// The variable names; see the table in the [module documentation](super).
 pub mod vars {
-    /// See the [module documentation](super).
     pub const URL_POLICY: &str = "WEBHOOK_URL_POLICY";
-    /// See the [module documentation](super).
     pub const SECRET_KEYS: &str = "WEBHOOK_SECRET_KEYS";
-    /// See the [module documentation](super).
     pub const MAX_ATTEMPTS: &str = "WEBHOOK_MAX_ATTEMPTS";
-    /// See the [module documentation](super).
     pub const CLAIM_LEASE_SECS: &str = "WEBHOOK_CLAIM_LEASE_SECS";
-    /// See the [module documentation](super).
     pub const SIGNATURE_TOLERANCE_SECS: &str = "WEBHOOK_SIGNATURE_TOLERANCE_SECS";
-    /// See the [module documentation](super).
     pub const MAX_PAYLOAD_BYTES: &str = "WEBHOOK_MAX_PAYLOAD_BYTES";
-    /// See the [module documentation](super).
     pub const WORKER_CONCURRENCY: &str = "WEBHOOK_WORKER_CONCURRENCY";
-    /// See the [module documentation](super).
     pub const WORKER_PER_HOST: &str = "WEBHOOK_WORKER_PER_HOST";
-    /// See the [module documentation](super).
     pub const CONNECT_TIMEOUT_SECS: &str = "WEBHOOK_CONNECT_TIMEOUT_SECS";
-    /// See the [module documentation](super).
     pub const REQUEST_TIMEOUT_SECS: &str = "WEBHOOK_REQUEST_TIMEOUT_SECS";
-    /// See the [module documentation](super).
     pub const MAX_RESPONSE_BYTES: &str = "WEBHOOK_MAX_RESPONSE_BYTES";
-    /// See the [module documentation](super).
     pub const POLL_INTERVAL_MS: &str = "WEBHOOK_POLL_INTERVAL_MS";
-    /// See the [module documentation](super).
     pub const DISABLE_AFTER_SECS: &str = "WEBHOOK_DISABLE_AFTER_SECS";
-    /// See the [module documentation](super).
     pub const SIGNING_GRACE_SECS: &str = "WEBHOOK_SIGNING_GRACE_SECS";
-    /// See the [module documentation](super).
     pub const LISTEN: &str = "WEBHOOK_LISTEN";
 }
 
-/// Accepted attempt budgets: more than 50 attempts is a unit mix-up, not a policy.
+/// More than 50 attempts is a unit mix-up, not a policy.
 pub const MAX_ATTEMPTS: RangeInclusive<u32> = 1..=50;
-/// Accepted claim leases in seconds: a lease must outlive one HTTP attempt, and a lease of more
-/// than an hour keeps a crashed worker's deliveries stuck for that long.
+/// Seconds: more than an hour keeps a crashed worker's deliveries stuck that long.
 pub const CLAIM_LEASE_SECS: RangeInclusive<u32> = 1..=3600;
-/// Accepted signature tolerances in seconds.
 pub const SIGNATURE_TOLERANCE_SECS: RangeInclusive<u32> = 1..=3600;
-/// Accepted payload caps in bytes: up to what the payload column holds on every backend.
+/// Bytes: up to what the payload column holds on every backend.
 pub const MAX_PAYLOAD_BYTES: RangeInclusive<u32> = 1..=migration::MAX_PAYLOAD_COLUMN_BYTES;
-/// Accepted worker concurrency: one request at a time up to what one process sensibly holds
-/// open (and what a claim batch may lease, [`MAX_PAGE_SIZE`](crate::db::MAX_PAGE_SIZE)).
+/// Up to what a claim batch may lease, [`MAX_PAGE_SIZE`](crate::db::MAX_PAGE_SIZE).
 pub const WORKER_CONCURRENCY: RangeInclusive<u32> = 1..=1000;
-/// Accepted per-host limits: as for the worker's concurrency (a limit above it never binds).
+/// A limit above the worker's concurrency never binds.
 pub const WORKER_PER_HOST: RangeInclusive<u32> = 1..=1000;
-/// Accepted connect timeouts in seconds.
 pub const CONNECT_TIMEOUT_SECS: RangeInclusive<u32> = 1..=60;
-/// Accepted attempt timeouts in seconds (also bounded by the claim lease).
+/// Seconds; also bounded by the claim lease.
 pub const REQUEST_TIMEOUT_SECS: RangeInclusive<u32> = 1..=600;
-/// Accepted response-body caps in bytes: at least the KiB kept in the attempt log, at most 16 MiB.
+/// Bytes: at least the KiB kept in the attempt log.
 pub const MAX_RESPONSE_BYTES: RangeInclusive<u32> = 1024..=16 * 1024 * 1024;
-/// Accepted poll intervals in milliseconds.
 pub const POLL_INTERVAL_MS: RangeInclusive<u32> = 10..=60_000;
-/// Accepted auto-disable periods in seconds: from a minute (tests, impatient operators) to a
-/// year; a shorter period would disable a webhook over one slow retry.
+/// Seconds: a period under a minute would disable a webhook over one slow retry.
 pub const DISABLE_AFTER_SECS: RangeInclusive<u32> = 60..=365 * 24 * 3600;
-/// How long an agent's deliveries may fail without a single success before its webhook is
-/// disabled, when `WEBHOOK_DISABLE_AFTER_SECS` is not set: five days, as Svix does.
+/// As Svix does.
 pub const DEFAULT_DISABLE_AFTER: Duration = Duration::from_secs(5 * 24 * 3600);
-/// Accepted signing-secret grace periods in seconds: none (the old secret stops at once) to
-/// seven days; receivers that need longer to switch should be told before the rotation.
+/// Seconds: receivers that need longer than a week to switch should be told before the
+/// rotation.
 pub const SIGNING_GRACE_SECS: RangeInclusive<u32> = 0..=7 * 24 * 3600;
-/// How long a previous signing secret keeps signing after a rotation when
-/// `WEBHOOK_SIGNING_GRACE_SECS` is not set: 24 hours, as Svix does.
+/// As Svix does.
 pub const DEFAULT_SIGNING_GRACE: Duration = Duration::from_secs(24 * 3600);
-/// The payload cap when `WEBHOOK_MAX_PAYLOAD_BYTES` is not set: what Svix accepts by default.
+/// What Svix accepts by default.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 
-/// How long a claimed delivery stays leased when `WEBHOOK_CLAIM_LEASE_SECS` is not set: well
-/// above an HTTP attempt's timeout, short enough that a crashed worker's deliveries resume soon.
+/// Well above an attempt's timeout, short enough that a crashed worker's deliveries resume
+/// soon.
 pub const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(60);
 
-/// Everything the service functions need to know besides the database.
+/// Everything the service functions need besides the database; each field is one variable of
+/// the [module documentation](self).
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
-    /// Which webhook URLs are accepted, when configured and when sent.
     pub url_policy: UrlPolicy,
-    /// Keys that seal and open stored secrets; `None` when not configured.
+    /// `None` when not configured: secrets can then be neither written nor read.
     pub keys: Option<KeyRing>,
-    /// When failed deliveries are tried again, and how often at most.
     pub retry: RetryPolicy,
-    /// How long a claimed delivery stays leased to its worker.
     pub claim_lease: Duration,
-    /// Accepted clock skew when verifying signatures.
     pub signature_tolerance: Duration,
-    /// Largest payload [`enqueue`](crate::delivery::enqueue) stores, in bytes.
     pub max_payload_bytes: usize,
-    /// How the delivery worker sends (see [`crate::dispatch`]).
     pub worker: WorkerSettings,
-    /// How long an agent's attempts may fail without a single success before
-    /// [`record_outcome`](crate::delivery::record_outcome) disables its webhook.
     pub disable_after: Duration,
-    /// How long a previous signing secret keeps signing after a rotation that names no grace
-    /// period (see [`crate::webhook::signing_secrets`]); within [`SIGNING_GRACE_SECS`].
     pub signing_grace: Duration,
 }
 
-/// The delivery worker's limits, so that one slow or hostile receiver cannot hold a worker (or
-/// its memory) for longer than an attempt's budget.
+/// So one slow or hostile receiver cannot hold a worker (or its memory) beyond an attempt's
+/// budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerSettings {
-    /// Requests in flight at once per worker process; also the claim batch size.
+    /// Also the claim batch size.
     pub concurrency: usize,
-    /// Requests in flight at once to one host (by name, any port): one slow or flooded
-    /// receiver cannot have every connection of the worker.
+    /// By host name, any port.
     pub per_host: usize,
-    /// Limit on DNS resolution, TCP connect and TLS handshake together.
     pub connect_timeout: Duration,
-    /// Limit on a whole attempt, response body included; shorter than the claim lease, so a
-    /// lease never runs out under a request that is still running.
+    /// Shorter than the claim lease, so a lease never runs out under a running request.
     pub request_timeout: Duration,
-    /// Response-body bytes read at most; the rest is never read.
     pub max_response_bytes: usize,
-    /// Idle wait between looks for due deliveries.
     pub poll_interval: Duration,
-    /// PostgreSQL only: enqueue notifies and idle workers listen, so a new delivery does not
-    /// wait for the next poll (retries still do).
     pub listen: bool,
 }
 
@@ -169,59 +130,39 @@ impl Default for WorkerSettings {
     }
 }
 
-/// A setting whose value cannot be used; names the variable, never a key.
+/// Names the variable, never a key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {var}: {problem}")]
 pub struct SettingsError {
-    /// The variable.
     pub var: &'static str,
-    /// What is wrong with its value.
     #[source]
     pub problem: SettingProblem,
 }
 
-/// What is wrong with a setting's value.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingProblem {
-    /// Not a URL policy name.
     #[error(transparent)]
     UrlPolicy(#[from] ParseUrlPolicyError),
-    /// Not a usable key ring.
     #[error(transparent)]
     Keys(#[from] KeyRingError),
-    /// The attempt timeout is not shorter than the claim lease: a lease would run out under a
-    /// request still in flight, and a second worker would send the delivery again.
+    /// Else a second worker would send the delivery again under a request still in flight.
     #[error("must be shorter than the claim lease ({lease_secs} s), got {got_secs} s")]
-    NotShorterThanLease {
-        /// The claim lease in seconds.
-        lease_secs: u64,
-        /// The attempt timeout in seconds.
-        got_secs: u64,
-    },
-    /// Not `true` or `false` (or `1`/`0`, `on`/`off`, `yes`/`no`).
+    NotShorterThanLease { lease_secs: u64, got_secs: u64 },
     #[error("expected true or false, got `{got}`")]
-    NotABool {
-        /// The value as given.
-        got: String,
-    },
-    /// Not a whole number in the accepted range.
+    NotABool { got: String },
     #[error("expected a whole number from {} to {}, got `{got}`", range.start(), range.end())]
     OutOfRange {
-        /// The accepted range.
         range: RangeInclusive<u32>,
-        /// The value as given (a number, never key material).
         got: String,
     },
 }
 
 impl WebhookSettings {
-    /// Reads the settings from the process environment.
     pub fn from_env() -> Result<Self, SettingsError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Reads the settings through `lookup` (a variable name to its value), for tests and for
-    /// callers with their own configuration source. Empty values count as unset.
+    /// For tests and callers with their own configuration source; empty values count as unset.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
         let get = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
         let mut settings = WebhookSettings::default();
@@ -319,7 +260,6 @@ impl WebhookSettings {
 }
 
 impl Default for WebhookSettings {
-    /// The production defaults, without encryption keys.
     fn default() -> Self {
         WebhookSettings {
             url_policy: UrlPolicy::Production,

@@ -3,17 +3,13 @@
 
 use super::*;
 
-/// Leases up to `limit` due deliveries (earliest `next_retry_at` first) to the caller for the
-/// settings' `claim_lease`.
+/// Leases up to `limit` due deliveries, earliest first, for the settings' `claim_lease`, in one
+/// atomic step so concurrent workers never get the same delivery (the statement per backend
+/// is in `docs/deliveries.md`).
 ///
-/// One atomic step per backend, so concurrent workers never get the same delivery:
-/// PostgreSQL runs one `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`;
-/// SQLite, which serialises writers, one `UPDATE … RETURNING`; MariaDB/MySQL, which have no
-/// `UPDATE … RETURNING`, a transaction of `SELECT … FOR UPDATE SKIP LOCKED`, `UPDATE`, `SELECT`.
-///
-/// A due delivery whose final attempt (by the settings' `retry.max_attempts`) ran out of lease
-/// without a report is marked exhausted by the same statement and not returned, so a call may
-/// return fewer than `limit` claims while more are due; call again until it returns none.
+/// A final attempt whose lease ran out without a report is marked exhausted by the same
+/// statement and not returned, so a call may return fewer than `limit` while more are due:
+/// call again until it returns none.
 pub async fn claim_due(
     db: impl IntoDatabaseExecutor<'_>,
     settings: &WebhookSettings,
@@ -59,8 +55,8 @@ pub async fn claim_due(
         .collect())
 }
 
-/// The two halves of a claim: the due rows (locked, skipping rows other workers hold, where
-/// the backend can) and the update that leases them.
+/// The two halves of a claim: the due rows (locked, skipping held rows where the backend can)
+/// and the update that leases them.
 pub(super) struct ClaimPlan {
     pub(super) due: SelectStatement,
     pub(super) lease: UpdateStatement,
@@ -157,7 +153,6 @@ pub(super) async fn update_locked<C: ConnectionTrait>(
     Ok(ids)
 }
 
-/// MySQL's claim, run [`in_transaction`]: lock the due rows, lease them, read them.
 pub(super) async fn claim_locked<C: ConnectionTrait>(
     txn: &C,
     due: &SelectStatement,
@@ -183,13 +178,9 @@ pub(super) async fn exec_claimed(
     Ok(result.rows_affected)
 }
 
-/// Gives a claim back unsent: the delivery is due again at `due` and the attempt the claim
-/// counted is uncounted, as if it had never been claimed. For a worker that cannot start the
-/// attempt while the lease still covers it (its host is busy, see [`crate::dispatch`]): letting
-/// the lease run out instead would delay the delivery by the lease and use up an attempt.
-///
-/// Guarded by the claim like [`record_outcome`]: fails with [`Error::StaleClaim`], changing
-/// nothing, when the delivery was claimed again since or this attempt was already reported.
+/// Gives a claim back unsent and uncounted, due again at `due`: for a worker whose host stays
+/// busy (see [`crate::dispatch`]), since letting the lease run out would delay the delivery
+/// and use up an attempt. Guarded by the claim like [`record_outcome`] ([`Error::StaleClaim`]).
 pub async fn release(
     db: impl IntoDatabaseExecutor<'_>,
     claim: &Claim,

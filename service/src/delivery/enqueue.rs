@@ -3,20 +3,14 @@
 
 use super::*;
 
-/// Enqueues `event_id` of `event_type` with `payload` for the agent's webhook, if it is enabled
-/// and wants it and the agent is not soft-deleted ([`SkipReason`] says which rule skipped it).
+/// Enqueues an event for the agent's webhook, unless a [`SkipReason`] applies.
 ///
-/// The payload is stored as bytes and every attempt signs and sends exactly those bytes: JSON
-/// text the app hands over ([`Payload::json`], a `&RawValue`) is checked to be JSON and kept
-/// byte for byte (key order, duplicate keys, number spelling, escapes), and a
-/// `&serde_json::Value` is written once by `serde_json`, compact. A payload larger than the
-/// settings' `max_payload_bytes` is refused with [`PayloadError::TooLarge`], before the agent
-/// is read.
+/// Every attempt signs and sends exactly the stored bytes ([`Payload`] says how they are
+/// kept); a payload over the settings' `max_payload_bytes` is refused before the agent is read.
 ///
-/// Idempotent: the same `(agent, event_id)` yields the same delivery, also when callers race
-/// (the unique index decides, not a read-then-write), and also inside a caller's transaction
-/// (the transactional outbox) on every backend: the loser gets [`Enqueued::Existing`], and the
-/// first payload stays.
+/// Idempotent per `(agent, event_id)`, also when callers race and inside a caller's
+/// transaction: the unique index decides, the loser gets [`Enqueued::Existing`] and the first
+/// payload stays.
 pub async fn enqueue<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
@@ -35,8 +29,7 @@ pub async fn enqueue<C: ConnectionTrait>(
     insert_for_agent(db, settings, &agent, event_id, event_type, payload, now).await
 }
 
-/// The payload of an event as the bytes every attempt sends, once the event passed the checks
-/// of [`enqueue`]: payload cap, `event_id` and `event_type` rules.
+/// The bytes every attempt sends, once the event passed the checks of [`enqueue`].
 pub(super) fn checked_event(
     settings: &WebhookSettings,
     event_id: &str,
@@ -98,29 +91,20 @@ pub(super) const INSERT_ROWS: usize = MAX_PAGE_SIZE as usize;
 /// default `max_allowed_packet` (16 MiB) whatever `max_payload_bytes` is.
 pub(super) const INSERT_BYTES: usize = 4 << 20;
 
-/// One delivery for [`enqueue_many`]: what [`enqueue`] takes, per item.
+/// What [`enqueue`] takes, per item of [`enqueue_many`].
 #[derive(Clone, Copy, Debug)]
 pub struct EnqueueItem<'a> {
-    /// The agent whose webhook gets the event.
     pub agent_id: &'a str,
-    /// The event's id, the `webhook-id`; `(agent_id, event_id)` is unique.
+    /// The `webhook-id`; `(agent_id, event_id)` is unique.
     pub event_id: &'a str,
-    /// The event's type, e.g. `run.completed`.
     pub event_type: &'a str,
     /// The JSON body, stored as [`enqueue`] stores it.
     pub payload: Payload<'a>,
 }
 
 /// [`enqueue`] for an agent row the caller already read, e.g. in the transaction that changed
-/// the agent's state and now records the event (the transactional outbox): the same checks,
-/// skip rules and idempotency, without reading the agent again.
-///
-/// One statement when the delivery is new: an `INSERT … ON CONFLICT DO NOTHING RETURNING id` on
-/// PostgreSQL and SQLite, an `INSERT … ON DUPLICATE KEY UPDATE id = id RETURNING …` on MariaDB
-/// (≥ 10.5), which returns the stored row, new or not. On PostgreSQL and SQLite an existing
-/// delivery costs a second statement that reads it back; on MySQL, which has no `RETURNING`,
-/// the insert is followed by a locking read. `agent` should be current: a row read before the
-/// webhook was disabled still enqueues.
+/// the agent (the transactional outbox), without reading it again. `agent` should be current:
+/// a row read before the webhook was disabled still enqueues.
 pub async fn enqueue_for_agent<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
@@ -171,17 +155,12 @@ pub(super) async fn insert_for_agent<C: ConnectionTrait>(
         .ok_or_else(|| DbErr::RecordNotFound(format!("delivery of {event_id}")).into())
 }
 
-/// Enqueues many deliveries, e.g. one event to many agents (fan-out) or many events to one
-/// agent (bulk), in one `INSERT` per batch of up to [`MAX_PAGE_SIZE`] rows (and 4 MiB of
-/// payload), with the rules of [`enqueue`] per item: the result has one [`Enqueued`] per item,
-/// in order, and `(agent_id, event_id)` stays idempotent, also when it repeats within `items`
-/// (the first payload stays; later repeats are [`Enqueued::Existing`]).
+/// [`enqueue`] for many items (fan-out or bulk), one [`Enqueued`] per item in order, in one
+/// `INSERT` per batch of up to [`MAX_PAGE_SIZE`] rows. A repeat within `items` is
+/// [`Enqueued::Existing`].
 ///
-/// All agents are read in one statement. Every item is checked before anything is written: an
-/// item that [`enqueue`] would refuse (payload cap, event fields, unknown agent) fails the
-/// whole call with that error and writes nothing. Statements: one read of the agents, one
-/// insert per batch, and on PostgreSQL and SQLite one read per batch for the items that
-/// already existed (on MariaDB the insert returns them; on MySQL a locking read follows).
+/// Every item is checked before anything is written: one that [`enqueue`] would refuse fails
+/// the whole call and writes nothing.
 pub async fn enqueue_many<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
@@ -249,7 +228,6 @@ pub async fn enqueue_many<C: ConnectionTrait>(
         .collect()
 }
 
-/// A delivery about to be inserted.
 #[derive(Clone)]
 pub(super) struct NewRow<'a> {
     id: String,
@@ -292,11 +270,8 @@ pub(super) fn new_id() -> String {
 pub(super) const MYSQL_PARSE_ERROR: &str = "42000";
 
 /// Inserts `rows` in one statement, each unless its `(agent_id, event_id)` exists, and says per
-/// row (in order) whether it was created or which delivery already was.
-///
-/// On PostgreSQL, when a row was created and the settings' `listen` is on, it also sends a
-/// `NOTIFY` on [`NOTIFY_CHANNEL`]: delivered to listening workers when the caller's
-/// transaction commits (at once outside one), so they send without waiting for their next poll.
+/// row whether it was created or which delivery already was. With `listen` on PostgreSQL it
+/// also `NOTIFY`s [`NOTIFY_CHANNEL`], delivered when the caller's transaction commits.
 pub(super) async fn insert_rows<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,

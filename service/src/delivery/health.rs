@@ -2,13 +2,9 @@
 
 use super::*;
 
-/// Keeps the agent's endpoint health after an outcome, its health columns (`webhook_enabled`,
-/// `webhook_failing_since`) read as `health` by [`record_outcomes`] (one read for every agent
-/// of a batch): a failure starts the run of failures (`webhook_failing_since`) if none is
-/// running, a success ends it, and a failure once the run is `settings.disable_after` old
-/// disables the webhook with a reason. Its pending deliveries are left as they are. Written
-/// only when something changes, each write guarded by the state it changes, so concurrent
-/// workers start a run once and disable once.
+/// A failure starts a run of failures, a success ends it, and a failure once the run is
+/// `disable_after` old disables the webhook (pending deliveries stay). Each write is guarded by
+/// the state it changes, so concurrent workers start a run once and disable once.
 pub(super) async fn apply_health<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
@@ -74,8 +70,7 @@ pub(super) async fn apply_health<C: ConnectionTrait>(
     Ok(())
 }
 
-/// The reason stored when a webhook is disabled automatically, e.g. "no successful delivery
-/// for 5 days": the period in the largest whole unit, so an operator reads the setting back.
+/// The period in its largest whole unit, so an operator reads the setting back.
 pub fn disabled_reason(period: std::time::Duration) -> String {
     let secs = period.as_secs();
     let (n, unit) = [(86_400, "day"), (3_600, "hour"), (60, "minute")]

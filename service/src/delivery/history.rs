@@ -36,7 +36,6 @@ pub async fn attempts<C: ConnectionTrait>(db: &C, delivery_id: &str) -> Result<V
         .collect()
 }
 
-/// One delivery by id.
 pub async fn get<C: ConnectionTrait>(
     db: &C,
     id: &str,
@@ -49,12 +48,9 @@ pub async fn get<C: ConnectionTrait>(
         .ok_or_else(|| Error::DeliveryNotFound(id.to_owned()))
 }
 
-/// Filters and position of a [`history`] page.
 #[derive(Clone, Debug, Default)]
 pub struct HistoryQuery {
-    /// Only deliveries in this state.
     pub state: Option<DeliveryState>,
-    /// Only deliveries of this event type.
     pub event_type: Option<String>,
     /// Where the previous page ended ([`HistoryPage::next_cursor`]); `None` for the first page.
     pub cursor: Option<String>,
@@ -72,11 +68,8 @@ pub struct HistoryPage {
     pub next_cursor: Option<String>,
 }
 
-/// An agent's deliveries, newest first, by keyset pagination over `(created_at, id)`.
-///
-/// Each page is an index range scan on `(agent_id, created_at, id)` that starts where the
-/// previous one ended, so page 1000 costs what page 1 costs. Rows inserted while a client
-/// walks the pages are newer than its cursor: they never shift the pages it has not read yet.
+/// An agent's deliveries, newest first, by keyset pagination over `(created_at, id)`: page
+/// 1000 costs what page 1 costs, and rows inserted meanwhile never shift unread pages.
 pub async fn history<C: ConnectionTrait>(
     db: &C,
     agent_id: &str,
@@ -100,8 +93,7 @@ pub async fn history<C: ConnectionTrait>(
     })
 }
 
-/// The query of one [`history`] page (one row more than the page, to know whether another
-/// follows), with the page size.
+/// One row more than the page, to know whether another follows.
 pub(super) fn history_select(
     backend: DbBackend,
     agent_id: &str,
@@ -173,7 +165,7 @@ pub struct DeliveryStats {
     pub consecutive_failures: u64,
 }
 
-/// Counts by state, last success and the current run of failures of one agent, in one query.
+/// One query.
 pub async fn stats<C: ConnectionTrait>(
     db: &C,
     agent_id: &str,
@@ -234,18 +226,11 @@ pub async fn stats<C: ConnectionTrait>(
 }
 
 /// Deletes delivered and exhausted deliveries enqueued before `older_than`, `batch` rows per
-/// statement, and returns how many it deleted. Pending and leased deliveries are never deleted
-/// (they have a `next_retry_at`). Safe to interrupt and to run concurrently with workers.
+/// statement; pending and leased ones never. Safe to interrupt and to run beside workers.
 ///
-/// `pause` is slept between two statements (not after the last). Each statement is a burst of
-/// database CPU, and on a small server that burst is what delays the workers' claims running
-/// beside it (measured on 2 cores: the claims waited longer for a CPU, their own CPU time
-/// unchanged; a pause as long as a batch brought their latency back to its level without a
-/// prune, docs/benchmarks.md section 9). `Duration::ZERO` prunes as fast as the server
-/// allows, for a quiet database.
-///
-/// `on_batch` is called after each statement with the number deleted so far, so that a long
-/// prune can show progress; pass `|_| {}` when nobody watches.
+/// `pause` is slept between statements: each is a burst of database CPU that delays the
+/// workers' claims on a small server (docs/benchmarks.md, section 9). `on_batch` gets the
+/// number deleted so far.
 pub async fn prune<C: ConnectionTrait>(
     db: &C,
     older_than: DateTime<Utc>,

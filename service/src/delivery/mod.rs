@@ -1,30 +1,26 @@
 //! Delivery bookkeeping: what to send, what happened, what to try again.
 //!
-//! `webhook_deliveries` is the only source of truth; a worker may crash at any point and the
-//! next one carries on. The lifecycle and the decisions behind it are in `docs/deliveries.md`;
-//! the states are defined once, on [`DeliveryState`]. One room per step of a delivery's life:
+//! `webhook_deliveries` is the only source of truth, so a worker may crash at any point and the
+//! next one carries on. The lifecycle is in `docs/deliveries.md`; the states are defined on
+//! [`DeliveryState`]. One room per step of a delivery's life:
 //!
 //! | file | what |
 //! |---|---|
-//! | `enqueue.rs` | [`enqueue`], [`enqueue_for_agent`] (the transactional outbox), [`enqueue_many`]: idempotent per `(agent_id, event_id)`, the payload kept byte for byte ([`Payload`]) |
-//! | `claim.rs` | [`claim_due`] leases due deliveries in one atomic step, by the database's clock or a given instant ([`Now`]); [`release`] gives a claim back unsent |
-//! | `record.rs` | [`record_outcomes`] (and [`record_outcome`], the same for one claim), guarded by each claim; [`record_attempts`], the attempt log; [`abandon`]; what text the columns can hold ([`body_excerpt`]) |
+//! | `enqueue.rs` | [`enqueue`], [`enqueue_for_agent`] (the transactional outbox), [`enqueue_many`] |
+//! | `claim.rs` | [`claim_due`], [`release`] |
+//! | `record.rs` | [`record_outcomes`], [`record_outcome`], [`record_attempts`], [`abandon`] |
 //! | `health.rs` | the run of failures an outcome starts or ends, and the automatic disable |
-//! | `history.rs` | [`get`], [`history`] (keyset pages), [`stats`], [`attempts`], [`prune`] |
-//! | `requeue.rs` | [`requeue`] one exhausted delivery, [`recover`] an agent's since an instant |
+//! | `history.rs` | [`get`], [`history`], [`stats`], [`attempts`], [`prune`] |
+//! | `requeue.rs` | [`requeue`], [`recover`] |
 //! | `retry.rs` | [`retry::RetryPolicy`]: the schedule and which outcomes are final |
 //!
-//! Every function can run inside the caller's transaction. Under concurrency PostgreSQL and
-//! MySQL pick deadlock victims. The functions that retry a victim themselves ([`claim_due`],
-//! [`record_outcome`], [`record_outcomes`], [`release`], [`abandon`]) take an
-//! [`IntoDatabaseExecutor`]: `&DatabaseConnection`, `&DatabaseTransaction` or a
-//! [`DatabaseExecutor`], which tells them which they were handed. (Pass a transaction by
-//! reference: an owned one would be rolled back when the call drops it.) Handed a pool, they
-//! run the victim statement again, a few times. Handed a transaction, they cannot: MySQL
-//! rolled back all of the caller's work with the victim and PostgreSQL aborted it, so the
-//! error goes back, [`Error::is_transient`] says so, and the caller runs its whole transaction
-//! again; they begin no savepoint in it. The other functions take any `&C: ConnectionTrait`
-//! and never retry, so a victim among them is reported the same way.
+//! Every function can run inside the caller's transaction. The ones that retry a deadlock
+//! victim themselves ([`claim_due`], [`record_outcome`], [`record_outcomes`], [`release`],
+//! [`abandon`]) take an [`IntoDatabaseExecutor`] so they know whether they were handed a pool
+//! (pass a transaction by reference, or the call rolls it back). Inside a transaction they
+//! cannot retry, since MySQL rolled back and PostgreSQL aborted the caller's work: the error
+//! goes back with [`Error::is_transient`] set and the caller reruns its transaction. The other
+//! functions never retry.
 
 use std::collections::{HashMap, HashSet};
 
@@ -129,47 +125,40 @@ impl WebhookDelivery {
     }
 }
 
-/// What [`enqueue`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Enqueued {
-    /// A new delivery, due at once.
+    /// Due at once.
     Created(WebhookDelivery),
     /// This `(agent, event_id)` was enqueued before; this is that delivery.
     Existing(WebhookDelivery),
-    /// Nothing to send.
     Skipped(SkipReason),
 }
 
-/// Why [`enqueue`] did not enqueue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SkipReason {
-    /// The agent's webhook is disabled.
     Disabled,
-    /// The agent has no webhook URL.
     NoUrl,
     /// The agent's event filter does not want this event type.
     NotWanted,
-    /// The agent is soft-deleted (`is_deleted = true`): the platform treats it as gone.
+    /// Soft-deleted (`is_deleted = true`): the platform treats it as gone.
     AgentDeleted,
 }
 
-/// A worker's lease on one delivery, returned by [`claim_due`] and handed back when reporting.
+/// A worker's lease on one delivery, handed back when reporting.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claim {
-    /// The delivery as claimed (state `Leased`).
     pub delivery: WebhookDelivery,
     /// The attempt this claim is for (1 for the first): the guard of [`record_outcome`].
     pub attempt: i32,
-    /// When the lease runs out and the delivery becomes due again.
+    /// When the delivery becomes due again unless the outcome is recorded first.
     pub lease_until: DateTime<Utc>,
-    /// The body bytes fixed at enqueue, sent unchanged by every attempt; `None` for deliveries
-    /// enqueued before payloads were stored (the worker cannot send those).
+    /// The bytes fixed at enqueue; `None` for deliveries enqueued before payloads were stored
+    /// (the worker cannot send those).
     pub payload: Option<Vec<u8>>,
 }
 
-/// Why an attempt did not end in a usable HTTP answer (or which kind of answer it was), as the
-/// attempt log stores it: one word an operator can filter on. Which class each outcome gets
-/// is tabled in [`crate::dispatch`].
+/// One word an operator can filter the attempt log on; which outcome gets which class is
+/// tabled in [`crate::dispatch`].
 #[derive(
     Clone,
     Copy,
@@ -247,8 +236,7 @@ pub struct AttemptRecord {
 pub mod testing {
     use super::*;
 
-    /// The statement [`claim_due`] sends to pick and lease due rows: on PostgreSQL and SQLite
-    /// the whole claim; on MySQL its first step, the locking `SELECT`.
+    /// On MySQL only the claim's first step, the locking `SELECT`.
     pub fn claim_statement(
         backend: DbBackend,
         settings: &WebhookSettings,
@@ -262,7 +250,6 @@ pub mod testing {
         }
     }
 
-    /// The query of one [`history`] page and its page size.
     pub fn history_select(
         backend: DbBackend,
         agent_id: &str,

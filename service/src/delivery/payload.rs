@@ -11,8 +11,8 @@ pub(super) enum PayloadSource<'a> {
 }
 
 impl<'a> Payload<'a> {
-    /// JSON text, stored and sent byte for byte; [`enqueue`](super::enqueue) refuses it with
-    /// [`PayloadError::NotJson`] unless it is one JSON value in UTF-8.
+    /// JSON text, stored and sent byte for byte (key order, duplicates, number spelling);
+    /// refused unless it is one JSON value in UTF-8.
     pub fn json(text: &'a [u8]) -> Payload<'a> {
         Payload(PayloadSource::Json(text))
     }
@@ -60,17 +60,10 @@ impl<'a> From<&'a serde_json::value::RawValue> for Payload<'a> {
     }
 }
 
-/// Why a payload cannot be enqueued.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
-    /// Larger than the `WEBHOOK_MAX_PAYLOAD_BYTES` setting.
     #[error("payload is {size} bytes, more than the {max}-byte limit (WEBHOOK_MAX_PAYLOAD_BYTES)")]
-    TooLarge {
-        /// Its size as stored.
-        size: usize,
-        /// The limit.
-        max: usize,
-    },
+    TooLarge { size: usize, max: usize },
     /// The text is not one JSON value in UTF-8, or the value cannot be written as JSON.
     #[error("payload is not JSON: {0}")]
     NotJson(#[source] serde_json::Error),

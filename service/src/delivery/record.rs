@@ -1,5 +1,4 @@
-//! Recording what an attempt came to: the outcome on the delivery (one path for one claim or a
-//! batch, guarded by each claim), the attempt log, and what text the columns can hold.
+//! Recording what an attempt came to: the outcome, guarded by each claim, and the attempt log.
 
 use super::*;
 
@@ -31,12 +30,7 @@ pub(crate) async fn existing_ids<C: ConnectionTrait>(
         .collect())
 }
 
-/// Stores the outcome of the claimed attempt and decides, by the settings' retry policy, what
-/// comes next: [`Decision::Delivered`], a retry at an instant (as stored, to the microsecond),
-/// or [`Decision::GiveUp`]: [`record_outcomes`] for one claim.
-///
-/// Fails with [`Error::StaleClaim`], changing nothing, when the delivery was claimed again
-/// since (the lease ran out) or this attempt was already reported.
+/// [`record_outcomes`] for one claim.
 pub async fn record_outcome(
     db: impl IntoDatabaseExecutor<'_>,
     settings: &WebhookSettings,
@@ -50,11 +44,8 @@ pub async fn record_outcome(
         .unwrap_or_else(|| Err(stale(claim)))
 }
 
-/// Appends attempts to the attempt log, in one `INSERT` per [`MAX_PAGE_SIZE`] rows (the worker
-/// appends a finished batch at once). Recording the same attempt twice keeps the first row
-/// (the unique `(delivery_id, attempt)` decides), so a retried report cannot duplicate it.
-/// Text is stored as the columns can hold it (see `truncate`); an attempt of a delivery that
-/// does not exist fails the statement on the foreign key.
+/// One `INSERT` per [`MAX_PAGE_SIZE`] rows. The same attempt twice keeps the first row, so a
+/// retried report cannot duplicate it.
 pub async fn record_attempts<'a, C, I>(db: &C, attempts: I) -> Result<()>
 where
     C: ConnectionTrait,
@@ -89,14 +80,9 @@ where
     Ok(())
 }
 
-/// Marks the claimed delivery failed (exhausted) without sending it, with `reason` as its
-/// error: for a delivery that can never be sent, such as one whose agent was soft-deleted after
-/// it was enqueued ([`crate::dispatch::sign::prepare_request`] then fails with
-/// [`Error::AgentNotFound`]). Retrying would only repeat the refusal; an operator can still
-/// [`requeue`] it.
-///
-/// Guarded by the claim like [`record_outcome`]: fails with [`Error::StaleClaim`], changing
-/// nothing, when the delivery was claimed again since or this attempt was already reported.
+/// Marks the claimed delivery failed without sending it, for one that can never be sent (its
+/// agent was soft-deleted); an operator can still [`requeue`] it. Guarded by the claim like
+/// [`record_outcome`].
 pub async fn abandon(db: impl IntoDatabaseExecutor<'_>, claim: &Claim, reason: &str) -> Result<()> {
     let db = &db.into_database_executor();
     let update = claimed(claim)
@@ -122,15 +108,12 @@ pub(super) fn error_text(outcome: &AttemptOutcome) -> String {
     truncate(&text, MAX_ERROR_LEN)
 }
 
-/// `text` cut to [`MAX_ERROR_LEN`] bytes on a character boundary.
 pub(super) fn bounded(text: &str) -> String {
     truncate(text, MAX_ERROR_LEN)
 }
 
-/// `text` as every backend's text column can hold it, cut to at most `max` bytes on a
-/// character boundary. PostgreSQL refuses a NUL character in text (and so fails the whole
-/// statement, with every other row of a batch), so each NUL becomes U+FFFD; Rust strings are
-/// valid UTF-8 already, which is all MySQL (utf8mb4) and SQLite ask.
+/// Cut on a character boundary, each NUL replaced: PostgreSQL refuses NUL in text and would
+/// fail the whole batch.
 pub(super) fn truncate(text: &str, max: usize) -> String {
     let text: std::borrow::Cow<'_, str> = if text.contains('\0') {
         text.replace('\0', "\u{FFFD}").into()
@@ -144,11 +127,8 @@ pub(super) fn truncate(text: &str, max: usize) -> String {
     text[..end].to_owned()
 }
 
-/// How a response body is kept in the attempt log ([`AttemptRecord::response_body_prefix`]):
-/// its first [`RESPONSE_PREFIX_LEN`] bytes as text when they are UTF-8 without a NUL byte (a
-/// character cut by the limit is left out), otherwise `base64:` followed by the standard
-/// base64 of those bytes, so a compressed or binary answer is stored exactly and can be
-/// decoded. `None` for an empty body.
+/// The first [`RESPONSE_PREFIX_LEN`] bytes as text, or `base64:…` when they are not UTF-8
+/// without NUL, so a compressed or binary answer is stored exactly.
 pub fn body_excerpt(body: &[u8]) -> Option<String> {
     let kept = &body[..body.len().min(RESPONSE_PREFIX_LEN)];
     if kept.is_empty() {
@@ -173,23 +153,10 @@ pub fn body_excerpt(body: &[u8]) -> Option<String> {
     })
 }
 
-/// Records the outcomes of a finished batch of claims in one guarded `UPDATE` per call, with
-/// the rules of [`record_outcome`] per row: each outcome applies only while its claim is
-/// current (same attempt, no result yet), and its result (in order) is the [`Decision`] or
-/// [`Error::StaleClaim`]. A claim repeated within `outcomes` is stale after its first entry.
-/// Each outcome comes with the instant it was had, as `now` of [`record_outcome`]: its retry
-/// is scheduled from there (a `Retry-After` counts from the answer, not from the recording)
-/// and a delivered one is stamped delivered then.
-///
-/// PostgreSQL and SQLite run one `UPDATE … SET col = CASE id WHEN … END … WHERE id IN (…) AND
-/// attempt_count = CASE id WHEN … END AND <no result yet> RETURNING id`; MySQL/MariaDB, which
-/// have no `UPDATE … RETURNING`, lock the current rows with a `SELECT … FOR UPDATE` first, in a
-/// transaction. Endpoint health then costs one read of the batch's agents, and a write only for
-/// an agent whose health changes: per agent, the outcomes of the batch count in their order in
-/// `outcomes` (the last one decides; a success followed by failures restarts the failure run),
-/// judged at the latest instant of the batch.
-///
-/// Up to [`MAX_PAGE_SIZE`] outcomes per call ([`Error::InvalidLimit`] beyond).
+/// Stores a batch of outcomes in one guarded `UPDATE` and decides each one's next step by
+/// the retry policy. Each applies only while its claim is current; otherwise its result is
+/// [`Error::StaleClaim`] and nothing changes. Each outcome carries the instant it was had, so
+/// a `Retry-After` counts from the answer, not from the recording. Up to [`MAX_PAGE_SIZE`].
 pub async fn record_outcomes<'a, I>(
     db: impl IntoDatabaseExecutor<'_>,
     settings: &WebhookSettings,

@@ -46,15 +46,9 @@ pub struct RecoverReport {
     pub requeued: u64,
 }
 
-/// Requeues every failed (exhausted) delivery of `agent_id` enqueued at or after `since` and
-/// not after `now`, like [`requeue`] does for one: for after an outage of the receiver (Svix's
-/// "recover").
-///
-/// Bounded work per statement: it walks the agent's deliveries in `(created_at, id)` order on
-/// the history index, [`MAX_PAGE_SIZE`] failed ones at a time, and requeues each batch with one
-/// `UPDATE` guarded by the failed state (a delivery requeued or deleted meanwhile is left
-/// alone). The walk moves forward only, so it ends even while workers exhaust deliveries again,
-/// and a run that is interrupted can be repeated: what it requeued is no longer failed.
+/// [`requeue`] for every failed delivery of `agent_id` enqueued in `since..=now`, after a
+/// receiver's outage (Svix's "recover"). It walks forward in [`MAX_PAGE_SIZE`] batches, so it
+/// ends even while workers exhaust deliveries again, and an interrupted run can be repeated.
 pub async fn recover<C: ConnectionTrait>(
     db: &C,
     agent_id: &str,

@@ -1,18 +1,14 @@
 //! When to try a failed webhook delivery again, and when to stop.
 //!
-//! A worker makes one attempt, describes what happened as an [`AttemptOutcome`] and asks
-//! [`RetryPolicy::next_attempt`] what comes next: [`Decision::Delivered`], a
-//! [`Decision::RetryAt`] instant, or [`Decision::GiveUp`]. The clock (`now`) and the randomness
-//! (any [`rand::Rng`], seeded in tests) are passed in, so every decision can be reproduced.
-//! We keep our own policy rather than `backon` or `backoff`: those drive a retry loop in
-//! memory, while a delivery's next attempt is an instant stored in `next_retry_at`.
+//! The clock and the randomness are passed in, so every decision can be reproduced. We keep our
+//! own policy rather than `backon` or `backoff`: those drive a retry loop in memory, while a
+//! delivery's next attempt is an instant stored in `next_retry_at`.
 //!
 //! # Default schedule
 //!
-//! [`RetryPolicy::default`] keeps Svix's schedule, which webhook receivers already know: eight
-//! attempts spread over 27 h 35 min 5 s (about 27.6 h), so a receiver that is down for a whole
-//! day still gets every event. Each delay gets ±10 % jitter so that deliveries which failed
-//! together (a receiver outage) do not come back together; the instants below are without it.
+//! Svix's schedule, which receivers already know: a receiver down for a whole day still gets
+//! every event. ±10 % jitter keeps deliveries that failed together (an outage) from coming
+//! back together; the instants below are without it.
 //!
 //! | attempt | delay after the previous attempt failed | at, from enqueue | Svix |
 //! |---|---|---|---|
@@ -25,8 +21,7 @@
 //! | 7 | 10 h | 17 h 35 min 5 s | 10 h |
 //! | 8 | 10 h | 27 h 35 min 5 s | 10 h |
 //!
-//! When attempt 8 fails too, the delivery is given up ([`GiveUpReason::MaxAttempts`]). The
-//! table is checked against the code:
+//! When attempt 8 fails too, the delivery is given up ([`GiveUpReason::MaxAttempts`]). Checked:
 //!
 //! ```
 //! use agent_webhooks::delivery::retry::{AttemptOutcome::Timeout, Decision, GiveUpReason, RetryPolicy};
@@ -58,28 +53,21 @@
 //! | 2xx | success | the receiver accepted the event |
 //! | 408, 425, 429, 5xx | retryable | the receiver is slow (408), asks for a retry (425 Too Early), is rate limiting (429) or failing on its side (5xx): waiting helps |
 //! | timeout; connect, TLS or DNS error | retryable | the receiver may be restarting or briefly unreachable |
-//! | 3xx | final | redirects are not followed: following one would skip the URL policy (SSRF) checks made on the configured URL, and retrying gets the same redirect. The owner has to configure the final URL. Svix retries every non-2xx; this is a deliberate difference |
+//! | 3xx | final | redirects are not followed (they would skip the URL policy's SSRF checks) and a retry gets the same redirect; unlike Svix, deliberately |
 //! | other 4xx | final | the receiver refuses this request (bad signature, gone, too large): the same bytes would be refused again |
 //! | 1xx, or outside 100–599 | final | not a usable final response: the receiver is broken, not busy |
 //!
 //! # `Retry-After`
 //!
-//! A `Retry-After` (seconds or an HTTP-date, see [`RetryAfter::parse`]) on a retryable
-//! response is honoured when it asks for longer than the scheduled delay, up to
-//! [`RetryPolicy::max_retry_after`] (1 h by default), and then used exactly, without jitter:
-//! a rate-limited receiver is not hammered, but a header cannot park a delivery for days. It
-//! never shortens the schedule: a shorter (or equal) value, an invalid one or a date in the
-//! past leaves the jittered scheduled delay in force. By attempt 5 the schedule's own delays
-//! (2 h and more) exceed the default cap, so the header no longer changes anything.
+//! Honoured, without jitter, only when it asks for longer than the scheduled delay, and capped
+//! at [`RetryPolicy::max_retry_after`]: a rate-limited receiver is not hammered, but a header
+//! can neither shorten the schedule nor park a delivery for days.
 //!
 //! # Limits
 //!
-//! * More attempts than delays: the last delay repeats (so `max_attempts` can be raised without
-//!   writing a longer schedule); delays beyond `max_attempts - 1` are unused.
-//! * Every retry is at least [`MIN_DELAY`] after `now`, and no single delay exceeds
-//!   [`MAX_DELAY`] (twice that with jitter); [`RetryPolicy::validate`] rejects schedules outside
-//!   those limits, and [`RetryPolicy::next_attempt`] clamps into them instead of panicking.
-//!   An instant past the end of `chrono`'s range saturates at [`DateTime::<Utc>::MAX_UTC`].
+//! More attempts than delays repeat the last delay, so `max_attempts` can be raised alone.
+//! [`RetryPolicy::validate`] rejects delays outside [`MIN_DELAY`]..=[`MAX_DELAY`];
+//! [`RetryPolicy::next_attempt`] clamps into them (and saturates instants) instead of panicking.
 
 use std::time::Duration;
 
@@ -94,24 +82,20 @@ pub const MIN_DELAY: Duration = Duration::from_millis(1);
 /// cap keeps instant arithmetic far from overflowing.
 pub const MAX_DELAY: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
-/// What one delivery attempt produced: the only input [`classify`] and
-/// [`RetryPolicy::next_attempt`] need, so senders stay free to use any HTTP client.
+/// What one attempt produced: the only input the policy needs, so senders may use any HTTP
+/// client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AttemptOutcome {
-    /// The receiver answered with an HTTP status.
     Status {
         /// Any value, even outside 100–599: [`classify`] says what it means.
         code: u16,
-        /// The response's `Retry-After`, parsed with [`RetryAfter::parse`]; `None` when
-        /// absent or invalid.
         retry_after: Option<RetryAfter>,
     },
     /// No response within the sender's timeout.
     Timeout,
-    /// DNS, connect or TLS failure, with its description for the delivery record.
+    /// DNS, connect or TLS failure, described for the delivery record.
     Connection(String),
-    /// Nothing was sent and nothing ever will be: the delivery's agent was deleted after the
-    /// event was enqueued. With its description for the delivery record.
+    /// The agent was deleted after the enqueue: nothing was sent, nothing ever will be.
     AgentDeleted(String),
 }
 
@@ -121,13 +105,9 @@ pub enum AttemptOutcome {
 pub struct RetryAfter(pub Duration);
 
 impl RetryAfter {
-    /// Parses a header value, relative to `now` (when the response arrived), so that
-    /// [`RetryPolicy::next_attempt`] can honour it.
-    ///
-    /// Accepts delta-seconds (`120`; absurdly many saturate, the cap applies later) and
-    /// HTTP-dates in IMF-fixdate form (`Sun, 06 Nov 1994 08:49:37 GMT`; any RFC 2822 date is
-    /// accepted). A date in the past is a zero delay. Anything else (signs, fractions, the
-    /// obsolete RFC 850 and asctime date forms) is `None`: the schedule then applies.
+    /// Parses delta-seconds or an RFC 2822 HTTP-date relative to `now` (when the response
+    /// arrived); a past date is zero. Anything else (signs, fractions, the obsolete RFC 850
+    /// and asctime forms) is `None`, and the schedule applies.
     pub fn parse(value: &str, now: DateTime<Utc>) -> Option<RetryAfter> {
         let value = value.trim();
         if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
@@ -147,16 +127,13 @@ impl RetryAfter {
 /// How an outcome counts, independently of how many attempts are left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Classification {
-    /// Nothing left to do.
     Success,
-    /// Worth trying again later.
     Retryable,
-    /// Trying again will not help.
     Final,
 }
 
-/// Classifies an attempt's outcome, so that final failures stop at once instead of using up
-/// the schedule (the rules and their reasons are in the module documentation).
+/// So that final failures stop at once instead of using up the schedule (the rules and their
+/// reasons are in the [module documentation](self#outcomes)).
 pub fn classify(outcome: &AttemptOutcome) -> Classification {
     match outcome {
         AttemptOutcome::Status { code, .. } => match code {
@@ -169,43 +146,34 @@ pub fn classify(outcome: &AttemptOutcome) -> Classification {
     }
 }
 
-/// What to do after an attempt: what the delivery record stores next.
+/// What the delivery record stores after an attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Decision {
-    /// Nothing more to do.
     Delivered,
-    /// Try again at this instant (always later than the `now` it was decided at).
+    /// Always later than the `now` it was decided at.
     RetryAt(DateTime<Utc>),
-    /// Stop; the delivery failed for good.
     GiveUp(GiveUpReason),
 }
 
 /// Why a delivery was given up, so the record can tell a refusal from exhaustion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GiveUpReason {
-    /// The receiver answered with this status, which retrying will not change.
     FinalStatus(u16),
-    /// This many attempts were made, all the policy allows, the last one retryable.
+    /// All the attempts the policy allows, the last one retryable.
     MaxAttempts(u32),
-    /// The delivery's agent was deleted ([`AttemptOutcome::AgentDeleted`]).
     AgentDeleted,
 }
 
-/// How a delivery is retried: the schedule, the attempt budget, jitter and the `Retry-After`
-/// cap. Fields are public so settings can adjust one of them; call [`RetryPolicy::validate`]
-/// after doing so.
+/// Fields are public so settings can adjust one; call [`RetryPolicy::validate`] after.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
-    /// Delay before attempt n+1 after attempt n failed, at index n-1. When there are more
-    /// attempts than delays the last delay repeats; each must be within
-    /// [`MIN_DELAY`]..=[`MAX_DELAY`].
+    /// Delay before attempt n+1 after attempt n failed, at index n-1.
     pub schedule: Vec<Duration>,
     /// Attempts in all, the first one included (at least 1).
     pub max_attempts: u32,
     /// Relative jitter on scheduled delays, in `[0, 1)`: 0.1 spreads them over ±10 %.
     pub jitter: f64,
-    /// The longest `Retry-After` honoured; a longer one is capped to it (at most
-    /// [`MAX_DELAY`]).
+    /// The longest `Retry-After` honoured; a longer one is capped to it.
     pub max_retry_after: Duration,
 }
 
@@ -233,48 +201,28 @@ impl Default for RetryPolicy {
 /// misbehave at the first failure.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum RetryPolicyError {
-    /// Not even the first attempt would be allowed.
     #[error("max_attempts must be at least 1 (the first attempt counts)")]
     NoAttempts,
-    /// Retries are allowed but there is no delay to wait between them.
     #[error("max_attempts is {max_attempts} but the retry schedule has no delays")]
-    EmptySchedule {
-        /// Above 1, so the schedule would be needed.
-        max_attempts: u32,
-    },
-    /// `jitter` is outside `[0, 1)` (or NaN).
+    EmptySchedule { max_attempts: u32 },
     #[error("jitter must be a fraction in [0, 1), got {0}")]
     BadJitter(f64),
-    /// A scheduled delay is shorter than [`MIN_DELAY`].
     #[error(
         "schedule[{index}] is {delay:?}, shorter than the minimum {:?}",
         MIN_DELAY
     )]
-    DelayTooShort {
-        /// Which delay to fix, the first offending one.
-        index: usize,
-        /// Echoed so a unit mix-up is visible.
-        delay: Duration,
-    },
-    /// A scheduled delay is longer than [`MAX_DELAY`].
+    DelayTooShort { index: usize, delay: Duration },
     #[error(
         "schedule[{index}] is {delay:?}, longer than the maximum {:?}",
         MAX_DELAY
     )]
-    DelayTooLong {
-        /// Which delay to fix, the first offending one.
-        index: usize,
-        /// Echoed so a unit mix-up is visible.
-        delay: Duration,
-    },
-    /// `max_retry_after` is longer than [`MAX_DELAY`].
+    DelayTooLong { index: usize, delay: Duration },
     #[error("max_retry_after is {0:?}, longer than the maximum {max:?}", max = MAX_DELAY)]
     RetryAfterCapTooLong(Duration),
 }
 
 impl RetryPolicy {
-    /// Checks the policy's invariants, so a bad configuration fails at start-up. A policy
-    /// that fails this still never makes [`RetryPolicy::next_attempt`] panic.
+    /// So a bad configuration fails at start-up; an invalid policy still never panics.
     pub fn validate(&self) -> Result<(), RetryPolicyError> {
         if self.max_attempts == 0 {
             return Err(RetryPolicyError::NoAttempts);
@@ -319,14 +267,8 @@ impl RetryPolicy {
         head.saturating_add(tail)
     }
 
-    /// Decides what follows an attempt. `attempts_made` counts the attempts so far, the one
-    /// that produced `outcome` included (1 after the first; 0 is taken as 1).
-    ///
-    /// Success is [`Decision::Delivered`] and a final status is
-    /// [`GiveUpReason::FinalStatus`], however many attempts remain. A retryable outcome is
-    /// retried after the scheduled delay, moved uniformly within ±`jitter` of itself by `rng`,
-    /// unless a longer `Retry-After` applies (see the module documentation), or given up with
-    /// [`GiveUpReason::MaxAttempts`] when `attempts_made` reaches `max_attempts`.
+    /// Decides what follows an attempt. `attempts_made` includes the one that produced
+    /// `outcome` (0 is taken as 1).
     ///
     /// ```
     /// use agent_webhooks::delivery::retry::{AttemptOutcome, Decision, RetryAfter, RetryPolicy};
@@ -376,8 +318,7 @@ impl RetryPolicy {
         Decision::RetryAt(instant_after(now, delay.max(MIN_DELAY)))
     }
 
-    /// The delay after attempt `n` (1-based) failed, without jitter, within
-    /// [`MIN_DELAY`]..=[`MAX_DELAY`].
+    /// The delay after attempt `n` (1-based) failed, without jitter.
     fn scheduled_delay(&self, n: u32) -> Duration {
         let index = usize::try_from(n.saturating_sub(1)).unwrap_or(usize::MAX);
         self.schedule
@@ -388,7 +329,6 @@ impl RetryPolicy {
             .clamp(MIN_DELAY, MAX_DELAY)
     }
 
-    /// `delay` (at most [`MAX_DELAY`]) moved uniformly within ±`jitter` of itself.
     fn jittered(&self, delay: Duration, rng: &mut impl Rng) -> Duration {
         // MAX_DELAY's nanoseconds (< 2^53) fit a u64 and are exact as an f64. The clamp and the
         // saturating cast keep an unvalidated jitter within [0, 1]; NaN is no jitter.

@@ -1,4 +1,4 @@
-//! Where a delivery is in its life, derived from its columns; the one definition of the states.
+//! The one definition of the delivery states.
 
 use chrono::{DateTime, Utc};
 use entity::webhook_deliveries as wd;
@@ -40,7 +40,6 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
-    /// The state of a stored row at `now`.
     pub fn of(row: &wd::Model, now: DateTime<Utc>) -> Self {
         match (row.delivered_at, row.next_retry_at) {
             (Some(_), _) => Self::Delivered,
@@ -58,7 +57,7 @@ impl DeliveryState {
         }
     }
 
-    /// Every state, in lifecycle order.
+    /// In lifecycle order.
     pub const ALL: &'static [DeliveryState] = <Self as strum::VariantArray>::VARIANTS;
 
     /// The lower-case name used in JSON and on the command line.

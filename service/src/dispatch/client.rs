@@ -19,8 +19,6 @@ use crate::webhook::url_policy::{Resolver, UrlPolicy, UrlPolicyError};
 /// The `user-agent` of every request, so receivers can tell our deliveries apart in their logs.
 pub const USER_AGENT: &str = concat!("agent-webhooks/", env!("CARGO_PKG_VERSION"));
 
-/// The client every attempt is sent with, resolving through `resolver` vetted by the settings'
-/// URL policy.
 pub(super) fn build<R>(settings: &WebhookSettings, resolver: R) -> Result<reqwest::Client>
 where
     R: Resolver + Send + Sync + 'static,
@@ -61,8 +59,7 @@ pub(super) async fn post(
     }
 }
 
-/// An answer as the attempt log keeps it: status, class, message, the start of the body (at
-/// most `cap` bytes read), `Retry-After` relative to `now`.
+/// `Retry-After` is taken relative to `now`, when the answer arrived.
 async fn read_response(mut response: reqwest::Response, cap: usize, now: DateTime<Utc>) -> Attempt {
     let code = response.status().as_u16();
     let remote_addr = response.remote_addr();
@@ -215,9 +212,8 @@ fn classify_error(err: &reqwest::Error) -> ErrorClass {
     }
 }
 
-/// `cause` as a `T`, also when it is an `io::Error` wrapping a `T`, however deeply (the
-/// resolver's and the TLS layer's errors arrive that way, and `io::Error::source` skips the
-/// error it wraps).
+/// Also looks inside `io::Error`s, however deeply: the resolver's and TLS layer's errors arrive
+/// wrapped, and `io::Error::source` skips the error it wraps.
 fn find<'a, T: StdError + 'static>(cause: &'a (dyn StdError + 'static)) -> Option<&'a T> {
     if let Some(found) = cause.downcast_ref::<T>() {
         return Some(found);

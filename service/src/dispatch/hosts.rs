@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// The per-host limit: one semaphore per host with sends in flight or waiting, dropped when
-/// the host has none, so the map holds only the hosts being sent to.
+/// One semaphore per host, dropped when idle, so the map holds only hosts being sent to.
 #[derive(Debug)]
 pub(super) struct HostLimits {
     per_host: usize,
@@ -79,9 +78,7 @@ impl Drop for HostPermit<'_> {
     }
 }
 
-/// The per-host limit's key: the URL's host, lowercase, without the port (one machine behind
-/// several ports is one receiver to spare). A URL that does not parse keys by itself; sending
-/// it fails anyway.
+/// Without the port: one machine behind several ports is one receiver to spare.
 pub(super) fn host_key(url: &str) -> String {
     url::Url::parse(url)
         .ok()

@@ -1,59 +1,34 @@
 //! The delivery worker: claim due deliveries, sign them, send them over an SSRF-safe HTTP
-//! client, record the outcomes and attempt rows of finished sends in batches.
-//!
-//! One [`Dispatcher`] holds what every attempt needs (the settings, the database, the HTTP
-//! client), as svix-server hands its workers one context. [`Dispatcher::run_once`] drains what
-//! is due now (tests, cron-style use); [`Dispatcher::run`] polls until told to stop, and lets
-//! the sends in flight finish first.
+//! client, and record outcomes and attempt rows in batches.
 //!
 //! # Concurrency
 //!
-//! A drain keeps up to `concurrency` claimed deliveries in flight and claims again as soon as
-//! half of them are done (one claim statement per several deliveries, and no slot waits for the
-//! slowest request of a batch). At most `per_host` of them send to one host (the URL's host
-//! name, any port) at once; the others wait for that host. A delivery that cannot get its
-//! host's turn while its lease still covers a whole attempt is released, due again after the
-//! poll interval, so it is never sent by two workers (see [`delivery::release`]). Claims are oldest first, so a
-//! host with a long backlog can hold every slot with sends and waits while newer deliveries to
-//! other hosts wait in the database.
+//! A drain keeps up to `concurrency` claims in flight and claims again once half are done, so
+//! one claim statement serves several deliveries and no slot waits for a batch's slowest
+//! request. At most `per_host` go to one host name at once; a delivery that cannot get its
+//! host's turn while its lease still covers an attempt is released ([`delivery::release`]),
+//! so it is never sent by two workers. Claims are oldest first, so one host's backlog can hold
+//! every slot.
 //!
 //! # Statements per delivery
 //!
-//! A claim is one statement for the batch ([`delivery::claim_due`]), followed by one read of
-//! the batch's agents and one of their live previous secrets (the signing keys, opened once
-//! per agent and batch). Finished attempts are recorded together in one transaction:
-//! [`delivery::record_outcomes`] (one guarded `UPDATE`, one read of the agents' health) and
-//! [`delivery::record_attempts`] (one `INSERT`). One recording runs at a time, beside the
-//! sends and the next claim (on another pooled connection); what finishes meanwhile is the
-//! next batch, so a busy worker records many attempts per transaction and an idle one records
-//! each as soon as it ends. A worker killed between a send and its
-//! recording leaves the claim to its lease: the delivery is sent again, with the same
-//! `webhook-id`, and the receiver can drop the duplicate.
-//!
-//! # Metrics
-//!
-//! Through the [`metrics`] facade, so the library picks no exporter (the `agent-webhooks`
-//! binary serves them for Prometheus with `worker --metrics-addr`); [`crate::metrics`] names
-//! and describes them.
+//! One claim per batch, then one read of the batch's agents and one of their previous secrets.
+//! Finished attempts are recorded together, one transaction at a time beside the sends
+//! ([`delivery::record_outcomes`], [`delivery::record_attempts`]): a busy worker records many
+//! per transaction, an idle one each as it ends. A worker killed between a send and its
+//! recording leaves the claim to its lease: the receiver gets the same `webhook-id` again and
+//! can drop the duplicate.
 //!
 //! # The HTTP client
 //!
-//! `reqwest` with rustls (never OpenSSL), `POST` with `content-type: application/json`, the
-//! Standard Webhooks headers (signed as [`sign::prepare_request`] signs) and a user agent naming the
-//! product. It follows **no redirects** (a 3xx is the final answer, see [`crate::delivery::retry`]), uses
-//! no proxy (a proxy would connect for us, past the address check), and reads at most
-//! `max_response_bytes` of a response body; the connect and total timeouts come from
-//! [`WorkerSettings`](crate::settings::WorkerSettings).
-//!
-//! # Connect-time SSRF defence
-//!
-//! The client resolves host names only through a resolver that vets **every** address with
-//! [`UrlPolicy::check_resolved`](crate::webhook::url_policy::UrlPolicy::check_resolved) and hands the connector exactly the vetted addresses: a name
-//! that resolves to one public and one private address is refused, and a name that changes its
-//! answer between configuration and sending (DNS rebinding) is judged by the answer the socket
-//! would use. IP-literal hosts, which the connector does not resolve, are judged by the same
-//! policy ([`UrlPolicy::check`](crate::webhook::url_policy::UrlPolicy::check)) before anything is signed or sent. A refusal is recorded with
-//! [`ErrorClass::SsrfBlocked`]; nothing is sent. The development policy allows every address.
+//! `reqwest` with rustls, following **no redirects** (see [`crate::delivery::retry`]) and no
+//! proxy (a proxy would connect past the address check), reading at most `max_response_bytes`
+//! of a body. Its resolver vets **every** address with
+//! [`UrlPolicy::check_resolved`](crate::webhook::url_policy::UrlPolicy::check_resolved) and
+//! connects only to vetted ones, so a name that resolves to one public and one private address,
+//! or changes its answer after configuration (DNS rebinding), is refused. IP-literal hosts are
+//! checked with [`UrlPolicy::check`](crate::webhook::url_policy::UrlPolicy::check) before
+//! anything is signed. Metric names are in [`crate::metrics`].
 //!
 //! # Outcomes
 //!
@@ -71,7 +46,7 @@
 //! | refused by the URL policy | `ssrf_blocked` | connection error (nothing sent) |
 //! | no payload stored, no secret | `not_sendable` | connection error (nothing sent) |
 //! | the agent was deleted after the enqueue | `not_sendable` | agent deleted: given up at once (nothing sent) |
-//! | the key ring does not open the agent's keys | none: no attempt | the claim is given back unsent and uncounted, logged as an error, counted in `agent_webhooks_key_faults_total` |
+//! | the key ring does not open the agent's keys | none: no attempt | the claim is given back unsent and uncounted, logged as an error, counted in [`KEY_FAULTS`](crate::metrics::KEY_FAULTS) |
 //!
 //! Refusals are retryable like connection errors: the owner may fix the URL or the secret, and
 //! DNS answers change; the retry schedule bounds them.
@@ -109,39 +84,32 @@ use record::FinishedAttempt;
 /// How much longer than one attempt's timeout a stopping worker waits for its sends in flight.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 
-/// How much of a lease must be left, beyond one attempt's timeout, for a delivery that waited
-/// for its host to be sent at all: after the answer, its recording may wait for the recording
-/// in progress and then record its own batch (on SQLite behind this process's other writes).
+/// Lease left, beyond one attempt's timeout, for a delivery that waited for its host to be sent:
+/// its recording may wait for the one in progress (on SQLite behind this process's writes).
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
-/// The worker's context: settings, database and HTTP client, shared by every attempt.
+/// The worker's context, shared by every attempt, as svix-server hands its workers one context.
 #[derive(Clone, Debug)]
 pub struct Dispatcher {
     settings: Arc<WebhookSettings>,
     db: DatabaseConnection,
     http: reqwest::Client,
     hosts: Arc<HostLimits>,
-    /// On SQLite, which has one writer at a time, this process's writes take turns here:
-    /// writers queued in SQLite's busy handler sleep in growing steps (up to 100 ms) and give
-    /// up after the busy timeout, so sixteen concurrent recordings were both slow and could
-    /// fail with "database is locked". `None` on the other backends.
+    /// On SQLite this process's writes take turns here: writers queued in SQLite's busy handler
+    /// sleep in growing steps and give up, so concurrent recordings were slow and could fail
+    /// with "database is locked".
     sqlite_writes: Option<Arc<tokio::sync::Mutex<()>>>,
-    /// This host's clock (`Utc::now` but in tests that skew it).
     clock: fn() -> DateTime<Utc>,
-    /// How far the database's clock is ahead of `clock`, as last measured by a claim.
     clock_offset: Arc<ClockOffset>,
 }
 
-/// The database's clock minus this host's, in microseconds: every claim is decided by the
-/// database's clock in its statement, and the lease it returns tells the worker that clock's
-/// reading, so the instants the worker records (attempt times, `Retry-After`, releases) and
-/// signs are on the database's clock too, not on a host clock that may be off.
+/// The database's clock minus this host's, in microseconds, measured from each claim's lease,
+/// so the instants the worker records and signs follow the clock that decides claims.
 #[derive(Debug, Default)]
 struct ClockOffset(std::sync::atomic::AtomicI64);
 
 impl ClockOffset {
-    /// Takes the offset from a claim sent at `before` and answered at `after` (host clock):
-    /// the database read its clock in between, taken as the middle.
+    /// The database read its clock between `before` and `after`, taken as the middle.
     fn measure(
         &self,
         claims: &[Claim],
@@ -165,23 +133,17 @@ impl ClockOffset {
 /// What a drain did, for logs and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DrainReport {
-    /// Attempts made (claims processed).
     pub attempts: u64,
-    /// Attempts that delivered.
     pub delivered: u64,
-    /// Attempts that failed and were scheduled again.
     pub retrying: u64,
-    /// Attempts after which the delivery was given up.
     pub given_up: u64,
-    /// Attempts whose claim had been taken over before the report (the outcome was not stored).
+    /// Claim taken over before the report: the outcome was not stored.
     pub stale: u64,
-    /// Claims given back unsent: their host stayed busy while the lease could still cover an
-    /// attempt. They are due again after the poll interval and were not counted as attempts.
+    /// Given back unsent (host busy); not counted as attempts.
     pub released: u64,
-    /// Attempts whose outcome the database refused to store (see [`Recorded::Unrecorded`]).
+    /// The database refused the outcome.
     pub unrecorded: u64,
-    /// Claims given back unsent because their agent's keys do not open with the key ring (see
-    /// [`Recorded::KeyFault`]); due again after one lease, not counted as attempts.
+    /// Given back unsent: the agent's keys do not open with the key ring; not attempts.
     pub key_faults: u64,
 }
 
@@ -218,13 +180,11 @@ impl DrainReport {
 }
 
 impl Dispatcher {
-    /// A dispatcher resolving host names with the operating system's resolver.
     pub fn new(settings: WebhookSettings, db: DatabaseConnection) -> Result<Dispatcher> {
         Self::with_resolver(settings, db, SystemResolver)
     }
 
-    /// A dispatcher resolving host names with `resolver` (every answer still vetted by the
-    /// settings' URL policy), for tests and for deployments with their own DNS.
+    /// For tests and deployments with their own DNS; every answer is still vetted.
     pub fn with_resolver<R>(
         settings: WebhookSettings,
         db: DatabaseConnection,
@@ -246,9 +206,8 @@ impl Dispatcher {
         })
     }
 
-    /// This dispatcher with `clock` as its host's clock instead of `Utc::now`, for tests that
-    /// run a worker on a skewed clock. Due-ness and leases are decided by the database's clock
-    /// either way, and the worker's other instants follow it (see [`Now::Database`]).
+    /// For tests that skew the host's clock; claims follow the database's clock either way
+    /// ([`Now::Database`]).
     pub fn with_clock(mut self, clock: fn() -> DateTime<Utc>) -> Dispatcher {
         self.clock = clock;
         self
@@ -259,22 +218,18 @@ impl Dispatcher {
         (self.clock)() + self.clock_offset.get()
     }
 
-    /// The settings this dispatcher works with.
     pub fn settings(&self) -> &WebhookSettings {
         &self.settings
     }
 
-    /// Claims and sends what is due until nothing is due, then returns. Deliveries whose retry
-    /// falls due while it runs are sent too; later ones are left for the next call.
+    /// Claims and sends until nothing is due (tests, cron-style use).
     pub async fn run_once(&self) -> Result<DrainReport> {
         self.drain(&AtomicBool::new(false)).await
     }
 
-    /// Drains, waits the poll interval (on PostgreSQL with `listen`, or until a delivery is
-    /// enqueued), drains again, until `shutdown` completes. Then it
-    /// claims nothing more and waits for the sends in flight (up to the attempt timeout plus a
-    /// margin), records what finished and returns; anything unfinished is left to its lease.
-    /// A database error is logged and the loop goes on after the poll interval.
+    /// Drains and polls until `shutdown` completes, then lets the sends in flight finish (up to
+    /// the attempt timeout plus a margin) and leaves the rest to their leases. A database error
+    /// is logged and the loop goes on.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> DrainReport {
         let mut shutdown = pin!(shutdown);
         let stop = AtomicBool::new(false);
@@ -312,10 +267,8 @@ impl Dispatcher {
         }
     }
 
-    /// On PostgreSQL with `listen` set: a task on its own connection that `LISTEN`s on
-    /// [`delivery::NOTIFY_CHANNEL`] and wakes the worker on each notification. `None` (the
-    /// worker polls only) elsewhere, or when listening fails; a lost connection is reconnected
-    /// by the listener, and the poll finds what was enqueued meanwhile.
+    /// On PostgreSQL with `listen`, a task that wakes the worker on each
+    /// [`delivery::NOTIFY_CHANNEL`] notification; `None` (poll only) elsewhere or on failure.
     async fn listen(&self, tasks: &mut tokio::task::JoinSet<()>) -> Option<Arc<Notify>> {
         if !self.settings.worker.listen
             || self.db.get_database_backend() != sea_orm::DbBackend::Postgres
@@ -353,13 +306,8 @@ impl Dispatcher {
         Some(wake)
     }
 
-    /// Keeps up to `concurrency` claims in flight until nothing is due (or `stop` is set), then
-    /// waits for the sends in flight. Attempts are recorded in batches by one recording task at
-    /// a time, alongside the sends and the next claim: whatever has finished when the previous
-    /// recording ends is the next batch ([`Dispatcher::record`]), so the busier the worker, the
-    /// fewer statements per delivery, and an idle worker records each attempt as soon as it
-    /// ends. A database error stops the claiming; it is returned once the sends in flight are
-    /// recorded.
+    /// See the module documentation. A database error stops the claiming and is returned once
+    /// the sends in flight are recorded.
     async fn drain(&self, stop: &AtomicBool) -> Result<DrainReport> {
         let mut report = DrainReport::default();
         let concurrency = self.settings.worker.concurrency.max(1);
@@ -438,10 +386,8 @@ impl Dispatcher {
         }
     }
 
-    /// Claims up to `limit` due deliveries and reads the signing keys of their agents, in two
-    /// statements for the batch rather than two per delivery. The keys are read at the claim,
-    /// so a send uses the keys that were live then (a rotation or revocation in between takes
-    /// effect from the next claim, within one lease).
+    /// The keys are read at the claim: a rotation or revocation takes effect from the next
+    /// claim, within one lease.
     async fn claim(&self, limit: usize) -> Result<(Vec<Claim>, Arc<AgentKeys>)> {
         let claims = {
             let _turn = self.write_turn().await;
@@ -515,10 +461,8 @@ impl Dispatcher {
         Ok(Step::Sent(Box::new(done)))
     }
 
-    /// Gives back, unsent and uncounted, a claim whose agent's keys do not open with this
-    /// worker's key ring: the operator's fault (a missing or wrong `WEBHOOK_SECRET_KEYS` entry),
-    /// not the receiver's, so no attempt is recorded and endpoint health is untouched. Due
-    /// again after one lease, so a worker that cannot open a secret does not spin on it.
+    /// Keys the key ring cannot open are the operator's fault, not the receiver's: no attempt,
+    /// health untouched, due again after one lease so the worker does not spin on it.
     async fn release_key_fault(&self, claim: &Claim, err: &Error) -> Result<Step> {
         tracing::error!(
             %err,
@@ -544,7 +488,6 @@ impl Dispatcher {
         }
     }
 
-    /// Signs and sends one claimed delivery with its agent's keys from `keys`.
     async fn attempt(&self, mut claim: Claim, keys: &AgentKeys) -> FinishedAttempt {
         let started_at = self.now();
         let clock = Instant::now();
@@ -630,32 +573,25 @@ type AgentKeys = HashMap<String, Result<LiveKeys>>;
 
 /// What one of a drain's tasks came to.
 enum Step {
-    /// An attempt was made; it waits to be recorded.
     Sent(Box<FinishedAttempt>),
     /// Nothing was sent: the delivery's host stayed busy, and the claim was given back.
     Released,
-    /// Nothing was sent: the agent's keys do not open with the key ring, and the claim was
-    /// given back.
+    /// The agent's keys do not open with the key ring; the claim was given back.
     KeyFault,
-    /// A batch of attempts was recorded.
     Recorded(Vec<Recorded>),
 }
 
 /// What recording an attempt came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recorded {
-    /// The outcome was stored; this is what comes next.
     Decided(Decision),
-    /// The claim had been taken over (its lease ran out): the attempt is in the log, the
-    /// outcome was not stored.
+    /// The lease ran out and the claim was taken over: the attempt is logged, not its outcome.
     Stale,
     /// Nothing was sent: the delivery's host stayed busy, and the claim was given back.
     Released,
-    /// Nothing was sent: the agent's keys do not open with this worker's key ring (the
-    /// operator's fault), and the claim was given back uncounted.
+    /// The key ring does not open the agent's keys (the operator's fault); given back uncounted.
     KeyFault,
-    /// The attempt was made but the database refused its outcome: the delivery is left to its
-    /// lease and sent again once it runs out.
+    /// The database refused the outcome: the delivery is sent again once its lease runs out.
     Unrecorded,
 }
 

@@ -13,11 +13,8 @@ use crate::error::{Error, Result};
 /// One attempt that has its outcome and waits to be recorded ([`Dispatcher::record`]).
 #[derive(Clone)]
 pub(super) struct FinishedAttempt {
-    /// The claim the attempt was made under (its guard).
     pub(super) claim: Claim,
-    /// What the attempt came to, for the retry decision.
     pub(super) outcome: AttemptOutcome,
-    /// Its row in the attempt log.
     pub(super) record: AttemptRecord,
 }
 
@@ -93,9 +90,7 @@ impl Dispatcher {
         }
     }
 
-    /// Records `batch` in one transaction of its own, run again if chosen as a deadlock
-    /// victim: outcomes are guarded by their claims and attempt rows kept once, so a repeat
-    /// cannot double anything. `with_log`: the attempt rows too.
+    /// Run again after a deadlock: guarded outcomes and once-kept rows make a repeat harmless.
     async fn record_in_transaction(
         &self,
         batch: Arc<[FinishedAttempt]>,
@@ -110,8 +105,7 @@ impl Dispatcher {
         .await
     }
 
-    /// One transaction of [`Dispatcher::record`]: the outcomes, then the attempt rows of the
-    /// deliveries that still exist.
+    /// A delivery deleted meanwhile is stale, and its attempt is not logged.
     async fn record_batch(
         &self,
         txn: &DatabaseTransaction,
@@ -154,7 +148,6 @@ impl Dispatcher {
     }
 }
 
-/// Counts a stored outcome in the worker's metrics.
 pub(super) fn count_outcome(decision: &Decision, class: Option<ErrorClass>) {
     if matches!(decision, Decision::Delivered) {
         metrics::counter!(crate::metrics::SENT).increment(1);

@@ -1,23 +1,14 @@
-//! What a sender worker needs for one claimed delivery, in one call: the URL, the signed
-//! Standard Webhooks headers and the body bytes to send unchanged.
+//! The signed request for one claimed delivery, for senders other than [`crate::dispatch`].
 //!
-//! The secrets are opened from the agent's rows (see [`crate::webhook`] and
-//! [`crate::webhook::signing_secrets`]) and used only to sign: one `v1` signature with the primary secret
-//! and one with every previous secret still in its grace period at `now`, and a `v1a` signature
-//! when the agent has an Ed25519 key. [`OutgoingRequest`] holds none of them. A delivery whose
-//! agent has neither a secret nor an Ed25519 key is not sent unsigned: [`prepare_request`]
-//! fails with [`Error::NoSecret`]. A delivery whose agent was
-//! soft-deleted after it was enqueued is not sent either: [`prepare_request`] fails with
-//! [`Error::AgentNotFound`], and the worker should record it as failed with
-//! [`crate::delivery::abandon`] (retrying would only repeat the refusal).
+//! Secrets are used only to sign (which keys sign is in [`crate::webhook::signing_secrets`]);
+//! [`OutgoingRequest`] holds none. An agent without keys fails with [`Error::NoSecret`], never
+//! sent unsigned; one soft-deleted since the enqueue fails with [`Error::AgentNotFound`]:
+//! record it with [`crate::delivery::abandon`], since a retry repeats the refusal.
 //!
-//! The URL was checked when it was configured; it is checked again here against the current
-//! policy (which also judges IP-literal hosts), and a sender must still vet the addresses it
-//! connects to with
-//! [`UrlPolicy::check_resolved`](crate::webhook::url_policy::UrlPolicy::check_resolved) (a DNS name may
-//! point inside the network, or change between check and use) and connect to exactly the
-//! addresses that check returns. The worker in [`crate::dispatch`] does so in its HTTP client's
-//! resolver.
+//! The URL is checked again against the current policy, but a sender must still vet the
+//! addresses it connects to with
+//! [`UrlPolicy::check_resolved`](crate::webhook::url_policy::UrlPolicy::check_resolved) and
+//! connect to exactly those: a DNS answer may change between check and use.
 
 use chrono::{DateTime, Utc};
 use sea_orm::ConnectionTrait;
@@ -29,15 +20,12 @@ use crate::secrets::webhook_secret::WebhookSecret;
 use crate::settings::WebhookSettings;
 use crate::webhook::signing_secrets::{self, LiveKeys};
 
-/// An HTTP request ready to send: POST `body` to `url` with `headers` and
-/// `content-type: application/json`.
+/// POST `body` to `url` with `headers` and `content-type: application/json`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutgoingRequest {
-    /// The delivery's captured URL, checked against the current policy.
     pub url: url::Url,
-    /// `webhook-id`, `webhook-timestamp` and `webhook-signature`.
     pub headers: SignedHeaders,
-    /// The exact bytes that were signed; send them unchanged.
+    /// The signed bytes; send them unchanged.
     pub body: Vec<u8>,
 }
 
@@ -59,8 +47,7 @@ pub async fn prepare_request<C: ConnectionTrait>(
     sign_request(url, claim, &keys, body, now)
 }
 
-/// [`prepare_request`] for a checked `url` and keys already read (the worker reads the keys of
-/// a claimed batch at once, [`signing_secrets::live_keys`]).
+/// [`prepare_request`] for a checked `url` and keys already read for the whole batch.
 pub(crate) fn sign_request(
     url: url::Url,
     claim: &Claim,

@@ -1,16 +1,10 @@
 //! Ed25519 key pairs in the Standard Webhooks forms, so that a receiver can verify deliveries
 //! (`v1a` signatures, see [`crate::secrets::signing`]) with a public key that cannot forge them.
 //!
-//! The specification serializes an Ed25519 key pair as base64 with a prefix: `whsk_` for the
-//! secret key, `whpk_` for the public key. What is encoded is taken from the reference
-//! implementation (`standard-webhooks/libraries/go`, `webhook_asymmetric.go`): the secret key
-//! is the 32-byte seed (RFC 8032's private key; the Go library hands the decoded bytes to
-//! `ed25519.NewKeyFromSeed`), the public key the 32-byte compressed point. [`SecretKey::parse`]
-//! also accepts the 64-byte `seed || public key` form some libraries write (Go's
-//! `ed25519.PrivateKey`, libsodium), and refuses it when the two halves do not belong together.
-//!
-//! [`SecretKey`] follows [`WebhookSecret`](crate::secrets::webhook_secret::WebhookSecret): `Debug`
-//! redacted, no `Serialize`, zeroized on drop (ed25519-dalek's `zeroize` feature).
+//! What `whsk_` and `whpk_` encode follows the reference implementation
+//! (`standard-webhooks/libraries/go`, `webhook_asymmetric.go`): the 32-byte seed and the 32-byte
+//! compressed point. [`SecretKey`] is redacted, not serializable and zeroized on drop, like
+//! [`WebhookSecret`](crate::secrets::webhook_secret::WebhookSecret).
 //!
 //! ```
 //! use agent_webhooks::secrets::ed25519::{PublicKey, SecretKey};
@@ -34,44 +28,30 @@ use zeroize::Zeroizing;
 
 use crate::secrets::webhook_secret::{RngError, fill_random};
 
-/// The prefix of a serialized Ed25519 secret key.
 pub const WHSK_PREFIX: &str = "whsk_";
-/// The prefix of a serialized Ed25519 public key.
 pub const WHPK_PREFIX: &str = "whpk_";
 /// The `webhook-signature` version of Ed25519 signatures.
 pub const SIGNATURE_VERSION: &str = "v1a";
 
-/// Why a string is not an Ed25519 key in the Standard Webhooks form; never holds key material.
+/// Never holds key material.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum KeyFormatError {
-    /// The string does not start with the expected prefix.
     #[error("expected a key starting with {expected}")]
-    MissingPrefix {
-        /// `whsk_` or `whpk_`.
-        expected: &'static str,
-    },
-    /// The rest is not standard base64.
+    MissingPrefix { expected: &'static str },
     #[error("the key is not valid base64")]
     BadBase64,
-    /// The decoded key has the wrong size.
     #[error("a {prefix} key decodes to {expected} bytes, got {len}")]
     BadLength {
-        /// `whsk_` or `whpk_`.
         prefix: &'static str,
-        /// What the form allows.
         expected: &'static str,
-        /// What was given.
         len: usize,
     },
-    /// A 64-byte secret key whose public half is not the seed's public key, or a public key
-    /// that is not a point on the curve.
+    /// A 64-byte secret key whose halves do not belong together, or a point off the curve.
     #[error("the key is not a valid Ed25519 key")]
     Invalid,
 }
 
-/// An Ed25519 signing key: what the sender signs `v1a` signatures with.
-///
-/// Not serializable; `Debug` prints `ed25519::SecretKey([REDACTED])`.
+/// What the sender signs `v1a` signatures with.
 #[derive(Clone)]
 pub struct SecretKey(SigningKey);
 
@@ -82,14 +62,13 @@ impl fmt::Debug for SecretKey {
 }
 
 impl SecretKey {
-    /// A new key pair from 32 bytes of the operating system's random number generator.
     pub fn generate() -> Result<Self, RngError> {
         let mut seed = Zeroizing::new([0u8; 32]);
         fill_random(seed.as_mut())?;
         Ok(SecretKey(SigningKey::from_bytes(&seed)))
     }
 
-    /// Reads a `whsk_` key: base64 of the 32-byte seed, or of the 64-byte `seed || public`.
+    /// Also accepts the 64-byte `seed || public` form some libraries write (Go, libsodium).
     pub fn parse(text: &str) -> Result<Self, KeyFormatError> {
         let bytes = decode(text, WHSK_PREFIX)?;
         match bytes.len() {
@@ -113,8 +92,7 @@ impl SecretKey {
         }
     }
 
-    /// The `whsk_` form (base64 of the 32-byte seed), to seal it at rest or hand it to a
-    /// signer. Never log it.
+    /// The `whsk_` form, to seal at rest or hand to a signer. Never log it.
     pub fn expose(&self) -> SecretString {
         let seed = Zeroizing::new(self.0.to_bytes());
         let mut text = Zeroizing::new(String::from(WHSK_PREFIX));
@@ -122,18 +100,16 @@ impl SecretKey {
         SecretString::from(text.as_str())
     }
 
-    /// The matching public key, the one receivers verify with.
     pub fn public_key(&self) -> PublicKey {
         PublicKey(self.0.verifying_key())
     }
 
-    /// The 64-byte signature of `message`.
     pub(crate) fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.0.sign(message).to_bytes()
     }
 }
 
-/// An Ed25519 public key: what a receiver verifies `v1a` signatures with. Not secret.
+/// What a receiver verifies `v1a` signatures with. Not secret.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct PublicKey(VerifyingKey);
 
@@ -143,7 +119,6 @@ impl fmt::Debug for PublicKey {
     }
 }
 
-/// The `whpk_` form.
 impl fmt::Display for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{WHPK_PREFIX}{}", STANDARD.encode(self.0.as_bytes()))
@@ -151,7 +126,6 @@ impl fmt::Display for PublicKey {
 }
 
 impl PublicKey {
-    /// Reads a `whpk_` key: base64 of the 32-byte compressed point.
     pub fn parse(text: &str) -> Result<Self, KeyFormatError> {
         let bytes = decode(text, WHPK_PREFIX)?;
         let bytes: [u8; 32] =
@@ -168,15 +142,13 @@ impl PublicKey {
             .map_err(|_| KeyFormatError::Invalid)
     }
 
-    /// A short, stable name for the key (`ed_` and 16 hex digits of its SHA-256), so that an
-    /// operator and a receiver can tell which key they hold without comparing the whole key.
+    /// `ed_` and 16 hex digits of its SHA-256, so operator and receiver can tell keys apart.
     pub fn key_id(&self) -> String {
         let digest = Sha256::digest(self.0.as_bytes());
         format!("ed_{}", hex(&digest[..8]))
     }
 
-    /// Whether `signature` is this key's signature of `message` (RFC 8032 strict
-    /// verification: no malleable signatures, no small-order keys).
+    /// RFC 8032 strict: no malleable signatures, no small-order keys.
     pub(crate) fn verifies(&self, message: &[u8], signature: &[u8; 64]) -> bool {
         self.0
             .verify_strict(message, &Signature::from_bytes(signature))
@@ -184,7 +156,6 @@ impl PublicKey {
     }
 }
 
-/// Lower-case hex, for key ids.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

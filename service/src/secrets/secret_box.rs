@@ -1,7 +1,5 @@
-//! Webhook signing secrets encrypted at rest, behind one type: [`KeyRing`].
-//!
-//! Secrets are never stored in plaintext: the `agents.webhook_secret` column holds an envelope
-//! made by [`KeyRing::seal`] and read back with [`KeyRing::open`].
+//! Webhook signing secrets encrypted at rest: `agents.webhook_secret` holds an envelope made by
+//! [`KeyRing::seal`], never plaintext.
 //!
 //! # Envelope format
 //!
@@ -10,35 +8,22 @@
 //! payload = base64url, no padding ( nonce (24 bytes) ‖ ciphertext ‖ tag (16 bytes) )
 //! ```
 //!
-//! * `v1` is the format version; any other `v<digits>` is reported as
-//!   [`SecretBoxError::UnsupportedVersion`], anything else as [`SecretBoxError::Malformed`].
-//! * The key id names the ring key that sealed the payload. Key ids are 1 to 32 characters of
-//!   `[A-Za-z0-9_-]`, and the base64url alphabet has no `.` either, so a valid envelope has
-//!   exactly two dots.
-//! * Algorithm: XChaCha20-Poly1305. Its 24-byte nonce is drawn fresh from the OS RNG for every
-//!   seal; nonces that long never collide in practice, however many secrets are written.
-//! * Associated data: the bytes of `v1.<key id>.<context>`, where the context is what the
-//!   caller passes (the agent id). The context is authenticated but not stored, so an envelope
-//!   copied to another agent's row does not open; binding version and key id means the header
-//!   cannot be edited either.
-//! * Plaintexts are at most [`MAX_PLAINTEXT_LEN`] bytes and must be UTF-8.
+//! * Key ids are 1 to 32 characters of `[A-Za-z0-9_-]`, so a valid envelope has exactly two dots.
+//! * XChaCha20-Poly1305: its 24-byte random nonce never collides in practice, however many
+//!   secrets are written.
+//! * Associated data `v1.<key id>.<context>` (the agent id): authenticated, not stored, so an
+//!   envelope copied to another agent's row does not open and the header cannot be edited.
 //!
 //! # Keys and rotation
 //!
-//! Keys come from the setting `WEBHOOK_SECRET_KEYS="k2:<base64 of 32 bytes>,k1:<base64>"`,
-//! parsed by [`KeyRing::parse`]: the first key seals, every key opens. A ring is never empty,
-//! so "no key configured" is modelled by callers as `Option<KeyRing>` being `None`: reading and
-//! writing secrets must then fail with a clear error rather than fall back to plaintext.
-//!
-//! To rotate: create a key with [`KeyRing::generate_key_entry`], prepend it to the setting,
-//! re-seal every stored secret with [`KeyRing::reseal`] (skipping those for which
-//! [`KeyRing::needs_rotation`] is false), then remove the old key from the setting.
+//! `WEBHOOK_SECRET_KEYS="k2:<base64 of 32 bytes>,k1:<base64>"`: the first key seals, every key
+//! opens. To rotate: prepend a key from [`KeyRing::generate_key_entry`], [`KeyRing::reseal`]
+//! every secret that [`KeyRing::needs_rotation`], then remove the old key.
 //!
 //! # Memory hygiene
 //!
-//! Key material lives only inside the cipher, which zeroizes it on drop; decoded key bytes,
-//! plaintext buffers and opened secrets ([`SecretString`]) are zeroized on drop too. `Debug`
-//! of a [`KeyRing`] shows key ids only, and no error ever carries key material or plaintext.
+//! Key bytes, plaintext buffers and opened secrets are zeroized on drop; `Debug` shows key ids
+//! only, and no error carries key material or plaintext.
 
 use std::fmt;
 
@@ -51,21 +36,17 @@ use zeroize::Zeroizing;
 
 use crate::secrets::webhook_secret::{RngError, fill_random};
 
-/// The envelope version this code writes, and the only one it reads.
 const VERSION: &str = "v1";
 /// Separates version, key id and payload; neither key ids nor base64url can contain it.
 const SEPARATOR: char = '.';
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 const KEY_LEN: usize = 32;
-/// Longest accepted key id, in bytes (ids are ASCII).
 pub const MAX_KEY_ID_LEN: usize = 32;
 /// Largest plaintext [`KeyRing::seal`] accepts, in bytes: far above any webhook secret, and
 /// it bounds the work [`KeyRing::open`] does on hostile input.
 pub const MAX_PLAINTEXT_LEN: usize = 64 * 1024;
-/// Longest payload (nonce ‖ ciphertext ‖ tag) in bytes.
 const MAX_PAYLOAD_LEN: usize = NONCE_LEN + MAX_PLAINTEXT_LEN + TAG_LEN;
-/// Longest base64url (no padding) text of a payload.
 const MAX_ENCODED_PAYLOAD_LEN: usize = MAX_PAYLOAD_LEN.div_ceil(3) * 4;
 /// Longest accepted digits after `v` in a version we report as unsupported.
 const MAX_VERSION_DIGITS: usize = 8;
@@ -77,18 +58,15 @@ const _: fn() = || {
     zeroized_on_drop::<XChaCha20Poly1305>();
 };
 
-/// One named key. The cipher holds the key bytes and zeroizes them on drop.
 #[derive(Clone)]
 struct RingKey {
     id: String,
     cipher: XChaCha20Poly1305,
 }
 
-/// The keys that seal and open stored webhook secrets: one current key that seals, plus older
-/// keys that still open what they sealed, so keys can be rotated without downtime.
-///
-/// Never empty by construction; model "no key configured" as `Option<KeyRing>`. `Debug` shows
-/// key ids only.
+/// One current key that seals, plus older keys that still open, so keys rotate without
+/// downtime. Never empty: model "no key configured" as `Option<KeyRing>`, and fail rather than
+/// fall back to plaintext.
 #[derive(Clone)]
 pub struct KeyRing {
     current: RingKey,
@@ -103,121 +81,68 @@ impl fmt::Debug for KeyRing {
     }
 }
 
-/// Why a `WEBHOOK_SECRET_KEYS` setting (or a new key id) cannot be used, so operators can fix
-/// it. Names the entry by key id or 1-based position, never by key material.
+/// Names the entry by key id or 1-based position, never by key material.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum KeyRingError {
-    /// The setting holds no entry at all.
     #[error("no keys given; expected `<key id>:<base64 of 32 bytes>`, comma separated")]
     Empty,
-    /// An entry is not `<key id>:<base64>` (e.g. missing colon, or an empty entry).
     #[error("entry {position} is not of the form `<key id>:<base64 of 32 bytes>`")]
-    BadEntry {
-        /// 1-based position of the entry in the list.
-        position: usize,
-    },
-    /// A key id that is empty, too long, or has characters outside `[A-Za-z0-9_-]`. Not echoed,
-    /// since a mangled entry may put key material where the id belongs.
+    BadEntry { position: usize },
+    /// Not echoed: a mangled entry may put key material where the id belongs.
     #[error("entry {position}: key id must be 1 to 32 characters of A-Z, a-z, 0-9, _ and -")]
-    BadKeyId {
-        /// 1-based position of the entry in the list.
-        position: usize,
-    },
-    /// Two entries share a key id, so envelopes naming it would be ambiguous.
+    BadKeyId { position: usize },
     #[error("key id `{key_id}` appears more than once")]
-    DuplicateKeyId {
-        /// The repeated id.
-        key_id: String,
-    },
-    /// The key is not standard base64 (padding optional).
+    DuplicateKeyId { key_id: String },
     #[error("key `{key_id}` is not valid standard base64")]
-    BadBase64 {
-        /// The id of the offending entry.
-        key_id: String,
-    },
-    /// The key does not decode to exactly 32 bytes.
+    BadBase64 { key_id: String },
     #[error("key `{key_id}` must decode to 32 bytes, got {len}")]
-    BadKeyLength {
-        /// The id of the offending entry.
-        key_id: String,
-        /// How many bytes it decoded to.
-        len: usize,
-    },
-    /// [`KeyRing::generate_key_entry`] was given an id that could never be parsed back.
+    BadKeyLength { key_id: String, len: usize },
     #[error("a key id must be 1 to 32 characters of A-Z, a-z, 0-9, _ and -")]
     InvalidNewKeyId,
-    /// Nothing was generated.
     #[error(transparent)]
     Rng(#[from] RngError),
 }
 
-/// Why a stored value is not an envelope, so corrupt rows can be diagnosed without echoing
-/// what they hold.
+/// Diagnoses corrupt rows without echoing what they hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MalformedReason {
-    /// Not of the shape `v1.<key id>.<payload>` (e.g. a plaintext secret).
     #[error("not of the form v1.<key id>.<payload>")]
     NotAnEnvelope,
-    /// The key id part is empty, too long, or has characters outside `[A-Za-z0-9_-]`.
     #[error("the key id is not 1 to 32 characters of A-Z, a-z, 0-9, _ and -")]
     BadKeyId,
-    /// The payload is not base64url without padding.
     #[error("the payload is not base64url without padding")]
     BadBase64,
-    /// The payload is shorter than a nonce and a tag.
     #[error("the payload is truncated")]
     Truncated,
-    /// The payload is longer than any envelope [`KeyRing::seal`] makes.
     #[error("the payload is too long")]
     TooLong,
 }
 
-/// Why a secret cannot be sealed or opened. Never contains key material or plaintext.
+/// Never contains key material or plaintext.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SecretBoxError {
-    /// The value is not an envelope at all.
     #[error("malformed envelope: {0}")]
     Malformed(MalformedReason),
-    /// An envelope version this code does not know (written by newer code?).
     #[error("unsupported envelope version `{version}`")]
-    UnsupportedVersion {
-        /// The version found, e.g. `v2`.
-        version: String,
-    },
-    /// Sealed under a key id that is not in the ring (removed too early, or another
-    /// deployment's key).
+    UnsupportedVersion { version: String },
+    /// Removed too early, or another deployment's key.
     #[error("envelope sealed with key `{key_id}`, which is not configured")]
-    UnknownKey {
-        /// The key id named by the envelope.
-        key_id: String,
-    },
-    /// Authentication failed: tampered or truncated ciphertext, another context (agent), or a
-    /// different key under the same id. Deliberately one variant: it says nothing about which.
+    UnknownKey { key_id: String },
+    /// Deliberately one variant: it says nothing about which failure it was.
     #[error("envelope failed authentication (tampered, sealed for another agent, or wrong key)")]
     Decrypt,
-    /// The plaintext is longer than [`MAX_PLAINTEXT_LEN`], so it is not sealed.
     #[error("plaintext of {len} bytes exceeds the limit of {max} bytes")]
-    TooLong {
-        /// The plaintext's length in bytes.
-        len: usize,
-        /// [`MAX_PLAINTEXT_LEN`].
-        max: usize,
-    },
-    /// No nonce could be drawn, so nothing was sealed.
+    TooLong { len: usize, max: usize },
     #[error(transparent)]
     Rng(#[from] RngError),
-    /// The envelope authenticated but its plaintext is not UTF-8 (it was not made by
-    /// [`KeyRing::seal`]).
+    /// Authenticated, but not made by [`KeyRing::seal`].
     #[error("opened secret is not UTF-8")]
     NotUtf8,
 }
 
 impl KeyRing {
-    /// Parses the `WEBHOOK_SECRET_KEYS` setting, `id:base64,id:base64,…`, so keys can be
-    /// configured and rotated without code changes.
-    ///
-    /// Keys are standard base64 of 32 bytes, padding optional; whitespace around entries, ids
-    /// and keys is ignored. The first key is the current one.
+    /// Parses `WEBHOOK_SECRET_KEYS`: `id:base64,…`, standard base64 of 32 bytes, padding
+    /// optional, whitespace ignored; the first key is the current one.
     pub fn parse(setting: &str) -> Result<KeyRing, KeyRingError> {
         if setting.trim().is_empty() {
             return Err(KeyRingError::Empty);
@@ -266,8 +191,7 @@ impl KeyRing {
         })
     }
 
-    /// Checks a key id for a new key (1 to 32 characters of `A-Za-z0-9_-`), so a command line
-    /// can refuse a bad one as a usage error before generating anything.
+    /// So a command line can refuse a bad id as a usage error before generating anything.
     pub fn check_new_key_id(key_id: &str) -> Result<(), KeyRingError> {
         if valid_key_id(key_id) {
             Ok(())
@@ -276,10 +200,8 @@ impl KeyRing {
         }
     }
 
-    /// Returns a fresh `"<key_id>:<base64 of 32 random bytes>"` entry from the OS RNG, for the
-    /// `secrets generate-key` ops command; prepend it to `WEBHOOK_SECRET_KEYS` to rotate.
-    ///
-    /// The returned string is key material: print it once, never log it.
+    /// A fresh `"<key_id>:<base64 of 32 random bytes>"` entry for `secrets generate-key`. It is
+    /// key material: print it once, never log it.
     pub fn generate_key_entry(key_id: &str) -> Result<String, KeyRingError> {
         Self::check_new_key_id(key_id)?;
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
@@ -291,25 +213,23 @@ impl KeyRing {
         Ok(entry)
     }
 
-    /// The id of the key that seals, e.g. to log which key is in use or to check a rotation.
+    /// The id of the key that seals.
     pub fn current_key_id(&self) -> &str {
         &self.current.id
     }
 
-    /// All key ids, current first, so operators can see what is configured without the keys.
+    /// Current first.
     pub fn key_ids(&self) -> impl Iterator<Item = &str> {
         self.keys().map(|k| k.id.as_str())
     }
 
-    /// Encrypts `plaintext` under the current key, bound to `context` (the agent id), giving
-    /// the envelope to store; a fresh random nonce means equal secrets give unequal envelopes.
+    /// Encrypts under the current key, bound to `context` (the agent id).
     pub fn seal(&self, plaintext: &SecretString, context: &str) -> Result<String, SecretBoxError> {
         self.seal_bytes(plaintext.expose_secret().as_bytes(), context)
     }
 
-    /// Decrypts an envelope made by [`KeyRing::seal`] with the same `context`, with whichever
-    /// ring key its header names, so secrets sealed before a rotation still open. Anything it
-    /// cannot authenticate is an error, never garbage plaintext.
+    /// Decrypts with whichever ring key the header names, so secrets sealed before a rotation
+    /// still open; anything unauthenticated is an error, never garbage plaintext.
     pub fn open(&self, envelope: &str, context: &str) -> Result<SecretString, SecretBoxError> {
         let parsed = Envelope::parse(envelope)?;
         let mut payload = parsed.decode_payload()?;
@@ -340,16 +260,9 @@ impl KeyRing {
         Envelope::parse(envelope).map(|e| e.key_id)
     }
 
-    /// Whether `envelope` was sealed under a key other than the current one, so a rotation job
-    /// can skip secrets that are already current without decrypting them.
-    ///
-    /// Checks the envelope's shape but does not authenticate it.
-    ///
-    /// # Errors
-    ///
-    /// [`SecretBoxError::Malformed`] or [`SecretBoxError::UnsupportedVersion`] for a value that
-    /// is not an envelope, and [`SecretBoxError::UnknownKey`] for one sealed under a key that
-    /// is not in the ring: it needs rotating but cannot be, so the job should stop and say so.
+    /// Whether `envelope` was sealed under an older key, so a rotation job skips current ones
+    /// without decrypting. Does not authenticate. [`SecretBoxError::UnknownKey`] means it needs
+    /// rotating but cannot be: the job should stop and say so.
     pub fn needs_rotation(&self, envelope: &str) -> Result<bool, SecretBoxError> {
         let parsed = Envelope::parse(envelope)?;
         parsed.decode_payload()?;
@@ -357,13 +270,11 @@ impl KeyRing {
         Ok(key.id != self.current.id)
     }
 
-    /// Opens `envelope` and seals its plaintext again under the current key (with a fresh
-    /// nonce), for the key-rotation job.
+    /// Opens and seals again under the current key, for the key-rotation job.
     pub fn reseal(&self, envelope: &str, context: &str) -> Result<String, SecretBoxError> {
         self.seal(&self.open(envelope, context)?, context)
     }
 
-    /// Seals raw bytes; [`KeyRing::seal`] only ever passes UTF-8.
     fn seal_bytes(&self, plaintext: &[u8], context: &str) -> Result<String, SecretBoxError> {
         if plaintext.len() > MAX_PLAINTEXT_LEN {
             return Err(SecretBoxError::TooLong {
@@ -415,14 +326,12 @@ impl KeyRing {
     }
 }
 
-/// An envelope split into its parts; the payload is still base64url.
 struct Envelope<'a> {
     key_id: &'a str,
     payload: &'a str,
 }
 
 impl<'a> Envelope<'a> {
-    /// Splits `v1.<key id>.<payload>`, checking version and key id.
     fn parse(envelope: &'a str) -> Result<Self, SecretBoxError> {
         let not_an_envelope = SecretBoxError::Malformed(MalformedReason::NotAnEnvelope);
         let (version, rest) = envelope
@@ -447,8 +356,7 @@ impl<'a> Envelope<'a> {
         Ok(Envelope { key_id, payload })
     }
 
-    /// Decodes the payload, checking its length; zeroized on drop since it is decrypted in
-    /// place.
+    /// Zeroized on drop since it is decrypted in place.
     fn decode_payload(&self) -> Result<Zeroizing<Vec<u8>>, SecretBoxError> {
         if self.payload.len() > MAX_ENCODED_PAYLOAD_LEN {
             return Err(SecretBoxError::Malformed(MalformedReason::TooLong));

@@ -1,25 +1,14 @@
 //! Standard Webhooks signatures (<https://www.standardwebhooks.com>), so that receivers can
 //! check deliveries with any Standard Webhooks or Svix library instead of custom code.
 //!
-//! A delivery carries three headers:
-//! * `webhook-id`: the message id, here the delivery's `event_id` (the same for every retry, so
-//!   receivers can drop duplicates);
-//! * `webhook-timestamp`: unix seconds when it was signed (each attempt is signed afresh);
-//! * `webhook-signature`: space-separated `v1,<base64 HMAC-SHA256>` signatures over
-//!   `"{id}.{timestamp}.{body}"`, one per live secret (the primary and every previous secret
-//!   still in its grace period, see [`crate::webhook::signing_secrets`]), so that a receiver keeps
-//!   accepting deliveries while a secret is rotated; and, for an agent with an Ed25519 key, one
-//!   `v1a,<base64 Ed25519 signature>` over the same content ([`sign_with_keys`], checked by
-//!   [`verify_v1a`] with the `whpk_` public key).
-//!
-//! [`sign`] is the sender's side. [`verify`] is the receiver's side (used by tests, the ops CLI
-//! and anyone receiving our webhooks in Rust): constant-time comparison (`subtle`), and a
-//! timestamp tolerance in both directions ([`DEFAULT_TOLERANCE`]) against replays.
+//! `webhook-id` is the delivery's `event_id`, the same for every retry so receivers can drop
+//! duplicates; each attempt is signed afresh. `webhook-signature` holds one `v1` signature per
+//! live secret, so receivers keep accepting deliveries during a rotation (see
+//! [`crate::webhook::signing_secrets`]), and a `v1a` (Ed25519) one when the agent has a key.
 //!
 //! The signing is our own, not a Standard Webhooks crate's, because it must accept both secret
-//! forms of [`crate::secrets::webhook_secret`] and sign with several secrets at once during rotation.
-//! HMAC-SHA256 comes from `hmac` + `sha2`: they are in the build anyway (SQLx's PostgreSQL and
-//! MySQL authentication), and `sha2` uses the CPU's SHA extensions where there are any.
+//! forms of [`crate::secrets::webhook_secret`] and sign with several secrets at once. `hmac` +
+//! `sha2` are in the build anyway (SQLx's database authentication).
 //!
 //! ```
 //! use agent_webhooks::secrets::signing::{self, DEFAULT_TOLERANCE, ReceivedHeaders};
@@ -53,35 +42,29 @@ use subtle::ConstantTimeEq;
 use crate::secrets::ed25519;
 use crate::secrets::webhook_secret::WebhookSecret;
 
-/// Name of the message id header, as [`VerifyError::MissingHeader`] reports it.
 pub const HEADER_ID: &str = "webhook-id";
-/// Name of the timestamp header, as [`VerifyError::MissingHeader`] reports it.
 pub const HEADER_TIMESTAMP: &str = "webhook-timestamp";
-/// Name of the signature header, as [`VerifyError::MissingHeader`] reports it.
 pub const HEADER_SIGNATURE: &str = "webhook-signature";
 /// How far a timestamp may be from the verifier's clock, either way, before a message is
-/// treated as a replay: 5 minutes, the value of the reference libraries. The one home of this
-/// default.
+/// treated as a replay: the reference libraries' value.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 /// The signature version of symmetric (HMAC-SHA256) signatures; other versions are ignored.
 pub const SIGNATURE_VERSION: &str = "v1";
 
 const TAG_LEN: usize = 32;
 
-/// The signature header values of one delivery attempt, so a sender can attach them to any
-/// HTTP client's request.
+/// So a sender can attach them to any HTTP client's request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedHeaders {
-    /// `webhook-id`.
     pub webhook_id: String,
-    /// `webhook-timestamp`: unix seconds in decimal.
+    /// Unix seconds in decimal.
     pub webhook_timestamp: String,
-    /// `webhook-signature`: `v1,<base64>` entries separated by single spaces.
+    /// `v1,<base64>` entries separated by single spaces.
     pub webhook_signature: String,
 }
 
 impl SignedHeaders {
-    /// The headers as `(name, value)` pairs with lower-case names, ready to add to a request.
+    /// `(name, value)` pairs with lower-case names.
     pub fn pairs(&self) -> [(&'static str, &str); 3] {
         [
             (HEADER_ID, &self.webhook_id),
@@ -90,7 +73,6 @@ impl SignedHeaders {
         ]
     }
 
-    /// The headers as a receiver gets them, to check a signature round trip.
     pub fn as_received(&self) -> ReceivedHeaders<'_> {
         ReceivedHeaders {
             id: &self.webhook_id,
@@ -100,22 +82,16 @@ impl SignedHeaders {
     }
 }
 
-/// The three header values a receiver got, for [`verify`]. Look them up in whatever header map
-/// the HTTP library has (header names are case-insensitive) and pass an absent one as `""`.
+/// Pass an absent header as `""`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReceivedHeaders<'a> {
-    /// `webhook-id`.
     pub id: &'a str,
-    /// `webhook-timestamp`.
     pub timestamp: &'a str,
-    /// `webhook-signature`.
     pub signature: &'a str,
 }
 
-/// Why a message cannot be signed, so the caller can tell bad input from a missing secret.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SignError {
-    /// No secret was given; a delivery is never sent unsigned.
     #[error("no secret to sign with")]
     NoSecret,
     /// See [`check_message_id`] for what a message id may contain.
@@ -123,62 +99,43 @@ pub enum SignError {
         "the message id must be non-empty visible ASCII without '.' (it is a header value and part of the signed content)"
     )]
     BadMessageId,
-    /// A negative timestamp: a clock error, and not an integer that receivers parse.
     #[error("the timestamp must not be negative, got {0}")]
     NegativeTimestamp(i64),
-    /// The HMAC implementation refused a key. HMAC-SHA256 takes keys of any length, so this
-    /// is not expected; it exists so that signing can never panic.
+    /// Not expected (HMAC-SHA256 takes keys of any length); it exists so signing never panics.
     #[error("the HMAC implementation refused the signing key")]
     InvalidKey,
 }
 
-/// Why a received message does not verify, so a receiver can log a useful reason (none of
-/// them reveals a secret or an expected signature).
+/// None reveals a secret or an expected signature, so a receiver can log it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
-    /// No secret to verify with (a configuration error on the receiver's side).
     #[error("no secret to verify with")]
     NoSecret,
-    /// A header is empty or white space (an absent header is passed as empty, and the
-    /// reference libraries treat the two alike).
+    /// Empty or white space: the reference libraries treat that as absent.
     #[error("missing header {name}")]
-    MissingHeader {
-        /// [`HEADER_ID`], [`HEADER_TIMESTAMP`] or [`HEADER_SIGNATURE`].
-        name: &'static str,
-    },
-    /// `webhook-timestamp` is not a non-negative integer of seconds.
+    MissingHeader { name: &'static str },
     #[error("webhook-timestamp is not an integer unix timestamp")]
     BadTimestamp,
-    /// The timestamp is further in the past than the tolerance allows (a possible replay).
     #[error("message timestamp too old ({age_secs} s)")]
     TooOld {
         /// Saturates at `i64::MAX`.
         age_secs: i64,
     },
-    /// The timestamp is further in the future than the tolerance allows.
     #[error("message timestamp too new ({skew_secs} s ahead)")]
     TooNew {
         /// Saturates at `i64::MAX`.
         skew_secs: i64,
     },
-    /// `webhook-signature` has no well-formed entry at all: no `<version>,<value>` entry of
-    /// an unknown version, and no `v1,<base64 of 32 bytes>` entry.
     #[error("webhook-signature holds no well-formed signature")]
     MalformedSignature,
-    /// Well-formed entries, but no `v1` signature matches any of the secrets (wrong secret,
-    /// altered body or headers, or only signatures of versions this library does not know).
+    /// Wrong secret, altered body or headers, or only versions this library does not know.
     #[error("no matching signature")]
     NoMatchingSignature,
 }
 
-/// Checks that `msg_id` can be signed, so callers can refuse an id when it is first accepted
-/// (say, when an event is enqueued) rather than when its delivery is signed.
-///
-/// An id must be non-empty and consist of visible ASCII (`!` through `~`): it travels as an
-/// HTTP header value, where white space and control characters do not survive and non-ASCII
-/// is refused by common HTTP libraries. It must not contain `.`, which delimits the signed
-/// content `{id}.{timestamp}.{body}`; the specification asks for this so that bytes cannot be
-/// shifted between id, timestamp and body under the same signature.
+/// So callers refuse an id when it is accepted (at enqueue) rather than when it is signed.
+/// Visible ASCII only, since it travels as a header value, and no `.`, which delimits the
+/// signed content, so bytes cannot shift between id, timestamp and body under one signature.
 pub fn check_message_id(msg_id: &str) -> Result<(), SignError> {
     let allowed = |b: u8| b.is_ascii_graphic() && b != b'.';
     if msg_id.is_empty() || !msg_id.bytes().all(allowed) {
@@ -187,9 +144,8 @@ pub fn check_message_id(msg_id: &str) -> Result<(), SignError> {
     Ok(())
 }
 
-/// Signs `body` as message `msg_id` at `timestamp` (unix seconds) with every secret in
-/// `secrets`, one `v1` signature each in the given order, so that a receiver holding any one
-/// of them (the old or the new one during rotation) can verify the delivery.
+/// One `v1` signature per secret, in order, so a receiver holding either the old or the new
+/// secret during a rotation can verify.
 pub fn sign(
     secrets: &[&WebhookSecret],
     msg_id: &str,
@@ -199,9 +155,8 @@ pub fn sign(
     sign_with_keys(secrets, &[], msg_id, timestamp, body)
 }
 
-/// [`sign`], and one `v1a` (Ed25519) signature per key in `ed25519_keys` after the `v1`
-/// ones, so that receivers holding a secret and receivers holding only a public key verify the
-/// same delivery. Fails with [`SignError::NoSecret`] when both lists are empty.
+/// [`sign`], then one `v1a` signature per Ed25519 key, so receivers holding only a public key
+/// verify the same delivery.
 pub fn sign_with_keys(
     secrets: &[&WebhookSecret],
     ed25519_keys: &[&ed25519::SecretKey],
@@ -243,13 +198,9 @@ pub fn sign_with_keys(
     })
 }
 
-/// A short, stable name for a signing secret (`hs_` and 16 hex digits), so that operators and
-/// receivers can tell which secret is which without ever showing one: the first 8 bytes of
-/// HMAC-SHA256 under the secret's key of the fixed text `agent-webhooks key id`. That is what
-/// every delivery's signature already is (an HMAC under the secret of a known text), so a key
-/// id reveals nothing a signed delivery does not; and that text holds no `.`, so it can never
-/// be a delivery's signed content `{id}.{timestamp}.{body}`. A receiver computes the same value
-/// from the secret it holds.
+/// `hs_` and 16 hex digits, so operators and receivers can tell secrets apart without showing
+/// one: an HMAC under the secret of a fixed text, which reveals nothing a signed delivery does
+/// not, and holds no `.`, so it is never a delivery's signed content.
 pub fn secret_key_id(secret: &WebhookSecret) -> String {
     match <Hmac<Sha256> as KeyInit>::new_from_slice(&secret.signing_key()) {
         Ok(mut mac) => {
@@ -264,7 +215,6 @@ pub fn secret_key_id(secret: &WebhookSecret) -> String {
 
 const KEY_ID_TEXT: &[u8] = b"agent-webhooks key id";
 
-/// [`sign`] with a single secret, the common case outside a rotation.
 pub fn sign_one(
     secret: &WebhookSecret,
     msg_id: &str,
@@ -274,18 +224,9 @@ pub fn sign_one(
     sign(&[secret], msg_id, timestamp, body)
 }
 
-/// Verifies a received message, so a receiver acts only on genuine, fresh deliveries.
-///
-/// In order:
-/// 1. The id, timestamp and signature must be non-empty and not only white space, else
-///    [`VerifyError::MissingHeader`] names the first that is not.
-/// 2. The timestamp, after trimming surrounding white space, must be ASCII digits fitting an
-///    `i64` (no sign, no fraction) and within `tolerance` of `now` (unix seconds) in either
-///    direction; exactly `tolerance` away is accepted. Sub-second parts of `tolerance` are
-///    ignored.
-/// 3. At least one `v1` signature must match the HMAC under any of `secrets`, compared in
-///    constant time. Entries are separated by white space; entries of other versions (such as
-///    the asymmetric `v1a`) are skipped, as the specification asks.
+/// The receiver's side: headers present, the timestamp within `tolerance` of `now` either
+/// way (inclusive, whole seconds), and one `v1` signature matching any of `secrets` in
+/// constant time. Other versions (`v1a`) are skipped, as the specification asks.
 pub fn verify(
     secrets: &[&WebhookSecret],
     headers: ReceivedHeaders<'_>,
@@ -310,12 +251,8 @@ pub fn verify(
     })
 }
 
-/// Verifies a received message against Ed25519 public keys: [`verify`] for receivers that
-/// hold a `whpk_` key instead of a secret.
-///
-/// The same header and timestamp checks as [`verify`]; then at least one `v1a` signature must
-/// be a valid Ed25519 signature (strict RFC 8032 verification) of `"{id}.{timestamp}.{body}"`
-/// under any of `public_keys`. Entries of other versions (`v1`) are skipped.
+/// [`verify`] for receivers that hold a `whpk_` public key: one `v1a` signature must verify
+/// strictly (RFC 8032).
 pub fn verify_v1a(
     public_keys: &[&ed25519::PublicKey],
     headers: ReceivedHeaders<'_>,
@@ -341,8 +278,7 @@ pub fn verify_v1a(
     })
 }
 
-/// Steps 1 and 2 of [`verify`], shared by both signature versions: the id, the fresh timestamp
-/// and the signature list.
+/// The header and timestamp checks of [`verify`], shared by both signature versions.
 fn fresh_headers<'h>(
     headers: ReceivedHeaders<'h>,
     now: i64,
@@ -355,9 +291,8 @@ fn fresh_headers<'h>(
     Ok((msg_id, timestamp, signatures))
 }
 
-/// Scans the white-space separated `version,value` entries for one of `version` that decodes
-/// and `matches`. Entries of other versions are skipped but make the list well formed, so the
-/// error says whether nothing matched or nothing could be read.
+/// Entries of other versions are skipped but make the list well formed, so the error says
+/// whether nothing matched or nothing could be read.
 fn match_signatures<T>(
     signatures: &str,
     version: &str,
@@ -391,7 +326,6 @@ fn match_signatures<T>(
     }
 }
 
-/// `"{id}.{timestamp}.{body}"`, what both signature versions sign.
 fn signed_content(msg_id: &str, timestamp: &str, body: &[u8]) -> Vec<u8> {
     let mut content = Vec::with_capacity(msg_id.len() + timestamp.len() + body.len() + 2);
     for part in [msg_id.as_bytes(), b".", timestamp.as_bytes(), b".", body] {
@@ -407,7 +341,6 @@ fn required<'a>(name: &'static str, value: &'a str) -> Result<&'a str, VerifyErr
     Ok(value)
 }
 
-/// Optional surrounding white space, then digits only.
 fn parse_timestamp(value: &str) -> Result<i64, VerifyError> {
     let digits = value.trim();
     if !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -434,7 +367,6 @@ fn check_freshness(timestamp: i64, now: i64, tolerance: Duration) -> Result<(), 
     Ok(())
 }
 
-/// Decodes a `v1` value (standard base64, padding optional) that must hold exactly one tag.
 fn decode_tag(value: &str) -> Option<[u8; TAG_LEN]> {
     // Room for one spare byte, so a longer value is detected instead of truncated.
     let mut buf = [0u8; TAG_LEN + 3];
@@ -444,8 +376,7 @@ fn decode_tag(value: &str) -> Option<[u8; TAG_LEN]> {
     buf.get(..len)?.try_into().ok()
 }
 
-/// HMAC-SHA256 of `"{id}.{timestamp}.{body}"` under the secret's signing key; `None` only if
-/// the HMAC implementation refuses the key (it takes any length).
+/// `None` only if the HMAC implementation refuses the key.
 fn tag(
     secret: &WebhookSecret,
     msg_id: &str,

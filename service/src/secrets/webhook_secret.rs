@@ -1,26 +1,14 @@
-//! What a webhook signing secret is, so that every secret the service stores can sign a
-//! delivery that receivers are able to verify.
+//! The signing-secret forms receivers can verify:
+//! * **Standard Webhooks** `whsec_<base64>` of [`WHSEC_BYTES`]: the HMAC key is the *decoded
+//!   bytes*, as every Standard Webhooks and Svix library does.
+//! * **A user secret** of [`USER_SECRET_CHARS`] printable ASCII, no space at either end: the HMAC
+//!   key is its bytes. ASCII only, since Unicode normalization could type it as other bytes;
+//!   edge spaces are nearly always copy-paste accidents. Standard Webhooks libraries
+//!   base64-decode any *string* secret, so a receiver must pass its bytes (Python:
+//!   `Webhook(secret.encode())`); prefer `whsec_`.
 //!
-//! Two forms are accepted:
-//! * **Standard Webhooks** `whsec_<base64>`: the standard base64 alphabet, padding optional,
-//!   encoding 24 to 64 bytes (192 to 512 bits, the range the Standard Webhooks specification
-//!   gives). The HMAC key is the *decoded bytes*, which is what every Standard Webhooks and Svix
-//!   library does with such a secret. [`WebhookSecret::generate`] makes these, from 32 bytes of
-//!   the operating system's random number generator.
-//! * **A user secret**: any other string of 16 to 256 printable ASCII characters (space through
-//!   `~`) that neither starts nor ends with a space. The HMAC key is its *UTF-8 bytes* (for
-//!   ASCII, the characters themselves). ASCII only, because a non-ASCII secret can be typed as
-//!   different bytes on different systems (Unicode normalization), which would silently break
-//!   verification; leading or trailing spaces are refused because they are nearly always
-//!   copy-paste accidents. Note that Standard Webhooks libraries base64-decode any *string*
-//!   secret, so a receiver must hand them a user secret's UTF-8 bytes (for example
-//!   `Webhook(secret.encode())` in Python); prefer `whsec_` secrets.
-//!
-//! A string that starts with `whsec_` is always judged as the first form, never as a user
-//! secret, so a mistyped `whsec_` secret is an error rather than a different key.
-//!
-//! The secret lives in a [`SecretString`]: zeroized when dropped, redacted in `Debug`, and not
-//! serializable (no `Serialize` impl), so it cannot leak into logs or API responses by accident.
+//! Anything starting with `whsec_` is judged as the first form, so a mistyped one is an error
+//! rather than a different key. Secrets are redacted, not serializable and zeroized on drop.
 
 use std::fmt;
 
@@ -29,23 +17,18 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_PAD_INDIFFERENT};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-/// The prefix that marks a Standard Webhooks secret, so the key form is never ambiguous.
 pub const WHSEC_PREFIX: &str = "whsec_";
-/// Accepted decoded sizes of a `whsec_` key in bytes: the specification's 192 to 512 bits.
+/// Decoded bytes of a `whsec_` key: the specification's 192 to 512 bits.
 pub const WHSEC_BYTES: std::ops::RangeInclusive<usize> = 24..=64;
-/// Accepted lengths of a user secret in characters: long enough to resist guessing, short
-/// enough to fit any receiver's configuration field.
+/// Characters: long enough to resist guessing, short enough for any receiver's settings field.
 pub const USER_SECRET_CHARS: std::ops::RangeInclusive<usize> = 16..=256;
-/// Size in bytes of the keys [`WebhookSecret::generate`] makes: 256 bits, like Svix's.
+/// 256 bits, like Svix's.
 pub const GENERATED_KEY_BYTES: usize = 32;
 
-/// A validated webhook signing secret, so signing code never has to re-check the format.
-///
-/// Not serializable; `Debug` prints `WebhookSecret([REDACTED])`; the text is zeroized on drop.
+/// Validated once, so signing code never re-checks the format.
 #[derive(Clone)]
 pub struct WebhookSecret {
     text: SecretString,
-    /// Derived once, when `text` was validated.
     key: Zeroizing<Vec<u8>>,
 }
 
@@ -55,59 +38,40 @@ impl fmt::Debug for WebhookSecret {
     }
 }
 
-/// Why a string is not an accepted secret, so a user can fix it; never contains the secret.
+/// Never contains the secret.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SecretFormatError {
-    /// `whsec_` followed by something that is not standard base64.
     #[error("a whsec_ secret must continue with standard base64")]
     BadBase64,
-    /// `whsec_` followed by base64 of a key outside [`WHSEC_BYTES`].
     #[error("a whsec_ secret must encode 24 to 64 bytes, this one encodes {len}")]
-    BadKeyLength {
-        /// The decoded length in bytes.
-        len: usize,
-    },
-    /// A user secret shorter than [`USER_SECRET_CHARS`].
+    BadKeyLength { len: usize },
     #[error("a secret must have at least 16 characters, this one has {len}")]
-    TooShort {
-        /// Its length in characters.
-        len: usize,
-    },
-    /// A user secret longer than [`USER_SECRET_CHARS`].
+    TooShort { len: usize },
     #[error("a secret must have at most 256 characters, this one has {len}")]
-    TooLong {
-        /// Its length in characters.
-        len: usize,
-    },
-    /// A user secret with a character outside printable ASCII, or a space at either end.
+    TooLong { len: usize },
     #[error(
         "a secret must consist of printable ASCII characters and must not start or end with a space"
     )]
     NotPrintable,
 }
 
-/// The operating system's random number generator failed, so no secret, key or nonce could be
-/// drawn. The one error for that, wherever random bytes are needed.
+/// The operating system's random number generator failed: the one error for that.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the operating system's random number generator failed")]
 pub struct RngError(#[source] getrandom::Error);
 
-/// Fills `buf` from the operating system's random number generator, so every caller reports
-/// a failure as [`RngError`].
 pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), RngError> {
     getrandom::fill(buf).map_err(RngError)
 }
 
 impl WebhookSecret {
-    /// Validates `secret` against the forms in the module documentation, so that only
-    /// secrets receivers can use are stored.
+    /// Accepts the forms in the module documentation.
     pub fn parse(secret: SecretString) -> Result<Self, SecretFormatError> {
         let key = check(secret.expose_secret())?;
         Ok(WebhookSecret { text: secret, key })
     }
 
-    /// Makes a new `whsec_` secret from [`GENERATED_KEY_BYTES`] random bytes, for users who do
-    /// not bring their own.
+    /// A new `whsec_` secret, for users who do not bring their own.
     pub fn generate() -> Result<Self, RngError> {
         let mut key = Zeroizing::new([0u8; GENERATED_KEY_BYTES]);
         fill_random(key.as_mut())?;
@@ -122,25 +86,22 @@ impl WebhookSecret {
         })
     }
 
-    /// The secret's text, to encrypt it at rest or to show it to its owner once. Never log it.
+    /// To seal at rest or show its owner once. Never log it.
     pub fn expose(&self) -> &str {
         self.text.expose_secret()
     }
 
-    /// Whether this is a Standard Webhooks `whsec_` secret (keyed with its decoded bytes),
-    /// so callers can warn owners of user secrets about receiver compatibility.
+    /// So callers can warn owners of user secrets about receiver compatibility.
     pub fn is_whsec(&self) -> bool {
         self.expose().starts_with(WHSEC_PREFIX)
     }
 
-    /// The HMAC-SHA256 key, so signing and verifying agree on it: the base64-decoded bytes of
-    /// a `whsec_` secret, the UTF-8 bytes of a user secret.
+    /// The HMAC-SHA256 key, one derivation for signing and verifying.
     pub fn signing_key(&self) -> Zeroizing<Vec<u8>> {
         self.key.clone()
     }
 }
 
-/// The format rules of [`WebhookSecret::parse`]; returns the HMAC key of a valid secret.
 fn check(text: &str) -> Result<Zeroizing<Vec<u8>>, SecretFormatError> {
     if let Some(encoded) = text.strip_prefix(WHSEC_PREFIX) {
         let key = decode(encoded).ok_or(SecretFormatError::BadBase64)?;
@@ -163,8 +124,7 @@ fn check(text: &str) -> Result<Zeroizing<Vec<u8>>, SecretFormatError> {
     Ok(Zeroizing::new(text.as_bytes().to_vec()))
 }
 
-/// Decodes standard base64 with or without padding into memory that is zeroized on drop,
-/// also when decoding fails half-way.
+/// Zeroized on drop, also when decoding fails half-way.
 fn decode(encoded: &str) -> Option<Zeroizing<Vec<u8>>> {
     // Reserve enough for the decoder's estimate so it never reallocates (a reallocation would
     // leave an unzeroized copy of the key behind).

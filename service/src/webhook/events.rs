@@ -1,20 +1,13 @@
 //! Event type names the platform emits, and per-webhook event filters.
 //!
-//! Names are dotted lowercase `<family>.<action>`, listed in
-//! [`EVENT_CATALOGUE`]. A webhook subscribes with an [`EventFilter`]: a list
-//! of exact names, `*`, or `<family>.*` wildcards.
-//!
-//! **An empty filter means every event.** "No filter configured" reads as
-//! "no restriction", so a webhook created without choosing events still
-//! receives deliveries; there is no way to subscribe to nothing (disable the
-//! webhook instead).
+//! **An empty filter means every event**, so a webhook created without choosing events still
+//! receives deliveries; to subscribe to nothing, disable the webhook.
 
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-/// Every event type the platform emits. Filters are validated against it so
-/// a typo is reported instead of silently matching nothing.
+/// Filters are validated against it, so a typo is reported instead of matching nothing.
 pub const EVENT_CATALOGUE: &[&str] = &[
     // Agent lifecycle.
     "agent.created",
@@ -36,23 +29,17 @@ pub const EVENT_CATALOGUE: &[&str] = &[
     "job.cancelled",
 ];
 
-/// The event type of a test delivery, which a user asks for to see their endpoint work. Not in
-/// the catalogue (nobody subscribes to it) and not subject to the filter: a test is sent to an
-/// enabled, configured webhook whatever it subscribes to.
+/// A test delivery's type: not in the catalogue and not filtered, so a test reaches an enabled
+/// webhook whatever it subscribes to.
 pub const TEST_EVENT: &str = "webhook.test";
 
-/// Most entries one filter may hold (counted after de-duplication), so a
-/// single webhook config cannot make storage or matching unbounded.
+/// After de-duplication, so one webhook cannot make storage or matching unbounded.
 pub const MAX_EVENT_FILTERS: usize = 64;
 
-/// Matches every event.
 const WILDCARD: &str = "*";
 
-/// A validated, normalised list of event filter entries; see the
-/// [module docs](self) for the meaning of an empty list.
-///
-/// Serialises as a JSON list of strings and deserialises through
-/// [`EventFilter::parse`], so stored or submitted filters are always valid.
+/// Exact names, `*` or `<family>.*`. Deserialises through [`EventFilter::parse`], so stored or
+/// submitted filters are always valid.
 ///
 /// ```
 /// use agent_webhooks::webhook::events::EventFilter;
@@ -70,12 +57,7 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
-    /// Validates user input: entries are trimmed, ASCII-lowercased and
-    /// de-duplicated keeping first-seen order.
-    ///
-    /// Errors, in the order checked: an empty entry, more than
-    /// [`MAX_EVENT_FILTERS`] distinct entries, then the first entry that is
-    /// not a catalogue name, `*` or `<family>.*`.
+    /// Trims, ASCII-lowercases and de-duplicates in first-seen order.
     pub fn parse<I, S>(input: I) -> Result<Self, EventFilterError>
     where
         I: IntoIterator<Item = S>,
@@ -109,9 +91,6 @@ impl EventFilter {
         Ok(Self { entries })
     }
 
-    /// Whether a webhook with this filter should receive `event_type`:
-    /// empty or `*` match everything, `family.*` matches `family.<anything>`,
-    /// other entries match exactly.
     pub fn wants(&self, event_type: &str) -> bool {
         self.entries.is_empty()
             || self
@@ -120,18 +99,15 @@ impl EventFilter {
                 .any(|entry| entry_matches(entry, event_type))
     }
 
-    /// Whether the filter lets every event through (empty, or contains `*`),
-    /// e.g. to show "all events" in a UI.
+    /// Empty or containing `*`, e.g. to show "all events" in a UI.
     pub fn is_all(&self) -> bool {
         self.entries.is_empty() || self.entries.iter().any(|entry| entry == WILDCARD)
     }
 
-    /// The normalised entries, for storage and display.
     pub fn as_slice(&self) -> &[String] {
         &self.entries
     }
 
-    /// Iterates the normalised entries as `&str`.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(String::as_str)
     }
@@ -151,28 +127,15 @@ impl From<EventFilter> for Vec<String> {
     }
 }
 
-/// Why an event filter was rejected; messages are meant for the API caller.
+/// Messages are meant for the API caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventFilterError {
-    /// An entry is neither a catalogue name, `*`, nor `<family>.*`.
     #[error("unknown event type {name:?}; valid values are: {valid}")]
-    Unknown {
-        /// The normalised (trimmed, lowercased) entry.
-        name: String,
-        /// Every accepted value, comma-separated.
-        valid: String,
-    },
-    /// An entry was empty or only whitespace.
+    Unknown { name: String, valid: String },
     #[error("event filter entries must not be empty")]
     Empty,
-    /// More than [`MAX_EVENT_FILTERS`] distinct entries.
     #[error("too many event filter entries: {count} (at most {max})")]
-    TooMany {
-        /// Distinct entries given.
-        count: usize,
-        /// The limit, [`MAX_EVENT_FILTERS`].
-        max: usize,
-    },
+    TooMany { count: usize, max: usize },
 }
 
 fn family(name: &str) -> &str {

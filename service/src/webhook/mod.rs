@@ -2,19 +2,12 @@
 //! at rest, and read back through views that cannot carry the secret.
 //!
 //! Decisions:
-//! * `webhook_secret` absent in [`WebhookConfig`] keeps the stored secret; [`clear`]
-//!   removes it. A configuration without any secret is allowed, but the sender refuses to send
-//!   unsigned deliveries (see [`crate::dispatch::sign`]).
-//! * An empty event list means **all events**, and is stored as `[]`. A NULL list (rows from
-//!   before the webhook migration) means the same.
-//! * An agent the platform soft-deleted (`is_deleted = true`) is gone: every function here
-//!   answers [`Error::AgentNotFound`] for it and changes nothing, as for an id that never
-//!   existed. Only [`reseal_secrets`] still covers its secret, so that an old key can be retired.
-//! * `agents.updated_at` is never written here. On an adopted table it is the host's column:
-//!   its type (naive or aware), its text format on SQLite and its meaning (the host ORM's
-//!   `onupdate`) are the host's, and a value in our format broke the host's ORM (one aware
-//!   datetime among naive ones). No code of ours needs to know when the webhook changed; the
-//!   host's value is read back unchanged in [`AgentState::updated_at`].
+//! * A configuration without any secret is allowed, but deliveries are never sent unsigned.
+//! * An empty event list means **all events**, stored as `[]`; NULL (older rows) alike.
+//! * A soft-deleted agent is [`Error::AgentNotFound`] everywhere, except to
+//!   [`reseal_secrets`], so an old key can still be retired.
+//! * `agents.updated_at` is never written: on an adopted table its type, SQLite text format and
+//!   meaning are the host's, and a value in our format broke the host's ORM.
 
 use entity::{agents, webhook_previous_secrets};
 use sea_orm::sea_query::Expr;
@@ -88,21 +81,16 @@ pub struct WebhookConfigPatch {
     pub webhook_enabled: Option<bool>,
 }
 
-/// A [`WebhookConfig`] that passed validation.
 #[derive(Debug)]
 pub struct ValidatedConfig {
-    /// The URL, normalised.
     pub url: url::Url,
-    /// The secret, when one was given.
     pub secret: Option<WebhookSecret>,
-    /// The normalised event filter.
     pub events: EventFilter,
-    /// Whether the webhook is enabled.
     pub enabled: bool,
 }
 
 impl WebhookConfig {
-    /// Validates every field; the first failing rule is the error.
+    /// The first failing rule is the error.
     pub fn validate(&self, policy: UrlPolicy) -> Result<ValidatedConfig> {
         Ok(ValidatedConfig {
             url: policy.check(&self.webhook_url)?,
@@ -159,12 +147,10 @@ pub struct AgentState {
     /// Read from an aware or a naive (UTC) column alike; `None` when the host left it NULL.
     pub created_at: Option<chrono::DateTime<chrono::Utc>>,
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// The webhook configuration, without the secret.
     pub webhook: WebhookConfigView,
 }
 
-/// Validates `config` and stores it on the agent; the secret, if given, is sealed with the
-/// current key and the agent id as associated data.
+/// Validates `config` and stores it on the agent, sealing the secret if one is given.
 pub async fn configure<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
@@ -198,10 +184,9 @@ pub async fn configure<C: ConnectionTrait>(
     Ok(view)
 }
 
-/// Applies the fields `patch` holds and keeps the others, validating each given field like
-/// [`configure`] does (the first failing rule is the error, and nothing is written). Enabling
-/// starts afresh as in [`configure`]; a patch that does not touch `webhook_enabled` leaves the
-/// endpoint's health (`failing_since`, an automatic disable) as it is.
+/// Validates and applies the fields `patch` holds. A patch that does not touch
+/// `webhook_enabled` leaves the endpoint's health (`failing_since`, an automatic disable) as it
+/// is.
 pub async fn update<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
@@ -256,8 +241,7 @@ pub async fn update<C: ConnectionTrait>(
     Ok(view)
 }
 
-/// The health columns cleared when a webhook is enabled: enabling starts afresh, an automatic
-/// disable and the failure run behind it are over.
+/// Enabling starts afresh: an automatic disable and the failure run behind it are over.
 fn restart_health() -> [(agents::Column, Expr); 3] {
     let no_time = || Expr::value(None::<sea_orm::prelude::DateTimeWithTimeZone>);
     [
@@ -270,12 +254,10 @@ fn restart_health() -> [(agents::Column, Expr); 3] {
     ]
 }
 
-/// The agent's webhook configuration, without the secret.
 pub async fn get<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<WebhookConfigView> {
     view(&find_agent(db, agent_id).await?)
 }
 
-/// The agent with its webhook configuration, without the secret.
 pub async fn get_agent<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<AgentState> {
     let agent = find_agent(db, agent_id).await?;
     let host = agents::Entity::find_by_id(agent_id)
@@ -304,8 +286,7 @@ pub async fn disable<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<Webho
     .await
 }
 
-/// Removes the agent's webhook configuration entirely (URL, secret, previous secrets, Ed25519
-/// key, filter) and disables it. Its delivery history is kept.
+/// Removes the whole configuration, keys included, and disables it; the history is kept.
 pub async fn clear<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<WebhookConfigView> {
     let view = update_columns(
         db,
@@ -336,8 +317,7 @@ pub async fn clear<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<Webhook
     Ok(view)
 }
 
-/// The agent's decrypted signing secret, for the component that signs deliveries; `None` when
-/// no secret is set. Never log or serialize what this returns.
+/// For the component that signs deliveries. Never log or serialize what this returns.
 pub async fn reveal_secret<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
@@ -347,36 +327,22 @@ pub async fn reveal_secret<C: ConnectionTrait>(
     open_secret(settings.keys.as_ref(), &agent)
 }
 
-/// What [`reseal_secrets`] did; every envelope it counts was opened with the ring first.
-/// Envelopes are primary secrets, previous signing secrets and Ed25519 private keys.
+/// Every envelope counted was opened with the ring first.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ResealReport {
-    /// Stored envelopes that were looked at.
     pub examined: u64,
-    /// Envelopes re-sealed under the current key.
     pub resealed: u64,
-    /// Envelopes that were under the current key already (and open with it).
     pub already_current: u64,
-    /// Envelopes whose row changed (a concurrent [`configure`], [`clear`] or signing-secret
-    /// rotation) between the read and the update; left for the next run.
+    /// Changed concurrently between read and update; left for the next run.
     pub skipped: u64,
 }
 
-/// Re-seals every stored envelope that is not under the current key, `batch` rows at a time:
-/// the agents' secrets, their Ed25519 private keys, then their previous signing secrets (see
-/// [`crate::webhook::signing_secrets`]). This is *sealing-key* (master-key) rotation: what receivers
-/// verify does not change.
+/// *Sealing-key* rotation: re-seals every stored secret, Ed25519 key and previous secret not
+/// under the current key, `batch` rows at a time; what receivers verify does not change.
 ///
-/// Every envelope is opened before it is counted as current or rewritten, so a key whose id
-/// matches but whose bytes are wrong is an error ([`Error::WrongKey`], naming the key id),
-/// never a successful rotation that left secrets nobody can open.
-///
-/// Resumable and safe to run twice: it walks rows by id, each envelope already under the
-/// current key is left alone, and each update only applies if the row still holds the
-/// ciphertext that was read (a concurrent [`configure`] wins).
-///
-/// `on_batch` is called after each batch with the totals so far, so that a long run can show
-/// progress; pass `|_| {}` when nobody watches.
+/// Every envelope is opened first, so a wrong key under a known id is [`Error::WrongKey`], never
+/// a rotation that left secrets nobody can open. Resumable and safe to run twice: an update
+/// applies only if the row still holds what was read. `on_batch` gets the totals so far.
 pub async fn reseal_secrets<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
@@ -461,8 +427,7 @@ pub async fn reseal_secrets<C: ConnectionTrait>(
     }
 }
 
-/// Opens one envelope sealed for `agent_id` and returns it sealed under the current key, or
-/// `None` (counted as current) when it is under the current key already.
+/// `None` when it is under the current key already.
 fn reseal_envelope(
     keys: &KeyRing,
     sealed: &str,
@@ -499,7 +464,6 @@ fn count_update(report: &mut ResealReport, rows_affected: u64) {
     }
 }
 
-/// Opens the sealed secret of a loaded agent row.
 pub(crate) fn open_secret(
     keys: Option<&KeyRing>,
     agent: &AgentWebhook,
@@ -528,8 +492,7 @@ fn seal(keys: Option<&KeyRing>, agent_id: &str, secret: &WebhookSecret) -> Resul
     )
 }
 
-/// Seals `plaintext` (a secret or a `whsk_` key) for the agent: the current key, the agent id
-/// as associated data, so a copy in another agent's row does not open.
+/// Bound to the agent id, so a copy in another agent's row does not open.
 pub(crate) fn seal_text(keys: &KeyRing, agent_id: &str, plaintext: &str) -> Result<String> {
     keys.seal(&SecretString::from(plaintext), agent_id)
         .map_err(|source| Error::Sealed {
@@ -538,8 +501,7 @@ pub(crate) fn seal_text(keys: &KeyRing, agent_id: &str, plaintext: &str) -> Resu
         })
 }
 
-/// The host's columns [`AgentState`] shows, read tolerantly: NULL where the host allows it, and
-/// timestamps aware or naive ([`HostTime`]).
+/// Read tolerantly: NULL where the host allows it, timestamps aware or naive.
 #[derive(Clone, Debug, DerivePartialModel)]
 #[sea_orm(entity = "agents::Entity")]
 struct AgentHostColumns {
@@ -550,9 +512,8 @@ struct AgentHostColumns {
     updated_at: Option<HostTime>,
 }
 
-/// An instant in a host's timestamp column, which may be `timestamp with time zone` or, as
-/// SQLAlchemy's default `DateTime` makes it, without (read as UTC; on SQLite, text with or
-/// without an offset).
+/// A host's timestamp column may be without time zone, as SQLAlchemy's default `DateTime`
+/// makes it: read as UTC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct HostTime(pub chrono::DateTime<chrono::Utc>);
 
@@ -579,8 +540,7 @@ impl sea_orm::TryGetable for HostTime {
     }
 }
 
-/// Parses the text forms of an instant SQLite columns hold: with an offset (ours, RFC 3339) or
-/// without (the host's, read as UTC).
+/// SQLite text with an offset (ours) or without (the host's, read as UTC).
 fn parse_host_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     let text = text.trim();
     chrono::DateTime::parse_from_rfc3339(text)
@@ -612,8 +572,7 @@ async fn update_columns<C: ConnectionTrait>(
     get(db, agent_id).await
 }
 
-/// The stored event filter of a loaded agent row; NULL (rows from before the webhook
-/// migration) means all events, like `[]`.
+/// NULL means all events, like `[]`.
 pub(crate) fn stored_events(agent: &AgentWebhook) -> Result<EventFilter> {
     match &agent.webhook_events {
         None => Ok(EventFilter::default()),

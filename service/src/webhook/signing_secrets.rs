@@ -1,50 +1,23 @@
-//! Signing secrets with a lifecycle: rotation with a grace period, revocation, and an optional
-//! Ed25519 key pair, so that replacing an agent's secret does not break its receivers at once.
+//! Signing secrets with a lifecycle (rotation with a grace period, revocation, an optional
+//! Ed25519 key pair), so replacing a secret does not break receivers at once. Not
+//! **sealing-key rotation** ([`crate::webhook::reseal_secrets`]), which receivers never see.
 //!
-//! Not to be confused with **sealing-key rotation** ([`crate::webhook::reseal_secrets`], CLI
-//! `sealing-keys rotate`): that re-encrypts stored secrets under a new *master* key and changes
-//! nothing a receiver sees. *Signing-secret* rotation ([`rotate_signing_secret`], CLI `signing
-//! rotate`) replaces the secret deliveries are signed with, which receivers must learn.
+//! How it works (modelled on svix-server's `old_signing_keys`):
+//! * [`rotate_signing_secret`] makes a new `whsec_` secret the primary and keeps the replaced
+//!   one in `webhook_previous_secrets` until `now + grace` (default and limits: the settings'
+//!   `WEBHOOK_SIGNING_GRACE_SECS`). The new secret is returned once; it leaves the service
+//!   nowhere else.
+//! * The primary's envelope moves over unchanged, so it stays bound to the agent id.
+//! * Every live secret signs (primary first, then previous, newest first), so a receiver
+//!   holding either verifies. At most [`MAX_PREVIOUS_SECRETS`] are kept; expired ones never
+//!   sign and are deleted by the next rotation or revocation, or by [`prune_expired`].
+//! * [`crate::webhook::configure`] with a secret replaces the primary without a grace period:
+//!   the caller chose the secret and hands it out itself.
+//! * An Ed25519 key pair adds a `v1a` signature; a new one replaces the old at once.
 //!
-//! How it works (modelled on svix-server's endpoint secret rotation, whose `old_signing_keys`
-//! keep signing until they expire):
-//! * [`rotate_signing_secret`] generates a new `whsec_` secret, makes it the primary
-//!   (`agents.webhook_secret`) and keeps the replaced one in `webhook_previous_secrets` until
-//!   `now + grace`. The grace period defaults to the settings' `signing_grace`
-//!   (`WEBHOOK_SIGNING_GRACE_SECS`, 24 h unless set) and may be 0 to 7 days
-//!   ([`crate::settings::SIGNING_GRACE_SECS`]); a longer one is
-//!   [`Error::InvalidGrace`]. A grace of 0 keeps nothing: the old secret stops at once. The new
-//!   secret is returned once, in [`RotatedSigningSecret`]; it is the only place its plaintext
-//!   leaves the service.
-//! * Previous secrets are sealed exactly like the primary: the primary's own envelope is moved
-//!   over unchanged, so it stays bound to the agent id (a copy in another agent's row does not
-//!   open) and under the key id it was sealed with; [`crate::webhook::reseal_secrets`] re-seals
-//!   them with the rest.
-//! * While a previous secret is live, every delivery carries one `v1` signature per live secret
-//!   (primary first, then previous ones, newest first), space separated as the Standard Webhooks
-//!   specification allows: a receiver holding either secret verifies it.
-//! * At most [`MAX_PREVIOUS_SECRETS`] previous secrets are kept; a rotation beyond that drops
-//!   the ones that expire first. Expired ones are never used to sign, are left out of
-//!   [`signing_keys`], and are deleted by the next rotation or revocation of the agent, and by
-//!   [`prune_expired`] (CLI `signing prune`) for all agents.
-//! * [`revoke_previous`] deletes every previous secret of an agent at once, for a leaked secret.
-//! * [`crate::webhook::configure`] with a secret replaces the primary at once, without a grace
-//!   period (the caller chose the secret and hands it out itself); previous secrets it finds
-//!   keep their expiry. [`crate::webhook::clear`] deletes previous secrets and the Ed25519 key
-//!   with the primary.
-//! * Ed25519: [`generate_ed25519_key`] gives the agent a key pair; from then on every delivery
-//!   also carries a `v1a` signature that receivers verify with the `whpk_` public key (readable
-//!   in [`signing_keys`]) and [`crate::secrets::signing::verify_v1a`]. The `whsk_` private key is sealed
-//!   like a secret (`agents.webhook_ed25519_secret_key`). A new key pair replaces the old one at
-//!   once (no grace period); [`remove_ed25519_key`] stops `v1a` signatures.
-//! * Key ids: `hs_…` for secrets ([`signing::secret_key_id`]), `ed_…` for Ed25519 public keys
-//!   ([`PublicKey::key_id`]); they name a key without revealing it.
-//!
-//! Every function works inside a caller's transaction. [`rotate_signing_secret`] writes twice
-//! (the new primary, then the previous row); run it in a transaction to make the pair atomic,
-//! as the CLI does. Its primary update only applies if the row still holds the secret that was
-//! read, so two concurrent rotations cannot both keep a "previous" secret that was never
-//! delivered: the second fails with [`Error::SecretChanged`].
+//! [`rotate_signing_secret`] writes twice: run it in a transaction to make the pair atomic, as
+//! the CLI does. Its update applies only if the row still holds the secret read, so two
+//! concurrent rotations cannot both keep a "previous" secret that was never delivered.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -69,89 +42,72 @@ use crate::secrets::webhook_secret::WebhookSecret;
 use crate::settings::{SIGNING_GRACE_SECS, WebhookSettings};
 use crate::webhook::{open_secret, seal_text};
 
-/// How many previous secrets an agent keeps at most (as svix-server), so that repeated
-/// rotations cannot make every delivery carry an unbounded signature header.
+/// As svix-server, so repeated rotations cannot grow the signature header without bound.
 pub const MAX_PREVIOUS_SECRETS: usize = 10;
 
-/// Which algorithm a key signs with; named in views and the CLI as serialized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, strum::Display, strum::IntoStaticStr)]
 pub enum SigningAlgorithm {
-    /// HMAC-SHA256 with a shared secret: `v1` signatures.
+    /// `v1` signatures.
     #[serde(rename = "hmac-sha256")]
     #[strum(serialize = "hmac-sha256")]
     HmacSha256,
-    /// Ed25519 with a key pair: `v1a` signatures.
+    /// `v1a` signatures.
     #[serde(rename = "ed25519")]
     #[strum(serialize = "ed25519")]
     Ed25519,
 }
 
 impl SigningAlgorithm {
-    /// The name used in views and the CLI.
     pub fn as_str(self) -> &'static str {
         self.into()
     }
 }
 
-/// Whether a key is the one new receivers should use, or one kept for a grace period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, strum::Display, strum::IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum KeyRole {
-    /// The current secret or key pair.
     Primary,
-    /// A replaced secret that still signs until `expires_at`.
+    /// Still signs until `expires_at`.
     Previous,
 }
 
-/// One key an agent's deliveries are signed with, as an API may show it: never the secret.
+/// As an API may show it: never the secret.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SigningKeyView {
-    /// `hs_…` or `ed_…`: names the key without revealing it.
+    /// `hs_…` ([`signing::secret_key_id`]) or `ed_…` ([`PublicKey::key_id`]).
     pub key_id: String,
-    /// What the key signs with.
     pub algorithm: SigningAlgorithm,
-    /// Primary or previous.
     pub role: KeyRole,
-    /// When a previous secret stops signing; `None` for primary keys.
     pub expires_at: Option<DateTime<Utc>>,
-    /// The `whpk_` public key of an Ed25519 key pair (not secret); `None` for secrets.
+    /// The `whpk_` public key; `None` for secrets.
     pub public_key: Option<String>,
 }
 
-/// Every live key of an agent: primary secret, previous secrets newest first, Ed25519 key.
+/// Primary secret, previous secrets newest first, Ed25519 key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SigningKeysView {
-    /// The agent.
     pub agent_id: String,
-    /// The keys; empty when the agent has none.
     pub keys: Vec<SigningKeyView>,
 }
 
-/// What [`rotate_signing_secret`] did. Holds the new secret: not serializable, `Debug`
-/// redacts it.
+/// Holds the new secret: not serializable, `Debug` redacts it.
 #[derive(Debug)]
 pub struct RotatedSigningSecret {
-    /// The new primary secret: show it to the agent's owner once; it is not stored in
-    /// plaintext anywhere.
+    /// Show it to the owner once; it is stored in plaintext nowhere.
     pub secret: WebhookSecret,
-    /// The new secret's key id.
     pub key_id: String,
-    /// The replaced secret, kept until its `expires_at`; `None` when the agent had no secret or
-    /// the grace period was zero.
+    /// `None` when the agent had no secret or the grace period was zero.
     pub previous: Option<SigningKeyView>,
 }
 
-/// The secrets and key an agent's deliveries are signed with at one instant.
 pub(crate) struct LiveKeys {
-    /// The primary secret first, then the live previous ones, newest first.
+    /// The primary first, then live previous ones, newest first.
     pub secrets: Vec<WebhookSecret>,
-    /// The Ed25519 key, when the agent has one.
     pub ed25519: Option<SecretKey>,
 }
 
-/// Replaces the agent's signing secret with a new generated one; the replaced secret keeps
-/// signing for `grace` (default: the settings' `signing_grace`). See the module documentation.
+/// See the [module documentation](self).
 pub async fn rotate_signing_secret<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
@@ -235,8 +191,7 @@ pub async fn rotate_signing_secret<C: ConnectionTrait>(
     })
 }
 
-/// Deletes every previous secret of the agent at once, so that a leaked one stops verifying
-/// with the next delivery; returns how many were deleted (expired ones included).
+/// So a leaked secret stops verifying with the next delivery; counts expired ones too.
 pub async fn revoke_previous<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<u64> {
     find_agent(db, agent_id).await?;
     let deleted = previous::Entity::delete_many()
@@ -248,8 +203,7 @@ pub async fn revoke_previous<C: ConnectionTrait>(db: &C, agent_id: &str) -> Resu
     Ok(deleted)
 }
 
-/// The agent's live keys (key ids, algorithms, expiries, the Ed25519 public key), never a
-/// secret. Opens the primary secret to name it, so it needs the key ring when one is set.
+/// Never a secret, but opens the primary to name it, so it needs the key ring.
 pub async fn signing_keys<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
@@ -286,8 +240,7 @@ pub async fn signing_keys<C: ConnectionTrait>(
     })
 }
 
-/// Gives the agent a new Ed25519 key pair (replacing any it had, at once): from now on its
-/// deliveries also carry a `v1a` signature. Returns the key with its `whpk_` public key.
+/// Replaces any key pair the agent had, at once.
 pub async fn generate_ed25519_key<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
@@ -303,14 +256,11 @@ pub async fn generate_ed25519_key<C: ConnectionTrait>(
     Ok(ed25519_view(&public))
 }
 
-/// Removes the agent's Ed25519 key pair: its deliveries carry no `v1a` signature any more.
 pub async fn remove_ed25519_key<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<()> {
     set_ed25519_columns(db, agent_id, None, None).await
 }
 
-/// Deletes expired previous secrets of every agent, `batch`-free (each agent keeps at most
-/// [`MAX_PREVIOUS_SECRETS`]); returns how many were deleted. Expired secrets never sign, so
-/// this only tidies; run it with the delivery prune.
+/// Expired secrets never sign, so this only tidies; run it with the delivery prune.
 pub async fn prune_expired<C: ConnectionTrait>(db: &C, now: DateTime<Utc>) -> Result<u64> {
     let backend = db.get_database_backend();
     Ok(previous::Entity::delete_many()
@@ -320,11 +270,8 @@ pub async fn prune_expired<C: ConnectionTrait>(db: &C, now: DateTime<Utc>) -> Re
         .rows_affected)
 }
 
-/// What the sender signs each of `agent_ids`' deliveries with at `now`, by agent id, in two
-/// statements whatever the number of agents (the agents' rows, then their live previous
-/// secrets), so a worker reads the keys of a claimed batch once. An agent that does not exist
-/// or is soft-deleted maps to [`Error::AgentNotFound`], one whose keys do not open to that
-/// error: neither stops the others.
+/// Two statements for any number of agents, so a worker reads a claimed batch's keys once. An
+/// agent's error does not stop the others.
 pub(crate) async fn live_keys<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
@@ -354,7 +301,6 @@ pub(crate) async fn live_keys<C: ConnectionTrait>(
         .collect())
 }
 
-/// Opens the agent's primary secret, its live `previous` secrets and its Ed25519 key.
 fn open_live_keys(
     settings: &WebhookSettings,
     agent: &AgentWebhook,
@@ -393,14 +339,9 @@ fn open_live_keys(
     Ok(LiveKeys { secrets, ed25519 })
 }
 
-/// Checks, before a worker starts, that the settings' key ring opens the sealed secrets it will
-/// need: there is a ring, every key id named by a stored envelope (primary secrets, Ed25519
-/// keys, previous secrets) is in it, and one envelope per key id opens. A worker that could
-/// not open them would otherwise send nothing and blame every receiver. Returns how many key
-/// ids were checked.
-///
-/// One grouped scan per envelope column, then one read per key id: a few seconds on millions
-/// of agents, once per start.
+/// Before a worker starts: every key id a stored envelope names is in the ring and opens one
+/// of them, since a worker that cannot open secrets sends nothing and blames every receiver.
+/// Returns how many key ids were checked; a few seconds on millions of agents.
 pub async fn check_key_ring<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
@@ -471,8 +412,7 @@ pub fn open_previous(keys: &KeyRing, agent_id: &str, sealed: &str) -> Result<Web
     WebhookSecret::parse(plain).map_err(Error::SecretFormat)
 }
 
-/// The previous secrets of `agent_ids` that have not expired at `now`, by agent, newest first,
-/// at most [`MAX_PREVIOUS_SECRETS`] each; agents without any are absent.
+/// Newest first; agents without any are absent.
 async fn live_previous<C: ConnectionTrait>(
     db: &C,
     agent_ids: &[&str],
@@ -498,8 +438,7 @@ async fn live_previous<C: ConnectionTrait>(
     Ok(by_agent)
 }
 
-/// Deletes the agent's expired previous secrets and all but the [`MAX_PREVIOUS_SECRETS`] that
-/// expire last.
+/// Keeps the [`MAX_PREVIOUS_SECRETS`] unexpired ones that expire last.
 async fn tidy<C: ConnectionTrait>(db: &C, agent_id: &str, now: DateTime<Utc>) -> Result<()> {
     let backend = db.get_database_backend();
     previous::Entity::delete_many()

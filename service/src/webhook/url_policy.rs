@@ -1,19 +1,10 @@
-//! SSRF-safe policy for webhook target URLs.
+//! SSRF-safe policy for webhook target URLs: user input our servers connect to must not reach
+//! loopback, the private network or cloud metadata. [`UrlPolicy::check`] runs when a URL is
+//! configured; [`UrlPolicy::check_resolved`] before each delivery, against names that point
+//! inside and DNS rebinding.
 //!
-//! A webhook URL is user input that our servers later connect to, so it must
-//! not be able to reach loopback, the private network or cloud metadata
-//! endpoints. Validation happens twice:
-//!
-//! 1. [`UrlPolicy::check`] when a URL is configured: length, syntax, scheme,
-//!    userinfo, IP-literal hosts and obviously local host names.
-//! 2. [`UrlPolicy::check_resolved`] right before each delivery: resolves the
-//!    host and vets every address, which stops public-looking names that
-//!    point inside and DNS rebinding. The sender must connect to the returned
-//!    addresses instead of resolving the name again.
-//!
-//! Hosts are classified only after the `url` crate has parsed them with
-//! WHATWG rules, so every IPv4 spelling (`127.1`, `2130706433`, `0x7f.1`,
-//! `0177.0.0.1`, `127.0.0.1.`) is judged by the address it denotes.
+//! Hosts are classified after WHATWG parsing, so every IPv4 spelling (`127.1`, `2130706433`,
+//! `0x7f.1`, `0177.0.0.1`) is judged by the address it denotes.
 
 use std::fmt;
 use std::io;
@@ -23,12 +14,10 @@ use std::str::FromStr;
 use ipnet::{Ipv4Net, Ipv6Net};
 use url::{Host, Url};
 
-/// Longest accepted URL in bytes, checked on the input and on its normalised
-/// form; bounds storage and stays within what HTTP clients and proxies accept.
+/// Bytes, of the input and its normalised form: within what HTTP clients and proxies accept.
 pub const MAX_URL_LEN: usize = 2048;
 
-/// Which webhook targets are acceptable; chosen explicitly per deployment so
-/// that relaxing the rules is never implied.
+/// Chosen explicitly per deployment, so relaxing the rules is never implied.
 #[derive(
     Debug,
     Clone,
@@ -43,27 +32,22 @@ pub const MAX_URL_LEN: usize = 2048;
 )]
 #[strum(serialize_all = "lowercase")]
 pub enum UrlPolicy {
-    /// Public `https` targets only. The default, so a missing setting fails safe.
+    /// Public `https` targets only; the default, so a missing setting fails safe.
     #[default]
     Production,
-    /// Also allows `http` and loopback/private targets, for local development
-    /// against receivers on the same machine or network. Link-local addresses stay refused:
-    /// cloud metadata services answer there (`169.254.169.254`), and no receiver does.
+    /// Also `http` and loopback/private targets. Link-local stays refused: cloud metadata
+    /// answers there, and no receiver does.
     Development,
 }
 
 impl UrlPolicy {
-    /// The configuration spelling (`"production"`/`"development"`), shared
-    /// by [`fmt::Display`] and [`FromStr`] so they round-trip.
+    /// Shared by [`fmt::Display`] and [`FromStr`] so they round-trip.
     pub fn as_str(self) -> &'static str {
         self.into()
     }
 
-    /// Parses and validates a webhook URL when it is configured, returning
-    /// the normalised URL that should be stored.
-    ///
-    /// This cannot see where a host name resolves to; deliveries must also
-    /// go through [`UrlPolicy::check_resolved`].
+    /// Returns the normalised URL to store. It cannot see where a name resolves; deliveries
+    /// must also go through [`UrlPolicy::check_resolved`].
     ///
     /// ```
     /// use agent_webhooks::webhook::url_policy::UrlPolicy;
@@ -88,8 +72,7 @@ impl UrlPolicy {
         Ok(url)
     }
 
-    /// Applies the same static rules as [`UrlPolicy::check`] to an already
-    /// parsed URL, e.g. one loaded from storage under an older policy.
+    /// [`UrlPolicy::check`] for a parsed URL, e.g. one stored under an older policy.
     pub fn check_url(&self, url: &Url) -> Result<(), UrlPolicyError> {
         let len = url.as_str().len();
         if len > MAX_URL_LEN {
@@ -140,14 +123,9 @@ impl UrlPolicy {
         rejection.map_or(Ok(()), Err)
     }
 
-    /// Re-checks `url` and resolves its host right before a delivery,
-    /// rejecting it under [`UrlPolicy::Production`] if *any* address is
-    /// non-public.
-    ///
-    /// Connect to exactly the returned addresses (keeping the original host
-    /// name for `Host` and TLS SNI); resolving the name again would reopen
-    /// the DNS-rebinding hole this check closes. IP-literal hosts are not
-    /// resolved. Wrap the call in a timeout: resolvers may be slow.
+    /// Refuses the URL if *any* address is non-public. Connect to exactly the returned
+    /// addresses (keeping the host name for `Host` and SNI): resolving again reopens the
+    /// DNS-rebinding hole. Wrap the call in a timeout: resolvers may be slow.
     pub async fn check_resolved<R: Resolver>(
         &self,
         url: &Url,
@@ -212,74 +190,62 @@ impl FromStr for UrlPolicy {
     }
 }
 
-/// A URL policy name that is neither `production` nor `development`;
-/// surfaced instead of silently falling back to a default.
+/// Surfaced instead of silently falling back to a default.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown URL policy {input:?}; expected \"production\" or \"development\"")]
 pub struct ParseUrlPolicyError {
-    /// The rejected input, for the operator to see.
     pub input: String,
 }
 
-/// Why a webhook URL was rejected: one variant per rule, so callers can
-/// react programmatically and users are told which rule failed. Hosts are
-/// given as the URL parser serialised them.
+/// One variant per rule, so users are told which rule failed. Hosts are given as the URL
+/// parser serialised them.
 #[allow(
     missing_docs,
     reason = "fields are named for what they hold; each variant says when it arises"
 )]
 #[derive(Debug, thiserror::Error)]
 pub enum UrlPolicyError {
-    /// The input or its normalised form exceeds [`MAX_URL_LEN`] bytes.
     #[error("rejected: URL is {len} bytes long, the limit is {max}")]
     TooLong { len: usize, max: usize },
-    /// Not a URL at all.
     #[error("rejected: not a valid URL ({0})")]
     Unparseable(url::ParseError),
-    /// Scheme other than `https` (or `http` under development).
     #[error("rejected: scheme {scheme:?} is not allowed by the {policy} policy")]
     SchemeNotAllowed { scheme: String, policy: UrlPolicy },
-    /// The URL names no host to connect to.
     #[error("rejected: URL has no host")]
     MissingHost,
     /// Credentials in the URL would be stored and logged in clear text.
     #[error("rejected: URL must not contain a username or password")]
     UserInfo,
-    /// Port 0, which nothing can listen on.
     #[error("rejected: port 0 is not a port a receiver can listen on")]
     PortZero,
     /// A host name with an empty label (`a..b`, `.a`): not a DNS name.
     #[error("rejected: host {host} has an empty label")]
     EmptyLabel { host: String },
-    /// The host is an IP literal outside the public internet.
     #[error("rejected: host {host} is {reason}")]
     NonPublicAddress { host: String, reason: NonPublic },
     /// The host name only exists on local networks (e.g. `localhost`).
     #[error("rejected: host {host} is {reason}")]
     LocalHostName { host: String, reason: &'static str },
-    /// The host name resolved to at least one non-public address.
     #[error("rejected: host {host} resolves to {addr}, which is {reason}")]
     ResolvesToNonPublic {
         host: String,
         addr: IpAddr,
         reason: NonPublic,
     },
-    /// The resolver failed; the delivery cannot be vetted, so it must not run.
+    /// A delivery that cannot be vetted must not run.
     #[error("rejected: could not resolve host {host}")]
     ResolutionFailed {
         host: String,
         #[source]
         source: io::Error,
     },
-    /// The resolver succeeded but returned nothing to connect to.
     #[error("rejected: host {host} resolves to no addresses")]
     NoAddresses { host: String },
 }
 
 impl UrlPolicyError {
-    /// Stable short name of the failed rule, for CLIs, logs and metrics.
-    /// Address rejections use the address class (e.g. `"loopback"`) whether
-    /// the address was literal or resolved.
+    /// Stable short name for CLIs, logs and metrics; address rejections use the address class
+    /// (e.g. `"loopback"`), literal or resolved.
     pub fn rule(&self) -> &'static str {
         match self {
             Self::TooLong { .. } => "length",
@@ -299,13 +265,11 @@ impl UrlPolicyError {
     }
 }
 
-/// Why an IP address is not a public internet destination; shared by the
-/// literal-host and the resolved-address rules so both agree.
+/// Shared by the literal-host and resolved-address rules so both agree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NonPublic {
     /// `0.0.0.0` or `::`, which many stacks treat as "this host".
     Unspecified,
-    /// `0.0.0.0/8`.
     ThisNetwork,
     /// `127.0.0.0/8` or `::1`.
     Loopback,
@@ -315,13 +279,10 @@ pub enum NonPublic {
     SharedAddressSpace,
     /// `169.254/16` (includes cloud metadata `169.254.169.254`) or `fe80::/10`.
     LinkLocal,
-    /// `224/4` or `ff00::/8`.
     Multicast,
-    /// `255.255.255.255`.
     Broadcast,
     /// `192.0.2/24`, `198.51.100/24`, `203.0.113/24`, `2001:db8::/32`, `3fff::/20`.
     Documentation,
-    /// `198.18.0.0/15`.
     Benchmarking,
     /// IETF protocol assignments: `192.0.0.0/24`, `2001::/23`.
     ProtocolAssignment,
@@ -340,13 +301,11 @@ pub enum NonPublic {
 }
 
 impl NonPublic {
-    /// Stable short name, reported by [`UrlPolicyError::rule`].
     pub const fn rule(self) -> &'static str {
         self.names().0
     }
 
-    /// (rule name, description for messages), kept side by side so a new
-    /// class cannot get one without the other.
+    /// Side by side, so a new class cannot get one without the other.
     const fn names(self) -> (&'static str, &'static str) {
         match self {
             Self::Unspecified => ("unspecified", "an unspecified address"),
@@ -396,10 +355,8 @@ impl UrlPolicy {
     }
 }
 
-/// Classifies an address: `None` if it is a public destination, otherwise
-/// why not. IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is judged as the IPv4
-/// address it is, and the IPv6 forms that route to an embedded IPv4 address
-/// (IPv4-compatible, NAT64, 6to4) by that address.
+/// `None` for a public destination. IPv6 forms that carry an IPv4 address (mapped,
+/// compatible, NAT64, 6to4) are judged by that address.
 pub fn classify_ip(ip: IpAddr) -> Option<NonPublic> {
     match ip.to_canonical() {
         IpAddr::V4(ip) => classify_v4(ip),
@@ -433,8 +390,7 @@ const V4_NETS: [(Ipv4Net, NonPublic); 6] = [
     (v4(240, 0, 0, 0, 4), NonPublic::Reserved),
 ];
 
-/// The classes both families have a `std` predicate for. The ranges behind every `std`
-/// predicate are disjoint, so the order of the checks decides nothing among them.
+/// The `std` predicates' ranges are disjoint, so their order decides nothing.
 fn classify_either(ip: IpAddr) -> Option<NonPublic> {
     first_hit([
         (ip.is_unspecified(), NonPublic::Unspecified),
@@ -533,11 +489,9 @@ fn local_name_reason(name: &str) -> Option<&'static str> {
     }
 }
 
-/// Resolves host names for [`UrlPolicy::check_resolved`]; a trait so tests
-/// and callers with their own DNS (caching, DoH) can plug in.
+/// A trait so tests and callers with their own DNS (caching, DoH) can plug in.
 pub trait Resolver {
-    /// Returns every address `host` resolves to; `port` is passed along for
-    /// resolvers that want it (`getaddrinfo`).
+    /// Every address of `host`; `port` is for resolvers that want it (`getaddrinfo`).
     fn resolve(
         &self,
         host: &str,
@@ -545,8 +499,7 @@ pub trait Resolver {
     ) -> impl Future<Output = io::Result<Vec<IpAddr>>> + Send;
 }
 
-/// The operating system's resolver via [`tokio::net::lookup_host`]; the
-/// sensible default for the sender.
+/// The operating system's resolver, via [`tokio::net::lookup_host`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemResolver;
 
