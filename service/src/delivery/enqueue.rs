@@ -270,31 +270,18 @@ pub(super) fn new_id() -> String {
 pub(super) const MYSQL_PARSE_ERROR: &str = "42000";
 
 /// Inserts `rows` in one statement, each unless its `(agent_id, event_id)` exists, and says per
-/// row whether it was created or which delivery already was. With `listen` on PostgreSQL it
-/// also `NOTIFY`s [`NOTIFY_CHANNEL`], delivered when the caller's transaction commits.
+/// row whether it was created or which delivery already was. With `listen` on PostgreSQL the
+/// same statement also notifies [`NOTIFY_CHANNEL`] when it creates a row (`pg_notify` over
+/// the inserted rows; PostgreSQL sends one notification per transaction and channel, when the
+/// caller's transaction commits), so an enqueue costs no round trip for the wake-up.
 pub(super) async fn insert_rows<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
     rows: &[NewRow<'_>],
     now: DateTime<Utc>,
 ) -> Result<Vec<Enqueued>> {
-    let done = insert_rows_quietly(db, rows, now).await?;
-    if settings.worker.listen
-        && db.get_database_backend() == DbBackend::Postgres
-        && done.iter().any(|e| matches!(e, Enqueued::Created(_)))
-    {
-        db.execute_unprepared(&format!("NOTIFY {NOTIFY_CHANNEL}"))
-            .await?;
-    }
-    Ok(done)
-}
-
-pub(super) async fn insert_rows_quietly<C: ConnectionTrait>(
-    db: &C,
-    rows: &[NewRow<'_>],
-    now: DateTime<Utc>,
-) -> Result<Vec<Enqueued>> {
     let backend = db.get_database_backend();
+    let notify = settings.worker.listen && backend == DbBackend::Postgres;
     let stamped = stamp(backend, now);
     // Built by hand rather than from an `ActiveModel`, whose instants sqlx would encode in its
     // own format on SQLite (see `stamp`).
@@ -367,8 +354,15 @@ pub(super) async fn insert_rows_quietly<C: ConnectionTrait>(
         }
         _ => {
             insert.returning_col(wd::Column::Id);
+            let mut statement = backend.build(&insert);
+            if notify {
+                statement.sql = format!(
+                    "WITH created AS ({}) SELECT id, pg_notify('{NOTIFY_CHANNEL}', '')::text IS NULL FROM created",
+                    statement.sql
+                );
+            }
             let created: HashSet<String> = db
-                .query_all(&insert)
+                .query_all_raw(statement)
                 .await?
                 .iter()
                 .map(|row| row.try_get_by_index::<String>(0))
