@@ -270,11 +270,6 @@ impl KeyRing {
         Ok(key.id != self.current.id)
     }
 
-    /// Opens and seals again under the current key, for the key-rotation job.
-    pub fn reseal(&self, envelope: &str, context: &str) -> Result<String, SecretBoxError> {
-        self.seal(&self.open(envelope, context)?, context)
-    }
-
     fn seal_bytes(&self, plaintext: &[u8], context: &str) -> Result<String, SecretBoxError> {
         if plaintext.len() > MAX_PLAINTEXT_LEN {
             return Err(SecretBoxError::TooLong {
@@ -405,6 +400,11 @@ fn looks_like_version(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// Opens and seals again under the current key, as the key-rotation job does.
+    fn reseal(keys: &KeyRing, envelope: &str, context: &str) -> Result<String, SecretBoxError> {
+        keys.seal(&keys.open(envelope, context)?, context)
+    }
+
     use super::*;
     use proptest::prelude::*;
 
@@ -481,7 +481,7 @@ mod tests {
                 "{other:?}"
             );
             assert_eq!(
-                keys.reseal(&sealed, other).unwrap_err(),
+                reseal(&keys, &sealed, other).unwrap_err(),
                 SecretBoxError::Decrypt
             );
         }
@@ -644,7 +644,7 @@ mod tests {
                 "{envelope}"
             );
             assert_eq!(keys.needs_rotation(&envelope).unwrap_err(), expected);
-            assert_eq!(keys.reseal(&envelope, "a").unwrap_err(), expected);
+            assert_eq!(reseal(&keys, &envelope, "a").unwrap_err(), expected);
         }
     }
 
@@ -658,7 +658,7 @@ mod tests {
         };
         assert_eq!(k2.open(&sealed, "agent-1").unwrap_err(), unknown);
         assert_eq!(k2.needs_rotation(&sealed).unwrap_err(), unknown);
-        assert_eq!(k2.reseal(&sealed, "agent-1").unwrap_err(), unknown);
+        assert_eq!(reseal(&k2, &sealed, "agent-1").unwrap_err(), unknown);
         // Another deployment's `k1`: same id, other key.
         let (other_k1, _) = ring(&["k1"]);
         assert_eq!(
@@ -728,7 +728,7 @@ mod tests {
         assert_eq!(new.open(&sealed, "agent-1").unwrap().expose_secret(), PLAIN);
         assert!(new.needs_rotation(&sealed).unwrap());
 
-        let resealed = new.reseal(&sealed, "agent-1").unwrap();
+        let resealed = reseal(&new, &sealed, "agent-1").unwrap();
         assert!(resealed.starts_with("v1.k2."), "{resealed}");
         assert!(!new.needs_rotation(&resealed).unwrap());
         assert_eq!(
@@ -736,7 +736,7 @@ mod tests {
             PLAIN
         );
         // Re-sealing something already current still draws a fresh nonce.
-        assert_ne!(new.reseal(&resealed, "agent-1").unwrap(), resealed);
+        assert_ne!(reseal(&new, &resealed, "agent-1").unwrap(), resealed);
 
         // Once rotated, the old key can go.
         let only_new = KeyRing::parse(&k2).unwrap();
@@ -941,7 +941,7 @@ mod tests {
             for envelope in [input.clone(), format!("v1.k1.{input}"), format!("v1.{input}")] {
                 prop_assert!(keys.open(&envelope, &context).is_err());
                 let _ = keys.needs_rotation(&envelope);
-                prop_assert!(keys.reseal(&envelope, &context).is_err());
+                prop_assert!(reseal(&keys, &envelope, &context).is_err());
             }
         }
 

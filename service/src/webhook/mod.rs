@@ -317,16 +317,6 @@ pub async fn clear<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<Webhook
     Ok(view)
 }
 
-/// For the component that signs deliveries. Never log or serialize what this returns.
-pub async fn reveal_secret<C: ConnectionTrait>(
-    db: &C,
-    settings: &WebhookSettings,
-    agent_id: &str,
-) -> Result<Option<WebhookSecret>> {
-    let agent = find_agent(db, agent_id).await?;
-    open_secret(settings.keys.as_ref(), &agent)
-}
-
 /// Every envelope counted was opened with the ring first.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ResealReport {

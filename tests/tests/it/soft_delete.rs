@@ -59,8 +59,10 @@ async fn soft_deleted_agents_are_gone(backend: Backend) {
     assert!(is_not_found(&disabled), "disable: {disabled:?}");
     let cleared = webhook::clear(&t.db, "agent-1").await;
     assert!(is_not_found(&cleared), "clear: {cleared:?}");
-    let secret = webhook::reveal_secret(&t.db, &settings, "agent-1").await;
-    assert!(is_not_found(&secret), "reveal_secret: {secret:?}");
+    let keys =
+        agent_webhooks::webhook::signing_secrets::signing_keys(&t.db, &settings, "agent-1", now)
+            .await;
+    assert!(is_not_found(&keys), "signing_keys: {keys:?}");
     // disable/clear changed nothing on the deleted row.
     assert_eq!(
         t.count(

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use agent_webhooks::Error;
 use agent_webhooks::secrets::secret_box::KeyRing;
+use agent_webhooks::secrets::signing;
 use agent_webhooks::secrets::webhook_secret::WebhookSecret;
 use agent_webhooks::settings::WebhookSettings;
 use agent_webhooks::webhook::url_policy::UrlPolicy;
@@ -88,12 +89,11 @@ async fn set_get_disable_clear_and_not_found(backend: Backend) {
         "{json}"
     );
 
-    // The secret comes back only through reveal_secret.
-    let revealed = webhook::reveal_secret(&t.db, &settings, "agent-1")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(revealed.expose(), SECRET);
+    // The secret is stored (sealed): its key id is the one of SECRET.
+    assert_eq!(
+        stored_key_id(&t, &settings, "agent-1").await.unwrap(),
+        Some(secret_key_id(SECRET))
+    );
 
     // Setting again without a secret keeps it; an empty filter means all events.
     let view = webhook::configure(
@@ -106,12 +106,8 @@ async fn set_get_disable_clear_and_not_found(backend: Backend) {
     .unwrap();
     assert!(view.has_secret && view.all_events);
     assert_eq!(
-        webhook::reveal_secret(&t.db, &settings, "agent-1")
-            .await
-            .unwrap()
-            .unwrap()
-            .expose(),
-        SECRET
+        stored_key_id(&t, &settings, "agent-1").await.unwrap(),
+        Some(secret_key_id(SECRET))
     );
 
     let view = webhook::disable(&t.db, "agent-1").await.unwrap();
@@ -121,12 +117,7 @@ async fn set_get_disable_clear_and_not_found(backend: Backend) {
         (view.webhook_url, view.has_secret, view.webhook_enabled),
         (None, false, false)
     );
-    assert!(
-        webhook::reveal_secret(&t.db, &settings, "agent-1")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_eq!(stored_key_id(&t, &settings, "agent-1").await.unwrap(), None);
 
     for result in [
         webhook::get(&t.db, "agent-404").await,
@@ -234,12 +225,9 @@ async fn plaintext_secret_is_nowhere(backend: Backend) {
         .await
         .unwrap();
     let view = webhook::get(&t.db, "agent-1").await.unwrap();
-    let revealed = webhook::reveal_secret(&t.db, &settings, "agent-1")
-        .await
-        .unwrap()
-        .unwrap();
+    let revealed = stored_key_id(&t, &settings, "agent-1").await.unwrap();
     drop(guard);
-    assert_eq!(revealed.expose(), plain);
+    assert_eq!(revealed, Some(secret_key_id(&plain)));
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(
         logs.contains("webhook configured"),
@@ -266,9 +254,7 @@ async fn plaintext_secret_is_nowhere(backend: Backend) {
         stored[0]
     ))
     .await;
-    let err = webhook::reveal_secret(&t.db, &settings, "agent-2")
-        .await
-        .unwrap_err();
+    let err = stored_key_id(&t, &settings, "agent-2").await.unwrap_err();
     assert!(matches!(err, Error::Sealed { .. }), "{err}");
 
     if backend == Backend::Sqlite {
@@ -344,11 +330,8 @@ async fn rotation_reseals_every_secret_and_is_idempotent(backend: Backend) {
     // Every secret still opens, with only k2 now.
     let only_k2 = ring(&k2);
     for (i, agent) in agents.iter().enumerate() {
-        let revealed = webhook::reveal_secret(&t.db, &only_k2, agent)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(revealed.expose(), secret(i));
+        let revealed = stored_key_id(&t, &only_k2, agent).await.unwrap();
+        assert_eq!(revealed, Some(secret_key_id(&secret(i))));
     }
 }
 
@@ -358,3 +341,32 @@ backend_tests!(
     plaintext_secret_is_nowhere,
     rotation_reseals_every_secret_and_is_idempotent,
 );
+
+/// The key id of `agent`'s stored primary secret, opened with the settings' key ring (the
+/// secret itself never leaves the service).
+async fn stored_key_id(
+    t: &TestDb,
+    settings: &WebhookSettings,
+    agent: &str,
+) -> Result<Option<String>, Error> {
+    let keys = agent_webhooks::webhook::signing_secrets::signing_keys(
+        &t.db,
+        settings,
+        agent,
+        chrono::Utc::now(),
+    )
+    .await?;
+    Ok(keys
+        .keys
+        .into_iter()
+        .find(|k| {
+            k.algorithm == agent_webhooks::webhook::signing_secrets::SigningAlgorithm::HmacSha256
+        })
+        .map(|k| k.key_id))
+}
+
+fn secret_key_id(secret: &str) -> String {
+    signing::secret_key_id(
+        &WebhookSecret::parse(secrecy::SecretString::from(secret.to_owned())).unwrap(),
+    )
+}
