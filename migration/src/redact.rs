@@ -67,7 +67,8 @@ pub fn redact_secrets(text: &str, database_url: &str) -> String {
     // Longest first, so that a decoded form inside a written one masks nothing twice.
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     secrets.dedup();
-    secrets.retain(|s| !s.is_empty() && s != "***");
+    // Whitespace is no word to mask (a `+` decodes to a space in a query value).
+    secrets.retain(|s| !s.trim().is_empty() && s != "***");
     let mut out = String::with_capacity(text.len());
     for (range, is_url) in split_urls(&text) {
         if is_url {
@@ -340,6 +341,14 @@ mod tests {
     /// included.
     fn password() -> impl Strategy<Value = String> {
         "[!-~]{1,24}"
+    }
+
+    #[test]
+    fn a_password_that_decodes_to_whitespace_masks_no_spaces() {
+        for pw in ["+", "%20", "++"] {
+            let url = format!("postgres://ops:{pw}@db/x");
+            assert_eq!(redact_secrets("a  b", &url), "a  b", "{pw}");
+        }
     }
 
     proptest! {
