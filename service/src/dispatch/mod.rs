@@ -17,7 +17,10 @@
 //! ([`delivery::record_outcomes`], [`delivery::record_attempts`]): a busy worker records many
 //! per transaction, an idle one each as it ends. A worker killed between a send and its
 //! recording leaves the claim to its lease: the receiver gets the same `webhook-id` again and
-//! can drop the duplicate.
+//! can drop the duplicate. A batch the database refuses for one row's sake is recorded row by
+//! row (`record.rs`). Claims are decided by the database's clock ([`Now::Database`]); the
+//! instants the worker records and signs follow that clock through the offset each claim
+//! measures.
 //!
 //! # The HTTP client
 //!
@@ -44,7 +47,7 @@
 //! | TLS handshake failed | `tls` | connection error |
 //! | no answer within the total timeout | `timeout` | timeout |
 //! | refused by the URL policy | `ssrf_blocked` | connection error (nothing sent) |
-//! | no payload stored, no secret | `not_sendable` | connection error (nothing sent) |
+//! | no payload stored, no secret, a stored secret that is not an envelope | `not_sendable` | connection error (nothing sent) |
 //! | the agent was deleted after the enqueue | `not_sendable` | agent deleted: given up at once (nothing sent) |
 //! | the key ring does not open the agent's keys | none: no attempt | the claim is given back unsent and uncounted, logged as an error, counted in [`KEY_FAULTS`](crate::metrics::KEY_FAULTS) |
 //!
