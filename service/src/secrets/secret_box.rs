@@ -17,8 +17,9 @@
 //! # Keys and rotation
 //!
 //! `WEBHOOK_SECRET_KEYS="k2:<base64 of 32 bytes>,k1:<base64>"`: the first key seals, every key
-//! opens. To rotate: prepend a key from [`KeyRing::generate_key_entry`], [`KeyRing::reseal`]
-//! every secret that [`KeyRing::needs_rotation`], then remove the old key.
+//! opens. To rotate: prepend a key from [`KeyRing::generate_key_entry`], re-seal every secret
+//! that [`KeyRing::needs_rotation`] (`webhook::reseal_secrets`, CLI `sealing-keys rotate`),
+//! then remove the old key.
 //!
 //! # Memory hygiene
 //!
