@@ -418,6 +418,22 @@ pub async fn reseal_secrets<C: ConnectionTrait>(
 }
 
 /// `None` when it is under the current key already.
+/// Opens an envelope sealed for `agent_id`. A key whose id matches but whose bytes do not open
+/// it is [`Error::WrongKey`], naming the key id, so a wrong ring never passes for a finished
+/// rotation or a worker's start-up check.
+pub(crate) fn open_envelope(keys: &KeyRing, sealed: &str, agent_id: &str) -> Result<SecretString> {
+    keys.open(sealed, agent_id).map_err(|source| match source {
+        SecretBoxError::Decrypt => Error::WrongKey {
+            key_id: KeyRing::key_id_of(sealed).unwrap_or("?").to_owned(),
+            agent_id: agent_id.to_owned(),
+        },
+        source => Error::Sealed {
+            agent_id: agent_id.to_owned(),
+            source,
+        },
+    })
+}
+
 fn reseal_envelope(
     keys: &KeyRing,
     sealed: &str,
@@ -429,16 +445,7 @@ fn reseal_envelope(
         agent_id: agent_id.to_owned(),
         source,
     };
-    let plain = match keys.open(sealed, agent_id) {
-        Ok(plain) => plain,
-        Err(SecretBoxError::Decrypt) => {
-            return Err(Error::WrongKey {
-                key_id: KeyRing::key_id_of(sealed).unwrap_or("?").to_owned(),
-                agent_id: agent_id.to_owned(),
-            });
-        }
-        Err(source) => return Err(sealed_err(source)),
-    };
+    let plain = open_envelope(keys, sealed, agent_id)?;
     if !keys.needs_rotation(sealed).map_err(sealed_err)? {
         report.already_current += 1;
         return Ok(None);

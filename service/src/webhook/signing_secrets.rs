@@ -36,11 +36,11 @@ use crate::agent::{AgentWebhook, agents_by_id, find_agent, live};
 use crate::db::{at, stamp};
 use crate::error::{Error, Result};
 use crate::secrets::ed25519::{PublicKey, SecretKey};
-use crate::secrets::secret_box::{KeyRing, SecretBoxError};
+use crate::secrets::secret_box::KeyRing;
 use crate::secrets::signing;
 use crate::secrets::webhook_secret::WebhookSecret;
 use crate::settings::{SIGNING_GRACE_SECS, WebhookSettings};
-use crate::webhook::{open_secret, seal_text};
+use crate::webhook::{open_envelope, open_secret, seal_text};
 
 /// As svix-server, so repeated rotations cannot grow the signature header without bound.
 pub const MAX_PREVIOUS_SECRETS: usize = 10;
@@ -380,22 +380,9 @@ pub async fn check_key_ring<C: ConnectionTrait>(
         for row in rows {
             let agent_id: String = row.try_get_by_index(0)?;
             let sealed: String = row.try_get_by_index(1)?;
-            let sealed_err = |source| Error::Sealed {
-                agent_id: agent_id.clone(),
-                source,
-            };
-            let key = KeyRing::key_id_of(&sealed).map_err(sealed_err)?.to_owned();
-            match keys.open(&sealed, &agent_id) {
-                Ok(_) => {}
-                Err(SecretBoxError::Decrypt) => {
-                    return Err(Error::WrongKey {
-                        key_id: key,
-                        agent_id,
-                    });
-                }
-                Err(source) => return Err(sealed_err(source)),
-            }
-            checked.insert(key);
+            open_envelope(keys, &sealed, &agent_id)?;
+            // It opened, so it is an envelope and names its key.
+            checked.insert(KeyRing::key_id_of(&sealed).unwrap_or_default().to_owned());
         }
     }
     Ok(checked.len())
