@@ -8,9 +8,13 @@ use integration_tests::{Backend, TestDb, backend_tests, enqueue_event, seed_agen
 use migration::{Migrator, MigratorTrait};
 use sea_orm::ConnectionTrait;
 
+/// SQLAlchemy's `Boolean, nullable=False, server_default=false()`.
+pub(crate) const NOT_NULL_IS_DELETED: &str = "boolean NOT NULL DEFAULT false";
+
 /// The host's tables as SQLAlchemy declares them by default: a plain foreign key (no cascade),
-/// a nullable `name` and `created_at` without a server default.
-async fn create_host_tables(t: &TestDb) {
+/// a nullable `name` and `created_at` without a server default; `agents.is_deleted` as
+/// `is_deleted` declares it (the default declaration is `NOT_NULL_IS_DELETED`).
+pub(crate) async fn create_host_tables(t: &TestDb, is_deleted: &str) {
     let (id, ts, now) = match t.backend {
         Backend::Postgres => ("varchar(64)", "timestamptz", "'2024-01-02 03:04:05+00:00'"),
         Backend::MySql => ("varchar(64)", "datetime(6)", "'2024-01-02 03:04:05'"),
@@ -25,7 +29,7 @@ async fn create_host_tables(t: &TestDb) {
     t.exec(&format!(
         "CREATE TABLE agents (id {id} NOT NULL, organization_id {id} NOT NULL, \
          name varchar(255), description text, created_at {ts}, updated_at {ts}, \
-         is_deleted boolean NOT NULL DEFAULT false, PRIMARY KEY (id), \
+         is_deleted {is_deleted}, PRIMARY KEY (id), \
          FOREIGN KEY (organization_id) REFERENCES organizations (id))"
     ))
     .await;
@@ -76,7 +80,7 @@ async fn cascades_on_created_and_adopted_tables(backend: Backend) {
 
     // Adopted: the host's foreign key decides; ours still takes an agent's history with it.
     let adopted = TestDb::fresh(backend).await;
-    create_host_tables(&adopted).await;
+    create_host_tables(&adopted, NOT_NULL_IS_DELETED).await;
     Migrator::up(&adopted.db, None).await.unwrap();
     enqueue_for(&adopted, "agent-1").await;
     enqueue_for(&adopted, "agent-2").await;

@@ -24,6 +24,14 @@ fn config() -> WebhookConfig {
     }
 }
 
+/// Default settings with a key ring, so that secrets can be sealed.
+fn settings() -> WebhookSettings {
+    WebhookSettings {
+        keys: Some(KeyRing::parse(&KeyRing::generate_key_entry("k1").unwrap()).unwrap()),
+        ..WebhookSettings::default()
+    }
+}
+
 fn is_not_found<T: std::fmt::Debug>(result: &Result<T, Error>) -> bool {
     matches!(result, Err(Error::AgentNotFound(id)) if id == "agent-1")
 }
@@ -32,10 +40,7 @@ async fn soft_deleted_agents_are_gone(backend: Backend) {
     let t = TestDb::migrated(backend).await;
     seed_agent(&t, "agent-1", &[]).await;
     seed_agent(&t, "agent-2", &[]).await;
-    let settings = WebhookSettings {
-        keys: Some(KeyRing::parse(&KeyRing::generate_key_entry("k1").unwrap()).unwrap()),
-        ..WebhookSettings::default()
-    };
+    let settings = settings();
     webhook::configure(&t.db, &settings, "agent-1", &config())
         .await
         .unwrap();
@@ -117,39 +122,14 @@ async fn null_is_deleted_is_live(backend: Backend) {
     use agent_webhooks::webhook::signing_secrets;
     use migration::{Migrator, MigratorTrait};
     let t = TestDb::fresh(backend).await;
-    let id = "varchar(64)";
-    let ts = match backend {
-        Backend::Postgres => "timestamptz",
-        Backend::MySql => "datetime(6)",
-        Backend::Sqlite => "text",
-    };
-    t.exec(&format!(
-        "CREATE TABLE organizations (id {id} NOT NULL, name varchar(255) NOT NULL, \
-         created_at {ts}, updated_at {ts}, is_deleted boolean NOT NULL DEFAULT false, \
-         PRIMARY KEY (id))"
-    ))
-    .await;
-    t.exec(&format!(
-        "CREATE TABLE agents (id {id} NOT NULL, organization_id {id} NOT NULL, \
-         name varchar(255), description text, created_at {ts}, updated_at {ts}, \
-         is_deleted boolean NULL, PRIMARY KEY (id), \
-         FOREIGN KEY (organization_id) REFERENCES organizations (id))"
-    ))
-    .await;
-    t.exec("INSERT INTO organizations (id, name) VALUES ('org-1', 'Acme')")
-        .await;
-    t.exec("INSERT INTO agents (id, organization_id, name) VALUES ('agent-1', 'org-1', 'one')")
-        .await;
+    crate::host_schema::create_host_tables(&t, "boolean NULL").await;
     Migrator::up(&t.db, None).await.unwrap();
     assert_eq!(
-        t.count("SELECT COUNT(*) FROM agents WHERE is_deleted IS NULL")
+        t.count("SELECT COUNT(*) FROM agents WHERE id = 'agent-1' AND is_deleted IS NULL")
             .await,
         1
     );
-    let settings = WebhookSettings {
-        keys: Some(KeyRing::parse(&KeyRing::generate_key_entry("k1").unwrap()).unwrap()),
-        ..WebhookSettings::default()
-    };
+    let settings = settings();
     webhook::configure(&t.db, &settings, "agent-1", &config())
         .await
         .unwrap();
