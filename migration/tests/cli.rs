@@ -573,6 +573,39 @@ async fn status_names_what_an_applied_migration_lacks_and_up_restores_it(backend
 
 backend_tests!(status_names_what_an_applied_migration_lacks_and_up_restores_it);
 
+/// MariaDB: runs `migration down` on `t` while a reader's open transaction holds the metadata
+/// lock of `table`, and kills it (SIGKILL) once it waits for that lock at a statement starting
+/// with `blocked`. Returns the reader and its transaction, still open.
+async fn kill_down_blocked_by_reader(
+    t: &TestDb,
+    dir: &Path,
+    table: &str,
+    blocked: &str,
+) -> (TestDb, sea_orm::DatabaseTransaction) {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let reader = TestDb::reconnect(t).await;
+    let txn = reader.db.begin().await.unwrap();
+    txn.execute_unprepared(&format!("SELECT COUNT(*) FROM {table}"))
+        .await
+        .unwrap();
+    let mut down = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .current_dir(dir)
+        .arg("down")
+        .env("DATABASE_URL", &t.url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the migration binary");
+    let waiting = format!(
+        "SELECT COUNT(*) FROM information_schema.processlist WHERE db = DATABASE() \
+         AND state = 'Waiting for table metadata lock' AND info LIKE '{blocked}%'"
+    );
+    wait_for(t, &waiting, 1).await;
+    down.kill().unwrap();
+    down.wait().unwrap();
+    (reader, txn)
+}
+
 /// MariaDB: `down` killed for real half way. A reader's open transaction on `agents` holds its
 /// metadata lock, so the `down` of the newest migration drops its table, then waits to drop the
 /// first column; it is killed there, and the server finishes that orphaned `ALTER` once the
@@ -580,32 +613,13 @@ backend_tests!(status_names_what_an_applied_migration_lacks_and_up_restores_it);
 /// `up` completes the schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_killed_half_way_is_shown_by_status_and_completed_by_up_mysql() {
-    use sea_orm::{ConnectionTrait, TransactionTrait};
-
     let t = TestDb::fresh(Backend::MySql).await;
     let dir = tempfile::tempdir().unwrap();
     let out = migration(dir.path(), Some(&t.url), &["up"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let clean = schema::snapshot(&t).await;
 
-    let reader = TestDb::reconnect(&t).await;
-    let txn = reader.db.begin().await.unwrap();
-    txn.execute_unprepared("SELECT COUNT(*) FROM agents")
-        .await
-        .unwrap();
-    let mut down = Command::new(env!("CARGO_BIN_EXE_migration"))
-        .current_dir(dir.path())
-        .arg("down")
-        .env("DATABASE_URL", &t.url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the migration binary");
-    let waiting = "SELECT COUNT(*) FROM information_schema.processlist WHERE db = DATABASE() \
-                   AND state = 'Waiting for table metadata lock' AND info LIKE 'ALTER TABLE%'";
-    wait_for(&t, waiting, 1).await;
-    down.kill().unwrap();
-    down.wait().unwrap();
+    let (_reader, txn) = kill_down_blocked_by_reader(&t, dir.path(), "agents", "ALTER TABLE").await;
     txn.commit().await.unwrap();
     let altering = "SELECT COUNT(*) FROM information_schema.processlist WHERE db = DATABASE() \
                     AND info LIKE 'ALTER TABLE%'";
@@ -641,32 +655,14 @@ async fn a_down_killed_half_way_is_shown_by_status_and_completed_by_up_mysql() {
 /// began: it may already have forgotten records. `status` says so and `up` clears it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_killed_before_its_first_drop_is_shown_by_status_mysql() {
-    use sea_orm::{ConnectionTrait, TransactionTrait};
-
     let t = TestDb::fresh(Backend::MySql).await;
     let dir = tempfile::tempdir().unwrap();
     let out = migration(dir.path(), Some(&t.url), &["up"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let clean = schema::snapshot(&t).await;
 
-    let reader = TestDb::reconnect(&t).await;
-    let txn = reader.db.begin().await.unwrap();
-    txn.execute_unprepared("SELECT COUNT(*) FROM webhook_previous_secrets")
-        .await
-        .unwrap();
-    let mut down = Command::new(env!("CARGO_BIN_EXE_migration"))
-        .current_dir(dir.path())
-        .arg("down")
-        .env("DATABASE_URL", &t.url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the migration binary");
-    let waiting = "SELECT COUNT(*) FROM information_schema.processlist WHERE db = DATABASE() \
-                   AND state = 'Waiting for table metadata lock' AND info LIKE 'DROP TABLE%'";
-    wait_for(&t, waiting, 1).await;
-    down.kill().unwrap();
-    down.wait().unwrap();
+    let (_reader, txn) =
+        kill_down_blocked_by_reader(&t, dir.path(), "webhook_previous_secrets", "DROP TABLE").await;
     let ids = t
         .strings(
             "SELECT CAST(id AS CHAR) FROM information_schema.processlist \
