@@ -88,8 +88,20 @@ pub(crate) async fn agents_by_id<C: ConnectionTrait>(
 
 /// The live (not soft-deleted) agent with this id.
 pub(crate) async fn find_agent<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<AgentWebhook> {
+    find(db, agent_id, live()).await
+}
+
+/// The agent with this id, soft-deleted or not: for enqueue, which says which rule skipped it.
+pub(crate) async fn find_any_agent<C: ConnectionTrait>(
+    db: &C,
+    agent_id: &str,
+) -> Result<AgentWebhook> {
+    find(db, agent_id, Condition::all()).await
+}
+
+async fn find<C: ConnectionTrait>(db: &C, agent_id: &str, rows: Condition) -> Result<AgentWebhook> {
     agents::Entity::find_by_id(agent_id)
-        .filter(live())
+        .filter(rows)
         .into_partial_model::<AgentWebhook>()
         .one(db)
         .await?

@@ -21,11 +21,7 @@ pub async fn enqueue<C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<Enqueued> {
     let payload = checked_event(settings, event_id, event_type, payload.into())?;
-    let agent = agents::Entity::find_by_id(agent_id)
-        .into_partial_model::<AgentWebhook>()
-        .one(db)
-        .await?
-        .ok_or_else(|| Error::AgentNotFound(agent_id.to_owned()))?;
+    let agent = crate::agent::find_any_agent(db, agent_id).await?;
     insert_for_agent(db, settings, &agent, event_id, event_type, payload, now).await
 }
 
