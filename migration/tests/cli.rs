@@ -663,15 +663,23 @@ async fn a_down_killed_before_its_first_drop_is_shown_by_status_mysql() {
 
     let (_reader, txn) =
         kill_down_blocked_by_reader(&t, dir.path(), "webhook_previous_secrets", "DROP TABLE").await;
-    let ids = t
-        .strings(
-            "SELECT CAST(id AS CHAR) FROM information_schema.processlist \
-             WHERE db = DATABASE() AND info LIKE 'DROP TABLE%'",
-        )
-        .await;
-    for id in ids {
+    let dropping = "SELECT CAST(id AS CHAR) FROM information_schema.processlist \
+                    WHERE db = DATABASE() AND info LIKE 'DROP TABLE%'";
+    for id in t.strings(dropping).await {
         t.exec(&format!("KILL {id}")).await;
     }
+    // KILL only flags the thread: wait until it is gone, or the reader's commit below could
+    // hand it the lock before it sees the flag, and the table would be dropped after all.
+    for _ in 0..400 {
+        if t.strings(dropping).await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        t.strings(dropping).await.is_empty(),
+        "the killed DROP is still running"
+    );
     txn.commit().await.unwrap();
     assert_eq!(schema::snapshot(&t).await, clean, "nothing was dropped");
 
