@@ -170,6 +170,12 @@ pub async fn execute(cli: Cli, stop: Option<StopSignals>) -> anyhow::Result<()> 
     }
 }
 
+/// Connections of the worker's pool: requests in flight hold none, so it needs one to claim
+/// with, one for the recording running beside the claim, one to LISTEN on and one for claims
+/// given back. A pool per request in flight would let four workers at the default concurrency
+/// use up PostgreSQL's default `max_connections` (100).
+const WORKER_POOL: u32 = 4;
+
 /// `worker`. SIGTERM or SIGINT stops it at any moment, also during start-up (settings,
 /// metrics endpoint, database): the long-running worker then finishes the sends in flight,
 /// prints its report and exits 0 (an empty report when it had not started yet); `--once`,
@@ -189,9 +195,7 @@ async fn run_worker(
         if let Some(addr) = metrics_addr {
             serve_metrics(addr)?;
         }
-        // One connection per request in flight, one to claim with, one to LISTEN on.
-        let pool = u32::try_from(settings.worker.concurrency + 2).unwrap_or(u32::MAX);
-        let db = connect_with(database_url, pool).await?;
+        let db = connect_with(database_url, WORKER_POOL).await?;
         // A worker that cannot open the stored secrets would send nothing and blame every
         // receiver: refuse to start instead, before anything is claimed.
         let key_ids = agent_webhooks::webhook::signing_secrets::check_key_ring(&db, &settings)

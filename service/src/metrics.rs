@@ -14,6 +14,7 @@
 //! | `agent_webhooks_in_flight` | gauge | requests being sent now by this process |
 //! | `agent_webhooks_key_faults_total` | counter | claims given back unsent: the key ring does not open their agent's keys |
 //! | `agent_webhooks_unrecorded_total{part}` | counter | attempt rows or outcomes the database refused to store |
+//! | `agent_webhooks_claims_total{result}` | counter | claim statements, `result="empty"` when nothing was due (a wake-up or poll that found no work) or `"rows"` |
 
 pub const SENT: &str = "agent_webhooks_sent_total";
 pub const FAILED: &str = "agent_webhooks_failed_total";
@@ -26,6 +27,7 @@ pub const ATTEMPT_DURATION: &str = "agent_webhooks_attempt_duration_seconds";
 pub const IN_FLIGHT: &str = "agent_webhooks_in_flight";
 pub const KEY_FAULTS: &str = "agent_webhooks_key_faults_total";
 pub const UNRECORDED: &str = "agent_webhooks_unrecorded_total";
+pub const CLAIMS: &str = "agent_webhooks_claims_total";
 
 /// Registers units and descriptions with the installed recorder (call once, after installing).
 pub fn describe() {
@@ -57,5 +59,9 @@ pub fn describe() {
     describe_counter!(
         UNRECORDED,
         "attempt rows (part=attempt) or outcomes (part=outcome) the database refused to store"
+    );
+    describe_counter!(
+        CLAIMS,
+        "claim statements: result=empty when nothing was due, result=rows otherwise"
     );
 }

@@ -104,9 +104,12 @@ pub struct WebhookSettings {
 /// budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerSettings {
-    /// Also the claim batch size.
+    /// Also the claim batch size. The default, 64, keeps one worker ahead of an app enqueueing
+    /// to one endpoint from 8 connections (docs/benchmarks.md, scale-out); 16 fell seconds
+    /// behind.
     pub concurrency: usize,
-    /// By host name, any port.
+    /// By host name, any port. The default equals the concurrency, so one busy endpoint may
+    /// use the whole worker; lower it to share a worker fairly among many hosts.
     pub per_host: usize,
     pub connect_timeout: Duration,
     /// Shorter than the claim lease, so a lease never runs out under a running request.
@@ -119,8 +122,8 @@ pub struct WorkerSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
-            concurrency: 16,
-            per_host: 8,
+            concurrency: 64,
+            per_host: 64,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_response_bytes: 64 * 1024,
@@ -407,8 +410,8 @@ mod tests {
     fn defaults_of_the_worker() {
         let s = settings(&[]).unwrap();
         assert_eq!(s.max_payload_bytes, 256 * 1024);
-        assert_eq!(s.worker.concurrency, 16);
-        assert_eq!(s.worker.per_host, 8);
+        assert_eq!(s.worker.concurrency, 64);
+        assert_eq!(s.worker.per_host, 64);
         assert_eq!(s.worker.request_timeout, Duration::from_secs(30));
         assert_eq!(s.disable_after, Duration::from_secs(432_000));
         assert_eq!(s.signing_grace, Duration::from_secs(86_400));

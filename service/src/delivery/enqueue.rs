@@ -21,9 +21,144 @@ pub async fn enqueue<C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<Enqueued> {
     let payload = checked_event(settings, event_id, event_type, payload.into())?;
+    if db.get_database_backend() != DbBackend::MySql
+        && let Some(created) =
+            insert_if_deliverable(db, settings, agent_id, event_id, event_type, &payload, now)
+                .await?
+    {
+        return Ok(Enqueued::Created(created));
+    }
+    // Nothing was created: read the agent to say why (skipped, a repeat, no such agent).
     let agent = crate::agent::find_any_agent(db, agent_id).await?;
     insert_for_agent(db, settings, &agent, event_id, event_type, payload, now).await
 }
+
+/// The common case of [`enqueue`] in one round trip (PostgreSQL, SQLite): `INSERT … SELECT …
+/// FROM agents` with the rules of [`destination`] as its `WHERE` (the event-type filter through
+/// [`EventFilter::entries_matching`](crate::webhook::events::EventFilter::entries_matching)),
+/// notifying like [`insert_rows`]. `None` when it created nothing; the caller then reads the
+/// agent and applies [`destination`] itself, so a filter this statement cannot read (not a JSON
+/// array) or a repeated event ends exactly as the two-statement path decides.
+async fn insert_if_deliverable<C: ConnectionTrait>(
+    db: &C,
+    settings: &WebhookSettings,
+    agent_id: &str,
+    event_id: &str,
+    event_type: &str,
+    payload: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Option<WebhookDelivery>> {
+    let backend = db.get_database_backend();
+    let stamped = stamp(backend, now);
+    let id = new_id();
+    let mut select = Query::select();
+    select
+        .exprs([
+            Expr::value(id.as_str()),
+            Expr::col((agents::Entity, agents::Column::OrganizationId)),
+            Expr::col((agents::Entity, agents::Column::Id)),
+            Expr::value(event_id),
+            Expr::value(event_type),
+            Expr::col((agents::Entity, agents::Column::WebhookUrl)),
+            Expr::value(0),
+            Expr::value(stamped.clone()),
+            Expr::value(stamped),
+            Expr::value(payload.to_vec()),
+        ])
+        .from(agents::Entity)
+        .and_where(Expr::col((agents::Entity, agents::Column::Id)).eq(agent_id))
+        .cond_where(crate::agent::live())
+        .and_where(Expr::col((agents::Entity, agents::Column::WebhookEnabled)).eq(true))
+        .and_where(Expr::col((agents::Entity, agents::Column::WebhookUrl)).is_not_null());
+    if event_type != crate::webhook::events::TEST_EVENT {
+        select.and_where(wants_event(backend, event_type));
+    }
+    let mut insert = Query::insert();
+    insert
+        .into_table(wd::Entity)
+        .columns(INSERTED_COLUMNS)
+        .select_from(select)
+        .map_err(|e| DbErr::Custom(e.to_string()))?
+        .on_conflict(
+            OnConflict::columns([wd::Column::AgentId, wd::Column::EventId])
+                .do_nothing()
+                .to_owned(),
+        )
+        .returning(Query::returning().columns([
+            wd::Column::Id,
+            wd::Column::OrganizationId,
+            wd::Column::WebhookUrl,
+        ]));
+    let mut statement = backend.build(&insert);
+    if settings.worker.listen && backend == DbBackend::Postgres {
+        statement.sql = format!(
+            "WITH created AS ({}) SELECT id, organization_id, webhook_url, \
+             pg_notify('{NOTIFY_CHANNEL}', '')::text IS NULL FROM created",
+            statement.sql
+        );
+    }
+    let Some(row) = db.query_one_raw(statement).await? else {
+        return Ok(None);
+    };
+    let organization_id: String = row.try_get_by_index(1)?;
+    let url: String = row.try_get_by_index(2)?;
+    let created = NewRow {
+        id: row.try_get_by_index(0)?,
+        organization_id: &organization_id,
+        agent_id,
+        event_id,
+        event_type,
+        url,
+        payload: Vec::new(),
+    };
+    Ok(Some(created.delivery(now)))
+}
+
+/// The event-type rule of [`destination`] as SQL over the stored `webhook_events`: no filter,
+/// an empty list, or one of the entries that want `event_type`. A value that is not a JSON
+/// array matches nothing here (and fails the read path as corrupt); `CASE` keeps the database
+/// from expanding such a value.
+fn wants_event(backend: DbBackend, event_type: &str) -> Expr {
+    let entries = crate::webhook::events::EventFilter::entries_matching(event_type);
+    // sea-query numbers PostgreSQL's placeholders within the expression.
+    let marks: Vec<String> = (1..=entries.len())
+        .map(|n| match backend {
+            DbBackend::Postgres => format!("${n}"),
+            _ => "?".to_owned(),
+        })
+        .collect();
+    let marks = marks.join(", ");
+    let column = "\"agents\".\"webhook_events\"";
+    let sql = match backend {
+        DbBackend::Postgres => format!(
+            "({column} IS NULL OR CASE WHEN json_typeof({column}::json) <> 'array' THEN FALSE \
+             WHEN json_array_length({column}::json) = 0 THEN TRUE \
+             ELSE EXISTS (SELECT 1 FROM json_array_elements_text({column}::json) AS entry(name) \
+             WHERE entry.name IN ({marks})) END)"
+        ),
+        _ => format!(
+            "({column} IS NULL OR CASE WHEN NOT json_valid({column}) THEN 0 \
+             WHEN json_type({column}) <> 'array' THEN 0 \
+             WHEN json_array_length({column}) = 0 THEN 1 \
+             ELSE EXISTS (SELECT 1 FROM json_each({column}) WHERE json_each.value IN ({marks})) END)"
+        ),
+    };
+    Expr::cust_with_values(sql, entries)
+}
+
+/// The columns every enqueue writes, in the order of its values.
+const INSERTED_COLUMNS: [wd::Column; 10] = [
+    wd::Column::Id,
+    wd::Column::OrganizationId,
+    wd::Column::AgentId,
+    wd::Column::EventId,
+    wd::Column::EventType,
+    wd::Column::WebhookUrl,
+    wd::Column::AttemptCount,
+    wd::Column::CreatedAt,
+    wd::Column::NextRetryAt,
+    wd::Column::Payload,
+];
 
 /// The bytes every attempt sends, once the event passed the checks of [`enqueue`].
 pub(super) fn checked_event(
@@ -282,18 +417,7 @@ pub(super) async fn insert_rows<C: ConnectionTrait>(
     // Built by hand rather than from an `ActiveModel`, whose instants sqlx would encode in its
     // own format on SQLite (see `stamp`).
     let mut insert = Query::insert();
-    insert.into_table(wd::Entity).columns([
-        wd::Column::Id,
-        wd::Column::OrganizationId,
-        wd::Column::AgentId,
-        wd::Column::EventId,
-        wd::Column::EventType,
-        wd::Column::WebhookUrl,
-        wd::Column::AttemptCount,
-        wd::Column::CreatedAt,
-        wd::Column::NextRetryAt,
-        wd::Column::Payload,
-    ]);
+    insert.into_table(wd::Entity).columns(INSERTED_COLUMNS);
     for row in rows {
         insert
             .values([

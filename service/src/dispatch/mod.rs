@@ -62,7 +62,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use sea_orm::DatabaseConnection;
 use sea_orm::sqlx::postgres::PgListener;
 use tokio::sync::Notify;
@@ -272,38 +271,46 @@ impl Dispatcher {
 
     /// On PostgreSQL with `listen`, a task that wakes the worker on each
     /// [`delivery::NOTIFY_CHANNEL`] notification; `None` (poll only) elsewhere or on failure.
+    ///
+    /// Of all the workers on one database only one listens at a time: the one whose listening
+    /// connection holds the session advisory lock [`LISTENER_LOCK`]. Every notification would
+    /// otherwise wake every idle worker, each would send a claim, and all but one would come back
+    /// empty. The others poll every `poll_interval` and try for the lock each time, so when the
+    /// listening process ends (its connection and lock go with it) another takes over within one
+    /// interval. A busy worker needs no wake-up: it claims again as its sends finish.
     async fn listen(&self, tasks: &mut tokio::task::JoinSet<()>) -> Option<Arc<Notify>> {
         if !self.settings.worker.listen
             || self.db.get_database_backend() != sea_orm::DbBackend::Postgres
         {
             return None;
         }
-        let pool = self.db.get_postgres_connection_pool();
-        let listener = async {
-            let mut listener = PgListener::connect_with(pool).await?;
-            listener.listen(delivery::NOTIFY_CHANNEL).await?;
-            Ok::<_, sea_orm::sqlx::Error>(listener)
-        };
-        let listener = match listener.await {
-            Ok(listener) => listener,
-            Err(err) => {
-                tracing::warn!(%err, "delivery worker: cannot LISTEN; polling only");
-                return None;
-            }
-        };
+        let pool = self.db.get_postgres_connection_pool().clone();
         let wake = Arc::new(Notify::new());
         let waker = Arc::clone(&wake);
+        let poll = self.settings.worker.poll_interval;
         tasks.spawn(async move {
-            let mut notifications = listener.into_stream();
-            while let Some(notification) = notifications.next().await {
-                match notification {
-                    // Several notifications before the worker looks make one wake-up.
-                    Ok(_) => waker.notify_one(),
+            loop {
+                match listen_when_first(&pool, poll).await {
+                    Ok(mut listener) => loop {
+                        match listener.try_recv().await {
+                            // Several notifications before the worker looks make one wake-up.
+                            Ok(Some(_)) => waker.notify_one(),
+                            // The connection, and the lock with it, was lost: start over rather
+                            // than let the listener reconnect without the lock.
+                            Ok(None) => break,
+                            Err(err) => {
+                                tracing::warn!(%err, "delivery worker: LISTEN connection failed; reconnecting");
+                                break;
+                            }
+                        }
+                    },
                     Err(err) => {
-                        tracing::warn!(%err, "delivery worker: LISTEN connection failed; reconnecting");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tracing::warn!(%err, "delivery worker: cannot LISTEN; polling until it can");
                     }
                 }
+                // Whatever was notified meanwhile is found by the next claim.
+                waker.notify_one();
+                tokio::time::sleep(poll.max(Duration::from_secs(1))).await;
             }
         });
         Some(wake)
@@ -399,6 +406,8 @@ impl Dispatcher {
                 delivery::claim_due(&self.db, &self.settings, Now::Database, limit as u64).await?;
             self.clock_offset
                 .measure(&claims, &self.settings, before, (self.clock)());
+            let result = if claims.is_empty() { "empty" } else { "rows" };
+            metrics::counter!(crate::metrics::CLAIMS, "result" => result).increment(1);
             claims
         };
         let now = self.now();
@@ -596,6 +605,30 @@ pub enum Recorded {
     KeyFault,
     /// The database refused the outcome: the delivery is sent again once its lease runs out.
     Unrecorded,
+}
+
+/// The key of the session advisory lock held by the one worker per database that listens
+/// (see [`Dispatcher::listen`]); a constant chosen for this purpose ("awhk" in ASCII).
+pub const LISTENER_LOCK: i64 = 0x6177_686b;
+
+/// A connection that listens on [`delivery::NOTIFY_CHANNEL`] once it holds [`LISTENER_LOCK`],
+/// trying for the lock every `poll`.
+async fn listen_when_first(
+    pool: &sea_orm::sqlx::PgPool,
+    poll: Duration,
+) -> std::result::Result<PgListener, sea_orm::sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    loop {
+        let (first,): (bool,) = sea_orm::sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+            .bind(LISTENER_LOCK)
+            .fetch_one(&mut listener)
+            .await?;
+        if first {
+            listener.listen(delivery::NOTIFY_CHANNEL).await?;
+            return Ok(listener);
+        }
+        tokio::time::sleep(poll.max(Duration::from_millis(100))).await;
+    }
 }
 
 /// Completes when `wake` is notified; never without one.

@@ -99,6 +99,24 @@ impl EventFilter {
                 .any(|entry| entry_matches(entry, event_type))
     }
 
+    /// Every entry that [`wants`](Self::wants) `event_type` through: `*`, each `<prefix>.*`
+    /// ending at one of its dots, and the name itself. A filter wants the event exactly when it
+    /// is empty or holds one of them, which lets the enqueue check a stored filter inside its
+    /// `INSERT` instead of reading the agent first.
+    pub fn entries_matching(event_type: &str) -> Vec<String> {
+        let mut entries = vec![WILDCARD.to_owned()];
+        entries.extend(
+            event_type
+                .match_indices('.')
+                .filter(|(dot, _)| dot + 1 < event_type.len())
+                .map(|(dot, _)| format!("{}{WILDCARD}", &event_type[..=dot])),
+        );
+        if event_type != WILDCARD {
+            entries.push(event_type.to_owned());
+        }
+        entries
+    }
+
     /// Empty or containing `*`, e.g. to show "all events" in a UI.
     pub fn is_all(&self) -> bool {
         self.entries.is_empty() || self.entries.iter().any(|entry| entry == WILDCARD)
@@ -177,6 +195,39 @@ fn valid_entries() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// `entries_matching` is the whole of `wants` for every filter that parses.
+        #[test]
+        fn entries_matching_agrees_with_wants(
+            picks in proptest::collection::vec(0usize..64, 0..4),
+            event in proptest::sample::select(test_event_types()),
+        ) {
+            let valid = valid_entries();
+            let names: Vec<&str> = valid.split(", ").collect();
+            let chosen: Vec<&str> = picks.iter().map(|i| names[i % names.len()]).collect();
+            let Ok(filter) = EventFilter::parse(&chosen) else { return Ok(()) };
+            let candidates = EventFilter::entries_matching(&event);
+            let by_candidates =
+                filter.as_slice().is_empty() || filter.iter().any(|e| candidates.iter().any(|c| c == e));
+            proptest::prop_assert_eq!(filter.wants(&event), by_candidates, "{:?} {}", chosen, event);
+        }
+    }
+
+    /// Catalogue names, names outside it, deeper names and near misses of every wildcard.
+    fn test_event_types() -> Vec<String> {
+        let mut types: Vec<String> = EVENT_CATALOGUE.iter().map(|n| (*n).to_owned()).collect();
+        for name in EVENT_CATALOGUE {
+            let family = family(name);
+            types.push(format!("{family}.other"));
+            types.push(format!("{family}.a.b"));
+            types.push(format!("{family}x.y"));
+            types.push(format!("{family}."));
+            types.push(family.to_owned());
+        }
+        types.extend(["*".to_owned(), ".".to_owned(), "x".to_owned()]);
+        types
+    }
 
     fn entries(filter: &EventFilter) -> Vec<&str> {
         filter.iter().collect()

@@ -779,8 +779,183 @@ async fn payload_is_stored_once_and_capped(backend: Backend) {
     assert_eq!(claims[0].payload.as_deref(), Some(&bytes[..]));
 }
 
+/// An enqueue that creates a delivery is one statement on PostgreSQL and SQLite (two on
+/// MariaDB, which reads the agent first), and every other ending — skipped for each reason, a
+/// repeat, a filter that is not a list, no such agent — is the same as the agent-first path
+/// decides; inside a caller's transaction too.
+async fn enqueue_is_one_statement_and_ends_as_the_rules_say(backend: Backend) {
+    let t = TestDb::migrated(backend).await;
+    let mut counted = TestDb::reconnect(&t).await;
+    let statements = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&statements);
+    counted.db.set_metric_callback(move |_| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    seed_agent(&t, "all", &[]).await;
+    seed_agent(&t, "runs", &["run.*"]).await;
+    seed_agent(&t, "exact", &["run.completed", "job.failed"]).await;
+    seed_agent(&t, "jobs", &["job.*"]).await;
+    seed_agent(&t, "no-filter", &[]).await;
+    seed_agent(&t, "disabled", &[]).await;
+    seed_agent(&t, "no-url", &[]).await;
+    seed_agent(&t, "deleted", &[]).await;
+    seed_agent(&t, "corrupt", &[]).await;
+    let set = |id: &'static str, column: agents::Column, value: sea_orm::Value| {
+        let db = t.db.clone();
+        async move {
+            agents::Entity::update_many()
+                .col_expr(column, Expr::value(value))
+                .filter(agents::Column::Id.eq(id))
+                .exec(&db)
+                .await
+                .unwrap();
+        }
+    };
+    set(
+        "no-filter",
+        agents::Column::WebhookEvents,
+        sea_orm::Value::Json(None),
+    )
+    .await;
+    set("disabled", agents::Column::WebhookEnabled, false.into()).await;
+    set(
+        "no-url",
+        agents::Column::WebhookUrl,
+        sea_orm::Value::String(None),
+    )
+    .await;
+    set("deleted", agents::Column::IsDeleted, true.into()).await;
+    set(
+        "corrupt",
+        agents::Column::WebhookEvents,
+        sea_orm::Value::Json(Some(Box::new(json!({"run.*": true})))),
+    )
+    .await;
+
+    let one = match backend {
+        Backend::MySql => 2,
+        _ => 1,
+    };
+    let cases: &[(&str, &str, Option<SkipReason>)] = &[
+        ("all", "run.completed", None),
+        ("runs", "run.started", None),
+        ("runs", "job.failed", Some(SkipReason::NotWanted)),
+        ("exact", "job.failed", None),
+        ("exact", "run.failed", Some(SkipReason::NotWanted)),
+        ("jobs", "jobx.failed", Some(SkipReason::NotWanted)),
+        ("jobs", "webhook.test", None),
+        ("no-filter", "anything.at.all", None),
+        ("disabled", "run.completed", Some(SkipReason::Disabled)),
+        ("no-url", "run.completed", Some(SkipReason::NoUrl)),
+        ("deleted", "run.completed", Some(SkipReason::AgentDeleted)),
+    ];
+    for (n, (agent, event_type, skipped)) in cases.iter().enumerate() {
+        for in_transaction in [false, true] {
+            let event_id = format!("evt-{n}-{in_transaction}");
+            statements.store(0, std::sync::atomic::Ordering::SeqCst);
+            let settings = WebhookSettings::default();
+            let payload = json!({"n": n});
+            let enqueued = if in_transaction {
+                let txn = counted.db.begin().await.unwrap();
+                let before = statements.load(std::sync::atomic::Ordering::SeqCst);
+                let enqueued = delivery::enqueue(
+                    &txn,
+                    &settings,
+                    agent,
+                    &event_id,
+                    event_type,
+                    &payload,
+                    t0(),
+                )
+                .await
+                .unwrap();
+                statements.fetch_sub(before, std::sync::atomic::Ordering::SeqCst);
+                let sent = statements.load(std::sync::atomic::Ordering::SeqCst);
+                txn.commit().await.unwrap();
+                statements.store(sent, std::sync::atomic::Ordering::SeqCst);
+                enqueued
+            } else {
+                delivery::enqueue(
+                    &counted.db,
+                    &settings,
+                    agent,
+                    &event_id,
+                    event_type,
+                    &payload,
+                    t0(),
+                )
+                .await
+                .unwrap()
+            };
+            let sent = statements.load(std::sync::atomic::Ordering::SeqCst);
+            let context = format!("{agent} {event_type} in transaction: {in_transaction}");
+            match (skipped, &enqueued) {
+                (None, Enqueued::Created(d)) => {
+                    assert_eq!(sent, one, "{context}");
+                    assert_eq!(
+                        (d.agent_id.as_str(), d.event_type.as_str()),
+                        (*agent, *event_type)
+                    );
+                    assert_eq!(d.organization_id, "org-1");
+                    assert_eq!(d.webhook_url, format!("https://hooks.example.com/{agent}"));
+                    let stored = delivery::get(&t.db, &d.id, t0()).await.unwrap();
+                    assert_eq!(&stored, d, "{context}");
+                }
+                (Some(reason), Enqueued::Skipped(got)) => assert_eq!(got, reason, "{context}"),
+                _ => panic!("{context}: {enqueued:?}, expected {skipped:?}"),
+            }
+        }
+    }
+    // A repeat returns the stored delivery and its first payload.
+    let first = delivery::enqueue(
+        &counted.db,
+        &WebhookSettings::default(),
+        "all",
+        "evt-0-false",
+        "run.completed",
+        &json!({"n": "other"}),
+        t0(),
+    )
+    .await
+    .unwrap();
+    let Enqueued::Existing(existing) = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(existing.event_id, "evt-0-false");
+    // A stored filter that is not a list is reported, as the agent-first path reports it.
+    let corrupt = delivery::enqueue(
+        &counted.db,
+        &WebhookSettings::default(),
+        "corrupt",
+        "evt-c",
+        "run.completed",
+        &json!({}),
+        t0(),
+    )
+    .await;
+    assert!(
+        matches!(corrupt, Err(Error::CorruptEvents { .. })),
+        "{corrupt:?}"
+    );
+    let missing = delivery::enqueue(
+        &counted.db,
+        &WebhookSettings::default(),
+        "nobody",
+        "evt-m",
+        "run.completed",
+        &json!({}),
+        t0(),
+    )
+    .await;
+    assert!(
+        matches!(missing, Err(Error::AgentNotFound(_))),
+        "{missing:?}"
+    );
+}
+
 backend_tests!(
     payload_is_stored_once_and_capped,
+    enqueue_is_one_statement_and_ends_as_the_rules_say,
     every_transition_with_an_injected_clock,
     racing_enqueues_make_exactly_one_row,
     pages_yield_every_row_once_in_order_while_rows_arrive,

@@ -28,6 +28,7 @@ mod history;
 mod migration;
 mod procstat;
 mod scale;
+mod scaleout;
 mod throughput;
 mod worker;
 
@@ -44,7 +45,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres,mysql")]
     backends: Vec<String>,
     /// Sections to run, comma separated (migration, throughput, claim, history, worker,
-    /// batched, scale, cpu); all when not given.
+    /// batched, scale, scaleout, cpu); all when not given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Deliveries in the scale section (PostgreSQL only; a tenth of them is pruned, twice).
@@ -252,6 +253,9 @@ async fn run(args: Args, backends: Vec<Backend>) {
             } else {
                 scale::figures(&mut report, args.scale_rows, args.scale_rows / 10, 200).await;
             }
+        }
+        if backend == Backend::Postgres && on("scaleout") {
+            scaleout::figures(&mut report, q).await;
         }
         if q && backend != Backend::Sqlite {
             drops.push(tokio::spawn(async move {

@@ -30,13 +30,13 @@ use super::{Report, ms, percentile};
 
 /// What the receiver saw: when each `webhook-id` first arrived, and how many requests came.
 #[derive(Default)]
-struct Arrivals {
-    at: Mutex<HashMap<String, Instant>>,
-    count: AtomicUsize,
+pub(super) struct Arrivals {
+    pub(super) at: Mutex<HashMap<String, Instant>>,
+    pub(super) count: AtomicUsize,
 }
 
 /// Serves on 127.0.0.1 (a free port) until the process ends.
-async fn receiver(arrivals: Arc<Arrivals>) -> u16 {
+pub(super) async fn receiver(arrivals: Arc<Arrivals>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {

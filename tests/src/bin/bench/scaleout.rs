@@ -1,0 +1,525 @@
+//! Scale-out on PostgreSQL (docs/benchmarks.md section 11): what an enqueue costs the app, and
+//! what 1, 2 and 4 processes of the `agent-webhooks worker` binary deliver while an app
+//! enqueues from 8 connections to one endpoint, and at a fixed light rate.
+//!
+//! The workers are real processes started from the binary beside this one (build it first:
+//! `cargo build --release -p agent-webhooks-cli`), with default settings but the URL policy
+//! (`development`, for the loopback receiver). Their CPU is read from `/proc` for the worker
+//! processes and for the PostgreSQL backends serving them (told apart from the app's by their
+//! `application_name`); the app's enqueues and the receiver run in this process and are not
+//! counted. Empty claims come from each worker's `/metrics`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent_webhooks::delivery;
+use agent_webhooks::secrets::secret_box::KeyRing;
+use agent_webhooks::settings::WebhookSettings;
+use agent_webhooks::webhook::url_policy::UrlPolicy;
+use chrono::Utc;
+use integration_tests::{Backend, TestDb, seed_agent, seed_webhook};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
+
+use super::procstat::cpu;
+use super::worker::{Arrivals, receiver};
+use super::{Report, ms, percentile};
+
+const SECTION: &str = "scaleout";
+/// The app's connections in the saturation runs.
+const APP_CONNECTIONS: usize = 8;
+/// How the workers' PostgreSQL connections are told apart from the app's.
+const WORKER_APP_NAME: &str = "aw_bench_worker";
+
+/// Every figure of the section; `quick` shrinks counts and durations.
+pub(super) async fn figures(report: &mut Report, quick: bool) {
+    enqueue_cost(report, if quick { 200 } else { 3_000 }).await;
+    let keys = KeyRing::generate_key_entry("k1").unwrap();
+    let events = if quick { 300 } else { 10_000 };
+    let mut saturated_cpu = None;
+    for synchronous_commit in [true, false] {
+        let counts: &[usize] = match (quick, synchronous_commit) {
+            (true, true) => &[1, 2],
+            (true, false) => &[1],
+            (false, true) => &[1, 2, 4],
+            (false, false) => &[1, 2],
+        };
+        let commit = if synchronous_commit {
+            "synchronous_commit on"
+        } else {
+            "synchronous_commit off"
+        };
+        let mut rates: Vec<(usize, f64)> = Vec::new();
+        for &workers in counts {
+            let run = saturation(&keys, workers, events, synchronous_commit).await;
+            let label = |what: &str| format!("{what}, {workers} worker(s), {commit}");
+            report.push(
+                "postgres",
+                SECTION,
+                label("saturated deliveries/s"),
+                run.per_second,
+                "1/s",
+            );
+            report.push(
+                "postgres",
+                SECTION,
+                label("enqueue→arrival p50"),
+                run.p50_ms,
+                "ms",
+            );
+            report.push(
+                "postgres",
+                SECTION,
+                label("enqueue→arrival p99"),
+                run.p99_ms,
+                "ms",
+            );
+            report.push(
+                "postgres",
+                SECTION,
+                label("CPU s/1000 (workers + their backends)"),
+                run.cpu_per_k,
+                "s",
+            );
+            report.push(
+                "postgres",
+                SECTION,
+                label("empty claims per 1000 deliveries"),
+                run.empty_claims as f64 * 1000.0 / events as f64,
+                "1",
+            );
+            if synchronous_commit && workers == 1 {
+                saturated_cpu = Some(run.cpu_per_k);
+            }
+            if let Some(&(fewer, rate)) = rates.last() {
+                report.push(
+                    "postgres",
+                    SECTION,
+                    format!("{workers} workers / {fewer}, {commit}"),
+                    run.per_second / rate,
+                    "x",
+                );
+            }
+            rates.push((workers, run.per_second));
+        }
+    }
+    let seconds = if quick { 1 } else { 10 };
+    fixed_rate(report, &keys, 200, seconds, saturated_cpu).await;
+}
+
+/// One connection enqueueing `n` events through `delivery::enqueue`: events per second,
+/// statements per enqueue (counted by the connection) and commits per enqueue (PostgreSQL's
+/// `xact_commit`), against the idiomatic SQLAlchemy 2 enqueue of
+/// `tests/bench/sqlalchemy_enqueue.py` on the same database in the same run.
+async fn enqueue_cost(report: &mut Report, n: usize) {
+    let t = TestDb::migrated_with(Backend::Postgres, 1).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    let mut counted = TestDb::reconnect(&t).await;
+    let statements = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&statements);
+    counted.db.set_metric_callback(move |_| {
+        seen.fetch_add(1, Ordering::Relaxed);
+    });
+    let settings = WebhookSettings::default();
+    let payload = serde_json::json!({"n": 1});
+    let commits_before = commits(&counted).await;
+    statements.store(0, Ordering::SeqCst);
+    let start = Instant::now();
+    for i in 0..n {
+        delivery::enqueue(
+            &counted.db,
+            &settings,
+            "agent-1",
+            &format!("evt-{i}"),
+            "run.completed",
+            &payload,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    }
+    let took = start.elapsed();
+    let sent = statements.load(Ordering::SeqCst);
+    // The reading of the counter and the flush are two commits more than the `n` enqueues'.
+    let committed = commits(&counted).await - commits_before;
+    let ours = n as f64 / took.as_secs_f64();
+    report.push(
+        "postgres",
+        SECTION,
+        "enqueue on one connection".into(),
+        ours,
+        "events/s",
+    );
+    report.push(
+        "postgres",
+        SECTION,
+        "statements per enqueue".into(),
+        sent as f64 / n as f64,
+        "1",
+    );
+    report.push(
+        "postgres",
+        SECTION,
+        "commits per enqueue".into(),
+        committed as f64 / n as f64,
+        "1",
+    );
+    let python = std::env::var("TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/sqlalchemy_enqueue.py");
+    let output = Command::new(&python)
+        .args([script, &t.url, "agent-1", &n.to_string()])
+        .output();
+    match output {
+        Ok(output) if output.status.success() => {
+            let theirs: f64 = String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .parse()
+                .expect("the SQLAlchemy script prints events per second");
+            report.push(
+                "postgres",
+                SECTION,
+                "SQLAlchemy 2 enqueue on one connection".into(),
+                theirs,
+                "events/s",
+            );
+            report.push(
+                "postgres",
+                SECTION,
+                "enqueue / SQLAlchemy 2 enqueue".into(),
+                ours / theirs,
+                "x",
+            );
+        }
+        Ok(output) => panic!(
+            "{python} {script} failed (scripts/test installs SQLAlchemy and psycopg2): {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(e) => panic!("cannot run {python}: {e}"),
+    }
+}
+
+/// Transactions committed in `t`'s database so far, as counted once its one connection has
+/// flushed its own counters (a backend flushes them at most once a second otherwise).
+async fn commits(t: &TestDb) -> i64 {
+    t.exec("SELECT pg_stat_force_next_flush()").await;
+    t.count("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+        .await
+}
+
+struct Run {
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_per_k: f64,
+    empty_claims: u64,
+}
+
+/// `workers` worker processes, started on an empty queue; then the app enqueues `events` to
+/// one endpoint from [`APP_CONNECTIONS`] connections as fast as they go.
+async fn saturation(keys: &str, workers: usize, events: usize, synchronous_commit: bool) -> Run {
+    let setup = Setup::new(keys, synchronous_commit).await;
+    let fleet = Fleet::start(&setup, workers).await;
+    let app = connect(&setup.t.url, APP_CONNECTIONS as u32, "aw_bench_app").await;
+    let before = fleet.cpu(&setup.t).await;
+    let enqueued: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..APP_CONNECTIONS)
+        .map(|c| {
+            let (app, enqueued) = (app.clone(), Arc::clone(&enqueued));
+            tokio::spawn(async move {
+                let settings = WebhookSettings::default();
+                for i in (c..events).step_by(APP_CONNECTIONS) {
+                    let id = format!("evt_{i}");
+                    delivery::enqueue(
+                        &app,
+                        &settings,
+                        "agent-1",
+                        &id,
+                        "run.completed",
+                        &payload(i),
+                        Utc::now(),
+                    )
+                    .await
+                    .unwrap();
+                    enqueued.lock().unwrap().insert(id, Instant::now());
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    setup.wait_for(events).await;
+    let took = start.elapsed();
+    let used = fleet.cpu(&setup.t).await.since(&before);
+    let empty_claims = fleet.empty_claims().await;
+    fleet.stop();
+    let (p50_ms, p99_ms) = setup.latency(&enqueued.lock().unwrap());
+    Run {
+        per_second: events as f64 / took.as_secs_f64(),
+        p50_ms,
+        p99_ms,
+        cpu_per_k: used.as_secs_f64() * 1000.0 / events as f64,
+        empty_claims,
+    }
+}
+
+/// One worker process with default settings; the app enqueues `rate` events per second for
+/// `seconds` from one connection.
+async fn fixed_rate(
+    report: &mut Report,
+    keys: &str,
+    rate: u32,
+    seconds: u32,
+    saturated_cpu: Option<f64>,
+) {
+    let setup = Setup::new(keys, true).await;
+    let fleet = Fleet::start(&setup, 1).await;
+    let app = connect(&setup.t.url, 1, "aw_bench_app").await;
+    let before = fleet.cpu(&setup.t).await;
+    let events = (rate * seconds) as usize;
+    let mut enqueued = HashMap::new();
+    let settings = WebhookSettings::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for i in 0..events {
+        tick.tick().await;
+        let id = format!("evt_{i}");
+        delivery::enqueue(
+            &app,
+            &settings,
+            "agent-1",
+            &id,
+            "run.completed",
+            &payload(i),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        enqueued.insert(id, Instant::now());
+    }
+    setup.wait_for(events).await;
+    let used = fleet.cpu(&setup.t).await.since(&before);
+    let empty_claims = fleet.empty_claims().await;
+    fleet.stop();
+    let (p50, p99) = setup.latency(&enqueued);
+    let label = |what: &str| format!("{what}, {rate} events/s, 1 worker");
+    report.push("postgres", SECTION, label("enqueue→arrival p50"), p50, "ms");
+    report.push("postgres", SECTION, label("enqueue→arrival p99"), p99, "ms");
+    let per_k = used.as_secs_f64() * 1000.0 / events as f64;
+    report.push(
+        "postgres",
+        SECTION,
+        label("CPU s/1000 (worker + its backends)"),
+        per_k,
+        "s",
+    );
+    report.push(
+        "postgres",
+        SECTION,
+        label("empty claims per 1000 deliveries"),
+        empty_claims as f64 * 1000.0 / events as f64,
+        "1",
+    );
+    if let Some(saturated) = saturated_cpu {
+        report.push(
+            "postgres",
+            SECTION,
+            label("CPU per delivery / saturated"),
+            per_k / saturated,
+            "x",
+        );
+    }
+}
+
+/// A fresh database whose `agent-1` posts to a loopback receiver.
+struct Setup {
+    t: TestDb,
+    keys: String,
+    arrivals: Arc<Arrivals>,
+}
+
+impl Setup {
+    async fn new(keys: &str, synchronous_commit: bool) -> Setup {
+        let arrivals = Arc::new(Arrivals::default());
+        let port = receiver(Arc::clone(&arrivals)).await;
+        let settings = WebhookSettings {
+            url_policy: UrlPolicy::Development,
+            keys: Some(KeyRing::parse(keys).unwrap()),
+            ..WebhookSettings::default()
+        };
+        let t = TestDb::migrated_with(Backend::Postgres, 2).await;
+        seed_webhook(&t, &settings, "agent-1", &format!("http://127.0.0.1:{port}/hook")).await;
+        if !synchronous_commit {
+            // For the connections opened from now on: the workers' and the app's.
+            t.exec("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = off', current_database()); END $$")
+                .await;
+        }
+        Setup {
+            t,
+            keys: keys.to_owned(),
+            arrivals,
+        }
+    }
+
+    /// Waits (at most two minutes) until `events` different events arrived.
+    async fn wait_for(&self, events: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.arrivals.at.lock().unwrap().len() < events {
+            assert!(Instant::now() < deadline, "not every event arrived");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// p50 and p99 of enqueue-committed → first arrival, in ms.
+    fn latency(&self, enqueued: &HashMap<String, Instant>) -> (f64, f64) {
+        let at = self.arrivals.at.lock().unwrap();
+        let mut samples: Vec<Duration> = enqueued
+            .iter()
+            .map(|(id, sent)| at[id].saturating_duration_since(*sent))
+            .collect();
+        (
+            ms(percentile(&mut samples, 0.5)),
+            ms(percentile(&mut samples, 0.99)),
+        )
+    }
+}
+
+async fn connect(url: &str, connections: u32, application_name: &str) -> DatabaseConnection {
+    let mut options = ConnectOptions::new(with_application_name(url, application_name));
+    options
+        .max_connections(connections)
+        .min_connections(connections)
+        .sqlx_logging(false);
+    Database::connect(options).await.unwrap()
+}
+
+fn with_application_name(url: &str, name: &str) -> String {
+    let joint = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{joint}application_name={name}")
+}
+
+/// Worker processes of the `agent-webhooks` binary.
+struct Fleet {
+    children: Vec<Child>,
+    metrics: Vec<SocketAddr>,
+}
+
+/// CPU used so far by the workers and by their backends, by pid.
+struct CpuSnapshot(HashMap<String, Duration>);
+
+impl CpuSnapshot {
+    /// What was used since `before`; pids that appeared meanwhile count from zero.
+    fn since(&self, before: &CpuSnapshot) -> Duration {
+        self.0
+            .iter()
+            .map(|(pid, used)| used.saturating_sub(before.0.get(pid).copied().unwrap_or_default()))
+            .sum()
+    }
+}
+
+impl Fleet {
+    async fn start(setup: &Setup, workers: usize) -> Fleet {
+        let binary = std::env::current_exe()
+            .unwrap()
+            .with_file_name("agent-webhooks");
+        assert!(
+            binary.exists(),
+            "{} is missing: build it with `cargo build [--release] -p agent-webhooks-cli`",
+            binary.display()
+        );
+        let mut fleet = Fleet {
+            children: Vec::new(),
+            metrics: Vec::new(),
+        };
+        for _ in 0..workers {
+            let addr = SocketAddr::from((
+                [127, 0, 0, 1],
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port(),
+            ));
+            let child = Command::new(&binary)
+                .args(["worker", "--metrics-addr", &addr.to_string()])
+                .env(
+                    "DATABASE_URL",
+                    with_application_name(&setup.t.url, WORKER_APP_NAME),
+                )
+                .env("WEBHOOK_SECRET_KEYS", &setup.keys)
+                .env("WEBHOOK_URL_POLICY", "development")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            fleet.children.push(child);
+            fleet.metrics.push(addr);
+        }
+        // Started when each serves its metrics and has checked the key ring.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for addr in &fleet.metrics {
+            while scrape(*addr).await.is_none() {
+                assert!(Instant::now() < deadline, "a worker did not start");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        fleet
+    }
+
+    async fn cpu(&self, t: &TestDb) -> CpuSnapshot {
+        let rows = t
+            .db
+            .query_all_raw(Statement::from_string(
+                t.db.get_database_backend(),
+                format!(
+                    "SELECT pid::text FROM pg_stat_activity WHERE datname = current_database() \
+                     AND application_name = '{WORKER_APP_NAME}'"
+                ),
+            ))
+            .await
+            .unwrap();
+        let mut pids: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.try_get_by_index::<String>(0).ok())
+            .collect();
+        pids.extend(self.children.iter().map(|c| c.id().to_string()));
+        CpuSnapshot(pids.into_iter().map(|pid| (pid.clone(), cpu(&pid))).collect())
+    }
+
+    /// Claims that found nothing, summed over the workers' `/metrics`.
+    async fn empty_claims(&self) -> u64 {
+        let mut total = 0;
+        for addr in &self.metrics {
+            let text = scrape(*addr).await.unwrap_or_default();
+            total += text
+                .lines()
+                .filter(|l| {
+                    l.starts_with(agent_webhooks::metrics::CLAIMS) && l.contains("result=\"empty\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64;
+        }
+        total
+    }
+
+    fn stop(mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn scrape(addr: SocketAddr) -> Option<String> {
+    let response = reqwest::get(format!("http://{addr}/metrics")).await.ok()?;
+    response.text().await.ok()
+}
+
+fn payload(i: usize) -> serde_json::Value {
+    serde_json::json!({"type": "run.completed", "data": {"run_id": format!("run-{i}"), "text": "x".repeat(400)}})
+}
