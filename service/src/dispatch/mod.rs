@@ -226,7 +226,7 @@ impl Dispatcher {
 
     /// Claims and sends until nothing is due (tests, cron-style use).
     pub async fn run_once(&self) -> Result<DrainReport> {
-        self.drain(&AtomicBool::new(false)).await
+        self.drain(&AtomicBool::new(false), None).await
     }
 
     /// Drains and polls until `shutdown` completes, then lets the sends in flight finish (up to
@@ -241,7 +241,7 @@ impl Dispatcher {
         let mut listener = tokio::task::JoinSet::new();
         let wake = self.listen(&mut listener).await;
         loop {
-            let mut drain = pin!(self.drain(&stop));
+            let mut drain = pin!(self.drain(&stop, Some(wake.as_deref())));
             let result = tokio::select! {
                 result = &mut drain => result,
                 () = &mut shutdown => {
@@ -318,7 +318,17 @@ impl Dispatcher {
 
     /// See the module documentation. A database error stops the claiming and is returned once
     /// the sends in flight are recorded.
-    async fn drain(&self, stop: &AtomicBool) -> Result<DrainReport> {
+    ///
+    /// `run_once` (`wakes` `None`) claims until a claim comes back empty. The running worker
+    /// (`wakes` `Some`) takes a claim that did not fill its free slots as "nothing more is
+    /// due" and ends the drain once its sends are recorded, without a claim that would find
+    /// nothing: a wake-up (or the next poll) starts the next one, and a wake-up during the
+    /// drain lets it claim again beside the sends in flight.
+    async fn drain(
+        &self,
+        stop: &AtomicBool,
+        wakes: Option<Option<&Notify>>,
+    ) -> Result<DrainReport> {
         let mut report = DrainReport::default();
         let concurrency = self.settings.worker.concurrency.max(1);
         // Tasks, not futures polled by this loop: while it waits for a claim, the sends in
@@ -334,14 +344,17 @@ impl Dispatcher {
             let sends = tasks.len() - usize::from(recording.is_some());
             let free = concurrency - sends;
             let refill = if sends == 0 {
-                !(nothing_due && recording.is_some())
+                !(nothing_due && (recording.is_some() || wakes.is_some()))
             } else {
                 !nothing_due && free * 2 >= concurrency
             };
             if failure.is_none() && refill && !stop.load(Ordering::SeqCst) {
                 match self.claim(free).await {
                     Ok((claims, keys)) => {
-                        nothing_due = claims.is_empty();
+                        nothing_due = match wakes {
+                            None => claims.is_empty(),
+                            Some(_) => claims.len() < free,
+                        };
                         for claim in claims {
                             let this = self.clone();
                             let keys = Arc::clone(&keys);
@@ -351,8 +364,22 @@ impl Dispatcher {
                     Err(err) => failure = Some(err),
                 }
             }
-            // Wait for one task, then take every other one that has finished meanwhile.
-            let mut joined = tasks.join_next_with_id().await;
+            // Wait for one task (or, with nothing due, a wake-up), then take every other one
+            // that has finished meanwhile.
+            let mut joined = match wakes {
+                Some(Some(wake))
+                    if nothing_due && failure.is_none() && !stop.load(Ordering::SeqCst) =>
+                {
+                    tokio::select! {
+                        joined = tasks.join_next_with_id() => joined,
+                        () = wake.notified() => {
+                            nothing_due = false;
+                            continue;
+                        }
+                    }
+                }
+                _ => tasks.join_next_with_id().await,
+            };
             if joined.is_none() {
                 break;
             }

@@ -725,6 +725,77 @@ async fn idle_worker_without_listen_waits_for_the_poll_postgres() {
     idle_worker_wakes_on_enqueue(false).await;
 }
 
+/// Of two workers on one PostgreSQL database only one LISTENs (the holder of the listener
+/// lock), so an enqueue wakes one claim; when it stops, the other takes the lock and listens
+/// within a poll interval, and a new event is still delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_per_database_listens_and_another_takes_over_postgres() {
+    let (receiver, addr) = Receiver::start([]).await;
+    let mut settings = settings();
+    // Long polls, so a delivery within the wait below came through a wake-up.
+    settings.worker.poll_interval = Duration::from_millis(400);
+    let s = setup(Backend::Postgres, &url(addr), settings.clone()).await;
+    let worker_on = |name: &'static str| {
+        let (url, settings) = (s.t.url.clone(), settings.clone());
+        async move {
+            let db = sea_orm::Database::connect(format!("{url}?application_name={name}"))
+                .await
+                .unwrap();
+            RunningWorker::start(Dispatcher::new(settings, db).unwrap())
+        }
+    };
+    let (first, second) = (worker_on("aw_w1").await, worker_on("aw_w2").await);
+    // Who holds the lock, and how many connections LISTEN, once both are up.
+    let listening = || async {
+        let holders = s
+            .t
+            .strings(&format!(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objid = {} AND a.datname = current_database()",
+                agent_webhooks::dispatch::LISTENER_LOCK
+            ))
+            .await;
+        let listeners = s
+            .t
+            .count("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'")
+            .await;
+        (holders, listeners)
+    };
+    let wait_for_one = || async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (holders, listeners) = listening().await;
+            if holders.len() == 1 && listeners == 1 {
+                return holders[0].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "holders {holders:?}, listeners {listeners}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let leader = wait_for_one().await;
+    // Two seconds on, still exactly one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(listening().await, (vec![leader.clone()], 1));
+    let (stopped, still) = if leader == "aw_w1" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    stopped.stop().await;
+    let next = wait_for_one().await;
+    assert_ne!(next, leader, "the remaining worker took over");
+    s.enqueue("agent-1", "evt_2").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.seen().len() < 2 {
+        assert!(Instant::now() < deadline, "evt_2 did not arrive");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    still.stop().await;
+}
+
 /// A claim whose host is busy for longer than its lease can wait is given back unsent, with
 /// its attempt uncounted, and sent later in the same drain.
 async fn busy_host_claims_are_released_unsent(backend: Backend) {

@@ -352,7 +352,13 @@ impl Setup {
             ..WebhookSettings::default()
         };
         let t = TestDb::migrated_with(Backend::Postgres, 2).await;
-        seed_webhook(&t, &settings, "agent-1", &format!("http://127.0.0.1:{port}/hook")).await;
+        seed_webhook(
+            &t,
+            &settings,
+            "agent-1",
+            &format!("http://127.0.0.1:{port}/hook"),
+        )
+        .await;
         if !synchronous_commit {
             // For the connections opened from now on: the workers' and the app's.
             t.exec("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = off', current_database()); END $$")
@@ -472,9 +478,8 @@ impl Fleet {
     }
 
     async fn cpu(&self, t: &TestDb) -> CpuSnapshot {
-        let rows = t
-            .db
-            .query_all_raw(Statement::from_string(
+        let rows =
+            t.db.query_all_raw(Statement::from_string(
                 t.db.get_database_backend(),
                 format!(
                     "SELECT pid::text FROM pg_stat_activity WHERE datname = current_database() \
@@ -488,7 +493,11 @@ impl Fleet {
             .filter_map(|r| r.try_get_by_index::<String>(0).ok())
             .collect();
         pids.extend(self.children.iter().map(|c| c.id().to_string()));
-        CpuSnapshot(pids.into_iter().map(|pid| (pid.clone(), cpu(&pid))).collect())
+        CpuSnapshot(
+            pids.into_iter()
+                .map(|pid| (pid.clone(), cpu(&pid)))
+                .collect(),
+        )
     }
 
     /// Claims that found nothing, summed over the workers' `/metrics`.
