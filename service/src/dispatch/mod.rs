@@ -5,7 +5,13 @@
 //!
 //! A drain keeps up to `concurrency` claims in flight and claims again once half are done, so
 //! one claim statement serves several deliveries and no slot waits for a batch's slowest
-//! request. At most `per_host` go to one host name at once; a delivery that cannot get its
+//! request. A claim that does not fill the free slots means nothing more is due: the running
+//! worker claims again only when woken (a notification, or the poll), not to find nothing.
+//! On PostgreSQL one worker per database listens for notifications (see
+//! [`LISTENER_LOCK`]); the others poll and claim whenever their slots free up, so an enqueue
+//! wakes one claim however many workers run. Workers share nothing but the database: run
+//! as many as the receivers' latency needs, on any machines (`docs/deliveries.md`,
+//! "Several workers"). At most `per_host` go to one host name at once; a delivery that cannot get its
 //! host's turn while its lease still covers an attempt is released ([`delivery::release`]),
 //! so it is never sent by two workers. Claims are oldest first, so one host's backlog can hold
 //! every slot.

@@ -77,13 +77,7 @@ pub(super) async fn figures(report: &mut Report, quick: bool) {
                 run.p99_ms,
                 "ms",
             );
-            report.push(
-                "postgres",
-                SECTION,
-                label("CPU s/1000 (workers + their backends)"),
-                run.cpu_per_k,
-                "s",
-            );
+            report_cpu(report, label, run.cpu_per_k);
             report.push(
                 "postgres",
                 SECTION,
@@ -91,8 +85,15 @@ pub(super) async fn figures(report: &mut Report, quick: bool) {
                 run.empty_claims as f64 * 1000.0 / events as f64,
                 "1",
             );
+            report.push(
+                "postgres",
+                SECTION,
+                label("worker commits per delivery"),
+                run.commits_per_delivery,
+                "1",
+            );
             if synchronous_commit && workers == 1 {
-                saturated_cpu = Some(run.cpu_per_k);
+                saturated_cpu = Some(run.cpu_per_k[2]);
             }
             if let Some(&(fewer, rate)) = rates.last() {
                 report.push(
@@ -213,8 +214,11 @@ struct Run {
     per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
-    cpu_per_k: f64,
+    /// Workers, backends, both (see [`CpuUsed::per_k`]).
+    cpu_per_k: [f64; 3],
     empty_claims: u64,
+    /// Transactions the workers committed per delivery.
+    commits_per_delivery: f64,
 }
 
 /// `workers` worker processes, started on an empty queue; then the app enqueues `events` to
@@ -223,6 +227,7 @@ async fn saturation(keys: &str, workers: usize, events: usize, synchronous_commi
     let setup = Setup::new(keys, synchronous_commit).await;
     let fleet = Fleet::start(&setup, workers).await;
     let app = connect(&setup.t.url, APP_CONNECTIONS as u32, "aw_bench_app").await;
+    let commits_before = commits(&setup.t).await;
     let before = fleet.cpu(&setup.t).await;
     let enqueued: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let start = Instant::now();
@@ -257,13 +262,15 @@ async fn saturation(keys: &str, workers: usize, events: usize, synchronous_commi
     let used = fleet.cpu(&setup.t).await.since(&before);
     let empty_claims = fleet.empty_claims().await;
     fleet.stop();
+    let worker_commits = setup.worker_commits(app, commits_before, events).await;
     let (p50_ms, p99_ms) = setup.latency(&enqueued.lock().unwrap());
     Run {
         per_second: events as f64 / took.as_secs_f64(),
         p50_ms,
         p99_ms,
-        cpu_per_k: used.as_secs_f64() * 1000.0 / events as f64,
+        cpu_per_k: used.per_k(events),
         empty_claims,
+        commits_per_delivery: worker_commits,
     }
 }
 
@@ -279,6 +286,7 @@ async fn fixed_rate(
     let setup = Setup::new(keys, true).await;
     let fleet = Fleet::start(&setup, 1).await;
     let app = connect(&setup.t.url, 1, "aw_bench_app").await;
+    let commits_before = commits(&setup.t).await;
     let before = fleet.cpu(&setup.t).await;
     let events = (rate * seconds) as usize;
     let mut enqueued = HashMap::new();
@@ -305,23 +313,26 @@ async fn fixed_rate(
     let used = fleet.cpu(&setup.t).await.since(&before);
     let empty_claims = fleet.empty_claims().await;
     fleet.stop();
+    let worker_commits = setup.worker_commits(app, commits_before, events).await;
     let (p50, p99) = setup.latency(&enqueued);
     let label = |what: &str| format!("{what}, {rate} events/s, 1 worker");
     report.push("postgres", SECTION, label("enqueue→arrival p50"), p50, "ms");
     report.push("postgres", SECTION, label("enqueue→arrival p99"), p99, "ms");
-    let per_k = used.as_secs_f64() * 1000.0 / events as f64;
-    report.push(
-        "postgres",
-        SECTION,
-        label("CPU s/1000 (worker + its backends)"),
-        per_k,
-        "s",
-    );
+    let per_k = used.per_k(events);
+    report_cpu(report, label, per_k);
+    let per_k = per_k[2];
     report.push(
         "postgres",
         SECTION,
         label("empty claims per 1000 deliveries"),
         empty_claims as f64 * 1000.0 / events as f64,
+        "1",
+    );
+    report.push(
+        "postgres",
+        SECTION,
+        label("worker commits per delivery"),
+        worker_commits,
         "1",
     );
     if let Some(saturated) = saturated_cpu {
@@ -371,6 +382,18 @@ impl Setup {
         }
     }
 
+    /// Transactions the workers committed per delivery since `before` (see [`commits`]), once
+    /// the workers are gone and the app's connections closed (a backend flushes its counters
+    /// when it ends): all commits less the app's one per enqueue. Counters the workers'
+    /// backends had not flushed at `before` (their start-up reads) count too: a few in
+    /// thousands.
+    async fn worker_commits(&self, app: DatabaseConnection, before: i64, events: usize) -> f64 {
+        app.close().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let all = commits(&self.t).await - before;
+        (all - events as i64).max(0) as f64 / events as f64
+    }
+
     /// Waits (at most two minutes) until `events` different events arrived.
     async fn wait_for(&self, events: usize) {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -414,16 +437,57 @@ struct Fleet {
     metrics: Vec<SocketAddr>,
 }
 
-/// CPU used so far by the workers and by their backends, by pid.
-struct CpuSnapshot(HashMap<String, Duration>);
+/// CPU used so far by the worker processes and by their PostgreSQL backends, by pid.
+struct CpuSnapshot {
+    workers: HashMap<String, Duration>,
+    backends: HashMap<String, Duration>,
+}
+
+/// CPU of the workers and of their backends over a run.
+#[derive(Clone, Copy)]
+struct CpuUsed {
+    workers: Duration,
+    backends: Duration,
+}
 
 impl CpuSnapshot {
     /// What was used since `before`; pids that appeared meanwhile count from zero.
-    fn since(&self, before: &CpuSnapshot) -> Duration {
-        self.0
-            .iter()
-            .map(|(pid, used)| used.saturating_sub(before.0.get(pid).copied().unwrap_or_default()))
-            .sum()
+    fn since(&self, before: &CpuSnapshot) -> CpuUsed {
+        let used = |now: &HashMap<String, Duration>, then: &HashMap<String, Duration>| {
+            now.iter()
+                .map(|(pid, used)| used.saturating_sub(then.get(pid).copied().unwrap_or_default()))
+                .sum()
+        };
+        CpuUsed {
+            workers: used(&self.workers, &before.workers),
+            backends: used(&self.backends, &before.backends),
+        }
+    }
+}
+
+impl CpuUsed {
+    /// Seconds per 1,000 deliveries: workers, backends, both.
+    fn per_k(self, deliveries: usize) -> [f64; 3] {
+        let per_k = |d: Duration| d.as_secs_f64() * 1000.0 / deliveries as f64;
+        [
+            per_k(self.workers),
+            per_k(self.backends),
+            per_k(self.workers + self.backends),
+        ]
+    }
+}
+
+/// Reports the three figures of [`CpuUsed::per_k`], each named by `label`.
+fn report_cpu(report: &mut Report, label: impl Fn(&str) -> String, per_k: [f64; 3]) {
+    for (whose, value) in [
+        "CPU s/1000, worker processes",
+        "CPU s/1000, their PostgreSQL backends",
+        "CPU s/1000, workers + backends",
+    ]
+    .into_iter()
+    .zip(per_k)
+    {
+        report.push("postgres", SECTION, label(whose), value, "s");
     }
 }
 
@@ -488,16 +552,19 @@ impl Fleet {
             ))
             .await
             .unwrap();
-        let mut pids: Vec<String> = rows
-            .iter()
-            .filter_map(|r| r.try_get_by_index::<String>(0).ok())
-            .collect();
-        pids.extend(self.children.iter().map(|c| c.id().to_string()));
-        CpuSnapshot(
+        let with_cpu = |pids: Vec<String>| {
             pids.into_iter()
                 .map(|pid| (pid.clone(), cpu(&pid)))
-                .collect(),
-        )
+                .collect()
+        };
+        CpuSnapshot {
+            backends: with_cpu(
+                rows.iter()
+                    .filter_map(|r| r.try_get_by_index::<String>(0).ok())
+                    .collect(),
+            ),
+            workers: with_cpu(self.children.iter().map(|c| c.id().to_string()).collect()),
+        }
     }
 
     /// Claims that found nothing, summed over the workers' `/metrics`.
