@@ -40,75 +40,99 @@ pub(super) async fn figures(report: &mut Report, quick: bool) {
     let keys = KeyRing::generate_key_entry("k1").unwrap();
     let events = if quick { 300 } else { 10_000 };
     let mut saturated_cpu = None;
-    for synchronous_commit in [true, false] {
-        let counts: &[usize] = match (quick, synchronous_commit) {
-            (true, true) => &[1, 2],
-            (true, false) => &[1],
-            (false, true) => &[1, 2, 4],
-            (false, false) => &[1, 2],
-        };
-        let commit = if synchronous_commit {
-            "synchronous_commit on"
-        } else {
-            "synchronous_commit off"
-        };
-        let mut rates: Vec<(usize, f64)> = Vec::new();
-        for &workers in counts {
-            let run = saturation(&keys, workers, events, synchronous_commit).await;
-            let label = |what: &str| format!("{what}, {workers} worker(s), {commit}");
-            report.push(
-                "postgres",
-                SECTION,
-                label("saturated deliveries/s"),
-                run.per_second,
-                "1/s",
-            );
-            report.push(
-                "postgres",
-                SECTION,
-                label("enqueue→arrival p50"),
-                run.p50_ms,
-                "ms",
-            );
-            report.push(
-                "postgres",
-                SECTION,
-                label("enqueue→arrival p99"),
-                run.p99_ms,
-                "ms",
-            );
-            report_cpu(report, label, run.cpu_per_k);
-            report.push(
-                "postgres",
-                SECTION,
-                label("empty claims per 1000 deliveries"),
-                run.empty_claims as f64 * 1000.0 / events as f64,
-                "1",
-            );
-            report.push(
-                "postgres",
-                SECTION,
-                label("worker commits per delivery"),
-                run.commits_per_delivery,
-                "1",
-            );
-            if synchronous_commit && workers == 1 {
-                saturated_cpu = Some(run.cpu_per_k[2]);
-            }
-            if let Some(&(fewer, rate)) = rates.last() {
+    for mode in [Mode::Live, Mode::Backlog] {
+        for synchronous_commit in [true, false] {
+            let counts: &[usize] = match (quick, mode, synchronous_commit) {
+                (true, Mode::Live, false) => &[],
+                (true, _, _) => &[1, 2],
+                (false, Mode::Live, false) => &[1, 2],
+                (false, _, _) => &[1, 2, 4],
+            };
+            let commit = if synchronous_commit {
+                "synchronous_commit on"
+            } else {
+                "synchronous_commit off"
+            };
+            let mut rates: Vec<(usize, f64)> = Vec::new();
+            for &workers in counts {
+                let run = saturation(&keys, mode, workers, events, synchronous_commit).await;
+                let label =
+                    |what: &str| format!("{what}, {}, {workers} worker(s), {commit}", mode.name());
                 report.push(
                     "postgres",
                     SECTION,
-                    format!("{workers} workers / {fewer}, {commit}"),
-                    run.per_second / rate,
-                    "x",
+                    label("deliveries/s"),
+                    run.per_second,
+                    "1/s",
                 );
+                if mode == Mode::Live {
+                    report.push(
+                        "postgres",
+                        SECTION,
+                        label("enqueue→arrival p50"),
+                        run.p50_ms,
+                        "ms",
+                    );
+                    report.push(
+                        "postgres",
+                        SECTION,
+                        label("enqueue→arrival p99"),
+                        run.p99_ms,
+                        "ms",
+                    );
+                }
+                report_cpu(report, label, run.cpu_per_k);
+                report.push(
+                    "postgres",
+                    SECTION,
+                    label("empty claims per 1000 deliveries"),
+                    run.empty_claims as f64 * 1000.0 / events as f64,
+                    "1",
+                );
+                report.push(
+                    "postgres",
+                    SECTION,
+                    label("worker commits per delivery"),
+                    run.commits_per_delivery,
+                    "1",
+                );
+                if mode == Mode::Live && synchronous_commit && workers == 1 {
+                    saturated_cpu = Some(run.cpu_per_k[2]);
+                }
+                if let Some(&(fewer, rate)) = rates.last() {
+                    report.push(
+                        "postgres",
+                        SECTION,
+                        format!("{} {workers} workers / {fewer}, {commit}", mode.name()),
+                        run.per_second / rate,
+                        "x",
+                    );
+                }
+                rates.push((workers, run.per_second));
             }
-            rates.push((workers, run.per_second));
         }
     }
     let seconds = if quick { 1 } else { 10 };
     fixed_rate(report, &keys, 200, seconds, saturated_cpu).await;
+}
+
+/// How the events reach the workers in a saturation run.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// The app enqueues from [`APP_CONNECTIONS`] connections as fast as they go while the
+    /// workers run: what an app sees (the app can be the bottleneck).
+    Live,
+    /// The events are enqueued beforehand, due at one instant: what the workers can do.
+    Backlog,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Live => "live app",
+            Mode::Backlog => "backlog",
+        }
+    }
 }
 
 /// One connection enqueueing `n` events through `delivery::enqueue`: events per second,
@@ -221,48 +245,108 @@ struct Run {
     commits_per_delivery: f64,
 }
 
-/// `workers` worker processes, started on an empty queue; then the app enqueues `events` to
-/// one endpoint from [`APP_CONNECTIONS`] connections as fast as they go.
-async fn saturation(keys: &str, workers: usize, events: usize, synchronous_commit: bool) -> Run {
+/// `workers` worker processes and `events` events to one endpoint, as `mode` says. Backlog
+/// runs poll every 20 ms (for all of them to see the backlog fall due at once; the default
+/// poll interval is 1 s) and time from the instant the backlog falls due to the last arrival.
+async fn saturation(
+    keys: &str,
+    mode: Mode,
+    workers: usize,
+    events: usize,
+    synchronous_commit: bool,
+) -> Run {
     let setup = Setup::new(keys, synchronous_commit).await;
-    let fleet = Fleet::start(&setup, workers).await;
+    let poll = match mode {
+        Mode::Live => None,
+        Mode::Backlog => Some("20"),
+    };
+    let fleet = Fleet::start(&setup, workers, poll).await;
     let app = connect(&setup.t.url, APP_CONNECTIONS as u32, "aw_bench_app").await;
-    let commits_before = commits(&setup.t).await;
-    let before = fleet.cpu(&setup.t).await;
     let enqueued: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..APP_CONNECTIONS)
-        .map(|c| {
-            let (app, enqueued) = (app.clone(), Arc::clone(&enqueued));
-            tokio::spawn(async move {
-                let settings = WebhookSettings::default();
-                for i in (c..events).step_by(APP_CONNECTIONS) {
-                    let id = format!("evt_{i}");
-                    delivery::enqueue(
-                        &app,
-                        &settings,
-                        "agent-1",
-                        &id,
-                        "run.completed",
-                        &payload(i),
-                        Utc::now(),
-                    )
+    // What the workers used and committed, and their empty claims, from `start` on.
+    let ((commits_before, before, empty_before), start) = match mode {
+        Mode::Live => {
+            let baseline = baseline(&setup, &fleet).await;
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..APP_CONNECTIONS)
+                .map(|c| {
+                    let (app, enqueued) = (app.clone(), Arc::clone(&enqueued));
+                    tokio::spawn(async move {
+                        let settings = WebhookSettings::default();
+                        for i in (c..events).step_by(APP_CONNECTIONS) {
+                            let id = format!("evt_{i}");
+                            delivery::enqueue(
+                                &app,
+                                &settings,
+                                "agent-1",
+                                &id,
+                                "run.completed",
+                                &payload(i),
+                                Utc::now(),
+                            )
+                            .await
+                            .unwrap();
+                            enqueued.lock().unwrap().insert(id, Instant::now());
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            (baseline, start)
+        }
+        Mode::Backlog => {
+            let lead = Duration::from_secs(3);
+            let due = Utc::now() + lead;
+            let start = Instant::now() + lead;
+            let ids: Vec<String> = (0..events).map(|i| format!("evt_{i}")).collect();
+            let payloads: Vec<Vec<u8>> = (0..events)
+                .map(|i| serde_json::to_vec(&payload(i)).unwrap())
+                .collect();
+            for chunk in (0..events).collect::<Vec<_>>().chunks(1_000) {
+                let items: Vec<delivery::EnqueueItem<'_>> = chunk
+                    .iter()
+                    .map(|&i| delivery::EnqueueItem {
+                        agent_id: "agent-1",
+                        event_id: &ids[i],
+                        event_type: "run.completed",
+                        payload: delivery::Payload::json(&payloads[i]),
+                    })
+                    .collect();
+                delivery::enqueue_many(&app, &WebhookSettings::default(), &items, due)
                     .await
                     .unwrap();
-                    enqueued.lock().unwrap().insert(id, Instant::now());
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
+            }
+            assert!(
+                Instant::now() < start,
+                "the backlog was not ready before it fell due"
+            );
+            tokio::time::sleep_until(start.into()).await;
+            (baseline(&setup, &fleet).await, start)
+        }
+    };
     setup.wait_for(events).await;
-    let took = start.elapsed();
+    let last = setup
+        .arrivals
+        .at
+        .lock()
+        .unwrap()
+        .values()
+        .max()
+        .copied()
+        .unwrap();
+    let took = last.saturating_duration_since(start);
     let used = fleet.cpu(&setup.t).await.since(&before);
-    let empty_claims = fleet.empty_claims().await;
+    let empty_claims = fleet.empty_claims().await - empty_before;
     fleet.stop();
-    let worker_commits = setup.worker_commits(app, commits_before, events).await;
+    let app_commits = match mode {
+        Mode::Live => events,
+        Mode::Backlog => 0,
+    };
+    let worker_commits = setup
+        .worker_commits(app, commits_before, app_commits, events)
+        .await;
     let (p50_ms, p99_ms) = setup.latency(&enqueued.lock().unwrap());
     Run {
         per_second: events as f64 / took.as_secs_f64(),
@@ -272,6 +356,15 @@ async fn saturation(keys: &str, workers: usize, events: usize, synchronous_commi
         empty_claims,
         commits_per_delivery: worker_commits,
     }
+}
+
+/// Commits in the database so far, the workers' CPU so far, their empty claims so far.
+async fn baseline(setup: &Setup, fleet: &Fleet) -> (i64, CpuSnapshot, u64) {
+    (
+        commits(&setup.t).await,
+        fleet.cpu(&setup.t).await,
+        fleet.empty_claims().await,
+    )
 }
 
 /// One worker process with default settings; the app enqueues `rate` events per second for
@@ -284,7 +377,7 @@ async fn fixed_rate(
     saturated_cpu: Option<f64>,
 ) {
     let setup = Setup::new(keys, true).await;
-    let fleet = Fleet::start(&setup, 1).await;
+    let fleet = Fleet::start(&setup, 1, None).await;
     let app = connect(&setup.t.url, 1, "aw_bench_app").await;
     let commits_before = commits(&setup.t).await;
     let before = fleet.cpu(&setup.t).await;
@@ -313,7 +406,9 @@ async fn fixed_rate(
     let used = fleet.cpu(&setup.t).await.since(&before);
     let empty_claims = fleet.empty_claims().await;
     fleet.stop();
-    let worker_commits = setup.worker_commits(app, commits_before, events).await;
+    let worker_commits = setup
+        .worker_commits(app, commits_before, events, events)
+        .await;
     let (p50, p99) = setup.latency(&enqueued);
     let label = |what: &str| format!("{what}, {rate} events/s, 1 worker");
     report.push("postgres", SECTION, label("enqueue→arrival p50"), p50, "ms");
@@ -339,7 +434,7 @@ async fn fixed_rate(
         report.push(
             "postgres",
             SECTION,
-            label("CPU per delivery / saturated"),
+            label("CPU per delivery / live saturated, 1 worker"),
             per_k / saturated,
             "x",
         );
@@ -384,14 +479,20 @@ impl Setup {
 
     /// Transactions the workers committed per delivery since `before` (see [`commits`]), once
     /// the workers are gone and the app's connections closed (a backend flushes its counters
-    /// when it ends): all commits less the app's one per enqueue. Counters the workers'
+    /// when it ends): all commits less the app's `app_commits`. Counters the workers'
     /// backends had not flushed at `before` (their start-up reads) count too: a few in
     /// thousands.
-    async fn worker_commits(&self, app: DatabaseConnection, before: i64, events: usize) -> f64 {
+    async fn worker_commits(
+        &self,
+        app: DatabaseConnection,
+        before: i64,
+        app_commits: usize,
+        events: usize,
+    ) -> f64 {
         app.close().await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let all = commits(&self.t).await - before;
-        (all - events as i64).max(0) as f64 / events as f64
+        (all - app_commits as i64).max(0) as f64 / events as f64
     }
 
     /// Waits (at most two minutes) until `events` different events arrived.
@@ -410,6 +511,9 @@ impl Setup {
             .iter()
             .map(|(id, sent)| at[id].saturating_duration_since(*sent))
             .collect();
+        if samples.is_empty() {
+            return (f64::NAN, f64::NAN);
+        }
         (
             ms(percentile(&mut samples, 0.5)),
             ms(percentile(&mut samples, 0.99)),
@@ -492,7 +596,8 @@ fn report_cpu(report: &mut Report, label: impl Fn(&str) -> String, per_k: [f64; 
 }
 
 impl Fleet {
-    async fn start(setup: &Setup, workers: usize) -> Fleet {
+    /// `poll`: `WEBHOOK_POLL_INTERVAL_MS`, the default when `None`.
+    async fn start(setup: &Setup, workers: usize, poll: Option<&str>) -> Fleet {
         let binary = std::env::current_exe()
             .unwrap()
             .with_file_name("agent-webhooks");
@@ -522,6 +627,7 @@ impl Fleet {
                 )
                 .env("WEBHOOK_SECRET_KEYS", &setup.keys)
                 .env("WEBHOOK_URL_POLICY", "development")
+                .env("WEBHOOK_POLL_INTERVAL_MS", poll.unwrap_or("1000"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .spawn()
