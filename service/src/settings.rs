@@ -20,6 +20,8 @@
 //! | `WEBHOOK_POLL_INTERVAL_MS` | how long an idle worker waits before it looks for due deliveries again ([`POLL_INTERVAL_MS`]) | 1000 |
 //! | `WEBHOOK_SIGNING_GRACE_SECS` | how long a previous signing secret keeps signing after [`rotate_signing_secret`](crate::webhook::signing_secrets::rotate_signing_secret) when the caller names no grace period ([`SIGNING_GRACE_SECS`]) | 86400 (24 h; [`DEFAULT_SIGNING_GRACE`]) |
 //! | `WEBHOOK_LISTEN` | on PostgreSQL, [`enqueue`](crate::delivery::enqueue) sends a `NOTIFY` (delivered on commit) and an idle worker `LISTEN`s, so a new delivery is sent at once rather than at the next poll (one worker per database listens: [`Dispatcher`](crate::dispatch::Dispatcher)); `false` for connection poolers that do not pass `LISTEN` through (PgBouncer in transaction mode). Set it alike for the app server and the workers. Ignored on other backends | `true` |
+//! | `WEBHOOK_PORTAL_KEY` | the base64 of at least 32 random bytes (`openssl rand -base64 32`) that signs the webhook portal's links ([`PortalKey`]; see docs/portal.md); one key for all replicas of the app server | none: portal links cannot be minted |
+//! | `WEBHOOK_PORTAL_FRAME_ANCESTORS` | the CSP `frame-ancestors` sources of the portal's pages: who may show them in an iframe, e.g. `'self' https://app.example.com` | `'self'` |
 //! | `WEBHOOK_DISABLE_AFTER_SECS` | how long an agent's attempts may fail without a single success before the worker disables its webhook ([`DISABLE_AFTER_SECS`]) | 432000 (5 days, like Svix; [`DEFAULT_DISABLE_AFTER`]) |
 //!
 //! A development policy is never implied: it must be asked for by name.
@@ -49,6 +51,8 @@ pub mod vars {
     pub const DISABLE_AFTER_SECS: &str = "WEBHOOK_DISABLE_AFTER_SECS";
     pub const SIGNING_GRACE_SECS: &str = "WEBHOOK_SIGNING_GRACE_SECS";
     pub const LISTEN: &str = "WEBHOOK_LISTEN";
+    pub const PORTAL_KEY: &str = "WEBHOOK_PORTAL_KEY";
+    pub const PORTAL_FRAME_ANCESTORS: &str = "WEBHOOK_PORTAL_FRAME_ANCESTORS";
 }
 
 /// More than 50 attempts is a unit mix-up, not a policy.
@@ -98,6 +102,85 @@ pub struct WebhookSettings {
     pub worker: WorkerSettings,
     pub disable_after: Duration,
     pub signing_grace: Duration,
+    /// `None` when not configured: portal links can then be neither minted nor opened.
+    pub portal_key: Option<PortalKey>,
+    /// The CSP `frame-ancestors` source list of the portal's pages, checked by
+    /// [`check_frame_ancestors`].
+    pub portal_frame_ancestors: String,
+}
+
+/// Shortest portal key, in bytes: HMAC-SHA256's block of security.
+pub const MIN_PORTAL_KEY_BYTES: usize = 32;
+
+/// What portal pages may be framed by unless `WEBHOOK_PORTAL_FRAME_ANCESTORS` says otherwise:
+/// the app that mounts the router, nobody else (clickjacking).
+pub const DEFAULT_PORTAL_FRAME_ANCESTORS: &str = "'self'";
+
+/// The key that signs portal links and their forms' CSRF tokens. A key of its own rather than
+/// one of `WEBHOOK_SECRET_KEYS`, so that rotating it (which ends every link in flight) never
+/// touches stored secrets. `Debug` never shows it.
+#[derive(Clone)]
+pub struct PortalKey(zeroize::Zeroizing<Vec<u8>>);
+
+impl PortalKey {
+    /// Standard base64 (padding optional) of at least [`MIN_PORTAL_KEY_BYTES`] bytes.
+    pub fn parse(text: &str) -> Result<PortalKey, SettingProblem> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD_PAD_INDIFFERENT
+            .decode(text.trim())
+            .map_err(|_| SettingProblem::PortalKey)?;
+        if bytes.len() < MIN_PORTAL_KEY_BYTES {
+            return Err(SettingProblem::PortalKey);
+        }
+        Ok(PortalKey(zeroize::Zeroizing::new(bytes)))
+    }
+
+    /// A key from raw bytes, for tests and apps that keep keys elsewhere.
+    pub fn from_bytes(bytes: &[u8]) -> Result<PortalKey, SettingProblem> {
+        if bytes.len() < MIN_PORTAL_KEY_BYTES {
+            return Err(SettingProblem::PortalKey);
+        }
+        Ok(PortalKey(zeroize::Zeroizing::new(bytes.to_vec())))
+    }
+
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PortalKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PortalKey(<redacted>)")
+    }
+}
+
+/// A `frame-ancestors` source list goes into a header verbatim: only the CSP keywords `'self'`
+/// and `'none'` and host sources (`https://app.example.com`, `https://*.example.com:8443`) are
+/// taken, so a value cannot end the directive and add another (`; script-src *`).
+pub fn check_frame_ancestors(value: &str) -> Result<String, SettingProblem> {
+    let sources: Vec<&str> = value.split_whitespace().collect();
+    let bad = |got: &str| SettingProblem::FrameAncestors {
+        got: got.to_owned(),
+    };
+    if sources.is_empty() {
+        return Err(bad(value));
+    }
+    for source in &sources {
+        let keyword = matches!(*source, "'self'" | "'none'");
+        let host_source = !source.is_empty()
+            && source.bytes().all(|b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(b, b':' | b'/' | b'.' | b'-' | b'*' | b'[' | b']')
+            });
+        if !keyword && !host_source {
+            return Err(bad(source));
+        }
+    }
+    if sources.len() > 1 && sources.contains(&"'none'") {
+        return Err(bad(value));
+    }
+    Ok(sources.join(" "))
 }
 
 /// So one slow or hostile receiver cannot hold a worker (or its memory) beyond an attempt's
@@ -151,6 +234,13 @@ pub enum SettingProblem {
     /// Else a second worker would send the delivery again under a request still in flight.
     #[error("must be shorter than the claim lease ({lease_secs} s), got {got_secs} s")]
     NotShorterThanLease { lease_secs: u64, got_secs: u64 },
+    /// The value is a key: never repeated.
+    #[error("expected the standard base64 of at least {MIN_PORTAL_KEY_BYTES} bytes")]
+    PortalKey,
+    #[error(
+        "expected CSP frame-ancestors sources ('self', 'none' alone, or host sources such as https://app.example.com), got `{got}`"
+    )]
+    FrameAncestors { got: String },
     #[error("expected true or false, got `{got}`")]
     NotABool { got: String },
     #[error("expected a whole number from {} to {}, got `{got}`", range.start(), range.end())]
@@ -249,6 +339,13 @@ impl WebhookSettings {
                 in_range(&value, SIGNING_GRACE_SECS).map_err(fail(vars::SIGNING_GRACE_SECS))?;
             settings.signing_grace = Duration::from_secs(secs.into());
         }
+        if let Some(value) = get(vars::PORTAL_KEY) {
+            settings.portal_key = Some(PortalKey::parse(&value).map_err(fail(vars::PORTAL_KEY))?);
+        }
+        if let Some(value) = get(vars::PORTAL_FRAME_ANCESTORS) {
+            settings.portal_frame_ancestors =
+                check_frame_ancestors(&value).map_err(fail(vars::PORTAL_FRAME_ANCESTORS))?;
+        }
         if settings.worker.request_timeout >= settings.claim_lease {
             return Err(SettingsError {
                 var: vars::REQUEST_TIMEOUT_SECS,
@@ -274,6 +371,8 @@ impl Default for WebhookSettings {
             worker: WorkerSettings::default(),
             disable_after: DEFAULT_DISABLE_AFTER,
             signing_grace: DEFAULT_SIGNING_GRACE,
+            portal_key: None,
+            portal_frame_ancestors: DEFAULT_PORTAL_FRAME_ANCESTORS.to_owned(),
         }
     }
 }
@@ -383,6 +482,11 @@ mod tests {
             (vars::DISABLE_AFTER_SECS, "31536001"),
             (vars::SIGNING_GRACE_SECS, "604801"),
             (vars::SIGNING_GRACE_SECS, "-1"),
+            (vars::PORTAL_KEY, "c2hvcnQ="),
+            (vars::PORTAL_KEY, "not base64!"),
+            (vars::PORTAL_FRAME_ANCESTORS, "'self'; script-src *"),
+            (vars::PORTAL_FRAME_ANCESTORS, "'none' https://a.example"),
+            (vars::PORTAL_FRAME_ANCESTORS, "'unsafe-inline'"),
         ] {
             let err = settings(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var, "{value}");
@@ -415,6 +519,25 @@ mod tests {
         assert_eq!(s.worker.request_timeout, Duration::from_secs(30));
         assert_eq!(s.disable_after, Duration::from_secs(432_000));
         assert_eq!(s.signing_grace, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn reads_the_portal_settings() {
+        let s = settings(&[]).unwrap();
+        assert!(s.portal_key.is_none());
+        assert_eq!(s.portal_frame_ancestors, "'self'");
+        let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+        let s = settings(&[
+            (vars::PORTAL_KEY, key),
+            (
+                vars::PORTAL_FRAME_ANCESTORS,
+                " 'self'   https://app.example.com ",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.portal_key.as_ref().unwrap().expose().len(), 32);
+        assert!(!format!("{s:?}").contains(key));
+        assert_eq!(s.portal_frame_ancestors, "'self' https://app.example.com");
     }
 
     #[test]

@@ -42,6 +42,10 @@
 //! | GET | `/v1/agents/{agent_id}/webhook/stats` | [`DeliveryStats`] | 200 |
 //! | GET | `/v1/webhook-deliveries/{delivery_id}` | one delivery with its attempt log | 200 |
 //! | POST | `/v1/webhook-deliveries/{delivery_id}/retry` | requeues one failed delivery | 200 |
+//! | POST | `/v1/agents/{agent_id}/webhook/portal-link` | a link to the agent's [`portal`] page (`valid_for_secs`) | 200 |
+//!
+//! The router also serves the [`portal`]'s HTML pages under [`portal::PORTAL_PREFIX`]; they
+//! are not API routes and not in the OpenAPI document.
 //!
 //! [`openapi_router`] serves the OpenAPI 3.1 document of exactly these routes at
 //! [`OPENAPI_PATH`]; it is built from the same route list as [`router`] (utoipa-axum), so the
@@ -83,6 +87,7 @@
 //! | `invalid-webhook-url` | 422 | the URL breaks a rule of the URL policy |
 //! | `invalid-event-filter` | 422 | `webhook_events` holds an unknown name, an empty entry or too many |
 //! | `invalid-secret` | 422 | `webhook_secret` is not an accepted form |
+//! | `portal-unavailable` | 503 | a portal link was asked for, but the server has no `WEBHOOK_PORTAL_KEY` |
 //! | `secrets-unavailable` | 503 | the server has no `WEBHOOK_SECRET_KEYS`, so it cannot store a secret |
 //! | `internal` | 500 | anything else; the cause is logged, never sent |
 //!
@@ -119,6 +124,7 @@
 
 mod deliveries;
 mod extract;
+pub mod portal;
 mod problem;
 mod webhook;
 
@@ -189,6 +195,7 @@ impl HttpState {
 pub fn router(state: HttpState) -> axum::Router {
     let (router, _) = routes().split_for_parts();
     router
+        .merge(portal::routes(&state))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(route_not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -252,4 +259,5 @@ fn routes() -> OpenApiRouter<HttpState> {
         .routes(routes!(deliveries::get_stats))
         .routes(routes!(deliveries::get_delivery))
         .routes(routes!(deliveries::retry_delivery))
+        .routes(routes!(portal::mint_portal_link))
 }

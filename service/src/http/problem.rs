@@ -131,6 +131,8 @@ pub enum ApiError {
     },
     /// No secret could be generated.
     Rng(crate::secrets::webhook_secret::RngError),
+    /// No portal link can be minted ([`PortalLinkError`](super::portal::PortalLinkError)).
+    PortalUnavailable,
     /// A test event cannot be sent to this webhook.
     NotSendable {
         /// The missing piece.
@@ -147,7 +149,8 @@ impl From<Error> for ApiError {
 }
 
 impl ApiError {
-    fn problem(&self) -> Problem {
+    /// The problem document of this error; the portal shows its `detail` on its pages.
+    pub(super) fn problem(&self) -> Problem {
         let problem = |status: StatusCode, slug: &str, title: &str, detail: String| Problem {
             type_: format!("{PROBLEM_TYPE_PREFIX}{slug}"),
             title: title.to_owned(),
@@ -235,6 +238,12 @@ impl ApiError {
                 ),
                 Some(field),
                 "configured",
+            ),
+            ApiError::PortalUnavailable => problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "portal-unavailable",
+                "Portal unavailable",
+                "this server cannot mint portal links (no WEBHOOK_PORTAL_KEY)".to_owned(),
             ),
             ApiError::Rng(e) => {
                 tracing::error!(error = %e, "cannot generate a webhook secret");

@@ -15,7 +15,9 @@ use super::{HttpState, TAG};
 use crate::delivery::{self, Enqueued, SkipReason, WebhookDelivery};
 use crate::error::Error;
 use crate::webhook::events::TEST_EVENT;
-use crate::webhook::{self, WebhookConfig, WebhookConfigPatch, WebhookConfigView, signing_secrets};
+use crate::webhook::{
+    self, AgentWebhook, WebhookConfig, WebhookConfigPatch, WebhookConfigView, signing_secrets,
+};
 
 /// The configuration of an agent's webhook, without the secret.
 #[utoipa::path(
@@ -176,6 +178,17 @@ pub(super) async fn send_test(
         agent,
     }: OwnAgent,
 ) -> Result<(StatusCode, Json<WebhookDelivery>), ApiError> {
+    let delivery = enqueue_test(&state, &agent_id, &agent).await?;
+    Ok((StatusCode::ACCEPTED, Json(delivery)))
+}
+
+/// Enqueues a [`TEST_EVENT`] delivery to `agent`'s webhook: the API's test route and the
+/// portal's "send a test event" button.
+pub(super) async fn enqueue_test(
+    state: &HttpState,
+    agent_id: &str,
+    agent: &AgentWebhook,
+) -> Result<WebhookDelivery, ApiError> {
     if agent.webhook_secret.is_none() {
         return Err(ApiError::NotSendable {
             field: "webhook_secret",
@@ -192,7 +205,7 @@ pub(super) async fn send_test(
     let enqueued = delivery::enqueue(
         &state.db,
         &state.settings,
-        &agent_id,
+        agent_id,
         &event_id,
         TEST_EVENT,
         &payload,
@@ -200,9 +213,7 @@ pub(super) async fn send_test(
     )
     .await?;
     match enqueued {
-        Enqueued::Created(delivery) | Enqueued::Existing(delivery) => {
-            Ok((StatusCode::ACCEPTED, Json(delivery)))
-        }
+        Enqueued::Created(delivery) | Enqueued::Existing(delivery) => Ok(delivery),
         Enqueued::Skipped(SkipReason::Disabled) => Err(ApiError::NotSendable {
             field: "webhook_enabled",
             detail: "the webhook is disabled",
@@ -211,7 +222,9 @@ pub(super) async fn send_test(
             field: "webhook_url",
             detail: "the webhook has no URL",
         }),
-        Enqueued::Skipped(SkipReason::AgentDeleted) => Err(Error::AgentNotFound(agent_id).into()),
+        Enqueued::Skipped(SkipReason::AgentDeleted) => {
+            Err(Error::AgentNotFound(agent_id.to_owned()).into())
+        }
         Enqueued::Skipped(SkipReason::NotWanted) => {
             // The test event is never filtered (see `TEST_EVENT`).
             Err(Error::InvalidEvent {
