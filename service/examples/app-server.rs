@@ -10,6 +10,9 @@
 //! | `LISTEN` | the address to serve on | `127.0.0.1:3000` |
 //! | `DEMO_TOKENS` | `token=organization,…`: which bearer token acts for which organization | `demo-token=org-demo` |
 //!
+//! With `WEBHOOK_PORTAL_KEY` set (`openssl rand -base64 32`) it prints a portal link for the
+//! demo agent, valid for an hour (docs/portal.md).
+//!
 //! It creates organization `org-demo` with agent `agent-demo` if they are missing, and serves
 //! `POST /demo/receiver`, a local webhook receiver that prints what it gets. Demo only: real
 //! apps authenticate their own way and implement `CallerOrganization` on top of it.
@@ -116,11 +119,25 @@ async fn main() -> Result<(), AnyError> {
     let shutdown = on_stop(stopped.clone());
     let worker = tokio::spawn(async move { worker.run(shutdown).await });
 
+    let portal_link = http::portal::mint_link(
+        &db,
+        &settings,
+        "org-demo",
+        "agent-demo",
+        std::time::Duration::from_secs(3600),
+        chrono::Utc::now(),
+    )
+    .await;
     let app = http::router(HttpState::new(db, settings, DemoTokens(tokens)))
         .merge(http::openapi_router())
         .route("/demo/receiver", axum::routing::post(receive));
     let listener = tokio::net::TcpListener::bind(var("LISTEN", "127.0.0.1:3000")).await?;
-    println!("listening on http://{}", listener.local_addr()?);
+    let addr = listener.local_addr()?;
+    println!("listening on http://{addr}");
+    match portal_link {
+        Ok(link) => println!("portal of agent-demo: http://{addr}{}", link.path),
+        Err(e) => println!("no portal link: {e}"),
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(on_stop(stopped))
         .await?;

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use agent_webhooks::http::{self, CallerOrganization, HttpState, MAX_BODY_BYTES};
 use agent_webhooks::secrets::secret_box::KeyRing;
-use agent_webhooks::settings::WebhookSettings;
+use agent_webhooks::settings::{PortalKey, WebhookSettings};
 use axum::http::request::Parts;
 use entity::{agents, organizations, webhook_deliveries as wd};
 use futures::future::BoxFuture;
@@ -46,6 +46,7 @@ impl CallerOrganization for OrgHeader {
 fn settings() -> WebhookSettings {
     WebhookSettings {
         keys: Some(KeyRing::parse(&KeyRing::generate_key_entry("k1").unwrap()).unwrap()),
+        portal_key: Some(PortalKey::from_bytes(&[7; 32]).unwrap()),
         ..WebhookSettings::default()
     }
 }
@@ -242,6 +243,11 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ("GET", "/v1/agents/{agent}/webhook/stats", None),
         ("GET", "/v1/webhook-deliveries/{delivery}", None),
         ("POST", "/v1/webhook-deliveries/{delivery}/retry", None),
+        (
+            "POST",
+            "/v1/agents/{agent}/webhook/portal-link",
+            Some(json!({"valid_for_secs": 60})),
+        ),
     ]
 }
 

@@ -15,6 +15,7 @@ mod health;
 mod host_autogenerate;
 mod host_schema;
 mod http;
+mod portal;
 mod recording;
 mod schema;
 mod sender;
