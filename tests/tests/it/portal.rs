@@ -196,7 +196,11 @@ async fn portal_flow() {
         axum::Router::new()
             .route(
                 "/ok",
-                axum::routing::post(|| async { StatusCode::NO_CONTENT }),
+                // Slow enough that the page after "send" shows the delivery on its way.
+                axum::routing::post(|| async {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    StatusCode::NO_CONTENT
+                }),
             )
             .route(
                 "/fail",
@@ -312,6 +316,13 @@ async fn portal_flow() {
     c.goto(&home).await.unwrap();
     click(&c, "#send-test").await;
     wait_text(&c, ".banner.ok", |t| t.contains("Test event queued")).await;
+    let first = wait_text(
+        &c,
+        "#deliveries tbody tr:first-child [data-field=state]",
+        |_| true,
+    )
+    .await;
+    assert!(first == "pending" || first == "leased", "{first}");
     c.execute("window.notReloaded = true;", vec![])
         .await
         .unwrap();
@@ -348,16 +359,38 @@ async fn portal_flow() {
     )
     .await;
 
-    // Stored markup in an event type and in the agent's URL, besides the response excerpt.
+    // Stored markup in the event types, the agent's name and its URL, besides the response
+    // excerpt: the database is the app's, and not every writer goes through our checks.
     wd::Entity::update_many()
         .col_expr(wd::Column::EventType, Expr::value(MARKUP))
         .filter(wd::Column::AgentId.eq("agent-1"))
-        .filter(wd::Column::StatusCode.is_null())
         .exec(&t.db)
         .await
         .unwrap();
     agents::Entity::update_many()
         .col_expr(agents::Column::Name, Expr::value(MARKUP))
+        .col_expr(
+            agents::Column::WebhookUrl,
+            Expr::value(format!("https://example.com/{MARKUP}")),
+        )
+        .filter(agents::Column::Id.eq("agent-1"))
+        .exec(&t.db)
+        .await
+        .unwrap();
+    c.goto(&home).await.unwrap();
+    let shown_url = wait_text(&c, "#current-url", |t| t.contains("example.com")).await;
+    assert!(shown_url.contains(MARKUP), "{shown_url}");
+    let event_type = wait_text(&c, "#deliveries tbody tr:first-child code", |t| {
+        !t.is_empty()
+    })
+    .await;
+    assert_eq!(event_type, MARKUP);
+    assert!(!pwned(&c).await, "stored markup ran on the overview");
+    agents::Entity::update_many()
+        .col_expr(
+            agents::Column::WebhookUrl,
+            Expr::value(format!("http://{receiver}/fail")),
+        )
         .filter(agents::Column::Id.eq("agent-1"))
         .exec(&t.db)
         .await
@@ -379,8 +412,28 @@ async fn portal_flow() {
         "{attempt}"
     );
     assert!(!pwned(&c).await, "the response excerpt ran");
+    assert!(!pwned(&c).await, "stored markup ran on the delivery page");
     click(&c, "#retry").await;
     wait_text(&c, ".banner.ok", |t| t.contains("Queued again")).await;
+    // It fails again (the endpoint still answers 500); then "recover everything since".
+    c.goto(&home).await.unwrap();
+    wait_text(
+        &c,
+        "#deliveries tbody tr:first-child [data-field=state]",
+        |t| t == "failed",
+    )
+    .await;
+    c.execute(
+        "document.getElementById('since').value = '2000-01-01T00:00';",
+        vec![],
+    )
+    .await
+    .unwrap();
+    click(&c, "#recover").await;
+    wait_text(&c, ".banner.ok", |t| {
+        t.contains("1 failed deliveries queued again")
+    })
+    .await;
 
     // Rotation: the new secret once, with the copy button the script shows.
     c.goto(&home).await.unwrap();
@@ -408,6 +461,12 @@ async fn portal_flow() {
     assert!(!c.source().await.unwrap().contains(&secret), "shown once");
 
     // The README's screenshot: the overview with its history.
+    wd::Entity::update_many()
+        .col_expr(wd::Column::EventType, Expr::value("webhook.test"))
+        .filter(wd::Column::AgentId.eq("agent-1"))
+        .exec(&t.db)
+        .await
+        .unwrap();
     agents::Entity::update_many()
         .col_expr(agents::Column::Name, Expr::value("Support agent"))
         .filter(agents::Column::Id.eq("agent-1"))
@@ -476,9 +535,17 @@ async fn portal_flow() {
         .unwrap();
     assert!(stored.webhook_enabled);
 
-    // The headers of every page: CSP without inline script, framing as configured.
+    // Reading needs no script: the history is in the served HTML.
     let answer = http_client.get(&home).send().await.unwrap();
-    let csp = answer.headers()["content-security-policy"]
+    let headers = answer.headers().clone();
+    let served = answer.text().await.unwrap();
+    assert_eq!(served.matches("<tr data-delivery=").count(), 2, "{served}");
+    assert!(
+        !served.contains("<script>") && !served.contains(" style="),
+        "no inline script or style"
+    );
+    // The headers of every page: CSP without inline script, framing as configured.
+    let csp = headers["content-security-policy"]
         .to_str()
         .unwrap()
         .to_owned();
@@ -487,9 +554,94 @@ async fn portal_flow() {
         "{csp}"
     );
     assert!(csp.contains("frame-ancestors 'self'"), "{csp}");
-    assert_eq!(answer.headers()["referrer-policy"], "no-referrer");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
 
     c.close().await.unwrap();
     drop(driver);
     worker.stop().await;
+}
+
+/// The mint route: a link only with a portal key, within the lifetime bounds, only for the
+/// caller's own agent; the link opens that agent's page and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_are_minted_through_the_api() {
+    let t = TestDb::migrated(Backend::Sqlite).await;
+    let with_key = WebhookSettings {
+        portal_key: Some(PortalKey::from_bytes(&[7; 32]).unwrap()),
+        ..WebhookSettings::default()
+    };
+    integration_tests::seed_agent(&t, "agent-1", &[]).await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(WAIT)
+        .build()
+        .unwrap();
+    let mint = |base: String, org: &'static str, body: &'static str| {
+        let client = client.clone();
+        async move {
+            let answer = client
+                .post(format!("{base}/v1/agents/agent-1/webhook/portal-link"))
+                .header("x-org", org)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status().as_u16();
+            let cache = answer.headers().get("cache-control").cloned();
+            let body: serde_json::Value =
+                serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+            (status, cache, body)
+        }
+    };
+
+    let without = serve(http::router(HttpState::new(
+        t.db.clone(),
+        WebhookSettings::default(),
+        OrgHeader,
+    )))
+    .await;
+    let (status, _, problem) = mint(format!("http://{without}"), "org-1", "{}").await;
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(
+        problem["type"],
+        "urn:agent-webhooks:problem:portal-unavailable"
+    );
+
+    let base = format!(
+        "http://{}",
+        serve(http::router(HttpState::new(
+            t.db.clone(),
+            with_key,
+            OrgHeader
+        )))
+        .await
+    );
+    for too_long in [r#"{"valid_for_secs": 0}"#, r#"{"valid_for_secs": 86401}"#] {
+        let (status, _, problem) = mint(base.clone(), "org-1", too_long).await;
+        assert_eq!(
+            (status, problem["field"].as_str()),
+            (422, Some("valid_for_secs")),
+            "{problem}"
+        );
+    }
+    let (status, _, problem) = mint(base.clone(), "org-2", "{}").await;
+    assert_eq!(status, 404, "{problem}");
+    let before = Utc::now();
+    let (status, cache, link) = mint(base.clone(), "org-1", "{}").await;
+    assert_eq!(status, 200, "{link}");
+    assert_eq!(cache.unwrap(), "no-store");
+    let expires_at: chrono::DateTime<Utc> = link["expires_at"].as_str().unwrap().parse().unwrap();
+    let ttl = expires_at - before;
+    assert!(
+        ttl > TimeDelta::minutes(14) && ttl <= TimeDelta::minutes(15),
+        "{ttl}"
+    );
+    let page = client
+        .get(format!("{base}{}", link["path"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Webhook of"));
 }

@@ -49,6 +49,7 @@ use super::webhook::enqueue_test;
 use super::{HttpState, TAG};
 use crate::delivery::{self, HistoryQuery, WebhookDelivery};
 use crate::error::Error;
+use crate::webhook::url_policy::UrlPolicy;
 use crate::webhook::{self, AgentWebhook, WebhookConfigPatch, signing_secrets};
 use link::Grant;
 use page::{Banner, ConfigForm, Overview, Place, Rotated};
@@ -501,6 +502,15 @@ async fn render_overview(
         form,
         rotated,
         grace_hours: state.settings.signing_grace.as_secs() / 3600,
+        url_help: match state.settings.url_policy {
+            UrlPolicy::Production => {
+                "Where deliveries are sent: an https URL of a host on the public internet."
+            }
+            UrlPolicy::Development => {
+                "Where deliveries are sent: an http or https URL; this server also allows local \
+                 and private addresses (development policy)."
+            }
+        },
     };
     Ok(html(status, page::overview(&portal.place(), &page)))
 }

@@ -68,6 +68,8 @@ pub(crate) struct Overview<'a> {
     pub rotated: Option<Rotated>,
     /// The signing grace period, in hours, for the rotate button's explanation.
     pub grace_hours: u64,
+    /// Which URLs the server's URL policy takes, said next to the URL field.
+    pub url_help: &'static str,
 }
 
 fn time(t: DateTime<Utc>) -> Markup {
@@ -192,7 +194,7 @@ pub(crate) fn overview(place: &Place, page: &Overview) -> Markup {
                         p #webhook_url-error.field-error { (error) }
                     } @else {
                         input #webhook_url name="webhook_url" type="url" value=(url_value) autocomplete="off" aria-describedby="webhook_url-help";
-                        p #webhook_url-help.help { "Where deliveries are sent: an https URL on the public internet." }
+                        p #webhook_url-help.help { (page.url_help) }
                     }
                     label for="webhook_events" { "Event types" }
                     @if let Some(error) = &page.form.events_error {
