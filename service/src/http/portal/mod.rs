@@ -5,7 +5,7 @@
 //! `POST /v1/agents/{agent_id}/webhook/portal-link`) and shows it to its user, in a tab or an
 //! iframe. docs/portal.md is the guide; this is how it works.
 //!
-//! * Access: the token in the path ([`link`]) names one agent and an expiry, under an HMAC
+//! * Access: the token in the path (`link.rs`) names one agent and an expiry, under an HMAC
 //!   of the settings' `WEBHOOK_PORTAL_KEY`. Every page checks it, then that the agent is live
 //!   and still in the token's organization, then (delivery pages) that the delivery is the
 //!   agent's. Any failure is the same 404 page.
@@ -13,7 +13,7 @@
 //!   iframe of another site without third-party cookies (`SameSite=None`), and there is no
 //!   session to steal or fixate. The price: the token is in the browser's history, so links
 //!   are short-lived, and `Referrer-Policy: no-referrer` keeps it from other sites.
-//! * Forms: every POST carries a CSRF token derived from the link ([`link::csrf_token`]) and
+//! * Forms: every POST carries a CSRF token derived from the link (`link.rs`) and
 //!   is refused when the browser says it comes from another site (`Sec-Fetch-Site`).
 //! * Headers: a Content-Security-Policy without inline script or style (`script-src 'self'`
 //!   for the one static script), `frame-ancestors` from the settings, `no-store`.
