@@ -151,3 +151,49 @@ async fn replicas_starting_together_all_come_up(backend: Backend) {
 }
 
 backend_tests!(replicas_starting_together_all_come_up);
+
+/// With `WEBHOOK_PORTAL_KEY` it prints a portal link for its demo agent, and the link opens
+/// the demo agent's portal page.
+#[test]
+fn prints_a_portal_link_for_the_demo_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
+    let keys = agent_webhooks::secrets::secret_box::KeyRing::generate_key_entry("k1").unwrap();
+    let mut server = Command::new(app_server())
+        .env("WEBHOOK_SECRET_KEYS", keys)
+        .env(
+            "WEBHOOK_PORTAL_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )
+        .env("DATABASE_URL", &url)
+        .env("LISTEN", "127.0.0.1:0")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the example app server");
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let mut link = None;
+    for line in lines.by_ref().take(5) {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("portal of agent-demo: http://") {
+            link = Some(rest.to_owned());
+            break;
+        }
+    }
+    let link = link.expect("a portal link among the first lines");
+    let (addr, path) = link.split_at(link.find('/').unwrap());
+    let mut socket = std::net::TcpStream::connect(addr).expect("it serves");
+    std::io::Write::write_all(
+        &mut socket,
+        format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut socket, &mut response).unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("Webhook of"), "{response}");
+}

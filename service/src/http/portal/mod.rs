@@ -231,7 +231,7 @@ impl Depth {
 /// A portal page's failure, as a page.
 enum PortalError {
     /// Any link or id that does not open this portal: one page for all.
-    NotFound { token: String, depth: Depth },
+    NotFound { depth: Depth },
     /// A POST without the link's CSRF token, or from another site.
     Forbidden {
         token: String,
@@ -245,10 +245,11 @@ enum PortalError {
 impl IntoResponse for PortalError {
     fn into_response(self) -> Response {
         match self {
-            PortalError::NotFound { token, depth } => {
+            PortalError::NotFound { depth } => {
+                // The path's token is not ours: nothing on the page is made from it.
                 let place = Place {
                     base: depth.base(),
-                    token: &token,
+                    token: "",
                     csrf: "",
                 };
                 html(StatusCode::NOT_FOUND, page::not_found(&place))
@@ -300,10 +301,7 @@ impl Portal {
     }
 
     fn not_found(&self) -> PortalError {
-        PortalError::NotFound {
-            token: self.token.clone(),
-            depth: self.depth,
-        }
+        PortalError::NotFound { depth: self.depth }
     }
 
     /// The CSRF token of the form and the browser's word on where the request comes from.
@@ -381,10 +379,7 @@ impl FromRequestParts<HttpState> for Portal {
             2 => Depth::Delivery,
             _ => Depth::DeliveryAction,
         };
-        let not_found = || PortalError::NotFound {
-            token: token.clone(),
-            depth,
-        };
+        let not_found = || PortalError::NotFound { depth };
         let key = state.settings.portal_key.as_ref().ok_or_else(not_found)?;
         let Grant {
             agent_id,
