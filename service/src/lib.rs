@@ -12,7 +12,7 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | `http` | (feature `axum`) the HTTP API an app server mounts: routes, problem responses, OpenAPI |
+//! | `http` | (feature `axum`) the HTTP API an app server mounts: routes, problem responses, OpenAPI, and the owner-facing webhook portal (`http::portal`) |
 //! | [`dispatch`] | the delivery worker: claim, sign ([`dispatch::sign`]), send over an SSRF-safe client, record every attempt |
 //! | [`delivery`] | the books: enqueue, claim, record, endpoint health, history, requeue, the retry policy |
 //! | [`webhook`] | an agent's webhook: configuration, the URL policy ([`webhook::url_policy`]), event filters ([`webhook::events`]), signing-secret rotation ([`webhook::signing_secrets`]) |

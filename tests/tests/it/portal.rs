@@ -198,7 +198,7 @@ async fn portal_flow() {
                 "/ok",
                 // Slow enough that the page after "send" shows the delivery on its way.
                 axum::routing::post(|| async {
-                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    tokio::time::sleep(Duration::from_secs(3)).await;
                     StatusCode::NO_CONTENT
                 }),
             )
@@ -519,21 +519,60 @@ async fn portal_flow() {
     assert!(pages[0].contains("Not found"), "{}", pages[0]);
     assert!(pages.iter().all(|p| p == &pages[0]), "{pages:#?}");
 
-    // A form posted without the link's CSRF token is refused and changes nothing.
-    let answer = http_client
-        .post(format!("{home}/enabled"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("enabled=false&csrf=forged")
+    // A form posted without the link's CSRF token, or with it from another site, is refused
+    // and changes nothing; with it, from the page's origin, it is taken.
+    let page = http_client
+        .get(&home)
         .send()
         .await
+        .unwrap()
+        .text()
+        .await
         .unwrap();
-    assert_eq!(answer.status(), 403);
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF field")
+        .to_owned();
+    let no_redirect = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(WAIT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let post = |csrf: String, site: &'static str| {
+        let client = no_redirect.clone();
+        let url = format!("{home}/enabled");
+        async move {
+            client
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("sec-fetch-site", site)
+                .body(format!("enabled=false&csrf={csrf}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(post("forged".to_owned(), "same-origin").await, 403);
+    assert_eq!(post(csrf.clone(), "cross-site").await, 403);
+    assert_eq!(post(csrf.clone(), "same-site").await, 403);
     let stored = agents::Entity::find_by_id("agent-1")
         .one(&t.db)
         .await
         .unwrap()
         .unwrap();
     assert!(stored.webhook_enabled);
+    assert_eq!(post(csrf, "same-origin").await, 303);
+    let stored = agents::Entity::find_by_id("agent-1")
+        .one(&t.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!stored.webhook_enabled, "the checked form is taken");
 
     // Reading needs no script: the history is in the served HTML.
     let answer = http_client.get(&home).send().await.unwrap();
