@@ -198,3 +198,86 @@ backend_tests!(
     max_attempts_bounds_every_delivery,
     claim_lease_sets_how_long_a_claim_holds,
 );
+
+/// `WEBHOOK_PORTAL_KEY` decides whether portal links can be minted and which open a page;
+/// `WEBHOOK_PORTAL_FRAME_ANCESTORS` is the pages' `frame-ancestors`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_settings_decide_links_and_framing() {
+    use agent_webhooks::http::portal::{self, PortalLinkError};
+    use agent_webhooks::http::{self, CallerOrganization, HttpState};
+    use std::time::Duration;
+
+    struct Nobody;
+    impl CallerOrganization for Nobody {
+        fn organization_id<'a>(
+            &'a self,
+            _: &'a axum::http::request::Parts,
+        ) -> futures::future::BoxFuture<'a, Option<String>> {
+            Box::pin(async { None })
+        }
+    }
+
+    let t = TestDb::migrated(Backend::Sqlite).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    let ttl = Duration::from_secs(60);
+    let unset = settings(&[]);
+    assert!(matches!(
+        portal::mint_link(&t.db, &unset, "org-1", "agent-1", ttl, Utc::now()).await,
+        Err(PortalLinkError::NoKey)
+    ));
+    let key_a = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let key_b = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+    let with_a = settings(&[
+        (vars::PORTAL_KEY, key_a),
+        (vars::PORTAL_FRAME_ANCESTORS, "https://app.example.com"),
+    ]);
+    let link = portal::mint_link(&t.db, &with_a, "org-1", "agent-1", ttl, Utc::now())
+        .await
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for (settings, status, frame_ancestors, x_frame) in [
+        (with_a, 200, "frame-ancestors https://app.example.com", None),
+        // Another key: the link does not open (and the default framing is the app's own).
+        (
+            settings(&[(vars::PORTAL_KEY, key_b)]),
+            404,
+            "frame-ancestors 'self'",
+            None,
+        ),
+        (
+            settings(&[
+                (vars::PORTAL_KEY, key_a),
+                (vars::PORTAL_FRAME_ANCESTORS, "'none'"),
+            ]),
+            200,
+            "frame-ancestors 'none'",
+            Some("DENY"),
+        ),
+    ] {
+        let app = http::router(HttpState::new(t.db.clone(), settings, Nobody));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let answer = client
+            .get(format!("http://{addr}{}", link.path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), status);
+        let csp = answer.headers()["content-security-policy"]
+            .to_str()
+            .unwrap();
+        assert!(csp.ends_with(frame_ancestors), "{csp}");
+        assert_eq!(
+            answer
+                .headers()
+                .get("x-frame-options")
+                .map(|v| v.to_str().unwrap()),
+            x_frame
+        );
+    }
+}
