@@ -257,6 +257,16 @@ async fn portal_settings_decide_links_and_framing() {
             "frame-ancestors 'none'",
             Some("DENY"),
         ),
+        // Set in code rather than read: a value that would add a directive forbids framing.
+        (
+            WebhookSettings {
+                portal_frame_ancestors: "'self'; script-src *".to_owned(),
+                ..settings(&[(vars::PORTAL_KEY, key_a)])
+            },
+            200,
+            "frame-ancestors 'none'",
+            Some("DENY"),
+        ),
     ] {
         let app = http::router(HttpState::new(t.db.clone(), settings, Nobody));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -49,6 +49,7 @@ use super::webhook::enqueue_test;
 use super::{HttpState, TAG};
 use crate::delivery::{self, HistoryQuery, WebhookDelivery};
 use crate::error::Error;
+use crate::settings::check_frame_ancestors;
 use crate::webhook::url_policy::UrlPolicy;
 use crate::webhook::{self, AgentWebhook, WebhookConfigPatch, signing_secrets};
 use link::Grant;
@@ -145,8 +146,15 @@ pub(super) fn routes(state: &HttpState) -> axum::Router<HttpState> {
         )
         .route(&format!("{ASSETS}/portal.css"), get(css))
         .route(&format!("{ASSETS}/portal.js"), get(js));
-    let policy = content_security_policy(&state.settings.portal_frame_ancestors);
-    let deny_framing = state.settings.portal_frame_ancestors == "'none'";
+    // Checked again here: the field is public, and a value set in code rather than read by
+    // `from_env` must not add directives either. An invalid one forbids framing.
+    let frame_ancestors = check_frame_ancestors(&state.settings.portal_frame_ancestors)
+        .unwrap_or_else(|_| {
+            tracing::error!("invalid portal_frame_ancestors; the portal forbids framing");
+            "'none'".to_owned()
+        });
+    let policy = content_security_policy(&frame_ancestors);
+    let deny_framing = frame_ancestors == "'none'";
     pages.layer(axum::middleware::map_response(
         move |mut response: Response| {
             let policy = policy.clone();
@@ -179,7 +187,7 @@ fn content_security_policy(frame_ancestors: &str) -> HeaderValue {
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
          connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors {frame_ancestors}"
     );
-    // The settings admit only header-safe characters (`check_frame_ancestors`).
+    // `check_frame_ancestors` admits only header-safe characters.
     HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static(
         "default-src 'none'; frame-ancestors 'none'",
     ))
@@ -877,5 +885,38 @@ async fn retry(
             let (status, banner) = refused(e.into())?;
             render_delivery(&state, &portal, d, status, Some(banner)).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_the_forms_of_datetime_local_and_rfc_3339() {
+        let t = |s: &str| parse_since(s).map(|t| t.to_rfc3339());
+        assert_eq!(
+            t("2026-12-04T18:30").as_deref(),
+            Some("2026-12-04T18:30:00+00:00")
+        );
+        assert_eq!(
+            t("2026-12-04T18:30:05").as_deref(),
+            Some("2026-12-04T18:30:05+00:00")
+        );
+        assert_eq!(
+            t("2026-12-04T19:30:00+01:00").as_deref(),
+            Some("2026-12-04T18:30:00+00:00")
+        );
+        assert_eq!(t(""), None);
+        assert_eq!(t("yesterday"), None);
+    }
+
+    #[test]
+    fn the_policy_has_no_inline_code_and_the_configured_framing() {
+        let policy = content_security_policy("'self' https://app.example.com");
+        let policy = policy.to_str().unwrap();
+        assert!(policy.contains("script-src 'self';") && policy.contains("style-src 'self';"));
+        assert!(!policy.contains("unsafe"));
+        assert!(policy.ends_with("frame-ancestors 'self' https://app.example.com"));
     }
 }
