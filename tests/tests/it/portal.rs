@@ -431,7 +431,7 @@ async fn portal_flow() {
     .unwrap();
     click(&c, "#recover").await;
     wait_text(&c, ".banner.ok", |t| {
-        t.contains("1 failed deliveries queued again")
+        t.contains("1 failed delivery queued again")
     })
     .await;
 

@@ -425,7 +425,10 @@ fn notice(query: &OverviewQuery) -> Option<Banner> {
             "Deliveries disabled: no event is queued until you enable them again.".to_owned()
         }
         "test-sent" => "Test event queued; its state below updates as it is sent.".to_owned(),
-        "recovered" => format!("{} failed deliveries queued again.", query.n.unwrap_or(0)),
+        "recovered" => match query.n.unwrap_or(0) {
+            1 => "1 failed delivery queued again.".to_owned(),
+            n => format!("{n} failed deliveries queued again."),
+        },
         _ => return None,
     };
     Some(Banner { error: false, text })
