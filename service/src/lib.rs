@@ -38,7 +38,14 @@ pub mod secrets;
 pub mod settings;
 pub mod webhook;
 
+pub use db::migrate;
 pub use error::{Error, Result};
+
+// The versions this crate is built with, so an app names them through it instead of matching
+// them by hand in its own Cargo.toml.
+pub use entity;
+pub use migration;
+pub use sea_orm;
 
 // The paths of the flat layout, kept for one release (see CHANGELOG.md).
 #[doc(hidden)]
