@@ -20,8 +20,8 @@ use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::sea_orm::{ConnectOptions, Database, DbErr};
 
 use crate::{
-    CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, LOCK_TIMEOUT, Migrator, RedactedStderr,
-    check_reachable, redact_secrets,
+    CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, LOCK_TIMEOUT, Migrator, RedactedStderr, check_reachable,
+    redact_secrets,
 };
 
 #[derive(Debug, Parser)]

@@ -20,9 +20,10 @@
 //! webhook may point at loopback) and a key ring of its own unless `WEBHOOK_SECRET_KEYS` is
 //! set; points `agent-demo`'s webhook at the app's demo receiver, creates an order through
 //! the API, and waits until the receiver gets the signed `order.created` delivery. It exits 0
-//! once the signature verifies, 1 on any failure or after [`SELF_CHECK_TIMEOUT`].
+//! once the signature verifies, 1 on any failure or when the delivery has not come within
+//! [`SELF_CHECK_TIMEOUT`] of serving.
 
-// ---- What the app imports --------------------------------------------------------------
+// ---- What the app imports -----------------------------------------------------------------------
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -62,10 +63,10 @@ type AnyError = Box<dyn std::error::Error + Send + Sync>;
 const ORDER_CREATED: &str = "order.created";
 /// The header the app's clients authenticate with.
 const API_KEY_HEADER: &str = "x-api-key";
-/// How long `--self-check` may take from start to verified delivery.
+/// How long `--self-check` waits, once serving, for its requests and the verified delivery.
 const SELF_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 
-// ---- Start-up: settings, database, migrations, the app's own table ---------------------
+// ---- Start-up: settings, database, migrations, the app's own table ------------------------------
 
 fn main() -> ExitCode {
     let self_check = match std::env::args().nth(1).as_deref() {
@@ -185,8 +186,7 @@ async fn run(database_url: &str, self_check: bool) -> Result<(), AnyError> {
             .find(|(_, org)| *org == "org-demo")
             .map(|(key, _)| key.clone())
             .ok_or("--self-check: API_KEYS has no key for org-demo")?;
-        match tokio::time::timeout(SELF_CHECK_TIMEOUT, run_self_check(addr, &key, received)).await
-        {
+        match tokio::time::timeout(SELF_CHECK_TIMEOUT, run_self_check(addr, &key, received)).await {
             Ok(outcome) => outcome,
             Err(_) => Err(format!(
                 "--self-check: no verified delivery within {} s",
@@ -268,7 +268,7 @@ fn parse_api_keys(setting: &str) -> Result<HashMap<String, String>, AnyError> {
         .collect()
 }
 
-// ---- The app's own authentication -------------------------------------------------------
+// ---- The app's own authentication ---------------------------------------------------------------
 
 /// Maps the `x-api-key` header to the caller's organization and puts it into the request's
 /// extensions, where the app's handlers and the library's routes (`FromExtension`) read it.
@@ -288,7 +288,7 @@ async fn authenticate(State(app): State<App>, mut request: Request, next: Next) 
     next.run(request).await
 }
 
-// ---- The app's own write and its event, in one transaction ------------------------------
+// ---- The app's own write and its event, in one transaction --------------------------------------
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -375,9 +375,11 @@ impl<E: std::fmt::Display> From<E> for AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         match self {
-            AppError::AgentNotFound => {
-                (StatusCode::NOT_FOUND, Json(json!({"error": "agent not found"}))).into_response()
-            }
+            AppError::AgentNotFound => (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "agent not found"})),
+            )
+                .into_response(),
             AppError::Internal(cause) => {
                 tracing::error!(%cause, "request failed");
                 let body = json!({"error": "internal"});
@@ -387,7 +389,7 @@ impl IntoResponse for AppError {
     }
 }
 
-// ---- A demo receiver, and the self-check ------------------------------------------------
+// ---- A demo receiver, and the self-check --------------------------------------------------------
 
 /// One delivery as the demo receiver got it.
 struct Received {
@@ -408,7 +410,9 @@ async fn receive(
 
 async fn print_received(mut received: mpsc::UnboundedReceiver<Received>) {
     while let Some(Received { headers, body }) = received.recv().await {
-        let id = headers.get(signing::HEADER_ID).and_then(|v| v.to_str().ok());
+        let id = headers
+            .get(signing::HEADER_ID)
+            .and_then(|v| v.to_str().ok());
         println!(
             "receiver: webhook-id {} body {}",
             id.unwrap_or("?"),
@@ -420,8 +424,7 @@ async fn print_received(mut received: mpsc::UnboundedReceiver<Received>) {
 /// The settings of `--self-check`: the environment's, with the development URL policy (the
 /// receiver is on loopback), a fast poll, and a key ring of its own unless one is set.
 fn self_check_settings() -> Result<WebhookSettings, AnyError> {
-    let own_keys =
-        agent_webhooks::secrets::secret_box::KeyRing::generate_key_entry("self-check")?;
+    let own_keys = agent_webhooks::secrets::secret_box::KeyRing::generate_key_entry("self-check")?;
     let settings = WebhookSettings::from_lookup(|name| match name {
         vars::URL_POLICY => Some("development".to_owned()),
         vars::POLL_INTERVAL_MS => Some("100".to_owned()),
@@ -458,10 +461,13 @@ async fn run_self_check(
         .put(format!("{base}/api/webhooks/v1/agents/agent-demo/webhook"))
         .header(API_KEY_HEADER, api_key)
         .header("content-type", "application/json")
-        .body(json!({
-            "webhook_url": format!("{base}/demo/receiver"),
-            "webhook_secret": secret.expose(),
-        }).to_string())
+        .body(
+            json!({
+                "webhook_url": format!("{base}/demo/receiver"),
+                "webhook_secret": secret.expose(),
+            })
+            .to_string(),
+        )
         .send()
         .await?;
     expect_status(configured, 200, "configuring agent-demo's webhook").await?;
@@ -474,15 +480,15 @@ async fn run_self_check(
         .send()
         .await?;
     let created = expect_status(created, 201, "creating an order").await?;
-    let order_id = created["id"].as_str().ok_or("the order has no id")?.to_owned();
+    let order_id = created["id"]
+        .as_str()
+        .ok_or("the order has no id")?
+        .to_owned();
     if created["delivery"]["queued"].as_str().is_none() {
         return Err(format!("the order's event was not queued: {created}").into());
     }
 
-    let Received { headers, body } = received
-        .recv()
-        .await
-        .ok_or("the demo receiver stopped")?;
+    let Received { headers, body } = received.recv().await.ok_or("the demo receiver stopped")?;
     let header = |name: &str| {
         headers
             .get(name)
