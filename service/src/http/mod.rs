@@ -11,14 +11,15 @@
 //! // The app's own auth middleware inserts an `http::OrganizationId` into the request's
 //! // extensions; `FromExtension` reads it.
 //! let webhooks = http::router(HttpState::new(db, settings, FromExtension::new()));
-//! let app = axum::Router::new()
-//!     .nest("/api/webhooks", webhooks)
-//!     .merge(http::openapi_router());
+//! let app = axum::Router::new().nest("/api/webhooks", webhooks);
 //! # let _: axum::Router = app;
 //! # }
 //! ```
 //!
 //! `docs/embedding.md` walks through a whole app built this way (`examples/embedding`).
+//! [`openapi_router`] serves the document with the routes at their own paths (`/v1/…`); an
+//! app that nests them under a prefix and publishes the document adds the prefix as a server
+//! to [`openapi`]'s document and serves that instead.
 //!
 //! # Routes
 //!
