@@ -20,8 +20,8 @@ use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::sea_orm::{ConnectOptions, Database, DbErr};
 
 use crate::{
-    CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, LOCK_TIMEOUT, MigrationLock, Migrator, RedactedStderr,
-    check_reachable, redact_secrets,
+    CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, LOCK_TIMEOUT, Migrator, RedactedStderr, check_reachable,
+    redact_secrets,
 };
 
 #[derive(Debug, Parser)]
@@ -155,27 +155,28 @@ async fn execute(cli: Cli) -> Result<(), String> {
         // migration lacks (an interrupted rollback on MariaDB).
         return crate::migrator::status(&db).await.map_err(|e| describe(&e));
     }
-    let lock = MigrationLock::acquire(&db)
-        .await
-        .map_err(|e| describe(&e))?;
-    let on = lock.executor();
-    let run = async {
-        match command {
-            Command::Up { num } => Migrator::up(on, num).await,
-            Command::Down { num } => Migrator::down(on, Some(num)).await,
-            Command::Fresh => Migrator::fresh(on).await,
-            Command::Refresh => Migrator::refresh(on).await,
-            Command::Reset => Migrator::reset(on).await,
-            Command::Status | Command::Owned { .. } => Ok(()),
-        }
-    };
-    let result = if cli.allow_data_loss {
-        crate::allowing_data_loss(run).await
-    } else {
-        run.await
-    };
-    let released = lock.release(result.is_ok()).await;
-    result.and(released).map_err(|e| describe(&e))
+    let allow_data_loss = cli.allow_data_loss;
+    crate::lock::under_lock(&db, move |on| {
+        Box::pin(async move {
+            let run = async {
+                match command {
+                    Command::Up { num } => Migrator::up(on, num).await,
+                    Command::Down { num } => Migrator::down(on, Some(num)).await,
+                    Command::Fresh => Migrator::fresh(on).await,
+                    Command::Refresh => Migrator::refresh(on).await,
+                    Command::Reset => Migrator::reset(on).await,
+                    Command::Status | Command::Owned { .. } => Ok(()),
+                }
+            };
+            if allow_data_loss {
+                crate::allowing_data_loss(run).await
+            } else {
+                run.await
+            }
+        })
+    })
+    .await
+    .map_err(|e| describe(&e))
 }
 
 /// `DbErr`'s message without the variant's prefix where the message says it all.
