@@ -699,8 +699,8 @@ async fn a_down_killed_before_its_first_drop_is_shown_by_status_mysql() {
     assert!(!text.contains("incomplete"), "{text}");
 }
 
-// `migration owned`: the objects we own, for the host's schema tool; the README's copy of the
-// Alembic hook is kept identical to what it prints.
+// `migration owned`: the objects we own, for the host's schema tool; docs/schema.md's copy of
+// the Alembic hook is kept identical to what it prints.
 /// `migration owned ARGS` in an empty directory without `DATABASE_URL`: it needs no database.
 fn owned(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
@@ -746,13 +746,13 @@ fn prints_json_by_default_and_the_alembic_hook_on_request() {
 }
 
 #[test]
-fn the_readme_shows_the_hook_the_command_prints() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("README.md");
+fn the_schema_doc_shows_the_hook_the_command_prints() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/schema.md"))
+        .expect("docs/schema.md");
     let hook = render(Format::Alembic);
     assert!(
-        readme.contains(&format!("```python\n{hook}```")),
-        "README.md must show the output of `migration owned --format alembic` verbatim:\n{hook}"
+        doc.contains(&format!("```python\n{hook}```")),
+        "docs/schema.md must show the output of `migration owned --format alembic` verbatim:\n{hook}"
     );
 }
 
