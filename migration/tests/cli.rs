@@ -30,28 +30,54 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Without `DATABASE_URL` the commands that change the schema say once that they use the
+/// embedded SQLite default; `status`, which only reads, does not. Counts of migrations take
+/// the noun that fits.
 #[test]
-fn defaults_to_embedded_sqlite_and_says_so() {
+fn defaults_to_embedded_sqlite_and_says_so_when_it_writes() {
+    const NOTE: &str = "DATABASE_URL is not set: using the embedded SQLite database";
     let dir = tempfile::tempdir().unwrap();
+    let out = migration(dir.path(), None, &["up", "-n", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert_eq!(text.matches(NOTE).count(), 1, "{text}");
+    assert!(
+        text.lines().any(|l| l == "Applying 1 pending migration"),
+        "{text}"
+    );
+    assert!(!text.contains("migrations\n"), "{text}");
+    assert!(dir.path().join("webhooks.db").exists());
     let out = migration(dir.path(), None, &["up"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("DATABASE_URL is not set: using the embedded SQLite database"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(dir.path().join("webhooks.db").exists());
 
     let status = migration(dir.path(), None, &["status"]);
     assert!(status.status.success());
     let text = stderr(&status);
+    assert!(!text.contains(NOTE), "{text}");
     let last = last_migration();
     assert!(text.contains(&format!("{last}'... Applied")), "{text}");
 
     let down = migration(dir.path(), None, &["down"]);
     assert!(down.status.success(), "{}", stderr(&down));
+    let text = stderr(&down);
+    assert_eq!(text.matches(NOTE).count(), 1, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == "Rolling back 1 applied migration"),
+        "{text}"
+    );
+    assert!(!text.contains("1 applied migrations"), "{text}");
     let text = stderr(&migration(dir.path(), None, &["status"]));
     assert!(text.contains(&format!("{last}'... Pending")), "{text}");
+
+    let down = migration(dir.path(), None, &["down", "-n", "2"]);
+    assert!(down.status.success(), "{}", stderr(&down));
+    let text = stderr(&down);
+    assert!(
+        text.lines()
+            .any(|l| l == "Rolling back 2 applied migrations"),
+        "{text}"
+    );
 }
 
 #[test]
