@@ -91,6 +91,11 @@ enum Command {
         /// `json`: the list; `alembic`: an `include_object` hook for an Alembic `env.py`.
         #[arg(long, value_enum, default_value_t = OwnedFormat::Json)]
         format: OwnedFormat,
+        /// Instead of printing the list, check it against what the migrations add to an
+        /// in-memory SQLite database with the host's tables: exit 1 naming every object the
+        /// list misses (or lists in vain). For CI, after adding a migration.
+        #[arg(long, conflicts_with = "format")]
+        check: bool,
     },
 }
 
@@ -106,7 +111,10 @@ enum OwnedFormat {
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
     let database_url = cli.database_url.clone().unwrap_or_default();
-    init_tracing(cli.verbose, database_url.clone());
+    // `owned --check` migrates a throwaway in-memory database: its progress is no news.
+    if cli.verbose || !matches!(cli.command, Some(Command::Owned { .. })) {
+        init_tracing(cli.verbose, database_url.clone());
+    }
     match execute(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -118,7 +126,12 @@ pub async fn run() -> ExitCode {
 }
 
 async fn execute(cli: Cli) -> Result<(), String> {
-    if let Some(Command::Owned { format }) = cli.command {
+    if let Some(Command::Owned { check: true, .. }) = cli.command {
+        crate::owned::check_against_migrations().await?;
+        note("migration owned: the list matches what the migrations add");
+        return Ok(());
+    }
+    if let Some(Command::Owned { format, .. }) = cli.command {
         let text = crate::owned::render(match format {
             OwnedFormat::Json => crate::owned::Format::Json,
             OwnedFormat::Alembic => crate::owned::Format::Alembic,
@@ -209,7 +222,32 @@ async fn migrate(
         run.await
     };
     let released = lock.release(result.is_ok()).await;
-    result.and(released).map_err(|e| describe(&e))
+    result.and(released).map_err(|e| {
+        let message = describe(&e);
+        match message.split_once(crate::ownership::RUN_AGAIN) {
+            Some((refusal, _)) => format!(
+                "{refusal}; if that is intended, run `cargo run -p migration -- {} \
+                 --allow-data-loss` (`sea-orm-cli migrate` cannot pass --allow-data-loss)",
+                command_line(&command)
+            ),
+            None => message,
+        }
+    })
+}
+
+/// `command` as typed on the command line, for the advice of a data-loss refusal.
+fn command_line(command: &Command) -> String {
+    match command {
+        Command::Up { num: Some(n) } => format!("up -n {n}"),
+        Command::Up { num: None } => "up".to_owned(),
+        Command::Down { num: 1 } => "down".to_owned(),
+        Command::Down { num } => format!("down -n {num}"),
+        Command::Fresh => "fresh".to_owned(),
+        Command::Refresh => "refresh".to_owned(),
+        Command::Reset => "reset".to_owned(),
+        Command::Status => "status".to_owned(),
+        Command::Owned { .. } => "owned".to_owned(),
+    }
 }
 
 /// `DbErr`'s message without the variant's prefix where the message says it all.
