@@ -1338,14 +1338,14 @@ fn python_verifies(requests: &Requests) {
         })
         .collect();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut child = Command::new("python3")
+    let mut child = Command::new(integration_tests::python())
         .arg("scripts/standardwebhooks_compat.py")
         .current_dir(root)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("python3 (with `pip install standardwebhooks`)");
+        .expect("Python with standardwebhooks (scripts/test installs it and sets TEST_PYTHON)");
     let input = serde_json::to_vec(&cases).unwrap();
     child.stdin.take().unwrap().write_all(&input).unwrap();
     let out = child.wait_with_output().unwrap();

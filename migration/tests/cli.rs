@@ -86,7 +86,7 @@ fn refuses_to_drop_tables_with_rows_with_one_line_and_exit_1() {
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("ops.db").display());
     assert!(migration(dir.path(), Some(&url), &["up"]).status.success());
     // Put a row in through sqlite itself: the binary has no insert command.
-    let conn = Command::new("python3")
+    let conn = Command::new(integration_tests::python())
         .args([
             "-c",
             "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
@@ -94,7 +94,7 @@ fn refuses_to_drop_tables_with_rows_with_one_line_and_exit_1() {
         ])
         .arg(dir.path().join("ops.db"))
         .status()
-        .expect("python3");
+        .expect("python");
     assert!(conn.success());
     for command in ["reset", "refresh", "fresh"] {
         let out = migration(dir.path(), Some(&url), &[command]);
