@@ -1,5 +1,5 @@
 //! What holds for `organizations`/`agents` when the baseline created them and when it adopted
-//! the host's (README, "Created or adopted"): the cascade from organizations to agents is ours
+//! the host's (docs/schema.md, "Created or adopted"): the cascade from organizations to agents is ours
 //! only on created tables; the cascade from agents to their delivery history holds in both.
 
 use agent_webhooks::delivery::Enqueued;
@@ -101,18 +101,18 @@ async fn cascades_on_created_and_adopted_tables(backend: Backend) {
 
 backend_tests!(cascades_on_created_and_adopted_tables);
 
-/// The README's schema section says the above, not an unconditional cascade.
+/// docs/schema.md says the above, not an unconditional cascade.
 #[test]
-fn the_readme_says_which_cascade_holds_when() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("README.md");
-    let row = readme
+fn the_schema_doc_says_which_cascade_holds_when() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/schema.md"))
+        .expect("docs/schema.md");
+    let row = doc
         .lines()
         .find(|l| l.starts_with("| organization_id | varchar → organizations.id"))
         .expect("the agents table's organization_id row");
     assert!(row.contains("only when we created `agents`"), "{row}");
-    assert!(readme.contains("### Created or adopted"));
-    assert!(readme.contains(
+    assert!(doc.contains("## Created or adopted"));
+    assert!(doc.contains(
         "| `agents.organization_id` foreign key | ours, `fk_agents_organization_id`, ON DELETE CASCADE"
     ));
 }

@@ -945,7 +945,7 @@ async fn openapi_document_lists_the_mounted_routes_and_validates() {
         .collect();
     assert_eq!(documented, mounted);
 
-    let mut child = Command::new("python3")
+    let mut child = Command::new(integration_tests::python())
         .args([
             "-c",
             "import json, sys\n\
@@ -956,7 +956,7 @@ async fn openapi_document_lists_the_mounted_routes_and_validates() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("this test needs python3 with openapi-spec-validator (scripts/test installs it)");
+        .expect("this test needs Python with openapi-spec-validator (scripts/test installs it)");
     child
         .stdin
         .take()

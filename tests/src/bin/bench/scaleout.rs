@@ -300,7 +300,7 @@ async fn enqueue_cost(report: &mut Report, n: usize) {
         committed as f64 / n as f64,
         "1",
     );
-    let python = std::env::var("TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let python = integration_tests::python();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/sqlalchemy_enqueue.py");
     let output = Command::new(&python)
         .args([script, &t.url, "agent-1", &n.to_string()])
