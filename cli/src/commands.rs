@@ -233,8 +233,8 @@ async fn run(cli: Cli, database_url: String, stop: Option<StopSignals>) -> anyho
 }
 
 /// Connections of the worker's pool: requests in flight hold none, so it needs one to claim
-/// with, one for the recording running beside the claim, one to LISTEN on and one for claims
-/// given back. A pool per request in flight would let four workers at the default concurrency
+/// with, one for the recording running beside the claim, and two for claims given back (the
+/// listening worker's `LISTEN` connection is its own, outside the pool). A pool per request in flight would let four workers at the default concurrency
 /// use up PostgreSQL's default `max_connections` (100).
 const WORKER_POOL: u32 = 4;
 

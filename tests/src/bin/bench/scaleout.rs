@@ -260,21 +260,22 @@ async fn enqueue_cost(report: &mut Report, n: usize) {
     let payload = serde_json::json!({"n": 1});
     let commits_before = commits(&counted).await;
     statements.store(0, Ordering::SeqCst);
-    let start = Instant::now();
-    for i in 0..n {
-        delivery::enqueue(
-            &counted.db,
-            &settings,
-            "agent-1",
-            &format!("evt-{i}"),
-            "run.completed",
-            &payload,
-            Utc::now(),
-        )
-        .await
-        .unwrap();
-    }
-    let took = start.elapsed();
+    let (took, _, ours_cpu) = super::procstat::measured(&counted, async {
+        for i in 0..n {
+            delivery::enqueue(
+                &counted.db,
+                &settings,
+                "agent-1",
+                &format!("evt-{i}"),
+                "run.completed",
+                &payload,
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        }
+    })
+    .await;
     let sent = statements.load(Ordering::SeqCst);
     // The reading of the counter and the flush are two commits more than the `n` enqueues'.
     let committed = commits(&counted).await - commits_before;
@@ -285,6 +286,14 @@ async fn enqueue_cost(report: &mut Report, n: usize) {
         "enqueue on one connection".into(),
         ours,
         "events/s",
+    );
+    let per_event_us = |cpu: Duration| cpu.as_secs_f64() * 1e6 / n as f64;
+    report.push(
+        "postgres",
+        SECTION,
+        "enqueue backend CPU".into(),
+        per_event_us(ours_cpu),
+        "µs/event",
     );
     report.push(
         "postgres",
@@ -302,36 +311,50 @@ async fn enqueue_cost(report: &mut Report, n: usize) {
     );
     let python = integration_tests::python();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/sqlalchemy_enqueue.py");
-    let output = Command::new(&python)
+    let mut child = Command::new(&python)
         .args([script, &t.url, "agent-1", &n.to_string()])
-        .output();
-    match output {
-        Ok(output) if output.status.success() => {
-            let theirs: f64 = String::from_utf8_lossy(&output.stdout)
-                .trim()
-                .parse()
-                .expect("the SQLAlchemy script prints events per second");
-            report.push(
-                "postgres",
-                SECTION,
-                "SQLAlchemy 2 enqueue on one connection".into(),
-                theirs,
-                "events/s",
-            );
-            report.push(
-                "postgres",
-                SECTION,
-                "enqueue / SQLAlchemy 2 enqueue".into(),
-                ours / theirs,
-                "x",
-            );
-        }
-        Ok(output) => panic!(
-            "{python} {script} failed (scripts/test installs SQLAlchemy and psycopg2): {}",
-            String::from_utf8_lossy(&output.stderr)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let (theirs, backend) = match line.split_whitespace().collect::<Vec<_>>()[..] {
+        [rate, pid] => (rate.parse::<f64>().unwrap(), pid.to_owned()),
+        _ => panic!(
+            "{python} {script} failed (scripts/test installs SQLAlchemy and psycopg2 in \
+             .venv-test; TEST_PYTHON names its python): {line:?}"
         ),
-        Err(e) => panic!("cannot run {python}: {e}"),
-    }
+    };
+    // One connection served the whole run: its backend's CPU is the run's.
+    let theirs_cpu = cpu(&backend);
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"\n").unwrap();
+    assert!(child.wait().unwrap().success(), "{python} {script} failed");
+    report.push(
+        "postgres",
+        SECTION,
+        "SQLAlchemy 2 enqueue on one connection".into(),
+        theirs,
+        "events/s",
+    );
+    report.push(
+        "postgres",
+        SECTION,
+        "SQLAlchemy 2 enqueue backend CPU".into(),
+        per_event_us(theirs_cpu),
+        "µs/event",
+    );
+    report.push(
+        "postgres",
+        SECTION,
+        "enqueue / SQLAlchemy 2 enqueue".into(),
+        ours / theirs,
+        "x",
+    );
 }
 
 /// Transactions committed in `t`'s database so far, as counted once its one connection has
