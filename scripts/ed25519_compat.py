@@ -42,7 +42,7 @@ try:
 except ImportError as err:
     print(
         f"ed25519_compat: the Python package 'cryptography' is not importable ({err}); "
-        "install it with: python3 -m pip install cryptography",
+        "run the tests through scripts/test, which installs it into .venv-test/",
         file=sys.stderr,
     )
     sys.exit(3)

@@ -44,7 +44,7 @@ try:
 except ImportError as err:
     print(
         f"standardwebhooks_compat: the Python package 'standardwebhooks' is not importable "
-        f"({err}); install it with: python3 -m pip install standardwebhooks",
+        f"({err}); run the tests through scripts/test, which installs it into .venv-test/",
         file=sys.stderr,
     )
     sys.exit(3)

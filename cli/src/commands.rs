@@ -19,19 +19,81 @@ use agent_webhooks::webhook::signing_secrets::{self, SigningKeyView, SigningKeys
 use agent_webhooks::webhook::url_policy::UrlPolicy;
 use agent_webhooks::webhook::{self, WebhookConfig, WebhookConfigView};
 use anyhow::{Context, anyhow, bail};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::Utc;
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use secrecy::SecretString;
 
 use crate::args::{
     Cli, Command, ConfigCommand, DeliveriesCommand, EventsCommand, SecretsCommand, SigningCommand,
 };
-use crate::output::{self, Progress};
+use crate::output::{self, Progress, count, instant};
 use crate::stop::StopSignals;
+
+/// What a command does with the database. Without `DATABASE_URL` every command uses the
+/// embedded SQLite default; only those that write say so up front (once, on stderr), because
+/// writing to a database the operator did not mean is the mistake worth a line. A command that
+/// only reads stays quiet when it succeeds, and names the default database in its error line
+/// when it fails (an unknown agent on the wrong database).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    None,
+    Read,
+    Write,
+}
+
+fn access(command: &Command) -> Access {
+    match command {
+        Command::CheckUrl { .. }
+        | Command::Sign { .. }
+        | Command::Verify { .. }
+        | Command::SealingKeys(SecretsCommand::GenerateKey { .. }) => Access::None,
+        Command::Config(ConfigCommand::Show { .. })
+        | Command::Signing(SigningCommand::Show { .. })
+        | Command::Deliveries(
+            DeliveriesCommand::List { .. }
+            | DeliveriesCommand::Show { .. }
+            | DeliveriesCommand::Stats { .. },
+        ) => Access::Read,
+        Command::SealingKeys(SecretsCommand::Rotate { .. })
+        | Command::Config(_)
+        | Command::Signing(_)
+        | Command::Deliveries(_)
+        | Command::Events(_)
+        | Command::Worker { .. } => Access::Write,
+    }
+}
 
 /// Runs the parsed command line; an error is what the operator reads (exit 1). `stop`: the
 /// worker's stop signals, caught by `main` before anything else.
-pub async fn execute(cli: Cli, stop: Option<StopSignals>) -> anyhow::Result<()> {
+pub async fn execute(mut cli: Cli, stop: Option<StopSignals>) -> anyhow::Result<()> {
+    let access = access(&cli.command);
+    let defaulted = cli.database_url.is_none();
+    let database_url = cli.database_url.take().unwrap_or_else(|| {
+        if access == Access::Write {
+            output::note(&format!(
+                "DATABASE_URL is not set: using the embedded SQLite database {}",
+                migration::DEFAULT_DATABASE_URL
+            ));
+        }
+        migration::DEFAULT_DATABASE_URL.to_owned()
+    });
+    let result = run(cli, database_url, stop).await;
+    match result {
+        Err(e)
+            if defaulted
+                && access == Access::Read
+                && !e.chain().any(|c| c.is::<output::StdoutClosed>()) =>
+        {
+            Err(e.context(format!(
+                "DATABASE_URL is not set: read the embedded SQLite database {}",
+                migration::DEFAULT_DATABASE_URL
+            )))
+        }
+        result => result,
+    }
+}
+
+async fn run(cli: Cli, database_url: String, stop: Option<StopSignals>) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
         Command::CheckUrl { url, development } => {
@@ -82,7 +144,7 @@ pub async fn execute(cli: Cli, stop: Option<StopSignals>) -> anyhow::Result<()> 
         }
         Command::SealingKeys(SecretsCommand::Rotate { batch }) => {
             let settings = WebhookSettings::from_env()?;
-            let db = connect(cli.database_url).await?;
+            let db = connect(&database_url).await?;
             let progress = Progress::start("re-sealing secrets");
             let report = webhook::reseal_secrets(&db, &settings, batch, |so_far| {
                 progress.update(|| {
@@ -110,16 +172,16 @@ pub async fn execute(cli: Cli, stop: Option<StopSignals>) -> anyhow::Result<()> 
         }
         Command::Config(command) => {
             let settings = WebhookSettings::from_env()?;
-            let db = connect(cli.database_url).await?;
+            let db = connect(&database_url).await?;
             run_config(&db, settings, command, json).await
         }
         Command::Signing(command) => {
             let settings = WebhookSettings::from_env()?;
-            let db = connect(cli.database_url).await?;
+            let db = connect(&database_url).await?;
             run_signing(&db, &settings, command, json).await
         }
         Command::Deliveries(command) => {
-            let db = connect(cli.database_url).await?;
+            let db = connect(&database_url).await?;
             run_deliveries(&db, command, json).await
         }
         Command::Events(EventsCommand::Emit {
@@ -131,7 +193,7 @@ pub async fn execute(cli: Cli, stop: Option<StopSignals>) -> anyhow::Result<()> 
             let settings = WebhookSettings::from_env()?;
             let payload = read_payload(&payload_file)?;
             let event_id = event_id.unwrap_or_else(|| format!("evt_{}", uuid::Uuid::now_v7()));
-            let db = connect(cli.database_url).await?;
+            let db = connect(&database_url).await?;
             let enqueued = delivery::enqueue(
                 &db,
                 &settings,
@@ -165,14 +227,14 @@ pub async fn execute(cli: Cli, stop: Option<StopSignals>) -> anyhow::Result<()> 
                 Some(stop) => stop,
                 None => StopSignals::catch().context("cannot catch SIGTERM and SIGINT")?,
             };
-            run_worker(cli.database_url, once, metrics_addr, stop, json).await
+            run_worker(&database_url, once, metrics_addr, stop, json).await
         }
     }
 }
 
 /// Connections of the worker's pool: requests in flight hold none, so it needs one to claim
-/// with, one for the recording running beside the claim, one to LISTEN on and one for claims
-/// given back. A pool per request in flight would let four workers at the default concurrency
+/// with, one for the recording running beside the claim, and two for claims given back (the
+/// listening worker's `LISTEN` connection is its own, outside the pool). A pool per request in flight would let four workers at the default concurrency
 /// use up PostgreSQL's default `max_connections` (100).
 const WORKER_POOL: u32 = 4;
 
@@ -182,7 +244,7 @@ const WORKER_POOL: u32 = 4;
 /// whose pass cannot be finished early, stops at once and exits 1, leaving the deliveries it
 /// had claimed to their leases, as a kill would.
 async fn run_worker(
-    database_url: Option<String>,
+    database_url: &str,
     once: bool,
     metrics_addr: Option<std::net::SocketAddr>,
     mut stop: StopSignals,
@@ -351,7 +413,14 @@ async fn run_signing(
         SigningCommand::RevokePrevious { agent } => {
             let revoked = signing_secrets::revoke_previous(db, &agent).await?;
             output::print(json, &serde_json::json!({ "revoked": revoked }), |_| {
-                format!("revoked {revoked} previous signing secret(s)")
+                format!(
+                    "revoked {}",
+                    count(
+                        revoked,
+                        "previous signing secret",
+                        "previous signing secrets"
+                    )
+                )
             })
         }
         SigningCommand::Show { agent } => {
@@ -375,7 +444,14 @@ async fn run_signing(
         SigningCommand::Prune => {
             let deleted = signing_secrets::prune_expired(db, Utc::now()).await?;
             output::print(json, &serde_json::json!({ "deleted": deleted }), |_| {
-                format!("deleted {deleted} expired previous signing secret(s)")
+                format!(
+                    "deleted {}",
+                    count(
+                        deleted,
+                        "expired previous signing secret",
+                        "expired previous signing secrets"
+                    )
+                )
             })
         }
     }
@@ -500,9 +576,7 @@ async fn run_deliveries(
                     stats.leased,
                     stats.delivered,
                     stats.failed,
-                    stats
-                        .last_success_at
-                        .map_or("never".to_owned(), |t| t.to_rfc3339()),
+                    stats.last_success_at.map_or("never".to_owned(), instant),
                     stats.consecutive_failures
                 )
             })
@@ -526,8 +600,9 @@ async fn run_deliveries(
             drop(progress);
             output::print(json, &serde_json::json!({ "deleted": deleted }), |_| {
                 format!(
-                    "deleted {deleted} deliveries created before {}",
-                    cutoff.to_rfc3339()
+                    "deleted {} created before {}",
+                    count(deleted, "delivery", "deliveries"),
+                    instant(cutoff)
                 )
             })
         }
@@ -593,32 +668,21 @@ fn delivery_text(d: &WebhookDelivery, attempts: usize) -> String {
     ])
 }
 
-fn instant(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
 fn optional(value: Option<impl ToString>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
-async fn connect(url: Option<String>) -> anyhow::Result<DatabaseConnection> {
+async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
     connect_with(url, 2).await
 }
 
-async fn connect_with(url: Option<String>, pool: u32) -> anyhow::Result<DatabaseConnection> {
-    let url = url.unwrap_or_else(|| {
-        output::note(&format!(
-            "DATABASE_URL is not set: using the embedded SQLite database {}",
-            migration::DEFAULT_DATABASE_URL
-        ));
-        migration::DEFAULT_DATABASE_URL.to_owned()
-    });
+async fn connect_with(url: &str, pool: u32) -> anyhow::Result<DatabaseConnection> {
     // The pool would retry a refused connection for the whole connect timeout, then say only
     // "pool timed out": one connection of our own first fails at once and names host, port
     // and cause.
-    migration::check_reachable(&url, migration::CONNECT_TIMEOUT).await?;
+    migration::check_reachable(url, migration::CONNECT_TIMEOUT).await?;
     // The URL stays out of the message: it may hold a password.
-    agent_webhooks::db::connect(&url, pool)
+    agent_webhooks::db::connect(url, pool)
         .await
         .context("cannot connect to the database")
 }

@@ -7,6 +7,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use comfy_table::{Table, presets};
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -53,6 +54,19 @@ impl std::error::Error for StdoutClosed {}
 /// A line on stderr (notes, the error line); a closed stderr is no reason to panic.
 pub fn note(text: &str) {
     let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+/// An instant as every text output shows it: RFC 3339 in UTC with milliseconds and `Z`
+/// (`2026-12-04T18:30:00.123Z`). One form, so that a reader can compare the instants of
+/// `deliveries list`, `deliveries prune` and `config show` by eye and a script can parse them
+/// with one pattern; `--json` output is the library's serialization instead (the HTTP API's).
+pub fn instant(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// `n` with the noun that fits it: `1 delivery`, `0 deliveries`, `2 deliveries`.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// `name: value` lines with the values aligned in one column.
@@ -138,6 +152,22 @@ pub fn error_line(err: &anyhow::Error, database_url: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instants_are_utc_with_milliseconds_and_z() {
+        let t = DateTime::parse_from_rfc3339("2026-12-04T19:30:00.123456789+01:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(instant(t), "2026-12-04T18:30:00.123Z");
+        assert_eq!(instant(DateTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn counts_take_the_noun_that_fits() {
+        assert_eq!(count(0, "delivery", "deliveries"), "0 deliveries");
+        assert_eq!(count(1, "delivery", "deliveries"), "1 delivery");
+        assert_eq!(count(2, "delivery", "deliveries"), "2 deliveries");
+    }
 
     #[test]
     fn fields_align_their_values() {

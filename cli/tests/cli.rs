@@ -55,6 +55,18 @@ fn run(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Run {
     }
 }
 
+/// Every instant in text output has one form: RFC 3339 in UTC with milliseconds and `Z`
+/// (`2026-12-04T18:30:00.123Z`), whichever command prints it.
+fn assert_output_instant(text: &str) {
+    assert!(
+        text.len() == 24
+            && text.ends_with('Z')
+            && text.as_bytes()[19] == b'.'
+            && chrono::DateTime::parse_from_rfc3339(text).is_ok(),
+        "not an instant of the form 2026-12-04T18:30:00.123Z: {text:?}"
+    );
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -626,6 +638,7 @@ async fn deliveries_commands(backend: Backend) {
     let state_column = lines[0].find("STATE").unwrap();
     for row in &lines[1..3] {
         assert_eq!(row.find("pending"), Some(state_column), "{}", table.stdout);
+        assert_output_instant(row.split_whitespace().nth(1).unwrap());
     }
     assert!(
         lines[3].starts_with("next page: --cursor "),
@@ -702,11 +715,12 @@ async fn deliveries_commands(backend: Backend) {
     );
     assert_eq!(summary.code, Some(0), "{}", summary.stderr);
     assert_eq!(summary.stdout.lines().count(), 1, "{}", summary.stdout);
-    assert!(
-        summary
-            .stdout
-            .starts_with("deleted 0 deliveries created before ")
-    );
+    let cutoff = summary
+        .stdout
+        .trim_end()
+        .strip_prefix("deleted 0 deliveries created before ")
+        .unwrap_or_else(|| panic!("{}", summary.stdout));
+    assert_output_instant(cutoff);
     assert!(summary.stderr.is_empty(), "{}", summary.stderr);
     for bad in ["soon", "30", "300000y", "99999999999999999999d"] {
         let out = run(&["deliveries", "prune", "--older-than", bad], &env, None);
@@ -1051,7 +1065,7 @@ async fn signing_commands(backend: Backend) {
         None,
     );
     assert_eq!(revoke.code, Some(0), "{}", revoke.stderr);
-    assert_eq!(revoke.stdout, "revoked 1 previous signing secret(s)\n");
+    assert_eq!(revoke.stdout, "revoked 1 previous signing secret\n");
     let show = run(&["signing", "show", "--agent", "agent-1"], &env, None);
     assert_eq!(show.code, Some(0), "{}", show.stderr);
     assert!(
@@ -1324,14 +1338,14 @@ fn python_verifies(requests: &Requests) {
         })
         .collect();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut child = Command::new("python3")
+    let mut child = Command::new(integration_tests::python())
         .arg("scripts/standardwebhooks_compat.py")
         .current_dir(root)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("python3 (with `pip install standardwebhooks`)");
+        .expect("Python with standardwebhooks (scripts/test installs it and sets TEST_PYTHON)");
     let input = serde_json::to_vec(&cases).unwrap();
     child.stdin.take().unwrap().write_all(&input).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -1732,4 +1746,60 @@ async fn config_show_says_when_and_why_the_worker_disabled_it(backend: Backend) 
         "{}",
         show.stdout
     );
+}
+
+/// Without `DATABASE_URL` every command uses the embedded SQLite file; one that writes says so
+/// once, on stderr, before it starts; one that only reads says nothing when it succeeds and
+/// names the default database in its one error line when it fails.
+#[tokio::test]
+async fn only_commands_that_write_announce_the_sqlite_default() {
+    const NOTE: &str =
+        "DATABASE_URL is not set: using the embedded SQLite database sqlite://webhooks.db?mode=rwc";
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}/webhooks.db?mode=rwc", dir.path().display());
+    let db = sea_orm::Database::connect(&db_url).await.unwrap();
+    Migrator::up(&db, None).await.unwrap();
+    db.execute_unprepared(
+        "INSERT INTO organizations (id, name) VALUES ('org-1', 'Org'); \
+         INSERT INTO agents (id, organization_id, name) VALUES ('agent-1', 'org-1', 'Agent')",
+    )
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    let in_dir = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_agent-webhooks"))
+            .current_dir(dir.path())
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("WEBHOOK_SECRET_KEYS")
+            .output()
+            .expect("run agent-webhooks");
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+
+    let show = in_dir(&["config", "show", "--agent", "agent-1"]);
+    assert_eq!(show.code, Some(0), "{}", show.stderr);
+    assert_eq!(show.stderr, "", "a read that succeeds says nothing");
+
+    let missing = in_dir(&["deliveries", "list", "--agent", "agent-2"]);
+    assert_eq!(missing.code, Some(1));
+    assert_eq!(
+        missing.stderr,
+        "DATABASE_URL is not set: read the embedded SQLite database \
+         sqlite://webhooks.db?mode=rwc: agent `agent-2` not found\n"
+    );
+
+    let prune = in_dir(&["signing", "prune"]);
+    assert_eq!(prune.code, Some(0), "{}", prune.stderr);
+    assert_eq!(prune.stderr, format!("{NOTE}\n"), "said once");
+    assert_eq!(prune.stdout, "deleted 0 expired previous signing secrets\n");
+
+    // Commands without a database say nothing about it.
+    let keys = in_dir(&["sealing-keys", "generate-key", "--key-id", "k1"]);
+    assert_eq!(keys.code, Some(0), "{}", keys.stderr);
+    assert_eq!(keys.stderr, "");
 }

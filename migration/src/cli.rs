@@ -18,10 +18,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::sea_orm::{ConnectOptions, Database, DbErr};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::{
-    CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, LOCK_TIMEOUT, MigrationLock, Migrator, RedactedStderr,
-    check_reachable, redact_secrets,
+    CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, LOCK_TIMEOUT, Migrator, RedactedStderr, check_reachable,
+    redact_secrets,
 };
 
 #[derive(Debug, Parser)]
@@ -89,6 +91,11 @@ enum Command {
         /// `json`: the list; `alembic`: an `include_object` hook for an Alembic `env.py`.
         #[arg(long, value_enum, default_value_t = OwnedFormat::Json)]
         format: OwnedFormat,
+        /// Instead of printing the list, check it against what the migrations add to an
+        /// in-memory SQLite database with the host's tables: exit 1 naming every object the
+        /// list misses (or lists in vain). For CI, after adding a migration.
+        #[arg(long, conflicts_with = "format")]
+        check: bool,
     },
 }
 
@@ -104,7 +111,10 @@ enum OwnedFormat {
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
     let database_url = cli.database_url.clone().unwrap_or_default();
-    init_tracing(cli.verbose, database_url.clone());
+    // `owned --check` migrates a throwaway in-memory database: its progress is no news.
+    if cli.verbose || !matches!(cli.command, Some(Command::Owned { .. })) {
+        init_tracing(cli.verbose, database_url.clone());
+    }
     match execute(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -116,7 +126,12 @@ pub async fn run() -> ExitCode {
 }
 
 async fn execute(cli: Cli) -> Result<(), String> {
-    if let Some(Command::Owned { format }) = cli.command {
+    if let Some(Command::Owned { check: true, .. }) = cli.command {
+        crate::owned::check_against_migrations().await?;
+        note("migration owned: the list matches what the migrations add");
+        return Ok(());
+    }
+    if let Some(Command::Owned { format, .. }) = cli.command {
         let text = crate::owned::render(match format {
             OwnedFormat::Json => crate::owned::Format::Json,
             OwnedFormat::Alembic => crate::owned::Format::Alembic,
@@ -128,19 +143,52 @@ async fn execute(cli: Cli) -> Result<(), String> {
             result => result.map_err(|e| format!("cannot write to stdout: {e}")),
         };
     }
+    let command = cli.command.unwrap_or(Command::Up { num: None });
+    // Only a command that changes the schema says up front that it falls back to the embedded
+    // SQLite default: changing a database the operator did not mean is the mistake worth a
+    // line. `status` only reads: it names the default in its error line when it fails.
+    let read_only = matches!(command, Command::Status);
+    let defaulted = cli.database_url.is_none();
     let url = cli.database_url.unwrap_or_else(|| {
-        note(&format!(
-            "DATABASE_URL is not set: using the embedded SQLite database {DEFAULT_DATABASE_URL}"
-        ));
+        if !read_only {
+            note(&format!(
+                "DATABASE_URL is not set: using the embedded SQLite database {DEFAULT_DATABASE_URL}"
+            ));
+        }
         DEFAULT_DATABASE_URL.to_owned()
     });
+    let result = migrate(
+        url,
+        cli.database_schema,
+        cli.verbose,
+        cli.allow_data_loss,
+        command,
+    )
+    .await;
+    match result {
+        Err(message) if defaulted && read_only => Err(format!(
+            "DATABASE_URL is not set: read the embedded SQLite database {DEFAULT_DATABASE_URL}: \
+             {message}"
+        )),
+        result => result,
+    }
+}
+
+/// Runs `command` on the database at `url`.
+async fn migrate(
+    url: String,
+    database_schema: String,
+    verbose: bool,
+    allow_data_loss: bool,
+    command: Command,
+) -> Result<(), String> {
     check_reachable(&url, CONNECT_TIMEOUT)
         .await
         .map_err(|e| e.to_string())?;
     let mut options = ConnectOptions::new(url);
     options
-        .set_schema_search_path(cli.database_schema)
-        .sqlx_logging(cli.verbose)
+        .set_schema_search_path(database_schema)
+        .sqlx_logging(verbose)
         .connect_timeout(CONNECT_TIMEOUT)
         .acquire_timeout(CONNECT_TIMEOUT)
         // SQLite's migration lock is its write lock: wait for it as long as for the others.
@@ -149,33 +197,57 @@ async fn execute(cli: Cli) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot connect to the database: {}", describe(&e)))?;
 
-    let command = cli.command.unwrap_or(Command::Up { num: None });
     if let Command::Status = command {
         // Read-only: it neither needs nor waits for the lock. It also names what an applied
         // migration lacks (an interrupted rollback on MariaDB).
         return crate::migrator::status(&db).await.map_err(|e| describe(&e));
     }
-    let lock = MigrationLock::acquire(&db)
-        .await
-        .map_err(|e| describe(&e))?;
-    let on = lock.executor();
-    let run = async {
-        match command {
-            Command::Up { num } => Migrator::up(on, num).await,
-            Command::Down { num } => Migrator::down(on, Some(num)).await,
-            Command::Fresh => Migrator::fresh(on).await,
-            Command::Refresh => Migrator::refresh(on).await,
-            Command::Reset => Migrator::reset(on).await,
-            Command::Status | Command::Owned { .. } => Ok(()),
+    let typed = command_line(&command);
+    crate::lock::under_lock(&db, move |on| {
+        Box::pin(async move {
+            let run = async {
+                match command {
+                    Command::Up { num } => Migrator::up(on, num).await,
+                    Command::Down { num } => Migrator::down(on, Some(num)).await,
+                    Command::Fresh => Migrator::fresh(on).await,
+                    Command::Refresh => Migrator::refresh(on).await,
+                    Command::Reset => Migrator::reset(on).await,
+                    Command::Status | Command::Owned { .. } => Ok(()),
+                }
+            };
+            if allow_data_loss {
+                crate::allowing_data_loss(run).await
+            } else {
+                run.await
+            }
+        })
+    })
+    .await
+    .map_err(|e| {
+        let message = describe(&e);
+        match message.split_once(crate::ownership::RUN_AGAIN) {
+            Some((refusal, _)) => format!(
+                "{refusal}; if that is intended, run `cargo run -p migration -- {typed} \
+                 --allow-data-loss` (`sea-orm-cli migrate` cannot pass --allow-data-loss)"
+            ),
+            None => message,
         }
-    };
-    let result = if cli.allow_data_loss {
-        crate::allowing_data_loss(run).await
-    } else {
-        run.await
-    };
-    let released = lock.release(result.is_ok()).await;
-    result.and(released).map_err(|e| describe(&e))
+    })
+}
+
+/// `command` as typed on the command line, for the advice of a data-loss refusal.
+fn command_line(command: &Command) -> String {
+    match command {
+        Command::Up { num: Some(n) } => format!("up -n {n}"),
+        Command::Up { num: None } => "up".to_owned(),
+        Command::Down { num: 1 } => "down".to_owned(),
+        Command::Down { num } => format!("down -n {num}"),
+        Command::Fresh => "fresh".to_owned(),
+        Command::Refresh => "refresh".to_owned(),
+        Command::Reset => "reset".to_owned(),
+        Command::Status => "status".to_owned(),
+        Command::Owned { .. } => "owned".to_owned(),
+    }
 }
 
 /// `DbErr`'s message without the variant's prefix where the message says it all.
@@ -200,10 +272,67 @@ fn init_tracing(verbose: bool, database_url: String) {
         .with_target(false)
         .with_level(false)
         .without_time()
+        .finish()
+        .with(WithoutStockCounts)
         .try_init();
+}
+
+/// Drops sea-orm-migration's "Applying N pending migrations" and "Rolling back N applied
+/// migrations": [`Migrator`] hands it one migration at a time on the way down (so it said
+/// "Rolling back 1 applied migrations" before each) and the number asked for on the way up
+/// (not the number pending). [`Migrator`] says how many it applies or rolls back itself.
+struct WithoutStockCounts;
+
+impl<S: tracing::Subscriber> Layer<S> for WithoutStockCounts {
+    fn event_enabled(&self, event: &tracing::Event<'_>, _: Context<'_, S>) -> bool {
+        if !event.metadata().target().starts_with("sea_orm_migration") {
+            return true;
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        !is_stock_count(&message.0)
+    }
+}
+
+/// Whether `message` is one of sea-orm-migration's counts ([`WithoutStockCounts`]).
+fn is_stock_count(message: &str) -> bool {
+    let counted = |prefix: &str, suffix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(suffix))
+            .is_some_and(|n| n.parse::<u32>().is_ok())
+    };
+    counted("Applying ", " pending migrations") || counted("Rolling back ", " applied migrations")
+}
+
+/// The `message` field of an event.
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
 }
 
 /// A line on stderr; a closed stderr is no reason to panic (there is no one left to tell).
 fn note(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_stock_counts_are_dropped() {
+        assert!(is_stock_count("Rolling back 1 applied migrations"));
+        assert!(is_stock_count("Applying 3 pending migrations"));
+        assert!(!is_stock_count("Applying all pending migrations"));
+        assert!(!is_stock_count("Rolling back 1 applied migration"));
+        assert!(!is_stock_count(
+            "Applying migration 'm20261128_000001_baseline'"
+        ));
+    }
 }

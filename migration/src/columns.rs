@@ -37,6 +37,22 @@ pub fn utc_timestamp_default_now(backend: DbBackend, col: impl IntoIden) -> Colu
     utc_timestamp(backend, col).not_null().default(now).take()
 }
 
+/// A surrogate key the database assigns: `bigint` identity on PostgreSQL and MariaDB
+/// (`big_pk_auto`); on SQLite `integer PRIMARY KEY` without `AUTOINCREMENT`, an alias of the
+/// rowid. `AUTOINCREMENT` would only add that ids of deleted rows are never reused (nothing
+/// refers to these ids outside their row), and it makes SQLite create `sqlite_sequence`, a
+/// table that can never be dropped: a full rollback would leave it in the host's database.
+pub(crate) fn id_pk(backend: DbBackend, col: impl IntoIden) -> ColumnDef {
+    match backend {
+        DbBackend::Sqlite => ColumnDef::new(col)
+            .integer()
+            .not_null()
+            .primary_key()
+            .take(),
+        _ => sea_orm_migration::schema::big_pk_auto(col),
+    }
+}
+
 /// Adds each of `columns` that `table` lacks, one statement per column (SQLite allows a single
 /// change per `ALTER TABLE`), so an interrupted run on MariaDB can be repeated. A column that
 /// exists already must be compatible with ours and is then adopted (and recorded as such): see

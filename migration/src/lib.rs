@@ -46,7 +46,7 @@ mod tables;
 
 pub use columns::SQLITE_TIMESTAMP_FORMAT;
 pub use defaults::{CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, MAX_PAYLOAD_COLUMN_BYTES};
-pub use lock::{LOCK_TIMEOUT, MigrationLock};
+pub use lock::{LOCK_TIMEOUT, MigrationLock, up_locked};
 pub use migrator::Migrator;
 pub use ownership::allowing_data_loss;
 pub use reach::{Endpoint, Unreachable, check_reachable};

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseExecutor, DatabaseTransaction, DbBackend, DbErr,
     SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
@@ -33,15 +34,17 @@ const POSTGRES_KEY: i64 = 0x6177_6d69_6772_6174;
 ///
 /// The lock ends with the session that holds it, so a killed process never leaves it behind.
 ///
-/// The migration CLI takes it around every command that changes the schema. A library caller that
-/// runs [`crate::Migrator`] itself (an app server migrating at start-up) must take it too, with
-/// [`MigrationLock::acquire`], and run the migrator on [`MigrationLock::executor`]:
+/// The migration CLI takes it around every command that changes the schema. An app server that
+/// migrates at start-up calls [`up_locked`] (re-exported as `agent_webhooks::migrate`), which
+/// takes it the same way; never `Migrator::up` on the pool directly. A caller that runs another
+/// command of [`crate::Migrator`] takes it with [`MigrationLock::acquire`] and runs the
+/// migrator on [`MigrationLock::executor`], as [`up_locked`] does:
 ///
 /// ```no_run
 /// # async fn f(db: &sea_orm_migration::sea_orm::DatabaseConnection) -> Result<(), sea_orm_migration::DbErr> {
 /// use migration::{MigrationLock, Migrator, MigratorTrait};
 /// let lock = MigrationLock::acquire(db).await?;
-/// let result = Migrator::up(lock.executor(), None).await;
+/// let result = Migrator::down(lock.executor(), Some(1)).await;
 /// lock.release(result.is_ok()).await?;
 /// result
 /// # }
@@ -167,6 +170,41 @@ impl<'a> MigrationLock<'a> {
             Held::Sqlite(txn) => txn.rollback().await,
         }
     }
+}
+
+/// Applies every pending migration under the migration lock: the one call an app server that
+/// migrates at start-up needs, so that replicas starting together take turns instead of
+/// failing half way (see [`MigrationLock`]). Nothing pending is a quick no-op.
+///
+/// On PostgreSQL and MariaDB the pool needs at least two connections (the lock holds one). On
+/// SQLite a second process waits for the first as long as the pool's busy timeout (sqlx's
+/// default is 5 s; the migration CLI sets [`LOCK_TIMEOUT`]).
+///
+/// # Errors
+///
+/// What [`MigrationLock::acquire`] and `Migrator::up` return: a database error, an existing
+/// object that cannot be adopted, or a lock held by another process for longer than
+/// [`LOCK_TIMEOUT`].
+pub async fn up_locked(db: &DatabaseConnection) -> Result<(), DbErr> {
+    under_lock(db, |on| crate::Migrator::up(on, None)).await
+}
+
+/// A migrator's future running on the lock's executor.
+pub(crate) type LockedWork<'e, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, DbErr>> + Send + 'e>>;
+
+/// Runs `work` on [`MigrationLock::executor`] while the lock is held, then releases it, keeping
+/// the work only if it succeeded: the one sequence [`up_locked`] and the CLI share. The work's
+/// error comes first; a failed release is reported when the work succeeded.
+pub(crate) async fn under_lock<T>(
+    db: &DatabaseConnection,
+    work: impl for<'e> FnOnce(DatabaseExecutor<'e>) -> LockedWork<'e, T>,
+) -> Result<T, DbErr> {
+    let lock = MigrationLock::acquire(db).await?;
+    let result = work(lock.executor()).await;
+    let released = lock.release(result.is_ok()).await;
+    let value = result?;
+    released.map(|()| value)
 }
 
 /// `GET_LOCK(name, secs)`: whether it was granted within `secs`.

@@ -20,12 +20,10 @@
 //! transactional DDL) can be repeated; `down` removes exactly what `up` added.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::schema::{
-    big_pk_auto, integer, integer_null, string, string_null, text_null,
-};
+use sea_orm_migration::schema::{integer, integer_null, string, string_null, text_null};
 use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::columns::{add_missing_columns, drop_present_columns, utc_timestamp};
+use crate::columns::{add_missing_columns, drop_present_columns, id_pk, utc_timestamp};
 use crate::existing_index::{drop_index_if_present, ensure_index};
 use crate::indexes;
 use crate::ownership::{Strictness, drop_our_table, ensure_table};
@@ -68,7 +66,7 @@ impl MigrationTrait for Migration {
             Table::create()
                 .table(Attempts::Table)
                 .if_not_exists()
-                .col(big_pk_auto(Attempts::Id))
+                .col(id_pk(backend, Attempts::Id))
                 .col(string(Attempts::DeliveryId))
                 .col(integer(Attempts::Attempt))
                 .col(

@@ -13,10 +13,10 @@
 //! transactional DDL) can be repeated; `down` removes exactly what `up` added.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::schema::{big_pk_auto, string, text, text_null};
+use sea_orm_migration::schema::{string, text, text_null};
 use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::columns::{add_missing_columns, drop_present_columns, utc_timestamp};
+use crate::columns::{add_missing_columns, drop_present_columns, id_pk, utc_timestamp};
 use crate::existing_index::ensure_index;
 use crate::indexes;
 use crate::ownership::{Strictness, drop_our_table, ensure_table};
@@ -47,7 +47,7 @@ impl MigrationTrait for Migration {
             Table::create()
                 .table(Previous::Table)
                 .if_not_exists()
-                .col(big_pk_auto(Previous::Id))
+                .col(id_pk(backend, Previous::Id))
                 .col(string(Previous::AgentId))
                 .col(string(Previous::KeyId))
                 .col(text(Previous::SealedSecret))

@@ -391,6 +391,13 @@ async fn checked(conn: Executor<'_>, direction: Direction) -> Result<(), DbErr> 
                     ownership::end_rollback(&manager, &name).await?;
                 }
             }
+            if let Some(steps) = steps {
+                // sea-orm-migration would say the number asked for, not the number applied.
+                let n = todo.len().min(steps as usize);
+                if n > 0 {
+                    tracing::info!("Applying {}", migrations(n, "pending"));
+                }
+            }
             conn.plain_up(steps).await?;
             if redo.is_empty() {
                 return Ok(());
@@ -416,6 +423,12 @@ async fn checked(conn: Executor<'_>, direction: Direction) -> Result<(), DbErr> 
                     ownership::end_rollback(&manager, &name).await?;
                 }
             }
+            // Rolled back one at a time, each with its marker: sea-orm-migration's own count
+            // would be "1 applied migrations" each time.
+            match todo.iter().take(take).count() {
+                0 => tracing::info!("No applied migrations"),
+                n => tracing::info!("Rolling back {}", migrations(n, "applied")),
+            }
             for name in todo.iter().take(take) {
                 ownership::begin_rollback(&manager, name).await?;
                 conn.plain_down(Some(1)).await?;
@@ -430,6 +443,11 @@ async fn checked(conn: Executor<'_>, direction: Direction) -> Result<(), DbErr> 
             Ok(())
         }
     }
+}
+
+/// `1 applied migration`, `3 pending migrations`.
+fn migrations(n: usize, state: &str) -> String {
+    format!("{n} {state} migration{}", if n == 1 { "" } else { "s" })
 }
 
 fn names(migrations: Vec<sea_orm_migration::Migration>) -> Vec<String> {
@@ -448,6 +466,12 @@ async fn rollback_on(conn: Executor<'_>, after: AfterRollback) -> Result<(), DbE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_of_migrations_take_the_noun_that_fits() {
+        assert_eq!(migrations(1, "applied"), "1 applied migration");
+        assert_eq!(migrations(2, "pending"), "2 pending migrations");
+    }
 
     /// A rollback marker holds the migration's name in the record table's `object_name`,
     /// `varchar(64)`: a longer name would make every `down` of that migration fail.

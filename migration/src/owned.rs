@@ -10,9 +10,13 @@
 //! `organizations` and `agents` are not ours when the platform has them (the baseline adopts
 //! them); they are listed apart, by [`shared_tables`], and the hook does not exclude them.
 
+use std::collections::BTreeSet;
+
 use sea_orm_migration::MigratorTrait;
-use sea_orm_migration::prelude::Iden;
-use sea_orm_migration::sea_orm::DbBackend;
+use sea_orm_migration::prelude::{DbErr, Iden};
+use sea_orm_migration::sea_orm::{
+    ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+};
 
 use crate::Migrator;
 use crate::indexes;
@@ -166,81 +170,139 @@ def include_object(object, name, type_, reflected, compare_to):
     )
 }
 
+/// Compares [`owned_objects`] with what the migrations actually add to a host's database, so
+/// that a table, column or index a contributor adds through the ownership helpers
+/// (`ensure_table`, `ensure_column`, `existing_index::ensure_index`) cannot be missing from the
+/// list the host's schema tool relies on: that tool would otherwise propose dropping it.
+///
+/// The migrations run on an in-memory SQLite database that already has the host's
+/// `organizations` and `agents` (with an extra column and index of the host's own), as a
+/// platform database has them; everything `up` adds there, other than the columns of a table it
+/// adds, must be listed, and everything listed must be added. `Err` is one line naming each
+/// object missing from the list and each listed object no migration adds (`migration owned
+/// --check`, run by `scripts/check-migrate-generate`; a unit test runs it too).
+pub async fn check_against_migrations() -> Result<(), String> {
+    let added = added_by_migrations()
+        .await
+        .map_err(|e| format!("cannot migrate an in-memory SQLite database: {e}"))?;
+    let owned = owned_objects();
+    let mut listed = BTreeSet::new();
+    for table in &owned.tables {
+        listed.insert(format!("table `{table}`"));
+    }
+    for (table, column) in &owned.columns {
+        listed.insert(format!("column `{table}.{column}`"));
+    }
+    for (table, index) in &owned.indexes {
+        listed.insert(format!("index `{table}.{index}`"));
+    }
+    // Columns of a table the migrations add come with the table.
+    let tables: Vec<String> = added
+        .iter()
+        .filter_map(|o| o.strip_prefix("table `")?.strip_suffix('`'))
+        .map(str::to_owned)
+        .collect();
+    let added: BTreeSet<String> = added
+        .into_iter()
+        .filter(|o| {
+            !tables
+                .iter()
+                .any(|t| o.starts_with(&format!("column `{t}.")))
+        })
+        .collect();
+    let unlisted: Vec<&String> = added.difference(&listed).collect();
+    let not_added: Vec<&String> = listed.difference(&added).collect();
+    if unlisted.is_empty() && not_added.is_empty() {
+        return Ok(());
+    }
+    let join = |items: &[&String]| {
+        items
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut problems = Vec::new();
+    if !unlisted.is_empty() {
+        problems.push(format!(
+            "the migrations add {} but `migration owned` does not list {}",
+            join(&unlisted),
+            if unlisted.len() == 1 { "it" } else { "them" }
+        ));
+    }
+    if !not_added.is_empty() {
+        problems.push(format!(
+            "`migration owned` lists {}, which no migration adds",
+            join(&not_added)
+        ));
+    }
+    Err(format!(
+        "{}: update `owned_objects` in migration/src/owned.rs",
+        problems.join("; ")
+    ))
+}
+
+/// What `up` adds to an in-memory SQLite database that has the host's tables, each as
+/// ``table `t` ``, ``column `t.c` `` or ``index `t.i` ``.
+async fn added_by_migrations() -> Result<BTreeSet<String>, DbErr> {
+    let db = Database::connect("sqlite::memory:").await?;
+    db.execute_unprepared(
+        "CREATE TABLE organizations (id varchar PRIMARY KEY, name varchar NOT NULL, \
+         created_at text, updated_at text, is_deleted boolean NOT NULL DEFAULT false); \
+         CREATE TABLE agents (id varchar PRIMARY KEY, \
+         organization_id varchar NOT NULL REFERENCES organizations (id), name varchar, \
+         description text, created_at text, updated_at text, \
+         is_deleted boolean NOT NULL DEFAULT false, plan varchar); \
+         CREATE INDEX ix_agents_organization_id ON agents (organization_id)",
+    )
+    .await?;
+    let before = sqlite_objects(&db).await?;
+    Migrator::up(&db, None).await?;
+    let after = sqlite_objects(&db).await?;
+    db.close().await?;
+    Ok(after.difference(&before).cloned().collect())
+}
+
+/// Every table, `table.column` and `table.index` of a SQLite database, without SQLite's own
+/// (`sqlite_sequence` appears with the first `AUTOINCREMENT` table).
+async fn sqlite_objects(db: &DatabaseConnection) -> Result<BTreeSet<String>, DbErr> {
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT m.name, p.name, 'column' FROM sqlite_master m, pragma_table_info(m.name) p \
+             WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' \
+             UNION ALL SELECT tbl_name, name, 'index' FROM sqlite_master \
+             WHERE type = 'index' AND name NOT LIKE 'sqlite_autoindex%' \
+             UNION ALL SELECT name, '', 'table' FROM sqlite_master \
+             WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let table: String = row.try_get_by_index(0)?;
+            let name: String = row.try_get_by_index(1)?;
+            let kind: String = row.try_get_by_index(2)?;
+            Ok(if kind == "table" {
+                format!("table `{table}`")
+            } else {
+                format!("{kind} `{table}.{name}`")
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
-    use sea_orm_migration::sea_orm::{ConnectionTrait, Database, DatabaseConnection};
-
     use super::*;
 
-    /// Every table, `table.column` and `table.index` of a SQLite database, without SQLite's own
-    /// (`sqlite_sequence` appears with the first `AUTOINCREMENT` table).
-    async fn objects(db: &DatabaseConnection) -> BTreeSet<String> {
-        let rows = db
-            .query_all_raw(sea_orm_migration::sea_orm::Statement::from_string(
-                db.get_database_backend(),
-                "SELECT m.name, p.name, 'column' FROM sqlite_master m, pragma_table_info(m.name) p \
-                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' \
-                 UNION ALL SELECT tbl_name, name, 'index' FROM sqlite_master \
-                 WHERE type = 'index' AND name NOT LIKE 'sqlite_autoindex%' \
-                 UNION ALL SELECT name, '', 'table' FROM sqlite_master \
-                 WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
-            ))
-            .await
-            .unwrap();
-        rows.iter()
-            .map(|row| {
-                let table: String = row.try_get_by_index(0).unwrap();
-                let name: String = row.try_get_by_index(1).unwrap();
-                let kind: String = row.try_get_by_index(2).unwrap();
-                format!("{kind} {table}.{name}")
-            })
-            .collect()
-    }
-
     /// The list is what `up` adds to a host's database, no more and no less: a migration that
-    /// adds an object without listing it here (or a listed object no migration makes) fails.
+    /// adds an object without listing it here (or a listed object no migration makes) fails,
+    /// naming the object.
     #[tokio::test]
     async fn the_list_is_exactly_what_up_adds_to_a_host_database() {
-        let db = Database::connect("sqlite::memory:").await.unwrap();
-        db.execute_unprepared(
-            "CREATE TABLE organizations (id varchar PRIMARY KEY, name varchar NOT NULL, \
-             created_at text, updated_at text, is_deleted boolean NOT NULL DEFAULT false); \
-             CREATE TABLE agents (id varchar PRIMARY KEY, \
-             organization_id varchar NOT NULL REFERENCES organizations (id), name varchar, \
-             description text, created_at text, updated_at text, \
-             is_deleted boolean NOT NULL DEFAULT false, plan varchar); \
-             CREATE INDEX ix_agents_organization_id ON agents (organization_id)",
-        )
-        .await
-        .unwrap();
-        let before = objects(&db).await;
-        Migrator::up(&db, None).await.unwrap();
-        let added: BTreeSet<String> = objects(&db).await.difference(&before).cloned().collect();
-
-        let owned = owned_objects();
-        let mut expected = BTreeSet::new();
-        for table in &owned.tables {
-            expected.insert(format!("table {table}."));
+        if let Err(problem) = check_against_migrations().await {
+            panic!("{problem}");
         }
-        for (table, column) in &owned.columns {
-            expected.insert(format!("column {table}.{column}"));
-        }
-        for (table, index) in &owned.indexes {
-            expected.insert(format!("index {table}.{index}"));
-        }
-        // Columns of our own tables come with the table.
-        let added: BTreeSet<String> = added
-            .into_iter()
-            .filter(|o| {
-                !owned
-                    .tables
-                    .iter()
-                    .any(|t| o.starts_with(&format!("column {t}.")))
-            })
-            .collect();
-        assert_eq!(added, expected);
     }
 
     #[test]

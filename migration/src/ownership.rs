@@ -192,11 +192,18 @@ pub(crate) fn refuse_losses(losses: &[String]) -> Result<(), DbErr> {
         return Ok(());
     }
     Err(DbErr::Migration(format!(
-        "refusing to destroy data: {}; run again with --allow-data-loss (library: \
-         migration::allowing_data_loss) if that is intended",
+        "refusing to destroy data: {}{RUN_AGAIN}",
         losses.join(", ")
     )))
 }
+
+/// The end of a data-loss refusal: what a library caller does. The migration binary replaces
+/// it with its own command line (`crate::cli`), because the standard `sea-orm-cli migrate`,
+/// which runs that binary, cannot pass `--allow-data-loss`.
+pub(crate) const RUN_AGAIN: &str = concat!(
+    "; if that is intended, run again with --allow-data-loss",
+    " (library: migration::allowing_data_loss)"
+);
 
 /// Reports `count` rows or values that dropping `what` would destroy: noted in a dry run,
 /// refused otherwise unless allowed.

@@ -34,7 +34,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use entity::{agents, organizations};
 use futures::future::BoxFuture;
-use migration::{MigrationLock, Migrator, MigratorTrait};
 use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -150,13 +149,11 @@ async fn main() -> Result<(), AnyError> {
     Ok(())
 }
 
-/// Applies pending migrations under the migration lock, as the `migration` binary does: two
-/// replicas starting at once take turns instead of failing half way.
+/// Applies pending migrations under the migration lock ([`agent_webhooks::migrate`]), as the
+/// `migration` binary does: two replicas starting at once take turns instead of failing half
+/// way.
 async fn migrate(db: &DatabaseConnection) -> Result<(), AnyError> {
-    let lock = MigrationLock::acquire(db).await?;
-    let result = Migrator::up(lock.executor(), None).await;
-    lock.release(result.is_ok()).await?;
-    result?;
+    agent_webhooks::migrate(db).await?;
     tracing::info!("database schema up to date");
     Ok(())
 }

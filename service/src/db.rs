@@ -33,6 +33,22 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     Ok(db)
 }
 
+/// Applies every pending migration under the migration lock ([`migration::up_locked`]): what an
+/// app server calls at start-up, so that replicas starting together take turns instead of
+/// failing half way. Calling `Migrator::up` on the pool directly skips the lock.
+///
+/// The pool needs at least two connections on PostgreSQL and MariaDB (the lock holds one);
+/// [`connect`] with 2 or more is enough.
+///
+/// # Errors
+///
+/// [`Error::Db`]: a database error, an existing object the migrations cannot adopt, or another
+/// process holding the lock for longer than [`migration::LOCK_TIMEOUT`].
+pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
+    migration::up_locked(db).await?;
+    Ok(())
+}
+
 /// Largest history page, claim or delete batch: bounds the memory and lock time of one call.
 pub const MAX_PAGE_SIZE: u64 = 1000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

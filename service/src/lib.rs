@@ -2,6 +2,73 @@
 //! agent's webhook safely, and what its sender workers use to keep an honest record of every
 //! delivery.
 //!
+//! # Quick start: in your own axum app
+//!
+//! An app embeds the library in four steps: migrate, run the worker, mount the API behind its
+//! own authentication, and enqueue events in the transactions of its own writes.
+//! `docs/embedding.md` walks through a whole app built this way, `examples/embedding`
+//! (`cargo run -p embedding-example -- --self-check` proves a signed delivery end to end).
+//!
+//! ```no_run
+//! use agent_webhooks::dispatch::Dispatcher;
+//! use agent_webhooks::http::{self, FromExtension, HttpState};
+//! use agent_webhooks::sea_orm::TransactionTrait;
+//! use agent_webhooks::settings::WebhookSettings;
+//!
+//! # async fn app() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let settings = WebhookSettings::from_env()?;
+//! let db = agent_webhooks::db::connect("postgres://app@db/app", 8).await?;
+//!
+//! // 1. The library's tables, under the migration lock (replicas take turns).
+//! agent_webhooks::migrate(&db).await?;
+//!
+//! // 2. The delivery worker, in this process (or in `agent-webhooks worker` processes).
+//! let worker = Dispatcher::new(settings.clone(), db.clone())?;
+//! tokio::spawn(async move { worker.run(std::future::pending()).await });
+//!
+//! // 3. The API under the app's prefix. The app's own auth middleware (a layer on `app`)
+//! //    inserts an `http::OrganizationId` into each request's extensions.
+//! let api = http::router(HttpState::new(db.clone(), settings.clone(), FromExtension::new()));
+//! let app: axum::Router = axum::Router::new().nest("/api/webhooks", api);
+//!
+//! // 4. An event, in the same transaction as the app's own write.
+//! let txn = db.begin().await?;
+//! // ... the app's INSERT of the order ...
+//! let event = serde_json::json!({"type": "order.created", "data": {"id": "ord_1"}});
+//! agent_webhooks::delivery::enqueue(
+//!     &txn, &settings, "agent-1", "ord_1", "order.created", &event, chrono::Utc::now(),
+//! )
+//! .await?;
+//! txn.commit().await?;
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`sea_orm`], [`migration`] and [`entity`] are re-exported: they are the versions this crate
+//! is built with, so an app uses them through it rather than matching versions by hand.
+//!
+//! ## TCP_NODELAY: your app needs the workspace's sqlx-core patch too
+//!
+//! sqlx-core 0.9.0 (under SeaORM 2.0.4) does not set `TCP_NODELAY` on PostgreSQL and MySQL
+//! connections, so a statement that reaches the socket in two writes waits about 40 ms for the
+//! server's delayed ACK. This workspace patches it (`[patch.crates-io]` in its `Cargo.toml`,
+//! which says why; figures in `docs/benchmarks.md` section 7). Cargo applies a `[patch]` only
+//! in the workspace that declares it, so an app that depends on agent-webhooks declares it in
+//! its own workspace's `Cargo.toml`:
+//!
+//! ```toml
+//! [patch.crates-io]
+//! sqlx-core = { path = "<a checkout of agent-webhooks>/vendor/sqlx-core" }
+//! ```
+//!
+//! The library cannot warn at run time when the patch is missing: sqlx gives no access to a
+//! pooled connection's socket, and finding it by scanning the process's descriptors (as the
+//! workspace's own test does) is Linux-only and may read another part of the app's sockets.
+//! SQLite does not use TCP and is not affected.
+//!
+//! # Layout
+//!
 //! Every database function is a plain `async fn` over any [`sea_orm::ConnectionTrait`] (a
 //! pool or a transaction), like SeaORM's own service examples; those that depend on a setting
 //! take the one [`WebhookSettings`](settings::WebhookSettings), and all of them fail with the
@@ -38,7 +105,14 @@ pub mod secrets;
 pub mod settings;
 pub mod webhook;
 
+pub use db::migrate;
 pub use error::{Error, Result};
+
+// The versions this crate is built with, so an app names them through it instead of matching
+// them by hand in its own Cargo.toml.
+pub use entity;
+pub use migration;
+pub use sea_orm;
 
 // The paths of the flat layout, kept for one release (see CHANGELOG.md).
 #[doc(hidden)]

@@ -1,7 +1,8 @@
 """The idiomatic SQLAlchemy 2 enqueue the bench compares `delivery::enqueue` with.
 
 One session per event, as a request handler would: read the agent, add the delivery, commit.
-Prints events per second over N events. Usage: sqlalchemy_enqueue.py DATABASE_URL AGENT_ID N
+Prints events per second over N events and the pid of its PostgreSQL backend, then waits for a
+line on stdin (so the bench can read that backend's CPU) before it closes the connection. Usage: sqlalchemy_enqueue.py DATABASE_URL AGENT_ID N
 """
 
 import datetime
@@ -66,7 +67,12 @@ def main() -> None:
                 )
             )
             session.commit()
-    print(n / (time.perf_counter() - start))
+    rate = n / (time.perf_counter() - start)
+    # The backend's CPU is read by the bench while this connection is still open.
+    with engine.connect() as connection:
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        print(rate, pid, flush=True)
+        sys.stdin.readline()
 
 
 if __name__ == "__main__":

@@ -33,6 +33,13 @@ pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postg
 /// See [`DEFAULT_POSTGRES_URL`].
 pub const DEFAULT_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/mysql";
 
+/// The Python interpreter of the tests that cross-check against Python packages:
+/// `TEST_PYTHON`, which `scripts/test` sets to the virtual environment it installs the pinned
+/// packages into (`.venv-test/`), else `python3` from `PATH`.
+pub fn python() -> String {
+    std::env::var("TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
 /// A fresh database for one test; the temporary directory (SQLite) lives as long as it does.
 pub struct TestDb {
     /// Which backend this is.

@@ -3,8 +3,9 @@
 use crate::{Backend, TestDb};
 
 /// Every column, index and foreign key of the database as sorted lines, comparable across two
-/// states of the same backend. SQLite's `sqlite_sequence` is left out: SQLite makes it for the
-/// first `AUTOINCREMENT` table and never lets it be dropped.
+/// states of the same backend. On SQLite its own `sqlite_sequence` is included: SQLite makes it
+/// for the first `AUTOINCREMENT` table and never lets it be dropped, so a migration that made
+/// it would leave it behind after its rollback.
 pub async fn snapshot(t: &TestDb) -> Vec<String> {
     let queries: &[&str] = match t.backend {
         Backend::Postgres => &[
@@ -30,7 +31,7 @@ pub async fn snapshot(t: &TestDb) -> Vec<String> {
             "SELECT m.name || '.' || p.name || ' ' || p.type || ' notnull=' || p.\"notnull\" \
              || ' pk=' || p.pk || ' default=' || coalesce(p.dflt_value, '') \
              FROM sqlite_master m, pragma_table_info(m.name) p \
-             WHERE m.type = 'table' AND m.name <> 'sqlite_sequence'",
+             WHERE m.type = 'table'",
             "SELECT name || ' ' || coalesce(sql, '') FROM sqlite_master WHERE type = 'index'",
             "SELECT m.name || ' -> ' || f.\"table\" || '(' || f.\"from\" || '=' || f.\"to\" \
              || ') on delete ' || f.on_delete \

@@ -290,13 +290,13 @@ impl Dispatcher {
         {
             return None;
         }
-        let pool = self.db.get_postgres_connection_pool().clone();
+        let options = (*self.db.get_postgres_connection_pool().connect_options()).clone();
         let wake = Arc::new(Notify::new());
         let waker = Arc::clone(&wake);
         let poll = self.settings.worker.poll_interval;
         tasks.spawn(async move {
             loop {
-                match listen_when_first(&pool, poll).await {
+                match listen_when_first(&options, poll).await {
                     Ok(mut listener) => loop {
                         match listener.try_recv().await {
                             // Several notifications before the worker looks make one wake-up.
@@ -646,11 +646,19 @@ pub const LISTENER_LOCK: i64 = 0x6177_686b;
 
 /// A connection that listens on [`delivery::NOTIFY_CHANNEL`] once it holds [`LISTENER_LOCK`],
 /// trying for the lock every `poll`.
+///
+/// The connection is its own, in a pool of one that only the listener holds, never one of the
+/// worker's pool: the lock is the session's, and a pooled connection would go back to the
+/// app's pool still holding it when the worker stops (or its task is dropped), so no other
+/// worker could listen. Dropped, the listener closes its connection and the lock goes with it.
 async fn listen_when_first(
-    pool: &sea_orm::sqlx::PgPool,
+    options: &sea_orm::sqlx::postgres::PgConnectOptions,
     poll: Duration,
 ) -> std::result::Result<PgListener, sea_orm::sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
+    let own = sea_orm::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(options.clone());
+    let mut listener = PgListener::connect_with(&own).await?;
     loop {
         let (first,): (bool,) = sea_orm::sqlx::query_as("SELECT pg_try_advisory_lock($1)")
             .bind(LISTENER_LOCK)

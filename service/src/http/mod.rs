@@ -4,28 +4,22 @@
 //! mapping and tenant checks by hand.
 //!
 //! ```no_run
-//! use agent_webhooks::http::{self, CallerOrganization, HttpState};
-//! use axum::http::request::Parts;
-//! use futures::future::BoxFuture;
+//! use agent_webhooks::http::{self, FromExtension, HttpState};
 //!
-//! /// The app's own authentication, reduced to the one thing the API needs.
-//! struct FromHeader;
-//!
-//! impl CallerOrganization for FromHeader {
-//!     fn organization_id<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, Option<String>> {
-//!         let org = parts.headers.get("x-org").and_then(|v| v.to_str().ok()).map(str::to_owned);
-//!         Box::pin(async move { org })
-//!     }
-//! }
-//!
-//! # async fn app(db: sea_orm::DatabaseConnection) {
+//! # async fn app(db: agent_webhooks::sea_orm::DatabaseConnection) {
 //! let settings = agent_webhooks::settings::WebhookSettings::from_env().unwrap();
-//! let app = axum::Router::new()
-//!     .merge(http::router(HttpState::new(db, settings, FromHeader)))
-//!     .merge(http::openapi_router());
+//! // The app's own auth middleware inserts an `http::OrganizationId` into the request's
+//! // extensions; `FromExtension` reads it.
+//! let webhooks = http::router(HttpState::new(db, settings, FromExtension::new()));
+//! let app = axum::Router::new().nest("/api/webhooks", webhooks);
 //! # let _: axum::Router = app;
 //! # }
 //! ```
+//!
+//! `docs/embedding.md` walks through a whole app built this way (`examples/embedding`).
+//! [`openapi_router`] serves the document with the routes at their own paths (`/v1/…`); an
+//! app that nests them under a prefix and publishes the document adds the prefix as a server
+//! to [`openapi`]'s document and serves that instead.
 //!
 //! # Routes
 //!
@@ -128,6 +122,8 @@ pub mod portal;
 mod problem;
 mod webhook;
 
+use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use axum::Json;
@@ -158,10 +154,100 @@ const TAG: &str = "webhooks";
 
 /// How the app tells the API which organization a request acts for: the app's authentication
 /// (sessions, tokens, mTLS) stays the app's, and every route is scoped by the answer.
+///
+/// Three ways to give one, from the simplest:
+///
+/// * [`FromExtension`]: the app's own middleware already authenticated the request and
+///   inserted an [`OrganizationId`] into its extensions;
+/// * a closure `|parts: &Parts| -> impl Future<Output = Option<String>>` (annotate the
+///   parameter's type). Its future cannot borrow `parts`: read what it needs first, then move
+///   it in:
+///
+///   ```
+///   use agent_webhooks::http::CallerOrganization;
+///   use axum::http::request::Parts;
+///
+///   let caller = |parts: &Parts| {
+///       let org = parts.headers.get("x-org").and_then(|v| v.to_str().ok()).map(str::to_owned);
+///       async move { org }
+///   };
+///   # fn is_caller(_: impl CallerOrganization) {}
+///   # is_caller(caller);
+///   ```
+/// * implementing this trait, for a type that holds state of its own.
 pub trait CallerOrganization: Send + Sync + 'static {
     /// The caller's `organization_id`, or `None` when the request is not authenticated (the
     /// API answers 401 `unauthenticated`).
     fn organization_id<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, Option<String>>;
+}
+
+/// A closure is a [`CallerOrganization`], so an app needs neither a type nor `BoxFuture`.
+impl<F, Fut> CallerOrganization for F
+where
+    F: Fn(&Parts) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<String>> + Send + 'static,
+{
+    fn organization_id<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, Option<String>> {
+        Box::pin(self(parts))
+    }
+}
+
+/// The organization a request acts for, as the app's own authentication middleware found it:
+/// inserted into the request's extensions (`request.extensions_mut().insert(..)`) and read by
+/// [`FromExtension`]. A type of its own, so that no other layer's `String` extension is taken
+/// for it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct OrganizationId(pub String);
+
+impl AsRef<str> for OrganizationId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A [`CallerOrganization`] that reads the organization the app's middleware inserted into
+/// the request's extensions: an [`OrganizationId`] ([`FromExtension::new`]), or the app's own
+/// type `T` that is [`AsRef<str>`] (`FromExtension::<T>::default()`). No extension: 401.
+///
+/// The middleware must run before the API's routes: put it on the app's router as a layer
+/// around (or `route_layer` of) the router it nests or merges [`router`] into.
+pub struct FromExtension<T = OrganizationId>(PhantomData<fn() -> T>);
+
+impl FromExtension {
+    /// Reads an [`OrganizationId`].
+    pub const fn new() -> Self {
+        FromExtension(PhantomData)
+    }
+}
+
+impl<T> Default for FromExtension<T> {
+    fn default() -> Self {
+        FromExtension(PhantomData)
+    }
+}
+
+impl<T> Clone for FromExtension<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for FromExtension<T> {}
+
+impl<T> std::fmt::Debug for FromExtension<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FromExtension<{}>", std::any::type_name::<T>())
+    }
+}
+
+impl<T> CallerOrganization for FromExtension<T>
+where
+    T: AsRef<str> + Send + Sync + 'static,
+{
+    fn organization_id<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, Option<String>> {
+        let org = parts.extensions.get::<T>().map(|t| t.as_ref().to_owned());
+        Box::pin(std::future::ready(org))
+    }
 }
 
 /// What the routes need: the database, the one settings context and the app's

@@ -7,8 +7,9 @@
 //! object we own (which proves the check can fail); with the hook it proposes nothing, and
 //! still proposes the platform's own model changes.
 //!
-//! Needs `python3` with SQLAlchemy, Alembic and (for PostgreSQL) psycopg2, which `scripts/test`
-//! installs; without them these tests fail with a message saying so.
+//! Needs Python with SQLAlchemy, Alembic and (for PostgreSQL) psycopg2, which `scripts/test`
+//! installs into its virtual environment (`TEST_PYTHON`); without them these tests fail with a
+//! message saying so.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -22,11 +23,12 @@ use serde_json::Value;
 /// Runs the fixture script with `args` and returns its last line of standard output.
 fn fixture(args: &[&str]) -> String {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let output = Command::new("python3")
+    let python = integration_tests::python();
+    let output = Command::new(&python)
         .arg(root.join("scripts").join("alembic_host_fixture.py"))
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 ({e}): this test needs python3"));
+        .unwrap_or_else(|e| panic!("cannot run {python} ({e}): scripts/test sets TEST_PYTHON"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_ne!(
         output.status.code(),

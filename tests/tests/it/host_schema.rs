@@ -1,5 +1,5 @@
 //! What holds for `organizations`/`agents` when the baseline created them and when it adopted
-//! the host's (README, "Created or adopted"): the cascade from organizations to agents is ours
+//! the host's (docs/schema.md, "Created or adopted"): the cascade from organizations to agents is ours
 //! only on created tables; the cascade from agents to their delivery history holds in both.
 
 use agent_webhooks::delivery::Enqueued;
@@ -101,18 +101,66 @@ async fn cascades_on_created_and_adopted_tables(backend: Backend) {
 
 backend_tests!(cascades_on_created_and_adopted_tables);
 
-/// The README's schema section says the above, not an unconditional cascade.
+/// docs/schema.md says the above, not an unconditional cascade.
 #[test]
-fn the_readme_says_which_cascade_holds_when() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("README.md");
-    let row = readme
+fn the_schema_doc_says_which_cascade_holds_when() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/schema.md"))
+        .expect("docs/schema.md");
+    let row = doc
         .lines()
         .find(|l| l.starts_with("| organization_id | varchar → organizations.id"))
         .expect("the agents table's organization_id row");
     assert!(row.contains("only when we created `agents`"), "{row}");
-    assert!(readme.contains("### Created or adopted"));
-    assert!(readme.contains(
+    assert!(doc.contains("## Created or adopted"));
+    assert!(doc.contains(
         "| `agents.organization_id` foreign key | ours, `fk_agents_organization_id`, ON DELETE CASCADE"
     ));
+}
+
+/// A full rollback on SQLite leaves the host's database as it was before `up`, down to SQLite's
+/// own tables: our surrogate keys are rowid aliases (`integer PRIMARY KEY`), not
+/// `AUTOINCREMENT`, which would make SQLite create `sqlite_sequence`, a table that can never be
+/// dropped. Rows are written to both tables with such a key first, without an id, to show the
+/// database assigns them.
+#[tokio::test]
+async fn a_full_rollback_on_sqlite_leaves_the_hosts_schema_as_it_was() {
+    let t = TestDb::fresh(Backend::Sqlite).await;
+    create_host_tables(&t, NOT_NULL_IS_DELETED).await;
+    let before = integration_tests::schema::snapshot(&t).await;
+
+    Migrator::up(&t.db, None).await.unwrap();
+    enqueue_for(&t, "agent-1").await;
+    let at = "'2024-01-02 03:04:05.000000+00:00'";
+    for attempt in [1, 2] {
+        t.exec(&format!(
+            "INSERT INTO webhook_delivery_attempts (delivery_id, attempt, started_at, finished_at) \
+             SELECT id, {attempt}, {at}, {at} FROM webhook_deliveries"
+        ))
+        .await;
+        t.exec(&format!(
+            "INSERT INTO webhook_previous_secrets \
+             (agent_id, key_id, sealed_secret, expires_at, created_at) \
+             VALUES ('agent-1', 'k{attempt}', 'sealed', {at}, {at})"
+        ))
+        .await;
+    }
+    for table in ["webhook_delivery_attempts", "webhook_previous_secrets"] {
+        let ids = t
+            .strings(&format!("SELECT CAST(id AS TEXT) FROM {table} ORDER BY id"))
+            .await;
+        assert_eq!(ids, ["1", "2"], "{table}");
+    }
+
+    migration::allowing_data_loss(Migrator::down(&t.db, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        t.count("SELECT COUNT(*) FROM sqlite_master WHERE name = 'sqlite_sequence'")
+            .await,
+        0,
+        "sqlite_sequence left behind"
+    );
+    let mut after = integration_tests::schema::snapshot(&t).await;
+    after.retain(|line| !line.contains("seaql_migrations"));
+    assert_eq!(after, before, "the host's schema changed");
 }

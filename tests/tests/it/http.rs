@@ -98,6 +98,11 @@ impl Api {
     async fn start(t: &TestDb) -> Api {
         let app = http::router(HttpState::new(t.db.clone(), settings(), OrgHeader))
             .merge(http::openapi_router());
+        Api::serve(app).await
+    }
+
+    /// Serves `app`, whose caller is the `x-org` header however it reads it.
+    async fn serve(app: axum::Router) -> Api {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -774,6 +779,73 @@ async fn unknown_routes_and_methods_get_problems() {
     assert!(head.starts_with("HTTP/1.1 414 "), "{head}");
 }
 
+/// The three forms of `CallerOrganization` scope the routes alike: a type implementing it
+/// (every other test), a closure, and `FromExtension` behind the app's own middleware, nested
+/// under a prefix as an app mounts it. Each: the caller's agent 200, another organization's
+/// 404, no caller 401 (and the middleware's extension is what counts, not the header).
+#[tokio::test]
+async fn closure_and_extension_callers_scope_the_routes() {
+    let t = TestDb::migrated(Backend::Sqlite).await;
+    seed(&t).await;
+
+    let closure = |parts: &Parts| {
+        let org = parts
+            .headers
+            .get("x-org")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        async move { org }
+    };
+    let by_closure = http::router(HttpState::new(t.db.clone(), settings(), closure));
+
+    /// The app's authentication: `x-org` names the organization, except `nobody`, which it
+    /// refuses to map (so the API sees no extension although the header is there).
+    async fn auth(
+        mut request: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> axum::response::Response {
+        let org = request
+            .headers()
+            .get("x-org")
+            .and_then(|v| v.to_str().ok())
+            .filter(|org| *org != "nobody")
+            .map(|org| http::OrganizationId(org.to_owned()));
+        if let Some(org) = org {
+            request.extensions_mut().insert(org);
+        }
+        next.run(request).await
+    }
+    let by_extension = axum::Router::new()
+        .nest(
+            "/api/webhooks",
+            http::router(HttpState::new(
+                t.db.clone(),
+                settings(),
+                http::FromExtension::new(),
+            )),
+        )
+        .layer(axum::middleware::from_fn(auth));
+
+    for (app, prefix) in [(by_closure, ""), (by_extension, "/api/webhooks")] {
+        let mut api = Api::serve(app).await;
+        let path = format!("{prefix}{}", agent_path(""));
+        let own = api.call("org-1", "GET", &path, None).await;
+        assert_eq!(own.status, 200, "{prefix}: {}", own.body);
+        assert_eq!(own.json()["agent_id"], AGENT, "{prefix}: {}", own.body);
+        api.call("org-2", "GET", &path, None)
+            .await
+            .problem(404, "agent-not-found");
+        api.raw(None, "GET", &path, None, "application/json")
+            .await
+            .problem(401, "unauthenticated");
+        if !prefix.is_empty() {
+            api.call("nobody", "GET", &path, None)
+                .await
+                .problem(401, "unauthenticated");
+        }
+    }
+}
+
 /// Recovery walks past one batch (1000) and requeues only what failed since the instant.
 async fn recover_requeues_every_failure_since_an_instant(backend: Backend) {
     let t = TestDb::migrated(backend).await;
@@ -879,7 +951,7 @@ async fn openapi_document_lists_the_mounted_routes_and_validates() {
         .collect();
     assert_eq!(documented, mounted);
 
-    let mut child = Command::new("python3")
+    let mut child = Command::new(integration_tests::python())
         .args([
             "-c",
             "import json, sys\n\
@@ -890,7 +962,7 @@ async fn openapi_document_lists_the_mounted_routes_and_validates() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("this test needs python3 with openapi-spec-validator (scripts/test installs it)");
+        .expect("this test needs Python with openapi-spec-validator (scripts/test installs it)");
     child
         .stdin
         .take()

@@ -1,5 +1,8 @@
 //! The integration tests, as one test binary: every former `tests/*.rs` file is a module here,
-//! so a change to the library relinks one executable instead of one per file.
+//! so a change to the library relinks one executable instead of one per file (after a change to
+//! the service library, `cargo test --workspace --no-run` rebuilt in 6.4 s instead of 9.8 s,
+//! linking 10 test executables instead of 16: median of 3 interleaved runs on the 2-core
+//! machine, 2026-11-29).
 //!
 //! Run a part with a filter on the module path, e.g.
 //! `scripts/test -p integration-tests schema::` or `cargo test -p integration-tests --test it explain`.

@@ -2,8 +2,9 @@
 //! `scripts/standardwebhooks_compat.py`: Python must accept what we sign, and we must accept
 //! (and byte-for-byte reproduce) what Python signs.
 //!
-//! Needs `python3` with `pip install standardwebhooks`; without them these tests fail with a
-//! message saying so, rather than passing silently.
+//! Needs Python with `standardwebhooks` (`scripts/test` installs it into its virtual environment
+//! and names the interpreter in `TEST_PYTHON`); without them these tests fail with a message
+//! saying so, rather than passing silently.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -42,7 +43,8 @@ pub(crate) fn run_python_script(name: &str, args: &[&str], cases: &Value) -> Out
         "{} is missing",
         root.join(&script).display()
     );
-    let mut child = Command::new("python3")
+    let python = integration_tests::python();
+    let mut child = Command::new(&python)
         .arg(&script)
         .args(args)
         .current_dir(&root)
@@ -52,8 +54,8 @@ pub(crate) fn run_python_script(name: &str, args: &[&str], cases: &Value) -> Out
         .spawn()
         .unwrap_or_else(|e| {
             panic!(
-                "cannot run python3 ({e}): this test needs python3 with the standardwebhooks \
-                 package (python3 -m pip install standardwebhooks)"
+                "cannot run {python} ({e}): this test needs Python with the packages \
+                 scripts/test installs (it sets TEST_PYTHON)"
             )
         });
     // The script exits early without reading when the package is missing, so a failed write

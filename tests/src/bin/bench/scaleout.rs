@@ -99,7 +99,8 @@ pub(super) async fn figures(report: &mut Report, quick: bool) {
                 if mode == Mode::Live && synchronous_commit && workers == 1 {
                     saturated_cpu = Some(run.cpu_per_k[2]);
                 }
-                if let Some(&(fewer, rate)) = rates.last() {
+                // A live run delivers what the app enqueues: only backlogs compare workers.
+                if let (Mode::Backlog, Some(&(fewer, rate))) = (mode, rates.last()) {
                     report.push(
                         "postgres",
                         SECTION,
@@ -114,6 +115,113 @@ pub(super) async fn figures(report: &mut Report, quick: bool) {
     }
     let seconds = if quick { 1 } else { 10 };
     fixed_rate(report, &keys, 200, seconds, saturated_cpu).await;
+    lease_column(report, if quick { 2_000 } else { 50_000 }).await;
+}
+
+/// Where the lease lives, in [`lease_column`]'s experiment.
+#[derive(Clone, Copy)]
+enum Lease {
+    /// As the schema has it: the claim moves `next_retry_at`, which the claim index holds.
+    InNextRetryAt,
+    /// A column of its own that no index holds (`leased_until`), on pages with room for it
+    /// (`fillfactor` 90), so a claim can be a heap-only (HOT) update.
+    OwnColumn,
+}
+
+/// The experiment behind keeping the lease in `next_retry_at`: `rows` due deliveries claimed
+/// in batches of 64, each batch recorded as delivered at once (so leased rows do not pile up
+/// in the due range), with the lease in `next_retry_at` as today, or in an unindexed column
+/// of its own. Raw SQL on scratch copies of the schema: PostgreSQL backend CPU per delivery,
+/// and the share of claim updates that were HOT.
+async fn lease_column(report: &mut Report, rows: usize) {
+    let mut cpu_us = Vec::new();
+    for lease in [Lease::InNextRetryAt, Lease::OwnColumn] {
+        let t = TestDb::migrated_with(Backend::Postgres, 1).await;
+        seed_agent(&t, "agent-1", &[]).await;
+        let (name, claim) = match lease {
+            Lease::InNextRetryAt => (
+                "lease in next_retry_at",
+                "UPDATE webhook_deliveries SET next_retry_at = now() + interval '60 seconds', \
+                 attempt_count = attempt_count + 1 WHERE id IN (SELECT id FROM webhook_deliveries \
+                 WHERE next_retry_at <= now() AND delivered_at IS NULL ORDER BY next_retry_at \
+                 LIMIT 64 FOR UPDATE SKIP LOCKED) RETURNING id",
+            ),
+            Lease::OwnColumn => {
+                t.exec("ALTER TABLE webhook_deliveries ADD COLUMN leased_until timestamptz")
+                    .await;
+                t.exec("ALTER TABLE webhook_deliveries SET (fillfactor = 90)")
+                    .await;
+                (
+                    "lease in its own column",
+                    "UPDATE webhook_deliveries SET leased_until = now() + interval '60 seconds', \
+                     attempt_count = attempt_count + 1 WHERE id IN (SELECT id FROM webhook_deliveries \
+                     WHERE next_retry_at <= now() AND delivered_at IS NULL \
+                     AND (leased_until IS NULL OR leased_until <= now()) ORDER BY next_retry_at \
+                     LIMIT 64 FOR UPDATE SKIP LOCKED) RETURNING id",
+                )
+            }
+        };
+        t.exec(&format!(
+            "INSERT INTO webhook_deliveries (id, organization_id, agent_id, event_id, event_type, \
+             webhook_url, attempt_count, created_at, next_retry_at) \
+             SELECT 'dlv-' || lpad(g::text, 9, '0'), 'org-1', 'agent-1', 'evt-' || g, \
+             'run.completed', 'https://hooks.example.com/x', 0, now(), \
+             now() - make_interval(secs => g) FROM generate_series(1, {rows}) g"
+        ))
+        .await;
+        t.exec("VACUUM ANALYZE webhook_deliveries").await;
+        let (_, _, server) = super::procstat::measured(&t, async {
+            loop {
+                let ids = t.strings(claim).await;
+                if ids.is_empty() {
+                    break;
+                }
+                let list = ids
+                    .iter()
+                    .map(|id| format!("'{id}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                t.exec(&format!(
+                    "UPDATE webhook_deliveries SET delivered_at = now(), status_code = 200, \
+                     next_retry_at = NULL WHERE id IN ({list})"
+                ))
+                .await;
+            }
+        })
+        .await;
+        t.exec("SELECT pg_stat_force_next_flush()").await;
+        let hot = t
+            .strings(
+                "SELECT (n_tup_hot_upd::float8 / greatest(n_tup_upd, 1))::text \
+                 FROM pg_stat_user_tables WHERE relname = 'webhook_deliveries'",
+            )
+            .await;
+        let hot: f64 = hot[0].parse().unwrap();
+        let us = server.as_secs_f64() * 1e6 / rows as f64;
+        report.push(
+            "postgres",
+            SECTION,
+            format!("claim + record, backend CPU, {name}"),
+            us,
+            "µs/delivery",
+        );
+        // Half the updates are the records, which change indexed columns and cannot be HOT.
+        report.push(
+            "postgres",
+            SECTION,
+            format!("HOT share of all updates, {name}"),
+            hot,
+            "1",
+        );
+        cpu_us.push(us);
+    }
+    report.push(
+        "postgres",
+        SECTION,
+        "claim + record backend CPU, own lease column / next_retry_at".into(),
+        cpu_us[1] / cpu_us[0],
+        "x",
+    );
 }
 
 /// How the events reach the workers in a saturation run.
@@ -151,24 +259,28 @@ async fn enqueue_cost(report: &mut Report, n: usize) {
     let settings = WebhookSettings::default();
     let payload = serde_json::json!({"n": 1});
     let commits_before = commits(&counted).await;
-    statements.store(0, Ordering::SeqCst);
-    let start = Instant::now();
-    for i in 0..n {
-        delivery::enqueue(
-            &counted.db,
-            &settings,
-            "agent-1",
-            &format!("evt-{i}"),
-            "run.completed",
-            &payload,
-            Utc::now(),
-        )
-        .await
-        .unwrap();
-    }
-    let took = start.elapsed();
-    let sent = statements.load(Ordering::SeqCst);
-    // The reading of the counter and the flush are two commits more than the `n` enqueues'.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let (took, _, ours_cpu) = super::procstat::measured(&counted, async {
+        // Counted here, without the statements that read the backends' CPU around the run.
+        statements.store(0, Ordering::SeqCst);
+        for i in 0..n {
+            delivery::enqueue(
+                &counted.db,
+                &settings,
+                "agent-1",
+                &format!("evt-{i}"),
+                "run.completed",
+                &payload,
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        }
+        sent.store(statements.load(Ordering::SeqCst), Ordering::SeqCst);
+    })
+    .await;
+    let sent = sent.load(Ordering::SeqCst);
+    // The statements that read the counters and the CPU around the run add four commits.
     let committed = commits(&counted).await - commits_before;
     let ours = n as f64 / took.as_secs_f64();
     report.push(
@@ -177,6 +289,14 @@ async fn enqueue_cost(report: &mut Report, n: usize) {
         "enqueue on one connection".into(),
         ours,
         "events/s",
+    );
+    let per_event_us = |cpu: Duration| cpu.as_secs_f64() * 1e6 / n as f64;
+    report.push(
+        "postgres",
+        SECTION,
+        "enqueue backend CPU".into(),
+        per_event_us(ours_cpu),
+        "µs/event",
     );
     report.push(
         "postgres",
@@ -192,38 +312,52 @@ async fn enqueue_cost(report: &mut Report, n: usize) {
         committed as f64 / n as f64,
         "1",
     );
-    let python = std::env::var("TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let python = integration_tests::python();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/sqlalchemy_enqueue.py");
-    let output = Command::new(&python)
+    let mut child = Command::new(&python)
         .args([script, &t.url, "agent-1", &n.to_string()])
-        .output();
-    match output {
-        Ok(output) if output.status.success() => {
-            let theirs: f64 = String::from_utf8_lossy(&output.stdout)
-                .trim()
-                .parse()
-                .expect("the SQLAlchemy script prints events per second");
-            report.push(
-                "postgres",
-                SECTION,
-                "SQLAlchemy 2 enqueue on one connection".into(),
-                theirs,
-                "events/s",
-            );
-            report.push(
-                "postgres",
-                SECTION,
-                "enqueue / SQLAlchemy 2 enqueue".into(),
-                ours / theirs,
-                "x",
-            );
-        }
-        Ok(output) => panic!(
-            "{python} {script} failed (scripts/test installs SQLAlchemy and psycopg2): {}",
-            String::from_utf8_lossy(&output.stderr)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let (theirs, backend) = match line.split_whitespace().collect::<Vec<_>>()[..] {
+        [rate, pid] => (rate.parse::<f64>().unwrap(), pid.to_owned()),
+        _ => panic!(
+            "{python} {script} failed (scripts/test installs SQLAlchemy and psycopg2 in \
+             .venv-test; TEST_PYTHON names its python): {line:?}"
         ),
-        Err(e) => panic!("cannot run {python}: {e}"),
-    }
+    };
+    // One connection served the whole run: its backend's CPU is the run's.
+    let theirs_cpu = cpu(&backend);
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"\n").unwrap();
+    assert!(child.wait().unwrap().success(), "{python} {script} failed");
+    report.push(
+        "postgres",
+        SECTION,
+        "SQLAlchemy 2 enqueue on one connection".into(),
+        theirs,
+        "events/s",
+    );
+    report.push(
+        "postgres",
+        SECTION,
+        "SQLAlchemy 2 enqueue backend CPU".into(),
+        per_event_us(theirs_cpu),
+        "µs/event",
+    );
+    report.push(
+        "postgres",
+        SECTION,
+        "enqueue / SQLAlchemy 2 enqueue".into(),
+        ours / theirs,
+        "x",
+    );
 }
 
 /// Transactions committed in `t`'s database so far, as counted once its one connection has
