@@ -453,6 +453,25 @@ async fn overview(
     .await
 }
 
+/// The overview with a banner saying why a form was not carried out, and nothing else kept.
+async fn refused_page(
+    state: &HttpState,
+    portal: &Portal,
+    status: StatusCode,
+    banner: Banner,
+) -> Result<Response, PortalError> {
+    render_overview(
+        state,
+        portal,
+        status,
+        Some(banner),
+        ConfigForm::default(),
+        None,
+        None,
+    )
+    .await
+}
+
 /// The overview, with what the last form left (a banner, a refused form, a new secret).
 async fn render_overview(
     state: &HttpState,
@@ -573,16 +592,7 @@ async fn save_config(
     let Form(fields) = match form {
         Ok(form) => form,
         Err(e) => {
-            return render_overview(
-                &state,
-                &portal,
-                StatusCode::BAD_REQUEST,
-                Some(bad_form(e)),
-                ConfigForm::default(),
-                None,
-                None,
-            )
-            .await;
+            return refused_page(&state, &portal, StatusCode::BAD_REQUEST, bad_form(e)).await;
         }
     };
     portal.check_post(&headers, &fields.csrf, &state)?;
@@ -643,16 +653,7 @@ async fn set_enabled(
     let Form(fields) = match form {
         Ok(form) => form,
         Err(e) => {
-            return render_overview(
-                &state,
-                &portal,
-                StatusCode::BAD_REQUEST,
-                Some(bad_form(e)),
-                ConfigForm::default(),
-                None,
-                None,
-            )
-            .await;
+            return refused_page(&state, &portal, StatusCode::BAD_REQUEST, bad_form(e)).await;
         }
     };
     portal.check_post(&headers, &fields.csrf, &state)?;
@@ -669,16 +670,7 @@ async fn set_enabled(
         )),
         Err(e) => {
             let (status, banner) = refused(e.into())?;
-            render_overview(
-                &state,
-                &portal,
-                status,
-                Some(banner),
-                ConfigForm::default(),
-                None,
-                None,
-            )
-            .await
+            refused_page(&state, &portal, status, banner).await
         }
     }
 }
@@ -700,16 +692,7 @@ async fn send_test(
         Ok(_) => Ok(back_home(&portal, "test-sent", None)),
         Err(e) => {
             let (status, banner) = refused(e)?;
-            render_overview(
-                &state,
-                &portal,
-                status,
-                Some(banner),
-                ConfigForm::default(),
-                None,
-                None,
-            )
-            .await
+            refused_page(&state, &portal, status, banner).await
         }
     }
 }
@@ -751,16 +734,7 @@ async fn rotate(
         }
         Err(e) => {
             let (status, banner) = refused(e.into())?;
-            render_overview(
-                &state,
-                &portal,
-                status,
-                Some(banner),
-                ConfigForm::default(),
-                None,
-                None,
-            )
-            .await
+            refused_page(&state, &portal, status, banner).await
         }
     }
 }
@@ -801,31 +775,13 @@ async fn recover(
             error: true,
             text: "Recover: give the date and time to recover from.".to_owned(),
         };
-        return render_overview(
-            &state,
-            &portal,
-            StatusCode::BAD_REQUEST,
-            Some(banner),
-            ConfigForm::default(),
-            None,
-            None,
-        )
-        .await;
+        return refused_page(&state, &portal, StatusCode::BAD_REQUEST, banner).await;
     };
     match delivery::recover(&state.db, &portal.agent.id, since, Utc::now()).await {
         Ok(report) => Ok(back_home(&portal, "recovered", Some(report.requeued))),
         Err(e) => {
             let (status, banner) = refused(e.into())?;
-            render_overview(
-                &state,
-                &portal,
-                status,
-                Some(banner),
-                ConfigForm::default(),
-                None,
-                None,
-            )
-            .await
+            refused_page(&state, &portal, status, banner).await
         }
     }
 }
