@@ -91,11 +91,7 @@ async fn insert_if_deliverable<C: ConnectionTrait>(
         ]));
     let mut statement = backend.build(&insert);
     if settings.worker.listen && backend == DbBackend::Postgres {
-        statement.sql = format!(
-            "WITH created AS ({}) SELECT id, organization_id, webhook_url, \
-             pg_notify('{NOTIFY_CHANNEL}', '')::text IS NULL FROM created",
-            statement.sql
-        );
+        notify_on_insert(&mut statement, "id, organization_id, webhook_url");
     }
     let Some(row) = db.query_one_raw(statement).await? else {
         return Ok(None);
@@ -400,6 +396,17 @@ pub(super) fn new_id() -> String {
 /// `INSERT … RETURNING`.
 pub(super) const MYSQL_PARSE_ERROR: &str = "42000";
 
+/// Wraps an `INSERT … RETURNING` on PostgreSQL so that the same statement notifies
+/// [`NOTIFY_CHANNEL`] for the rows it creates (none for none), still returning `columns` of
+/// them first. PostgreSQL sends one notification per transaction and channel, on commit.
+fn notify_on_insert(statement: &mut Statement, columns: &str) {
+    statement.sql = format!(
+        "WITH created AS ({}) SELECT {columns}, pg_notify('{NOTIFY_CHANNEL}', '')::text IS NULL \
+         FROM created",
+        statement.sql
+    );
+}
+
 /// Inserts `rows` in one statement, each unless its `(agent_id, event_id)` exists, and says per
 /// row whether it was created or which delivery already was. With `listen` on PostgreSQL the
 /// same statement also notifies [`NOTIFY_CHANNEL`] when it creates a row (`pg_notify` over
@@ -476,10 +483,7 @@ pub(super) async fn insert_rows<C: ConnectionTrait>(
             insert.returning_col(wd::Column::Id);
             let mut statement = backend.build(&insert);
             if notify {
-                statement.sql = format!(
-                    "WITH created AS ({}) SELECT id, pg_notify('{NOTIFY_CHANNEL}', '')::text IS NULL FROM created",
-                    statement.sql
-                );
+                notify_on_insert(&mut statement, "id");
             }
             let created: HashSet<String> = db
                 .query_all_raw(statement)
