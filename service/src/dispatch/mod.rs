@@ -232,7 +232,7 @@ impl Dispatcher {
 
     /// Claims and sends until nothing is due (tests, cron-style use).
     pub async fn run_once(&self) -> Result<DrainReport> {
-        self.drain(&AtomicBool::new(false), None).await
+        self.drain(&AtomicBool::new(false), Mode::Once).await
     }
 
     /// Drains and polls until `shutdown` completes, then lets the sends in flight finish (up to
@@ -247,7 +247,7 @@ impl Dispatcher {
         let mut listener = tokio::task::JoinSet::new();
         let wake = self.listen(&mut listener).await;
         loop {
-            let mut drain = pin!(self.drain(&stop, Some(wake.as_deref())));
+            let mut drain = pin!(self.drain(&stop, Mode::Running(wake.as_deref())));
             let result = tokio::select! {
                 result = &mut drain => result,
                 () = &mut shutdown => {
@@ -325,16 +325,11 @@ impl Dispatcher {
     /// See the module documentation. A database error stops the claiming and is returned once
     /// the sends in flight are recorded.
     ///
-    /// `run_once` (`wakes` `None`) claims until a claim comes back empty. The running worker
-    /// (`wakes` `Some`) takes a claim that did not fill its free slots as "nothing more is
-    /// due" and ends the drain once its sends are recorded, without a claim that would find
-    /// nothing: a wake-up (or the next poll) starts the next one, and a wake-up during the
+    /// [`Mode::Once`] claims until a claim comes back empty. [`Mode::Running`] takes a claim
+    /// that did not fill its free slots as "nothing more is due" and ends the drain once its
+    /// sends are recorded, without a claim that would find nothing: a wake-up (or the next poll) starts the next one, and a wake-up during the
     /// drain lets it claim again beside the sends in flight.
-    async fn drain(
-        &self,
-        stop: &AtomicBool,
-        wakes: Option<Option<&Notify>>,
-    ) -> Result<DrainReport> {
+    async fn drain(&self, stop: &AtomicBool, mode: Mode<'_>) -> Result<DrainReport> {
         let mut report = DrainReport::default();
         let concurrency = self.settings.worker.concurrency.max(1);
         // Tasks, not futures polled by this loop: while it waits for a claim, the sends in
@@ -350,16 +345,16 @@ impl Dispatcher {
             let sends = tasks.len() - usize::from(recording.is_some());
             let free = concurrency - sends;
             let refill = if sends == 0 {
-                !(nothing_due && (recording.is_some() || wakes.is_some()))
+                !(nothing_due && (recording.is_some() || matches!(mode, Mode::Running(_))))
             } else {
                 !nothing_due && free * 2 >= concurrency
             };
             if failure.is_none() && refill && !stop.load(Ordering::SeqCst) {
                 match self.claim(free).await {
                     Ok((claims, keys)) => {
-                        nothing_due = match wakes {
-                            None => claims.is_empty(),
-                            Some(_) => claims.len() < free,
+                        nothing_due = match mode {
+                            Mode::Once => claims.is_empty(),
+                            Mode::Running(_) => claims.len() < free,
                         };
                         for claim in claims {
                             let this = self.clone();
@@ -372,8 +367,8 @@ impl Dispatcher {
             }
             // Wait for one task (or, with nothing due, a wake-up), then take every other one
             // that has finished meanwhile.
-            let mut joined = match wakes {
-                Some(Some(wake))
+            let mut joined = match mode {
+                Mode::Running(Some(wake))
                     if nothing_due && failure.is_none() && !stop.load(Ordering::SeqCst) =>
                 {
                     tokio::select! {
@@ -615,6 +610,15 @@ impl Dispatcher {
 
 /// The signing keys of a claimed batch's agents, by agent id (see [`Dispatcher::claim`]).
 type AgentKeys = HashMap<String, Result<LiveKeys>>;
+
+/// How a drain ends (see [`Dispatcher::drain`]).
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    /// `run_once`: until a claim finds nothing.
+    Once,
+    /// `run`: when nothing more is due, woken (on PostgreSQL with `listen`) by this.
+    Running(Option<&'a Notify>),
+}
 
 /// What one of a drain's tasks came to.
 enum Step {
