@@ -25,7 +25,7 @@ use integration_tests::{Backend, TestDb, seed_agent, seed_webhook};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
 
 use super::procstat::cpu;
-use super::worker::{Arrivals, receiver};
+use super::worker::{Arrivals, payload, receiver};
 use super::{Report, ms, percentile};
 
 const SECTION: &str = "scaleout";
@@ -406,21 +406,9 @@ async fn saturation(
                 .map(|c| {
                     let (app, enqueued) = (app.clone(), Arc::clone(&enqueued));
                     tokio::spawn(async move {
-                        let settings = WebhookSettings::default();
                         for i in (c..events).step_by(APP_CONNECTIONS) {
-                            let id = format!("evt_{i}");
-                            delivery::enqueue(
-                                &app,
-                                &settings,
-                                "agent-1",
-                                &id,
-                                "run.completed",
-                                &payload(i),
-                                Utc::now(),
-                            )
-                            .await
-                            .unwrap();
-                            enqueued.lock().unwrap().insert(id, Instant::now());
+                            let (id, at) = enqueue_event(&app, i).await;
+                            enqueued.lock().unwrap().insert(id, at);
                         }
                     })
                 })
@@ -517,24 +505,12 @@ async fn fixed_rate(
     let before = fleet.cpu(&setup.t).await;
     let events = (rate * seconds) as usize;
     let mut enqueued = HashMap::new();
-    let settings = WebhookSettings::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     for i in 0..events {
         tick.tick().await;
-        let id = format!("evt_{i}");
-        delivery::enqueue(
-            &app,
-            &settings,
-            "agent-1",
-            &id,
-            "run.completed",
-            &payload(i),
-            Utc::now(),
-        )
-        .await
-        .unwrap();
-        enqueued.insert(id, Instant::now());
+        let (id, at) = enqueue_event(&app, i).await;
+        enqueued.insert(id, at);
     }
     setup.wait_for(events).await;
     let used = fleet.cpu(&setup.t).await.since(&before);
@@ -836,6 +812,19 @@ async fn scrape(addr: SocketAddr) -> Option<String> {
     response.text().await.ok()
 }
 
-fn payload(i: usize) -> serde_json::Value {
-    serde_json::json!({"type": "run.completed", "data": {"run_id": format!("run-{i}"), "text": "x".repeat(400)}})
+/// Enqueues `evt_{i}` for `agent-1`; its id and when the enqueue had committed.
+async fn enqueue_event(app: &DatabaseConnection, i: usize) -> (String, Instant) {
+    let id = format!("evt_{i}");
+    delivery::enqueue(
+        app,
+        &WebhookSettings::default(),
+        "agent-1",
+        &id,
+        "run.completed",
+        &payload(i),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    (id, Instant::now())
 }

@@ -147,7 +147,8 @@ async fn enqueue(t: &TestDb, settings: &WebhookSettings, i: usize, now: DateTime
     .unwrap();
 }
 
-fn payload(i: usize) -> serde_json::Value {
+/// The event body of the worker sections: ~470 bytes of JSON.
+pub(super) fn payload(i: usize) -> serde_json::Value {
     serde_json::json!({"type": "run.completed", "data": {"run_id": format!("run-{i}"), "text": "x".repeat(400)}})
 }
 
