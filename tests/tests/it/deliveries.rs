@@ -852,12 +852,13 @@ async fn enqueue_is_one_statement_and_ends_as_the_rules_say(backend: Backend) {
     for (n, (agent, event_type, skipped)) in cases.iter().enumerate() {
         for in_transaction in [false, true] {
             let event_id = format!("evt-{n}-{in_transaction}");
-            statements.store(0, std::sync::atomic::Ordering::SeqCst);
             let settings = WebhookSettings::default();
             let payload = json!({"n": n});
-            let enqueued = if in_transaction {
+            let counter = || statements.load(std::sync::atomic::Ordering::SeqCst);
+            // The enqueue's statements only, without the caller's BEGIN and COMMIT.
+            let (enqueued, sent) = if in_transaction {
                 let txn = counted.db.begin().await.unwrap();
-                let before = statements.load(std::sync::atomic::Ordering::SeqCst);
+                let before = counter();
                 let enqueued = delivery::enqueue(
                     &txn,
                     &settings,
@@ -869,13 +870,12 @@ async fn enqueue_is_one_statement_and_ends_as_the_rules_say(backend: Backend) {
                 )
                 .await
                 .unwrap();
-                statements.fetch_sub(before, std::sync::atomic::Ordering::SeqCst);
-                let sent = statements.load(std::sync::atomic::Ordering::SeqCst);
+                let sent = counter() - before;
                 txn.commit().await.unwrap();
-                statements.store(sent, std::sync::atomic::Ordering::SeqCst);
-                enqueued
+                (enqueued, sent)
             } else {
-                delivery::enqueue(
+                let before = counter();
+                let enqueued = delivery::enqueue(
                     &counted.db,
                     &settings,
                     agent,
@@ -885,9 +885,9 @@ async fn enqueue_is_one_statement_and_ends_as_the_rules_say(backend: Backend) {
                     t0(),
                 )
                 .await
-                .unwrap()
+                .unwrap();
+                (enqueued, counter() - before)
             };
-            let sent = statements.load(std::sync::atomic::Ordering::SeqCst);
             let context = format!("{agent} {event_type} in transaction: {in_transaction}");
             match (skipped, &enqueued) {
                 (None, Enqueued::Created(d)) => {
@@ -906,7 +906,7 @@ async fn enqueue_is_one_statement_and_ends_as_the_rules_say(backend: Backend) {
             }
         }
     }
-    // A repeat returns the stored delivery and its first payload.
+    // A repeat returns the stored delivery.
     let first = delivery::enqueue(
         &counted.db,
         &WebhookSettings::default(),

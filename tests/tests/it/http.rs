@@ -29,8 +29,9 @@ const AGENT: &str = "agent-1";
 const OTHER_AGENT: &str = "agent-2";
 const SECRET: &str = "a-user-chosen-secret-0123456789";
 
-/// The organization is the `x-org` header: the test's stand-in for an app's authentication.
-struct OrgHeader;
+/// The organization is the `x-org` header: the tests' stand-in for an app's authentication
+/// (also the portal's).
+pub(super) struct OrgHeader;
 
 impl CallerOrganization for OrgHeader {
     fn organization_id<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, Option<String>> {

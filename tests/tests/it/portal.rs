@@ -16,20 +16,20 @@ use std::time::{Duration, Instant};
 use agent_webhooks::delivery::retry::RetryPolicy;
 use agent_webhooks::dispatch::Dispatcher;
 use agent_webhooks::http::portal::{self, PortalLink};
-use agent_webhooks::http::{self, CallerOrganization, HttpState};
+use agent_webhooks::http::{self, HttpState};
 use agent_webhooks::secrets::secret_box::KeyRing;
 use agent_webhooks::settings::{PortalKey, WebhookSettings};
 use agent_webhooks::webhook::url_policy::UrlPolicy;
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use chrono::{TimeDelta, Utc};
 use entity::{agents, organizations, webhook_deliveries as wd};
 use fantoccini::{Client, ClientBuilder, Locator};
-use futures::future::BoxFuture;
 use integration_tests::{Backend, RunningWorker, TestDb, seed_webhook};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use tokio::net::TcpListener;
+
+use super::http::OrgHeader;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -40,19 +40,6 @@ const WAIT: Duration = Duration::from_secs(20);
 /// What the receiver's failing endpoint answers, and markup stored elsewhere: shown as text,
 /// never run (it would set `window.pwned`).
 const MARKUP: &str = "<script>window.pwned=1</script><img src=x onerror=\"window.pwned=2\">";
-
-struct OrgHeader;
-
-impl CallerOrganization for OrgHeader {
-    fn organization_id<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, Option<String>> {
-        let org = parts
-            .headers
-            .get("x-org")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        Box::pin(async move { org })
-    }
-}
 
 /// chromedriver on a free loopback port, killed when dropped.
 struct Driver {
