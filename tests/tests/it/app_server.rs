@@ -173,16 +173,29 @@ fn prints_a_portal_link_for_the_demo_agent() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the example app server");
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    // Read on a thread, so that a server that never prints the link fails the test in 60 s
+    // instead of holding it.
+    let stdout = server.stdout.take().unwrap();
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().take(5).map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut link = None;
-    for line in lines.by_ref().take(5) {
-        let line = line.unwrap();
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         if let Some(rest) = line.strip_prefix("portal of agent-demo: http://") {
             link = Some(rest.to_owned());
             break;
         }
     }
-    let link = link.expect("a portal link among the first lines");
+    if link.is_none() {
+        let _ = server.kill();
+    }
+    let link = link.expect("a portal link among the first lines, within 60 s");
     let (addr, path) = link.split_at(link.find('/').unwrap());
     let mut socket = std::net::TcpStream::connect(addr).expect("it serves");
     std::io::Write::write_all(
