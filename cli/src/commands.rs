@@ -354,6 +354,7 @@ async fn run_config(
                     .map(|s| SecretString::from(s.expose().to_owned())),
                 webhook_events: events,
                 webhook_enabled: !disabled,
+                webhook_ordered: false,
             };
             let view = webhook::configure(db, &settings, &agent, &request).await?;
             if let (true, Some(secret)) = (generated, &secret) {

@@ -33,6 +33,7 @@ pub enum Agents {
     WebhookEd25519SecretKey,
     #[sea_orm(iden = "webhook_ed25519_public_key")]
     WebhookEd25519PublicKey,
+    WebhookOrdered,
 }
 
 #[derive(DeriveIden, Clone, Copy)]
@@ -51,6 +52,8 @@ pub enum WebhookDeliveries {
     DeliveredAt,
     NextRetryAt,
     Payload,
+    Lane,
+    LaneSeq,
 }
 
 #[derive(DeriveIden, Clone, Copy)]
@@ -77,4 +80,12 @@ pub enum WebhookPreviousSecrets {
     SealedSecret,
     ExpiresAt,
     CreatedAt,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+pub enum WebhookLanes {
+    Table,
+    AgentId,
+    Lane,
+    LastSeq,
 }

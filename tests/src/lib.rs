@@ -419,6 +419,7 @@ pub async fn seed_webhook(
         webhook_secret: Some(secrecy::SecretString::from(secret.expose().to_owned())),
         webhook_events: vec![],
         webhook_enabled: true,
+        webhook_ordered: false,
     };
     webhook::configure(&t.db, settings, agent_id, &config)
         .await
@@ -428,7 +429,7 @@ pub async fn seed_webhook(
 
 /// Enqueues `event_id` of `event_type` for `agent_id` with an empty JSON object as payload and
 /// the default settings, for tests where neither matters.
-pub async fn enqueue_event<C: sea_orm::ConnectionTrait>(
+pub async fn enqueue_event<C: sea_orm::ConnectionTrait + sea_orm::TransactionTrait>(
     db: &C,
     agent_id: &str,
     event_id: &str,
