@@ -64,7 +64,8 @@ pub enum Command {
     Events(EventsCommand),
     /// Send due deliveries: claim, sign, POST, record each attempt. Runs until SIGTERM or
     /// SIGINT (then finishes the sends in flight), or with `--once` until nothing is due.
-    /// Settings: the WEBHOOK_* variables (concurrency, timeouts, caps, poll interval).
+    /// Settings: the WEBHOOK_* variables (concurrency, timeouts, caps, poll interval, retry
+    /// schedule); with AGENT_WEBHOOKS_LOG=info it logs the retry schedule in effect at start.
     Worker {
         /// Send what is due now, then exit (tests, cron-style use).
         #[arg(long)]

@@ -14,7 +14,7 @@ use agent_webhooks::dispatch::{Dispatcher, DrainReport};
 use agent_webhooks::secrets::secret_box::KeyRing;
 use agent_webhooks::secrets::signing;
 use agent_webhooks::secrets::webhook_secret::WebhookSecret;
-use agent_webhooks::settings::WebhookSettings;
+use agent_webhooks::settings::{WebhookSettings, format_retry_schedule};
 use agent_webhooks::webhook::signing_secrets::{self, SigningKeyView, SigningKeysView};
 use agent_webhooks::webhook::url_policy::UrlPolicy;
 use agent_webhooks::webhook::{self, WebhookConfig, WebhookConfigView};
@@ -264,6 +264,11 @@ async fn run_worker(
             .await
             .context("the worker cannot open the stored signing secrets")?;
         tracing::info!(key_ids, "WEBHOOK_SECRET_KEYS opens every stored key id");
+        tracing::info!(
+            max_attempts = settings.retry.max_attempts,
+            "retry schedule {} (WEBHOOK_RETRY_SCHEDULE and WEBHOOK_MAX_ATTEMPTS in effect)",
+            format_retry_schedule(settings.retry.delays())
+        );
         anyhow::Ok(Dispatcher::new(settings, db)?)
     };
     let dispatcher = tokio::select! {

@@ -99,6 +99,26 @@ fn check_url_exit_codes_and_rules() {
 }
 
 #[test]
+fn a_bad_retry_schedule_stops_the_worker_in_one_line() {
+    let bad = run(
+        &["worker", "--once"],
+        &[
+            ("DATABASE_URL", "sqlite::memory:"),
+            ("WEBHOOK_RETRY_SCHEDULE", "5s,5m,30"),
+        ],
+        None,
+    );
+    assert_eq!(bad.code, Some(1), "{}", bad.stdout);
+    assert!(
+        bad.stderr
+            .contains("invalid WEBHOOK_RETRY_SCHEDULE: delay 3 `30` is not a duration")
+            && bad.stderr.lines().count() == 1,
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
 fn check_url_honours_webhook_url_policy_and_the_flag_overrides_it() {
     let url = "http://127.0.0.1:8080/hook";
     let by_env = run(
@@ -892,11 +912,26 @@ async fn events_emit_then_worker_once(backend: Backend) {
     assert_eq!(bad.code, Some(1), "{}", bad.stdout);
     assert!(bad.stderr.contains("payload is not JSON"), "{}", bad.stderr);
 
-    // With its per-attempt log lines on, into a pipe: no colour codes there.
-    let logged = [&env[..], &[("AGENT_WEBHOOKS_LOG", "info")]].concat();
+    // With its per-attempt log lines on, into a pipe: no colour codes there. The start shows
+    // the retry schedule in effect, here the last delay repeated up to WEBHOOK_MAX_ATTEMPTS.
+    let logged = [
+        &env[..],
+        &[
+            ("AGENT_WEBHOOKS_LOG", "info"),
+            ("WEBHOOK_RETRY_SCHEDULE", "1s, 90s"),
+            ("WEBHOOK_MAX_ATTEMPTS", "4"),
+        ],
+    ]
+    .concat();
     let worker = run(&["worker", "--once", "--json"], &logged, None);
     assert_eq!(worker.code, Some(0), "{}", worker.stderr);
     assert!(worker.stderr.contains("agent-1"), "{}", worker.stderr);
+    assert!(
+        worker.stderr.contains("retry schedule 1s,1m 30s,1m 30s ")
+            && worker.stderr.contains("max_attempts=4"),
+        "{}",
+        worker.stderr
+    );
     assert!(!worker.stderr.contains('\x1b'), "{:?}", worker.stderr);
     let report = json(&worker.stdout);
     assert_eq!(
