@@ -126,6 +126,10 @@ pub enum ConfigCommand {
         /// Store the configuration disabled.
         #[arg(long)]
         disabled: bool,
+        /// Deliver in order within each lane (see `events emit --lane`): a lane's next event
+        /// waits until the one before it is delivered or given up.
+        #[arg(long)]
+        ordered: bool,
         /// Read the signing secret from this environment variable.
         #[arg(long, conflicts_with = "generate_secret")]
         secret_env: Option<String>,
@@ -170,6 +174,9 @@ pub enum EventsCommand {
         /// A file holding the JSON payload (`-` for stdin).
         #[arg(long)]
         payload_file: std::path::PathBuf,
+        /// The lane of an ordered webhook (e.g. a run id); default: the agent's one lane.
+        #[arg(long)]
+        lane: Option<String>,
     },
 }
 

@@ -189,21 +189,40 @@ async fn run(cli: Cli, database_url: String, stop: Option<StopSignals>) -> anyho
             event_type,
             event_id,
             payload_file,
+            lane,
         }) => {
             let settings = WebhookSettings::from_env()?;
             let payload = read_payload(&payload_file)?;
             let event_id = event_id.unwrap_or_else(|| format!("evt_{}", uuid::Uuid::now_v7()));
             let db = connect(&database_url).await?;
-            let enqueued = delivery::enqueue(
-                &db,
-                &settings,
-                &agent,
-                &event_id,
-                &event_type,
-                delivery::Payload::json(&payload),
-                Utc::now(),
-            )
-            .await
+            let payload = delivery::Payload::json(&payload);
+            let enqueued = match &lane {
+                Some(lane) => {
+                    delivery::enqueue_in_lane(
+                        &db,
+                        &settings,
+                        &agent,
+                        lane,
+                        &event_id,
+                        &event_type,
+                        payload,
+                        Utc::now(),
+                    )
+                    .await
+                }
+                None => {
+                    delivery::enqueue(
+                        &db,
+                        &settings,
+                        &agent,
+                        &event_id,
+                        &event_type,
+                        payload,
+                        Utc::now(),
+                    )
+                    .await
+                }
+            }
             .with_context(|| format!("{} was not enqueued", payload_file.display()))?;
             let (status, delivery_id, reason) = match &enqueued {
                 Enqueued::Created(d) => ("created", Some(d.id.as_str()), None),
@@ -340,6 +359,7 @@ async fn run_config(
             url,
             events,
             disabled,
+            ordered,
             secret_env,
             generate_secret,
             development,
@@ -359,7 +379,7 @@ async fn run_config(
                     .map(|s| SecretString::from(s.expose().to_owned())),
                 webhook_events: events,
                 webhook_enabled: !disabled,
-                webhook_ordered: false,
+                webhook_ordered: ordered,
             };
             let view = webhook::configure(db, &settings, &agent, &request).await?;
             if let (true, Some(secret)) = (generated, &secret) {
@@ -486,10 +506,11 @@ fn signing_keys_text(view: &SigningKeysView) -> String {
 /// attempts have been failing (what an operator needs to decide whether to enable it again).
 fn config_text(view: &WebhookConfigView) -> String {
     let mut text = format!(
-        "agent {}\n  url: {}\n  enabled: {}\n  secret: {}\n  events: {}",
+        "agent {}\n  url: {}\n  enabled: {}\n  ordered: {}\n  secret: {}\n  events: {}",
         view.agent_id,
         view.webhook_url.as_deref().unwrap_or("(none)"),
         view.webhook_enabled,
+        view.webhook_ordered,
         if view.has_secret { "set" } else { "not set" },
         if view.all_events {
             "all".to_owned()

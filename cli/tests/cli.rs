@@ -1528,7 +1528,90 @@ async fn worker_without_usable_keys_does_not_start(backend: Backend) {
     assert_eq!(attempts, 1, "nothing was claimed");
 }
 
+/// `config set --ordered` and `events emit --lane`: positions count per lane, `config show` and
+/// `deliveries show` say so.
+async fn ordered_lanes_from_the_cli(backend: Backend) {
+    let t = TestDb::migrated(backend).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    let k1 = KeyRing::generate_key_entry("k1").unwrap();
+    let env = [
+        ("DATABASE_URL", t.url.as_str()),
+        ("WEBHOOK_SECRET_KEYS", k1.as_str()),
+        ("HOOK_SECRET", SPEC_SECRET),
+    ];
+    let set = run(
+        &[
+            "config",
+            "set",
+            "--agent",
+            "agent-1",
+            "--url",
+            "https://hooks.example.com/a",
+            "--secret-env",
+            "HOOK_SECRET",
+            "--ordered",
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(set.code, Some(0), "{}", set.stderr);
+    assert!(set.stdout.contains("ordered: true"), "{}", set.stdout);
+    let emit = |lane: &str, event: &str| {
+        let out = run(
+            &[
+                "events",
+                "emit",
+                "--agent",
+                "agent-1",
+                "--type",
+                "run.step",
+                "--event-id",
+                event,
+                "--lane",
+                lane,
+                "--payload-file",
+                "-",
+                "--json",
+            ],
+            &env,
+            Some(b"{}"),
+        );
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        json(&out.stdout)["delivery_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    emit("run-1", "e1");
+    emit("run-2", "e2");
+    let second = emit("run-1", "e3");
+    let show = json(&run(&["deliveries", "show", &second, "--json"], &env, None).stdout);
+    assert_eq!(
+        (show["lane"].as_str(), show["lane_seq"].as_i64()),
+        (Some("run-1"), Some(2))
+    );
+    let bad = run(
+        &[
+            "events",
+            "emit",
+            "--agent",
+            "agent-1",
+            "--type",
+            "run.step",
+            "--lane",
+            "",
+            "--payload-file",
+            "-",
+        ],
+        &env,
+        Some(b"{}"),
+    );
+    assert_eq!(bad.code, Some(1), "{}", bad.stdout);
+    assert!(bad.stderr.contains("webhook-lane"), "{}", bad.stderr);
+}
+
 backend_tests!(
+    ordered_lanes_from_the_cli,
     worker_without_usable_keys_does_not_start,
     config_commands,
     deliveries_commands,
