@@ -691,6 +691,8 @@ fn delivery_text(d: &WebhookDelivery, attempts: usize) -> String {
         ("created_at", instant(d.created_at)),
         ("delivered_at", optional(d.delivered_at.map(instant))),
         ("next_retry_at", optional(d.next_retry_at.map(instant))),
+        ("lane", optional(d.lane.as_ref())),
+        ("lane_seq", optional(d.lane_seq)),
         ("attempts", attempts.to_string()),
     ])
 }

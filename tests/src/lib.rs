@@ -394,6 +394,7 @@ pub async fn seed_agent(t: &TestDb, agent_id: &str, events: &[&str]) {
         webhook_url: Set(Some(format!("https://hooks.example.com/{agent_id}"))),
         webhook_events: Set(Some(serde_json::json!(events))),
         webhook_enabled: Set(true),
+        webhook_ordered: Set(false),
         ..Default::default()
     }
     .insert(&t.db)

@@ -200,6 +200,7 @@ async fn seed(t: &TestDb) {
         organization_id: Set("org-2".to_owned()),
         name: Set(OTHER_AGENT.to_owned()),
         webhook_enabled: Set(false),
+        webhook_ordered: Set(false),
         ..Default::default()
     }
     .insert(&t.db)
@@ -318,12 +319,13 @@ async fn every_route_works(backend: Backend) {
             "org-1",
             "PATCH",
             &agent_path(""),
-            Some(json!({"webhook_events": ["job.failed"]})),
+            Some(json!({"webhook_events": ["job.failed"], "webhook_ordered": true})),
         )
         .await;
     assert_eq!(patch.status, 200, "{}", patch.body);
     assert_eq!(patch.json()["webhook_events"], json!(["job.failed"]));
     assert_eq!(patch.json()["webhook_url"], "https://hooks.example.com/new");
+    assert_eq!(patch.json()["webhook_ordered"], true);
 
     let rotate = api
         .call("org-1", "POST", &agent_path("/secret/rotate"), None)
