@@ -99,6 +99,7 @@ pub fn owned_objects() -> OwnedObjects {
                 crate::m20261129_000004_delivery_worker::agent_columns(DbBackend::Postgres).iter(),
             )
             .chain(crate::m20261129_000005_signing_secrets::agent_columns().iter())
+            .chain(crate::m20261205_000006_webhook_content_filter::agent_columns().iter())
             .map(|column| (agents.clone(), column.get_column_name()))
             .collect(),
         indexes: owned_indexes,
