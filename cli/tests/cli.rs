@@ -1123,6 +1123,7 @@ async fn queue(t: &TestDb, port: u16, n: usize) -> (Vec<(String, String)>, Vec<S
         webhook_secret: Some(SecretString::from(SPEC_SECRET)),
         webhook_events: vec![],
         webhook_enabled: true,
+        webhook_filter: None,
     };
     webhook::configure(&t.db, &settings, "agent-1", &config)
         .await
@@ -1406,6 +1407,7 @@ async fn worker_serves_metrics_for_prometheus() {
         webhook_secret: Some(SecretString::from(SPEC_SECRET)),
         webhook_events: vec![],
         webhook_enabled: true,
+        webhook_filter: None,
     };
     webhook::configure(&t.db, &settings, "agent-2", &config)
         .await

@@ -28,9 +28,10 @@
 //! | GET | `/v1/agents/{agent_id}/webhook` | the configuration ([`WebhookConfigView`]), never the secret | 200 |
 //! | PUT | `/v1/agents/{agent_id}/webhook` | sets it ([`WebhookConfig`]) | 200 |
 //! | PATCH | `/v1/agents/{agent_id}/webhook` | changes the given fields ([`WebhookConfigPatch`]) | 200 |
-//! | DELETE | `/v1/agents/{agent_id}/webhook` | clears URL, secret and filter ([`webhook::clear`]) | 204 |
+//! | DELETE | `/v1/agents/{agent_id}/webhook` | clears URL, secret, event and content filters ([`webhook::clear`]) | 204 |
 //! | POST | `/v1/agents/{agent_id}/webhook/secret/rotate` | a new `whsec_` secret, in this answer only | 200 |
 //! | POST | `/v1/agents/{agent_id}/webhook/test` | enqueues a [`TEST_EVENT`] delivery | 202 |
+//! | POST | `/v1/agents/{agent_id}/webhook/filter-check` | whether an event ([`FilterCheck`]) would be delivered, and why not ([`delivery::would_deliver`]); writes nothing | 200 |
 //! | GET | `/v1/agents/{agent_id}/webhook/deliveries` | history, newest first (`state`, `event_type`, `cursor`, `limit`) | 200 |
 //! | POST | `/v1/agents/{agent_id}/webhook/recover` | requeues every failed delivery since `since` ([`delivery::recover`]) | 200 |
 //! | GET | `/v1/agents/{agent_id}/webhook/stats` | [`DeliveryStats`] | 200 |
@@ -80,6 +81,7 @@
 //! | `invalid-body` | 422 | JSON of the wrong shape: an unknown field (`rule: unknown-field`), a missing one (`required`), a wrong type (`type`; also a body that is not an object) |
 //! | `invalid-webhook-url` | 422 | the URL breaks a rule of the URL policy |
 //! | `invalid-event-filter` | 422 | `webhook_events` holds an unknown name, an empty entry or too many |
+//! | `invalid-content-filter` | 422 | `webhook_filter` breaks a rule of the filter language; `detail` names the place in the filter, `rule` the rule ([`FilterRefusal::rule`](crate::webhook::content_filter::FilterRefusal::rule)) |
 //! | `invalid-secret` | 422 | `webhook_secret` is not an accepted form |
 //! | `portal-unavailable` | 503 | a portal link was asked for, but the server has no `WEBHOOK_PORTAL_KEY` |
 //! | `secrets-unavailable` | 503 | the server has no `WEBHOOK_SECRET_KEYS`, so it cannot store a secret |
@@ -138,7 +140,7 @@ use utoipa_axum::routes;
 
 pub use deliveries::{DeliveryDetail, RecoverRequest};
 pub use problem::{ApiError, PROBLEM_TYPE_PREFIX, Problem};
-pub use webhook::RotatedSecret;
+pub use webhook::{FilterCheck, RotatedSecret};
 
 use crate::settings::WebhookSettings;
 
@@ -340,6 +342,7 @@ fn routes() -> OpenApiRouter<HttpState> {
         ))
         .routes(routes!(webhook::rotate_secret))
         .routes(routes!(webhook::send_test))
+        .routes(routes!(webhook::filter_check))
         .routes(routes!(deliveries::list_deliveries))
         .routes(routes!(deliveries::recover))
         .routes(routes!(deliveries::get_stats))

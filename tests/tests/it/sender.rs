@@ -29,6 +29,7 @@ async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
         webhook_secret: Some(SecretString::from(secret.expose().to_owned())),
         webhook_events: vec![],
         webhook_enabled: true,
+        webhook_filter: None,
     };
     webhook::configure(&t.db, &settings, "agent-1", &request)
         .await
@@ -94,6 +95,7 @@ async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
         webhook_secret: None,
         webhook_events: vec![],
         webhook_enabled: true,
+        webhook_filter: None,
     };
     webhook::configure(&t.db, &dev, "agent-1", &local)
         .await
