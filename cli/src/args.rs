@@ -145,7 +145,12 @@ pub enum ConfigCommand {
         #[arg(long)]
         agent: String,
         /// A file holding the content filter, a JSON object (`-` for stdin).
-        #[arg(long, value_name = "FILE", required_unless_present = "clear", conflicts_with = "clear")]
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "clear",
+            conflicts_with = "clear"
+        )]
         file: Option<std::path::PathBuf>,
         /// Remove the filter: every payload of a wanted event type is delivered.
         #[arg(long)]

@@ -338,8 +338,7 @@ fn verdict_text(verdict: &Verdict) -> String {
 /// A JSON value (a content filter, a payload to check) from a file or stdin (`-`).
 fn read_json(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
     let bytes = read_payload(path)?;
-    serde_json::from_slice(&bytes)
-        .with_context(|| format!("{} is not JSON", path.display()))
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
 }
 
 /// The JSON payload of `events emit`, from a file or stdin (`-`), as bytes: stored and sent

@@ -564,18 +564,17 @@ async fn status_names_what_an_applied_migration_lacks_and_up_restores_it(backend
     let status = migration(dir.path(), Some(&t.url), &["status"]);
     assert!(status.status.success(), "{}", stderr(&status));
     let text = stderr(&status);
-    let last = last_migration();
     assert!(
-        text.contains(&format!(
-            "Migration '{last}'... Applied, incomplete: missing table `webhook_previous_secrets`, \
-             column `agents.webhook_ed25519_public_key`"
-        )),
+        text.contains(
+            "Migration 'm20261129_000005_signing_secrets'... Applied, incomplete: missing table \
+             `webhook_previous_secrets`, column `agents.webhook_ed25519_public_key`"
+        ),
         "{backend:?}: {text}"
     );
     assert_eq!(
         text.matches("incomplete").count(),
         1,
-        "{backend:?}: only the newest migration lacks objects: {text}"
+        "{backend:?}: only the signing-secrets migration lacks objects: {text}"
     );
 
     let out = migration(dir.path(), Some(&t.url), &["up"]);
@@ -637,10 +636,10 @@ async fn kill_down_blocked_by_reader(
 }
 
 /// MariaDB: `down` killed for real half way. A reader's open transaction on `agents` holds its
-/// metadata lock, so the `down` of the newest migration drops its table, then waits to drop the
-/// first column; it is killed there, and the server finishes that orphaned `ALTER` once the
-/// reader commits. The migration stays recorded as applied: `status` shows what is missing and
-/// `up` completes the schema.
+/// metadata lock, so the `down` of the newest migration (content filter) waits to drop its
+/// column; it is killed there, and the server finishes that orphaned `ALTER` once the reader
+/// commits. The migration stays recorded as applied: `status` shows what is missing and `up`
+/// completes the schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_killed_half_way_is_shown_by_status_and_completed_by_up_mysql() {
     let t = TestDb::fresh(Backend::MySql).await;
@@ -670,8 +669,7 @@ async fn a_down_killed_half_way_is_shown_by_status_and_completed_by_up_mysql() {
     let last = last_migration();
     assert!(
         text.contains(&format!(
-            "Migration '{last}'... Applied, incomplete: missing table `webhook_previous_secrets`, \
-             column `agents.webhook_ed25519_public_key`"
+            "Migration '{last}'... Applied, incomplete: missing column `agents.webhook_filter`"
         )),
         "{text}"
     );
@@ -681,7 +679,7 @@ async fn a_down_killed_half_way_is_shown_by_status_and_completed_by_up_mysql() {
 }
 
 /// MariaDB: `down` killed before its first `DROP` took effect (it waits for a reader's metadata
-/// lock on the table, and the server ends its connection). Nothing is missing, but the rollback
+/// lock on `agents` to drop the newest migration's column, and the server ends its connection). Nothing is missing, but the rollback
 /// began: it may already have forgotten records. `status` says so and `up` clears it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_killed_before_its_first_drop_is_shown_by_status_mysql() {
@@ -691,10 +689,9 @@ async fn a_down_killed_before_its_first_drop_is_shown_by_status_mysql() {
     assert!(out.status.success(), "{}", stderr(&out));
     let clean = schema::snapshot(&t).await;
 
-    let (_reader, txn) =
-        kill_down_blocked_by_reader(&t, dir.path(), "webhook_previous_secrets", "DROP TABLE").await;
+    let (_reader, txn) = kill_down_blocked_by_reader(&t, dir.path(), "agents", "ALTER TABLE").await;
     let dropping = "SELECT CAST(id AS CHAR) FROM information_schema.processlist \
-                    WHERE db = DATABASE() AND info LIKE 'DROP TABLE%'";
+                    WHERE db = DATABASE() AND info LIKE 'ALTER TABLE%'";
     for id in t.strings(dropping).await {
         t.exec(&format!("KILL {id}")).await;
     }

@@ -57,7 +57,10 @@ enum Node {
     All(Vec<(String, Node)>),
     Any(Vec<Node>),
     Not(Box<Node>),
-    Field { path: Vec<String>, ops: Vec<Op> },
+    Field {
+        path: Vec<String>,
+        ops: Vec<Op>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -312,7 +315,9 @@ fn parse_ops(operand: &Value, place: &Place<'_>) -> Result<Vec<Op>, ContentFilte
             FilterRefusal::MixedOperators(field.unwrap_or_default()),
         );
     }
-    map.iter().map(|(op, arg)| parse_op(op, arg, place)).collect()
+    map.iter()
+        .map(|(op, arg)| parse_op(op, arg, place))
+        .collect()
 }
 
 fn parse_op(op: &str, arg: &Value, place: &Place<'_>) -> Result<Op, ContentFilterError> {
@@ -478,8 +483,14 @@ mod tests {
                 json!({"$or": [{"kind": "drop"}, {"data.run.attempt": 3}]}),
                 true,
             ),
-            (json!({"$or": [{"kind": "drop"}, {"data.run.attempt": 4}]}), false),
-            (json!({"$and": [{"kind": "keep"}, {"data.run.cost": 1.5}]}), true),
+            (
+                json!({"$or": [{"kind": "drop"}, {"data.run.attempt": 4}]}),
+                false,
+            ),
+            (
+                json!({"$and": [{"kind": "keep"}, {"data.run.cost": 1.5}]}),
+                true,
+            ),
             (json!({"$not": {"kind": "keep"}}), false),
             (json!({"$not": {"$not": {"kind": "keep"}}}), true),
             (json!({"kind": "keep", "data.run.status": "ok"}), false),
@@ -518,7 +529,10 @@ mod tests {
         assert_eq!(f.explain(&json!({"a": 1, "b": 6})).as_deref(), Some("$or"));
         // Keys in their sorted order: `$or` before `a` and `b`.
         assert_eq!(f.explain(&json!({"a": 1, "b": 2})).as_deref(), Some("$or"));
-        assert_eq!(f.explain(&json!({"a": 1, "b": 2, "c": 1})).as_deref(), Some("b"));
+        assert_eq!(
+            f.explain(&json!({"a": 1, "b": 2, "c": 1})).as_deref(),
+            Some("b")
+        );
     }
 
     #[test]
@@ -535,14 +549,23 @@ mod tests {
                 "at `$or[1].data.count`: `$gt` needs a number or a string",
             ),
             (json!({"a": {"$in": 1}}), "at `a`: `$in` needs an array"),
-            (json!({"$and": []}), "at `$and`: `$and` needs a non-empty array"),
+            (
+                json!({"$and": []}),
+                "at `$and`: `$and` needs a non-empty array",
+            ),
             (json!({"$or": {}}), "at `$or`: `$or` needs an array"),
             (
                 json!({"$not": [1]}),
                 "at `$not`: `$not` needs a filter (a JSON object)",
             ),
-            (json!({"$and": [1]}), "at `$and[0]`: a filter must be a JSON object"),
-            (json!({"a": {"$exists": 1}}), "at `a`: `$exists` needs true or false"),
+            (
+                json!({"$and": [1]}),
+                "at `$and[0]`: a filter must be a JSON object",
+            ),
+            (
+                json!({"a": {"$exists": 1}}),
+                "at `a`: `$exists` needs true or false",
+            ),
             (
                 json!({"a": {"$eq": 1, "b": 2}}),
                 "at `a`: an object of operators cannot also hold fields (`b`)",
@@ -570,7 +593,10 @@ mod tests {
         }
         let err = ContentFilter::parse(&deep).unwrap_err();
         assert_eq!(err.reason, FilterRefusal::TooDeep { max: 16 });
-        assert_eq!(err.to_string(), "nested deeper than 16 levels of objects and arrays");
+        assert_eq!(
+            err.to_string(),
+            "nested deeper than 16 levels of objects and arrays"
+        );
 
         let mut fits = json!({"a": 1});
         for _ in 0..MAX_FILTER_DEPTH - 2 {

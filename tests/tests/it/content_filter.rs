@@ -99,14 +99,17 @@ async fn enqueue_applies_the_filter_on_every_path(backend: Backend) {
                    payload: Value| {
         let db = counted.db.clone();
         let s = s.clone();
-        async move {
-            delivery::enqueue(&db, &s, agent, event_id, event_type, &payload, t0()).await
-        }
+        async move { delivery::enqueue(&db, &s, agent, event_id, event_type, &payload, t0()).await }
     };
     let before = count();
-    let created = enqueue("picky", "e1", "run.completed", json!({"kind": "keep", "x": 1}))
-        .await
-        .unwrap();
+    let created = enqueue(
+        "picky",
+        "e1",
+        "run.completed",
+        json!({"kind": "keep", "x": 1}),
+    )
+    .await
+    .unwrap();
     assert!(matches!(created, Enqueued::Created(_)), "{created:?}");
     assert_eq!(count() - before, kept, "a matching payload");
     let before = count();
@@ -117,7 +120,9 @@ async fn enqueue_applies_the_filter_on_every_path(backend: Backend) {
     assert_eq!(count() - before, dropped, "a payload that does not match");
     // Not an object, or no `kind` at all: not delivered either.
     for (id, payload) in [("e3", json!(["keep"])), ("e4", json!({"other": "keep"}))] {
-        let got = enqueue("picky", id, "run.completed", payload).await.unwrap();
+        let got = enqueue("picky", id, "run.completed", payload)
+            .await
+            .unwrap();
         assert_eq!(got, Enqueued::Skipped(SkipReason::Filtered), "{id}");
     }
     // The app's JSON text is filtered as it is stored.
@@ -134,9 +139,14 @@ async fn enqueue_applies_the_filter_on_every_path(backend: Backend) {
     .unwrap();
     assert!(matches!(text, Enqueued::Created(_)), "{text:?}");
     // The test event passes the content filter, as it passes the event-type rule.
-    let test = enqueue("picky", "e6", "webhook.test", json!({"type": "webhook.test"}))
-        .await
-        .unwrap();
+    let test = enqueue(
+        "picky",
+        "e6",
+        "webhook.test",
+        json!({"type": "webhook.test"}),
+    )
+    .await
+    .unwrap();
     assert!(matches!(test, Enqueued::Created(_)), "{test:?}");
     // An agent without a filter keeps the one-statement enqueue on PostgreSQL and SQLite.
     let before = count();
@@ -149,8 +159,18 @@ async fn enqueue_applies_the_filter_on_every_path(backend: Backend) {
 
     // Both rules apply: the event type first, then the content.
     let cases = [
-        ("r1", "job.failed", json!({"data": {"n": 5}}), Some(SkipReason::NotWanted)),
-        ("r2", "run.failed", json!({"data": {"n": 1}}), Some(SkipReason::Filtered)),
+        (
+            "r1",
+            "job.failed",
+            json!({"data": {"n": 5}}),
+            Some(SkipReason::NotWanted),
+        ),
+        (
+            "r2",
+            "run.failed",
+            json!({"data": {"n": 1}}),
+            Some(SkipReason::Filtered),
+        ),
         ("r3", "run.failed", json!({"data": {"n": 2.0}}), None),
     ];
     for (id, event_type, payload, skipped) in cases {
@@ -299,7 +319,10 @@ async fn a_corrupt_stored_filter_fails_the_enqueue(backend: Backend) {
     assert!(stored(&t, "corrupt").await.is_empty());
     // The configuration still reads, showing the stored value, so it can be replaced.
     let view = webhook::get(&t.db, "corrupt").await.unwrap();
-    assert_eq!(view.webhook_filter, Some(json!({"kind": {"$regex": "k.*"}})));
+    assert_eq!(
+        view.webhook_filter,
+        Some(json!({"kind": {"$regex": "k.*"}}))
+    );
     set_filter(&t, "corrupt", Some(keep())).await;
     let got = delivery::enqueue(&t.db, &s, "corrupt", "e4", "run.completed", &payload, t0())
         .await
@@ -323,7 +346,8 @@ async fn the_filter_is_configured_through_the_library(backend: Backend) {
     assert_eq!(view.webhook_filter, Some(first.clone()));
     assert_eq!(webhook::get(&t.db, "a1").await.unwrap(), view);
 
-    let patch: WebhookConfigPatch = serde_json::from_value(json!({"webhook_enabled": true})).unwrap();
+    let patch: WebhookConfigPatch =
+        serde_json::from_value(json!({"webhook_enabled": true})).unwrap();
     let view = webhook::update(&t.db, &s, "a1", &patch).await.unwrap();
     assert_eq!(view.webhook_filter, Some(first.clone()), "absent keeps it");
 
@@ -400,7 +424,10 @@ async fn the_api_refuses_bad_filters_and_dry_runs(backend: Backend) {
             Some(json!({"webhook_filter": {"$and": []}})),
         )
         .await;
-    assert_eq!(empty_and.problem(422, "invalid-content-filter")["rule"], "non-empty");
+    assert_eq!(
+        empty_and.problem(422, "invalid-content-filter")["rule"],
+        "non-empty"
+    );
     let view = api.call("org-1", "GET", &path(""), None).await.json();
     assert_eq!(view["webhook_url"], "https://hooks.example.com/agent-1");
     assert_eq!(view["webhook_filter"], Value::Null, "nothing changed");
@@ -419,9 +446,8 @@ async fn the_api_refuses_bad_filters_and_dry_runs(backend: Backend) {
         json!({"kind": "keep", "data.n": {"$gt": 1}})
     );
 
-    let check = |event_type: &str, payload: Value| {
-        json!({"event_type": event_type, "payload": payload})
-    };
+    let check =
+        |event_type: &str, payload: Value| json!({"event_type": event_type, "payload": payload});
     let cases = [
         (
             check("run.completed", json!({"kind": "keep", "data": {"n": 2}})),
@@ -466,7 +492,10 @@ async fn the_api_refuses_bad_filters_and_dry_runs(backend: Backend) {
             "org-1",
             "POST",
             &path("/filter-check"),
-            Some(check("run.completed", json!({"kind": "keep", "data": {"n": 2}}))),
+            Some(check(
+                "run.completed",
+                json!({"kind": "keep", "data": {"n": 2}}),
+            )),
         )
         .await;
     assert_eq!(got.json()["reason"], "disabled", "{}", got.body);

@@ -6,7 +6,7 @@ use integration_tests::{Backend, TestDb, backend_tests};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::DbErr;
 
-const MIGRATIONS: usize = 5;
+const MIGRATIONS: usize = 6;
 /// `down` steps from fully migrated back to the baseline alone.
 const TO_BASELINE: u32 = MIGRATIONS as u32 - 1;
 const OUR_TABLES: [&str; 5] = [
@@ -67,6 +67,7 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
         "ix_webhook_previous_secrets_agent_expires",
         "webhook_ed25519_secret_key",
         "webhook_ed25519_public_key",
+        "webhook_filter",
     ] {
         assert!(
             after_up.iter().any(|l| l.contains(expected)),
@@ -81,8 +82,18 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
         "redundant index still there: {after_up:#?}"
     );
 
-    // Down the signing-secrets migration alone: its table and the Ed25519 columns are gone.
+    // Down the content-filter migration alone: its column is gone.
     Migrator::down(&t.db, Some(1)).await.unwrap();
+    let before_filter = snapshot(&t).await;
+    assert!(
+        !before_filter.iter().any(|l| l.contains("webhook_filter")),
+        "webhook_filter left behind: {before_filter:#?}"
+    );
+    Migrator::up(&t.db, None).await.unwrap();
+    assert_eq!(snapshot(&t).await, after_up);
+
+    // Down the signing-secrets migration too: its table and the Ed25519 columns are gone.
+    Migrator::down(&t.db, Some(2)).await.unwrap();
     let before_signing = snapshot(&t).await;
     assert!(!has_table(&t, "webhook_previous_secrets").await);
     assert!(
@@ -93,7 +104,7 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
     assert_eq!(snapshot(&t).await, after_up);
 
     // Down the worker migration too: the index is back, the payload and the attempt log gone.
-    Migrator::down(&t.db, Some(2)).await.unwrap();
+    Migrator::down(&t.db, Some(3)).await.unwrap();
     let before_worker = snapshot(&t).await;
     assert!(
         before_worker
