@@ -64,7 +64,8 @@ pub enum Command {
     Events(EventsCommand),
     /// Send due deliveries: claim, sign, POST, record each attempt. Runs until SIGTERM or
     /// SIGINT (then finishes the sends in flight), or with `--once` until nothing is due.
-    /// Settings: the WEBHOOK_* variables (concurrency, timeouts, caps, poll interval).
+    /// Settings: the WEBHOOK_* variables (concurrency, timeouts, caps, poll interval, retry
+    /// schedule); with AGENT_WEBHOOKS_LOG=info it logs the retry schedule in effect at start.
     Worker {
         /// Send what is due now, then exit (tests, cron-style use).
         #[arg(long)]
@@ -125,6 +126,10 @@ pub enum ConfigCommand {
         /// Store the configuration disabled.
         #[arg(long)]
         disabled: bool,
+        /// Deliver in order within each lane (see `events emit --lane`): a lane's next event
+        /// waits until the one before it is delivered or given up.
+        #[arg(long)]
+        ordered: bool,
         /// Read the signing secret from this environment variable.
         #[arg(long, conflicts_with = "generate_secret")]
         secret_env: Option<String>,
@@ -202,6 +207,9 @@ pub enum EventsCommand {
         /// A file holding the JSON payload (`-` for stdin).
         #[arg(long)]
         payload_file: std::path::PathBuf,
+        /// The lane of an ordered webhook (e.g. a run id); default: the agent's one lane.
+        #[arg(long)]
+        lane: Option<String>,
     },
 }
 

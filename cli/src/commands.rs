@@ -15,7 +15,7 @@ use agent_webhooks::dispatch::{Dispatcher, DrainReport};
 use agent_webhooks::secrets::secret_box::KeyRing;
 use agent_webhooks::secrets::signing;
 use agent_webhooks::secrets::webhook_secret::WebhookSecret;
-use agent_webhooks::settings::WebhookSettings;
+use agent_webhooks::settings::{WebhookSettings, format_retry_schedule};
 use agent_webhooks::webhook::signing_secrets::{self, SigningKeyView, SigningKeysView};
 use agent_webhooks::webhook::url_policy::UrlPolicy;
 use agent_webhooks::webhook::{self, WebhookConfig, WebhookConfigPatch, WebhookConfigView};
@@ -190,21 +190,40 @@ async fn run(cli: Cli, database_url: String, stop: Option<StopSignals>) -> anyho
             event_type,
             event_id,
             payload_file,
+            lane,
         }) => {
             let settings = WebhookSettings::from_env()?;
             let payload = read_payload(&payload_file)?;
             let event_id = event_id.unwrap_or_else(|| format!("evt_{}", uuid::Uuid::now_v7()));
             let db = connect(&database_url).await?;
-            let enqueued = delivery::enqueue(
-                &db,
-                &settings,
-                &agent,
-                &event_id,
-                &event_type,
-                delivery::Payload::json(&payload),
-                Utc::now(),
-            )
-            .await
+            let payload = delivery::Payload::json(&payload);
+            let enqueued = match &lane {
+                Some(lane) => {
+                    delivery::enqueue_in_lane(
+                        &db,
+                        &settings,
+                        &agent,
+                        lane,
+                        &event_id,
+                        &event_type,
+                        payload,
+                        Utc::now(),
+                    )
+                    .await
+                }
+                None => {
+                    delivery::enqueue(
+                        &db,
+                        &settings,
+                        &agent,
+                        &event_id,
+                        &event_type,
+                        payload,
+                        Utc::now(),
+                    )
+                    .await
+                }
+            }
             .with_context(|| format!("{} was not enqueued", payload_file.display()))?;
             let (status, delivery_id, reason) = match &enqueued {
                 Enqueued::Created(d) => ("created", Some(d.id.as_str()), None),
@@ -265,6 +284,11 @@ async fn run_worker(
             .await
             .context("the worker cannot open the stored signing secrets")?;
         tracing::info!(key_ids, "WEBHOOK_SECRET_KEYS opens every stored key id");
+        tracing::info!(
+            max_attempts = settings.retry.max_attempts,
+            "retry schedule {} (WEBHOOK_RETRY_SCHEDULE and WEBHOOK_MAX_ATTEMPTS in effect)",
+            format_retry_schedule(settings.retry.delays())
+        );
         anyhow::Ok(Dispatcher::new(settings, db)?)
     };
     let dispatcher = tokio::select! {
@@ -363,6 +387,7 @@ async fn run_config(
             url,
             events,
             disabled,
+            ordered,
             secret_env,
             generate_secret,
             development,
@@ -385,6 +410,7 @@ async fn run_config(
                 webhook_events: events,
                 webhook_enabled: !disabled,
                 webhook_filter,
+                webhook_ordered: ordered,
             };
             let view = webhook::configure(db, &settings, &agent, &request).await?;
             if let (true, Some(secret)) = (generated, &secret) {
@@ -537,10 +563,11 @@ fn signing_keys_text(view: &SigningKeysView) -> String {
 /// attempts have been failing (what an operator needs to decide whether to enable it again).
 fn config_text(view: &WebhookConfigView) -> String {
     let mut text = format!(
-        "agent {}\n  url: {}\n  enabled: {}\n  secret: {}\n  events: {}",
+        "agent {}\n  url: {}\n  enabled: {}\n  ordered: {}\n  secret: {}\n  events: {}",
         view.agent_id,
         view.webhook_url.as_deref().unwrap_or("(none)"),
         view.webhook_enabled,
+        view.webhook_ordered,
         if view.has_secret { "set" } else { "not set" },
         if view.all_events {
             "all".to_owned()
@@ -727,6 +754,8 @@ fn delivery_text(d: &WebhookDelivery, attempts: usize) -> String {
         ("created_at", instant(d.created_at)),
         ("delivered_at", optional(d.delivered_at.map(instant))),
         ("next_retry_at", optional(d.next_retry_at.map(instant))),
+        ("lane", optional(d.lane.as_ref())),
+        ("lane_seq", optional(d.lane_seq)),
         ("attempts", attempts.to_string()),
     ])
 }

@@ -99,6 +99,26 @@ fn check_url_exit_codes_and_rules() {
 }
 
 #[test]
+fn a_bad_retry_schedule_stops_the_worker_in_one_line() {
+    let bad = run(
+        &["worker", "--once"],
+        &[
+            ("DATABASE_URL", "sqlite::memory:"),
+            ("WEBHOOK_RETRY_SCHEDULE", "5s,5m,30"),
+        ],
+        None,
+    );
+    assert_eq!(bad.code, Some(1), "{}", bad.stdout);
+    assert!(
+        bad.stderr
+            .contains("invalid WEBHOOK_RETRY_SCHEDULE: delay 3 `30` is not a duration")
+            && bad.stderr.lines().count() == 1,
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
 fn check_url_honours_webhook_url_policy_and_the_flag_overrides_it() {
     let url = "http://127.0.0.1:8080/hook";
     let by_env = run(
@@ -892,11 +912,26 @@ async fn events_emit_then_worker_once(backend: Backend) {
     assert_eq!(bad.code, Some(1), "{}", bad.stdout);
     assert!(bad.stderr.contains("payload is not JSON"), "{}", bad.stderr);
 
-    // With its per-attempt log lines on, into a pipe: no colour codes there.
-    let logged = [&env[..], &[("AGENT_WEBHOOKS_LOG", "info")]].concat();
+    // With its per-attempt log lines on, into a pipe: no colour codes there. The start shows
+    // the retry schedule in effect, here the last delay repeated up to WEBHOOK_MAX_ATTEMPTS.
+    let logged = [
+        &env[..],
+        &[
+            ("AGENT_WEBHOOKS_LOG", "info"),
+            ("WEBHOOK_RETRY_SCHEDULE", "1s, 90s"),
+            ("WEBHOOK_MAX_ATTEMPTS", "4"),
+        ],
+    ]
+    .concat();
     let worker = run(&["worker", "--once", "--json"], &logged, None);
     assert_eq!(worker.code, Some(0), "{}", worker.stderr);
     assert!(worker.stderr.contains("agent-1"), "{}", worker.stderr);
+    assert!(
+        worker.stderr.contains("retry schedule 1s,1m 30s,1m 30s ")
+            && worker.stderr.contains("max_attempts=4"),
+        "{}",
+        worker.stderr
+    );
     assert!(!worker.stderr.contains('\x1b'), "{:?}", worker.stderr);
     let report = json(&worker.stdout);
     assert_eq!(
@@ -1123,6 +1158,7 @@ async fn queue(t: &TestDb, port: u16, n: usize) -> (Vec<(String, String)>, Vec<S
         webhook_secret: Some(SecretString::from(SPEC_SECRET)),
         webhook_events: vec![],
         webhook_enabled: true,
+        webhook_ordered: false,
         webhook_filter: None,
     };
     webhook::configure(&t.db, &settings, "agent-1", &config)
@@ -1407,6 +1443,7 @@ async fn worker_serves_metrics_for_prometheus() {
         webhook_secret: Some(SecretString::from(SPEC_SECRET)),
         webhook_events: vec![],
         webhook_enabled: true,
+        webhook_ordered: false,
         webhook_filter: None,
     };
     webhook::configure(&t.db, &settings, "agent-2", &config)
@@ -1491,6 +1528,88 @@ async fn worker_without_usable_keys_does_not_start(backend: Backend) {
         ))
         .await;
     assert_eq!(attempts, 1, "nothing was claimed");
+}
+
+/// `config set --ordered` and `events emit --lane`: positions count per lane, `config show` and
+/// `deliveries show` say so.
+async fn ordered_lanes_from_the_cli(backend: Backend) {
+    let t = TestDb::migrated(backend).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    let k1 = KeyRing::generate_key_entry("k1").unwrap();
+    let env = [
+        ("DATABASE_URL", t.url.as_str()),
+        ("WEBHOOK_SECRET_KEYS", k1.as_str()),
+        ("HOOK_SECRET", SPEC_SECRET),
+    ];
+    let set = run(
+        &[
+            "config",
+            "set",
+            "--agent",
+            "agent-1",
+            "--url",
+            "https://hooks.example.com/a",
+            "--secret-env",
+            "HOOK_SECRET",
+            "--ordered",
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(set.code, Some(0), "{}", set.stderr);
+    assert!(set.stdout.contains("ordered: true"), "{}", set.stdout);
+    let emit = |lane: &str, event: &str| {
+        let out = run(
+            &[
+                "events",
+                "emit",
+                "--agent",
+                "agent-1",
+                "--type",
+                "run.step",
+                "--event-id",
+                event,
+                "--lane",
+                lane,
+                "--payload-file",
+                "-",
+                "--json",
+            ],
+            &env,
+            Some(b"{}"),
+        );
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        json(&out.stdout)["delivery_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    emit("run-1", "e1");
+    emit("run-2", "e2");
+    let second = emit("run-1", "e3");
+    let show = json(&run(&["deliveries", "show", &second, "--json"], &env, None).stdout);
+    assert_eq!(
+        (show["lane"].as_str(), show["lane_seq"].as_i64()),
+        (Some("run-1"), Some(2))
+    );
+    let bad = run(
+        &[
+            "events",
+            "emit",
+            "--agent",
+            "agent-1",
+            "--type",
+            "run.step",
+            "--lane",
+            "",
+            "--payload-file",
+            "-",
+        ],
+        &env,
+        Some(b"{}"),
+    );
+    assert_eq!(bad.code, Some(1), "{}", bad.stdout);
+    assert!(bad.stderr.contains("webhook-lane"), "{}", bad.stderr);
 }
 
 /// `config set --filter-file` (a file or stdin), `config filter --file`/`--clear`, `config show`
@@ -1619,6 +1738,7 @@ async fn content_filter_commands(backend: Backend) {
 
 backend_tests!(
     content_filter_commands,
+    ordered_lanes_from_the_cli,
     worker_without_usable_keys_does_not_start,
     config_commands,
     deliveries_commands,

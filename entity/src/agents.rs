@@ -30,6 +30,7 @@ pub struct Model {
     #[sea_orm(column_type = "Text", nullable)]
     pub webhook_ed25519_public_key: Option<String>,
     pub webhook_filter: Option<Json>,
+    pub webhook_ordered: bool,
     #[sea_orm(
         belongs_to,
         from = "organization_id",
@@ -40,6 +41,8 @@ pub struct Model {
     pub organizations: BelongsTo<super::organizations::Entity>,
     #[sea_orm(has_many)]
     pub webhook_deliveries: HasMany<super::webhook_deliveries::Entity>,
+    #[sea_orm(has_many)]
+    pub webhook_lanes: HasMany<super::webhook_lanes::Entity>,
     #[sea_orm(has_many)]
     pub webhook_previous_secrets: HasMany<super::webhook_previous_secrets::Entity>,
 }

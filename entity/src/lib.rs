@@ -6,4 +6,5 @@ pub mod agents;
 pub mod organizations;
 pub mod webhook_deliveries;
 pub mod webhook_delivery_attempts;
+pub mod webhook_lanes;
 pub mod webhook_previous_secrets;

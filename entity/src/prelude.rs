@@ -4,4 +4,5 @@ pub use super::agents::Entity as Agents;
 pub use super::organizations::Entity as Organizations;
 pub use super::webhook_deliveries::Entity as WebhookDeliveries;
 pub use super::webhook_delivery_attempts::Entity as WebhookDeliveryAttempts;
+pub use super::webhook_lanes::Entity as WebhookLanes;
 pub use super::webhook_previous_secrets::Entity as WebhookPreviousSecrets;

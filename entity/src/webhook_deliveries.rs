@@ -25,6 +25,8 @@ pub struct Model {
     pub next_retry_at: Option<DateTimeWithTimeZone>,
     #[sea_orm(column_type = "VarBinary(StringLen::None)", nullable)]
     pub payload: Option<Vec<u8>>,
+    pub lane: Option<String>,
+    pub lane_seq: Option<i64>,
     #[sea_orm(
         belongs_to,
         from = "agent_id",

@@ -21,3 +21,6 @@ pub const ATTEMPTS_DELIVERY_ATTEMPT: &str = "ux_webhook_delivery_attempts_delive
 /// `webhook_previous_secrets (agent_id, expires_at)`: an agent's live previous signing secrets
 /// (the sender, on every attempt) and their clean-up; also serves the foreign key on MariaDB.
 pub const PREVIOUS_SECRETS_AGENT_EXPIRES: &str = "ix_webhook_previous_secrets_agent_expires";
+/// `webhook_deliveries (agent_id, lane, lane_seq)`: `claim_due` looks up the delivery before
+/// each ordered one in its lane (one point lookup per candidate).
+pub const DELIVERIES_LANE: &str = "ix_webhook_deliveries_lane";

@@ -59,6 +59,7 @@ mod m20261128_000003_delivery_bookkeeping_indexes;
 mod m20261129_000004_delivery_worker;
 mod m20261129_000005_signing_secrets;
 mod m20261205_000006_webhook_content_filter;
+mod m20261205_000007_ordered_lanes;
 
 impl Migrator {
     /// Every migration in the order it applies; `sea-orm-cli migrate generate` rebuilds this
@@ -71,6 +72,7 @@ impl Migrator {
             Box::new(m20261129_000004_delivery_worker::Migration),
             Box::new(m20261129_000005_signing_secrets::Migration),
             Box::new(m20261205_000006_webhook_content_filter::Migration),
+            Box::new(m20261205_000007_ordered_lanes::Migration),
         ]
     }
 }

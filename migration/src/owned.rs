@@ -21,7 +21,8 @@ use sea_orm_migration::sea_orm::{
 use crate::Migrator;
 use crate::indexes;
 use crate::tables::{
-    Agents, Organizations, WebhookDeliveries, WebhookDeliveryAttempts, WebhookPreviousSecrets,
+    Agents, Organizations, WebhookDeliveries, WebhookDeliveryAttempts, WebhookLanes,
+    WebhookPreviousSecrets,
 };
 
 /// Tables the baseline adopts when they exist (they are the host's then) and creates otherwise.
@@ -77,6 +78,7 @@ pub fn owned_objects() -> OwnedObjects {
             indexes::DELIVERIES_AGENT_EVENT,
             indexes::DELIVERIES_NEXT_RETRY_AT,
             indexes::DELIVERIES_HISTORY,
+            indexes::DELIVERIES_LANE,
         ],
     ));
     owned_indexes.extend(indexes_on(&attempts, &[indexes::ATTEMPTS_DELIVERY_ATTEMPT]));
@@ -89,6 +91,7 @@ pub fn owned_objects() -> OwnedObjects {
             deliveries,
             attempts,
             previous,
+            WebhookLanes::Table.to_string(),
             Migrator::migration_table_name().to_string(),
             crate::ownership::RECORD_TABLE.to_owned(),
         ],
@@ -100,6 +103,7 @@ pub fn owned_objects() -> OwnedObjects {
             )
             .chain(crate::m20261129_000005_signing_secrets::agent_columns().iter())
             .chain(crate::m20261205_000006_webhook_content_filter::agent_columns().iter())
+            .chain(crate::m20261205_000007_ordered_lanes::agent_columns().iter())
             .map(|column| (agents.clone(), column.get_column_name()))
             .collect(),
         indexes: owned_indexes,

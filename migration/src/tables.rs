@@ -34,6 +34,7 @@ pub enum Agents {
     #[sea_orm(iden = "webhook_ed25519_public_key")]
     WebhookEd25519PublicKey,
     WebhookFilter,
+    WebhookOrdered,
 }
 
 #[derive(DeriveIden, Clone, Copy)]
@@ -52,6 +53,8 @@ pub enum WebhookDeliveries {
     DeliveredAt,
     NextRetryAt,
     Payload,
+    Lane,
+    LaneSeq,
 }
 
 #[derive(DeriveIden, Clone, Copy)]
@@ -78,4 +81,12 @@ pub enum WebhookPreviousSecrets {
     SealedSecret,
     ExpiresAt,
     CreatedAt,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+pub enum WebhookLanes {
+    Table,
+    AgentId,
+    Lane,
+    LastSeq,
 }

@@ -115,6 +115,11 @@ async fn main() -> Result<(), AnyError> {
         .await
         .map_err(|e| format!("the worker cannot open the stored signing secrets: {e}"))?;
     let worker = Dispatcher::new(settings.clone(), db.clone())?;
+    tracing::info!(
+        max_attempts = settings.retry.max_attempts,
+        "retry schedule {}",
+        agent_webhooks::settings::format_retry_schedule(settings.retry.delays())
+    );
     let shutdown = on_stop(stopped.clone());
     let worker = tokio::spawn(async move { worker.run(shutdown).await });
 

@@ -8,7 +8,8 @@
 //! |---|---|---|
 //! | `WEBHOOK_URL_POLICY` | `production` (https, public targets only) or `development` (also http, loopback and private targets) | `production` |
 //! | `WEBHOOK_SECRET_KEYS` | `id:<base64 32 bytes>,…`; the first key seals, all keys open (see [`crate::secrets::secret_box`]) | none: secrets cannot be written |
-//! | `WEBHOOK_MAX_ATTEMPTS` | attempts per delivery before it is exhausted ([`MAX_ATTEMPTS`]) | 8 ([`RetryPolicy::default`]) |
+//! | `WEBHOOK_RETRY_SCHEDULE` | the delays between attempts, comma-separated, in [`humantime`] units, e.g. `5s,5m,30m,2h,5h,10h,10h`; the *n*th delay is the wait after attempt *n* failed. Each within [`MIN_DELAY`]..=[`MAX_DELAY`] (1 ms to 30 days), at most [`MAX_RETRY_DELAYS`] of them. Set alone, it also sets the attempts: one more than its delays. With `WEBHOOK_MAX_ATTEMPTS` set too, that variable decides the attempts: more attempts than delays repeat the last delay, fewer leave the last delays unused | Svix's schedule ([the retry module](crate::delivery::retry#default-schedule)) |
+//! | `WEBHOOK_MAX_ATTEMPTS` | attempts per delivery before it is exhausted, the first one included ([`MAX_ATTEMPTS`]) | 8 ([`RetryPolicy::default`]), or one more than the delays of `WEBHOOK_RETRY_SCHEDULE` |
 //! | `WEBHOOK_CLAIM_LEASE_SECS` | how long [`claim_due`](crate::delivery::claim_due) leases a delivery to its worker ([`CLAIM_LEASE_SECS`]) | 60 ([`DEFAULT_CLAIM_LEASE`]) |
 //! | `WEBHOOK_SIGNATURE_TOLERANCE_SECS` | accepted clock skew when the ops CLI verifies signatures ([`SIGNATURE_TOLERANCE_SECS`]) | 300 ([`DEFAULT_TOLERANCE`]) |
 //! | `WEBHOOK_MAX_PAYLOAD_BYTES` | largest event payload [`enqueue`](crate::delivery::enqueue) accepts, in bytes of compact JSON ([`MAX_PAYLOAD_BYTES`]) | 262144 (256 KiB) |
@@ -29,7 +30,7 @@
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use crate::delivery::retry::RetryPolicy;
+use crate::delivery::retry::{MAX_DELAY, MIN_DELAY, RetryPolicy};
 use crate::secrets::secret_box::{KeyRing, KeyRingError};
 use crate::secrets::signing::DEFAULT_TOLERANCE;
 use crate::webhook::url_policy::{ParseUrlPolicyError, UrlPolicy};
@@ -38,6 +39,7 @@ use crate::webhook::url_policy::{ParseUrlPolicyError, UrlPolicy};
 pub mod vars {
     pub const URL_POLICY: &str = "WEBHOOK_URL_POLICY";
     pub const SECRET_KEYS: &str = "WEBHOOK_SECRET_KEYS";
+    pub const RETRY_SCHEDULE: &str = "WEBHOOK_RETRY_SCHEDULE";
     pub const MAX_ATTEMPTS: &str = "WEBHOOK_MAX_ATTEMPTS";
     pub const CLAIM_LEASE_SECS: &str = "WEBHOOK_CLAIM_LEASE_SECS";
     pub const SIGNATURE_TOLERANCE_SECS: &str = "WEBHOOK_SIGNATURE_TOLERANCE_SECS";
@@ -57,6 +59,10 @@ pub mod vars {
 
 /// More than 50 attempts is a unit mix-up, not a policy.
 pub const MAX_ATTEMPTS: RangeInclusive<u32> = 1..=50;
+/// One delay per retry of the most attempts [`MAX_ATTEMPTS`] allows: a longer
+/// `WEBHOOK_RETRY_SCHEDULE` could never be used up, so it is a slip (a pasted list), not a
+/// policy.
+pub const MAX_RETRY_DELAYS: usize = (*MAX_ATTEMPTS.end() - 1) as usize;
 /// Seconds: more than an hour keeps a crashed worker's deliveries stuck that long.
 pub const CLAIM_LEASE_SECS: RangeInclusive<u32> = 1..=3600;
 pub const SIGNATURE_TOLERANCE_SECS: RangeInclusive<u32> = 1..=3600;
@@ -243,6 +249,28 @@ pub enum SettingProblem {
     FrameAncestors { got: String },
     #[error("expected true or false, got `{got}`")]
     NotABool { got: String },
+    /// `WEBHOOK_RETRY_SCHEDULE` with nothing between two commas, or before the first or after
+    /// the last; `position` counts from 1.
+    #[error("delay {position} is empty; expected comma-separated delays such as `5s,5m,30m`")]
+    EmptyDelay { position: usize },
+    #[error(
+        "delay {position} `{got}` is not a duration ({reason}); expected a number and a unit, such as `5s`, `30m`, `2h` or `1h 30m`"
+    )]
+    NotADelay {
+        position: usize,
+        got: String,
+        reason: String,
+    },
+    #[error(
+        "delay {position} `{got}` is outside {} to {}",
+        humantime::format_duration(MIN_DELAY),
+        humantime::format_duration(MAX_DELAY)
+    )]
+    DelayOutOfRange { position: usize, got: String },
+    #[error(
+        "{count} delays, more than the {MAX_RETRY_DELAYS} retries of the most attempts allowed"
+    )]
+    TooManyDelays { count: usize },
     #[error("expected a whole number from {} to {}, got `{got}`", range.start(), range.end())]
     OutOfRange {
         range: RangeInclusive<u32>,
@@ -271,6 +299,13 @@ impl WebhookSettings {
                 .map_err(fail(vars::SECRET_KEYS))?;
             settings.keys = Some(keys);
         }
+        if let Some(value) = get(vars::RETRY_SCHEDULE) {
+            let schedule = parse_retry_schedule(&value).map_err(fail(vars::RETRY_SCHEDULE))?;
+            // At most MAX_RETRY_DELAYS (49) delays: the count fits.
+            settings.retry.max_attempts = u32::try_from(schedule.len() + 1).unwrap_or(u32::MAX);
+            settings.retry.schedule = schedule;
+        }
+        // After the schedule: when both are set, this one decides the attempts.
         if let Some(value) = get(vars::MAX_ATTEMPTS) {
             settings.retry.max_attempts =
                 in_range(&value, MAX_ATTEMPTS).map_err(fail(vars::MAX_ATTEMPTS))?;
@@ -377,6 +412,51 @@ impl Default for WebhookSettings {
     }
 }
 
+/// Parses a `WEBHOOK_RETRY_SCHEDULE` value, `5s,5m,30m`, into the delays of
+/// [`RetryPolicy::schedule`]; blanks around an entry are ignored. Public so an app with its own
+/// configuration source can take the same format.
+pub fn parse_retry_schedule(text: &str) -> Result<Vec<Duration>, SettingProblem> {
+    let entries: Vec<&str> = text.split(',').map(str::trim).collect();
+    if entries.len() > MAX_RETRY_DELAYS {
+        return Err(SettingProblem::TooManyDelays {
+            count: entries.len(),
+        });
+    }
+    entries
+        .iter()
+        .enumerate()
+        .map(|(index, &entry)| {
+            let position = index + 1;
+            if entry.is_empty() {
+                return Err(SettingProblem::EmptyDelay { position });
+            }
+            let delay =
+                humantime::parse_duration(entry).map_err(|e| SettingProblem::NotADelay {
+                    position,
+                    got: entry.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            if !(MIN_DELAY..=MAX_DELAY).contains(&delay) {
+                return Err(SettingProblem::DelayOutOfRange {
+                    position,
+                    got: entry.to_owned(),
+                });
+            }
+            Ok(delay)
+        })
+        .collect()
+}
+
+/// Delays in `WEBHOOK_RETRY_SCHEDULE`'s own form (`5s,5m,30m`), so what a log line shows can be
+/// set as the variable again.
+pub fn format_retry_schedule(delays: impl IntoIterator<Item = Duration>) -> String {
+    delays
+        .into_iter()
+        .map(|delay| humantime::format_duration(delay).to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn fail(var: &'static str) -> impl Fn(SettingProblem) -> SettingsError {
     move |problem| SettingsError { var, problem }
 }
@@ -421,6 +501,7 @@ mod tests {
             (vars::URL_POLICY, "Development"),
             (vars::SECRET_KEYS, &key),
             (vars::MAX_ATTEMPTS, "3"),
+            (vars::RETRY_SCHEDULE, "1s,2m"),
             (vars::CLAIM_LEASE_SECS, "15"),
             (vars::SIGNATURE_TOLERANCE_SECS, "60"),
             (vars::MAX_PAYLOAD_BYTES, "1024"),
@@ -453,6 +534,10 @@ mod tests {
         assert_eq!(s.url_policy, UrlPolicy::Development);
         assert_eq!(s.keys.unwrap().current_key_id(), "k1");
         assert_eq!(s.retry.max_attempts, 3);
+        assert_eq!(
+            s.retry.schedule,
+            [Duration::from_secs(1), Duration::from_secs(120)]
+        );
         assert_eq!(s.claim_lease, Duration::from_secs(15));
         assert_eq!(s.signature_tolerance, Duration::from_secs(60));
     }
@@ -466,6 +551,9 @@ mod tests {
             (vars::MAX_ATTEMPTS, "0"),
             (vars::MAX_ATTEMPTS, "51"),
             (vars::MAX_ATTEMPTS, "many"),
+            (vars::RETRY_SCHEDULE, "5s,,5m"),
+            (vars::RETRY_SCHEDULE, "5"),
+            (vars::RETRY_SCHEDULE, "0s"),
             (vars::CLAIM_LEASE_SECS, "-5"),
             (vars::CLAIM_LEASE_SECS, "3601"),
             (vars::SIGNATURE_TOLERANCE_SECS, "1.5"),
@@ -495,6 +583,113 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn retry_schedule_replaces_the_delays_and_sets_the_attempts() {
+        let secs = Duration::from_secs;
+        let delays = |s: &WebhookSettings| s.retry.delays().collect::<Vec<_>>();
+        let custom = settings(&[(vars::RETRY_SCHEDULE, " 1s, 2m ,1h 30m,500ms")]).unwrap();
+        let listed = [secs(1), secs(120), secs(5400), Duration::from_millis(500)];
+        assert_eq!(custom.retry.schedule, listed);
+        assert_eq!(custom.retry.max_attempts, 5);
+        assert_eq!(delays(&custom), listed);
+        // The rest of the policy is the default's.
+        let default = RetryPolicy::default();
+        assert_eq!(
+            (custom.retry.jitter, custom.retry.max_retry_after),
+            (default.jitter, default.max_retry_after)
+        );
+        assert_eq!(custom.retry.validate(), Ok(()));
+
+        // WEBHOOK_MAX_ATTEMPTS decides the attempts: the last delay repeats ...
+        let more = settings(&[(vars::RETRY_SCHEDULE, "1s,2m"), (vars::MAX_ATTEMPTS, "5")]).unwrap();
+        assert_eq!(delays(&more), [secs(1), secs(120), secs(120), secs(120)]);
+        // ... or the last delays go unused, in whichever order the variables come.
+        let fewer = settings(&[
+            (vars::MAX_ATTEMPTS, "2"),
+            (vars::RETRY_SCHEDULE, "1s,2m,3m"),
+        ])
+        .unwrap();
+        assert_eq!(delays(&fewer), [secs(1)]);
+        assert_eq!(fewer.retry.schedule.len(), 3);
+
+        // Unset or blank: exactly the documented default.
+        for unset in [&[][..], &[(vars::RETRY_SCHEDULE, "  ")][..]] {
+            assert_eq!(settings(unset).unwrap().retry, default);
+        }
+        // The most delays allowed.
+        let longest = vec!["1m"; MAX_RETRY_DELAYS].join(",");
+        let longest = settings(&[(vars::RETRY_SCHEDULE, &longest)]).unwrap();
+        assert_eq!(longest.retry.max_attempts, *MAX_ATTEMPTS.end());
+    }
+
+    #[test]
+    fn retry_schedule_is_written_as_it_is_read() {
+        let default = RetryPolicy::default();
+        let text = format_retry_schedule(default.delays());
+        assert_eq!(text, "5s,5m,30m,2h,5h,10h,10h");
+        assert_eq!(parse_retry_schedule(&text).unwrap(), default.schedule);
+        let odd = [Duration::from_millis(1500), Duration::from_secs(5400)];
+        assert_eq!(format_retry_schedule(odd), "1s 500ms,1h 30m");
+        assert_eq!(
+            parse_retry_schedule(&format_retry_schedule(odd)).unwrap(),
+            odd
+        );
+    }
+
+    #[test]
+    fn retry_schedule_errors_name_the_variable_and_the_entry() {
+        let message = |value: &str| {
+            let err = settings(&[(vars::RETRY_SCHEDULE, value)]).unwrap_err();
+            assert_eq!(err.var, vars::RETRY_SCHEDULE);
+            err.to_string()
+        };
+        let prefix = "invalid WEBHOOK_RETRY_SCHEDULE: ";
+        let empty = "is empty; expected comma-separated delays such as `5s,5m,30m`";
+        assert_eq!(message("5s,,5m"), format!("{prefix}delay 2 {empty}"));
+        assert_eq!(message(",5s"), format!("{prefix}delay 1 {empty}"));
+        assert_eq!(message("5s,5m,"), format!("{prefix}delay 3 {empty}"));
+        assert_eq!(message(","), format!("{prefix}delay 1 {empty}"));
+        let unit = "expected a number and a unit, such as `5s`, `30m`, `2h` or `1h 30m`";
+        assert_eq!(
+            message("5s,5"),
+            format!(
+                "{prefix}delay 2 `5` is not a duration (time unit needed, for example 5sec or 5ms); {unit}"
+            )
+        );
+        let unknown = message("5s, 5m ,30x");
+        assert!(
+            unknown.starts_with(&format!(
+                "{prefix}delay 3 `30x` is not a duration (unknown time unit \"x\""
+            )),
+            "{unknown}"
+        );
+        assert!(unknown.ends_with(unit), "{unknown}");
+        assert!(message("-5s").contains("delay 1 `-5s` is not a duration"));
+        assert_eq!(
+            message("5s,0s"),
+            format!("{prefix}delay 2 `0s` is outside 1ms to 30days")
+        );
+        assert_eq!(
+            message("999us"),
+            format!("{prefix}delay 1 `999us` is outside 1ms to 30days")
+        );
+        assert_eq!(
+            message("1h,30days 1s"),
+            format!("{prefix}delay 2 `30days 1s` is outside 1ms to 30days")
+        );
+        // The ends of the range are in it.
+        assert!(settings(&[(vars::RETRY_SCHEDULE, "1ms,30days")]).is_ok());
+        let too_many = vec!["1m"; MAX_RETRY_DELAYS + 1].join(",");
+        assert_eq!(
+            message(&too_many),
+            format!("{prefix}50 delays, more than the 49 retries of the most attempts allowed")
+        );
+        // A bad schedule is refused even when WEBHOOK_MAX_ATTEMPTS would not reach the entry.
+        let err =
+            settings(&[(vars::MAX_ATTEMPTS, "2"), (vars::RETRY_SCHEDULE, "5s,nope")]).unwrap_err();
+        assert_eq!(err.var, vars::RETRY_SCHEDULE);
     }
 
     #[test]

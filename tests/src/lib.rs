@@ -394,6 +394,7 @@ pub async fn seed_agent(t: &TestDb, agent_id: &str, events: &[&str]) {
         webhook_url: Set(Some(format!("https://hooks.example.com/{agent_id}"))),
         webhook_events: Set(Some(serde_json::json!(events))),
         webhook_enabled: Set(true),
+        webhook_ordered: Set(false),
         ..Default::default()
     }
     .insert(&t.db)
@@ -420,6 +421,7 @@ pub async fn seed_webhook(
         webhook_events: vec![],
         webhook_enabled: true,
         webhook_filter: None,
+        webhook_ordered: false,
     };
     webhook::configure(&t.db, settings, agent_id, &config)
         .await
@@ -429,7 +431,7 @@ pub async fn seed_webhook(
 
 /// Enqueues `event_id` of `event_type` for `agent_id` with an empty JSON object as payload and
 /// the default settings, for tests where neither matters.
-pub async fn enqueue_event<C: sea_orm::ConnectionTrait>(
+pub async fn enqueue_event<C: sea_orm::ConnectionTrait + sea_orm::TransactionTrait>(
     db: &C,
     agent_id: &str,
     event_id: &str,

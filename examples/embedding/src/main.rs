@@ -1,6 +1,7 @@
 //! An axum app of its own that embeds agent-webhooks: its own API-key authentication, its own
-//! `orders` table, the library's webhook API nested under `/api/webhooks`, the delivery worker
-//! in the same process, and an order and its `order.created` event written in one transaction.
+//! `orders` table, the library's webhook API nested under `/api/webhooks` (and its OpenAPI
+//! document, with that prefix and the app's API key), the delivery worker in the same process,
+//! and an order and its `order.created` event written in one transaction.
 //! `docs/embedding.md` walks through this file section by section.
 //!
 //! ```text
@@ -35,6 +36,7 @@ use std::time::Duration;
 use agent_webhooks::delivery::{self, Enqueued};
 use agent_webhooks::dispatch::Dispatcher;
 use agent_webhooks::entity::{agents, organizations};
+use agent_webhooks::http::utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use agent_webhooks::http::{self, FromExtension, HttpState, OrganizationId};
 use agent_webhooks::sea_orm::sea_query::{Alias, Query};
 use agent_webhooks::sea_orm::{
@@ -161,6 +163,7 @@ async fn run(database_url: &str, self_check: bool) -> Result<(), AnyError> {
     let (received_tx, received) = mpsc::unbounded_channel();
     let router = Router::new()
         .nest("/api", api)
+        .merge(http::openapi_router_with(&openapi_options()?))
         .route("/demo/receiver", post(receive).with_state(received_tx));
 
     // ---- Serving, and stopping cleanly --------------------------------------------------
@@ -286,6 +289,24 @@ async fn authenticate(State(app): State<App>, mut request: Request, next: Next) 
     };
     request.extensions_mut().insert(OrganizationId(org));
     next.run(request).await
+}
+
+// ---- The API's OpenAPI document, as this app publishes it ---------------------------------------
+
+/// Where `run` nests the library's router: `/webhooks` within `/api`.
+const WEBHOOKS_PREFIX: &str = "/api/webhooks";
+
+/// The library's OpenAPI document with the app's prefix on every path and the app's API key
+/// required by every operation. `run` serves it, outside the authentication layer, at
+/// `/api/webhooks/v1/webhooks/openapi.json`.
+fn openapi_options() -> Result<http::OpenApiOptions, http::OpenApiOptionsError> {
+    let api_key = SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+        API_KEY_HEADER,
+        "An API key of the app (`API_KEYS`); it names the caller's organization.",
+    )));
+    http::OpenApiOptions::new()
+        .prefix(WEBHOOKS_PREFIX)?
+        .security("apiKey", api_key)
 }
 
 // ---- The app's own write and its event, in one transaction --------------------------------------
@@ -447,6 +468,20 @@ async fn run_self_check(
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()?;
+
+    // The API's document, without a key: the library's paths under the app's prefix, and
+    // the app's API key required.
+    let document = client
+        .get(format!("{base}{}", openapi_options()?.document_path()))
+        .send()
+        .await?;
+    let document = expect_status(document, 200, "the OpenAPI document").await?;
+    let webhook_path = format!("{WEBHOOKS_PREFIX}/v1/agents/{{agent_id}}/webhook");
+    if document["paths"].get(&webhook_path).is_none()
+        || document["security"] != json!([{"apiKey": []}])
+    {
+        return Err(format!("the OpenAPI document lacks {webhook_path} or the API key").into());
+    }
 
     let anonymous = client
         .post(format!("{base}/api/orders"))

@@ -81,6 +81,7 @@ impl ClaimPlan {
                 chrono::Duration::zero(),
             )))
             .and_where(wd::Column::DeliveredAt.is_null())
+            .cond_where(super::lanes::predecessor_settled())
             .order_by(wd::Column::NextRetryAt, Order::Asc)
             .limit(limit);
         if backend != DbBackend::Sqlite {

@@ -1,6 +1,8 @@
 //! Enqueueing: one event for one agent, for an agent row the caller holds (the transactional
 //! outbox), or many at once (fan-out, bulk), each in as few statements as the backend allows.
 
+use sea_orm::TransactionTrait;
+
 use super::*;
 
 /// Enqueues an event for the agent's webhook, unless a [`SkipReason`] applies.
@@ -10,8 +12,8 @@ use super::*;
 ///
 /// Idempotent per `(agent, event_id)`, also when callers race and inside a caller's
 /// transaction: the unique index decides, the loser gets [`Enqueued::Existing`] and the first
-/// payload stays.
-pub async fn enqueue<C: ConnectionTrait>(
+/// payload stays. An ordered agent's event goes to [`lanes::DEFAULT_LANE`].
+pub async fn enqueue<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     settings: &WebhookSettings,
     agent_id: &str,
@@ -28,13 +30,48 @@ pub async fn enqueue<C: ConnectionTrait>(
     {
         return Ok(Enqueued::Created(created));
     }
-    // Nothing was created: read the agent to say why (skipped, a repeat, no such agent).
+    // Nothing was created: read the agent to say why (skipped, a repeat, ordered, no such
+    // agent).
     let agent = crate::agent::find_any_agent(db, agent_id).await?;
-    insert_for_agent(db, settings, &agent, event_id, event_type, payload, now).await
+    insert_for_agent(
+        db, settings, &agent, None, event_id, event_type, payload, now,
+    )
+    .await
+}
+
+/// [`enqueue`] into the lane `lane` (e.g. a run or conversation id) of an ordered agent: it is
+/// sent after the lane's earlier events are delivered or given up ([`lanes`]). For an agent
+/// that is not ordered the lane is ignored.
+#[allow(clippy::too_many_arguments)]
+pub async fn enqueue_in_lane<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    settings: &WebhookSettings,
+    agent_id: &str,
+    lane: &str,
+    event_id: &str,
+    event_type: &str,
+    payload: impl Into<Payload<'_>>,
+    now: DateTime<Utc>,
+) -> Result<Enqueued> {
+    let payload = checked_event(settings, event_id, event_type, payload.into())?;
+    lanes::check_lane(lane)?;
+    let agent = crate::agent::find_any_agent(db, agent_id).await?;
+    insert_for_agent(
+        db,
+        settings,
+        &agent,
+        Some(lane),
+        event_id,
+        event_type,
+        payload,
+        now,
+    )
+    .await
 }
 
 /// The common case of [`enqueue`] in one round trip (PostgreSQL, SQLite): `INSERT … SELECT …
-/// FROM agents` with the rules of [`destination`] as its `WHERE` (the event-type filter through
+/// FROM agents` with the rules of [`destination`] as its `WHERE` (an ordered agent's events
+/// take the read path, which numbers them in their lane; the event-type filter through
 /// [`EventFilter::entries_matching`](crate::webhook::events::EventFilter::entries_matching)),
 /// notifying like [`insert_rows`]. `None` when it created nothing; the caller then reads the
 /// agent and applies [`destination`] itself, so a filter this statement cannot read (not a JSON
@@ -65,11 +102,14 @@ async fn insert_if_deliverable<C: ConnectionTrait>(
             Expr::value(stamped.clone()),
             Expr::value(stamped),
             Expr::value(payload.to_vec()),
+            Expr::value(None::<String>),
+            Expr::value(None::<i64>),
         ])
         .from(agents::Entity)
         .and_where(Expr::col((agents::Entity, agents::Column::Id)).eq(agent_id))
         .cond_where(crate::agent::live())
         .and_where(Expr::col((agents::Entity, agents::Column::WebhookEnabled)).eq(true))
+        .and_where(Expr::col((agents::Entity, agents::Column::WebhookOrdered)).eq(false))
         .and_where(Expr::col((agents::Entity, agents::Column::WebhookUrl)).is_not_null());
     if event_type != crate::webhook::events::TEST_EVENT {
         select
@@ -109,6 +149,8 @@ async fn insert_if_deliverable<C: ConnectionTrait>(
         event_type,
         url,
         payload: Vec::new(),
+        lane: None,
+        lane_seq: None,
     };
     Ok(Some(created.delivery(now)))
 }
@@ -146,7 +188,7 @@ fn wants_event(backend: DbBackend, event_type: &str) -> Expr {
 }
 
 /// The columns every enqueue writes, in the order of its values.
-const INSERTED_COLUMNS: [wd::Column; 10] = [
+const INSERTED_COLUMNS: [wd::Column; 12] = [
     wd::Column::Id,
     wd::Column::OrganizationId,
     wd::Column::AgentId,
@@ -157,6 +199,8 @@ const INSERTED_COLUMNS: [wd::Column; 10] = [
     wd::Column::CreatedAt,
     wd::Column::NextRetryAt,
     wd::Column::Payload,
+    wd::Column::Lane,
+    wd::Column::LaneSeq,
 ];
 
 /// The bytes every attempt sends, once the event passed the checks of [`enqueue`].
@@ -238,12 +282,15 @@ pub struct EnqueueItem<'a> {
     pub event_type: &'a str,
     /// The JSON body, stored as [`enqueue`] stores it.
     pub payload: Payload<'a>,
+    /// The lane of an ordered agent, as in [`enqueue_in_lane`]; `None` for
+    /// [`lanes::DEFAULT_LANE`]. Ignored for an agent that is not ordered.
+    pub lane: Option<&'a str>,
 }
 
 /// [`enqueue`] for an agent row the caller already read, e.g. in the transaction that changed
 /// the agent (the transactional outbox), without reading it again. `agent` should be current:
 /// a row read before the webhook was disabled still enqueues.
-pub async fn enqueue_for_agent<C: ConnectionTrait>(
+pub async fn enqueue_for_agent<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     settings: &WebhookSettings,
     agent: &agents::Model,
@@ -257,6 +304,7 @@ pub async fn enqueue_for_agent<C: ConnectionTrait>(
         db,
         settings,
         &AgentWebhook::from(agent),
+        None,
         event_id,
         event_type,
         payload,
@@ -265,11 +313,14 @@ pub async fn enqueue_for_agent<C: ConnectionTrait>(
     .await
 }
 
-/// The write half of [`enqueue`] and [`enqueue_for_agent`]: skip rules, then the insert.
-pub(super) async fn insert_for_agent<C: ConnectionTrait>(
+/// The write half of [`enqueue`], [`enqueue_in_lane`] and [`enqueue_for_agent`]: skip rules,
+/// then the insert (numbered in its lane for an ordered agent).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn insert_for_agent<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     settings: &WebhookSettings,
     agent: &AgentWebhook,
+    lane: Option<&str>,
     event_id: &str,
     event_type: &str,
     payload: Vec<u8>,
@@ -287,10 +338,23 @@ pub(super) async fn insert_for_agent<C: ConnectionTrait>(
         event_type,
         url,
         payload,
+        lane: lane_of(agent, lane),
+        lane_seq: None,
     };
-    let mut done = insert_rows(db, settings, std::slice::from_ref(&row), now).await?;
+    let mut done = if row.lane.is_some() {
+        lanes::insert_in_lanes(db, settings, vec![row], now).await?
+    } else {
+        insert_rows(db, settings, std::slice::from_ref(&row), now).await?
+    };
     done.pop()
         .ok_or_else(|| DbErr::RecordNotFound(format!("delivery of {event_id}")).into())
+}
+
+/// The lane a delivery of `agent` goes to: none unless the agent is ordered.
+fn lane_of(agent: &AgentWebhook, lane: Option<&str>) -> Option<String> {
+    agent
+        .webhook_ordered
+        .then(|| lane.unwrap_or(lanes::DEFAULT_LANE).to_owned())
 }
 
 /// [`enqueue`] for many items (fan-out or bulk), one [`Enqueued`] per item in order, in one
@@ -299,7 +363,7 @@ pub(super) async fn insert_for_agent<C: ConnectionTrait>(
 ///
 /// Every item is checked before anything is written: one that [`enqueue`] would refuse fails
 /// the whole call and writes nothing.
-pub async fn enqueue_many<C: ConnectionTrait>(
+pub async fn enqueue_many<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     settings: &WebhookSettings,
     items: &[EnqueueItem<'_>],
@@ -307,13 +371,18 @@ pub async fn enqueue_many<C: ConnectionTrait>(
 ) -> Result<Vec<Enqueued>> {
     let payloads = items
         .iter()
-        .map(|item| checked_event(settings, item.event_id, item.event_type, item.payload))
+        .map(|item| {
+            if let Some(lane) = item.lane {
+                lanes::check_lane(lane)?;
+            }
+            checked_event(settings, item.event_id, item.event_type, item.payload)
+        })
         .collect::<Result<Vec<_>>>()?;
     let agent_ids: Vec<&str> = items.iter().map(|item| item.agent_id).collect();
     let agents_by_id = crate::agent::agents_by_id(db, &agent_ids).await?;
 
     let mut results: Vec<Option<Enqueued>> = Vec::with_capacity(items.len());
-    let mut rows = Vec::new();
+    let (mut rows, mut ordered) = (Vec::new(), Vec::new());
     for (index, (item, payload)) in items.iter().zip(payloads).enumerate() {
         let agent = agents_by_id
             .get(item.agent_id)
@@ -322,18 +391,22 @@ pub async fn enqueue_many<C: ConnectionTrait>(
             Err(reason) => results.push(Some(Enqueued::Skipped(reason))),
             Ok(url) => {
                 results.push(None);
-                rows.push((
-                    index,
-                    NewRow {
-                        id: new_id(),
-                        organization_id: &agent.organization_id,
-                        agent_id: &agent.id,
-                        event_id: item.event_id,
-                        event_type: item.event_type,
-                        url,
-                        payload,
-                    },
-                ));
+                let row = NewRow {
+                    id: new_id(),
+                    organization_id: &agent.organization_id,
+                    agent_id: &agent.id,
+                    event_id: item.event_id,
+                    event_type: item.event_type,
+                    url,
+                    payload,
+                    lane: lane_of(agent, item.lane),
+                    lane_seq: None,
+                };
+                if row.lane.is_some() {
+                    ordered.push((index, row));
+                } else {
+                    rows.push((index, row));
+                }
             }
         }
     }
@@ -358,6 +431,13 @@ pub async fn enqueue_many<C: ConnectionTrait>(
         }
         start = end;
     }
+    if !ordered.is_empty() {
+        let (indexes, ordered): (Vec<usize>, Vec<NewRow<'_>>) = ordered.into_iter().unzip();
+        let done = lanes::insert_in_lanes(db, settings, ordered, now).await?;
+        for (index, enqueued) in indexes.into_iter().zip(done) {
+            results[index] = Some(enqueued);
+        }
+    }
     results
         .into_iter()
         .map(|result| {
@@ -370,11 +450,14 @@ pub async fn enqueue_many<C: ConnectionTrait>(
 pub(super) struct NewRow<'a> {
     id: String,
     organization_id: &'a str,
-    agent_id: &'a str,
+    pub(super) agent_id: &'a str,
     event_id: &'a str,
     event_type: &'a str,
     url: String,
     payload: Vec<u8>,
+    /// Set for an ordered agent's delivery; its position is assigned by [`lanes`].
+    pub(super) lane: Option<String>,
+    pub(super) lane_seq: Option<i64>,
 }
 
 impl NewRow<'_> {
@@ -395,6 +478,8 @@ impl NewRow<'_> {
             delivered_at: None,
             next_retry_at: Some(created),
             state: DeliveryState::Pending,
+            lane: self.lane.clone(),
+            lane_seq: self.lane_seq,
         }
     }
 }
@@ -449,6 +534,8 @@ pub(super) async fn insert_rows<C: ConnectionTrait>(
                 Expr::value(stamped.clone()),
                 Expr::value(stamped.clone()),
                 Expr::value(row.payload.clone()),
+                Expr::value(row.lane.clone()),
+                Expr::value(row.lane_seq),
             ])
             .map_err(|e| DbErr::Custom(e.to_string()))?;
     }

@@ -10,6 +10,7 @@
 //! | `claim.rs` | [`claim_due`], [`release`] |
 //! | `record.rs` | [`record_outcomes`], [`record_outcome`], [`record_attempts`], [`abandon`] |
 //! | `health.rs` | the run of failures an outcome starts or ends, and the automatic disable |
+//! | `lanes.rs` | ordered delivery: positions in a lane at enqueue, the claim's rule |
 //! | `history.rs` | [`get`], [`history`], [`stats`], [`attempts`], [`prune`] |
 //! | `requeue.rs` | [`requeue`], [`recover`] |
 //! | `retry.rs` | [`retry::RetryPolicy`]: the schedule and which outcomes are final |
@@ -56,6 +57,7 @@ mod dry_run;
 mod enqueue;
 mod health;
 mod history;
+pub mod lanes;
 pub(crate) mod payload;
 mod record;
 mod requeue;
@@ -104,6 +106,11 @@ pub struct WebhookDelivery {
     pub next_retry_at: Option<DateTime<Utc>>,
     /// Derived state at the time it was read.
     pub state: DeliveryState,
+    /// The lane of an ordered webhook's delivery (see [`lanes`]); `None` when unordered.
+    pub lane: Option<String>,
+    /// Its position in the lane: 1, 2, … without gaps, sent to the receiver as
+    /// [`lanes::HEADER_SEQUENCE`].
+    pub lane_seq: Option<i64>,
 }
 
 impl WebhookDelivery {
@@ -124,6 +131,8 @@ impl WebhookDelivery {
             delivered_at: row.delivered_at.map(|t| t.to_utc()),
             next_retry_at: row.next_retry_at.map(|t| t.to_utc()),
             state,
+            lane: row.lane,
+            lane_seq: row.lane_seq,
         }
     }
 }

@@ -66,6 +66,8 @@
 //! # Limits
 //!
 //! More attempts than delays repeat the last delay, so `max_attempts` can be raised alone.
+//! Operators set both with `WEBHOOK_RETRY_SCHEDULE` and `WEBHOOK_MAX_ATTEMPTS`
+//! ([settings](crate::settings), which say how the two combine).
 //! [`RetryPolicy::validate`] rejects delays outside [`MIN_DELAY`]..=[`MAX_DELAY`];
 //! [`RetryPolicy::next_attempt`] clamps into them (and saturates instants) instead of panicking.
 
@@ -265,6 +267,22 @@ impl RetryPolicy {
             .checked_mul(retries - listed)
             .unwrap_or(Duration::MAX);
         head.saturating_add(tail)
+    }
+
+    /// The delay after each attempt that can be retried, the last delay repeated or the
+    /// unused ones dropped as `max_attempts` has it, without jitter: the schedule in effect,
+    /// for an operator to see.
+    ///
+    /// ```
+    /// use agent_webhooks::delivery::retry::RetryPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let s = Duration::from_secs;
+    /// let policy = RetryPolicy { schedule: vec![s(1), s(60)], max_attempts: 4, ..RetryPolicy::default() };
+    /// assert_eq!(policy.delays().collect::<Vec<_>>(), [s(1), s(60), s(60)]);
+    /// ```
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + '_ {
+        (1..self.max_attempts).map(|n| self.scheduled_delay(n))
     }
 
     /// Decides what follows an attempt. `attempts_made` includes the one that produced

@@ -47,10 +47,11 @@ pub(super) async fn post(
     cap: usize,
     now: DateTime<Utc>,
 ) -> Attempt {
+    let headers = request.header_pairs();
     let mut builder = http
         .post(request.url)
         .header(CONTENT_TYPE, "application/json");
-    for (name, value) in request.headers.pairs() {
+    for (name, value) in headers {
         builder = builder.header(name, value);
     }
     match builder.body(request.body).send().await {

@@ -27,6 +27,27 @@ pub struct OutgoingRequest {
     pub headers: SignedHeaders,
     /// The signed bytes; send them unchanged.
     pub body: Vec<u8>,
+    /// For an ordered delivery, its lane and position: send them as
+    /// [`HEADER_LANE`](crate::delivery::lanes::HEADER_LANE) and
+    /// [`HEADER_SEQUENCE`](crate::delivery::lanes::HEADER_SEQUENCE).
+    pub lane: Option<(String, i64)>,
+}
+
+impl OutgoingRequest {
+    /// Every header to send besides `content-type`: the signature's, then the lane's.
+    pub fn header_pairs(&self) -> Vec<(&'static str, String)> {
+        let mut pairs: Vec<(&'static str, String)> = self
+            .headers
+            .pairs()
+            .into_iter()
+            .map(|(name, value)| (name, value.to_owned()))
+            .collect();
+        if let Some((lane, seq)) = &self.lane {
+            pairs.push((crate::delivery::lanes::HEADER_LANE, lane.clone()));
+            pairs.push((crate::delivery::lanes::HEADER_SEQUENCE, seq.to_string()));
+        }
+        pairs
+    }
 }
 
 /// Signs `body` for the claimed delivery at `now`: `webhook-id` is the delivery's `event_id`, so
@@ -68,5 +89,11 @@ pub(crate) fn sign_request(
         now.timestamp(),
         &body,
     )?;
-    Ok(OutgoingRequest { url, headers, body })
+    let lane = delivery.lane.clone().zip(delivery.lane_seq);
+    Ok(OutgoingRequest {
+        url,
+        headers,
+        body,
+        lane,
+    })
 }

@@ -18,8 +18,9 @@
 //!
 //! `docs/embedding.md` walks through a whole app built this way (`examples/embedding`).
 //! [`openapi_router`] serves the document with the routes at their own paths (`/v1/…`); an
-//! app that nests them under a prefix and publishes the document adds the prefix as a server
-//! to [`openapi`]'s document and serves that instead.
+//! app that nests them under a prefix of its own, behind its own authentication, serves
+//! [`openapi_router_with`] instead: the document with the prefix on every path and the app's
+//! security scheme ([`OpenApiOptions`]).
 //!
 //! # Routes
 //!
@@ -135,11 +136,15 @@ use axum::http::request::Parts;
 use futures::future::BoxFuture;
 use sea_orm::DatabaseConnection;
 use utoipa::OpenApi;
+use utoipa::openapi::security::{SecurityRequirement, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use deliveries::{DeliveryDetail, RecoverRequest};
 pub use problem::{ApiError, PROBLEM_TYPE_PREFIX, Problem};
+/// The `utoipa` the documents are built with, so an app's [`SecurityScheme`] (for
+/// [`OpenApiOptions::security`]) is of the same version without a dependency of its own.
+pub use utoipa;
 pub use webhook::{FilterCheck, RotatedSecret};
 
 use crate::settings::WebhookSettings;
@@ -308,10 +313,142 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// `GET` [`OPENAPI_PATH`]: the [`openapi`] document as JSON, for the app to mount where (and
 /// behind what) it wants.
 pub fn openapi_router() -> axum::Router {
-    let doc = Arc::new(openapi());
+    openapi_router_with(&OpenApiOptions::new())
+}
+
+/// How the document describes the API as an app publishes it: nested under the app's prefix
+/// and behind the app's authentication, which [`openapi`] cannot know. The default changes
+/// nothing.
+///
+/// The prefix goes in front of every path (`/api/webhooks/v1/agents/{agent_id}/webhook`)
+/// rather than into a `servers` entry, because tools take a server URL as something to
+/// replace: openapi-generator's clients and schemathesis (`--url`) swap their base URL for the
+/// document's `servers`, so a caller who points them at `https://app.example.com` would lose
+/// a prefix kept there, while prefixed paths work under any base URL. An app can also
+/// [`merge`](utoipa::openapi::OpenApi::merge) the prefixed document into its own, whose
+/// routes have no such prefix, which one `servers` list for both could not express.
+///
+/// ```
+/// use agent_webhooks::http::{self, OpenApiOptions};
+/// use agent_webhooks::http::utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+///
+/// let api_key = SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key")));
+/// let options = OpenApiOptions::new().prefix("/api/webhooks")?.security("apiKey", api_key)?;
+/// let doc = http::openapi_with(&options);
+/// assert!(doc.paths.paths.contains_key("/api/webhooks/v1/agents/{agent_id}/webhook"));
+/// # Ok::<(), http::OpenApiOptionsError>(())
+/// ```
+#[derive(Clone, Default, PartialEq)]
+pub struct OpenApiOptions {
+    prefix: String,
+    security: Option<(String, SecurityScheme)>,
+}
+
+/// By hand: utoipa's types are `Debug` only under its `debug` feature, so the scheme shows by
+/// its name.
+impl std::fmt::Debug for OpenApiOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenApiOptions")
+            .field("prefix", &self.prefix)
+            .field("security", &self.security.as_ref().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+/// Why [`OpenApiOptions`] refused a prefix or a scheme name: either would make a document
+/// that tools reject or that describes paths the app does not serve.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpenApiOptionsError {
+    #[error(
+        "the OpenAPI prefix must be empty or a path like `/api/webhooks`: starting with `/`, not ending with one, without empty segments, in letters, digits and `-._~`; got `{0}`"
+    )]
+    Prefix(String),
+    #[error(
+        "a security scheme name must be letters, digits and `.-_` (an OpenAPI component name); got `{0}`"
+    )]
+    SchemeName(String),
+}
+
+impl OpenApiOptions {
+    /// No prefix, no security scheme: [`openapi`]'s document.
+    pub fn new() -> Self {
+        OpenApiOptions::default()
+    }
+
+    /// The path the app nests [`router`] under, as given to `nest` (`/api/webhooks`); `""` is
+    /// none.
+    pub fn prefix(mut self, prefix: &str) -> Result<Self, OpenApiOptionsError> {
+        let plain = |segment: &str| {
+            !segment.is_empty()
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        };
+        let valid = match prefix.strip_prefix('/') {
+            None => prefix.is_empty(),
+            Some(rest) => rest.split('/').all(plain),
+        };
+        if !valid {
+            return Err(OpenApiOptionsError::Prefix(prefix.to_owned()));
+        }
+        self.prefix = prefix.to_owned();
+        Ok(self)
+    }
+
+    /// The app's security scheme, added to the document's components under `name` and
+    /// required (with no scopes) by every operation: the routes run behind the app's
+    /// authentication, so each of them needs what it asks for.
+    pub fn security(
+        mut self,
+        name: &str,
+        scheme: SecurityScheme,
+    ) -> Result<Self, OpenApiOptionsError> {
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        if !valid {
+            return Err(OpenApiOptionsError::SchemeName(name.to_owned()));
+        }
+        self.security = Some((name.to_owned(), scheme));
+        Ok(self)
+    }
+
+    /// Where [`openapi_router_with`] serves the document: [`OPENAPI_PATH`] under the prefix.
+    pub fn document_path(&self) -> String {
+        format!("{}{OPENAPI_PATH}", self.prefix)
+    }
+}
+
+/// [`openapi`]'s document as an app that nests [`router`] publishes it: see
+/// [`OpenApiOptions`].
+pub fn openapi_with(options: &OpenApiOptions) -> utoipa::openapi::OpenApi {
+    let mut doc = openapi();
+    if !options.prefix.is_empty() {
+        let paths = std::mem::take(&mut doc.paths.paths);
+        doc.paths.paths = paths
+            .into_iter()
+            .map(|(path, item)| (format!("{}{path}", options.prefix), item))
+            .collect();
+    }
+    if let Some((name, scheme)) = &options.security {
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(name, scheme.clone());
+        doc.security = Some(vec![SecurityRequirement::new(name, Vec::<String>::new())]);
+    }
+    doc
+}
+
+/// `GET` [`OpenApiOptions::document_path`] (the prefix, then [`OPENAPI_PATH`]): the
+/// [`openapi_with`] document as JSON. The path already holds the prefix, so the app merges
+/// this router at its root rather than nesting it; outside the app's authentication layer the
+/// document is public, and its `security` says what the operations need.
+pub fn openapi_router_with(options: &OpenApiOptions) -> axum::Router {
+    let doc = Arc::new(openapi_with(options));
     axum::Router::new()
         .route(
-            OPENAPI_PATH,
+            &options.document_path(),
             axum::routing::get(move || {
                 let doc = doc.clone();
                 async move { Json(doc) }
@@ -349,4 +486,128 @@ fn routes() -> OpenApiRouter<HttpState> {
         .routes(routes!(deliveries::get_delivery))
         .routes(routes!(deliveries::retry_delivery))
         .routes(routes!(portal::mint_portal_link))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder};
+
+    fn api_key() -> SecurityScheme {
+        SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key")))
+    }
+
+    fn json(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
+        serde_json::to_value(doc).unwrap()
+    }
+
+    #[test]
+    fn the_default_options_change_nothing() {
+        assert_eq!(
+            json(&openapi_with(&OpenApiOptions::new())),
+            json(&openapi())
+        );
+        let empty = OpenApiOptions::new().prefix("").unwrap();
+        assert_eq!(json(&openapi_with(&empty)), json(&openapi()));
+        assert_eq!(OpenApiOptions::new().document_path(), OPENAPI_PATH);
+    }
+
+    #[test]
+    fn the_prefix_is_on_every_path_and_the_scheme_is_required_everywhere() {
+        let options = OpenApiOptions::new()
+            .prefix("/api/webhooks")
+            .unwrap()
+            .security("apiKey", api_key())
+            .unwrap();
+        assert_eq!(
+            options.document_path(),
+            "/api/webhooks/v1/webhooks/openapi.json"
+        );
+        let plain = json(&openapi());
+        let doc = json(&openapi_with(&options));
+        let paths = |doc: &serde_json::Value| {
+            doc["paths"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let expected: Vec<String> = paths(&plain)
+            .iter()
+            .map(|path| format!("/api/webhooks{path}"))
+            .collect();
+        assert!(expected.contains(&"/api/webhooks/v1/agents/{agent_id}/webhook".to_owned()));
+        assert_eq!(paths(&doc), expected);
+        // The operations themselves are unchanged, only moved.
+        assert_eq!(
+            doc["paths"]["/api/webhooks/v1/webhook-deliveries/{delivery_id}"],
+            plain["paths"]["/v1/webhook-deliveries/{delivery_id}"]
+        );
+        assert_eq!(doc["security"], serde_json::json!([{"apiKey": []}]));
+        assert_eq!(
+            doc["components"]["securitySchemes"],
+            serde_json::json!({"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}})
+        );
+        // The library's own components stay.
+        assert_eq!(
+            doc["components"]["schemas"]["Problem"],
+            plain["components"]["schemas"]["Problem"]
+        );
+        assert!(doc.get("servers").is_none());
+    }
+
+    #[test]
+    fn security_without_a_prefix_and_the_last_scheme_wins() {
+        let bearer =
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
+        let options = OpenApiOptions::new()
+            .security("first", api_key())
+            .unwrap()
+            .security("bearer_auth", bearer)
+            .unwrap();
+        let doc = json(&openapi_with(&options));
+        assert_eq!(doc["security"], serde_json::json!([{"bearer_auth": []}]));
+        assert_eq!(
+            doc["components"]["securitySchemes"],
+            serde_json::json!({"bearer_auth": {"type": "http", "scheme": "bearer"}})
+        );
+        assert_eq!(doc["paths"], json(&openapi())["paths"]);
+    }
+
+    #[test]
+    fn bad_prefixes_and_scheme_names_are_refused() {
+        for prefix in [
+            "api",
+            "/api/",
+            "/",
+            "//api",
+            "/api//webhooks",
+            "/api/{org}",
+            "/a b",
+            "/api?x",
+            "/é",
+        ] {
+            assert_eq!(
+                OpenApiOptions::new().prefix(prefix),
+                Err(OpenApiOptionsError::Prefix(prefix.to_owned())),
+                "{prefix}"
+            );
+        }
+        for prefix in ["/api", "/api/webhooks", "/v-1.2_~x"] {
+            assert!(OpenApiOptions::new().prefix(prefix).is_ok(), "{prefix}");
+        }
+        for name in ["", "api key", "api/key", "#key"] {
+            assert_eq!(
+                OpenApiOptions::new().security(name, api_key()),
+                Err(OpenApiOptionsError::SchemeName(name.to_owned())),
+                "{name:?}"
+            );
+        }
+        assert_eq!(
+            OpenApiOptionsError::Prefix("api".into()).to_string(),
+            "the OpenAPI prefix must be empty or a path like `/api/webhooks`: starting with `/`, \
+             not ending with one, without empty segments, in letters, digits and `-._~`; got `api`"
+        );
+    }
 }

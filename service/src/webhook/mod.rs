@@ -54,6 +54,10 @@ pub struct WebhookConfig {
     /// Whether deliveries are enqueued; defaults to true.
     #[serde(default = "enabled_by_default")]
     pub webhook_enabled: bool,
+    /// Whether deliveries go out in order within their lane
+    /// ([`lanes`](crate::delivery::lanes)); defaults to false.
+    #[serde(default)]
+    pub webhook_ordered: bool,
     /// A content filter over the event payload ([`content_filter`]); absent or null means
     /// none: every payload of a wanted event type is delivered.
     #[serde(default)]
@@ -86,6 +90,9 @@ pub struct WebhookConfigPatch {
     /// Enable or disable deliveries.
     #[serde(default)]
     pub webhook_enabled: Option<bool>,
+    /// Turn ordered delivery per lane on or off (events enqueued before keep their order).
+    #[serde(default)]
+    pub webhook_ordered: Option<bool>,
     /// A new content filter ([`content_filter`]); `null` removes the filter, absent keeps it.
     #[serde(default, deserialize_with = "present")]
     #[cfg_attr(feature = "axum", schema(value_type = Option<Object>))]
@@ -108,6 +115,7 @@ pub struct ValidatedConfig {
     pub secret: Option<WebhookSecret>,
     pub events: EventFilter,
     pub enabled: bool,
+    pub ordered: bool,
     pub filter: Option<ContentFilter>,
 }
 
@@ -123,6 +131,7 @@ impl WebhookConfig {
                 .transpose()?,
             events: EventFilter::parse(&self.webhook_events)?,
             enabled: self.webhook_enabled,
+            ordered: self.webhook_ordered,
             filter: parse_filter(self.webhook_filter.as_ref())?,
         })
     }
@@ -145,6 +154,8 @@ pub struct WebhookConfigView {
     pub all_events: bool,
     /// Whether deliveries are enqueued.
     pub webhook_enabled: bool,
+    /// Whether deliveries go out in order within their lane.
+    pub webhook_ordered: bool,
     /// When the current run of failed attempts began; `None` while the last attempt succeeded
     /// (or none failed). A run that lasts the settings' `disable_after` disables the webhook.
     pub failing_since: Option<chrono::DateTime<chrono::Utc>>,
@@ -199,6 +210,7 @@ pub async fn configure<C: ConnectionTrait>(
         ),
         (agents::Column::WebhookEvents, Expr::value(Some(events))),
         (agents::Column::WebhookEnabled, Expr::value(valid.enabled)),
+        (agents::Column::WebhookOrdered, Expr::value(valid.ordered)),
         (agents::Column::WebhookFilter, Expr::value(filter)),
     ];
     if valid.enabled {
@@ -269,6 +281,9 @@ pub async fn update<C: ConnectionTrait>(
         if enabled {
             columns.extend(restart_health());
         }
+    }
+    if let Some(ordered) = patch.webhook_ordered {
+        columns.push((agents::Column::WebhookOrdered, Expr::value(ordered)));
     }
     if columns.is_empty() {
         return view(&agent);
@@ -654,6 +669,7 @@ fn view(agent: &AgentWebhook) -> Result<WebhookConfigView> {
         all_events: events.is_all(),
         webhook_events: events.as_slice().to_vec(),
         webhook_enabled: agent.webhook_enabled,
+        webhook_ordered: agent.webhook_ordered,
         failing_since: agent.webhook_failing_since.map(|t| t.to_utc()),
         disabled_at: agent.webhook_disabled_at.map(|t| t.to_utc()),
         disabled_reason: agent.webhook_disabled_reason.clone(),

@@ -41,6 +41,7 @@ fn item<'a>(
         event_id,
         event_type: "run.completed",
         payload: payload.into(),
+        lane: None,
     }
 }
 

@@ -37,6 +37,7 @@ fn item<'a>(
         event_id,
         event_type,
         payload: payload.into(),
+        lane: None,
     }
 }
 

@@ -558,6 +558,8 @@ async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
         delivered_at: Set(Some(recent)),
         next_retry_at: Set(None),
         payload: Set(None),
+        lane: Set(None),
+        lane_seq: Set(None),
     })
     .exec(&t.db)
     .await

@@ -53,6 +53,7 @@ async fn crud_relations_and_cascade(backend: Backend) {
     .await
     .unwrap();
     assert!(!agent.webhook_enabled, "webhook_enabled defaults to false");
+    assert!(!agent.webhook_ordered, "webhook_ordered defaults to false");
     assert_eq!(agent.created_at, at(0), "timestamps keep microseconds");
 
     let mut first = delivery("d-1", &agent, "run.completed");
@@ -118,6 +119,7 @@ async fn crud_relations_and_cascade(backend: Backend) {
         id: Set("agent-2".to_owned()),
         organization_id: Set(org.id.clone()),
         name: Set("second".to_owned()),
+        webhook_ordered: Set(false),
         ..Default::default()
     }
     .insert(db)

@@ -206,6 +206,7 @@ async fn seed(t: &TestDb) {
         organization_id: Set("org-2".to_owned()),
         name: Set(OTHER_AGENT.to_owned()),
         webhook_enabled: Set(false),
+        webhook_ordered: Set(false),
         ..Default::default()
     }
     .insert(&t.db)
@@ -329,12 +330,13 @@ async fn every_route_works(backend: Backend) {
             "org-1",
             "PATCH",
             &agent_path(""),
-            Some(json!({"webhook_events": ["job.failed"]})),
+            Some(json!({"webhook_events": ["job.failed"], "webhook_ordered": true})),
         )
         .await;
     assert_eq!(patch.status, 200, "{}", patch.body);
     assert_eq!(patch.json()["webhook_events"], json!(["job.failed"]));
     assert_eq!(patch.json()["webhook_url"], "https://hooks.example.com/new");
+    assert_eq!(patch.json()["webhook_ordered"], true);
 
     let rotate = api
         .call("org-1", "POST", &agent_path("/secret/rotate"), None)
@@ -916,32 +918,26 @@ backend_tests!(
     bad_requests_get_their_problem_and_change_nothing
 );
 
-/// The document served at `OPENAPI_PATH` lists exactly the routes of [`routes`] (which the
-/// tests above call), and is a valid OpenAPI 3.1 document.
-#[tokio::test]
-async fn openapi_document_lists_the_mounted_routes_and_validates() {
+/// Serves `router` on a loopback port and answers `GET path` with its status and body.
+async fn get_from(router: axum::Router, path: &str) -> (u16, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, http::openapi_router()).await });
-    let text = reqwest::Client::builder()
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let answer = reqwest::Client::builder()
         .no_proxy()
         .build()
         .unwrap()
-        .get(format!("http://{addr}{}", http::OPENAPI_PATH))
+        .get(format!("http://{addr}{path}"))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
-    let doc: Value = serde_json::from_str(&text).unwrap();
-    assert!(
-        doc["openapi"].as_str().unwrap().starts_with("3.1"),
-        "{}",
-        doc["openapi"]
-    );
+    let status = answer.status().as_u16();
+    (status, answer.text().await.unwrap())
+}
 
-    let documented: BTreeSet<(String, String)> = doc["paths"]
+/// The (method, path) pairs of a document's operations.
+fn documented(doc: &Value) -> BTreeSet<(String, String)> {
+    doc["paths"]
         .as_object()
         .unwrap()
         .iter()
@@ -951,18 +947,24 @@ async fn openapi_document_lists_the_mounted_routes_and_validates() {
                 .keys()
                 .map(move |method| (method.to_uppercase(), path.clone()))
         })
-        .collect();
-    let mounted: BTreeSet<(String, String)> = routes()
+        .collect()
+}
+
+/// The (method, path) pairs of [`routes`] under `prefix`, named as the document names them.
+fn mounted(prefix: &str) -> BTreeSet<(String, String)> {
+    routes()
         .into_iter()
         .map(|(method, path, _)| {
             let path = path
                 .replace("{agent}", "{agent_id}")
                 .replace("{delivery}", "{delivery_id}");
-            (method.to_owned(), path)
+            (method.to_owned(), format!("{prefix}{path}"))
         })
-        .collect();
-    assert_eq!(documented, mounted);
+        .collect()
+}
 
+/// Passes `text` through `openapi-spec-validator`.
+fn assert_valid_openapi(text: &str) {
     let mut child = Command::new(integration_tests::python())
         .args([
             "-c",
@@ -987,4 +989,51 @@ async fn openapi_document_lists_the_mounted_routes_and_validates() {
         "openapi-spec-validator refused the document: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The document served at `OPENAPI_PATH` lists exactly the routes of [`routes`] (which the
+/// tests above call), and is a valid OpenAPI 3.1 document.
+#[tokio::test]
+async fn openapi_document_lists_the_mounted_routes_and_validates() {
+    let (status, text) = get_from(http::openapi_router(), http::OPENAPI_PATH).await;
+    assert_eq!(status, 200, "{text}");
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    assert_eq!(documented(&doc), mounted(""));
+    assert!(doc.get("security").is_none(), "{}", doc["security"]);
+    assert_valid_openapi(&text);
+}
+
+/// `openapi_router_with` serves, under the app's prefix, the document of an app that nests the
+/// router there behind its own API key: every route under the prefix, the key required by
+/// every operation; and it is valid too.
+#[tokio::test]
+async fn openapi_document_of_a_nesting_app_has_its_prefix_and_scheme_and_validates() {
+    use agent_webhooks::http::utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+
+    let scheme = SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key")));
+    let options = http::OpenApiOptions::new()
+        .prefix("/api/webhooks")
+        .unwrap()
+        .security("appKey", scheme)
+        .unwrap();
+    let path = "/api/webhooks/v1/webhooks/openapi.json";
+    assert_eq!(options.document_path(), path);
+    let (status, text) = get_from(http::openapi_router_with(&options), path).await;
+    assert_eq!(status, 200, "{text}");
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(documented(&doc), mounted("/api/webhooks"));
+    assert_eq!(doc["security"], json!([{"appKey": []}]));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["appKey"],
+        json!({"type": "apiKey", "in": "header", "name": "x-api-key"})
+    );
+    assert_valid_openapi(&text);
+    // Only under the prefix.
+    let (status, _) = get_from(http::openapi_router_with(&options), http::OPENAPI_PATH).await;
+    assert_eq!(status, 404);
 }

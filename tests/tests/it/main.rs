@@ -19,6 +19,7 @@ mod health;
 mod host_autogenerate;
 mod host_schema;
 mod http;
+mod lanes;
 mod portal;
 mod recording;
 mod schema;

@@ -212,6 +212,7 @@ async fn portal_flow() {
         name: Set("agent-2".to_owned()),
         webhook_url: Set(Some(format!("http://{receiver}/ok"))),
         webhook_enabled: Set(true),
+        webhook_ordered: Set(false),
         ..Default::default()
     }
     .insert(&t.db)

@@ -269,6 +269,7 @@ async fn arbitrary_text_is_stored_as_documented(backend: Backend) {
             event_id,
             event_type: "run.completed",
             payload: (&payload).into(),
+            lane: None,
         })
         .collect();
     let ids: Vec<String> = delivery::enqueue_many(&t.db, &s, &items, t0())

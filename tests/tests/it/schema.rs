@@ -6,7 +6,7 @@ use integration_tests::{Backend, TestDb, backend_tests};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::DbErr;
 
-const MIGRATIONS: usize = 6;
+const MIGRATIONS: usize = 7;
 /// `down` steps from fully migrated back to the baseline alone.
 const TO_BASELINE: u32 = MIGRATIONS as u32 - 1;
 const OUR_TABLES: [&str; 5] = [
@@ -82,18 +82,20 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
         "redundant index still there: {after_up:#?}"
     );
 
-    // Down the content-filter migration alone: its column is gone.
-    Migrator::down(&t.db, Some(1)).await.unwrap();
+    // Down the ordered-lanes and content-filter migrations: their columns are gone.
+    Migrator::down(&t.db, Some(2)).await.unwrap();
     let before_filter = snapshot(&t).await;
-    assert!(
-        !before_filter.iter().any(|l| l.contains("webhook_filter")),
-        "webhook_filter left behind: {before_filter:#?}"
-    );
+    for column in ["webhook_filter", "webhook_ordered"] {
+        assert!(
+            !before_filter.iter().any(|l| l.contains(column)),
+            "{column} left behind: {before_filter:#?}"
+        );
+    }
     Migrator::up(&t.db, None).await.unwrap();
     assert_eq!(snapshot(&t).await, after_up);
 
     // Down the signing-secrets migration too: its table and the Ed25519 columns are gone.
-    Migrator::down(&t.db, Some(2)).await.unwrap();
+    Migrator::down(&t.db, Some(3)).await.unwrap();
     let before_signing = snapshot(&t).await;
     assert!(!has_table(&t, "webhook_previous_secrets").await);
     assert!(
@@ -104,7 +106,7 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
     assert_eq!(snapshot(&t).await, after_up);
 
     // Down the worker migration too: the index is back, the payload and the attempt log gone.
-    Migrator::down(&t.db, Some(3)).await.unwrap();
+    Migrator::down(&t.db, Some(4)).await.unwrap();
     let before_worker = snapshot(&t).await;
     assert!(
         before_worker

@@ -30,6 +30,7 @@ async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
         webhook_events: vec![],
         webhook_enabled: true,
         webhook_filter: None,
+        webhook_ordered: false,
     };
     webhook::configure(&t.db, &settings, "agent-1", &request)
         .await
@@ -96,6 +97,7 @@ async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
         webhook_events: vec![],
         webhook_enabled: true,
         webhook_filter: None,
+        webhook_ordered: false,
     };
     webhook::configure(&t.db, &dev, "agent-1", &local)
         .await

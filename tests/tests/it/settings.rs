@@ -32,6 +32,7 @@ fn config(url: &str, secret: Option<&str>) -> WebhookConfig {
         webhook_events: Vec::new(),
         webhook_enabled: true,
         webhook_filter: None,
+        webhook_ordered: false,
     }
 }
 
@@ -193,10 +194,67 @@ async fn claim_lease_sets_how_long_a_claim_holds(backend: Backend) {
     }
 }
 
+/// `WEBHOOK_RETRY_SCHEDULE` decides when a failed delivery is due again (the stored
+/// `next_retry_at`) and, set alone, how many attempts it gets: one more than its delays.
+async fn retry_schedule_decides_when_a_failed_delivery_is_due(backend: Backend) {
+    let t = TestDb::migrated(backend).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    let mut s = settings(&[(vars::RETRY_SCHEDULE, "3h, 90s")]);
+    assert_eq!(s.retry.max_attempts, 3);
+    // Without jitter (no variable sets it), so the instants are exact.
+    s.retry.jitter = 0.0;
+    let Enqueued::Created(created) = delivery::enqueue(
+        &t.db,
+        &s,
+        "agent-1",
+        "evt-schedule",
+        "run.completed",
+        &json!({"n": 1}),
+        t0(),
+    )
+    .await
+    .unwrap() else {
+        panic!("the event was not enqueued");
+    };
+    let failure = AttemptOutcome::Status {
+        code: 500,
+        retry_after: None,
+    };
+    // The default schedule would retry after 5 s and then 5 min.
+    let mut now = t0();
+    for delay in [TimeDelta::hours(3), TimeDelta::seconds(90)] {
+        let claims = delivery::claim_due(&t.db, &s, now, 10).await.unwrap();
+        assert_eq!(claims.len(), 1, "due at {now}");
+        let decision = delivery::record_outcome(&t.db, &s, &claims[0], &failure, now)
+            .await
+            .unwrap();
+        let next = now + delay;
+        assert_eq!(decision, Decision::RetryAt(next));
+        let stored = delivery::get(&t.db, &created.id, now).await.unwrap();
+        assert_eq!(stored.next_retry_at, Some(next));
+        let early = next - TimeDelta::seconds(1);
+        assert!(
+            delivery::claim_due(&t.db, &s, early, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "due before {next}"
+        );
+        now = next;
+    }
+    let claims = delivery::claim_due(&t.db, &s, now, 10).await.unwrap();
+    assert_eq!(claims.len(), 1, "due at {now}");
+    let last = delivery::record_outcome(&t.db, &s, &claims[0], &failure, now)
+        .await
+        .unwrap();
+    assert_eq!(last, Decision::GiveUp(GiveUpReason::MaxAttempts(3)));
+}
+
 backend_tests!(
     url_policy_decides_which_urls_configure,
     secret_keys_decide_whether_a_secret_can_be_stored,
     max_attempts_bounds_every_delivery,
+    retry_schedule_decides_when_a_failed_delivery_is_due,
     claim_lease_sets_how_long_a_claim_holds,
 );
 

@@ -22,6 +22,7 @@ fn config() -> WebhookConfig {
         webhook_events: vec![],
         webhook_enabled: true,
         webhook_filter: None,
+        webhook_ordered: false,
     }
 }
 

@@ -152,6 +152,11 @@ pub(crate) fn overview(place: &Place, page: &Overview) -> Markup {
                     @if let Some(since) = webhook.failing_since {
                         dt { "Failing since" } dd { (time(since)) }
                     }
+                    dt { "Order" }
+                    dd #current-order {
+                        @if webhook.webhook_ordered { "in order within each lane (run or conversation)" }
+                        @else { "unordered" }
+                    }
                     dt { "Event types" }
                     dd #current-events {
                         @if webhook.all_events { "all events" }
@@ -336,6 +341,9 @@ pub(crate) fn delivery(
                 dt { "Event id" } dd { code { (d.event_id) } }
                 dt { "URL" } dd { code { (d.webhook_url) } }
                 dt { "State" } dd #delivery-state { (state_badge(d.state)) }
+                @if let (Some(lane), Some(seq)) = (&d.lane, d.lane_seq) {
+                    dt { "Lane" } dd { code { (lane) } " #" (seq) }
+                }
                 dt { "Attempts" } dd { (d.attempt_count) }
                 dt { "Created" } dd { (time(d.created_at)) }
                 @if let Some(at) = d.delivered_at { dt { "Delivered" } dd { (time(at)) } }

@@ -168,6 +168,7 @@ fn enqueue_items<'a>(
             event_id,
             event_type: "run.completed",
             payload: payload.into(),
+            lane: None,
         })
         .collect()
 }

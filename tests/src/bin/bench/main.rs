@@ -25,6 +25,7 @@ mod batched;
 mod claim;
 mod cpu;
 mod history;
+mod lanes;
 mod migration;
 mod procstat;
 mod scale;
@@ -223,6 +224,15 @@ async fn run(args: Args, backends: Vec<Backend>) {
                     &[10_000, 1_000_000]
                 },
                 if q { 20 } else { 200 },
+            )
+            .await;
+        }
+        if on("lanes") {
+            lanes::figures(
+                &mut report,
+                backend,
+                if q { 2_000 } else { 10_000 },
+                if q { 10 } else { 100 },
             )
             .await;
         }

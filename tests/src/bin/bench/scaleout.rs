@@ -434,6 +434,7 @@ async fn saturation(
                         event_id: &ids[i],
                         event_type: "run.completed",
                         payload: delivery::Payload::json(&payloads[i]),
+                        lane: None,
                     })
                     .collect();
                 delivery::enqueue_many(&app, &WebhookSettings::default(), &items, due)

@@ -535,6 +535,7 @@ async fn lean_path(t: &TestDb, tally: &mut [Tally; 3], n: usize, round: usize, n
             event_id: event,
             event_type: "run.completed",
             payload: (&payload).into(),
+            lane: None,
         })
         .collect();
     let many = procstat::measured(t, async {
