@@ -319,6 +319,7 @@ mod tests {
                 "webhook_deliveries",
                 "webhook_delivery_attempts",
                 "webhook_previous_secrets",
+                "webhook_lanes",
                 "seaql_migrations",
                 "agent_webhooks_schema_objects"
             ])
@@ -327,7 +328,7 @@ mod tests {
             value["columns"][0],
             serde_json::json!({"table": "agents", "column": "webhook_url"})
         );
-        assert_eq!(value["indexes"].as_array().unwrap().len(), 7);
+        assert_eq!(value["indexes"].as_array().unwrap().len(), 8);
         assert_eq!(
             value["shared_tables"],
             serde_json::json!(["organizations", "agents"])

@@ -782,6 +782,7 @@ fn prints_json_by_default_and_the_alembic_hook_on_request() {
             "webhook_deliveries",
             "webhook_delivery_attempts",
             "webhook_previous_secrets",
+            "webhook_lanes",
             "seaql_migrations",
             "agent_webhooks_schema_objects"
         ])
