@@ -99,8 +99,9 @@
 //! * Check and act are separate statements: an agent moved to another organization between
 //!   them is acted on once more. Agents do not change organization in the platform.
 //! * `PUT` replaces the configuration ([`webhook::configure`]; an absent secret keeps the
-//!   stored one); `PATCH` changes only the given fields ([`webhook::update`]).
-//! * The test event is sent whatever the event filter says ([`TEST_EVENT`]), but only to an
+//!   stored one, an absent `webhook_filter` means no content filter); `PATCH` changes only the
+//!   given fields ([`webhook::update`]; `"webhook_filter": null` removes the filter).
+//! * The test event is sent whatever the event and content filters say ([`TEST_EVENT`]), but only to an
 //!   enabled webhook with a URL and a secret; otherwise 409 says which is missing.
 //! * Secret rotation keeps the replaced secret signing alongside the new one for the
 //!   settings' grace period (`WEBHOOK_SIGNING_GRACE_SECS`, default 24 h). The route takes no
@@ -117,6 +118,7 @@
 //! [`webhook::update`]: crate::webhook::update
 //! [`TEST_EVENT`]: crate::webhook::events::TEST_EVENT
 //! [`delivery::recover`]: crate::delivery::recover
+//! [`delivery::would_deliver`]: crate::delivery::would_deliver
 //! [`DeliveryStats`]: crate::delivery::DeliveryStats
 
 mod deliveries;
