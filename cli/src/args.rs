@@ -140,6 +140,39 @@ pub enum ConfigCommand {
         /// says.
         #[arg(long)]
         development: bool,
+        /// A file holding the content filter, a JSON object (`-` for stdin); omitted means no
+        /// filter. See docs/deliveries.md#content-filters.
+        #[arg(long, value_name = "FILE")]
+        filter_file: Option<std::path::PathBuf>,
+    },
+    /// Set or remove only the content filter of an agent's webhook, keeping the rest.
+    Filter {
+        #[arg(long)]
+        agent: String,
+        /// A file holding the content filter, a JSON object (`-` for stdin).
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "clear",
+            conflicts_with = "clear"
+        )]
+        file: Option<std::path::PathBuf>,
+        /// Remove the filter: every payload of a wanted event type is delivered.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Whether an event would be delivered to an agent's webhook, without enqueueing it:
+    /// `would deliver` and exit 0, or the rule that holds it back (disabled, no URL, event type
+    /// not wanted, content filter) and exit 1.
+    CheckFilter {
+        #[arg(long)]
+        agent: String,
+        /// The event type, e.g. `run.completed`.
+        #[arg(long)]
+        event_type: String,
+        /// A file holding the JSON payload (`-` for stdin).
+        #[arg(long, value_name = "FILE")]
+        payload_file: std::path::PathBuf,
     },
     /// Show the webhook of an agent (never the secret).
     Show {

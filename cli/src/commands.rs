@@ -8,7 +8,8 @@ use std::io::Read;
 use std::time::Duration;
 
 use agent_webhooks::delivery::{
-    self, AttemptRecord, Enqueued, HistoryQuery, SkipReason, WebhookDelivery,
+    self, AttemptRecord, Enqueued, HistoryQuery, SkipReason, Verdict, VerdictReason,
+    WebhookDelivery,
 };
 use agent_webhooks::dispatch::{Dispatcher, DrainReport};
 use agent_webhooks::secrets::secret_box::KeyRing;
@@ -17,7 +18,7 @@ use agent_webhooks::secrets::webhook_secret::WebhookSecret;
 use agent_webhooks::settings::{WebhookSettings, format_retry_schedule};
 use agent_webhooks::webhook::signing_secrets::{self, SigningKeyView, SigningKeysView};
 use agent_webhooks::webhook::url_policy::UrlPolicy;
-use agent_webhooks::webhook::{self, WebhookConfig, WebhookConfigView};
+use agent_webhooks::webhook::{self, WebhookConfig, WebhookConfigPatch, WebhookConfigView};
 use anyhow::{Context, anyhow, bail};
 use chrono::Utc;
 use sea_orm::{DatabaseConnection, TransactionTrait};
@@ -47,7 +48,7 @@ fn access(command: &Command) -> Access {
         | Command::Sign { .. }
         | Command::Verify { .. }
         | Command::SealingKeys(SecretsCommand::GenerateKey { .. }) => Access::None,
-        Command::Config(ConfigCommand::Show { .. })
+        Command::Config(ConfigCommand::Show { .. } | ConfigCommand::CheckFilter { .. })
         | Command::Signing(SigningCommand::Show { .. })
         | Command::Deliveries(
             DeliveriesCommand::List { .. }
@@ -334,7 +335,34 @@ fn skip_text(reason: SkipReason) -> &'static str {
         SkipReason::NoUrl => "the agent has no webhook URL",
         SkipReason::NotWanted => "the agent's webhook does not want this event type",
         SkipReason::AgentDeleted => "the agent is deleted",
+        SkipReason::Filtered => "the payload does not match the agent's content filter",
     }
+}
+
+/// The one line of `config check-filter` for an event that would not be delivered.
+fn verdict_text(verdict: &Verdict) -> String {
+    let why = match verdict.reason {
+        VerdictReason::WouldDeliver => return "would deliver".to_owned(),
+        VerdictReason::AgentNotFound => "no such agent",
+        VerdictReason::AgentDeleted => skip_text(SkipReason::AgentDeleted),
+        VerdictReason::Disabled => skip_text(SkipReason::Disabled),
+        VerdictReason::NoUrl => skip_text(SkipReason::NoUrl),
+        VerdictReason::NotWanted => skip_text(SkipReason::NotWanted),
+        VerdictReason::Filtered => skip_text(SkipReason::Filtered),
+    };
+    match &verdict.failed_clause {
+        Some(clause) => format!(
+            "would not deliver ({}): {why}; clause `{clause}` does not hold",
+            verdict.reason.as_str()
+        ),
+        None => format!("would not deliver ({}): {why}", verdict.reason.as_str()),
+    }
+}
+
+/// A JSON value (a content filter, a payload to check) from a file or stdin (`-`).
+fn read_json(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let bytes = read_payload(path)?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
 }
 
 /// The JSON payload of `events emit`, from a file or stdin (`-`), as bytes: stored and sent
@@ -363,7 +391,9 @@ async fn run_config(
             secret_env,
             generate_secret,
             development,
+            filter_file,
         } => {
+            let webhook_filter = filter_file.as_deref().map(read_json).transpose()?;
             if development {
                 settings.url_policy = UrlPolicy::Development;
             }
@@ -379,6 +409,7 @@ async fn run_config(
                     .map(|s| SecretString::from(s.expose().to_owned())),
                 webhook_events: events,
                 webhook_enabled: !disabled,
+                webhook_filter,
                 webhook_ordered: ordered,
             };
             let view = webhook::configure(db, &settings, &agent, &request).await?;
@@ -388,6 +419,32 @@ async fn run_config(
                 output::line(secret.expose())?;
             }
             view
+        }
+        ConfigCommand::Filter { agent, file, .. } => {
+            // clap requires `--file` or `--clear`: no file means clear.
+            let filter = file.as_deref().map(read_json).transpose()?;
+            let patch = WebhookConfigPatch {
+                webhook_filter: Some(filter),
+                ..WebhookConfigPatch::default()
+            };
+            webhook::update(db, &settings, &agent, &patch).await?
+        }
+        ConfigCommand::CheckFilter {
+            agent,
+            event_type,
+            payload_file,
+        } => {
+            let payload = read_json(&payload_file)?;
+            let verdict = delivery::would_deliver(db, &agent, &event_type, &payload).await?;
+            if json {
+                output::print(true, &verdict, |_| String::new())?;
+            } else if verdict.deliver {
+                output::line(&verdict_text(&verdict))?;
+            }
+            if !verdict.deliver {
+                bail!(verdict_text(&verdict));
+            }
+            return Ok(());
         }
         ConfigCommand::Show { agent } => webhook::get(db, &agent).await?,
         ConfigCommand::Disable { agent } => webhook::disable(db, &agent).await?,
@@ -530,6 +587,12 @@ fn config_text(view: &WebhookConfigView) -> String {
     if let Some(since) = view.failing_since {
         text.push_str(&format!("\n  failing since: {}", instant(since)));
     }
+    text.push_str(&format!(
+        "\n  content filter: {}",
+        view.webhook_filter
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |filter| filter.to_string())
+    ));
     text
 }
 

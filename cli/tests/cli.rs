@@ -1159,6 +1159,7 @@ async fn queue(t: &TestDb, port: u16, n: usize) -> (Vec<(String, String)>, Vec<S
         webhook_events: vec![],
         webhook_enabled: true,
         webhook_ordered: false,
+        webhook_filter: None,
     };
     webhook::configure(&t.db, &settings, "agent-1", &config)
         .await
@@ -1443,6 +1444,7 @@ async fn worker_serves_metrics_for_prometheus() {
         webhook_events: vec![],
         webhook_enabled: true,
         webhook_ordered: false,
+        webhook_filter: None,
     };
     webhook::configure(&t.db, &settings, "agent-2", &config)
         .await
@@ -1610,7 +1612,132 @@ async fn ordered_lanes_from_the_cli(backend: Backend) {
     assert!(bad.stderr.contains("webhook-lane"), "{}", bad.stderr);
 }
 
+/// `config set --filter-file` (a file or stdin), `config filter --file`/`--clear`, `config show`
+/// printing it, a refused filter (exit 1, one line naming the place), and `config check-filter`:
+/// one line, exit 0 when the event would be delivered, 1 with the rule when not.
+async fn content_filter_commands(backend: Backend) {
+    let t = TestDb::fresh(backend).await;
+    Migrator::up(&t.db, None).await.unwrap();
+    seed_agent(&t, "agent-1", &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let env = [("DATABASE_URL", t.url.as_str())];
+    let keep = file("keep.json", r#"{"kind": "keep"}"#);
+    let set = run(
+        &[
+            "config",
+            "set",
+            "--agent",
+            "agent-1",
+            "--url",
+            "https://hooks.example.com/a",
+            "--filter-file",
+            &keep,
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(set.code, Some(0), "{}", set.stderr);
+    assert!(
+        set.stdout.contains(r#"content filter: {"kind":"keep"}"#),
+        "{}",
+        set.stdout
+    );
+
+    let check = |payload: &str, event_type: &str| {
+        let payload = file("payload.json", payload);
+        run(
+            &[
+                "config",
+                "check-filter",
+                "--agent",
+                "agent-1",
+                "--event-type",
+                event_type,
+                "--payload-file",
+                &payload,
+            ],
+            &env,
+            None,
+        )
+    };
+    let yes = check(r#"{"kind": "keep"}"#, "run.completed");
+    assert_eq!(
+        (yes.code, yes.stdout.as_str()),
+        (Some(0), "would deliver\n"),
+        "{}",
+        yes.stderr
+    );
+    let no = check(r#"{"kind": "drop"}"#, "run.completed");
+    assert_eq!(no.code, Some(1));
+    assert_eq!(no.stdout, "");
+    assert_eq!(no.stderr.lines().count(), 1, "{}", no.stderr);
+    assert!(
+        no.stderr.contains(
+            "would not deliver (filtered): the payload does not match the agent's content \
+             filter; clause `kind` does not hold"
+        ),
+        "{}",
+        no.stderr
+    );
+
+    // From stdin, refused: one line naming the place and the rule, nothing changed.
+    let bad = run(
+        &["config", "filter", "--agent", "agent-1", "--file", "-"],
+        &env,
+        Some(br#"{"$or": [{"a": 1}, {"b": {"$gt": null}}]}"#),
+    );
+    assert_eq!(bad.code, Some(1));
+    assert_eq!(bad.stderr.lines().count(), 1, "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains("invalid webhook_filter: at `$or[1].b`: `$gt` needs a number or a string"),
+        "{}",
+        bad.stderr
+    );
+    let show = run(
+        &["config", "show", "--agent", "agent-1", "--json"],
+        &env,
+        None,
+    );
+    assert_eq!(
+        json(&show.stdout)["webhook_filter"],
+        serde_json::json!({"kind": "keep"})
+    );
+
+    let clear = run(
+        &["config", "filter", "--agent", "agent-1", "--clear"],
+        &env,
+        None,
+    );
+    assert_eq!(clear.code, Some(0), "{}", clear.stderr);
+    assert!(
+        clear.stdout.contains("content filter: none"),
+        "{}",
+        clear.stdout
+    );
+    let now_yes = check(r#"{"kind": "drop"}"#, "run.completed");
+    assert_eq!(now_yes.code, Some(0), "{}", now_yes.stderr);
+
+    // Neither --file nor --clear, or both: usage errors.
+    let neither = run(&["config", "filter", "--agent", "agent-1"], &env, None);
+    assert_eq!(neither.code, Some(2), "{}", neither.stderr);
+    let both = run(
+        &[
+            "config", "filter", "--agent", "agent-1", "--clear", "--file", &keep,
+        ],
+        &env,
+        None,
+    );
+    assert_eq!(both.code, Some(2), "{}", both.stderr);
+}
+
 backend_tests!(
+    content_filter_commands,
     ordered_lanes_from_the_cli,
     worker_without_usable_keys_does_not_start,
     config_commands,

@@ -29,6 +29,7 @@ pub struct Model {
     pub webhook_ed25519_secret_key: Option<String>,
     #[sea_orm(column_type = "Text", nullable)]
     pub webhook_ed25519_public_key: Option<String>,
+    pub webhook_filter: Option<Json>,
     pub webhook_ordered: bool,
     #[sea_orm(
         belongs_to,

@@ -58,6 +58,7 @@ mod m20261128_000002_add_webhook_fields_to_agent;
 mod m20261128_000003_delivery_bookkeeping_indexes;
 mod m20261129_000004_delivery_worker;
 mod m20261129_000005_signing_secrets;
+mod m20261205_000006_webhook_content_filter;
 mod m20261205_000007_ordered_lanes;
 
 impl Migrator {
@@ -70,6 +71,7 @@ impl Migrator {
             Box::new(m20261128_000003_delivery_bookkeeping_indexes::Migration),
             Box::new(m20261129_000004_delivery_worker::Migration),
             Box::new(m20261129_000005_signing_secrets::Migration),
+            Box::new(m20261205_000006_webhook_content_filter::Migration),
             Box::new(m20261205_000007_ordered_lanes::Migration),
         ]
     }

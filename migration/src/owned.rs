@@ -102,6 +102,7 @@ pub fn owned_objects() -> OwnedObjects {
                 crate::m20261129_000004_delivery_worker::agent_columns(DbBackend::Postgres).iter(),
             )
             .chain(crate::m20261129_000005_signing_secrets::agent_columns().iter())
+            .chain(crate::m20261205_000006_webhook_content_filter::agent_columns().iter())
             .chain(crate::m20261205_000007_ordered_lanes::agent_columns().iter())
             .map(|column| (agents.clone(), column.get_column_name()))
             .collect(),
@@ -318,6 +319,7 @@ mod tests {
                 "webhook_deliveries",
                 "webhook_delivery_attempts",
                 "webhook_previous_secrets",
+                "webhook_lanes",
                 "seaql_migrations",
                 "agent_webhooks_schema_objects"
             ])
@@ -326,7 +328,7 @@ mod tests {
             value["columns"][0],
             serde_json::json!({"table": "agents", "column": "webhook_url"})
         );
-        assert_eq!(value["indexes"].as_array().unwrap().len(), 7);
+        assert_eq!(value["indexes"].as_array().unwrap().len(), 8);
         assert_eq!(
             value["shared_tables"],
             serde_json::json!(["organizations", "agents"])

@@ -33,6 +33,7 @@ pub enum Agents {
     WebhookEd25519SecretKey,
     #[sea_orm(iden = "webhook_ed25519_public_key")]
     WebhookEd25519PublicKey,
+    WebhookFilter,
     WebhookOrdered,
 }
 

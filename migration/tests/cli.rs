@@ -564,18 +564,17 @@ async fn status_names_what_an_applied_migration_lacks_and_up_restores_it(backend
     let status = migration(dir.path(), Some(&t.url), &["status"]);
     assert!(status.status.success(), "{}", stderr(&status));
     let text = stderr(&status);
-    let last = last_migration();
     assert!(
-        text.contains(&format!(
-            "Migration '{last}'... Applied, incomplete: missing table `webhook_previous_secrets`, \
-             column `agents.webhook_ed25519_public_key`"
-        )),
+        text.contains(
+            "Migration 'm20261129_000005_signing_secrets'... Applied, incomplete: missing table \
+             `webhook_previous_secrets`, column `agents.webhook_ed25519_public_key`"
+        ),
         "{backend:?}: {text}"
     );
     assert_eq!(
         text.matches("incomplete").count(),
         1,
-        "{backend:?}: only the newest migration lacks objects: {text}"
+        "{backend:?}: only the signing-secrets migration lacks objects: {text}"
     );
 
     let out = migration(dir.path(), Some(&t.url), &["up"]);
@@ -636,18 +635,39 @@ async fn kill_down_blocked_by_reader(
     (reader, txn)
 }
 
+/// The migration the two tests below interrupt the rollback of: one with a table and a column
+/// on `agents`, whose `down` drops the table first.
+const SIGNING_SECRETS: &str = "m20261129_000005_signing_secrets";
+
+/// Migrates `t` fully, then rolls back every migration newer than [`SIGNING_SECRETS`], so that
+/// a `down` rolls that one back. Returns the fully migrated schema.
+async fn up_then_down_to_signing_secrets(t: &TestDb, dir: &Path) -> Vec<String> {
+    let out = migration(dir, Some(&t.url), &["up"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let clean = schema::snapshot(t).await;
+    let migrations = Migrator::migrations();
+    let at = migrations
+        .iter()
+        .position(|m| m.name() == SIGNING_SECRETS)
+        .expect("the signing-secrets migration");
+    let newer = (migrations.len() - 1 - at).to_string();
+    if newer != "0" {
+        let out = migration(dir, Some(&t.url), &["down", "-n", &newer]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    clean
+}
+
 /// MariaDB: `down` killed for real half way. A reader's open transaction on `agents` holds its
-/// metadata lock, so the `down` of the newest migration drops its table, then waits to drop the
-/// first column; it is killed there, and the server finishes that orphaned `ALTER` once the
-/// reader commits. The migration stays recorded as applied: `status` shows what is missing and
-/// `up` completes the schema.
+/// metadata lock, so the `down` of the signing-secrets migration drops its table, then waits to
+/// drop the first column; it is killed there, and the server finishes that orphaned `ALTER` once
+/// the reader commits. The migration stays recorded as applied: `status` shows what is missing
+/// and `up` completes the schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_killed_half_way_is_shown_by_status_and_completed_by_up_mysql() {
     let t = TestDb::fresh(Backend::MySql).await;
     let dir = tempfile::tempdir().unwrap();
-    let out = migration(dir.path(), Some(&t.url), &["up"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let clean = schema::snapshot(&t).await;
+    let clean = up_then_down_to_signing_secrets(&t, dir.path()).await;
 
     let (_reader, txn) = kill_down_blocked_by_reader(&t, dir.path(), "agents", "ALTER TABLE").await;
     txn.commit().await.unwrap();
@@ -659,19 +679,20 @@ async fn a_down_killed_half_way_is_shown_by_status_and_completed_by_up_mysql() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let all = i64::try_from(Migrator::migrations().len()).unwrap();
     assert_eq!(
-        t.count("SELECT COUNT(*) FROM seaql_migrations").await,
-        all,
+        t.count(&format!(
+            "SELECT COUNT(*) FROM seaql_migrations WHERE version = '{SIGNING_SECRETS}'"
+        ))
+        .await,
+        1,
         "the killed down left its migration recorded as applied"
     );
 
     let text = stderr(&migration(dir.path(), Some(&t.url), &["status"]));
-    let last = last_migration();
     assert!(
         text.contains(&format!(
-            "Migration '{last}'... Applied, incomplete: missing table `webhook_previous_secrets`, \
-             column `agents.webhook_ed25519_public_key`"
+            "Migration '{SIGNING_SECRETS}'... Applied, incomplete: missing table \
+             `webhook_previous_secrets`, column `agents.webhook_ed25519_public_key`"
         )),
         "{text}"
     );
@@ -680,16 +701,16 @@ async fn a_down_killed_half_way_is_shown_by_status_and_completed_by_up_mysql() {
     assert_eq!(schema::snapshot(&t).await, clean);
 }
 
-/// MariaDB: `down` killed before its first `DROP` took effect (it waits for a reader's metadata
-/// lock on the table, and the server ends its connection). Nothing is missing, but the rollback
-/// began: it may already have forgotten records. `status` says so and `up` clears it.
+/// MariaDB: `down` of the signing-secrets migration killed before its first `DROP` took effect
+/// (it waits for a reader's metadata lock on the table, and the server ends its connection).
+/// Nothing is missing, but the rollback began: it may already have forgotten records. `status`
+/// says so and `up` clears it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_killed_before_its_first_drop_is_shown_by_status_mysql() {
     let t = TestDb::fresh(Backend::MySql).await;
     let dir = tempfile::tempdir().unwrap();
-    let out = migration(dir.path(), Some(&t.url), &["up"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let clean = schema::snapshot(&t).await;
+    let clean = up_then_down_to_signing_secrets(&t, dir.path()).await;
+    let before = schema::snapshot(&t).await;
 
     let (_reader, txn) =
         kill_down_blocked_by_reader(&t, dir.path(), "webhook_previous_secrets", "DROP TABLE").await;
@@ -711,13 +732,12 @@ async fn a_down_killed_before_its_first_drop_is_shown_by_status_mysql() {
         "the killed DROP is still running"
     );
     txn.commit().await.unwrap();
-    assert_eq!(schema::snapshot(&t).await, clean, "nothing was dropped");
+    assert_eq!(schema::snapshot(&t).await, before, "nothing was dropped");
 
     let text = stderr(&migration(dir.path(), Some(&t.url), &["status"]));
-    let last = last_migration();
     assert!(
         text.contains(&format!(
-            "Migration '{last}'... Applied, incomplete: its rollback was interrupted; \
+            "Migration '{SIGNING_SECRETS}'... Applied, incomplete: its rollback was interrupted; \
              `migration up` completes it"
         )),
         "{text}"
@@ -762,6 +782,7 @@ fn prints_json_by_default_and_the_alembic_hook_on_request() {
             "webhook_deliveries",
             "webhook_delivery_attempts",
             "webhook_previous_secrets",
+            "webhook_lanes",
             "seaql_migrations",
             "agent_webhooks_schema_objects"
         ])

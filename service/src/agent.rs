@@ -35,6 +35,8 @@ pub(crate) struct AgentWebhook {
     pub webhook_ed25519_secret_key: Option<String>,
     /// The `whpk_` public key of that pair.
     pub webhook_ed25519_public_key: Option<String>,
+    /// The content filter as stored; parsed by `webhook::stored_filter`.
+    pub webhook_filter: Option<serde_json::Value>,
     /// Deliveries go out in order within their lane ([`crate::delivery::lanes`]).
     pub webhook_ordered: bool,
 }
@@ -61,6 +63,7 @@ impl From<&agents::Model> for AgentWebhook {
             webhook_disabled_reason: agent.webhook_disabled_reason.clone(),
             webhook_ed25519_secret_key: agent.webhook_ed25519_secret_key.clone(),
             webhook_ed25519_public_key: agent.webhook_ed25519_public_key.clone(),
+            webhook_filter: agent.webhook_filter.clone(),
             webhook_ordered: agent.webhook_ordered,
         }
     }

@@ -9,6 +9,7 @@ use crate::secrets::ed25519::KeyFormatError;
 use crate::secrets::secret_box::SecretBoxError;
 use crate::secrets::signing::SignError;
 use crate::secrets::webhook_secret::{RngError, SecretFormatError};
+use crate::webhook::content_filter::ContentFilterError;
 use crate::webhook::events::EventFilterError;
 use crate::webhook::url_policy::UrlPolicyError;
 
@@ -30,6 +31,9 @@ pub enum Error {
     Url(#[from] UrlPolicyError),
     #[error("invalid webhook_events: {0}")]
     Events(#[from] EventFilterError),
+    /// A content filter that breaks a rule of the filter language.
+    #[error("invalid webhook_filter: {0}")]
+    Filter(ContentFilterError),
     #[error("invalid webhook_secret: {0}")]
     SecretFormat(#[from] SecretFormatError),
     /// Secrets are never stored in plaintext.
@@ -53,6 +57,13 @@ pub enum Error {
     CorruptEvents {
         agent_id: String,
         source: serde_json::Error,
+    },
+    /// The stored content filter does not parse (written by another tool): the enqueue fails
+    /// rather than deliver what it was meant to hold back.
+    #[error("stored webhook_filter of agent `{agent_id}` is invalid: {source}")]
+    CorruptFilter {
+        agent_id: String,
+        source: ContentFilterError,
     },
     #[error("invalid {field}: {rule}")]
     InvalidEvent {

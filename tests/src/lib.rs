@@ -420,6 +420,7 @@ pub async fn seed_webhook(
         webhook_secret: Some(secrecy::SecretString::from(secret.expose().to_owned())),
         webhook_events: vec![],
         webhook_enabled: true,
+        webhook_filter: None,
         webhook_ordered: false,
     };
     webhook::configure(&t.db, settings, agent_id, &config)

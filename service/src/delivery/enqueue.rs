@@ -75,7 +75,8 @@ pub async fn enqueue_in_lane<C: ConnectionTrait + TransactionTrait>(
 /// [`EventFilter::entries_matching`](crate::webhook::events::EventFilter::entries_matching)),
 /// notifying like [`insert_rows`]. `None` when it created nothing; the caller then reads the
 /// agent and applies [`destination`] itself, so a filter this statement cannot read (not a JSON
-/// array) or a repeated event ends exactly as the two-statement path decides.
+/// array), an agent with a content filter (evaluated in Rust, on the read path) or a repeated
+/// event ends exactly as the two-statement path decides.
 async fn insert_if_deliverable<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
@@ -111,7 +112,9 @@ async fn insert_if_deliverable<C: ConnectionTrait>(
         .and_where(Expr::col((agents::Entity, agents::Column::WebhookOrdered)).eq(false))
         .and_where(Expr::col((agents::Entity, agents::Column::WebhookUrl)).is_not_null());
     if event_type != crate::webhook::events::TEST_EVENT {
-        select.and_where(wants_event(backend, event_type));
+        select
+            .and_where(wants_event(backend, event_type))
+            .and_where(Expr::col((agents::Entity, agents::Column::WebhookFilter)).is_null());
     }
     let mut insert = Query::insert();
     insert
@@ -219,10 +222,12 @@ pub(super) fn checked_event(
     Ok(payload)
 }
 
-/// Where a delivery of `event_type` to `agent` goes: its webhook URL, or why it is skipped.
+/// Where a delivery of `event_type` with `payload` to `agent` goes: its webhook URL, or why it
+/// is skipped. The test event passes the event-type rule and the content filter alike.
 pub(super) fn destination(
     agent: &AgentWebhook,
     event_type: &str,
+    payload: &[u8],
 ) -> Result<Result<String, SkipReason>> {
     if !agent.is_live() {
         return Ok(Err(SkipReason::AgentDeleted));
@@ -237,6 +242,12 @@ pub(super) fn destination(
         && !crate::webhook::stored_events(agent)?.wants(event_type)
     {
         return Ok(Err(SkipReason::NotWanted));
+    }
+    if event_type != crate::webhook::events::TEST_EVENT
+        && let Some(filter) = crate::webhook::stored_filter(agent)?
+        && !filter.matches_bytes(payload)
+    {
+        return Ok(Err(SkipReason::Filtered));
     }
     Ok(Ok(url))
 }
@@ -315,7 +326,7 @@ pub(super) async fn insert_for_agent<C: ConnectionTrait + TransactionTrait>(
     payload: Vec<u8>,
     now: DateTime<Utc>,
 ) -> Result<Enqueued> {
-    let url = match destination(agent, event_type)? {
+    let url = match destination(agent, event_type, &payload)? {
         Ok(url) => url,
         Err(reason) => return Ok(Enqueued::Skipped(reason)),
     };
@@ -376,7 +387,7 @@ pub async fn enqueue_many<C: ConnectionTrait + TransactionTrait>(
         let agent = agents_by_id
             .get(item.agent_id)
             .ok_or_else(|| Error::AgentNotFound(item.agent_id.to_owned()))?;
-        match destination(agent, item.event_type)? {
+        match destination(agent, item.event_type, &payload)? {
             Err(reason) => results.push(Some(Enqueued::Skipped(reason))),
             Ok(url) => {
                 results.push(None);

@@ -14,6 +14,7 @@
 //! | `history.rs` | [`get`], [`history`], [`stats`], [`attempts`], [`prune`] |
 //! | `requeue.rs` | [`requeue`], [`recover`] |
 //! | `retry.rs` | [`retry::RetryPolicy`]: the schedule and which outcomes are final |
+//! | `dry_run.rs` | [`would_deliver`]: what an enqueue would do with an event, writing nothing |
 //!
 //! Every function can run inside the caller's transaction. The ones that retry a deadlock
 //! victim themselves ([`claim_due`], [`record_outcome`], [`record_outcomes`], [`release`],
@@ -52,6 +53,7 @@ use crate::error::{Error, Result};
 use crate::settings::WebhookSettings;
 
 mod claim;
+mod dry_run;
 mod enqueue;
 mod health;
 mod history;
@@ -63,6 +65,7 @@ pub mod retry;
 pub(crate) mod state;
 
 pub use claim::*;
+pub use dry_run::*;
 pub use enqueue::*;
 pub use health::*;
 pub use history::*;
@@ -151,6 +154,9 @@ pub enum SkipReason {
     NotWanted,
     /// Soft-deleted (`is_deleted = true`): the platform treats it as gone.
     AgentDeleted,
+    /// The payload does not match the agent's content filter
+    /// ([`content_filter`](crate::webhook::content_filter)).
+    Filtered,
 }
 
 /// A worker's lease on one delivery, handed back when reporting.

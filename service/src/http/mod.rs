@@ -29,9 +29,10 @@
 //! | GET | `/v1/agents/{agent_id}/webhook` | the configuration ([`WebhookConfigView`]), never the secret | 200 |
 //! | PUT | `/v1/agents/{agent_id}/webhook` | sets it ([`WebhookConfig`]) | 200 |
 //! | PATCH | `/v1/agents/{agent_id}/webhook` | changes the given fields ([`WebhookConfigPatch`]) | 200 |
-//! | DELETE | `/v1/agents/{agent_id}/webhook` | clears URL, secret and filter ([`webhook::clear`]) | 204 |
+//! | DELETE | `/v1/agents/{agent_id}/webhook` | clears URL, secret, event and content filters ([`webhook::clear`]) | 204 |
 //! | POST | `/v1/agents/{agent_id}/webhook/secret/rotate` | a new `whsec_` secret, in this answer only | 200 |
 //! | POST | `/v1/agents/{agent_id}/webhook/test` | enqueues a [`TEST_EVENT`] delivery | 202 |
+//! | POST | `/v1/agents/{agent_id}/webhook/filter-check` | whether an event ([`FilterCheck`]) would be delivered, and why not ([`delivery::would_deliver`]); writes nothing | 200 |
 //! | GET | `/v1/agents/{agent_id}/webhook/deliveries` | history, newest first (`state`, `event_type`, `cursor`, `limit`) | 200 |
 //! | POST | `/v1/agents/{agent_id}/webhook/recover` | requeues every failed delivery since `since` ([`delivery::recover`]) | 200 |
 //! | GET | `/v1/agents/{agent_id}/webhook/stats` | [`DeliveryStats`] | 200 |
@@ -81,6 +82,7 @@
 //! | `invalid-body` | 422 | JSON of the wrong shape: an unknown field (`rule: unknown-field`), a missing one (`required`), a wrong type (`type`; also a body that is not an object) |
 //! | `invalid-webhook-url` | 422 | the URL breaks a rule of the URL policy |
 //! | `invalid-event-filter` | 422 | `webhook_events` holds an unknown name, an empty entry or too many |
+//! | `invalid-content-filter` | 422 | `webhook_filter` breaks a rule of the filter language; `detail` names the place in the filter, `rule` the rule ([`FilterRefusal::rule`](crate::webhook::content_filter::FilterRefusal::rule)) |
 //! | `invalid-secret` | 422 | `webhook_secret` is not an accepted form |
 //! | `portal-unavailable` | 503 | a portal link was asked for, but the server has no `WEBHOOK_PORTAL_KEY` |
 //! | `secrets-unavailable` | 503 | the server has no `WEBHOOK_SECRET_KEYS`, so it cannot store a secret |
@@ -97,8 +99,9 @@
 //! * Check and act are separate statements: an agent moved to another organization between
 //!   them is acted on once more. Agents do not change organization in the platform.
 //! * `PUT` replaces the configuration ([`webhook::configure`]; an absent secret keeps the
-//!   stored one); `PATCH` changes only the given fields ([`webhook::update`]).
-//! * The test event is sent whatever the event filter says ([`TEST_EVENT`]), but only to an
+//!   stored one, an absent `webhook_filter` means no content filter); `PATCH` changes only the
+//!   given fields ([`webhook::update`]; `"webhook_filter": null` removes the filter).
+//! * The test event is sent whatever the event and content filters say ([`TEST_EVENT`]), but only to an
 //!   enabled webhook with a URL and a secret; otherwise 409 says which is missing.
 //! * Secret rotation keeps the replaced secret signing alongside the new one for the
 //!   settings' grace period (`WEBHOOK_SIGNING_GRACE_SECS`, default 24 h). The route takes no
@@ -115,6 +118,7 @@
 //! [`webhook::update`]: crate::webhook::update
 //! [`TEST_EVENT`]: crate::webhook::events::TEST_EVENT
 //! [`delivery::recover`]: crate::delivery::recover
+//! [`delivery::would_deliver`]: crate::delivery::would_deliver
 //! [`DeliveryStats`]: crate::delivery::DeliveryStats
 
 mod deliveries;
@@ -143,7 +147,7 @@ pub use problem::{ApiError, PROBLEM_TYPE_PREFIX, Problem};
 /// The `utoipa` the documents are built with, so an app's [`SecurityScheme`] (for
 /// [`OpenApiOptions::security`]) is of the same version without a dependency of its own.
 pub use utoipa;
-pub use webhook::RotatedSecret;
+pub use webhook::{FilterCheck, RotatedSecret};
 
 use crate::settings::WebhookSettings;
 
@@ -477,6 +481,7 @@ fn routes() -> OpenApiRouter<HttpState> {
         ))
         .routes(routes!(webhook::rotate_secret))
         .routes(routes!(webhook::send_test))
+        .routes(routes!(webhook::filter_check))
         .routes(routes!(deliveries::list_deliveries))
         .routes(routes!(deliveries::recover))
         .routes(routes!(deliveries::get_stats))

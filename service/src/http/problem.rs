@@ -306,6 +306,15 @@ fn service_problem(error: &Error) -> Problem {
                 EventFilterError::TooMany { .. } => "max-entries",
             },
         ),
+        Error::Filter(e) => at(
+            problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-content-filter",
+                "Invalid content filter",
+            ),
+            "webhook_filter",
+            e.reason.rule(),
+        ),
         Error::SecretFormat(e) => at(
             problem(
                 StatusCode::UNPROCESSABLE_ENTITY,

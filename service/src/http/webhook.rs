@@ -6,13 +6,13 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{AgentPath, JsonBody, OwnAgent};
 use super::problem::{AgentNotFound, ApiError, JsonBodyProblems, Problem, Unauthorized};
 use super::{HttpState, TAG};
-use crate::delivery::{self, Enqueued, SkipReason, WebhookDelivery};
+use crate::delivery::{self, Enqueued, SkipReason, Verdict, WebhookDelivery};
 use crate::error::Error;
 use crate::webhook::events::TEST_EVENT;
 use crate::webhook::{
@@ -225,7 +225,7 @@ pub(super) async fn enqueue_test(
         Enqueued::Skipped(SkipReason::AgentDeleted) => {
             Err(Error::AgentNotFound(agent_id.to_owned()).into())
         }
-        Enqueued::Skipped(SkipReason::NotWanted) => {
+        Enqueued::Skipped(SkipReason::NotWanted | SkipReason::Filtered) => {
             // The test event is never filtered (see `TEST_EVENT`).
             Err(Error::InvalidEvent {
                 field: "event_type",
@@ -234,4 +234,42 @@ pub(super) async fn enqueue_test(
             .into())
         }
     }
+}
+
+/// The body of a filter check: an event as the app would enqueue it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilterCheck {
+    /// The event's type, e.g. `run.completed`.
+    pub event_type: String,
+    /// The event's JSON payload.
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+}
+
+/// Whether an event would be delivered to the agent's webhook, and if not which rule holds it
+/// back (disabled, no URL, event type not wanted, content filter, naming the filter's first
+/// failing top-level clause); nothing is enqueued
+/// ([`delivery::would_deliver`](crate::delivery::would_deliver)).
+#[utoipa::path(
+    post,
+    path = "/v1/agents/{agent_id}/webhook/filter-check",
+    tag = TAG,
+    params(AgentPath),
+    request_body = FilterCheck,
+    responses(
+        (status = 200, description = "What an enqueue would do", body = Verdict),
+        Unauthorized,
+        AgentNotFound,
+        JsonBodyProblems,
+    )
+)]
+pub(super) async fn filter_check(
+    State(state): State<HttpState>,
+    OwnAgent { id: agent_id, .. }: OwnAgent,
+    JsonBody(check): JsonBody<FilterCheck>,
+) -> Result<Json<Verdict>, ApiError> {
+    Ok(Json(
+        delivery::would_deliver(&state.db, &agent_id, &check.event_type, &check.payload).await?,
+    ))
 }

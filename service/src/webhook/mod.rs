@@ -24,9 +24,11 @@ use crate::error::{Error, Result};
 use crate::secrets::secret_box::{KeyRing, SecretBoxError};
 use crate::secrets::webhook_secret::WebhookSecret;
 use crate::settings::WebhookSettings;
+use crate::webhook::content_filter::ContentFilter;
 use crate::webhook::events::EventFilter;
 use crate::webhook::url_policy::UrlPolicy;
 
+pub mod content_filter;
 pub mod events;
 pub mod signing_secrets;
 pub mod url_policy;
@@ -56,6 +58,11 @@ pub struct WebhookConfig {
     /// ([`lanes`](crate::delivery::lanes)); defaults to false.
     #[serde(default)]
     pub webhook_ordered: bool,
+    /// A content filter over the event payload ([`content_filter`]); absent or null means
+    /// none: every payload of a wanted event type is delivered.
+    #[serde(default)]
+    #[cfg_attr(feature = "axum", schema(value_type = Option<Object>))]
+    pub webhook_filter: Option<serde_json::Value>,
 }
 
 fn enabled_by_default() -> bool {
@@ -86,6 +93,20 @@ pub struct WebhookConfigPatch {
     /// Turn ordered delivery per lane on or off (events enqueued before keep their order).
     #[serde(default)]
     pub webhook_ordered: Option<bool>,
+    /// A new content filter ([`content_filter`]); `null` removes the filter, absent keeps it.
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "axum", schema(value_type = Option<Object>))]
+    pub webhook_filter: Option<Option<serde_json::Value>>,
+}
+
+/// A field that is present, `null` included: `Some(None)` for `null`, where a plain `Option`
+/// would read `null` as absent.
+fn present<'de, D, T>(deserializer: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug)]
@@ -95,6 +116,7 @@ pub struct ValidatedConfig {
     pub events: EventFilter,
     pub enabled: bool,
     pub ordered: bool,
+    pub filter: Option<ContentFilter>,
 }
 
 impl WebhookConfig {
@@ -110,6 +132,7 @@ impl WebhookConfig {
             events: EventFilter::parse(&self.webhook_events)?,
             enabled: self.webhook_enabled,
             ordered: self.webhook_ordered,
+            filter: parse_filter(self.webhook_filter.as_ref())?,
         })
     }
 }
@@ -141,6 +164,9 @@ pub struct WebhookConfigView {
     pub disabled_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Why the worker disabled the webhook, e.g. "no successful delivery for 5 days".
     pub disabled_reason: Option<String>,
+    /// The content filter as stored ([`content_filter`]); `None` when there is none.
+    #[cfg_attr(feature = "axum", schema(value_type = Option<Object>))]
+    pub webhook_filter: Option<serde_json::Value>,
 }
 
 /// An agent with its webhook fields (the specification's `AgentState`), safe to serialize.
@@ -175,6 +201,7 @@ pub async fn configure<C: ConnectionTrait>(
         None => None,
     };
     let events = serde_json::Value::from(valid.events.as_slice());
+    let filter = valid.filter.map(|f| f.as_json().clone());
 
     let mut columns = vec![
         (
@@ -184,6 +211,7 @@ pub async fn configure<C: ConnectionTrait>(
         (agents::Column::WebhookEvents, Expr::value(Some(events))),
         (agents::Column::WebhookEnabled, Expr::value(valid.enabled)),
         (agents::Column::WebhookOrdered, Expr::value(valid.ordered)),
+        (agents::Column::WebhookFilter, Expr::value(filter)),
     ];
     if valid.enabled {
         columns.extend(restart_health());
@@ -220,6 +248,11 @@ pub async fn update<C: ConnectionTrait>(
         .as_ref()
         .map(EventFilter::parse)
         .transpose()?;
+    let filter = patch
+        .webhook_filter
+        .as_ref()
+        .map(|filter| parse_filter(filter.as_ref()))
+        .transpose()?;
     let agent = find_agent(db, agent_id).await?;
     let sealed = match &secret {
         Some(secret) => Some(seal(settings.keys.as_ref(), agent_id, secret)?),
@@ -238,6 +271,10 @@ pub async fn update<C: ConnectionTrait>(
     if let Some(events) = events {
         let events = serde_json::Value::from(events.as_slice());
         columns.push((agents::Column::WebhookEvents, Expr::value(Some(events))));
+    }
+    if let Some(filter) = filter {
+        let filter = filter.map(|f| f.as_json().clone());
+        columns.push((agents::Column::WebhookFilter, Expr::value(filter)));
     }
     if let Some(enabled) = patch.webhook_enabled {
         columns.push((agents::Column::WebhookEnabled, Expr::value(enabled)));
@@ -314,6 +351,10 @@ pub async fn clear<C: ConnectionTrait>(db: &C, agent_id: &str) -> Result<Webhook
                 Expr::value(None::<serde_json::Value>),
             ),
             (agents::Column::WebhookEnabled, Expr::value(false)),
+            (
+                agents::Column::WebhookFilter,
+                Expr::value(None::<serde_json::Value>),
+            ),
             (
                 agents::Column::WebhookEd25519SecretKey,
                 Expr::value(None::<String>),
@@ -595,6 +636,30 @@ pub(crate) fn stored_events(agent: &AgentWebhook) -> Result<EventFilter> {
     }
 }
 
+/// A submitted filter, validated; `None` for no filter.
+fn parse_filter(filter: Option<&serde_json::Value>) -> Result<Option<ContentFilter>> {
+    filter
+        .filter(|f| !f.is_null())
+        .map(ContentFilter::parse)
+        .transpose()
+        .map_err(Error::Filter)
+}
+
+/// The stored content filter; `None` when there is none. A stored value that does not parse
+/// (written by another tool, or under other rules) is [`Error::CorruptFilter`]: enqueueing
+/// fails rather than deliver what the filter was meant to hold back.
+pub(crate) fn stored_filter(agent: &AgentWebhook) -> Result<Option<ContentFilter>> {
+    match &agent.webhook_filter {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(json) => ContentFilter::parse(json)
+            .map(Some)
+            .map_err(|source| Error::CorruptFilter {
+                agent_id: agent.id.clone(),
+                source,
+            }),
+    }
+}
+
 fn view(agent: &AgentWebhook) -> Result<WebhookConfigView> {
     let events = stored_events(agent)?;
     Ok(WebhookConfigView {
@@ -608,5 +673,6 @@ fn view(agent: &AgentWebhook) -> Result<WebhookConfigView> {
         failing_since: agent.webhook_failing_since.map(|t| t.to_utc()),
         disabled_at: agent.webhook_disabled_at.map(|t| t.to_utc()),
         disabled_reason: agent.webhook_disabled_reason.clone(),
+        webhook_filter: agent.webhook_filter.clone().filter(|f| !f.is_null()),
     })
 }

@@ -181,6 +181,7 @@ async fn enabling_again_clears_the_health_state(backend: Backend) {
         webhook_secret: None,
         webhook_events: vec![],
         webhook_enabled: true,
+        webhook_filter: None,
         webhook_ordered: false,
     };
     let enabled = webhook::configure(&t.db, &s, AGENT, &config).await.unwrap();

@@ -54,21 +54,21 @@ fn settings() -> WebhookSettings {
 
 /// One answer: status, content type, headers of interest, body.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
+pub(super) struct Answer {
+    pub(super) status: u16,
     content_type: String,
     cache_control: String,
     allow: String,
-    body: String,
+    pub(super) body: String,
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub(super) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
     }
 
     /// Asserts a problem response of this status and slug, and returns it.
-    fn problem(&self, status: u16, slug: &str) -> Value {
+    pub(super) fn problem(&self, status: u16, slug: &str) -> Value {
         assert_eq!(self.status, status, "{}", self.body);
         assert_eq!(
             self.content_type, "application/problem+json",
@@ -88,7 +88,7 @@ impl Answer {
 }
 
 /// A client of the API served on a loopback port; remembers every body it received.
-struct Api {
+pub(super) struct Api {
     addr: SocketAddr,
     base: String,
     client: reqwest::Client,
@@ -96,7 +96,7 @@ struct Api {
 }
 
 impl Api {
-    async fn start(t: &TestDb) -> Api {
+    pub(super) async fn start(t: &TestDb) -> Api {
         let app = http::router(HttpState::new(t.db.clone(), settings(), OrgHeader))
             .merge(http::openapi_router());
         Api::serve(app).await
@@ -120,7 +120,13 @@ impl Api {
     }
 
     /// `method path` as `org`, with a JSON body when one is given.
-    async fn call(&mut self, org: &str, method: &str, path: &str, body: Option<Value>) -> Answer {
+    pub(super) async fn call(
+        &mut self,
+        org: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Answer {
         let raw = body.map(|b| b.to_string());
         self.raw(Some(org), method, path, raw.as_deref(), "application/json")
             .await
@@ -241,6 +247,11 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ("DELETE", agent, None),
         ("POST", "/v1/agents/{agent}/webhook/secret/rotate", None),
         ("POST", "/v1/agents/{agent}/webhook/test", None),
+        (
+            "POST",
+            "/v1/agents/{agent}/webhook/filter-check",
+            Some(json!({"event_type": "run.completed", "payload": {}})),
+        ),
         ("GET", "/v1/agents/{agent}/webhook/deliveries", None),
         (
             "POST",

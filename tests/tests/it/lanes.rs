@@ -293,6 +293,7 @@ async fn order_holds_across_failures_and_killed_workers(backend: Backend) {
         webhook_events: vec![],
         webhook_enabled: true,
         webhook_ordered: true,
+        webhook_filter: None,
     };
     webhook::configure(&t.db, &settings, "agent-1", &config)
         .await

@@ -10,6 +10,7 @@
 mod adoption;
 mod app_server;
 mod batch;
+mod content_filter;
 mod deliveries;
 mod entities;
 mod explain;

@@ -278,6 +278,25 @@ async fn portal_flow() {
     .await;
     let keys = wait_text(&c, "#current-keys", |t| t.contains("hs_")).await;
     assert!(keys.contains("primary"), "{keys}");
+    // The content filter, read-only: none, then the one the app set through the API.
+    wait_text(&c, "#current-filter", |t| t.starts_with("none")).await;
+    let set_filter = |filter: &'static str| {
+        http_client
+            .patch(format!("{base}/v1/agents/agent-1/webhook"))
+            .header("x-org", "org-1")
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"webhook_filter": {filter}}}"#))
+            .send()
+    };
+    assert_eq!(
+        set_filter(r#"{"kind": "keep"}"#).await.unwrap().status(),
+        200
+    );
+    c.goto(&home).await.unwrap();
+    wait_text(&c, "#current-filter", |t| t == r#"{"kind":"keep"}"#).await;
+    assert_eq!(set_filter("null").await.unwrap().status(), 200);
+    c.goto(&home).await.unwrap();
+    wait_text(&c, "#current-filter", |t| t.starts_with("none")).await;
     assert!(
         !c.source().await.unwrap().contains(first_secret.expose()),
         "no secret on the page"

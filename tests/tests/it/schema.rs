@@ -88,6 +88,7 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
         "ix_webhook_previous_secrets_agent_expires",
         "webhook_ed25519_secret_key",
         "webhook_ed25519_public_key",
+        "webhook_filter",
     ] {
         assert!(
             after_up.iter().any(|l| l.contains(expected)),
@@ -114,6 +115,20 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
             "{gone} left behind: {before_lanes:#?}"
         );
     }
+    Migrator::up(&t.db, None).await.unwrap();
+    assert_eq!(snapshot(&t).await, after_up);
+
+    // Down the content-filter migration and the later ones: its column is gone too.
+    Migrator::down(
+        &t.db,
+        Some(steps_to_undo("m20261205_000006_webhook_content_filter")),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !snapshot(&t).await.iter().any(|l| l.contains("webhook_filter")),
+        "webhook_filter left behind"
+    );
     Migrator::up(&t.db, None).await.unwrap();
     assert_eq!(snapshot(&t).await, after_up);
 

@@ -29,6 +29,7 @@ async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
         webhook_secret: Some(SecretString::from(secret.expose().to_owned())),
         webhook_events: vec![],
         webhook_enabled: true,
+        webhook_filter: None,
         webhook_ordered: false,
     };
     webhook::configure(&t.db, &settings, "agent-1", &request)
@@ -95,6 +96,7 @@ async fn prepares_a_signed_request_or_refuses_to(backend: Backend) {
         webhook_secret: None,
         webhook_events: vec![],
         webhook_enabled: true,
+        webhook_filter: None,
         webhook_ordered: false,
     };
     webhook::configure(&t.db, &dev, "agent-1", &local)

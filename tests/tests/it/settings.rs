@@ -31,6 +31,7 @@ fn config(url: &str, secret: Option<&str>) -> WebhookConfig {
         webhook_secret: secret.map(|s| SecretString::from(s.to_owned())),
         webhook_events: Vec::new(),
         webhook_enabled: true,
+        webhook_filter: None,
         webhook_ordered: false,
     }
 }

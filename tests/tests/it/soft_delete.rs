@@ -21,6 +21,7 @@ fn config() -> WebhookConfig {
         )),
         webhook_events: vec![],
         webhook_enabled: true,
+        webhook_filter: None,
         webhook_ordered: false,
     }
 }

@@ -204,6 +204,7 @@ async fn plaintext_secret_is_nowhere(backend: Backend) {
         webhook_secret: Some(SecretString::from(plain.clone())),
         webhook_events: vec![],
         webhook_enabled: true,
+        webhook_filter: None,
         webhook_ordered: false,
     };
     // Debug of the request, the secret and the settings never show it.

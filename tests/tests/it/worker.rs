@@ -653,6 +653,7 @@ async fn per_host_limit_bounds_one_host_while_another_proceeds(backend: Backend)
         webhook_secret: Some(SecretString::from(s.secret.expose().to_owned())),
         webhook_events: vec![],
         webhook_enabled: true,
+        webhook_filter: None,
         webhook_ordered: false,
     };
     webhook::configure(&s.t.db, &s.settings, "agent-2", &config)

@@ -162,6 +162,13 @@ pub(crate) fn overview(place: &Place, page: &Overview) -> Markup {
                         @if webhook.all_events { "all events" }
                         @else { @for (i, e) in webhook.webhook_events.iter().enumerate() { @if i > 0 { ", " } code { (e) } } }
                     }
+                    dt { "Content filter" }
+                    dd #current-filter {
+                        @match &webhook.webhook_filter {
+                            Some(filter) => code { (filter) },
+                            None => "none: every payload of those event types",
+                        }
+                    }
                     dt { "Signing" }
                     dd #current-keys {
                         "Standard Webhooks, HMAC-SHA256 (" code { "v1" } ")"
