@@ -233,7 +233,8 @@ mod tests {
     /// A URL of a backend whose feature is off is refused by name before any connection is
     /// tried (port 1: nothing listens there). `cargo test` builds every backend (the
     /// integration-tests dev-dependency asks for the default features), so only the SQLite
-    /// connection runs here; `migration`'s `drivers` tests cover each combination.
+    /// connection runs here; `migration`'s `drivers` tests cover each combination, and
+    /// `scripts/check-backend-features --run` runs a SQLite-only build.
     #[tokio::test]
     async fn a_url_of_a_backend_left_out_is_a_typed_error() {
         for (url, backend) in [
