@@ -22,7 +22,7 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::{
-    CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, LOCK_TIMEOUT, Migrator, RedactedStderr, check_reachable,
+    CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, Migrator, RedactedStderr, check_reachable,
     redact_secrets,
 };
 
@@ -182,6 +182,7 @@ async fn migrate(
     allow_data_loss: bool,
     command: Command,
 ) -> Result<(), String> {
+    crate::check_compiled(&url).map_err(|e| e.to_string())?;
     check_reachable(&url, CONNECT_TIMEOUT)
         .await
         .map_err(|e| e.to_string())?;
@@ -190,9 +191,10 @@ async fn migrate(
         .set_schema_search_path(database_schema)
         .sqlx_logging(verbose)
         .connect_timeout(CONNECT_TIMEOUT)
-        .acquire_timeout(CONNECT_TIMEOUT)
-        // SQLite's migration lock is its write lock: wait for it as long as for the others.
-        .map_sqlx_sqlite_opts(|o| o.busy_timeout(LOCK_TIMEOUT));
+        .acquire_timeout(CONNECT_TIMEOUT);
+    // SQLite's migration lock is its write lock: wait for it as long as for the others.
+    #[cfg(feature = "sqlite")]
+    options.map_sqlx_sqlite_opts(|o| o.busy_timeout(crate::LOCK_TIMEOUT));
     let db = Database::connect(options)
         .await
         .map_err(|e| format!("cannot connect to the database: {}", describe(&e)))?;

@@ -30,10 +30,17 @@
 
 pub use sea_orm_migration::prelude::*;
 
+#[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+compile_error!(
+    "the migration crate needs a database driver: enable one or more of its features \
+     `postgres`, `mysql`, `sqlite` (on by default)"
+);
+
 #[cfg(feature = "cli")]
 pub mod cli;
 mod columns;
 mod defaults;
+mod drivers;
 mod existing_index;
 pub mod indexes;
 mod lock;
@@ -46,6 +53,7 @@ mod tables;
 
 pub use columns::SQLITE_TIMESTAMP_FORMAT;
 pub use defaults::{CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, MAX_PAYLOAD_COLUMN_BYTES};
+pub use drivers::{BackendNotCompiled, backend_compiled, check_compiled};
 pub use lock::{LOCK_TIMEOUT, MigrationLock, up_locked};
 pub use migrator::Migrator;
 pub use ownership::allowing_data_loss;

@@ -9,10 +9,13 @@
 //! ("incomplete startup packet") and counted by MariaDB against `max_connect_errors`.
 
 use std::fmt;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 use std::str::FromStr;
 use std::time::Duration;
 
-use sea_orm_migration::sea_orm::sqlx::{self, ConnectOptions as _, Connection as _};
+use sea_orm_migration::sea_orm::sqlx;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+use sea_orm_migration::sea_orm::sqlx::{ConnectOptions as _, Connection as _};
 
 /// Where a database server listens: `host:port` in messages (`[::1]:5432` for IPv6).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,24 +84,13 @@ impl fmt::Display for Unreachable {
 impl std::error::Error for Unreachable {}
 
 /// The server a PostgreSQL or MySQL/MariaDB `url` names, as sqlx reads it; `None` for SQLite,
-/// a Unix socket, or a URL sqlx cannot parse (connecting then says why).
+/// a Unix socket, a URL sqlx cannot parse (connecting then says why), or a backend this build
+/// has no driver for ([`crate::check_compiled`] says so).
 pub fn endpoint(url: &str) -> Option<Endpoint> {
     let scheme = url.split_once("://")?.0.to_ascii_lowercase();
     let (host, port) = match scheme.as_str() {
-        "postgres" | "postgresql" => {
-            let options = sqlx::postgres::PgConnectOptions::from_str(url).ok()?;
-            if options.get_socket().is_some() || options.get_host().starts_with('/') {
-                return None;
-            }
-            (options.get_host().to_owned(), options.get_port())
-        }
-        "mysql" => {
-            let options = sqlx::mysql::MySqlConnectOptions::from_str(url).ok()?;
-            if options.get_socket().is_some() {
-                return None;
-            }
-            (options.get_host().to_owned(), options.get_port())
-        }
+        "postgres" | "postgresql" => postgres_server(url)?,
+        "mysql" => mysql_server(url)?,
         _ => return None,
     };
     let host = host.trim_matches(['[', ']']).to_owned();
@@ -129,26 +121,88 @@ async fn connect_once(url: &str, at: &Endpoint) -> Result<(), Unreachable> {
         return Err(Unreachable::Dns(at.clone(), e.to_string()));
     }
     let result = if url.to_ascii_lowercase().starts_with("mysql") {
-        match sqlx::mysql::MySqlConnectOptions::from_str(url) {
-            Ok(options) => match options.disable_statement_logging().connect().await {
-                Ok(conn) => conn.close().await,
-                Err(e) => Err(e),
-            },
-            Err(_) => return Ok(()),
-        }
+        connect_mysql(url).await
     } else {
-        match sqlx::postgres::PgConnectOptions::from_str(url) {
-            Ok(options) => match options.disable_statement_logging().connect().await {
-                Ok(conn) => conn.close().await,
-                Err(e) => Err(e),
-            },
-            Err(_) => return Ok(()),
-        }
+        connect_postgres(url).await
     };
     match result {
         Ok(()) => Ok(()),
         Err(e) => Err(classify(at.clone(), e)),
     }
+}
+
+/// Host and port of a PostgreSQL `url`; `None` for a Unix socket, a URL sqlx cannot parse, or
+/// a build without the `postgres` feature.
+#[cfg(feature = "postgres")]
+fn postgres_server(url: &str) -> Option<(String, u16)> {
+    let options = sqlx::postgres::PgConnectOptions::from_str(url).ok()?;
+    if options.get_socket().is_some() || options.get_host().starts_with('/') {
+        return None;
+    }
+    Some((options.get_host().to_owned(), options.get_port()))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn postgres_server(_url: &str) -> Option<(String, u16)> {
+    None
+}
+
+/// [`postgres_server`] for MySQL/MariaDB.
+#[cfg(feature = "mysql")]
+fn mysql_server(url: &str) -> Option<(String, u16)> {
+    let options = sqlx::mysql::MySqlConnectOptions::from_str(url).ok()?;
+    if options.get_socket().is_some() {
+        return None;
+    }
+    Some((options.get_host().to_owned(), options.get_port()))
+}
+
+#[cfg(not(feature = "mysql"))]
+fn mysql_server(_url: &str) -> Option<(String, u16)> {
+    None
+}
+
+/// One connection to the MySQL/MariaDB server of `url`, closed again; `Ok` when sqlx cannot
+/// parse the URL (only called when [`endpoint`] found a server, so the driver is compiled).
+#[cfg(feature = "mysql")]
+async fn connect_mysql(url: &str) -> Result<(), sqlx::Error> {
+    match sqlx::mysql::MySqlConnectOptions::from_str(url) {
+        Ok(options) => {
+            options
+                .disable_statement_logging()
+                .connect()
+                .await?
+                .close()
+                .await
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+#[cfg(not(feature = "mysql"))]
+async fn connect_mysql(_url: &str) -> Result<(), sqlx::Error> {
+    Ok(())
+}
+
+/// [`connect_mysql`] for PostgreSQL.
+#[cfg(feature = "postgres")]
+async fn connect_postgres(url: &str) -> Result<(), sqlx::Error> {
+    match sqlx::postgres::PgConnectOptions::from_str(url) {
+        Ok(options) => {
+            options
+                .disable_statement_logging()
+                .connect()
+                .await?
+                .close()
+                .await
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn connect_postgres(_url: &str) -> Result<(), sqlx::Error> {
+    Ok(())
 }
 
 fn classify(at: Endpoint, err: sqlx::Error) -> Unreachable {

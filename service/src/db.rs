@@ -17,7 +17,14 @@ use crate::error::{Error, Result};
 /// Opens a pool fit for concurrent workers: SQLite in write-ahead logging with sqlx's 5 s busy
 /// timeout, so claimers wait for the write lock instead of failing; connecting and acquiring
 /// give up after the migration binary's [`CONNECT_TIMEOUT`].
-pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
+///
+/// # Errors
+///
+/// [`Error::BackendNotCompiled`] when `url` names a backend whose cargo feature (`postgres`,
+/// `mysql`, `sqlite`) this build leaves out, before any connection is tried; else
+/// [`Error::Db`].
+pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection> {
+    migration::check_compiled(url)?;
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .max_connections(max_connections)
@@ -222,6 +229,40 @@ async fn settle<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A URL of a backend whose feature is off is refused by name before any connection is
+    /// tried (port 1: nothing listens there). `cargo test` builds every backend (the
+    /// integration-tests dev-dependency asks for the default features), so only the SQLite
+    /// connection runs here; `migration`'s `drivers` tests cover each combination, and
+    /// `scripts/check-backend-features --run` runs a SQLite-only build.
+    #[tokio::test]
+    async fn a_url_of_a_backend_left_out_is_a_typed_error() {
+        for (url, backend) in [
+            ("postgres://nobody@127.0.0.1:1/x", "postgres"),
+            ("mysql://nobody@127.0.0.1:1/x", "mysql"),
+            ("sqlite::memory:", "sqlite"),
+        ] {
+            let result = if migration::backend_compiled(backend) {
+                if backend != "sqlite" {
+                    continue;
+                }
+                connect(url, 1).await.map(drop)
+            } else {
+                match connect(url, 1).await {
+                    Err(Error::BackendNotCompiled(err)) => {
+                        assert_eq!(err.backend, backend, "{url}");
+                        assert!(err.to_string().contains(backend), "{err}");
+                        continue;
+                    }
+                    other => other.map(drop),
+                }
+            };
+            assert!(
+                result.is_ok() && migration::backend_compiled(backend),
+                "{url}: {result:?}"
+            );
+        }
+    }
 
     #[test]
     fn limits_outside_one_to_max_are_refused_not_wrapped() {

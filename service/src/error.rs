@@ -106,6 +106,10 @@ pub enum Error {
     },
     #[error(transparent)]
     Rng(#[from] RngError),
+    /// The database URL names a backend whose cargo feature (`postgres`, `mysql`, `sqlite`) this
+    /// build leaves out; the error names the feature.
+    #[error(transparent)]
+    BackendNotCompiled(#[from] migration::BackendNotCompiled),
     #[error(transparent)]
     Db(#[from] DbErr),
 }
@@ -149,6 +153,7 @@ impl Error {
         let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
         // SQLite: extended result codes of SQLITE_CONSTRAINT (19), SQLITE_MISMATCH (20),
         // SQLITE_TOOBIG (18); a trigger's RAISE(ABORT) is SQLITE_CONSTRAINT_TRIGGER.
+        #[cfg(feature = "sqlite")]
         if db
             .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
             .is_some()
@@ -164,10 +169,21 @@ impl Error {
             || code.starts_with("23")
             || code == "P0001"
             || code == "45000"
-            || db
-                .try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
-                .is_some_and(|my| matches!(my.number(), 1292 | 1366 | 1406))
+            || is_mysql_value_refusal(db)
     }
+}
+
+/// MySQL's errors for a value the column refuses (bad datetime, incorrect string, too long),
+/// which come with the general SQLSTATE HY000.
+#[cfg(feature = "mysql")]
+fn is_mysql_value_refusal(db: &dyn sea_orm::sqlx::error::DatabaseError) -> bool {
+    db.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
+        .is_some_and(|my| matches!(my.number(), 1292 | 1366 | 1406))
+}
+
+#[cfg(not(feature = "mysql"))]
+fn is_mysql_value_refusal(_db: &dyn sea_orm::sqlx::error::DatabaseError) -> bool {
+    false
 }
 
 /// Serialization failure or deadlock: the statement may succeed when sent again.

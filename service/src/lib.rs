@@ -48,6 +48,24 @@
 //! [`sea_orm`], [`migration`] and [`entity`] are re-exported: they are the versions this crate
 //! is built with, so an app uses them through it rather than matching versions by hand.
 //!
+//! ## Cargo features
+//!
+//! | feature | default | gives |
+//! |---|---|---|
+//! | `postgres` | on | the PostgreSQL driver (sqlx-postgres), and the worker's `LISTEN` wake-ups |
+//! | `mysql` | on | the MySQL/MariaDB driver (sqlx-mysql) |
+//! | `sqlite` | on | the SQLite driver (sqlx-sqlite, with SQLite itself compiled from C) |
+//! | `axum` | off | `http`: the router, OpenAPI document and portal an app server mounts |
+//!
+//! An app on one database turns the defaults off and names its backend
+//! (`default-features = false, features = ["postgres"]`), leaving the other drivers and their
+//! dependencies out; `docs/embedding.md` ("Only the drivers you use") shows the line and what it
+//! saves. At least one backend feature is required. The rest of the library (the SQL for each
+//! backend, the migrations) is the same in every build; only connecting differs:
+//! [`db::connect`] refuses a URL whose backend is left out with
+//! [`Error::BackendNotCompiled`], naming the feature, before trying to connect, and the
+//! `migration` binary does the same.
+//!
 //! ## TCP_NODELAY: your app needs the workspace's sqlx-core patch too
 //!
 //! sqlx-core 0.9.0 (under SeaORM 2.0.4) does not set `TCP_NODELAY` on PostgreSQL and MySQL
@@ -92,6 +110,12 @@
 //!
 //! The paths of the earlier flat layout (`deliveries`, `retry`, `sender`, `url_policy`, …) are
 //! re-exported for one release; `CHANGELOG.md` lists where each went.
+
+#[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+compile_error!(
+    "agent-webhooks needs a database driver: enable one or more of its features `postgres`, \
+     `mysql`, `sqlite` (on by default)"
+);
 
 mod agent;
 pub mod db;

@@ -69,6 +69,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
+#[cfg(feature = "postgres")]
 use sea_orm::sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 
@@ -284,6 +285,7 @@ impl Dispatcher {
     /// empty. The others poll every `poll_interval` and try for the lock each time, so when the
     /// listening process ends (its connection and lock go with it) another takes over within one
     /// interval. A busy worker needs no wake-up: it claims again as its sends finish.
+    #[cfg(feature = "postgres")]
     async fn listen(&self, tasks: &mut tokio::task::JoinSet<()>) -> Option<Arc<Notify>> {
         if !self.settings.worker.listen
             || self.db.get_database_backend() != sea_orm::DbBackend::Postgres
@@ -320,6 +322,12 @@ impl Dispatcher {
             }
         });
         Some(wake)
+    }
+
+    /// Without the `postgres` feature there is no PostgreSQL pool to listen on: poll only.
+    #[cfg(not(feature = "postgres"))]
+    async fn listen(&self, _tasks: &mut tokio::task::JoinSet<()>) -> Option<Arc<Notify>> {
+        None
     }
 
     /// See the module documentation. A database error stops the claiming and is returned once
@@ -655,6 +663,7 @@ pub const LISTENER_LOCK: i64 = 0x6177_686b;
 /// worker's pool: the lock is the session's, and a pooled connection would go back to the
 /// app's pool still holding it when the worker stops (or its task is dropped), so no other
 /// worker could listen. Dropped, the listener closes its connection and the lock goes with it.
+#[cfg(feature = "postgres")]
 async fn listen_when_first(
     options: &sea_orm::sqlx::postgres::PgConnectOptions,
     poll: Duration,
