@@ -126,7 +126,10 @@ async fn up_on_empty_then_status_then_round_trip(backend: Backend) {
     .await
     .unwrap();
     assert!(
-        !snapshot(&t).await.iter().any(|l| l.contains("webhook_filter")),
+        !snapshot(&t)
+            .await
+            .iter()
+            .any(|l| l.contains("webhook_filter")),
         "webhook_filter left behind"
     );
     Migrator::up(&t.db, None).await.unwrap();
