@@ -9,7 +9,7 @@
 //!   new deliveries after the lane's last position and moves it on, in one transaction (a
 //!   savepoint inside the caller's). The lock is held until the caller's transaction ends, so
 //!   positions follow commit order and have no gaps, also when callers race or repeat an event.
-//! * **The claim's rule** ([`predecessor_settled`]): a delivery at position n is due only when
+//! * **The claim's rule** (`predecessor_settled`): a delivery at position n is due only when
 //!   the delivery at n−1 of its lane is not pending (delivered, given up, or pruned). While n−1
 //!   is leased, waiting for a retry, or its lease ran out after a crash, n waits; so two workers
 //!   never hold two deliveries of one lane, and a killed worker's lane continues after its

@@ -653,7 +653,7 @@ pub enum Recorded {
 }
 
 /// The key of the session advisory lock held by the one worker per database that listens
-/// (see [`Dispatcher::listen`]); a constant chosen for this purpose ("awhk" in ASCII).
+/// (see `Dispatcher::listen`); a constant chosen for this purpose ("awhk" in ASCII).
 pub const LISTENER_LOCK: i64 = 0x6177_686b;
 
 /// A connection that listens on [`delivery::NOTIFY_CHANNEL`] once it holds [`LISTENER_LOCK`],
