@@ -325,8 +325,11 @@ async fn order_holds_across_failures_and_killed_workers(backend: Backend) {
             .env("WEBHOOK_SECRET_KEYS", &keys)
             .env("WEBHOOK_URL_POLICY", "development")
             .env("WEBHOOK_POLL_INTERVAL_MS", "50")
-            .env("WEBHOOK_CLAIM_LEASE_SECS", "2")
-            .env("WEBHOOK_REQUEST_TIMEOUT_SECS", "1")
+            // Generous for a machine loaded by the rest of the suite: a timed-out attempt is
+            // retried, and enough attempts that no delivery is given up under load.
+            .env("WEBHOOK_CLAIM_LEASE_SECS", "5")
+            .env("WEBHOOK_REQUEST_TIMEOUT_SECS", "3")
+            .env("WEBHOOK_MAX_ATTEMPTS", "50")
             .env("WEBHOOK_RETRY_SCHEDULE", "200ms")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -341,7 +344,7 @@ async fn order_holds_across_failures_and_killed_workers(backend: Backend) {
         seen.lock().unwrap().accepted.values().map(Vec::len).sum()
     };
     // Kill two workers with SIGKILL once a quarter is accepted, and start two new ones.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(150);
     while accepted(&seen) < total / 4 {
         assert!(Instant::now() < deadline, "no progress before the kill");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -363,7 +366,7 @@ async fn order_holds_across_failures_and_killed_workers(backend: Backend) {
                 let _ = worker.kill();
             }
             panic!(
-                "{} of {total} delivered within 60 s",
+                "{} of {total} delivered within 150 s",
                 delivered().await.unwrap()
             );
         }
