@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use sea_orm_migration::sea_orm::sqlx;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-use sea_orm_migration::sea_orm::sqlx::{ConnectOptions as _, Connection as _};
+use sea_orm_migration::sea_orm::sqlx::Connection as _;
 
 /// Where a database server listens: `host:port` in messages (`[::1]:5432` for IPv6).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,11 +162,15 @@ fn mysql_server(_url: &str) -> Option<(String, u16)> {
     None
 }
 
-/// One connection to the MySQL/MariaDB server of `url`, closed again; `Ok` when sqlx cannot
-/// parse the URL (only called when [`endpoint`] found a server, so the driver is compiled).
-#[cfg(feature = "mysql")]
-async fn connect_mysql(url: &str) -> Result<(), sqlx::Error> {
-    match sqlx::mysql::MySqlConnectOptions::from_str(url) {
+/// One connection to the server of `url`, closed again; `Ok` when sqlx cannot parse the URL
+/// (only called when [`endpoint`] found a server, so the driver is compiled).
+#[cfg(any(feature = "mysql", feature = "postgres"))]
+async fn open_and_close<O>(url: &str) -> Result<(), sqlx::Error>
+where
+    O: sqlx::ConnectOptions,
+    O::Connection: Sized,
+{
+    match O::from_str(url) {
         Ok(options) => {
             options
                 .disable_statement_logging()
@@ -177,6 +181,11 @@ async fn connect_mysql(url: &str) -> Result<(), sqlx::Error> {
         }
         Err(_) => Ok(()),
     }
+}
+
+#[cfg(feature = "mysql")]
+async fn connect_mysql(url: &str) -> Result<(), sqlx::Error> {
+    open_and_close::<sqlx::mysql::MySqlConnectOptions>(url).await
 }
 
 #[cfg(not(feature = "mysql"))]
@@ -184,20 +193,9 @@ async fn connect_mysql(_url: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// [`connect_mysql`] for PostgreSQL.
 #[cfg(feature = "postgres")]
 async fn connect_postgres(url: &str) -> Result<(), sqlx::Error> {
-    match sqlx::postgres::PgConnectOptions::from_str(url) {
-        Ok(options) => {
-            options
-                .disable_statement_logging()
-                .connect()
-                .await?
-                .close()
-                .await
-        }
-        Err(_) => Ok(()),
-    }
+    open_and_close::<sqlx::postgres::PgConnectOptions>(url).await
 }
 
 #[cfg(not(feature = "postgres"))]

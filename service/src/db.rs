@@ -37,7 +37,80 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         // Persistent in the database file: one connection setting it is enough.
         db.execute_unprepared("PRAGMA journal_mode = WAL").await?;
     }
+    if tcp_nodelay(&db).await? == Some(false) {
+        tracing::warn!(
+            "the database connection's socket lacks TCP_NODELAY, so a statement written in two \
+             parts waits ~40 ms for the server's delayed ACK: declare the sqlx-core patch in \
+             your workspace (agent_webhooks crate docs, \"TCP_NODELAY\")"
+        );
+    }
     Ok(db)
+}
+
+/// Whether the socket of one of `db`'s connections has `TCP_NODELAY`, which sqlx-core 0.9.0
+/// leaves off unless patched (crate docs, "TCP_NODELAY"); [`connect`] warns when it is off.
+///
+/// `None` when it cannot tell: SQLite, a Unix socket, a platform other than Linux, or a proxy
+/// between the app and the server (the port the server sees is then not one of ours). The
+/// socket is found by the client port the server reports for the connection, so no other
+/// socket of the app is read.
+///
+/// # Errors
+///
+/// [`Error::Db`] when the statement asking for the client port fails.
+pub async fn tcp_nodelay(db: &impl ConnectionTrait) -> Result<Option<bool>> {
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => "SELECT CAST(inet_client_port() AS TEXT) AS port",
+        DbBackend::MySql => {
+            "SELECT host AS port FROM information_schema.processlist WHERE id = CONNECTION_ID()"
+        }
+        _ => return Ok(None),
+    };
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(backend, sql))
+        .await?;
+    // PostgreSQL: the port, or NULL over a Unix socket; MySQL: `address:port`, or
+    // `localhost` over a Unix socket.
+    let port = row
+        .and_then(|row| row.try_get::<Option<String>>("", "port").ok().flatten())
+        .and_then(|text| text.rsplit(':').next()?.parse::<u16>().ok());
+    Ok(port.and_then(nodelay_of_local_port))
+}
+
+/// `TCP_NODELAY` of this process's TCP socket bound to local `port`, found among its open
+/// descriptors (`/proc/self/fd`); `None` when there is none.
+#[cfg(target_os = "linux")]
+fn nodelay_of_local_port(port: u16) -> Option<bool> {
+    use std::os::fd::{BorrowedFd, RawFd};
+    for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<RawFd>() else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: the descriptor is only borrowed for `getsockname` and `getsockopt`, which
+        // read and change nothing; if the app closed it meanwhile they fail (or answer for
+        // the descriptor's next owner, which the port check then almost surely rejects).
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let socket = socket2::SockRef::from(&fd);
+        let local = socket.local_addr().ok().and_then(|addr| addr.as_socket());
+        let connected = socket.peer_addr().is_ok();
+        if connected && local.is_some_and(|addr| addr.port() == port) {
+            if let Ok(on) = socket.tcp_nodelay() {
+                return Some(on);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(not(target_os = "linux"))]
+fn nodelay_of_local_port(_port: u16) -> Option<bool> {
+    None
 }
 
 /// Applies every pending migration under the migration lock ([`migration::up_locked`]): what an
@@ -229,6 +302,22 @@ async fn settle<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The descriptor scan finds a connected socket by its local port and reads the option
+    /// both ways; a port with no socket of ours is `None`.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_socket_of_a_local_port_reports_its_nodelay() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let port = stream.local_addr().unwrap().port();
+        stream.set_nodelay(false).unwrap();
+        assert_eq!(nodelay_of_local_port(port), Some(false));
+        stream.set_nodelay(true).unwrap();
+        assert_eq!(nodelay_of_local_port(port), Some(true));
+        drop(stream);
+        assert_eq!(nodelay_of_local_port(port), None);
+    }
 
     /// A URL of a backend whose feature is off is refused by name before any connection is
     /// tried (port 1: nothing listens there). `cargo test` builds every backend (the

@@ -80,9 +80,10 @@
 //! sqlx-core = { path = "<a checkout of agent-webhooks>/vendor/sqlx-core" }
 //! ```
 //!
-//! The library cannot warn at run time when the patch is missing: sqlx gives no access to a
-//! pooled connection's socket, and finding it by scanning the process's descriptors (as the
-//! workspace's own test does) is Linux-only and may read another part of the app's sockets.
+//! [`db::connect`] warns (a `tracing` warning) when the socket of its connection lacks
+//! `TCP_NODELAY`, and [`db::tcp_nodelay`] answers for any connection: on Linux, by finding the
+//! socket whose local port is the client port the server reports; elsewhere, or behind a
+//! proxy, it cannot tell and says nothing.
 //! SQLite does not use TCP and is not affected.
 //!
 //! # Layout

@@ -597,11 +597,11 @@ async fn prune_deletes_only_finished_old_deliveries(backend: Backend) {
     );
 }
 
-/// Eight workers on separate connections drain 5,000 deliveries with random failures and
+/// Eight workers on separate connections drain 2,000 deliveries with random failures and
 /// random crashes (claims dropped without a report). At the end every delivery is delivered or
 /// exhausted, none was accepted as delivered twice, and none is lost.
-async fn eight_workers_drain_five_thousand_deliveries(backend: Backend) {
-    const DELIVERIES: usize = 5_000;
+async fn eight_workers_drain_two_thousand_deliveries(backend: Backend) {
+    const DELIVERIES: usize = 2_000;
     const WORKERS: u64 = 8;
     let t = TestDb::migrated_with(backend, 4).await;
     for agent in 0..10 {
@@ -962,7 +962,7 @@ backend_tests!(
     racing_enqueues_make_exactly_one_row,
     pages_yield_every_row_once_in_order_while_rows_arrive,
     prune_deletes_only_finished_old_deliveries,
-    eight_workers_drain_five_thousand_deliveries,
+    eight_workers_drain_two_thousand_deliveries,
 );
 
 /// A library call inside the caller's transaction that the database picks as a deadlock

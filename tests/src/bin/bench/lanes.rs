@@ -29,9 +29,9 @@ pub(super) async fn figures(report: &mut Report, backend: Backend, n: usize, sam
     let settings = WebhookSettings::default();
     let mut p50 = Vec::new();
     for (layout, name) in [
-        (Layout::Unordered, "unordered"),
-        (Layout::LanePerRow, format!("{n} lanes").leak() as &str),
-        (Layout::HotLane, "one hot lane"),
+        (Layout::Unordered, "unordered".to_owned()),
+        (Layout::LanePerRow, format!("{n} lanes")),
+        (Layout::HotLane, "one hot lane".to_owned()),
     ] {
         let t = TestDb::migrated_with(backend, 2).await;
         org(&t).await;
