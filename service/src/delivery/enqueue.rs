@@ -23,16 +23,24 @@ pub async fn enqueue<C: ConnectionTrait + TransactionTrait>(
     now: DateTime<Utc>,
 ) -> Result<Enqueued> {
     let payload = checked_event(settings, event_id, event_type, payload.into())?;
-    if db.get_database_backend() != DbBackend::MySql
-        && let Some(created) =
-            insert_if_deliverable(db, settings, agent_id, event_id, event_type, &payload, now)
+    let agent = match db.get_database_backend() {
+        DbBackend::MySql => None,
+        _ => {
+            match insert_if_deliverable(db, settings, agent_id, event_id, event_type, &payload, now)
                 .await?
-    {
-        return Ok(Enqueued::Created(created));
-    }
-    // Nothing was created: read the agent to say why (skipped, a repeat, ordered, no such
-    // agent).
-    let agent = crate::agent::find_any_agent(db, agent_id).await?;
+            {
+                OneStatement::Created(created) => return Ok(Enqueued::Created(created)),
+                OneStatement::Read(agent) => Some(agent),
+                OneStatement::NotRead => None,
+            }
+        }
+    };
+    // Nothing was created: the agent's row says why (skipped, a repeat, ordered, a content
+    // filter to apply, no such agent).
+    let agent = match agent {
+        Some(agent) => agent,
+        None => crate::agent::find_any_agent(db, agent_id).await?,
+    };
     insert_for_agent(
         db, settings, &agent, None, event_id, event_type, payload, now,
     )
@@ -69,14 +77,26 @@ pub async fn enqueue_in_lane<C: ConnectionTrait + TransactionTrait>(
     .await
 }
 
+/// What the one statement of [`insert_if_deliverable`] did.
+enum OneStatement {
+    Created(WebhookDelivery),
+    /// Nothing created; the agent as the statement read it (PostgreSQL).
+    Read(AgentWebhook),
+    /// Nothing created, and the agent not read (SQLite).
+    NotRead,
+}
+
 /// The common case of [`enqueue`] in one round trip (PostgreSQL, SQLite): `INSERT … SELECT …
 /// FROM agents` with the rules of [`destination`] as its `WHERE` (an ordered agent's events
-/// take the read path, which numbers them in their lane; the event-type filter through
+/// take the other path, which numbers them in their lane; the event-type filter through
 /// [`EventFilter::entries_matching`](crate::webhook::events::EventFilter::entries_matching)),
-/// notifying like [`insert_rows`]. `None` when it created nothing; the caller then reads the
-/// agent and applies [`destination`] itself, so a filter this statement cannot read (not a JSON
-/// array), an agent with a content filter (evaluated in Rust, on the read path) or a repeated
-/// event ends exactly as the two-statement path decides.
+/// notifying like [`insert_rows`]. When it creates nothing, [`destination`] decides in Rust, so
+/// an event-type list this statement cannot read (not a JSON array), a content filter
+/// (evaluated in Rust) or a repeated event ends exactly as the two-statement path decides.
+///
+/// On PostgreSQL the insert is a data-modifying `WITH` whose outer `SELECT` also returns the
+/// agent's row, so that decision needs no second statement: a skipped event (a content filter
+/// that does not match, a disabled webhook) costs one round trip, like a created one.
 async fn insert_if_deliverable<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,
@@ -85,7 +105,7 @@ async fn insert_if_deliverable<C: ConnectionTrait>(
     event_type: &str,
     payload: &[u8],
     now: DateTime<Utc>,
-) -> Result<Option<WebhookDelivery>> {
+) -> Result<OneStatement> {
     let backend = db.get_database_backend();
     let stamped = stamp(backend, now);
     let id = new_id();
@@ -132,27 +152,73 @@ async fn insert_if_deliverable<C: ConnectionTrait>(
             wd::Column::OrganizationId,
             wd::Column::WebhookUrl,
         ]));
-    let mut statement = backend.build(&insert);
-    if settings.worker.listen && backend == DbBackend::Postgres {
-        notify_on_insert(&mut statement, "id, organization_id, webhook_url");
+    let created = |organization_id: &str, url: String| {
+        NewRow {
+            id: id.clone(),
+            organization_id,
+            agent_id,
+            event_id,
+            event_type,
+            url,
+            payload: Vec::new(),
+            lane: None,
+            lane_seq: None,
+        }
+        .delivery(now)
+    };
+    if backend != DbBackend::Postgres {
+        let Some(row) = db.query_one_raw(backend.build(&insert)).await? else {
+            return Ok(OneStatement::NotRead);
+        };
+        let organization_id: String = row.try_get_by_index(1)?;
+        return Ok(OneStatement::Created(created(
+            &organization_id,
+            row.try_get_by_index(2)?,
+        )));
     }
-    let Some(row) = db.query_one_raw(statement).await? else {
-        return Ok(None);
+    let statement = with_agent_row(insert, agent_id, settings.worker.listen);
+    let Some(row) = db.query_one_raw(backend.build(&statement)).await? else {
+        return Err(Error::AgentNotFound(agent_id.to_owned()));
     };
-    let organization_id: String = row.try_get_by_index(1)?;
-    let url: String = row.try_get_by_index(2)?;
-    let created = NewRow {
-        id: row.try_get_by_index(0)?,
-        organization_id: &organization_id,
-        agent_id,
-        event_id,
-        event_type,
-        url,
-        payload: Vec::new(),
-        lane: None,
-        lane_seq: None,
-    };
-    Ok(Some(created.delivery(now)))
+    let agent = AgentWebhook::from_query_result(&row, "")?;
+    if row.try_get::<Option<String>>("", CREATED_ID)?.is_none() {
+        return Ok(OneStatement::Read(agent));
+    }
+    let url = agent.webhook_url.clone().unwrap_or_default();
+    Ok(OneStatement::Created(created(&agent.organization_id, url)))
+}
+
+/// The column of [`with_agent_row`]'s result that holds the created delivery's id (NULL when
+/// none was created).
+const CREATED_ID: &str = "aw_created_id";
+
+/// `insert` as a data-modifying `WITH` (PostgreSQL) whose `SELECT` returns the agent's row
+/// (the columns of [`AgentWebhook`]) and the created id; no row: no such agent. With `notify`,
+/// the same statement notifies [`NOTIFY_CHANNEL`] when it created the delivery, as
+/// [`insert_rows`] does.
+fn with_agent_row(
+    insert: sea_orm::sea_query::InsertStatement,
+    agent_id: &str,
+    notify: bool,
+) -> sea_orm::sea_query::WithQuery {
+    use sea_orm::sea_query::{Alias, CommonTableExpression, WithClause};
+    use sea_orm::{PartialModelTrait, QuerySelect, QueryTrait};
+    let mut select =
+        AgentWebhook::select_cols(agents::Entity::find_by_id(agent_id).select_only()).into_query();
+    select.expr_as(
+        Expr::cust("(SELECT id FROM created)"),
+        Alias::new(CREATED_ID),
+    );
+    if notify {
+        select.expr(Expr::cust(format!(
+            "(SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM created) IS NULL"
+        )));
+    }
+    let created = CommonTableExpression::new()
+        .query(insert)
+        .table_name(Alias::new("created"))
+        .to_owned();
+    select.with(WithClause::new().cte(created).to_owned())
 }
 
 /// The event-type rule of [`destination`] as SQL over the stored `webhook_events`: no filter,
