@@ -99,10 +99,11 @@ fn nodelay_of_local_port(port: u16) -> Option<bool> {
         let socket = socket2::SockRef::from(&fd);
         let local = socket.local_addr().ok().and_then(|addr| addr.as_socket());
         let connected = socket.peer_addr().is_ok();
-        if connected && local.is_some_and(|addr| addr.port() == port) {
-            if let Ok(on) = socket.tcp_nodelay() {
-                return Some(on);
-            }
+        if connected
+            && local.is_some_and(|addr| addr.port() == port)
+            && let Ok(on) = socket.tcp_nodelay()
+        {
+            return Some(on);
         }
     }
     None
