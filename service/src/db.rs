@@ -37,12 +37,18 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         // Persistent in the database file: one connection setting it is enough.
         db.execute_unprepared("PRAGMA journal_mode = WAL").await?;
     }
-    if tcp_nodelay(&db).await? == Some(false) {
-        tracing::warn!(
+    // A diagnosis only: a server that will not say the client port (a proxy, a restricted
+    // role) must not fail the connect.
+    match tcp_nodelay(&db).await {
+        Ok(Some(false)) => tracing::warn!(
             "the database connection's socket lacks TCP_NODELAY, so a statement written in two \
              parts waits ~40 ms for the server's delayed ACK: declare the sqlx-core patch in \
              your workspace (agent_webhooks crate docs, \"TCP_NODELAY\")"
-        );
+        ),
+        Ok(_) => {}
+        Err(error) => {
+            tracing::debug!(%error, "could not tell whether the database socket has TCP_NODELAY")
+        }
     }
     Ok(db)
 }

@@ -113,6 +113,9 @@ pub struct WebhookSettings {
     /// The CSP `frame-ancestors` source list of the portal's pages, checked by
     /// [`check_frame_ancestors`].
     pub portal_frame_ancestors: String,
+    /// Not a variable: what [`enqueue`](crate::delivery::enqueue) learned of agents' content
+    /// filters. Clones of these settings share it.
+    pub filter_cache: crate::delivery::FilterCache,
 }
 
 /// Shortest portal key, in bytes: HMAC-SHA256's block of security.
@@ -408,6 +411,7 @@ impl Default for WebhookSettings {
             signing_grace: DEFAULT_SIGNING_GRACE,
             portal_key: None,
             portal_frame_ancestors: DEFAULT_PORTAL_FRAME_ANCESTORS.to_owned(),
+            filter_cache: crate::delivery::FilterCache::default(),
         }
     }
 }

@@ -39,7 +39,16 @@ pub async fn enqueue<C: ConnectionTrait + TransactionTrait>(
     // filter to apply, no such agent).
     let agent = match agent {
         Some(agent) => agent,
-        None => crate::agent::find_any_agent(db, agent_id).await?,
+        None => {
+            let agent = crate::agent::find_any_agent(db, agent_id).await?;
+            if db.get_database_backend() == DbBackend::Sqlite {
+                let text = agent.webhook_filter.as_ref().map(|f| f.to_string());
+                settings
+                    .filter_cache
+                    .learn(agent_id, remembered(&agent, text));
+            }
+            agent
+        }
     };
     insert_for_agent(
         db, settings, &agent, None, event_id, event_type, payload, now,
@@ -132,9 +141,21 @@ async fn insert_if_deliverable<C: ConnectionTrait>(
         .and_where(Expr::col((agents::Entity, agents::Column::WebhookOrdered)).eq(false))
         .and_where(Expr::col((agents::Entity, agents::Column::WebhookUrl)).is_not_null());
     if event_type != crate::webhook::events::TEST_EVENT {
-        select
-            .and_where(wants_event(backend, event_type))
-            .and_where(Expr::col((agents::Entity, agents::Column::WebhookFilter)).is_null());
+        select.and_where(wants_event(backend, event_type));
+        let no_filter = Expr::col((agents::Entity, agents::Column::WebhookFilter)).is_null();
+        match settings.filter_cache.get(agent_id) {
+            // The filter remembered accepts the payload: so does the stored one while its text
+            // is the same ([`FilterCache`]).
+            Some(known) if known.filter.matches_bytes(payload) => {
+                select.and_where(no_filter.or(Expr::cust_with_values(
+                    filter_text(backend),
+                    [known.text.clone()],
+                )));
+            }
+            _ => {
+                select.and_where(no_filter);
+            }
+        }
     }
     let mut insert = Query::insert();
     insert
@@ -181,6 +202,10 @@ async fn insert_if_deliverable<C: ConnectionTrait>(
         return Err(Error::AgentNotFound(agent_id.to_owned()));
     };
     let agent = AgentWebhook::from_query_result(&row, "")?;
+    let text: Option<String> = row.try_get("", FILTER_TEXT)?;
+    settings
+        .filter_cache
+        .learn(agent_id, remembered(&agent, text));
     if row.try_get::<Option<String>>("", CREATED_ID)?.is_none() {
         return Ok(OneStatement::Read(agent));
     }
@@ -191,6 +216,31 @@ async fn insert_if_deliverable<C: ConnectionTrait>(
 /// The column of [`with_agent_row`]'s result that holds the created delivery's id (NULL when
 /// none was created).
 const CREATED_ID: &str = "aw_created_id";
+/// The column of [`with_agent_row`]'s result that holds the stored filter's text, the text
+/// [`filter_text`] compares.
+const FILTER_TEXT: &str = "aw_filter_text";
+
+/// The stored content filter, as text, equal to a bound text: PostgreSQL's `::text` of the
+/// value as stored; SQLite's stored text, which SeaORM wrote as `serde_json` prints it.
+fn filter_text(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Postgres => "\"agents\".\"webhook_filter\"::text = $1",
+        _ => "\"agents\".\"webhook_filter\" = ?",
+    }
+}
+
+/// What the [`FilterCache`](super::FilterCache) keeps of `agent`'s filter, stored as `text`:
+/// nothing when there is none or it does not parse (enqueue then reports it as it reads it).
+fn remembered(
+    agent: &AgentWebhook,
+    text: Option<String>,
+) -> Option<super::filter_cache::Remembered> {
+    let filter = crate::webhook::stored_filter(agent).ok()??;
+    Some(super::filter_cache::Remembered {
+        text: text?,
+        filter,
+    })
+}
 
 /// `insert` as a data-modifying `WITH` (PostgreSQL) whose `SELECT` returns the agent's row
 /// (the columns of [`AgentWebhook`]) and the created id; no row: no such agent. With `notify`,
@@ -208,6 +258,10 @@ fn with_agent_row(
     select.expr_as(
         Expr::cust("(SELECT id FROM created)"),
         Alias::new(CREATED_ID),
+    );
+    select.expr_as(
+        Expr::cust("\"agents\".\"webhook_filter\"::text"),
+        Alias::new(FILTER_TEXT),
     );
     if notify {
         select.expr(Expr::cust(format!(

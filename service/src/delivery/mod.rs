@@ -7,6 +7,7 @@
 //! | file | what |
 //! |---|---|
 //! | `enqueue.rs` | [`enqueue`], [`enqueue_for_agent`] (the transactional outbox), [`enqueue_many`] |
+//! | `filter_cache.rs` | [`FilterCache`]: the content filters enqueue saw, so a matching event is one statement |
 //! | `claim.rs` | [`claim_due`], [`release`] |
 //! | `record.rs` | [`record_outcomes`], [`record_outcome`], [`record_attempts`], [`abandon`] |
 //! | `health.rs` | the run of failures an outcome starts or ends, and the automatic disable |
@@ -55,6 +56,7 @@ use crate::settings::WebhookSettings;
 mod claim;
 mod dry_run;
 mod enqueue;
+mod filter_cache;
 mod health;
 mod history;
 pub mod lanes;
@@ -67,6 +69,7 @@ pub(crate) mod state;
 pub use claim::*;
 pub use dry_run::*;
 pub use enqueue::*;
+pub use filter_cache::FilterCache;
 pub use health::*;
 pub use history::*;
 pub use payload::*;

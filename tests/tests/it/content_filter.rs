@@ -120,6 +120,19 @@ async fn enqueue_applies_the_filter_on_every_path(backend: Backend) {
         .unwrap();
     assert_eq!(skipped, Enqueued::Skipped(SkipReason::Filtered));
     assert_eq!(count() - before, dropped, "a payload that does not match");
+    // Read once, the filter is remembered: a matching payload is then the one statement
+    // (MariaDB reads the agent first, as for every event).
+    let one = if backend == Backend::MySql { 2 } else { 1 };
+    let before = count();
+    let created = enqueue("picky", "e8", "run.completed", keep())
+        .await
+        .unwrap();
+    assert!(matches!(created, Enqueued::Created(_)), "{created:?}");
+    assert_eq!(
+        count() - before,
+        one,
+        "a matching payload, the filter remembered"
+    );
     // Not an object, or no `kind` at all: not delivered either.
     for (id, payload) in [("e3", json!(["keep"])), ("e4", json!({"other": "keep"}))] {
         let got = enqueue("picky", id, "run.completed", payload)
@@ -156,7 +169,6 @@ async fn enqueue_applies_the_filter_on_every_path(backend: Backend) {
         .await
         .unwrap();
     assert!(matches!(plain, Enqueued::Created(_)), "{plain:?}");
-    let one = if backend == Backend::MySql { 2 } else { 1 };
     assert_eq!(count() - before, one, "an agent without a filter");
 
     // Both rules apply: the event type first, then the content.
@@ -246,7 +258,10 @@ async fn enqueue_applies_the_filter_on_every_path(backend: Backend) {
     assert_eq!(done[5], Enqueued::Skipped(SkipReason::NotWanted));
 
     // What is stored is exactly what was created.
-    assert_eq!(stored(&t, "picky").await, ["e1", "e5", "e6", "f2", "m1"]);
+    assert_eq!(
+        stored(&t, "picky").await,
+        ["e1", "e5", "e6", "e8", "f2", "m1"]
+    );
     assert_eq!(stored(&t, "runs").await, ["m4", "r3"]);
     assert_eq!(stored(&t, "plain").await, ["e1", "m3"]);
 
@@ -268,6 +283,31 @@ async fn enqueue_applies_the_filter_on_every_path(backend: Backend) {
         .unwrap();
     assert!(matches!(got, Enqueued::Created(_)), "{got:?}");
     assert_eq!(count() - before, one);
+
+    // A filter remembered and then changed by someone else decides nothing: the stored one
+    // does, and is remembered in its place.
+    set_filter(&t, "picky", Some(keep())).await;
+    for id in ["e9", "e10"] {
+        let got = enqueue("picky", id, "run.completed", keep()).await.unwrap();
+        assert!(matches!(got, Enqueued::Created(_)), "{id}: {got:?}");
+    }
+    set_filter(&t, "picky", Some(json!({"kind": "other"}))).await;
+    let before = count();
+    let got = enqueue("picky", "e11", "run.completed", keep())
+        .await
+        .unwrap();
+    assert_eq!(got, Enqueued::Skipped(SkipReason::Filtered));
+    assert_eq!(count() - before, dropped, "a changed filter");
+    let before = count();
+    let got = enqueue("picky", "e12", "run.completed", json!({"kind": "other"}))
+        .await
+        .unwrap();
+    assert!(matches!(got, Enqueued::Created(_)), "{got:?}");
+    assert_eq!(count() - before, one, "the changed filter, remembered");
+    assert_eq!(
+        stored(&t, "picky").await,
+        ["e1", "e10", "e12", "e5", "e6", "e7", "e8", "e9", "f2", "m1"]
+    );
 }
 
 /// A stored filter that does not parse (written by another tool) fails every enqueue path
