@@ -18,7 +18,7 @@
 //!
 //! # Statements per delivery
 //!
-//! One claim per batch, then one read of the batch's agents and one of their previous secrets.
+//! One claim per batch, then one read of the batch's agents joined with their previous secrets.
 //! Finished attempts are recorded together, one transaction at a time beside the sends
 //! ([`delivery::record_outcomes`], [`delivery::record_attempts`]): a busy worker records many
 //! per transaction, an idle one each as it ends. A worker killed between a send and its

@@ -32,7 +32,7 @@ use sea_orm::{
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
-use crate::agent::{AgentWebhook, agents_by_id, find_agent, live};
+use crate::agent::{AgentWebhook, find_agent, live};
 use crate::db::{at, stamp};
 use crate::error::{Error, Result};
 use crate::secrets::ed25519::{PublicKey, SecretKey};
@@ -210,7 +210,11 @@ pub async fn signing_keys<C: ConnectionTrait>(
     agent_id: &str,
     now: DateTime<Utc>,
 ) -> Result<SigningKeysView> {
-    let agent = find_agent(db, agent_id).await?;
+    let (mut agents, mut previous) = agents_and_previous(db, &[agent_id], now).await?;
+    let agent = agents
+        .remove(agent_id)
+        .filter(AgentWebhook::is_live)
+        .ok_or_else(|| Error::AgentNotFound(agent_id.to_owned()))?;
     let mut keys = Vec::new();
     if let Some(primary) = open_secret(settings.keys.as_ref(), &agent)? {
         keys.push(SigningKeyView {
@@ -221,8 +225,7 @@ pub async fn signing_keys<C: ConnectionTrait>(
             public_key: None,
         });
     }
-    let previous = live_previous(db, &[agent_id], now).await?;
-    for row in previous.into_values().flatten() {
+    for row in previous.remove(agent_id).unwrap_or_default() {
         keys.push(SigningKeyView {
             key_id: row.key_id,
             algorithm: SigningAlgorithm::HmacSha256,
@@ -270,7 +273,8 @@ pub async fn prune_expired<C: ConnectionTrait>(db: &C, now: DateTime<Utc>) -> Re
         .rows_affected)
 }
 
-/// Two statements for any number of agents, so a worker reads a claimed batch's keys once. An
+/// One statement for up to [`MAX_PAGE_SIZE`](crate::db::MAX_PAGE_SIZE) agents, so a worker reads a
+/// claimed batch's keys once. An
 /// agent's error does not stop the others.
 pub(crate) async fn live_keys<C: ConnectionTrait>(
     db: &C,
@@ -281,14 +285,8 @@ pub(crate) async fn live_keys<C: ConnectionTrait>(
     let mut agent_ids = agent_ids.to_vec();
     agent_ids.sort_unstable();
     agent_ids.dedup();
-    let agents = agents_by_id(db, &agent_ids).await?;
+    let (agents, mut previous) = agents_and_previous(db, &agent_ids, now).await?;
     let live = |id: &str| agents.get(id).filter(|agent| agent.is_live());
-    let with_primary: Vec<&str> = agent_ids
-        .iter()
-        .copied()
-        .filter(|id| live(id).is_some_and(|agent| agent.webhook_secret.is_some()))
-        .collect();
-    let mut previous = live_previous(db, &with_primary, now).await?;
     Ok(agent_ids
         .iter()
         .map(|&id| {
@@ -399,30 +397,61 @@ pub fn open_previous(keys: &KeyRing, agent_id: &str, sealed: &str) -> Result<Web
     WebhookSecret::parse(plain).map_err(Error::SecretFormat)
 }
 
-/// Newest first; agents without any are absent.
-async fn live_previous<C: ConnectionTrait>(
+/// The agents among `agent_ids` (soft-deleted or not) and their unexpired previous secrets,
+/// newest first (agents without any are absent from the second map): one `SELECT … LEFT JOIN`
+/// per [`MAX_PAGE_SIZE`](crate::db::MAX_PAGE_SIZE) agents, so a claimed batch's keys cost one
+/// round trip.
+async fn agents_and_previous<C: ConnectionTrait>(
     db: &C,
     agent_ids: &[&str],
     now: DateTime<Utc>,
-) -> Result<HashMap<String, Vec<previous::Model>>> {
+) -> Result<(
+    HashMap<String, AgentWebhook>,
+    HashMap<String, Vec<previous::Model>>,
+)> {
+    use sea_orm::sea_query::{Alias, ExprTrait, JoinType, Order};
+    use sea_orm::{FromQueryResult, IdenStatic, Iterable, PartialModelTrait, QueryTrait};
+    const PREVIOUS: &str = "previous_";
     let backend = db.get_database_backend();
-    let mut by_agent: HashMap<String, Vec<previous::Model>> = HashMap::new();
+    let (mut agents, mut by_agent) = (HashMap::new(), HashMap::<_, Vec<previous::Model>>::new());
     for chunk in agent_ids.chunks(crate::db::MAX_PAGE_SIZE as usize) {
-        let rows = previous::Entity::find()
-            .filter(previous::Column::AgentId.is_in(chunk.iter().copied()))
-            .filter(previous::Column::ExpiresAt.gt(stamp(backend, now)))
-            .order_by_desc(previous::Column::ExpiresAt)
-            .order_by_desc(previous::Column::Id)
-            .all(db)
-            .await?;
-        for row in rows {
-            let rows = by_agent.entry(row.agent_id.clone()).or_default();
-            if rows.len() < MAX_PREVIOUS_SECRETS {
-                rows.push(row);
+        let mut select = AgentWebhook::select_cols(
+            agents::Entity::find()
+                .select_only()
+                .filter(agents::Column::Id.is_in(chunk.iter().copied())),
+        )
+        .into_query();
+        for column in previous::Column::iter() {
+            select.expr_as(
+                Expr::col((previous::Entity, column)),
+                Alias::new(format!("{PREVIOUS}{}", column.as_str())),
+            );
+        }
+        select
+            .join(
+                JoinType::LeftJoin,
+                previous::Entity,
+                Expr::col((previous::Entity, previous::Column::AgentId))
+                    .equals((agents::Entity, agents::Column::Id))
+                    .and(
+                        Expr::col((previous::Entity, previous::Column::ExpiresAt))
+                            .gt(stamp(backend, now)),
+                    ),
+            )
+            .order_by((previous::Entity, previous::Column::ExpiresAt), Order::Desc)
+            .order_by((previous::Entity, previous::Column::Id), Order::Desc);
+        for row in db.query_all_raw(backend.build(&select)).await? {
+            let agent = AgentWebhook::from_query_result(&row, "")?;
+            if let Some(secret) = previous::Model::from_query_result_optional(&row, PREVIOUS)? {
+                let rows = by_agent.entry(agent.id.clone()).or_default();
+                if rows.len() < MAX_PREVIOUS_SECRETS {
+                    rows.push(secret);
+                }
             }
+            agents.entry(agent.id.clone()).or_insert(agent);
         }
     }
-    Ok(by_agent)
+    Ok((agents, by_agent))
 }
 
 /// Keeps the [`MAX_PREVIOUS_SECRETS`] unexpired ones that expire last.

@@ -1350,6 +1350,42 @@ async fn key_ids_differ_by_case_and_bad_envelopes_are_data(backend: Backend) {
     assert!(receiver.seen().is_empty());
 }
 
+/// What one delivery costs the worker in statements, from claim to record: one read of the
+/// agent's keys (its row and previous secrets together) besides the claims and the recording
+/// transaction.
+async fn a_lone_delivery_costs_the_worker_few_statements(backend: Backend) {
+    let (_receiver, addr) = Receiver::start([]).await;
+    let s = setup(backend, &url(addr), settings()).await;
+    let mut counted = TestDb::reconnect(&s.t).await;
+    let sent = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&sent);
+    counted.db.set_metric_callback(move |info| {
+        seen.lock().unwrap().push(info.statement.sql.clone());
+    });
+    let report = Dispatcher::new(s.settings.clone(), counted.db.clone())
+        .unwrap()
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!(report.delivered, 1, "{report:?}");
+    let sent = sent.lock().unwrap().clone();
+    let keys: Vec<&String> = sent
+        .iter()
+        .filter(|sql| sql.contains("webhook_previous_secrets"))
+        .collect();
+    assert_eq!(keys.len(), 1, "one key read: {sent:#?}");
+    assert!(
+        keys[0].contains("JOIN"),
+        "the agent and its previous secrets together"
+    );
+    // PostgreSQL and SQLite: claim, keys, an empty claim while the send is in flight, record
+    // (outcome, the agent's health, the attempt row), the empty claim that ends the run.
+    // MariaDB claims rows in three statements (an empty claim in one) and guards its outcome
+    // with a locking read.
+    let expected = if backend == Backend::MySql { 10 } else { 7 };
+    assert_eq!(sent.len(), expected, "{sent:#?}");
+}
+
 backend_tests!(
     key_ids_differ_by_case_and_bad_envelopes_are_data,
     a_2xx_whose_body_times_out_is_delivered,
@@ -1360,6 +1396,7 @@ backend_tests!(
     a_refused_attempt_row_costs_only_that_row,
     a_key_ring_fault_is_the_operators_not_the_receivers,
     a_batch_of_agents_is_signed_per_agent_and_recorded_once,
+    a_lone_delivery_costs_the_worker_few_statements,
     claims_are_given_back_when_keys_cannot_be_read,
     busy_host_claims_are_released_unsent,
     per_host_limit_bounds_one_host_while_another_proceeds,
