@@ -57,6 +57,12 @@ pub(super) fn check_lane(lane: &str) -> Result<()> {
 
 /// The claim's rule as a condition on `webhook_deliveries`: unordered, or the delivery before
 /// it in its lane is not pending.
+///
+/// Written as a scalar subquery (`(SELECT 1 … LIMIT 1) IS NULL`), not `NOT EXISTS`: inside the
+/// `OR`, PostgreSQL turns `NOT EXISTS` into a hashed subplan and MariaDB into a materialized
+/// table, each reading the whole table once per claim (4.8 ms against 0.27 ms on PostgreSQL,
+/// 72 ms against 8 ms on MariaDB, with 10,000 lanes); the scalar form stays one lookup on
+/// `ix_webhook_deliveries_lane` per candidate on every backend.
 pub(super) fn predecessor_settled() -> Condition {
     let before = Alias::new("before_in_lane");
     let col = |c: wd::Column| Expr::col((before.clone(), c));
@@ -69,10 +75,11 @@ pub(super) fn predecessor_settled() -> Condition {
         .and_where(col(wd::Column::Lane).eq(this(wd::Column::Lane)))
         .and_where(col(wd::Column::LaneSeq).eq(this(wd::Column::LaneSeq).sub(1)))
         .and_where(col(wd::Column::DeliveredAt).is_null())
-        .and_where(col(wd::Column::NextRetryAt).is_not_null());
+        .and_where(col(wd::Column::NextRetryAt).is_not_null())
+        .limit(1);
     Condition::any()
         .add(this(wd::Column::Lane).is_null())
-        .add(Expr::exists(pending_before).not())
+        .add(Expr::SubQuery(None, Box::new(pending_before.into())).is_null())
 }
 
 /// Inserts `rows` of ordered agents, each carrying its lane, and numbers them in their lanes;

@@ -116,3 +116,82 @@ async fn each_bookkeeping_query_uses_its_index_on_postgres() {
         "{enqueue_plan}"
     );
 }
+
+/// The claim's lane rule is one lookup on `ix_webhook_deliveries_lane` per candidate, not a
+/// pass over the whole table per claim: with 10,000 lanes (each row its lane's head), neither
+/// PostgreSQL (a hashed subplan) nor MariaDB (a materialized subquery) reads the table.
+#[tokio::test]
+async fn the_claims_lane_rule_is_a_lookup_per_candidate() {
+    let rows = |series: &str, name: &str, now: &str| {
+        format!(
+            "INSERT INTO webhook_deliveries (id, organization_id, agent_id, event_id, event_type, \
+             webhook_url, attempt_count, created_at, next_retry_at, lane, lane_seq) \
+             SELECT CONCAT('dlv-', {name}), 'org-1', 'agent-1', CONCAT('evt-', {name}), \
+                    'run.completed', 'https://hooks.example.com/x', 0, {now}, {now}, \
+                    CONCAT('lane-', {name}), 1 FROM {series}"
+        )
+    };
+    // PostgreSQL.
+    let t = TestDb::migrated(Backend::Postgres).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    t.exec(&rows("generate_series(1, 10000) g", "g", "now()"))
+        .await;
+    t.exec("ANALYZE webhook_deliveries").await;
+    let claim = delivery::testing::claim_statement(
+        DbBackend::Postgres,
+        &WebhookSettings::default(),
+        Utc::now(),
+        100,
+    );
+    let claim_plan = plan(&t, claim).await;
+    println!("claim_due with 10,000 lanes:\n{claim_plan}\n");
+    // (How the `UPDATE` finds the 100 chosen rows by id is the planner's choice at this size.)
+    assert!(!claim_plan.contains("hashed SubPlan"), "{claim_plan}");
+    assert!(
+        claim_plan.contains(
+            "Index Scan using ix_webhook_deliveries_lane on webhook_deliveries before_in_lane"
+        ),
+        "{claim_plan}"
+    );
+
+    // MariaDB: the locking `SELECT` that starts its claim.
+    let t = TestDb::migrated(Backend::MySql).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    t.exec(&rows("seq_1_to_10000", "seq", "UTC_TIMESTAMP(6)"))
+        .await;
+    t.exec("ANALYZE TABLE webhook_deliveries").await;
+    let claim = delivery::testing::claim_statement(
+        DbBackend::MySql,
+        &WebhookSettings::default(),
+        Utc::now(),
+        100,
+    );
+    let explain = Statement::from_sql_and_values(
+        DbBackend::MySql,
+        format!("EXPLAIN {}", claim.sql),
+        claim.values.map(|v| v.0).unwrap_or_default(),
+    );
+    let steps: Vec<(String, Option<String>)> =
+        t.db.query_all_raw(explain)
+            .await
+            .expect("EXPLAIN")
+            .iter()
+            .map(|row| {
+                (
+                    row.try_get::<String>("", "select_type")
+                        .expect("select_type"),
+                    row.try_get::<Option<String>>("", "key").expect("key"),
+                )
+            })
+            .collect();
+    println!("claim_due with 10,000 lanes (MariaDB): {steps:?}");
+    assert!(
+        steps.iter().any(|(kind, key)| kind == "DEPENDENT SUBQUERY"
+            && key.as_deref() == Some("ix_webhook_deliveries_lane")),
+        "{steps:?}"
+    );
+    assert!(
+        !steps.iter().any(|(kind, _)| kind == "MATERIALIZED"),
+        "{steps:?}"
+    );
+}
