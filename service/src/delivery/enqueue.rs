@@ -265,7 +265,8 @@ fn with_agent_row(
     );
     if notify {
         select.expr(Expr::cust(format!(
-            "(SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM created) IS NULL"
+            "(SELECT {} FROM created) IS NULL",
+            notify_call()
         )));
     }
     let created = CommonTableExpression::new()
@@ -617,10 +618,16 @@ pub(super) const MYSQL_PARSE_ERROR: &str = "42000";
 /// them first. PostgreSQL sends one notification per transaction and channel, on commit.
 fn notify_on_insert(statement: &mut Statement, columns: &str) {
     statement.sql = format!(
-        "WITH created AS ({}) SELECT {columns}, pg_notify('{NOTIFY_CHANNEL}', '')::text IS NULL \
-         FROM created",
-        statement.sql
+        "WITH created AS ({}) SELECT {columns}, {}::text IS NULL FROM created",
+        statement.sql,
+        notify_call()
     );
+}
+
+/// How the statements that insert and notify in one ([`with_agent_row`], [`notify_on_insert`])
+/// notify [`NOTIFY_CHANNEL`].
+fn notify_call() -> String {
+    format!("pg_notify('{NOTIFY_CHANNEL}', '')")
 }
 
 /// Inserts `rows` in one statement, each unless its `(agent_id, event_id)` exists, and says per
