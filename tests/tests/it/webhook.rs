@@ -222,7 +222,16 @@ async fn plaintext_secret_is_nowhere(backend: Backend) {
         .with_max_level(tracing::Level::TRACE)
         .with_writer(move || writer.clone())
         .finish();
+    // tracing caches each callsite's interest for the whole process, asked of the subscriber
+    // of whichever thread reaches it first: a sibling test, with none, would cache "never" and
+    // this capture would stay empty. A global subscriber that takes everything and writes
+    // nowhere keeps every callsite live; the rebuild repairs one cached before it.
+    static EVERY_CALLSITE_LIVE: std::sync::Once = std::sync::Once::new();
+    EVERY_CALLSITE_LIVE.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
+    });
     let guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
     webhook::configure(&t.db, &settings, "agent-1", &body)
         .await
         .unwrap();
