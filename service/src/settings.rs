@@ -115,7 +115,7 @@ pub struct WebhookSettings {
     pub portal_frame_ancestors: String,
     /// Not a variable: what [`enqueue`](crate::delivery::enqueue) learned of agents' content
     /// filters. Clones of these settings share it.
-    pub filter_cache: crate::delivery::FilterCache,
+    pub filter_cache: crate::delivery::filter_cache::FilterCache,
 }
 
 /// Shortest portal key, in bytes: HMAC-SHA256's block of security.
@@ -411,7 +411,7 @@ impl Default for WebhookSettings {
             signing_grace: DEFAULT_SIGNING_GRACE,
             portal_key: None,
             portal_frame_ancestors: DEFAULT_PORTAL_FRAME_ANCESTORS.to_owned(),
-            filter_cache: crate::delivery::FilterCache::default(),
+            filter_cache: crate::delivery::filter_cache::FilterCache::default(),
         }
     }
 }

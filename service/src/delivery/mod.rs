@@ -56,7 +56,7 @@ use crate::settings::WebhookSettings;
 mod claim;
 mod dry_run;
 mod enqueue;
-mod filter_cache;
+pub(crate) mod filter_cache;
 mod health;
 mod history;
 pub mod lanes;
