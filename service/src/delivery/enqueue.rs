@@ -43,9 +43,7 @@ pub async fn enqueue<C: ConnectionTrait + TransactionTrait>(
             let agent = crate::agent::find_any_agent(db, agent_id).await?;
             if db.get_database_backend() == DbBackend::Sqlite {
                 let text = agent.webhook_filter.as_ref().map(|f| f.to_string());
-                settings
-                    .filter_cache
-                    .learn(agent_id, remembered(&agent, text));
+                learn_filter(settings, &agent, text);
             }
             agent
         }
@@ -202,10 +200,7 @@ async fn insert_if_deliverable<C: ConnectionTrait>(
         return Err(Error::AgentNotFound(agent_id.to_owned()));
     };
     let agent = AgentWebhook::from_query_result(&row, "")?;
-    let text: Option<String> = row.try_get("", FILTER_TEXT)?;
-    settings
-        .filter_cache
-        .learn(agent_id, remembered(&agent, text));
+    learn_filter(settings, &agent, row.try_get("", FILTER_TEXT)?);
     if row.try_get::<Option<String>>("", CREATED_ID)?.is_none() {
         return Ok(OneStatement::Read(agent));
     }
@@ -220,26 +215,24 @@ const CREATED_ID: &str = "aw_created_id";
 /// [`filter_text`] compares.
 const FILTER_TEXT: &str = "aw_filter_text";
 
+/// The stored content filter as PostgreSQL prints it, the text the cache remembers there.
+const PG_FILTER_TEXT: &str = "\"agents\".\"webhook_filter\"::text";
+
 /// The stored content filter, as text, equal to a bound text: PostgreSQL's `::text` of the
 /// value as stored; SQLite's stored text, which SeaORM wrote as `serde_json` prints it.
-fn filter_text(backend: DbBackend) -> &'static str {
+fn filter_text(backend: DbBackend) -> String {
     match backend {
-        DbBackend::Postgres => "\"agents\".\"webhook_filter\"::text = $1",
-        _ => "\"agents\".\"webhook_filter\" = ?",
+        DbBackend::Postgres => format!("{PG_FILTER_TEXT} = $1"),
+        _ => "\"agents\".\"webhook_filter\" = ?".to_owned(),
     }
 }
 
-/// What the [`FilterCache`](super::FilterCache) keeps of `agent`'s filter, stored as `text`:
-/// nothing when there is none or it does not parse (enqueue then reports it as it reads it).
-fn remembered(
-    agent: &AgentWebhook,
-    text: Option<String>,
-) -> Option<super::filter_cache::Remembered> {
-    let filter = crate::webhook::stored_filter(agent).ok()??;
-    Some(super::filter_cache::Remembered {
-        text: text?,
-        filter,
-    })
+/// Tells the [`FilterCache`](super::FilterCache) `agent`'s filter, stored as `text`; one that
+/// does not parse is not remembered (enqueue then reports it as it reads it).
+fn learn_filter(settings: &WebhookSettings, agent: &AgentWebhook, text: Option<String>) {
+    settings.filter_cache.learn(&agent.id, text, || {
+        crate::webhook::stored_filter(agent).ok().flatten()
+    });
 }
 
 /// `insert` as a data-modifying `WITH` (PostgreSQL) whose `SELECT` returns the agent's row
@@ -259,10 +252,7 @@ fn with_agent_row(
         Expr::cust("(SELECT id FROM created)"),
         Alias::new(CREATED_ID),
     );
-    select.expr_as(
-        Expr::cust("\"agents\".\"webhook_filter\"::text"),
-        Alias::new(FILTER_TEXT),
-    );
+    select.expr_as(Expr::cust(PG_FILTER_TEXT), Alias::new(FILTER_TEXT));
     if notify {
         select.expr(Expr::cust(format!(
             "(SELECT {} FROM created) IS NULL",

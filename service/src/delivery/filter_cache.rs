@@ -36,16 +36,25 @@ impl FilterCache {
         self.lock().get(agent_id).cloned()
     }
 
-    /// Remembers `agent_id`'s filter as read just now; `None` (no filter, or one that does not
-    /// parse) forgets it.
-    pub(super) fn learn(&self, agent_id: &str, now: Option<Remembered>) {
+    /// Remembers `agent_id`'s filter as stored just now, `text` (`None`: no filter). `parse`
+    /// runs only when the text differs from the one remembered, so an agent whose filter did
+    /// not change costs no parse; a filter it cannot parse (`None`) is forgotten.
+    pub(super) fn learn(
+        &self,
+        agent_id: &str,
+        text: Option<String>,
+        parse: impl FnOnce() -> Option<ContentFilter>,
+    ) {
         let mut map = self.lock();
-        match now {
-            Some(remembered) => {
+        if map.get(agent_id).map(|known| &known.text) == text.as_ref() {
+            return;
+        }
+        match text.and_then(|text| Some((text, parse()?))) {
+            Some((text, filter)) => {
                 if map.len() >= CAPACITY && !map.contains_key(agent_id) {
                     map.clear();
                 }
-                map.insert(agent_id.to_owned(), Arc::new(remembered));
+                map.insert(agent_id.to_owned(), Arc::new(Remembered { text, filter }));
             }
             None => {
                 map.remove(agent_id);
@@ -84,31 +93,38 @@ impl std::fmt::Debug for FilterCache {
 mod tests {
     use super::*;
 
-    fn remembered(text: &str) -> Remembered {
+    fn learn(cache: &FilterCache, agent_id: &str, text: &str) {
         let value: serde_json::Value = serde_json::from_str(text).unwrap();
-        Remembered {
-            text: text.to_owned(),
-            filter: ContentFilter::parse(&value).unwrap(),
-        }
+        cache.learn(agent_id, Some(text.to_owned()), || {
+            Some(ContentFilter::parse(&value).unwrap())
+        });
     }
 
     #[test]
     fn learns_replaces_forgets_and_stays_bounded() {
         let cache = FilterCache::default();
         let shared = cache.clone();
-        cache.learn("a", Some(remembered(r#"{"kind":"keep"}"#)));
+        learn(&cache, "a", r#"{"kind":"keep"}"#);
         assert_eq!(shared.get("a").unwrap().text, r#"{"kind":"keep"}"#);
-        cache.learn("a", Some(remembered(r#"{"kind":"other"}"#)));
+        // The same text again is not parsed again.
+        cache.learn("a", Some(r#"{"kind":"keep"}"#.to_owned()), || {
+            panic!("parsed an unchanged filter")
+        });
+        learn(&cache, "a", r#"{"kind":"other"}"#);
         assert_eq!(shared.get("a").unwrap().text, r#"{"kind":"other"}"#);
-        cache.learn("a", None);
+        cache.learn("a", None, || panic!("parsed no filter"));
         assert!(shared.get("a").is_none());
+        // A text that does not parse is forgotten.
+        learn(&cache, "b", r#"{"kind":"keep"}"#);
+        cache.learn("b", Some("not a filter".to_owned()), || None);
+        assert!(shared.get("b").is_none());
         for n in 0..CAPACITY {
-            cache.learn(&n.to_string(), Some(remembered(r#"{"k":1}"#)));
+            learn(&cache, &n.to_string(), r#"{"k":1}"#);
         }
         // Replacing a remembered agent never empties the cache; a new one past the bound does.
-        cache.learn("0", Some(remembered(r#"{"k":2}"#)));
+        learn(&cache, "0", r#"{"k":2}"#);
         assert_eq!(cache.len(), CAPACITY);
-        cache.learn("one more", Some(remembered(r#"{"k":1}"#)));
+        learn(&cache, "one more", r#"{"k":1}"#);
         assert_eq!(cache.len(), 1);
     }
 }

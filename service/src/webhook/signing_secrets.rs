@@ -273,9 +273,8 @@ pub async fn prune_expired<C: ConnectionTrait>(db: &C, now: DateTime<Utc>) -> Re
         .rows_affected)
 }
 
-/// One statement for up to [`MAX_PAGE_SIZE`](crate::db::MAX_PAGE_SIZE) agents, so a worker reads a
-/// claimed batch's keys once. An
-/// agent's error does not stop the others.
+/// One statement for up to [`MAX_PAGE_SIZE`](crate::db::MAX_PAGE_SIZE) agents, so a worker
+/// reads a claimed batch's keys once. An agent's error does not stop the others.
 pub(crate) async fn live_keys<C: ConnectionTrait>(
     db: &C,
     settings: &WebhookSettings,

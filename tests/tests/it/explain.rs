@@ -122,27 +122,8 @@ async fn each_bookkeeping_query_uses_its_index_on_postgres() {
 /// PostgreSQL (a hashed subplan) nor MariaDB (a materialized subquery) reads the table.
 #[tokio::test]
 async fn the_claims_lane_rule_is_a_lookup_per_candidate() {
-    let rows = |series: &str, name: &str, now: &str| {
-        format!(
-            "INSERT INTO webhook_deliveries (id, organization_id, agent_id, event_id, event_type, \
-             webhook_url, attempt_count, created_at, next_retry_at, lane, lane_seq) \
-             SELECT CONCAT('dlv-', {name}), 'org-1', 'agent-1', CONCAT('evt-', {name}), \
-                    'run.completed', 'https://hooks.example.com/x', 0, {now}, {now}, \
-                    CONCAT('lane-', {name}), 1 FROM {series}"
-        )
-    };
     // PostgreSQL.
-    let t = TestDb::migrated(Backend::Postgres).await;
-    seed_agent(&t, "agent-1", &[]).await;
-    t.exec(&rows("generate_series(1, 10000) g", "g", "now()"))
-        .await;
-    t.exec("ANALYZE webhook_deliveries").await;
-    let claim = delivery::testing::claim_statement(
-        DbBackend::Postgres,
-        &WebhookSettings::default(),
-        Utc::now(),
-        100,
-    );
+    let (t, claim) = lanes_claim(Backend::Postgres).await;
     let claim_plan = plan(&t, claim).await;
     println!("claim_due with 10,000 lanes:\n{claim_plan}\n");
     // (How the `UPDATE` finds the 100 chosen rows by id is the planner's choice at this size.)
@@ -155,17 +136,7 @@ async fn the_claims_lane_rule_is_a_lookup_per_candidate() {
     );
 
     // MariaDB: the locking `SELECT` that starts its claim.
-    let t = TestDb::migrated(Backend::MySql).await;
-    seed_agent(&t, "agent-1", &[]).await;
-    t.exec(&rows("seq_1_to_10000", "seq", "UTC_TIMESTAMP(6)"))
-        .await;
-    t.exec("ANALYZE TABLE webhook_deliveries").await;
-    let claim = delivery::testing::claim_statement(
-        DbBackend::MySql,
-        &WebhookSettings::default(),
-        Utc::now(),
-        100,
-    );
+    let (t, claim) = lanes_claim(Backend::MySql).await;
     let explain = Statement::from_sql_and_values(
         DbBackend::MySql,
         format!("EXPLAIN {}", claim.sql),
@@ -194,4 +165,43 @@ async fn the_claims_lane_rule_is_a_lookup_per_candidate() {
         !steps.iter().any(|(kind, _)| kind == "MATERIALIZED"),
         "{steps:?}"
     );
+}
+
+/// A database of `backend` (PostgreSQL, else MariaDB) with 10,000 due deliveries, each the head
+/// of its own lane, analyzed, and the claim statement for it.
+async fn lanes_claim(backend: Backend) -> (TestDb, Statement) {
+    let (series, n, now, analyze, db_backend) = match backend {
+        Backend::Postgres => (
+            "generate_series(1, 10000) g",
+            "g",
+            "now()",
+            "ANALYZE webhook_deliveries",
+            DbBackend::Postgres,
+        ),
+        _ => (
+            "seq_1_to_10000",
+            "seq",
+            "UTC_TIMESTAMP(6)",
+            "ANALYZE TABLE webhook_deliveries",
+            DbBackend::MySql,
+        ),
+    };
+    let t = TestDb::migrated(backend).await;
+    seed_agent(&t, "agent-1", &[]).await;
+    t.exec(&format!(
+        "INSERT INTO webhook_deliveries (id, organization_id, agent_id, event_id, event_type, \
+         webhook_url, attempt_count, created_at, next_retry_at, lane, lane_seq) \
+         SELECT CONCAT('dlv-', {n}), 'org-1', 'agent-1', CONCAT('evt-', {n}), \
+                'run.completed', 'https://hooks.example.com/x', 0, {now}, {now}, \
+                CONCAT('lane-', {n}), 1 FROM {series}"
+    ))
+    .await;
+    t.exec(analyze).await;
+    let claim = delivery::testing::claim_statement(
+        db_backend,
+        &WebhookSettings::default(),
+        Utc::now(),
+        100,
+    );
+    (t, claim)
 }
