@@ -14,9 +14,19 @@ use sea_orm::{
 
 use crate::error::{Error, Result};
 
+/// How long a pooled connection of [`connect`]'s may sit idle before it is pinged at checkout:
+/// long enough that a busy pool never pings, short against the minutes after which proxies and
+/// firewalls drop idle connections.
+pub const PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Opens a pool fit for concurrent workers: SQLite in write-ahead logging with sqlx's 5 s busy
 /// timeout, so claimers wait for the write lock instead of failing; connecting and acquiring
 /// give up after the migration binary's [`CONNECT_TIMEOUT`].
+///
+/// A pooled connection is checked with a ping only once it has been idle for
+/// [`PING_AFTER_IDLE`]. sqlx's default pings on every checkout, and SeaORM checks a connection
+/// out per statement, so every statement would cost two round trips; a connection that died
+/// in use fails its statement instead, as it would between ping and statement.
 ///
 /// # Errors
 ///
@@ -31,6 +41,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         .min_connections(0)
         .connect_timeout(CONNECT_TIMEOUT)
         .acquire_timeout(CONNECT_TIMEOUT)
+        .test_before_acquire_if_idle_for(PING_AFTER_IDLE)
         .sqlx_logging(false);
     let db = Database::connect(options).await?;
     if db.get_database_backend() == DbBackend::Sqlite {

@@ -19,6 +19,7 @@
 //! | `WEBHOOK_REQUEST_TIMEOUT_SECS` | how long one attempt may take in all, response body included; must be shorter than the claim lease ([`REQUEST_TIMEOUT_SECS`]) | 30 |
 //! | `WEBHOOK_MAX_RESPONSE_BYTES` | how much of a response body the worker reads before it stops and closes the connection ([`MAX_RESPONSE_BYTES`]) | 65536 (64 KiB) |
 //! | `WEBHOOK_POLL_INTERVAL_MS` | how long an idle worker waits before it looks for due deliveries again ([`POLL_INTERVAL_MS`]) | 1000 |
+//! | `WEBHOOK_GATHER_MS` | on PostgreSQL with `WEBHOOK_LISTEN`, how long an idle worker woken by a notification waits before it claims, so that one claim (and one recording) serves the events of that window rather than each its own; adds up to this much latency to an event that finds the worker idle, none to a busy worker ([`GATHER_MS`]) | 10 ([`DEFAULT_GATHER`]) |
 //! | `WEBHOOK_SIGNING_GRACE_SECS` | how long a previous signing secret keeps signing after [`rotate_signing_secret`](crate::webhook::signing_secrets::rotate_signing_secret) when the caller names no grace period ([`SIGNING_GRACE_SECS`]) | 86400 (24 h; [`DEFAULT_SIGNING_GRACE`]) |
 //! | `WEBHOOK_LISTEN` | on PostgreSQL, [`enqueue`](crate::delivery::enqueue) sends a `NOTIFY` (delivered on commit) and an idle worker `LISTEN`s, so a new delivery is sent at once rather than at the next poll (one worker per database listens: [`Dispatcher`](crate::dispatch::Dispatcher)); `false` for connection poolers that do not pass `LISTEN` through (PgBouncer in transaction mode). Set it alike for the app server and the workers. Ignored on other backends | `true` |
 //! | `WEBHOOK_PORTAL_KEY` | the base64 of at least 32 random bytes (`openssl rand -base64 32`) that signs the webhook portal's links ([`PortalKey`]; see docs/portal.md); one key for all replicas of the app server | none: portal links cannot be minted |
@@ -50,6 +51,7 @@ pub mod vars {
     pub const REQUEST_TIMEOUT_SECS: &str = "WEBHOOK_REQUEST_TIMEOUT_SECS";
     pub const MAX_RESPONSE_BYTES: &str = "WEBHOOK_MAX_RESPONSE_BYTES";
     pub const POLL_INTERVAL_MS: &str = "WEBHOOK_POLL_INTERVAL_MS";
+    pub const GATHER_MS: &str = "WEBHOOK_GATHER_MS";
     pub const DISABLE_AFTER_SECS: &str = "WEBHOOK_DISABLE_AFTER_SECS";
     pub const SIGNING_GRACE_SECS: &str = "WEBHOOK_SIGNING_GRACE_SECS";
     pub const LISTEN: &str = "WEBHOOK_LISTEN";
@@ -78,6 +80,11 @@ pub const REQUEST_TIMEOUT_SECS: RangeInclusive<u32> = 1..=600;
 /// Bytes: at least the KiB kept in the attempt log.
 pub const MAX_RESPONSE_BYTES: RangeInclusive<u32> = 1024..=16 * 1024 * 1024;
 pub const POLL_INTERVAL_MS: RangeInclusive<u32> = 10..=60_000;
+/// Milliseconds: 0 claims at once; beyond a second, polling does the same job.
+pub const GATHER_MS: RangeInclusive<u32> = 0..=1000;
+/// At 200 events/s a claim then serves about three events, at a p50 of about 10 ms from
+/// enqueue to arrival (docs/benchmarks.md, scale-out: light load).
+pub const DEFAULT_GATHER: Duration = Duration::from_millis(10);
 /// Seconds: a period under a minute would disable a webhook over one slow retry.
 pub const DISABLE_AFTER_SECS: RangeInclusive<u32> = 60..=365 * 24 * 3600;
 /// As Svix does.
@@ -208,6 +215,8 @@ pub struct WorkerSettings {
     pub request_timeout: Duration,
     pub max_response_bytes: usize,
     pub poll_interval: Duration,
+    /// See `WEBHOOK_GATHER_MS` in the [module documentation](self).
+    pub gather: Duration,
     pub listen: bool,
 }
 
@@ -220,6 +229,7 @@ impl Default for WorkerSettings {
             request_timeout: Duration::from_secs(30),
             max_response_bytes: 64 * 1024,
             poll_interval: Duration::from_secs(1),
+            gather: DEFAULT_GATHER,
             listen: true,
         }
     }
@@ -352,6 +362,10 @@ impl WebhookSettings {
         if let Some(value) = get(vars::POLL_INTERVAL_MS) {
             let ms = in_range(&value, POLL_INTERVAL_MS).map_err(fail(vars::POLL_INTERVAL_MS))?;
             worker.poll_interval = Duration::from_millis(ms.into());
+        }
+        if let Some(value) = get(vars::GATHER_MS) {
+            let ms = in_range(&value, GATHER_MS).map_err(fail(vars::GATHER_MS))?;
+            worker.gather = Duration::from_millis(ms.into());
         }
         if let Some(value) = get(vars::LISTEN) {
             settings.worker.listen = match value.trim().to_ascii_lowercase().as_str() {
@@ -515,6 +529,7 @@ mod tests {
             (vars::REQUEST_TIMEOUT_SECS, "5"),
             (vars::MAX_RESPONSE_BYTES, "2048"),
             (vars::POLL_INTERVAL_MS, "250"),
+            (vars::GATHER_MS, "0"),
             (vars::DISABLE_AFTER_SECS, "60"),
             (vars::SIGNING_GRACE_SECS, "0"),
             (vars::LISTEN, "off"),
@@ -532,6 +547,7 @@ mod tests {
                 request_timeout: Duration::from_secs(5),
                 max_response_bytes: 2048,
                 poll_interval: Duration::from_millis(250),
+                gather: Duration::ZERO,
                 listen: false,
             }
         );
@@ -569,6 +585,7 @@ mod tests {
             (vars::REQUEST_TIMEOUT_SECS, "601"),
             (vars::MAX_RESPONSE_BYTES, "1023"),
             (vars::POLL_INTERVAL_MS, "9"),
+            (vars::GATHER_MS, "1001"),
             (vars::DISABLE_AFTER_SECS, "59"),
             (vars::LISTEN, "maybe"),
             (vars::DISABLE_AFTER_SECS, "31536001"),

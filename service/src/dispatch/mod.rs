@@ -68,6 +68,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use sea_orm::DatabaseConnection;
 #[cfg(feature = "postgres")]
 use sea_orm::sqlx::postgres::PgListener;
@@ -270,7 +271,15 @@ impl Dispatcher {
             }
             tokio::select! {
                 () = tokio::time::sleep(self.settings.worker.poll_interval) => {}
-                () = notified(wake.as_deref()) => {}
+                () = notified(wake.as_deref()) => {
+                    let gather = self.settings.worker.gather;
+                    if !gather.is_zero() {
+                        tokio::select! {
+                            () = tokio::time::sleep(gather) => {}
+                            () = &mut shutdown => return total,
+                        }
+                    }
+                }
                 () = &mut shutdown => return total,
             }
         }
@@ -347,6 +356,9 @@ impl Dispatcher {
         // Set when a claim found nothing: claim again only once the sends in flight are done
         // and recorded (their retries may be due by then), not after each of them.
         let mut nothing_due = false;
+        // Set by a wake-up while nothing was due: the next claim waits until then, so that it
+        // brings what is enqueued meanwhile (`gather`).
+        let mut gather_until: Option<tokio::time::Instant> = None;
         let mut failure = None;
         let mut finished = Vec::new();
         loop {
@@ -357,7 +369,12 @@ impl Dispatcher {
             } else {
                 !nothing_due && free * 2 >= concurrency
             };
-            if failure.is_none() && refill && !stop.load(Ordering::SeqCst) {
+            let gathering = gather_until.is_some_and(|until| tokio::time::Instant::now() < until);
+            if failure.is_none() && refill && !gathering && !stop.load(Ordering::SeqCst) {
+                gather_until = None;
+                if let Mode::Running(Some(wake)) = mode {
+                    forget_wake_ups(wake);
+                }
                 match self.claim(free).await {
                     Ok((claims, keys)) => {
                         nothing_due = match mode {
@@ -375,14 +392,26 @@ impl Dispatcher {
             }
             // Wait for one task (or, with nothing due, a wake-up), then take every other one
             // that has finished meanwhile.
-            let mut joined = match mode {
-                Mode::Running(Some(wake))
+            let mut joined = match (mode, gather_until) {
+                (_, Some(until)) if gathering => {
+                    if tasks.is_empty() {
+                        tokio::time::sleep_until(until).await;
+                        continue;
+                    }
+                    tokio::select! {
+                        joined = tasks.join_next_with_id() => joined,
+                        () = tokio::time::sleep_until(until) => continue,
+                    }
+                }
+                (Mode::Running(Some(wake)), _)
                     if nothing_due && failure.is_none() && !stop.load(Ordering::SeqCst) =>
                 {
                     tokio::select! {
                         joined = tasks.join_next_with_id() => joined,
                         () = wake.notified() => {
                             nothing_due = false;
+                            gather_until =
+                                Some(tokio::time::Instant::now() + self.settings.worker.gather);
                             continue;
                         }
                     }
@@ -683,6 +712,13 @@ async fn listen_when_first(
         }
         tokio::time::sleep(poll.max(Duration::from_millis(100))).await;
     }
+}
+
+/// Drops a wake-up stored by notifications that arrived before a claim: their deliveries were
+/// committed before they were notified, so the claim about to start sees them, and the wake-up
+/// would only bring an empty claim after it.
+fn forget_wake_ups(wake: &Notify) {
+    let _ = wake.notified().now_or_never();
 }
 
 /// Completes when `wake` is notified; never without one.

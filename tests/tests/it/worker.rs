@@ -196,7 +196,7 @@ fn settings() -> WebhookSettings {
             request_timeout: Duration::from_secs(1),
             max_response_bytes: 64 * 1024,
             poll_interval: Duration::from_millis(50),
-            listen: true,
+            ..WorkerSettings::default()
         },
         ..WebhookSettings::default()
     }
@@ -725,6 +725,38 @@ async fn idle_worker_wakes_on_enqueue_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_worker_without_listen_waits_for_the_poll_postgres() {
     idle_worker_wakes_on_enqueue(false).await;
+}
+
+/// A worker woken by a notification waits `gather` before it claims, and that claim brings
+/// what was enqueued meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_woken_worker_gathers_before_it_claims_postgres() {
+    let (receiver, addr) = Receiver::start([]).await;
+    let mut settings = settings();
+    settings.worker.poll_interval = Duration::from_secs(60);
+    settings.worker.gather = Duration::from_millis(600);
+    let s = setup(Backend::Postgres, &url(addr), settings).await;
+    let worker = RunningWorker::start(s.dispatcher());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let arrived = async |n: usize| {
+        while receiver.seen().len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        receiver.seen().len() >= n
+    };
+    assert!(arrived(1).await, "the first drain sends what is due");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let enqueued = Instant::now();
+    s.enqueue("agent-1", "evt_2").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.enqueue("agent-1", "evt_3").await;
+    assert!(arrived(3).await, "both were sent before the minute's poll");
+    let seen = receiver.seen();
+    let waited = seen[1].at - enqueued;
+    assert!(waited >= Duration::from_millis(550), "{waited:?}");
+    let apart = seen[2].at.max(seen[1].at) - seen[2].at.min(seen[1].at);
+    assert!(apart < Duration::from_millis(100), "one claim: {apart:?}");
+    worker.stop().await;
 }
 
 /// Of two workers on one PostgreSQL database only one LISTENs (the holder of the listener

@@ -634,9 +634,11 @@ impl Setup {
 
 async fn connect(url: &str, connections: u32, application_name: &str) -> DatabaseConnection {
     let mut options = ConnectOptions::new(with_application_name(url, application_name));
+    // Pinged only when idle, as `agent_webhooks::db::connect` does (sqlx pings every checkout).
     options
         .max_connections(connections)
         .min_connections(connections)
+        .test_before_acquire_if_idle_for(agent_webhooks::db::PING_AFTER_IDLE)
         .sqlx_logging(false);
     Database::connect(options).await.unwrap()
 }
