@@ -234,7 +234,7 @@ impl Dispatcher {
 
     /// Claims and sends until nothing is due (tests, cron-style use).
     pub async fn run_once(&self) -> Result<DrainReport> {
-        self.drain(&AtomicBool::new(false), Mode::Once).await
+        self.drain(&AtomicBool::new(false), Mode::Once, None).await
     }
 
     /// Drains and polls until `shutdown` completes, then lets the sends in flight finish (up to
@@ -248,8 +248,9 @@ impl Dispatcher {
         // Dropping the set stops the listening task.
         let mut listener = tokio::task::JoinSet::new();
         let wake = self.listen(&mut listener).await;
+        let mut gather_until = None;
         loop {
-            let mut drain = pin!(self.drain(&stop, Mode::Running(wake.as_deref())));
+            let mut drain = pin!(self.drain(&stop, Mode::Running(wake.as_deref()), gather_until));
             let result = tokio::select! {
                 result = &mut drain => result,
                 () = &mut shutdown => {
@@ -269,19 +270,13 @@ impl Dispatcher {
                 Ok(report) => total.add(report),
                 Err(err) => tracing::error!(%err, "delivery worker: drain failed"),
             }
-            tokio::select! {
-                () = tokio::time::sleep(self.settings.worker.poll_interval) => {}
+            gather_until = tokio::select! {
+                () = tokio::time::sleep(self.settings.worker.poll_interval) => None,
                 () = notified(wake.as_deref()) => {
-                    let gather = self.settings.worker.gather;
-                    if !gather.is_zero() {
-                        tokio::select! {
-                            () = tokio::time::sleep(gather) => {}
-                            () = &mut shutdown => return total,
-                        }
-                    }
+                    Some(tokio::time::Instant::now() + self.settings.worker.gather)
                 }
                 () = &mut shutdown => return total,
-            }
+            };
         }
     }
 
@@ -344,9 +339,19 @@ impl Dispatcher {
     ///
     /// [`Mode::Once`] claims until a claim comes back empty. [`Mode::Running`] takes a claim
     /// that did not fill its free slots as "nothing more is due" and ends the drain once its
-    /// sends are recorded, without a claim that would find nothing: a wake-up (or the next poll) starts the next one, and a wake-up during the
-    /// drain lets it claim again beside the sends in flight.
-    async fn drain(&self, stop: &AtomicBool, mode: Mode<'_>) -> Result<DrainReport> {
+    /// sends are recorded, without a claim that would find nothing: a wake-up (or the next poll)
+    /// starts the next one, and a wake-up during the drain lets it claim again beside the sends
+    /// in flight.
+    ///
+    /// A claim that follows a wake-up waits until the wake-up's `gather_until` (the worker's
+    /// `gather` after it), so that it brings what is enqueued meanwhile; `run` hands in the
+    /// deadline of the wake-up that started this drain.
+    async fn drain(
+        &self,
+        stop: &AtomicBool,
+        mode: Mode<'_>,
+        mut gather_until: Option<tokio::time::Instant>,
+    ) -> Result<DrainReport> {
         let mut report = DrainReport::default();
         let concurrency = self.settings.worker.concurrency.max(1);
         // Tasks, not futures polled by this loop: while it waits for a claim, the sends in
@@ -356,9 +361,6 @@ impl Dispatcher {
         // Set when a claim found nothing: claim again only once the sends in flight are done
         // and recorded (their retries may be due by then), not after each of them.
         let mut nothing_due = false;
-        // Set by a wake-up while nothing was due: the next claim waits until then, so that it
-        // brings what is enqueued meanwhile (`gather`).
-        let mut gather_until: Option<tokio::time::Instant> = None;
         let mut failure = None;
         let mut finished = Vec::new();
         loop {

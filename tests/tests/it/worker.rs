@@ -160,6 +160,14 @@ impl Receiver {
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// Waits until `n` requests have arrived or `deadline` passes; whether they all came.
+    async fn arrived(&self, n: usize, deadline: Instant) -> bool {
+        while self.seen.lock().unwrap().len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.seen.lock().unwrap().len() >= n
+    }
 }
 
 /// A TCP listener that counts connections and never speaks: proves that nothing was sent.
@@ -697,13 +705,7 @@ async fn idle_worker_wakes_on_enqueue(listen: bool) {
     let s = setup(Backend::Postgres, &url(addr), settings).await;
     let dispatcher = s.dispatcher();
     let worker = RunningWorker::start(dispatcher);
-    let arrived = async |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while receiver.seen().len() < n && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        receiver.seen().len() >= n
-    };
+    let arrived = |n| receiver.arrived(n, Instant::now() + Duration::from_secs(3));
     assert!(arrived(1).await, "the first drain sends what is due");
     // The worker is idle now, waiting up to a minute.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -738,12 +740,7 @@ async fn a_woken_worker_gathers_before_it_claims_postgres() {
     let s = setup(Backend::Postgres, &url(addr), settings).await;
     let worker = RunningWorker::start(s.dispatcher());
     let deadline = Instant::now() + Duration::from_secs(5);
-    let arrived = async |n: usize| {
-        while receiver.seen().len() < n && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        receiver.seen().len() >= n
-    };
+    let arrived = |n| receiver.arrived(n, deadline);
     assert!(arrived(1).await, "the first drain sends what is due");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let enqueued = Instant::now();
@@ -825,10 +822,7 @@ async fn one_worker_per_database_listens_and_another_takes_over_postgres() {
     wait_for_one(Some(leader)).await;
     s.enqueue("agent-1", "evt_2").await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while receiver.seen().len() < 2 {
-        assert!(Instant::now() < deadline, "evt_2 did not arrive");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(receiver.arrived(2, deadline).await, "evt_2 did not arrive");
     still.stop().await;
 }
 
