@@ -9,7 +9,7 @@
 //! | `enqueue.rs` | [`enqueue`], [`enqueue_for_agent`] (the transactional outbox), [`enqueue_many`] |
 //! | `filter_cache.rs` | [`FilterCache`]: the content filters enqueue saw, so a matching event is one statement |
 //! | `claim.rs` | [`claim_due`], [`release`] |
-//! | `record.rs` | [`record_outcomes`], [`record_outcome`], [`record_attempts`], [`abandon`] |
+//! | `record.rs` | [`record_outcomes`], [`record_outcome`], [`record_attempts`], [`record_delivered`], [`abandon`] |
 //! | `health.rs` | the run of failures an outcome starts or ends, and the automatic disable |
 //! | `lanes.rs` | ordered delivery: positions in a lane at enqueue, the claim's rule |
 //! | `history.rs` | [`get`], [`history`], [`stats`], [`attempts`], [`prune`] |

@@ -52,23 +52,18 @@ where
     I: IntoIterator<Item = (&'a str, &'a AttemptRecord)>,
 {
     use entity::webhook_delivery_attempts as wa;
-    let bounded = |text: &Option<String>, max: usize| text.as_deref().map(|t| truncate(t, max));
+    use sea_orm::ActiveModelTrait;
     let rows: Vec<wa::ActiveModel> = attempts
         .into_iter()
-        .map(|(delivery_id, record)| wa::ActiveModel {
-            id: sea_orm::NotSet,
-            delivery_id: sea_orm::Set(delivery_id.to_owned()),
-            attempt: sea_orm::Set(record.attempt),
-            started_at: sea_orm::Set(at(record.started_at)),
-            finished_at: sea_orm::Set(at(record.finished_at)),
-            status_code: sea_orm::Set(record.status_code),
-            error_class: sea_orm::Set(record.error_class.map(|c| c.as_str().to_owned())),
-            message: sea_orm::Set(bounded(&record.message, MAX_ERROR_LEN)),
-            response_body_prefix: sea_orm::Set(bounded(
-                &record.response_body_prefix,
-                RESPONSE_PREFIX_LEN * 4,
-            )),
-            remote_addr: sea_orm::Set(record.remote_addr.clone()),
+        .map(|(delivery_id, record)| {
+            let mut row = <wa::ActiveModel as ActiveModelTrait>::default();
+            for (column, value) in ATTEMPT_COLUMNS
+                .into_iter()
+                .zip(attempt_values(delivery_id, record))
+            {
+                row.set(column, value);
+            }
+            row
         })
         .collect();
     for chunk in rows.chunks(MAX_PAGE_SIZE as usize) {
@@ -78,6 +73,38 @@ where
             .await?;
     }
     Ok(())
+}
+
+/// The attempt log's columns an attempt fills, in the order of [`attempt_values`].
+const ATTEMPT_COLUMNS: [entity::webhook_delivery_attempts::Column; 9] = {
+    use entity::webhook_delivery_attempts::Column as C;
+    [
+        C::DeliveryId,
+        C::Attempt,
+        C::StartedAt,
+        C::FinishedAt,
+        C::StatusCode,
+        C::ErrorClass,
+        C::Message,
+        C::ResponseBodyPrefix,
+        C::RemoteAddr,
+    ]
+};
+
+/// An attempt's row in the attempt log, its texts cut to what the log keeps.
+fn attempt_values(delivery_id: &str, record: &AttemptRecord) -> Vec<sea_orm::Value> {
+    let bounded = |text: &Option<String>, max: usize| text.as_deref().map(|t| truncate(t, max));
+    vec![
+        delivery_id.into(),
+        record.attempt.into(),
+        at(record.started_at).into(),
+        at(record.finished_at).into(),
+        record.status_code.into(),
+        record.error_class.map(|c| c.as_str().to_owned()).into(),
+        bounded(&record.message, MAX_ERROR_LEN).into(),
+        bounded(&record.response_body_prefix, RESPONSE_PREFIX_LEN * 4).into(),
+        record.remote_addr.clone().into(),
+    ]
 }
 
 /// Marks the claimed delivery failed without sending it, for one that can never be sent (its
@@ -166,94 +193,19 @@ where
     I: IntoIterator<Item = (&'a Claim, &'a AttemptOutcome, DateTime<Utc>)>,
 {
     let db = &db.into_database_executor();
-    let timed: Vec<(&Claim, &AttemptOutcome, DateTime<Utc>)> = outcomes.into_iter().collect();
-    let Some(now) = timed.iter().map(|(_, _, at)| *at).max() else {
+    let backend = db.get_database_backend();
+    let Some(plan) = OutcomePlan::new(backend, settings, outcomes.into_iter().collect())? else {
         return Ok(Vec::new());
     };
-    let outcomes: Vec<(&Claim, &AttemptOutcome)> = timed.iter().map(|(c, o, _)| (*c, *o)).collect();
-    check_limit(outcomes.len() as u64)?;
-    let backend = db.get_database_backend();
-    // Decided before the first await: the thread-local generator is not `Send`.
-    let decisions: Vec<Decision> = {
-        let mut rng = rand::rng();
-        timed
-            .iter()
-            .map(|(claim, outcome, at)| {
-                let attempts = u32::try_from(claim.attempt).unwrap_or(0);
-                settings
-                    .retry
-                    .next_attempt(attempts, outcome, *at, &mut rng)
-            })
-            .collect()
-    };
-    let mut seen = HashSet::new();
-    let first: Vec<bool> = outcomes
-        .iter()
-        .map(|(claim, _)| seen.insert(claim.delivery.id.as_str()))
-        .collect();
-
-    let case = |column: wd::Column, value: &dyn Fn(usize) -> sea_orm::Value| {
-        let mut expr: Option<sea_orm::sea_query::CaseStatement> = None;
-        for (i, (claim, _)) in outcomes.iter().enumerate().filter(|(i, _)| first[*i]) {
-            let when = Expr::col(wd::Column::Id).eq(claim.delivery.id.as_str());
-            expr = Some(match expr {
-                None => Expr::case(when, Expr::value(value(i))),
-                Some(case) => case.case(when, Expr::value(value(i))),
-            });
-        }
-        expr.map(|case| case.finally(Expr::col(column)))
-    };
-    let no_stamp = || sea_orm::Value::from(None::<DateTimeWithTimeZone>);
-    let ids: Vec<&str> = outcomes
-        .iter()
-        .zip(&first)
-        .filter(|(_, first)| **first)
-        .map(|((claim, _), _)| claim.delivery.id.as_str())
-        .collect();
-    let (Some(attempt), Some(status), Some(error), Some(delivered_at), Some(next_retry_at)) = (
-        case(wd::Column::AttemptCount, &|i| outcomes[i].0.attempt.into()),
-        case(wd::Column::StatusCode, &|i| match outcomes[i].1 {
-            AttemptOutcome::Status { code, .. } => Some(i32::from(*code)).into(),
-            _ => None::<i32>.into(),
-        }),
-        case(wd::Column::ErrorMessage, &|i| match decisions[i] {
-            Decision::Delivered => None::<String>.into(),
-            _ => Some(error_text(outcomes[i].1)).into(),
-        }),
-        case(wd::Column::DeliveredAt, &|i| match decisions[i] {
-            Decision::Delivered => stamp(backend, timed[i].2),
-            _ => no_stamp(),
-        }),
-        case(wd::Column::NextRetryAt, &|i| match decisions[i] {
-            Decision::RetryAt(next) => stamp(backend, next),
-            _ => no_stamp(),
-        }),
-    ) else {
-        return Err(DbErr::Custom("an empty batch of outcomes".to_owned()).into());
-    };
-    let current = Condition::all()
-        .add(wd::Column::Id.is_in(ids.iter().copied()))
-        .add(Expr::col(wd::Column::AttemptCount).eq(attempt))
-        .add(wd::Column::DeliveredAt.is_null())
-        .add(wd::Column::StatusCode.is_null())
-        .add(wd::Column::ErrorMessage.is_null());
-    let mut update = Query::update();
-    update
-        .table(wd::Entity)
-        .value(wd::Column::StatusCode, status)
-        .value(wd::Column::ErrorMessage, error)
-        .value(wd::Column::DeliveredAt, delivered_at)
-        .value(wd::Column::NextRetryAt, next_retry_at)
-        .cond_where(current.clone());
     let applied: HashSet<String> = match backend {
         DbBackend::MySql => {
             let mut lock = Query::select();
             lock.column(wd::Column::Id)
                 .from(wd::Entity)
-                .cond_where(current)
+                .cond_where(plan.current.clone())
                 .lock(LockType::Update);
             in_transaction(db, |txn| {
-                let (lock, update) = (lock.clone(), update.clone());
+                let (lock, update) = (lock.clone(), plan.update.clone());
                 Box::pin(async move { Ok(update_locked(txn, &lock, &update).await?) })
             })
             .await?
@@ -261,44 +213,12 @@ where
             .collect()
         }
         _ => {
+            let mut update = plan.update.clone();
             update.returning_col(wd::Column::Id);
-            retry_statement(db, || async {
-                db.query_all(&update)
-                    .await?
-                    .iter()
-                    .map(|row| row.try_get_by_index::<String>(0))
-                    .collect::<Result<HashSet<_>, _>>()
-            })
-            .await?
+            retry_statement(db, || async { returned_ids(db, &update).await }).await?
         }
     };
-
-    // Endpoint health, per agent, from the outcomes that applied, in order.
-    let mut health: Vec<(&str, bool, bool)> = Vec::new(); // (agent, last delivered, success before)
-    let mut results = Vec::with_capacity(outcomes.len());
-    for (i, (claim, _)) in outcomes.iter().enumerate() {
-        if !first[i] || !applied.contains(&claim.delivery.id) {
-            results.push(Err(stale(claim)));
-            continue;
-        }
-        let decision = match decisions[i] {
-            Decision::RetryAt(next) => Decision::RetryAt(at(next).to_utc()),
-            decision => decision,
-        };
-        let delivered = matches!(decision, Decision::Delivered);
-        match health
-            .iter_mut()
-            .find(|(agent, _, _)| *agent == claim.delivery.agent_id)
-        {
-            Some(entry) => {
-                entry.2 |= entry.1;
-                entry.1 = delivered;
-            }
-            None => health.push((&claim.delivery.agent_id, delivered, false)),
-        }
-        tracing::debug!(delivery = %claim.delivery.id, attempt = claim.attempt, ?decision, "recorded attempt");
-        results.push(Ok(decision));
-    }
+    let (results, mut health) = plan.results(&applied);
     if !health.is_empty() {
         // Agent rows are written in one order by every worker, so two batches that share
         // agents cannot deadlock on them.
@@ -324,15 +244,277 @@ where
                 agents::Entity::update_many()
                     .col_expr(
                         agents::Column::WebhookFailingSince,
-                        Expr::value(stamp(backend, now)),
+                        Expr::value(stamp(backend, plan.now)),
                     )
                     .filter(agents::Column::Id.eq(agent_id))
                     .exec(db)
                     .await?;
             } else {
-                apply_health(db, settings, agent_id, state, delivered, now).await?;
+                apply_health(db, settings, agent_id, state, delivered, plan.now).await?;
             }
         }
     }
     Ok(results)
+}
+
+/// [`record_outcomes`] and [`record_attempts`] for a batch of attempts that all delivered, as
+/// one statement on PostgreSQL: the guarded `UPDATE` of the outcomes, the end of their agents'
+/// runs of failures and the attempt rows, in one `WITH … UPDATE … INSERT`, so a worker's
+/// recording costs one round trip and one commit. Each attempt is logged while its delivery
+/// exists, whether its outcome applied or its claim was stale.
+///
+/// Answers `None`, writing nothing, where that does not apply (another backend, an attempt
+/// that did not deliver, which may start a run of failures or disable a webhook): the caller
+/// records with the two functions in one transaction. Up to [`MAX_PAGE_SIZE`].
+pub async fn record_delivered<'a, I>(
+    db: impl IntoDatabaseExecutor<'_>,
+    settings: &WebhookSettings,
+    attempts: I,
+) -> Result<Option<Vec<Result<Decision>>>>
+where
+    I: IntoIterator<Item = (&'a Claim, &'a AttemptOutcome, &'a AttemptRecord)>,
+{
+    use entity::webhook_delivery_attempts as wa;
+    let db = &db.into_database_executor();
+    let backend = db.get_database_backend();
+    if backend != DbBackend::Postgres {
+        return Ok(None);
+    }
+    let attempts: Vec<_> = attempts.into_iter().collect();
+    let timed = attempts
+        .iter()
+        .map(|(claim, outcome, record)| (*claim, *outcome, record.finished_at))
+        .collect();
+    let Some(plan) = OutcomePlan::new(backend, settings, timed)? else {
+        return Ok(Some(Vec::new()));
+    };
+    if !plan
+        .decisions
+        .iter()
+        .all(|d| matches!(d, Decision::Delivered))
+    {
+        return Ok(None);
+    }
+    let applied = Alias::new("applied");
+    let mut update = plan.update.clone();
+    update.returning(Query::returning().columns([wd::Column::Id, wd::Column::AgentId]));
+
+    let mut heal = Query::update();
+    heal.table(agents::Entity)
+        .value(
+            agents::Column::WebhookFailingSince,
+            Expr::value(None::<DateTimeWithTimeZone>),
+        )
+        .and_where(
+            agents::Column::Id.in_subquery(
+                Query::select()
+                    .column(wd::Column::AgentId)
+                    .from(applied.clone())
+                    .to_owned(),
+            ),
+        )
+        .and_where(agents::Column::WebhookFailingSince.is_not_null());
+
+    let rows = Alias::new("attempt");
+    let column = |i: usize| Expr::col((rows.clone(), Alias::new(format!("column{}", i + 1))));
+    let mut logged = Query::select();
+    logged
+        .exprs((0..ATTEMPT_COLUMNS.len()).map(column))
+        .from_values(
+            attempts.iter().map(|(claim, _, record)| {
+                sea_orm::sea_query::ValueTuple::Many(attempt_values(&claim.delivery.id, record))
+            }),
+            rows.clone(),
+        )
+        .and_where(Expr::exists(
+            Query::select()
+                .expr(Expr::val(1))
+                .from(wd::Entity)
+                .and_where(Expr::col((wd::Entity, wd::Column::Id)).eq(column(0)))
+                .to_owned(),
+        ));
+    let mut insert = Query::insert();
+    insert
+        .into_table(wa::Entity)
+        .columns(ATTEMPT_COLUMNS)
+        .select_from(logged)
+        .map_err(|err| DbErr::Custom(err.to_string()))?
+        .on_conflict(
+            OnConflict::columns([wa::Column::DeliveryId, wa::Column::Attempt])
+                .do_nothing()
+                .to_owned(),
+        );
+
+    let cte = |name: &str, query: sea_orm::sea_query::SubQueryStatement| {
+        sea_orm::sea_query::CommonTableExpression::new()
+            .query(query)
+            .table_name(Alias::new(name))
+            .to_owned()
+    };
+    let statement = sea_orm::sea_query::WithClause::new()
+        .cte(cte("applied", update.into()))
+        .cte(cte("healed", heal.into()))
+        .cte(cte("logged", insert.into()))
+        .to_owned()
+        .query(
+            Query::select()
+                .column(wd::Column::Id)
+                .from(applied)
+                .to_owned(),
+        );
+    let applied = retry_statement(db, || async { returned_ids(db, &statement).await }).await?;
+    Ok(Some(plan.results(&applied).0))
+}
+
+/// The first column of every row a statement returns, as text (the ids it touched).
+async fn returned_ids<C: ConnectionTrait, S: sea_orm::StatementBuilder>(
+    db: &C,
+    statement: &S,
+) -> Result<HashSet<String>, DbErr> {
+    db.query_all(statement)
+        .await?
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0))
+        .collect()
+}
+
+/// A batch of outcomes, each decided by the retry policy, and the guarded `UPDATE` that stores
+/// those that apply while their claim is current (the first outcome of a delivery counts).
+struct OutcomePlan<'a> {
+    timed: Vec<(&'a Claim, &'a AttemptOutcome, DateTime<Utc>)>,
+    decisions: Vec<Decision>,
+    first: Vec<bool>,
+    /// The claims still current; the update applies to these.
+    current: Condition,
+    update: UpdateStatement,
+    /// The latest of the outcomes' instants: when the batch's health changes happen.
+    now: DateTime<Utc>,
+}
+
+impl<'a> OutcomePlan<'a> {
+    /// `None` for no outcomes.
+    fn new(
+        backend: DbBackend,
+        settings: &WebhookSettings,
+        timed: Vec<(&'a Claim, &'a AttemptOutcome, DateTime<Utc>)>,
+    ) -> Result<Option<Self>> {
+        let Some(now) = timed.iter().map(|(_, _, at)| *at).max() else {
+            return Ok(None);
+        };
+        check_limit(timed.len() as u64)?;
+        // Decided before the first await: the thread-local generator is not `Send`.
+        let decisions: Vec<Decision> = {
+            let mut rng = rand::rng();
+            timed
+                .iter()
+                .map(|(claim, outcome, at)| {
+                    let attempts = u32::try_from(claim.attempt).unwrap_or(0);
+                    settings
+                        .retry
+                        .next_attempt(attempts, outcome, *at, &mut rng)
+                })
+                .collect()
+        };
+        let mut seen = HashSet::new();
+        let first: Vec<bool> = timed
+            .iter()
+            .map(|(claim, _, _)| seen.insert(claim.delivery.id.as_str()))
+            .collect();
+
+        let case = |column: wd::Column, value: &dyn Fn(usize) -> sea_orm::Value| {
+            let mut expr: Option<sea_orm::sea_query::CaseStatement> = None;
+            for (i, (claim, _, _)) in timed.iter().enumerate().filter(|(i, _)| first[*i]) {
+                let when = Expr::col(wd::Column::Id).eq(claim.delivery.id.as_str());
+                expr = Some(match expr {
+                    None => Expr::case(when, Expr::value(value(i))),
+                    Some(case) => case.case(when, Expr::value(value(i))),
+                });
+            }
+            expr.map(|case| case.finally(Expr::col(column)))
+        };
+        let no_stamp = || sea_orm::Value::from(None::<DateTimeWithTimeZone>);
+        let ids: Vec<&str> = timed
+            .iter()
+            .zip(&first)
+            .filter(|(_, first)| **first)
+            .map(|((claim, _, _), _)| claim.delivery.id.as_str())
+            .collect();
+        let (Some(attempt), Some(status), Some(error), Some(delivered_at), Some(next_retry_at)) = (
+            case(wd::Column::AttemptCount, &|i| timed[i].0.attempt.into()),
+            case(wd::Column::StatusCode, &|i| match timed[i].1 {
+                AttemptOutcome::Status { code, .. } => Some(i32::from(*code)).into(),
+                _ => None::<i32>.into(),
+            }),
+            case(wd::Column::ErrorMessage, &|i| match decisions[i] {
+                Decision::Delivered => None::<String>.into(),
+                _ => Some(error_text(timed[i].1)).into(),
+            }),
+            case(wd::Column::DeliveredAt, &|i| match decisions[i] {
+                Decision::Delivered => stamp(backend, timed[i].2),
+                _ => no_stamp(),
+            }),
+            case(wd::Column::NextRetryAt, &|i| match decisions[i] {
+                Decision::RetryAt(next) => stamp(backend, next),
+                _ => no_stamp(),
+            }),
+        ) else {
+            return Err(DbErr::Custom("an empty batch of outcomes".to_owned()).into());
+        };
+        let current = Condition::all()
+            .add(wd::Column::Id.is_in(ids.iter().copied()))
+            .add(Expr::col(wd::Column::AttemptCount).eq(attempt))
+            .add(wd::Column::DeliveredAt.is_null())
+            .add(wd::Column::StatusCode.is_null())
+            .add(wd::Column::ErrorMessage.is_null());
+        let mut update = Query::update();
+        update
+            .table(wd::Entity)
+            .value(wd::Column::StatusCode, status)
+            .value(wd::Column::ErrorMessage, error)
+            .value(wd::Column::DeliveredAt, delivered_at)
+            .value(wd::Column::NextRetryAt, next_retry_at)
+            .cond_where(current.clone());
+        Ok(Some(OutcomePlan {
+            timed,
+            decisions,
+            first,
+            current,
+            update,
+            now,
+        }))
+    }
+
+    /// Each outcome's result, given the ids the update `applied` to, and the endpoint health
+    /// those results change, per agent in order: (agent, last delivered, a success before).
+    fn results(
+        &self,
+        applied: &HashSet<String>,
+    ) -> (Vec<Result<Decision>>, Vec<(&'a str, bool, bool)>) {
+        let mut health: Vec<(&'a str, bool, bool)> = Vec::new();
+        let mut results = Vec::with_capacity(self.timed.len());
+        for (i, (claim, _, _)) in self.timed.iter().enumerate() {
+            if !self.first[i] || !applied.contains(&claim.delivery.id) {
+                results.push(Err(stale(claim)));
+                continue;
+            }
+            let decision = match self.decisions[i] {
+                Decision::RetryAt(next) => Decision::RetryAt(at(next).to_utc()),
+                decision => decision,
+            };
+            let delivered = matches!(decision, Decision::Delivered);
+            match health
+                .iter_mut()
+                .find(|(agent, _, _)| *agent == claim.delivery.agent_id)
+            {
+                Some(entry) => {
+                    entry.2 |= entry.1;
+                    entry.1 = delivered;
+                }
+                None => health.push((&claim.delivery.agent_id, delivered, false)),
+            }
+            tracing::debug!(delivery = %claim.delivery.id, attempt = claim.attempt, ?decision, "recorded attempt");
+            results.push(Ok(decision));
+        }
+        (results, health)
+    }
 }

@@ -21,7 +21,8 @@ pub(super) struct FinishedAttempt {
 impl Dispatcher {
     /// Records finished attempts: their outcomes (each guarded by its claim) and their rows in
     /// the attempt log, in one transaction per [`crate::db::MAX_PAGE_SIZE`] attempts, with
-    /// [`delivery::record_outcomes`] and [`delivery::record_attempts`]. An attempt whose
+    /// [`delivery::record_outcomes`] and [`delivery::record_attempts`], or in one statement
+    /// with [`delivery::record_delivered`] where it applies. An attempt whose
     /// claim was taken over meanwhile is [`Recorded::Stale`]: it stays in the log, its outcome
     /// is not stored; one whose delivery was deleted meanwhile is stale too, and not logged.
     ///
@@ -97,6 +98,16 @@ impl Dispatcher {
         with_log: bool,
     ) -> Result<Vec<Result<Decision>>> {
         let _turn = self.write_turn().await;
+        if with_log {
+            let attempts = batch
+                .iter()
+                .map(|done| (&done.claim, &done.outcome, &done.record));
+            if let Some(outcomes) =
+                delivery::record_delivered(&self.db, &self.settings, attempts).await?
+            {
+                return Ok(outcomes);
+            }
+        }
         let this = self.clone();
         crate::db::transaction(&self.db, |txn| {
             let (this, batch) = (this.clone(), Arc::clone(&batch));

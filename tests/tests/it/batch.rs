@@ -389,7 +389,102 @@ async fn record_outcomes_keeps_endpoint_health_per_agent(backend: Backend) {
     assert!(a2.webhook_enabled);
 }
 
+/// An attempt as the worker logs it: answered `code` at `at`.
+fn attempt_record(claim: &Claim, code: u16, at: DateTime<Utc>) -> delivery::AttemptRecord {
+    delivery::AttemptRecord {
+        attempt: claim.attempt,
+        started_at: at,
+        finished_at: at,
+        status_code: Some(code.into()),
+        error_class: None,
+        message: None,
+        response_body_prefix: Some("ok".to_owned()),
+        remote_addr: Some("127.0.0.1:9".to_owned()),
+    }
+}
+
+/// On PostgreSQL a batch of deliveries is recorded in one statement: outcomes guarded per
+/// claim, the run of failures ended, each attempt logged while its delivery exists. Elsewhere,
+/// or with an outcome that did not deliver, it declines and writes nothing.
+async fn record_delivered_is_one_statement_on_postgres(backend: Backend) {
+    let t = TestDb::migrated(backend).await;
+    let s = settings();
+    seed_agent(&t, "a1", &[]).await;
+    seed_agent(&t, "a2", &[]).await;
+    let (ok, fail) = (status(200), status(500));
+    let failed = enqueue_and_claim(&t, &s, "a1", 1, t0()).await;
+    record_at(&t, &s, &[(&failed[0], &fail)], t0()).await;
+    let failing = |agent: &'static str| {
+        let t = &t;
+        async move { webhook::get(&t.db, agent).await.unwrap().failing_since }
+    };
+    assert_eq!(failing("a1").await, Some(t0()));
+
+    let t1 = t0() + TimeDelta::minutes(1);
+    let mut claims = enqueue_and_claim(&t, &s, "a1", 2, t1).await;
+    claims.extend(enqueue_and_claim(&t, &s, "a2", 2, t1 + TimeDelta::seconds(1)).await);
+    // claims[2] was reported already (stale, still there); claims[3] was deleted meanwhile.
+    record_at(&t, &s, &[(&claims[2], &ok)], t1).await;
+    t.exec(&format!(
+        "DELETE FROM webhook_deliveries WHERE id = '{}'",
+        claims[3].delivery.id
+    ))
+    .await;
+    let logged = "SELECT COUNT(*) FROM webhook_delivery_attempts";
+    let before = t.count(logged).await;
+    let records: Vec<_> = claims.iter().map(|c| attempt_record(c, 200, t1)).collect();
+    // Every attempt delivered, or the second failed.
+    let with = |second_failed: bool| {
+        let outcome = |i| if i == 1 && second_failed { &fail } else { &ok };
+        claims
+            .iter()
+            .zip(&records)
+            .enumerate()
+            .map(|(i, (claim, record))| (claim, outcome(i), record))
+            .collect::<Vec<_>>()
+    };
+
+    let declined = delivery::record_delivered(&t.db, &s, with(true))
+        .await
+        .unwrap();
+    assert!(declined.is_none(), "a failure goes the long way");
+    let results = delivery::record_delivered(&t.db, &s, with(false))
+        .await
+        .unwrap();
+    if backend != Backend::Postgres {
+        assert!(results.is_none(), "one statement is PostgreSQL's");
+        assert_eq!(t.count(logged).await, before);
+        assert_eq!(failing("a1").await, Some(t0()));
+        return;
+    }
+    let results = results.unwrap();
+    assert!(matches!(results[0], Ok(Decision::Delivered)), "{results:?}");
+    assert!(matches!(results[1], Ok(Decision::Delivered)), "{results:?}");
+    assert!(matches!(results[2], Err(Error::StaleClaim { .. })));
+    assert!(matches!(results[3], Err(Error::StaleClaim { .. })));
+    let stored = delivery::get(&t.db, &claims[0].delivery.id, t1)
+        .await
+        .unwrap();
+    assert_eq!(stored.state, delivery::DeliveryState::Delivered);
+    assert_eq!(stored.delivered_at, Some(t1));
+    assert_eq!(failing("a1").await, None, "a success ends the run");
+    // The two applied and the stale one whose delivery is there; not the deleted one.
+    assert_eq!(t.count(logged).await, before + 3);
+    // The same report again: every claim is stale now, and no row is logged twice.
+    let again = delivery::record_delivered(&t.db, &s, with(false))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        again
+            .iter()
+            .all(|r| matches!(r, Err(Error::StaleClaim { .. })))
+    );
+    assert_eq!(t.count(logged).await, before + 3);
+}
+
 backend_tests!(
+    record_delivered_is_one_statement_on_postgres,
     enqueue_many_is_idempotent_and_applies_the_rules_per_item,
     enqueue_many_refuses_a_bad_item_and_writes_nothing,
     enqueue_many_fans_out_past_one_statement,
