@@ -378,6 +378,10 @@ async fn returned_ids<C: ConnectionTrait, S: sea_orm::StatementBuilder>(
         .collect()
 }
 
+/// An agent's endpoint health after a batch: (agent, last outcome delivered, a success before
+/// a later failure).
+type HealthChange<'a> = (&'a str, bool, bool);
+
 /// A batch of outcomes, each decided by the retry policy, and the guarded `UPDATE` that stores
 /// those that apply while their claim is current (the first outcome of a delivery counts).
 struct OutcomePlan<'a> {
@@ -485,12 +489,9 @@ impl<'a> OutcomePlan<'a> {
     }
 
     /// Each outcome's result, given the ids the update `applied` to, and the endpoint health
-    /// those results change, per agent in order: (agent, last delivered, a success before).
-    fn results(
-        &self,
-        applied: &HashSet<String>,
-    ) -> (Vec<Result<Decision>>, Vec<(&'a str, bool, bool)>) {
-        let mut health: Vec<(&'a str, bool, bool)> = Vec::new();
+    /// those results change, per agent in order.
+    fn results(&self, applied: &HashSet<String>) -> (Vec<Result<Decision>>, Vec<HealthChange<'a>>) {
+        let mut health: Vec<HealthChange<'a>> = Vec::new();
         let mut results = Vec::with_capacity(self.timed.len());
         for (i, (claim, _, _)) in self.timed.iter().enumerate() {
             if !self.first[i] || !applied.contains(&claim.delivery.id) {
