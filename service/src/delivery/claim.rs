@@ -140,12 +140,7 @@ pub(super) async fn update_locked<C: ConnectionTrait>(
     lock: &SelectStatement,
     update: &UpdateStatement,
 ) -> Result<Vec<String>, DbErr> {
-    let ids: Vec<String> = txn
-        .query_all(lock)
-        .await?
-        .iter()
-        .map(|row| row.try_get_by_index::<String>(0))
-        .collect::<Result<_, _>>()?;
+    let ids: Vec<String> = first_column(txn, txn.get_database_backend().build(lock)).await?;
     if !ids.is_empty() {
         let mut update = update.clone();
         update.and_where(wd::Column::Id.is_in(ids.clone()));

@@ -700,12 +700,7 @@ pub(super) async fn insert_rows<C: ConnectionTrait>(
             if notify {
                 notify_on_insert(&mut statement, "id");
             }
-            let created: HashSet<String> = db
-                .query_all_raw(statement)
-                .await?
-                .iter()
-                .map(|row| row.try_get_by_index::<String>(0))
-                .collect::<Result<_, _>>()?;
+            let created: HashSet<String> = first_column(db, statement).await?;
             let existing: Vec<&NewRow<'_>> = rows
                 .iter()
                 .filter(|row| !created.contains(&row.id))

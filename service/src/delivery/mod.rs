@@ -278,6 +278,20 @@ pub mod testing {
     }
 }
 
+/// The first column of every row `statement` returns, as text: the ids an `… RETURNING id` or
+/// a locking read touched.
+pub(crate) async fn first_column<C, T>(db: &C, statement: Statement) -> Result<T, DbErr>
+where
+    C: ConnectionTrait,
+    T: FromIterator<String>,
+{
+    db.query_all_raw(statement)
+        .await?
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,28 +51,38 @@ where
     C: ConnectionTrait,
     I: IntoIterator<Item = (&'a str, &'a AttemptRecord)>,
 {
-    use entity::webhook_delivery_attempts as wa;
-    use sea_orm::ActiveModelTrait;
-    let rows: Vec<wa::ActiveModel> = attempts
-        .into_iter()
-        .map(|(delivery_id, record)| {
-            let mut row = <wa::ActiveModel as ActiveModelTrait>::default();
-            for (column, value) in ATTEMPT_COLUMNS
-                .into_iter()
-                .zip(attempt_values(delivery_id, record))
-            {
-                row.set(column, value);
-            }
-            row
-        })
-        .collect();
-    for chunk in rows.chunks(MAX_PAGE_SIZE as usize) {
-        wa::Entity::insert_many(chunk.to_vec())
-            .on_conflict_do_nothing_on([wa::Column::DeliveryId, wa::Column::Attempt])
-            .exec_without_returning(db)
-            .await?;
+    let attempts: Vec<(&str, &AttemptRecord)> = attempts.into_iter().collect();
+    for chunk in attempts.chunks(MAX_PAGE_SIZE as usize) {
+        let mut insert = attempts_insert();
+        for (delivery_id, record) in chunk {
+            insert
+                .values(
+                    attempt_values(delivery_id, record)
+                        .into_iter()
+                        .map(Expr::value),
+                )
+                .map_err(|err| DbErr::Custom(err.to_string()))?;
+        }
+        db.execute(&insert).await?;
     }
     Ok(())
+}
+
+/// The attempt log's `INSERT` (rows or a query to add): the same attempt twice keeps the first
+/// row.
+fn attempts_insert() -> sea_orm::sea_query::InsertStatement {
+    use entity::webhook_delivery_attempts as wa;
+    let mut insert = Query::insert();
+    insert
+        .into_table(wa::Entity)
+        .columns(ATTEMPT_COLUMNS)
+        // MySQL names no conflict target: a no-op update of the key stands for DO NOTHING.
+        .on_conflict(
+            OnConflict::columns([wa::Column::DeliveryId, wa::Column::Attempt])
+                .do_nothing_on([wa::Column::Id])
+                .to_owned(),
+        );
+    insert
 }
 
 /// The attempt log's columns an attempt fills, in the order of [`attempt_values`].
@@ -215,7 +225,8 @@ where
         _ => {
             let mut update = plan.update.clone();
             update.returning_col(wd::Column::Id);
-            retry_statement(db, || async { returned_ids(db, &update).await }).await?
+            let update = backend.build(&update);
+            retry_statement(db, || first_column(db, update.clone())).await?
         }
     };
     let (results, mut health) = plan.results(&applied);
@@ -274,7 +285,6 @@ pub async fn record_delivered<'a, I>(
 where
     I: IntoIterator<Item = (&'a Claim, &'a AttemptOutcome, &'a AttemptRecord)>,
 {
-    use entity::webhook_delivery_attempts as wa;
     let db = &db.into_database_executor();
     let backend = db.get_database_backend();
     if backend != DbBackend::Postgres {
@@ -333,17 +343,10 @@ where
                 .and_where(Expr::col((wd::Entity, wd::Column::Id)).eq(column(0)))
                 .to_owned(),
         ));
-    let mut insert = Query::insert();
+    let mut insert = attempts_insert();
     insert
-        .into_table(wa::Entity)
-        .columns(ATTEMPT_COLUMNS)
         .select_from(logged)
-        .map_err(|err| DbErr::Custom(err.to_string()))?
-        .on_conflict(
-            OnConflict::columns([wa::Column::DeliveryId, wa::Column::Attempt])
-                .do_nothing()
-                .to_owned(),
-        );
+        .map_err(|err| DbErr::Custom(err.to_string()))?;
 
     let cte = |name: &str, query: sea_orm::sea_query::SubQueryStatement| {
         sea_orm::sea_query::CommonTableExpression::new()
@@ -362,20 +365,9 @@ where
                 .from(applied)
                 .to_owned(),
         );
-    let applied = retry_statement(db, || async { returned_ids(db, &statement).await }).await?;
+    let statement = backend.build(&statement);
+    let applied = retry_statement(db, || first_column(db, statement.clone())).await?;
     Ok(Some(plan.results(&applied).0))
-}
-
-/// The first column of every row a statement returns, as text (the ids it touched).
-async fn returned_ids<C: ConnectionTrait, S: sea_orm::StatementBuilder>(
-    db: &C,
-    statement: &S,
-) -> Result<HashSet<String>, DbErr> {
-    db.query_all(statement)
-        .await?
-        .iter()
-        .map(|row| row.try_get_by_index::<String>(0))
-        .collect()
 }
 
 /// An agent's endpoint health after a batch: (agent, last outcome delivered, a success before
