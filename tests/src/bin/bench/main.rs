@@ -45,8 +45,9 @@ struct Args {
     /// Backends to run, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres,mysql")]
     backends: Vec<String>,
-    /// Sections to run, comma separated (migration, throughput, claim, history, worker,
-    /// batched, scale, scaleout, cpu); all when not given.
+    /// Sections to run, comma separated (migration, throughput, claim, lanes, history, worker,
+    /// batched, scale, scaleout, cpu); all when not given. `light` (never part of "all") runs
+    /// only scaleout's light-load run and the saturated run it is compared with.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Deliveries in the scale section (PostgreSQL only; a tenth of them is pruned, twice).
@@ -266,6 +267,9 @@ async fn run(args: Args, backends: Vec<Backend>) {
         }
         if backend == Backend::Postgres && on("scaleout") {
             scaleout::figures(&mut report, q).await;
+        }
+        if backend == Backend::Postgres && args.only.iter().any(|s| s == "light") {
+            scaleout::light_figures(&mut report, q).await;
         }
         if q && backend != Backend::Sqlite {
             drops.push(tokio::spawn(async move {

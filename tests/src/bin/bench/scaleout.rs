@@ -48,54 +48,10 @@ pub(super) async fn figures(report: &mut Report, quick: bool) {
                 (false, Mode::Live, false) => &[1, 2],
                 (false, _, _) => &[1, 2, 4],
             };
-            let commit = if synchronous_commit {
-                "synchronous_commit on"
-            } else {
-                "synchronous_commit off"
-            };
             let mut rates: Vec<(usize, f64)> = Vec::new();
             for &workers in counts {
                 let run = saturation(&keys, mode, workers, events, synchronous_commit).await;
-                let label =
-                    |what: &str| format!("{what}, {}, {workers} worker(s), {commit}", mode.name());
-                report.push(
-                    "postgres",
-                    SECTION,
-                    label("deliveries/s"),
-                    run.per_second,
-                    "1/s",
-                );
-                if mode == Mode::Live {
-                    report.push(
-                        "postgres",
-                        SECTION,
-                        label("enqueue→arrival p50"),
-                        run.p50_ms,
-                        "ms",
-                    );
-                    report.push(
-                        "postgres",
-                        SECTION,
-                        label("enqueue→arrival p99"),
-                        run.p99_ms,
-                        "ms",
-                    );
-                }
-                report_cpu(report, label, run.cpu_per_k);
-                report.push(
-                    "postgres",
-                    SECTION,
-                    label("empty claims per 1000 deliveries"),
-                    run.empty_claims as f64 * 1000.0 / events as f64,
-                    "1",
-                );
-                report.push(
-                    "postgres",
-                    SECTION,
-                    label("worker commits per delivery"),
-                    run.commits_per_delivery,
-                    "1",
-                );
+                report_run(report, mode, workers, synchronous_commit, events, &run);
                 if mode == Mode::Live && synchronous_commit && workers == 1 {
                     saturated_cpu = Some(run.cpu_per_k[2]);
                 }
@@ -104,7 +60,11 @@ pub(super) async fn figures(report: &mut Report, quick: bool) {
                     report.push(
                         "postgres",
                         SECTION,
-                        format!("{} {workers} workers / {fewer}, {commit}", mode.name()),
+                        format!(
+                            "{} {workers} workers / {fewer}, {}",
+                            mode.name(),
+                            commit_name(synchronous_commit)
+                        ),
                         run.per_second / rate,
                         "x",
                     );
@@ -113,9 +73,82 @@ pub(super) async fn figures(report: &mut Report, quick: bool) {
             }
         }
     }
-    let seconds = if quick { 1 } else { 10 };
-    fixed_rate(report, &keys, 200, seconds, saturated_cpu).await;
+    light_load(report, &keys, quick, saturated_cpu).await;
     lease_column(report, if quick { 2_000 } else { 50_000 }).await;
+}
+
+/// `--only light`: the light-load run and the one it is compared with (one worker, live,
+/// synchronous commit on), without the rest of the section.
+pub(super) async fn light_figures(report: &mut Report, quick: bool) {
+    let keys = KeyRing::generate_key_entry("k1").unwrap();
+    let events = if quick { 300 } else { 10_000 };
+    let run = saturation(&keys, Mode::Live, 1, events, true).await;
+    report_run(report, Mode::Live, 1, true, events, &run);
+    light_load(report, &keys, quick, Some(run.cpu_per_k[2])).await;
+}
+
+async fn light_load(report: &mut Report, keys: &str, quick: bool, saturated_cpu: Option<f64>) {
+    let seconds = if quick { 1 } else { 10 };
+    fixed_rate(report, keys, 200, seconds, saturated_cpu).await;
+}
+
+fn commit_name(synchronous_commit: bool) -> &'static str {
+    if synchronous_commit {
+        "synchronous_commit on"
+    } else {
+        "synchronous_commit off"
+    }
+}
+
+/// The figures of one [`saturation`] run.
+fn report_run(
+    report: &mut Report,
+    mode: Mode,
+    workers: usize,
+    synchronous_commit: bool,
+    events: usize,
+    run: &Run,
+) {
+    let commit = commit_name(synchronous_commit);
+    let label = |what: &str| format!("{what}, {}, {workers} worker(s), {commit}", mode.name());
+    report.push(
+        "postgres",
+        SECTION,
+        label("deliveries/s"),
+        run.per_second,
+        "1/s",
+    );
+    if mode == Mode::Live {
+        report.push(
+            "postgres",
+            SECTION,
+            label("enqueue→arrival p50"),
+            run.p50_ms,
+            "ms",
+        );
+        report.push(
+            "postgres",
+            SECTION,
+            label("enqueue→arrival p99"),
+            run.p99_ms,
+            "ms",
+        );
+    }
+    report_cpu(report, label, run.cpu_per_k);
+    report.push(
+        "postgres",
+        SECTION,
+        label("empty claims per 1000 deliveries"),
+        run.empty_claims as f64 * 1000.0 / events as f64,
+        "1",
+    );
+    report.push(
+        "postgres",
+        SECTION,
+        label("worker commits per delivery"),
+        run.commits_per_delivery,
+        "1",
+    );
 }
 
 /// Where the lease lives, in [`lease_column`]'s experiment.
