@@ -40,6 +40,30 @@ pub fn python() -> String {
     std::env::var("TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned())
 }
 
+/// A program of this workspace in the target directory the running test or bench was built
+/// into (`target/<profile>/`): `path` below it, such as `agent-webhooks` or
+/// `examples/app-server`. Cargo builds only a test's own package's binaries for it, so a missing
+/// program panics with the command that builds it (`cargo build <build_args>`).
+pub fn workspace_program(path: &str, build_args: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the running program's path");
+    let mut dir = exe.parent().expect("its directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let release = if dir.ends_with("release") {
+        " --release"
+    } else {
+        ""
+    };
+    let program = dir.join(path);
+    assert!(
+        program.exists(),
+        "{} is missing: build it with `cargo build{release} {build_args}`",
+        program.display()
+    );
+    program
+}
+
 /// A fresh database for one test; the temporary directory (SQLite) lives as long as it does.
 pub struct TestDb {
     /// Which backend this is.

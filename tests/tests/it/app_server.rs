@@ -12,20 +12,11 @@ use std::time::{Duration, Instant};
 
 use integration_tests::{Backend, TestDb, backend_tests};
 
-/// `target/<profile>/examples/app-server`, beside this test's `deps/` directory.
 fn app_server() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    let profile = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps/<test>");
-    let path = profile.join("examples").join("app-server");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build -p agent-webhooks --example app-server`",
-        path.display()
-    );
-    path
+    integration_tests::workspace_program(
+        "examples/app-server",
+        "-p agent-webhooks --example app-server",
+    )
 }
 
 /// Starts the app server on `database_url` with a key ring, serving on a free loopback port.

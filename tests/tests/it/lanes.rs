@@ -221,17 +221,7 @@ struct Lanes {
 async fn order_holds_across_failures_and_killed_workers(backend: Backend) {
     const LANES: i64 = 4;
     const PER_LANE: i64 = 15;
-    let binary = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("agent-webhooks");
-    assert!(
-        binary.exists(),
-        "{} is missing: build it with `cargo build -p agent-webhooks-cli`",
-        binary.display()
-    );
+    let binary = integration_tests::workspace_program("agent-webhooks", "-p agent-webhooks-cli");
     let t = TestDb::migrated(backend).await;
     let keys = KeyRing::generate_key_entry("k1").unwrap();
     let settings = WebhookSettings {

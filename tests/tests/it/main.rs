@@ -6,10 +6,14 @@
 //!
 //! Run a part with a filter on the module path, e.g.
 //! `scripts/test -p integration-tests schema::` or `cargo test -p integration-tests --test it explain`.
+//! The modules that run the workspace's programs (`cli`, `migration_cli`, `lanes`,
+//! `app_server`) need them built first, as `scripts/test` does: `cargo build --workspace
+//! --all-targets`.
 
 mod adoption;
 mod app_server;
 mod batch;
+mod cli;
 mod content_filter;
 mod deliveries;
 mod entities;
@@ -20,6 +24,7 @@ mod host_autogenerate;
 mod host_schema;
 mod http;
 mod lanes;
+mod migration_cli;
 mod portal;
 mod recording;
 mod schema;

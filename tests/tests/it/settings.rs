@@ -1,6 +1,6 @@
 //! Each `WEBHOOK_*` variable, set through `WebhookSettings::from_lookup` exactly as
 //! `from_env` reads it, changes what the service does (`WEBHOOK_SIGNATURE_TOLERANCE_SECS` is read
-//! by the ops CLI's `verify`; its test is in `cli/tests/cli.rs`).
+//! by the ops CLI's `verify`; its test is in `tests/tests/it/cli.rs`).
 
 use serde_json::json;
 use std::collections::HashMap;

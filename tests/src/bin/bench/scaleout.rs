@@ -744,14 +744,8 @@ fn report_cpu(report: &mut Report, label: impl Fn(&str) -> String, per_k: [f64; 
 impl Fleet {
     /// `poll`: `WEBHOOK_POLL_INTERVAL_MS`, the default when `None`.
     async fn start(setup: &Setup, workers: usize, poll: Option<&str>) -> Fleet {
-        let binary = std::env::current_exe()
-            .unwrap()
-            .with_file_name("agent-webhooks");
-        assert!(
-            binary.exists(),
-            "{} is missing: build it with `cargo build [--release] -p agent-webhooks-cli`",
-            binary.display()
-        );
+        let binary =
+            integration_tests::workspace_program("agent-webhooks", "-p agent-webhooks-cli");
         let mut fleet = Fleet {
             children: Vec::new(),
             metrics: Vec::new(),

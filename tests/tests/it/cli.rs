@@ -18,6 +18,11 @@ use secrecy::SecretString;
 
 const SPEC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
+/// The `agent-webhooks` binary.
+fn cli() -> std::path::PathBuf {
+    integration_tests::workspace_program("agent-webhooks", "-p agent-webhooks-cli")
+}
+
 struct Run {
     code: Option<i32>,
     stdout: String,
@@ -25,7 +30,7 @@ struct Run {
 }
 
 fn run(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent-webhooks"));
+    let mut cmd = Command::new(cli());
     cmd.args(args)
         .env_remove("DATABASE_URL")
         .env_remove("WEBHOOK_SECRET_KEYS")
@@ -950,7 +955,7 @@ async fn events_emit_then_worker_once(backend: Backend) {
     assert!(text.stdout.contains("204"), "{}", text.stdout);
 
     // Without --once the worker keeps polling, and stops on SIGTERM with its report.
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_agent-webhooks"))
+    let mut worker = Command::new(cli())
         .args(["worker", "--json"])
         .envs(env)
         .env("WEBHOOK_POLL_INTERVAL_MS", "20")
@@ -1197,7 +1202,7 @@ async fn queue(t: &TestDb, port: u16, n: usize) -> (Vec<(String, String)>, Vec<S
 
 /// Starts `agent-webhooks worker ARGS` with `env` (and nothing from the test's environment).
 fn spawn_worker(env: &[(String, String)], args: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_agent-webhooks"))
+    Command::new(cli())
         .arg("worker")
         .args(args)
         .env_remove("DATABASE_URL")
@@ -1754,7 +1759,7 @@ backend_tests!(
 fn run_into_closed_pipe(args: &[&str], env: &[(&str, &str)], stderr_closed: bool) -> Run {
     let (reader, writer) = std::io::pipe().expect("a pipe");
     drop(reader);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent-webhooks"));
+    let mut cmd = Command::new(cli());
     cmd.args(args)
         .env_remove("DATABASE_URL")
         .env_remove("WEBHOOK_SECRET_KEYS")
@@ -2014,7 +2019,7 @@ async fn only_commands_that_write_announce_the_sqlite_default() {
     .unwrap();
     db.close().await.unwrap();
     let in_dir = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_agent-webhooks"))
+        let out = Command::new(cli())
             .current_dir(dir.path())
             .args(args)
             .env_remove("DATABASE_URL")

@@ -9,8 +9,13 @@ use migration::{Migrator, MigratorTrait};
 
 use migration::owned::{Format, render};
 
+/// The `migration` binary.
+fn migration_binary() -> std::path::PathBuf {
+    integration_tests::workspace_program("migration", "-p migration --bin migration")
+}
+
 fn migration(cwd: &Path, url: Option<&str>, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_migration"));
+    let mut cmd = Command::new(migration_binary());
     cmd.current_dir(cwd).args(args).env_remove("DATABASE_URL");
     if let Some(url) = url {
         cmd.env("DATABASE_URL", url);
@@ -180,7 +185,7 @@ async fn concurrent_ups(backend: Backend, n: usize) {
     let dir = tempfile::tempdir().unwrap();
     let children: Vec<_> = (0..n)
         .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_migration"))
+            Command::new(migration_binary())
                 .current_dir(dir.path())
                 .arg("up")
                 .env("DATABASE_URL", &t.url)
@@ -375,7 +380,7 @@ async fn seed_agents(t: &TestDb) {
 /// running then (false: it had finished, nothing was interrupted).
 fn killed_after(url: &str, args: &[&str], after: std::time::Duration) -> bool {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_migration"))
+    let mut child = Command::new(migration_binary())
         .current_dir(dir.path())
         .args(args)
         .env("DATABASE_URL", url)
@@ -617,7 +622,7 @@ async fn kill_down_blocked_by_reader(
     txn.execute_unprepared(&format!("SELECT COUNT(*) FROM {table}"))
         .await
         .unwrap();
-    let mut down = Command::new(env!("CARGO_BIN_EXE_migration"))
+    let mut down = Command::new(migration_binary())
         .current_dir(dir)
         .arg("down")
         .env("DATABASE_URL", &t.url)
@@ -754,7 +759,7 @@ async fn a_down_killed_before_its_first_drop_is_shown_by_status_mysql() {
 /// `migration owned ARGS` in an empty directory without `DATABASE_URL`: it needs no database.
 fn owned(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+    let out = Command::new(migration_binary())
         .current_dir(dir.path())
         .arg("owned")
         .args(args)
@@ -883,7 +888,7 @@ fn a_refused_database_fails_at_once_naming_host_port_and_cause() {
 fn migration_into_closed_pipe(cwd: &Path, args: &[&str], stderr_closed: bool) -> Output {
     let (reader, writer) = std::io::pipe().expect("a pipe");
     drop(reader);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_migration"));
+    let mut cmd = Command::new(migration_binary());
     cmd.current_dir(cwd).args(args).env_remove("DATABASE_URL");
     if stderr_closed {
         cmd.stdout(Stdio::piped()).stderr(writer);
