@@ -2,7 +2,10 @@
 //! so a change to the library relinks one executable instead of one per file (after a change to
 //! the service library, `cargo test --workspace --no-run` rebuilt in 6.4 s instead of 9.8 s,
 //! linking 10 test executables instead of 16: median of 3 interleaved runs on the 2-core
-//! machine, 2026-11-29).
+//! machine, 2026-11-29). The tests of the `agent-webhooks` and `migration` binaries joined it
+//! later (`cli`, `migration_cli`): 9 executables instead of 11, and the rebuild after a library
+//! change (`cargo build --workspace --all-targets` and `cargo test --workspace --no-run`, as
+//! `scripts/test` runs them) 8.9–10.2 s instead of 10.6–10.9 s, two runs each, 2026-12-06.
 //!
 //! Run a part with a filter on the module path, e.g.
 //! `scripts/test -p integration-tests schema::` or `cargo test -p integration-tests --test it explain`.
