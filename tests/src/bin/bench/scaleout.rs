@@ -149,6 +149,15 @@ fn report_run(
         run.commits_per_delivery,
         "1",
     );
+    if let Some(hits) = run.buffer_hits_per_delivery {
+        report.push(
+            "postgres",
+            SECTION,
+            label("buffer hits per delivery"),
+            hits,
+            "1",
+        );
+    }
 }
 
 /// Where the lease lives, in [`lease_column`]'s experiment.
@@ -401,6 +410,15 @@ async fn commits(t: &TestDb) -> i64 {
         .await
 }
 
+/// Shared buffers read from the cache in `t`'s database so far (`pg_stat_database.blks_hit`):
+/// the database's work, counted in pages, which the machine's other load does not change.
+/// Flushed as in [`commits`].
+async fn buffer_hits(t: &TestDb) -> i64 {
+    t.exec("SELECT pg_stat_force_next_flush()").await;
+    t.count("SELECT blks_hit FROM pg_stat_database WHERE datname = current_database()")
+        .await
+}
+
 struct Run {
     per_second: f64,
     p50_ms: f64,
@@ -410,6 +428,8 @@ struct Run {
     empty_claims: u64,
     /// Transactions the workers committed per delivery.
     commits_per_delivery: f64,
+    /// Backlog runs: the database's buffer hits per delivery (a live run's include the app's).
+    buffer_hits_per_delivery: Option<f64>,
 }
 
 /// `workers` worker processes and `events` events to one endpoint, as `mode` says. Backlog
@@ -431,7 +451,7 @@ async fn saturation(
     let app = connect(&setup.t.url, APP_CONNECTIONS as u32, "aw_bench_app").await;
     let enqueued: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     // What the workers used and committed, and their empty claims, from `start` on.
-    let ((commits_before, before, empty_before), start) = match mode {
+    let ((commits_before, hits_before, before, empty_before), start) = match mode {
         Mode::Live => {
             let baseline = baseline(&setup, &fleet).await;
             let start = Instant::now();
@@ -503,6 +523,8 @@ async fn saturation(
     let worker_commits = setup
         .worker_commits(app, commits_before, app_commits, events)
         .await;
+    let buffer_hits_per_delivery = (mode == Mode::Backlog)
+        .then_some((buffer_hits(&setup.t).await - hits_before) as f64 / events as f64);
     let (p50_ms, p99_ms) = setup.latency(&enqueued.lock().unwrap());
     Run {
         per_second: events as f64 / took.as_secs_f64(),
@@ -511,13 +533,16 @@ async fn saturation(
         cpu_per_k: used.per_k(events),
         empty_claims,
         commits_per_delivery: worker_commits,
+        buffer_hits_per_delivery,
     }
 }
 
-/// Commits in the database so far, the workers' CPU so far, their empty claims so far.
-async fn baseline(setup: &Setup, fleet: &Fleet) -> (i64, CpuSnapshot, u64) {
+/// Commits and buffer hits in the database so far, the workers' CPU so far, their empty claims
+/// so far.
+async fn baseline(setup: &Setup, fleet: &Fleet) -> (i64, i64, CpuSnapshot, u64) {
     (
         commits(&setup.t).await,
+        buffer_hits(&setup.t).await,
         fleet.cpu(&setup.t).await,
         fleet.empty_claims().await,
     )
