@@ -60,6 +60,14 @@ fn run(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Run {
     }
 }
 
+/// [`run`] for a command that must succeed.
+#[track_caller]
+fn run_ok(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Run {
+    let out = run(args, env, stdin);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    out
+}
+
 /// Every instant in text output has one form: RFC 3339 in UTC with milliseconds and `Z`
 /// (`2026-12-04T18:30:00.123Z`), whichever command prints it.
 fn assert_output_instant(text: &str) {
@@ -94,12 +102,11 @@ fn check_url_exit_codes_and_rules() {
         assert!(out.stderr.contains(rule), "{url}: {}", out.stderr);
         assert!(out.stdout.is_empty());
     }
-    let dev = run(
+    run_ok(
         &["check-url", "--development", "http://127.0.0.1:8080/hook"],
         &[],
         None,
     );
-    assert_eq!(dev.code, Some(0), "{}", dev.stderr);
     assert_eq!(run(&["check-url"], &[], None).code, Some(2));
 }
 
@@ -137,12 +144,11 @@ fn check_url_honours_webhook_url_policy_and_the_flag_overrides_it() {
         "{}",
         by_env.stderr
     );
-    let by_flag = run(
+    run_ok(
         &["check-url", "--development", url],
         &[("WEBHOOK_URL_POLICY", "production")],
         None,
     );
-    assert_eq!(by_flag.code, Some(0), "{}", by_flag.stderr);
     let production = run(
         &["check-url", url],
         &[("WEBHOOK_URL_POLICY", "production")],
@@ -175,8 +181,7 @@ fn verify_tolerance_defaults_to_webhook_signature_tolerance_secs() {
         "--timestamp",
         "1700000000",
     ];
-    let signed = run(&[&["sign"][..], &message].concat(), &env, Some(body));
-    assert_eq!(signed.code, Some(0), "{}", signed.stderr);
+    let signed = run_ok(&[&["sign"][..], &message].concat(), &env, Some(body));
     let signature = signed.stdout.trim().to_owned();
     // Received 100 s after it was sent.
     let now = (sent_at + 100).to_string();
@@ -276,7 +281,7 @@ fn sign_and_verify_the_specification_example() {
     let env = [("SIGNING_SECRET", SPEC_SECRET)];
     let body = br#"{"test": 2432232314}"#;
     let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
-    let signed = run(
+    let signed = run_ok(
         &[
             "sign",
             "--secret-env",
@@ -289,7 +294,6 @@ fn sign_and_verify_the_specification_example() {
         &env,
         Some(body),
     );
-    assert_eq!(signed.code, Some(0), "{}", signed.stderr);
     assert_eq!(
         signed.stdout.trim(),
         "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
@@ -373,7 +377,7 @@ async fn config_commands(backend: Backend) {
         ("HOOK_SECRET", user_secret),
     ];
 
-    let set = run(
+    let set = run_ok(
         &[
             "config",
             "set",
@@ -389,15 +393,13 @@ async fn config_commands(backend: Backend) {
         &env,
         None,
     );
-    assert_eq!(set.code, Some(0), "{}", set.stderr);
     assert!(!set.stdout.contains(user_secret) && !set.stderr.contains(user_secret));
 
-    let show = run(
+    let show = run_ok(
         &["config", "show", "--agent", "agent-1", "--json"],
         &env,
         None,
     );
-    assert_eq!(show.code, Some(0), "{}", show.stderr);
     let view = json(&show.stdout);
     assert_eq!(view["has_secret"], true);
     assert_eq!(
@@ -407,7 +409,7 @@ async fn config_commands(backend: Backend) {
     assert!(!show.stdout.contains(user_secret));
 
     // A generated secret is printed once, on stdout.
-    let generated = run(
+    let generated = run_ok(
         &[
             "config",
             "set",
@@ -420,7 +422,6 @@ async fn config_commands(backend: Backend) {
         &env,
         None,
     );
-    assert_eq!(generated.code, Some(0), "{}", generated.stderr);
     let secret_line = generated
         .stdout
         .lines()
@@ -433,23 +434,21 @@ async fn config_commands(backend: Backend) {
     // Rotation to a new key.
     let k2 = KeyRing::generate_key_entry("k2").unwrap();
     let both = format!("{k2},{k1}");
-    let rotate = run(
+    let rotate = run_ok(
         &["secrets", "rotate", "--json"],
         &[("DATABASE_URL", &t.url), ("WEBHOOK_SECRET_KEYS", &both)],
         None,
     );
-    assert_eq!(rotate.code, Some(0), "{}", rotate.stderr);
     let report = json(&rotate.stdout);
     assert_eq!(
         (report["examined"].as_u64(), report["resealed"].as_u64()),
         (Some(1), Some(1))
     );
-    let again = run(
+    let again = run_ok(
         &["secrets", "rotate"],
         &[("DATABASE_URL", &t.url), ("WEBHOOK_SECRET_KEYS", &both)],
         None,
     );
-    assert_eq!(again.code, Some(0), "{}", again.stderr);
     assert_eq!(again.stdout, "examined 1, re-sealed 0, already current 1\n");
     assert!(
         again.stderr.is_empty(),
@@ -566,7 +565,7 @@ async fn deliveries_commands(backend: Backend) {
     }
     let env = [("DATABASE_URL", t.url.as_str())];
 
-    let list = run(
+    let list = run_ok(
         &[
             "deliveries",
             "list",
@@ -579,7 +578,6 @@ async fn deliveries_commands(backend: Backend) {
         &env,
         None,
     );
-    assert_eq!(list.code, Some(0), "{}", list.stderr);
     let page = json(&list.stdout);
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     let cursor = page["next_cursor"]
@@ -647,12 +645,11 @@ async fn deliveries_commands(backend: Backend) {
     );
 
     // The text page: a header and aligned columns, then the cursor line.
-    let table = run(
+    let table = run_ok(
         &["deliveries", "list", "--agent", "agent-1", "--limit", "2"],
         &env,
         None,
     );
-    assert_eq!(table.code, Some(0), "{}", table.stderr);
     let lines: Vec<&str> = table.stdout.lines().collect();
     assert_eq!(lines.len(), 4, "{}", table.stdout);
     assert!(
@@ -676,8 +673,7 @@ async fn deliveries_commands(backend: Backend) {
     assert_eq!(shown["id"].as_str(), Some(ids[0].as_str()));
     assert_eq!(shown["state"].as_str(), Some("pending"));
     // As text: one aligned `name: value` line per field, never `Debug` output.
-    let text = run(&["deliveries", "show", &ids[0]], &env, None);
-    assert_eq!(text.code, Some(0), "{}", text.stderr);
+    let text = run_ok(&["deliveries", "show", &ids[0]], &env, None);
     // Every field, the attempts as their count (their table follows when there are any).
     let fields = shown.as_object().unwrap();
     assert_eq!(shown["attempts"], serde_json::json!([]));
@@ -725,20 +721,18 @@ async fn deliveries_commands(backend: Backend) {
         requeue.stderr
     );
 
-    let prune = run(
+    let prune = run_ok(
         &["deliveries", "prune", "--older-than", "30d", "--json"],
         &env,
         None,
     );
-    assert_eq!(prune.code, Some(0), "{}", prune.stderr);
     assert_eq!(json(&prune.stdout)["deleted"], 0);
     // Not on a terminal: no progress drawn, one summary line.
-    let summary = run(
+    let summary = run_ok(
         &["deliveries", "prune", "--older-than", "1h 30m"],
         &env,
         None,
     );
-    assert_eq!(summary.code, Some(0), "{}", summary.stderr);
     assert_eq!(summary.stdout.lines().count(), 1, "{}", summary.stdout);
     let cutoff = summary
         .stdout
@@ -751,7 +745,7 @@ async fn deliveries_commands(backend: Backend) {
         let out = run(&["deliveries", "prune", "--older-than", bad], &env, None);
         assert_eq!(out.code, Some(2), "{bad}: {}", out.stderr);
     }
-    let paced = run(
+    run_ok(
         &[
             "deliveries",
             "prune",
@@ -763,7 +757,6 @@ async fn deliveries_commands(backend: Backend) {
         &env,
         None,
     );
-    assert_eq!(paced.code, Some(0), "{}", paced.stderr);
     for bad in ["2m", "1d", "fast"] {
         let out = run(
             &["deliveries", "prune", "--older-than", "30d", "--pause", bad],
@@ -868,7 +861,7 @@ async fn events_emit_then_worker_once(backend: Backend) {
         ("HOOK_SECRET", SPEC_SECRET),
     ];
     let url = format!("http://127.0.0.1:{port}/hook");
-    let set = run(
+    run_ok(
         &[
             "config",
             "set",
@@ -882,7 +875,6 @@ async fn events_emit_then_worker_once(backend: Backend) {
         &env,
         None,
     );
-    assert_eq!(set.code, Some(0), "{}", set.stderr);
 
     let emit = |payload: &[u8]| {
         run(
@@ -928,8 +920,7 @@ async fn events_emit_then_worker_once(backend: Backend) {
         ],
     ]
     .concat();
-    let worker = run(&["worker", "--once", "--json"], &logged, None);
-    assert_eq!(worker.code, Some(0), "{}", worker.stderr);
+    let worker = run_ok(&["worker", "--once", "--json"], &logged, None);
     assert!(worker.stderr.contains("agent-1"), "{}", worker.stderr);
     assert!(
         worker.stderr.contains("retry schedule 1s,1m 30s,1m 30s ")
@@ -963,7 +954,7 @@ async fn events_emit_then_worker_once(backend: Backend) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let emitted = run(
+    run_ok(
         &[
             "events",
             "emit",
@@ -977,7 +968,6 @@ async fn events_emit_then_worker_once(backend: Backend) {
         &env,
         Some(b"[2]"),
     );
-    assert_eq!(emitted.code, Some(0), "{}", emitted.stderr);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while requests.lock().unwrap().len() < 2 {
         assert!(
@@ -1020,7 +1010,7 @@ async fn signing_commands(backend: Backend) {
         ("DATABASE_URL", t.url.as_str()),
         ("WEBHOOK_SECRET_KEYS", k1.as_str()),
     ];
-    let set = run(
+    let set = run_ok(
         &[
             "config",
             "set",
@@ -1033,7 +1023,6 @@ async fn signing_commands(backend: Backend) {
         &env,
         None,
     );
-    assert_eq!(set.code, Some(0), "{}", set.stderr);
     let old = set
         .stdout
         .lines()
@@ -1041,12 +1030,11 @@ async fn signing_commands(backend: Backend) {
         .unwrap()
         .to_owned();
 
-    let rotate = run(
+    let rotate = run_ok(
         &["signing", "rotate", "--agent", "agent-1", "--grace", "1h"],
         &env,
         None,
     );
-    assert_eq!(rotate.code, Some(0), "{}", rotate.stderr);
     let new = rotate.stdout.trim().to_owned();
     assert!(new.starts_with("whsec_") && new != old, "{}", rotate.stdout);
     assert!(
@@ -1055,12 +1043,11 @@ async fn signing_commands(backend: Backend) {
         rotate.stderr
     );
 
-    let show = run(
+    let show = run_ok(
         &["signing", "show", "--agent", "agent-1", "--json"],
         &env,
         None,
     );
-    assert_eq!(show.code, Some(0), "{}", show.stderr);
     assert!(!show.stdout.contains(&new) && !show.stdout.contains(&old));
     let view = json(&show.stdout);
     let roles: Vec<&str> = view["keys"]
@@ -1084,7 +1071,7 @@ async fn signing_commands(backend: Backend) {
     assert_eq!(nobody.code, Some(1));
     assert_eq!(nobody.stderr.lines().count(), 1, "{}", nobody.stderr);
 
-    let ed = run(
+    let ed = run_ok(
         &[
             "signing",
             "generate-ed25519",
@@ -1095,19 +1082,16 @@ async fn signing_commands(backend: Backend) {
         &env,
         None,
     );
-    assert_eq!(ed.code, Some(0), "{}", ed.stderr);
     let public_key = json(&ed.stdout)["public_key"].as_str().unwrap().to_owned();
     assert!(public_key.starts_with("whpk_") && !ed.stdout.contains("whsk_"));
 
-    let revoke = run(
+    let revoke = run_ok(
         &["signing", "revoke-previous", "--agent", "agent-1"],
         &env,
         None,
     );
-    assert_eq!(revoke.code, Some(0), "{}", revoke.stderr);
     assert_eq!(revoke.stdout, "revoked 1 previous signing secret\n");
-    let show = run(&["signing", "show", "--agent", "agent-1"], &env, None);
-    assert_eq!(show.code, Some(0), "{}", show.stderr);
+    let show = run_ok(&["signing", "show", "--agent", "agent-1"], &env, None);
     assert!(
         show.stdout.contains("hmac-sha256")
             && show.stdout.contains("ed25519")
@@ -1116,18 +1100,16 @@ async fn signing_commands(backend: Backend) {
         "{}",
         show.stdout
     );
-    let prune = run(&["signing", "prune"], &env, None);
-    assert_eq!(prune.code, Some(0), "{}", prune.stderr);
+    run_ok(&["signing", "prune"], &env, None);
 
     // Master-key rotation re-seals the primary secret and the Ed25519 private key.
     let k2 = KeyRing::generate_key_entry("k2").unwrap();
     let both = format!("{k2},{k1}");
-    let reseal = run(
+    let reseal = run_ok(
         &["sealing-keys", "rotate", "--json"],
         &[("DATABASE_URL", &t.url), ("WEBHOOK_SECRET_KEYS", &both)],
         None,
     );
-    assert_eq!(reseal.code, Some(0), "{}", reseal.stderr);
     let report = json(&reseal.stdout);
     assert_eq!(
         (report["examined"].as_u64(), report["resealed"].as_u64()),
@@ -1135,14 +1117,13 @@ async fn signing_commands(backend: Backend) {
     );
 
     // `--json` rotation: the secret is in the one JSON document, once.
-    let rotate = run(
+    let rotate = run_ok(
         &[
             "signing", "rotate", "--agent", "agent-1", "--grace", "0s", "--json",
         ],
         &[("DATABASE_URL", &t.url), ("WEBHOOK_SECRET_KEYS", &both)],
         None,
     );
-    assert_eq!(rotate.code, Some(0), "{}", rotate.stderr);
     let rotated = json(&rotate.stdout);
     assert!(rotated["secret"].as_str().unwrap().starts_with("whsec_"));
     assert!(rotated["previous"].is_null());
@@ -1546,7 +1527,7 @@ async fn ordered_lanes_from_the_cli(backend: Backend) {
         ("WEBHOOK_SECRET_KEYS", k1.as_str()),
         ("HOOK_SECRET", SPEC_SECRET),
     ];
-    let set = run(
+    let set = run_ok(
         &[
             "config",
             "set",
@@ -1561,10 +1542,9 @@ async fn ordered_lanes_from_the_cli(backend: Backend) {
         &env,
         None,
     );
-    assert_eq!(set.code, Some(0), "{}", set.stderr);
     assert!(set.stdout.contains("ordered: true"), "{}", set.stdout);
     let emit = |lane: &str, event: &str| {
-        let out = run(
+        let out = run_ok(
             &[
                 "events",
                 "emit",
@@ -1583,7 +1563,6 @@ async fn ordered_lanes_from_the_cli(backend: Backend) {
             &env,
             Some(b"{}"),
         );
-        assert_eq!(out.code, Some(0), "{}", out.stderr);
         json(&out.stdout)["delivery_id"]
             .as_str()
             .unwrap()
@@ -1632,7 +1611,7 @@ async fn content_filter_commands(backend: Backend) {
     };
     let env = [("DATABASE_URL", t.url.as_str())];
     let keep = file("keep.json", r#"{"kind": "keep"}"#);
-    let set = run(
+    let set = run_ok(
         &[
             "config",
             "set",
@@ -1646,7 +1625,6 @@ async fn content_filter_commands(backend: Backend) {
         &env,
         None,
     );
-    assert_eq!(set.code, Some(0), "{}", set.stderr);
     assert!(
         set.stdout.contains(r#"content filter: {"kind":"keep"}"#),
         "{}",
@@ -1714,12 +1692,11 @@ async fn content_filter_commands(backend: Backend) {
         serde_json::json!({"kind": "keep"})
     );
 
-    let clear = run(
+    let clear = run_ok(
         &["config", "filter", "--agent", "agent-1", "--clear"],
         &env,
         None,
     );
-    assert_eq!(clear.code, Some(0), "{}", clear.stderr);
     assert!(
         clear.stdout.contains("content filter: none"),
         "{}",
@@ -1930,7 +1907,7 @@ async fn config_show_says_when_and_why_the_worker_disabled_it(backend: Backend) 
         ("DATABASE_URL", t.url.as_str()),
         ("WEBHOOK_SECRET_KEYS", k1.as_str()),
     ];
-    let set = run(
+    run_ok(
         &[
             "config",
             "set",
@@ -1942,7 +1919,6 @@ async fn config_show_says_when_and_why_the_worker_disabled_it(backend: Backend) 
         &env,
         None,
     );
-    assert_eq!(set.code, Some(0), "{}", set.stderr);
     let healthy = run(&["config", "show", "--agent", "agent-1"], &env, None);
     assert!(
         !healthy.stdout.contains("disabled by"),
@@ -1982,8 +1958,7 @@ async fn config_show_says_when_and_why_the_worker_disabled_it(backend: Backend) 
         .await
         .unwrap();
 
-    let show = run(&["config", "show", "--agent", "agent-1"], &env, None);
-    assert_eq!(show.code, Some(0), "{}", show.stderr);
+    let show = run_ok(&["config", "show", "--agent", "agent-1"], &env, None);
     assert!(show.stdout.contains("enabled: false"), "{}", show.stdout);
     assert!(
         show.stdout.contains(&format!(
