@@ -300,7 +300,7 @@ async fn enqueue_cost(report: &mut Report, n: usize) {
     });
     let settings = WebhookSettings::default();
     let payload = serde_json::json!({"n": 1});
-    let commits_before = commits(&counted).await;
+    let commits_before = counters(&counted).await.commits;
     let sent = Arc::new(AtomicUsize::new(0));
     let (took, _, ours_cpu) = super::procstat::measured(&counted, async {
         // Counted here, without the statements that read the backends' CPU around the run.
@@ -323,7 +323,7 @@ async fn enqueue_cost(report: &mut Report, n: usize) {
     .await;
     let sent = sent.load(Ordering::SeqCst);
     // The statements that read the counters and the CPU around the run add four commits.
-    let committed = commits(&counted).await - commits_before;
+    let committed = counters(&counted).await.commits - commits_before;
     let ours = n as f64 / took.as_secs_f64();
     report.push(
         "postgres",
@@ -402,21 +402,46 @@ async fn enqueue_cost(report: &mut Report, n: usize) {
     );
 }
 
-/// Transactions committed in `t`'s database so far, as counted once its one connection has
-/// flushed its own counters (a backend flushes them at most once a second otherwise).
-async fn commits(t: &TestDb) -> i64 {
-    t.exec("SELECT pg_stat_force_next_flush()").await;
-    t.count("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
-        .await
+/// `pg_stat_database` counters of one database.
+#[derive(Clone, Copy)]
+struct DbCounters {
+    /// Transactions committed (`xact_commit`).
+    commits: i64,
+    /// Shared buffers read from the cache (`blks_hit`): the database's work, counted in pages,
+    /// which the machine's other load does not change.
+    buffer_hits: i64,
 }
 
-/// Shared buffers read from the cache in `t`'s database so far (`pg_stat_database.blks_hit`):
-/// the database's work, counted in pages, which the machine's other load does not change.
-/// Flushed as in [`commits`].
-async fn buffer_hits(t: &TestDb) -> i64 {
+impl DbCounters {
+    fn since(self, before: DbCounters) -> DbCounters {
+        DbCounters {
+            commits: self.commits - before.commits,
+            buffer_hits: self.buffer_hits - before.buffer_hits,
+        }
+    }
+
+    /// Of counters taken over a run: the commits that were not the app's `app_commits`, per
+    /// delivery.
+    fn worker_commits_per_delivery(self, app_commits: usize, events: usize) -> f64 {
+        (self.commits - app_commits as i64).max(0) as f64 / events as f64
+    }
+}
+
+/// `t`'s database's counters so far, as counted once its one connection has flushed its own
+/// (a backend flushes them at most once a second otherwise).
+async fn counters(t: &TestDb) -> DbCounters {
     t.exec("SELECT pg_stat_force_next_flush()").await;
-    t.count("SELECT blks_hit FROM pg_stat_database WHERE datname = current_database()")
-        .await
+    let sql =
+        "SELECT xact_commit, blks_hit FROM pg_stat_database WHERE datname = current_database()";
+    let row =
+        t.db.query_one_raw(t.stmt(sql))
+            .await
+            .unwrap()
+            .expect("the database's own row");
+    DbCounters {
+        commits: row.try_get_by_index(0).unwrap(),
+        buffer_hits: row.try_get_by_index(1).unwrap(),
+    }
 }
 
 struct Run {
@@ -451,7 +476,7 @@ async fn saturation(
     let app = connect(&setup.t.url, APP_CONNECTIONS as u32, "aw_bench_app").await;
     let enqueued: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     // What the workers used and committed, and their empty claims, from `start` on.
-    let ((commits_before, hits_before, before, empty_before), start) = match mode {
+    let ((counted_before, before, empty_before), start) = match mode {
         Mode::Live => {
             let baseline = baseline(&setup, &fleet).await;
             let start = Instant::now();
@@ -520,11 +545,9 @@ async fn saturation(
         Mode::Live => events,
         Mode::Backlog => 0,
     };
-    let worker_commits = setup
-        .worker_commits(app, commits_before, app_commits, events)
-        .await;
-    let buffer_hits_per_delivery = (mode == Mode::Backlog)
-        .then_some((buffer_hits(&setup.t).await - hits_before) as f64 / events as f64);
+    let counted = setup.counted_since(app, counted_before).await;
+    let buffer_hits_per_delivery =
+        (mode == Mode::Backlog).then_some(counted.buffer_hits as f64 / events as f64);
     let (p50_ms, p99_ms) = setup.latency(&enqueued.lock().unwrap());
     Run {
         per_second: events as f64 / took.as_secs_f64(),
@@ -532,17 +555,15 @@ async fn saturation(
         p99_ms,
         cpu_per_k: used.per_k(events),
         empty_claims,
-        commits_per_delivery: worker_commits,
+        commits_per_delivery: counted.worker_commits_per_delivery(app_commits, events),
         buffer_hits_per_delivery,
     }
 }
 
-/// Commits and buffer hits in the database so far, the workers' CPU so far, their empty claims
-/// so far.
-async fn baseline(setup: &Setup, fleet: &Fleet) -> (i64, i64, CpuSnapshot, u64) {
+/// The database's counters so far, the workers' CPU so far, their empty claims so far.
+async fn baseline(setup: &Setup, fleet: &Fleet) -> (DbCounters, CpuSnapshot, u64) {
     (
-        commits(&setup.t).await,
-        buffer_hits(&setup.t).await,
+        counters(&setup.t).await,
         fleet.cpu(&setup.t).await,
         fleet.empty_claims().await,
     )
@@ -560,7 +581,7 @@ async fn fixed_rate(
     let setup = Setup::new(keys, true).await;
     let fleet = Fleet::start(&setup, 1, None).await;
     let app = connect(&setup.t.url, 1, "aw_bench_app").await;
-    let commits_before = commits(&setup.t).await;
+    let counted_before = counters(&setup.t).await;
     let before = fleet.cpu(&setup.t).await;
     let events = (rate * seconds) as usize;
     let mut enqueued = HashMap::new();
@@ -576,8 +597,9 @@ async fn fixed_rate(
     let empty_claims = fleet.empty_claims().await;
     fleet.stop();
     let worker_commits = setup
-        .worker_commits(app, commits_before, events, events)
-        .await;
+        .counted_since(app, counted_before)
+        .await
+        .worker_commits_per_delivery(events, events);
     let (p50, p99) = setup.latency(&enqueued);
     let label = |what: &str| format!("{what}, {rate} events/s, 1 worker");
     report.push("postgres", SECTION, label("enqueue→arrival p50"), p50, "ms");
@@ -646,22 +668,14 @@ impl Setup {
         }
     }
 
-    /// Transactions the workers committed per delivery since `before` (see [`commits`]), once
-    /// the workers are gone and the app's connections closed (a backend flushes its counters
-    /// when it ends): all commits less the app's `app_commits`. Counters the workers'
-    /// backends had not flushed at `before` (their start-up reads) count too: a few in
-    /// thousands.
-    async fn worker_commits(
-        &self,
-        app: DatabaseConnection,
-        before: i64,
-        app_commits: usize,
-        events: usize,
-    ) -> f64 {
+    /// What the database counted since `before` (see [`counters`]), once the workers are gone
+    /// and the app's connections closed (a backend flushes its counters when it ends).
+    /// Counters the workers' backends had not flushed at `before` (their start-up reads) count
+    /// too: a few in thousands.
+    async fn counted_since(&self, app: DatabaseConnection, before: DbCounters) -> DbCounters {
         app.close().await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let all = commits(&self.t).await - before;
-        (all - app_commits as i64).max(0) as f64 / events as f64
+        counters(&self.t).await.since(before)
     }
 
     /// Waits (at most two minutes) until `events` different events arrived.
